@@ -1,0 +1,1 @@
+"""Interpretation of B12 and iron data. Knows nothing of HTTP or CDS Hooks."""

@@ -1,0 +1,47 @@
+"""What a rule concludes, in clinical terms; the protocol layer turns findings into CDS Hooks cards.
+
+A finding carries its own wording (summary and detail are written beside the rule that makes them) and
+the FHIR resources it proposes, but no card uuid, no JSON shape and nothing of the CDS Hooks wire format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Indicator = Literal["info", "warning", "critical"]
+ActionType = Literal["create", "update", "delete"]
+
+
+@dataclass(frozen=True)
+class ProposedAction:
+    """One change to the patient's orders: create or update a resource, or delete a draft by reference."""
+
+    type: ActionType
+    description: str
+    resource: dict[str, Any] | None = None
+    resource_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A set of actions the clinician can accept together (one card suggestion)."""
+
+    label: str
+    actions: tuple[ProposedAction, ...]
+    is_recommended: bool = False
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One topic's conclusion about one patient at one moment."""
+
+    topic: str
+    indicator: Indicator
+    summary: str
+    detail: str
+    source_label: str
+    source_url: str | None = None
+    proposals: tuple[Proposal, ...] = ()
+    selection_behavior: Literal["at-most-one", "any"] = "any"
+    evidence: tuple[str, ...] = field(default=())

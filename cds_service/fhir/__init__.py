@@ -1,0 +1,1 @@
+"""Talking to FHIR servers and reading FHIR JSON. Knows nothing clinical."""
