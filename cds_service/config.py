@@ -82,7 +82,9 @@ def parse_rfc3339(name: str, value: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise ConfigError(f"{name}={value!r}: expected an RFC 3339 date-time such as 2026-01-31T09:00:00Z") from None
+        raise ConfigError(
+            f"{name}={value!r}: expected an RFC 3339 date-time such as 2026-01-31T09:00:00Z"
+        ) from None
     if moment.tzinfo is None:
         raise ConfigError(f"{name}={value!r}: the date-time needs an offset (Z or +hh:mm)")
     return moment
