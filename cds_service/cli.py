@@ -1,0 +1,13 @@
+"""The `cds-service` command. Each subcommand lives in the module that owns its work."""
+
+from __future__ import annotations
+
+import click
+
+from cds_service import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cds-service")
+def main() -> None:
+    """B12–iron CDS Hooks 2.0 service: serve it, replay fixtures, load test data, report feedback."""
