@@ -6,7 +6,7 @@ the FHIR resources it proposes, but no card uuid, no JSON shape and nothing of t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 Indicator = Literal["info", "warning", "critical"]
@@ -45,3 +45,24 @@ class Finding:
     proposals: tuple[Proposal, ...] = ()
     selection_behavior: Literal["at-most-one", "any"] = "any"
     evidence: tuple[str, ...] = field(default=())
+
+
+def findings_to_json(findings: list[Finding]) -> list[dict[str, Any]]:
+    """Plain JSON for caching findings between hooks (run-ahead); card uuids are made fresh on render."""
+    return [asdict(finding) for finding in findings]
+
+
+def findings_from_json(items: list[dict[str, Any]]) -> list[Finding]:
+    """The inverse of `findings_to_json`."""
+    findings = []
+    for item in items:
+        proposals = tuple(
+            Proposal(
+                label=p["label"],
+                actions=tuple(ProposedAction(**a) for a in p["actions"]),
+                is_recommended=p["is_recommended"],
+            )
+            for p in item["proposals"]
+        )
+        findings.append(Finding(**{**item, "proposals": proposals, "evidence": tuple(item["evidence"])}))
+    return findings
