@@ -7,11 +7,13 @@ are refused for the same reason.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 
@@ -148,3 +150,19 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         if variable in env:
             values[attribute] = parse(variable, env[variable])
     return Settings(**values)
+
+
+def load_site_config(path: Path | None) -> dict[str, Any]:
+    """The site's own code lists, thresholds and override reasons (`CDS_SITE_CONFIG`), or {} if none.
+
+    Each section is validated by the module that owns it; this only checks the file is a JSON object.
+    """
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"CDS_SITE_CONFIG={str(path)!r}: cannot read it as JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"CDS_SITE_CONFIG={str(path)!r}: expected a JSON object")
+    return data

@@ -1,0 +1,207 @@
+"""The Flask application: routes, authentication, CORS and error handling — deliberately thin.
+
+Every error leaves as a spec-shaped answer: an OperationOutcome with a reason for 4xx (the integrator needs
+to know what to fix), a bare 401 for authentication (an attacker learns nothing), and a 500 that reveals
+nothing internal while the log gets the details tied to the request's hookInstance.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from cds_service import observability
+from cds_service.clinical.engine import load_clinical_config
+from cds_service.config import ConfigError, Settings, load_site_config
+from cds_service.feedback import FeedbackError, FeedbackStore, IssuedCardRecorder, parse_feedback
+from cds_service.fhir.client import FhirClient
+from cds_service.protocol.auth import Authenticator, AuthError
+from cds_service.protocol.cards import DEFAULT_OVERRIDE_REASONS, CardStyle, parse_override_reasons
+from cds_service.protocol.request import RequestError, is_json_content_type, parse_json_body
+from cds_service.run_ahead import RunAheadCache
+from cds_service.services import HookHandler
+
+log = logging.getLogger(__name__)
+
+UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+    "Access-Control-Max-Age": "86400",
+}
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status=status, mimetype="application/json")
+
+
+def operation_outcome(status: int, reason: str) -> Response:
+    """A FHIR OperationOutcome carrying the reason, the shape EHR integrators look for in errors."""
+    code = {404: "not-found", 405: "not-supported", 412: "not-found", 413: "too-long", 415: "not-supported"}
+    body = {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "error",
+                "code": code.get(status, "exception" if status >= 500 else "invalid"),
+                "diagnostics": reason,
+            }
+        ],
+    }
+    return Response(orjson.dumps(body), status=status, mimetype="application/fhir+json")
+
+
+def _card_style(site: dict[str, Any]) -> CardStyle:
+    """Override reasons and a link to the rule documentation, when the site configures them."""
+    reasons = parse_override_reasons(site["overrideReasons"]) if "overrideReasons" in site else None
+    doc_url = site.get("rulesDocUrl")
+    if doc_url is not None and not (isinstance(doc_url, str) and doc_url.startswith(("https://", "http://"))):
+        raise ConfigError(f"rulesDocUrl={doc_url!r} in the site config: expected an absolute http(s) URL")
+    return CardStyle(override_reasons=reasons or DEFAULT_OVERRIDE_REASONS, rules_doc_url=doc_url)
+
+
+def create_app(settings: Settings) -> Flask:
+    """Build the service. Configuration problems raise ConfigError here, at start, not at the first call."""
+    site = load_site_config(settings.site_config)
+    clinical_config = load_clinical_config(site)
+    authenticator = Authenticator(settings) if settings.auth == "required" else None
+    if authenticator is None:
+        log.warning("CDS_AUTH=off: every caller is trusted. Use this only for local testing.")
+    else:
+        log.info("client authentication: %s", authenticator.describe())
+    feedback_store = FeedbackStore.open(settings.feedback_db)
+    recorder = IssuedCardRecorder(settings.feedback_db)
+    run_ahead = RunAheadCache(settings)
+    log.info("run-ahead cache: %s", run_ahead.describe())
+    handler = HookHandler(
+        settings,
+        clinical_config,
+        card_style=_card_style(site),
+        fhir_client=FhirClient(),
+        run_ahead=run_ahead,
+        on_cards=recorder.submit,
+    )
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.extensions["cds"] = {"handler": handler, "feedback": feedback_store, "recorder": recorder}
+
+    @app.before_request
+    def authenticate() -> Response | None:
+        g.client = None
+        if request.method == "OPTIONS":
+            return Response(status=204, headers=CORS_HEADERS)
+        if authenticator is None or request.path in UNAUTHENTICATED_PATHS:
+            return None
+        try:
+            g.client = authenticator.authenticate(request.headers.get("Authorization"), request.path)
+        except AuthError as error:
+            observability.observe_auth_rejection()
+            log.warning("authentication refused for %s %s: %s", request.method, request.path, error)
+            return Response(status=401, headers={"WWW-Authenticate": "Bearer"})
+        return None
+
+    @app.after_request
+    def cors(response: Response) -> Response:
+        response.headers.update(CORS_HEADERS)
+        return response
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        if not feedback_store.writable():
+            return json_response({"status": "not ready", "reason": "feedback store is not writable"}, 503)
+        return json_response({"status": "ready"})
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        body, content_type = observability.metrics_response()
+        return Response(body, content_type=content_type)
+
+    @app.get("/cds-services")
+    def discovery() -> Response:
+        return json_response(handler.discovery_document())
+
+    def read_json_body() -> Any:
+        if not is_json_content_type(request.content_type):
+            raise RequestError(415, "Send the request as JSON with Content-Type: application/json.")
+        return parse_json_body(request.get_data(cache=False))
+
+    @app.post("/cds-services/<service_id>")
+    def call_service(service_id: str) -> Response:
+        started = time.perf_counter()
+        trace = observability.CallTrace(service=service_id)
+        try:
+            if service_id not in handler.services:
+                raise RequestError(404, f"There is no CDS service with id '{service_id}'.")
+            with trace.phase("validation"):
+                body = read_json_body()
+            if isinstance(body, dict) and isinstance(body.get("hookInstance"), str):
+                trace.hook_instance = body["hookInstance"][:64]
+            outcome = handler.handle(service_id, body, g.client, trace)
+            trace.topics = [card["source"]["topic"]["code"] for card in outcome.response["cards"]]
+            response = json_response(outcome.response)
+        except RequestError as error:
+            log.info(
+                "hook call refused (%d): %s",
+                error.status,
+                error.reason,
+                extra={"hookInstance": trace.hook_instance},
+            )
+            response = operation_outcome(error.status, error.reason)
+        except RequestEntityTooLarge:
+            response = operation_outcome(
+                413, f"The request body is larger than {settings.max_body_bytes} bytes."
+            )
+        except Exception:
+            log.exception("hook call failed", extra={"hookInstance": trace.hook_instance})
+            response = operation_outcome(
+                500, "The service failed to process this request; it has been logged."
+            )
+        trace.status = response.status_code
+        observability.finish_call(trace, (time.perf_counter() - started) * 1000.0)
+        return response
+
+    @app.post("/cds-services/<service_id>/feedback")
+    def feedback(service_id: str) -> Response:
+        if service_id not in handler.services:
+            return operation_outcome(404, f"There is no CDS service with id '{service_id}'.")
+        try:
+            items = parse_feedback(read_json_body())
+        except RequestError as error:
+            return operation_outcome(error.status, error.reason)
+        except FeedbackError as error:
+            return operation_outcome(400, str(error))
+        stored = feedback_store.add_feedback(service_id, items)
+        for item in items:
+            observability.observe_feedback(item.outcome)
+        return json_response({"received": len(items), "stored": stored})
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        reasons = {
+            404: f"Nothing is served at {request.path}; the services are listed at /cds-services.",
+            405: f"{request.method} is not allowed on {request.path}.",
+            413: f"The request body is larger than {settings.max_body_bytes} bytes.",
+        }
+        response = operation_outcome(status, reasons.get(status, error.description or error.name))
+        if status == 405 and isinstance(error.valid_methods, list | tuple | set):
+            response.headers["Allow"] = ", ".join(sorted(error.valid_methods))
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected_error(error: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return operation_outcome(500, "The service failed to process this request; it has been logged.")
+
+    return app

@@ -1,0 +1,138 @@
+"""Prefetch templates and what arrived for them.
+
+The standard distinguishes a key the client did not satisfy (absent), a query that found nothing (null, or
+an empty searchset), and a query the client failed on (an OperationOutcome). Clients in the wild also send
+things that are not FHIR at all (an HTML error page has been seen). This module sorts every key into one of
+those states so the service fetches exactly what is missing and treats "nothing found" as data.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+_TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
+_USER_TOKENS = {
+    "userPractitionerId": "Practitioner",
+    "userPractitionerRoleId": "PractitionerRole",
+    "userPatientId": "Patient",
+    "userRelatedPersonId": "RelatedPerson",
+}
+
+
+class TemplateError(ValueError):
+    """A template uses a token that CDS Hooks 2.0 does not define, or one the context cannot fill."""
+
+
+class PrefetchState(Enum):
+    ABSENT = "absent"
+    EMPTY = "empty"
+    OUTCOME = "operation-outcome"
+    JUNK = "junk"
+    USABLE = "usable"
+
+    @property
+    def is_missing(self) -> bool:
+        """Absent, failed and junk keys must be fetched; empty ones are an answer."""
+        return self in (PrefetchState.ABSENT, PrefetchState.OUTCOME, PrefetchState.JUNK)
+
+
+@dataclass(frozen=True)
+class PrefetchItem:
+    key: str
+    state: PrefetchState
+    resource: Mapping[str, Any] | None = None
+    reason: str | None = None
+
+
+def template_tokens(template: str) -> list[str]:
+    """Every token a template uses, for checking templates against the 2.0 token list."""
+    return _TOKEN.findall(template)
+
+
+def render_template(template: str, context: Mapping[str, Any], user_id: str | None = None) -> str:
+    """Fill a template the way a CDS Hooks 2.0 client does: context root primitives and user tokens only."""
+    user_type, _, user_ref_id = (user_id or context.get("userId") or "").partition("/")
+
+    def substitute(match: re.Match[str]) -> str:
+        token = match.group(1)
+        if token.startswith("context."):
+            name = token.removeprefix("context.")
+            value = context.get(name)
+            if "." in name or not isinstance(value, str | int | float) or isinstance(value, bool):
+                raise TemplateError(f"the token {{{{{token}}}}} needs a primitive context field '{name}'")
+            return str(value)
+        if token in _USER_TOKENS:
+            if user_type != _USER_TOKENS[token] or not user_ref_id:
+                raise TemplateError(f"the token {{{{{token}}}}} does not match the user {user_id!r}")
+            return user_ref_id
+        raise TemplateError(f"the token {{{{{token}}}}} is not a CDS Hooks 2.0 prefetch token")
+
+    return _TOKEN.sub(substitute, template)
+
+
+def expected_type(template: str) -> tuple[str, bool]:
+    """The resource type a template asks for, and whether it is a search (a Bundle comes back)."""
+    path = template.split("?", 1)[0].strip("/")
+    resource_type = path.split("/", 1)[0]
+    is_search = "?" in template or "/" not in path
+    return resource_type, is_search
+
+
+def _outcome_reason(outcome: Mapping[str, Any]) -> str:
+    issues = outcome.get("issue")
+    texts = []
+    if isinstance(issues, list):
+        for issue in issues[:3]:
+            if isinstance(issue, dict):
+                details = issue.get("details")
+                text = issue.get("diagnostics") or (
+                    details.get("text") if isinstance(details, dict) else None
+                )
+                texts.append(str(text or issue.get("code") or "unspecified issue")[:200])
+    return "the client sent an OperationOutcome: " + ("; ".join(texts) or "no details")
+
+
+def classify(key: str, template: str, prefetch: Mapping[str, Any]) -> PrefetchItem:
+    """Sort one prefetch key into absent / empty / OperationOutcome / junk / usable."""
+    if key not in prefetch:
+        return PrefetchItem(key, PrefetchState.ABSENT, reason="not in the request's prefetch")
+    value = prefetch[key]
+    if value is None:
+        return PrefetchItem(key, PrefetchState.EMPTY)
+    if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
+        return PrefetchItem(key, PrefetchState.JUNK, reason=f"not a FHIR resource ({type(value).__name__})")
+    resource_type = value["resourceType"]
+    if resource_type == "OperationOutcome":
+        return PrefetchItem(key, PrefetchState.OUTCOME, reason=_outcome_reason(value))
+    wanted, is_search = expected_type(template)
+    if is_search:
+        if resource_type != "Bundle":
+            return PrefetchItem(key, PrefetchState.JUNK, reason=f"expected a Bundle, got {resource_type}")
+        entries = value.get("entry", [])
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            return PrefetchItem(key, PrefetchState.JUNK, reason="Bundle.entry is not a list of entries")
+        if not any(isinstance(e.get("resource"), dict) for e in entries):
+            return PrefetchItem(key, PrefetchState.EMPTY, resource=value)
+        return PrefetchItem(key, PrefetchState.USABLE, resource=value)
+    if resource_type != wanted:
+        return PrefetchItem(key, PrefetchState.JUNK, reason=f"expected {wanted}, got {resource_type}")
+    return PrefetchItem(key, PrefetchState.USABLE, resource=value)
+
+
+def resources_of(value: Mapping[str, Any] | None) -> Iterator[Mapping[str, Any]]:
+    """The resources a prefetch value holds: the resource itself, or a Bundle's entries (search outcomes
+    and other OperationOutcome entries left out)."""
+    if not value:
+        return
+    if value.get("resourceType") != "Bundle":
+        yield value
+        return
+    for entry in value.get("entry", ()):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        kind = resource.get("resourceType") if isinstance(resource, dict) else None
+        if isinstance(kind, str) and kind != "OperationOutcome":
+            yield resource

@@ -1,0 +1,136 @@
+"""Parse and validate a CDS Hooks request into a `HookRequest`, or say exactly why it is refused.
+
+Every refusal is a `RequestError` with an HTTP status and a reason meant for the integrator reading the
+400; nothing here may raise anything else for any input, which the fuzz tests check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from jsonschema.exceptions import best_match
+
+from cds_service.protocol.schemas import validator
+
+HOOKS = ("patient-view", "order-select", "order-sign")
+
+
+class RequestError(Exception):
+    """A request the service refuses; `status` is the HTTP status, `reason` is safe to show the caller."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class HookRequest:
+    """A validated hook call. Holds the raw context and prefetch; prefetch values are classified later."""
+
+    hook: str
+    hook_instance: str
+    context: Mapping[str, Any]
+    prefetch: Mapping[str, Any]
+    fhir_server: str | None
+    fhir_authorization: Mapping[str, Any] | None
+
+    @property
+    def patient_id(self) -> str:
+        return self.context["patientId"]
+
+    @property
+    def encounter_id(self) -> str | None:
+        return self.context.get("encounterId")
+
+    @property
+    def draft_orders(self) -> list[dict[str, Any]]:
+        """The resources of `draftOrders` (order hooks); empty for patient-view."""
+        bundle = self.context.get("draftOrders") or {}
+        return [entry["resource"] for entry in bundle.get("entry", ())]
+
+    @property
+    def selected_orders(self) -> list[dict[str, Any]]:
+        """The draft orders named by `selections` (order-select); validated to exist at parse time."""
+        wanted = set(self.context.get("selections", ()))
+        return [r for r in self.draft_orders if _reference_of(r) in wanted]
+
+    @property
+    def authorization_header(self) -> str | None:
+        """The header value for the EHR's FHIR server, or None when the call carries no token."""
+        if not self.fhir_authorization:
+            return None
+        auth = self.fhir_authorization
+        return f"{auth['token_type']} {auth['access_token']}"
+
+
+def _reference_of(resource: Mapping[str, Any]) -> str:
+    return f"{resource.get('resourceType')}/{resource.get('id')}"
+
+
+def is_json_content_type(content_type: str | None) -> bool:
+    """application/json or any application/*+json, parameters ignored."""
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """Decode a JSON body. orjson refuses nesting deeper than 1024 levels instead of overflowing the stack."""
+    if not raw.strip():
+        raise RequestError(400, "The request body is empty; a CDS Hooks request is a JSON object.")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise RequestError(400, f"The request body is not valid JSON: {error}") from None
+
+
+def _schema_reason(where: str, errors: list[Any]) -> str:
+    error = best_match(errors)
+    path = "/".join(str(p) for p in error.absolute_path)
+    location = f"{where}/{path}" if path else where
+    message = error.message
+    if len(message) > 300:
+        message = message[:297] + "..."
+    return f"Invalid {location}: {message}"
+
+
+def validate_hook_request(body: Any, expected_hook: str) -> HookRequest:
+    """Check the envelope, the hook name, and the hook's context; return the typed request."""
+    if not isinstance(body, dict):
+        raise RequestError(400, f"The request body must be a JSON object, not {type(body).__name__}.")
+    if "prefetch" in body and not isinstance(body["prefetch"], dict):
+        raise RequestError(400, "'prefetch' must be an object mapping prefetch keys to FHIR resources.")
+    errors = list(validator("hook-request").iter_errors(body))
+    if errors:
+        raise RequestError(400, _schema_reason("request", errors))
+    if body["hook"] != expected_hook:
+        raise RequestError(
+            400, f"This service answers the '{expected_hook}' hook, but the request is for '{body['hook']}'."
+        )
+    context = body["context"]
+    errors = list(validator(f"context-{expected_hook}").iter_errors(context))
+    if errors:
+        raise RequestError(400, _schema_reason("context", errors))
+    if expected_hook == "order-select":
+        drafts = {_reference_of(entry["resource"]) for entry in context["draftOrders"].get("entry", ())}
+        unknown = [s for s in context["selections"] if s not in drafts]
+        if unknown:
+            raise RequestError(
+                400,
+                f"context.selections names {', '.join(unknown[:5])}, which is not in context.draftOrders.",
+            )
+    if "fhirAuthorization" in body and "fhirServer" not in body:
+        raise RequestError(400, "'fhirAuthorization' was sent without 'fhirServer'.")
+    return HookRequest(
+        hook=body["hook"],
+        hook_instance=body["hookInstance"],
+        context=context,
+        prefetch=body.get("prefetch", {}),
+        fhir_server=body.get("fhirServer", "").rstrip("/") or None,
+        fhir_authorization=body.get("fhirAuthorization"),
+    )

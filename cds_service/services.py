@@ -1,0 +1,345 @@
+"""The three CDS services: hook request → patient data → findings → cards.
+
+This is the one place that knows both the wire format and the clinical engine. It decides which prefetch
+keys are missing, fetches them from the EHR's FHIR server when that server is allowed, refuses with 412
+when data cannot be had, runs the engine, and renders the cards. Nothing here imports Flask.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import orjson
+
+from cds_service.clinical import codes
+from cds_service.clinical.engine import ClinicalConfig, evaluate
+from cds_service.clinical.findings import Finding, findings_from_json, findings_to_json
+from cds_service.config import Settings
+from cds_service.fhir.client import FhirClient, fhir_server_allowed
+from cds_service.protocol.auth import AuthenticatedClient
+from cds_service.protocol.cards import CardStyle, cards_response, issued_cards
+from cds_service.protocol.prefetch import (
+    PrefetchState,
+    TemplateError,
+    classify,
+    render_template,
+    resources_of,
+)
+from cds_service.protocol.request import HookRequest, RequestError, validate_hook_request
+
+log = logging.getLogger(__name__)
+
+LOINC = "http://loinc.org"
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    id: str
+    hook: str
+    title: str
+    description: str
+    prefetch: Mapping[str, str]
+
+    def discovery_entry(self) -> dict[str, Any]:
+        return {
+            "hook": self.hook,
+            "id": self.id,
+            "title": self.title,
+            "description": self.description,
+            "prefetch": dict(self.prefetch),
+            "usageRequirements": (
+                "Send the prefetch (or fhirServer with fhirAuthorization so the service can fetch what is "
+                "missing from an allowed server). Authenticate with a JWT signed by a registered client."
+            ),
+        }
+
+
+def _code_list(loinc_codes: Iterable[str]) -> str:
+    return ",".join(f"{LOINC}|{code}" for code in loinc_codes)
+
+
+def prefetch_templates(config: ClinicalConfig) -> dict[str, str]:
+    """The queries the engine needs, using only CDS Hooks 2.0 tokens (no dates: 2.0 has no `today()`).
+
+    The iron/B12 panel and the context labs (CBC, CRP, liver enzymes) are separate keys so that frequent
+    CBCs can never push a year-old B12 off the first page of a newest-first search.
+    """
+    patient = "{{context.patientId}}"
+    return {
+        "patient": f"Patient/{patient}",
+        "b12IronLabs": (
+            f"Observation?patient={patient}&code={_code_list(codes.prefetch_loinc_codes(config, 'b12-iron'))}"
+            "&_sort=-date&_count=200"
+        ),
+        "contextLabs": (
+            f"Observation?patient={patient}&code={_code_list(codes.prefetch_loinc_codes(config, 'context'))}"
+            "&_sort=-date&_count=200"
+        ),
+        "medicationRequests": (
+            f"MedicationRequest?patient={patient}&_include=MedicationRequest:medication&_count=200"
+        ),
+        "medicationStatements": f"MedicationStatement?patient={patient}&_count=200",
+        "medicationAdministrations": f"MedicationAdministration?patient={patient}&_count=200",
+        "conditions": f"Condition?patient={patient}&_count=200",
+        "serviceRequests": f"ServiceRequest?patient={patient}&status=draft,active,on-hold&_count=200",
+    }
+
+
+def build_services(config: ClinicalConfig) -> dict[str, ServiceDefinition]:
+    templates = prefetch_templates(config)
+    definitions = (
+        ServiceDefinition(
+            id="b12-iron-patient-view",
+            hook="patient-view",
+            title="Vitamin B12 and iron review",
+            description=(
+                "On opening the chart: iron studies due after starting B12, iron deficiency unmasked by B12 "
+                "therapy, a high B12 (supplement review or work-up), combined B12 and iron deficiency, "
+                "ferritin with inflammation, borderline B12 without methylmalonic acid."
+            ),
+            prefetch=templates,
+        ),
+        ServiceDefinition(
+            id="b12-iron-order-select",
+            hook="order-select",
+            title="B12 and iron order check (on selection)",
+            description=(
+                "When a B12 product is selected: suggests iron studies to catch iron deficiency unmasked by "
+                "B12 therapy, warns when B12 is ordered for a high ferritin it cannot lower, and flags a B12 "
+                "order for a patient whose B12 is already high."
+            ),
+            prefetch=templates,
+        ),
+        ServiceDefinition(
+            id="b12-iron-order-sign",
+            hook="order-sign",
+            title="B12 and iron order check (on signing)",
+            description=(
+                "Before orders are signed: the same checks as on selection, over every draft order; iron "
+                "studies already in the draft orders suppress the suggestion."
+            ),
+            prefetch=templates,
+        ),
+    )
+    return {d.id: d for d in definitions}
+
+
+class CallTrace(Protocol):
+    """What the handler reports about a call (observability implements it)."""
+
+    fhir_queries: int
+    fhir_errors: int
+    run_ahead_hit: bool
+
+    def phase(self, name: str) -> contextlib.AbstractContextManager[Any]: ...
+
+
+class RunAhead(Protocol):
+    def key(
+        self, patient_id: str, encounter_id: str | None, draft_orders: Sequence[dict], data_digest: str
+    ) -> str: ...
+    def get(self, key: str) -> list[dict] | None: ...
+    def put(self, key: str, value: list[dict]) -> None: ...
+
+
+@dataclass
+class HookOutcome:
+    response: dict[str, Any]
+    findings: list[Finding] = field(default_factory=list)
+
+
+@dataclass
+class _NoTrace:
+    fhir_queries: int = 0
+    fhir_errors: int = 0
+    run_ahead_hit: bool = False
+
+    def phase(self, name: str) -> contextlib.AbstractContextManager[Any]:
+        return contextlib.nullcontext()
+
+
+class HookHandler:
+    """Answers hook calls. One per process; safe to share across threads."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        clinical_config: ClinicalConfig,
+        *,
+        card_style: CardStyle | None = None,
+        fhir_client: FhirClient | None = None,
+        run_ahead: RunAhead | None = None,
+        on_cards: Callable[[str, Sequence[tuple[str, str]]], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clinical_config = clinical_config
+        self.services = build_services(clinical_config)
+        self.card_style = card_style or CardStyle()
+        self.fhir_client = fhir_client or FhirClient()
+        self.run_ahead = run_ahead
+        self.on_cards = on_cards
+
+    def discovery_document(self) -> dict[str, Any]:
+        return {"services": [s.discovery_entry() for s in self.services.values()]}
+
+    def handle(
+        self,
+        service_id: str,
+        body: Any,
+        client: AuthenticatedClient | None = None,
+        trace: CallTrace | None = None,
+    ) -> HookOutcome:
+        """Run one service on a decoded request body; RequestError carries 400/404/412 refusals."""
+        trace = trace or _NoTrace()
+        service = self.services.get(service_id)
+        if service is None:
+            raise RequestError(404, f"There is no CDS service with id '{service_id}'.")
+        with trace.phase("validation"):
+            request = validate_hook_request(body, service.hook)
+        findings = self._cached_findings(request, trace)
+        if findings is None:
+            resources = self._patient_data(service, request, client, trace)
+            with trace.phase("rules"):
+                findings = self._evaluate(request, resources, focus_all=False)
+                if request.hook == "order-select":
+                    self._run_ahead_for_sign(request, resources)
+        with trace.phase("render"):
+            response = cards_response(findings, self.card_style)
+        if self.on_cards and response["cards"]:
+            self.on_cards(service_id, issued_cards(response))
+        return HookOutcome(response=response, findings=findings)
+
+    def _now(self) -> datetime:
+        return self.settings.now or datetime.now(UTC)
+
+    def _evaluate(self, request: HookRequest, resources: list[dict], *, focus_all: bool) -> list[Finding]:
+        if request.hook == "patient-view":
+            focus = None
+        elif request.hook == "order-select" and not focus_all:
+            focus = request.selected_orders
+        else:
+            focus = request.draft_orders
+        return evaluate(
+            resources,
+            patient_id=request.patient_id,
+            now=self._now(),
+            draft_orders=request.draft_orders,
+            focus_orders=focus,
+            config=self.clinical_config,
+        )
+
+    # Run-ahead: order-select also computes what order-sign will ask for, so that order-sign (which must
+    # answer fast) is served from memory when the same drafts and the same prefetch come back.
+
+    def _run_ahead_key(self, request: HookRequest) -> str | None:
+        if self.run_ahead is None or request.hook == "patient-view":
+            return None
+        digest = hashlib.sha256(orjson.dumps(request.prefetch, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        return self.run_ahead.key(request.patient_id, request.encounter_id, request.draft_orders, digest)
+
+    def _run_ahead_for_sign(self, request: HookRequest, resources: list[dict]) -> None:
+        key = self._run_ahead_key(request)
+        if key is not None:
+            self.run_ahead.put(key, findings_to_json(self._evaluate(request, resources, focus_all=True)))
+
+    def _cached_findings(self, request: HookRequest, trace: CallTrace) -> list[Finding] | None:
+        if request.hook != "order-sign":
+            return None
+        key = self._run_ahead_key(request)
+        cached = self.run_ahead.get(key) if key is not None else None
+        if cached is None:
+            return None
+        trace.run_ahead_hit = True
+        return findings_from_json(cached)
+
+    # Patient data: prefetch first, the FHIR server for what is missing, 412 when neither has it.
+
+    def _patient_data(
+        self,
+        service: ServiceDefinition,
+        request: HookRequest,
+        client: AuthenticatedClient | None,
+        trace: CallTrace,
+    ) -> list[dict]:
+        with trace.phase("prefetch"):
+            items = {
+                key: classify(key, template, request.prefetch) for key, template in service.prefetch.items()
+            }
+            missing = {key: item for key, item in items.items() if item.state.is_missing}
+            resources: list[dict] = []
+            for item in items.values():
+                if item.state in (PrefetchState.USABLE, PrefetchState.EMPTY):
+                    resources.extend(resources_of(item.resource))
+        if missing:
+            for item in missing.values():
+                log.info(
+                    "prefetch key %s missing (%s): %s",
+                    item.key,
+                    item.state.value,
+                    item.reason,
+                    extra={"hookInstance": request.hook_instance},
+                )
+            with trace.phase("fhir"):
+                resources.extend(self._fetch_missing(service, request, client, missing, trace))
+        return resources
+
+    def _fetch_missing(
+        self,
+        service: ServiceDefinition,
+        request: HookRequest,
+        client: AuthenticatedClient | None,
+        missing: Mapping[str, Any],
+        trace: CallTrace,
+    ) -> list[dict]:
+        why = "; ".join(f"{key} ({item.reason})" for key, item in missing.items())
+        if not request.fhir_server:
+            raise RequestError(
+                412,
+                f"Required data is missing from the prefetch and no fhirServer was given to fetch it: {why}.",
+            )
+        allowed = (
+            client.fhir_servers if client and client.fhir_servers else self.settings.allowed_fhir_servers
+        )
+        if not fhir_server_allowed(request.fhir_server, allowed):
+            raise RequestError(
+                412,
+                f"Required data is missing from the prefetch ({why}) and the fhirServer "
+                f"{request.fhir_server} is not one this service is allowed to query.",
+            )
+        try:
+            queries = {key: render_template(service.prefetch[key], request.context) for key in missing}
+        except TemplateError as error:
+            raise RequestError(
+                400, f"Cannot fill the prefetch templates from the context: {error}."
+            ) from None
+        outcomes = self.fhir_client.fetch_all(
+            request.fhir_server,
+            queries,
+            authorization=request.authorization_header,
+            budget_ms=self.settings.fhir_budget_ms,
+        )
+        trace.fhir_queries += sum(o.requests for o in outcomes.values())
+        failed = [o for o in outcomes.values() if not o.ok]
+        trace.fhir_errors += len(failed)
+        if failed:
+            for outcome in failed:
+                log.warning(
+                    "FHIR fetch for %s failed: %s",
+                    outcome.key,
+                    outcome.error,
+                    extra={"hookInstance": request.hook_instance},
+                )
+            reasons = "; ".join(f"{o.key}: {o.error}" for o in failed)
+            raise RequestError(
+                412, f"Required data could not be fetched from {request.fhir_server}: {reasons}."
+            )
+        fetched: list[dict] = []
+        for outcome in outcomes.values():
+            fetched.extend(resources_of(outcome.resource))
+        return fetched
