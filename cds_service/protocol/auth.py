@@ -1,0 +1,188 @@
+"""Verifies the JWT a CDS client sends with every call (CDS Hooks 2.0, "Trusting CDS Clients").
+
+Without this check anyone who can reach the service could feed it made-up patients, read what it
+concludes and, worse, make it send an EHR access token to a FHIR server of their choosing. So every
+token must be signed with an asymmetric key of a client we were told to trust, be addressed to the very
+endpoint called, be fresh, and be used once. Failures raise AuthError, whose message is meant for the
+log: it explains the refusal but never contains the token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+import requests
+
+from cds_service.config import ConfigError, Settings
+from cds_service.protocol.clients import ALLOWED_ALGORITHMS, ClientKeys, load_clients
+from cds_service.protocol.jti_store import ReplayStoreError, open_replay_store
+
+log = logging.getLogger(__name__)
+
+LEEWAY_S = 60
+MAX_TOKEN_CHARS = 16 * 1024
+MAX_JTI_CHARS = 256
+REQUIRED_CLAIMS = ("iss", "aud", "exp", "iat", "jti")
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+
+_REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (jwt.ExpiredSignatureError, "the token has expired"),
+    (jwt.ImmatureSignatureError, "the token is not valid yet (nbf or iat lies in the future)"),
+    (jwt.InvalidSignatureError, "the signature does not verify with the client's key"),
+    (jwt.InvalidIssuedAtError, "iat is not a number"),
+    (jwt.InvalidIssuerError, "iss does not match the client"),
+    (jwt.InvalidAlgorithmError, "the algorithm is not allowed for this key"),
+    (jwt.DecodeError, "the token is malformed"),
+)
+
+
+@dataclass(frozen=True)
+class AuthenticatedClient:
+    """Who called: the issuer, its tenant, and the FHIR servers its access tokens may be sent to."""
+
+    iss: str
+    tenant: str | None
+    fhir_servers: tuple[str, ...]
+
+
+class AuthError(Exception):
+    """The call is not authenticated. ``str(e)`` is the reason for the log; it never holds the token."""
+
+
+def _shown(value: object, limit: int = 80) -> str:
+    """A caller-supplied value made safe for one log line (escaped, shortened)."""
+    text = ascii(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class Authenticator:
+    """Checks ``Authorization: Bearer <JWT>`` against the trusted clients of ``CDS_CLIENTS``."""
+
+    def __init__(self, settings: Settings, *, http: requests.Session | None = None) -> None:
+        if settings.clients_file is None:
+            raise ConfigError(
+                "CDS_AUTH=required needs CDS_CLIENTS, the JSON file of trusted clients "
+                "(see docs/clients.md); use CDS_AUTH=off for local testing only"
+            )
+        if not settings.public_base_url:
+            raise ConfigError(
+                "CDS_PUBLIC_BASE_URL is needed with CDS_AUTH=required: tokens are checked against "
+                "the URL the client called (their 'aud' claim)"
+            )
+        self._base_url = settings.public_base_url.rstrip("/")
+        clients = load_clients(settings.clients_file)
+        session = http if http is not None else requests.Session()
+        self._keys = {iss: ClientKeys(client, session) for iss, client in clients.items()}
+        self._replay = open_replay_store(settings)
+
+    def describe(self) -> str:
+        issuers = ", ".join(sorted(self._keys))
+        return (
+            f"JWT authentication required: {len(self._keys)} trusted client(s) ({issuers}); "
+            f"audience base {self._base_url}; jti replay store: {self._replay.describe()}"
+        )
+
+    def authenticate(self, authorization: str | None, path: str) -> AuthenticatedClient:
+        """The verified caller of ``path``, or AuthError saying why the call is refused."""
+        token = _bearer_token(authorization)
+        header, unverified = _unverified_parts(token)
+        alg, kid = header.get("alg"), header.get("kid")
+        if alg not in ALLOWED_ALGORITHMS:
+            raise AuthError(f"alg {_shown(alg)} is not allowed; only asymmetric signatures are accepted")
+        if not isinstance(kid, str) or not kid:
+            raise AuthError("the token header has no kid")
+        typ = header.get("typ")
+        if typ is not None and (not isinstance(typ, str) or typ.upper() != "JWT"):
+            raise AuthError(f"typ {_shown(typ)} is not JWT")
+
+        iss = unverified.get("iss")
+        keys = self._keys.get(iss) if isinstance(iss, str) else None
+        if keys is None:
+            raise AuthError(f"iss {_shown(iss)} is not a trusted client")
+        client = keys.client
+        jku = header.get("jku")
+        if jku is not None and jku != client.jwks_url:
+            raise AuthError(f"jku {_shown(jku)} is not the jwks_url registered for {client.iss}; not fetched")
+
+        key = keys.find(kid)
+        if key is None:
+            raise AuthError(f"kid {_shown(kid)} is not a known key of {client.iss}")
+        verifier = key.by_algorithm.get(alg)
+        if verifier is None:
+            raise AuthError(f"alg {alg} does not match key {_shown(kid)} of {client.iss}")
+
+        audience = self._base_url + "/" + path.lstrip("/")
+        claims = _verified_claims(token, verifier, alg, audience.rstrip("/"), client.iss)
+        tenant = _checked_tenant(claims.get("tenant"), client.tenants, client.iss)
+        self._use_once(client.iss, claims)
+        log.debug("authenticated %s for %s", client.iss, path)
+        return AuthenticatedClient(iss=client.iss, tenant=tenant, fhir_servers=client.fhir_servers)
+
+    def _use_once(self, iss: str, claims: dict[str, Any]) -> None:
+        """Record the jti until the token could no longer pass; refuse it if it was seen before."""
+        jti = claims["jti"]
+        if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_CHARS:
+            raise AuthError(f"jti must be a string of 1 to {MAX_JTI_CHARS} characters")
+        key = hashlib.sha256(f"{iss}\x00{jti}".encode()).hexdigest()
+        try:
+            first_use = self._replay.claim(key, float(claims["exp"]) + LEEWAY_S)
+        except ReplayStoreError as error:
+            raise AuthError(f"cannot check jti for replay, refusing: {error}") from None
+        if not first_use:
+            raise AuthError(f"jti {_shown(jti)} of {iss} was already used (replay)")
+
+
+def _bearer_token(authorization: str | None) -> str:
+    if not authorization or not authorization.strip():
+        raise AuthError("no Authorization header")
+    if len(authorization) > MAX_TOKEN_CHARS:
+        raise AuthError("the Authorization header is too long")
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise AuthError(f"Authorization scheme {_shown(scheme, 20)} is not Bearer")
+    token = token.strip()
+    if not _COMPACT_JWS.fullmatch(token):
+        raise AuthError("the bearer token is not a signed JWT (three base64url parts)")
+    return token
+
+
+def _unverified_parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and claims before verification: only to pick the client and key, never trusted as such."""
+    try:
+        decoded = jwt.decode_complete(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
+        raise AuthError("the token is malformed") from None
+    return decoded["header"], decoded["payload"]
+
+
+def _verified_claims(token: str, key: jwt.PyJWK, alg: str, audience: str, iss: str) -> dict[str, Any]:
+    try:
+        return jwt.decode(
+            token,
+            key,
+            algorithms=[alg],
+            audience=[audience, audience + "/"],
+            issuer=iss,
+            leeway=LEEWAY_S,
+            options={"require": list(REQUIRED_CLAIMS)},
+        )
+    except jwt.MissingRequiredClaimError as error:
+        raise AuthError(f"the token lacks the required claim {error.claim!r}") from None
+    except jwt.InvalidAudienceError:
+        raise AuthError(f"aud does not name the endpoint called ({audience})") from None
+    except jwt.InvalidTokenError as error:
+        for kind, reason in _REASONS:
+            if isinstance(error, kind):
+                raise AuthError(reason) from None
+        raise AuthError(f"the token is invalid ({type(error).__name__})") from None
+
+
+def _checked_tenant(tenant: object, allowed: tuple[str, ...], iss: str) -> str | None:
+    if allowed and tenant not in allowed:
+        raise AuthError(f"tenant {_shown(tenant)} is not one listed for {iss}")
+    return tenant if isinstance(tenant, str) else None

@@ -1,0 +1,151 @@
+"""Remembers which JWT ids (``jti``) have been used, so a captured token cannot be replayed.
+
+The memory must be shared by every process that answers calls: gunicorn runs several workers, and a
+replayed token landing on a different worker than the original must still be refused. On one machine a
+SQLite file in WAL mode does that (the insert on a unique key is atomic across processes); several
+replicas need Redis (``SET NX`` with an expiry). Either way an id is remembered only for the lifetime of
+its token, after which the token itself is refused as expired.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from cds_service.config import ConfigError, Settings
+
+log = logging.getLogger(__name__)
+
+PURGE_INTERVAL_S = 60.0
+
+
+class ReplayStoreError(Exception):
+    """The replay store could not be consulted; callers must refuse the token (fail closed)."""
+
+
+class ReplayStore(Protocol):
+    def claim(self, key: str, expires_at: float) -> bool:
+        """Record ``key`` until ``expires_at`` (epoch seconds); False if it is already recorded."""
+        ...
+
+    def describe(self) -> str:
+        """One line for the start-up log: which store, where."""
+        ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jwt_jti_seen (
+    key TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL
+)
+"""
+
+# One statement, so the check and the record cannot be split by another process: a new key is
+# inserted; a known key is taken over only when its previous use has expired.
+_CLAIM = """
+INSERT INTO jwt_jti_seen (key, expires_at) VALUES (?, ?)
+ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at
+WHERE jwt_jti_seen.expires_at <= ?
+"""
+
+
+class SQLiteReplayStore:
+    """A SQLite file shared by the workers of one machine."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path == ":memory:" or self.path.startswith("file::memory:"):
+            raise ConfigError("CDS_STATE_DB: an in-memory database cannot be shared between workers")
+        self._local = threading.local()
+        self._purge_lock = threading.Lock()
+        self._next_purge = 0.0
+        try:
+            self._connection()
+        except sqlite3.Error as error:
+            raise ConfigError(
+                f"CDS_STATE_DB={self.path!r}: cannot open the state database ({error})"
+            ) from None
+
+    def _connection(self) -> sqlite3.Connection:
+        # One connection per thread and per process: a connection inherited through fork() must not
+        # be used by the child.
+        connection = getattr(self._local, "connection", None)
+        if connection is None or self._local.pid != os.getpid():
+            connection = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute(_SCHEMA)
+            self._local.connection = connection
+            self._local.pid = os.getpid()
+        return connection
+
+    def claim(self, key: str, expires_at: float) -> bool:
+        now = time.time()
+        try:
+            connection = self._connection()
+            claimed = connection.execute(_CLAIM, (key, expires_at, now)).rowcount == 1
+            self._maybe_purge(connection, now)
+        except sqlite3.Error as error:
+            raise ReplayStoreError(f"SQLite replay store {self.path!r}: {error}") from None
+        return claimed
+
+    def _maybe_purge(self, connection: sqlite3.Connection, now: float) -> None:
+        """Drop expired ids now and then, so the table holds only live tokens."""
+        if now < self._next_purge or not self._purge_lock.acquire(blocking=False):
+            return
+        try:
+            self._next_purge = now + PURGE_INTERVAL_S
+            connection.execute("DELETE FROM jwt_jti_seen WHERE expires_at <= ?", (now,))
+        finally:
+            self._purge_lock.release()
+
+    def describe(self) -> str:
+        return f"SQLite file {self.path} (WAL; shared by the workers of this machine only)"
+
+
+class RedisReplayStore:
+    """Redis, shared by every replica that points at the same server."""
+
+    PREFIX = "cds:jti:"
+
+    def __init__(self, url: str) -> None:
+        try:
+            import redis  # the optional extra: needed only when CDS_REDIS_URL is set
+        except ImportError:
+            raise ConfigError(
+                "CDS_REDIS_URL is set but the 'redis' package is missing: pip install 'b12-iron-cds[redis]'"
+            ) from None
+        self._errors = (redis.RedisError,)
+        parts = urlsplit(url)
+        # The URL may carry a password: show only where the server is.
+        self._where = (
+            f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
+        )
+        try:
+            self._redis = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+            self._redis.ping()
+        except (redis.RedisError, ValueError) as error:
+            raise ConfigError(f"CDS_REDIS_URL ({self._where}): cannot reach Redis ({error})") from None
+
+    def claim(self, key: str, expires_at: float) -> bool:
+        ttl_ms = max(1, int((expires_at - time.time()) * 1000))
+        try:
+            return bool(self._redis.set(self.PREFIX + key, b"1", nx=True, px=ttl_ms))
+        except self._errors as error:
+            raise ReplayStoreError(f"Redis replay store {self._where}: {error}") from None
+
+    def describe(self) -> str:
+        return f"Redis at {self._where} (shared by every replica using it)"
+
+
+def open_replay_store(settings: Settings) -> ReplayStore:
+    """Redis when ``CDS_REDIS_URL`` is set, else the SQLite file at ``CDS_STATE_DB``."""
+    if settings.redis_url:
+        return RedisReplayStore(settings.redis_url)
+    return SQLiteReplayStore(settings.state_db)
