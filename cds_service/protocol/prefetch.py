@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-_TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
+_TOKEN = re.compile(r"\{\{\s*(.*?)\s*\}\}")
 _USER_TOKENS = {
     "userPractitionerId": "Practitioner",
     "userPractitionerRoleId": "PractitionerRole",

@@ -1,0 +1,100 @@
+"""Prefetch: templates render like a 2.0 client renders them, and every arrival is classified."""
+
+from __future__ import annotations
+
+import pytest
+
+from cds_service.protocol.prefetch import (
+    PrefetchState,
+    TemplateError,
+    classify,
+    expected_type,
+    render_template,
+    resources_of,
+)
+from tests.builders import searchset
+
+CONTEXT = {"patientId": "p1", "userId": "Practitioner/u9", "encounterId": "e2", "draftOrders": {"x": 1}}
+SEARCH = "Observation?patient={{context.patientId}}&code=http://loinc.org|2132-9"
+READ = "Patient/{{context.patientId}}"
+
+
+def test_render_context_and_user_tokens() -> None:
+    assert render_template(SEARCH, CONTEXT) == "Observation?patient=p1&code=http://loinc.org|2132-9"
+    assert render_template("Practitioner/{{userPractitionerId}}", CONTEXT) == "Practitioner/u9"
+    assert render_template("Encounter/{{ context.encounterId }}", CONTEXT) == "Encounter/e2"
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "Patient/{{context.draftOrders}}",  # not a primitive
+        "Patient/{{context.missing}}",
+        "Patient/{{context.draftOrders.x}}",  # FHIRPath is 3.0, not 2.0
+        "Observation?date=gt{{today()}}",
+        "Patient/{{userPatientId}}",  # the user is a Practitioner
+    ],
+)
+def test_templates_outside_2_0_are_refused(template: str) -> None:
+    with pytest.raises(TemplateError):
+        render_template(template, CONTEXT)
+
+
+def test_expected_type() -> None:
+    assert expected_type(READ) == ("Patient", False)
+    assert expected_type(SEARCH) == ("Observation", True)
+
+
+PATIENT = {"resourceType": "Patient", "id": "p1"}
+OBS = {"resourceType": "Observation", "id": "o1"}
+
+
+@pytest.mark.parametrize(
+    ("template", "prefetch", "state"),
+    [
+        (READ, {}, PrefetchState.ABSENT),
+        (READ, {"k": None}, PrefetchState.EMPTY),
+        (SEARCH, {"k": searchset()}, PrefetchState.EMPTY),
+        (SEARCH, {"k": {"resourceType": "Bundle", "type": "searchset"}}, PrefetchState.EMPTY),
+        (READ, {"k": PATIENT}, PrefetchState.USABLE),
+        (SEARCH, {"k": searchset(OBS)}, PrefetchState.USABLE),
+        (
+            READ,
+            {"k": {"resourceType": "OperationOutcome", "issue": [{"diagnostics": "timeout"}]}},
+            PrefetchState.OUTCOME,
+        ),
+        (SEARCH, {"k": "<html><body>502 Bad Gateway</body></html>"}, PrefetchState.JUNK),
+        (SEARCH, {"k": 42}, PrefetchState.JUNK),
+        (SEARCH, {"k": []}, PrefetchState.JUNK),
+        (SEARCH, {"k": {"no": "type"}}, PrefetchState.JUNK),
+        (SEARCH, {"k": PATIENT}, PrefetchState.JUNK),
+        (READ, {"k": OBS}, PrefetchState.JUNK),
+        (READ, {"k": searchset(PATIENT)}, PrefetchState.JUNK),
+        (SEARCH, {"k": {"resourceType": "Bundle", "entry": "nope"}}, PrefetchState.JUNK),
+        (SEARCH, {"k": {"resourceType": "Bundle", "entry": [1, 2]}}, PrefetchState.JUNK),
+    ],
+)
+def test_classification(template: str, prefetch: dict, state: PrefetchState) -> None:
+    item = classify("k", template, prefetch)
+    assert item.state is state
+    assert item.state.is_missing is (
+        state in (PrefetchState.ABSENT, PrefetchState.OUTCOME, PrefetchState.JUNK)
+    )
+    if state.is_missing:
+        assert item.reason
+
+
+def test_outcome_reason_quotes_the_diagnostics() -> None:
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "details": {"text": "denied"}}],
+    }
+    assert "denied" in classify("k", READ, {"k": outcome}).reason
+
+
+def test_resources_of_skips_outcomes_and_junk_entries() -> None:
+    bundle = searchset(OBS, {"resourceType": "OperationOutcome"})
+    bundle["entry"].append({"fullUrl": "no resource"})
+    assert list(resources_of(bundle)) == [OBS]
+    assert list(resources_of(PATIENT)) == [PATIENT]
+    assert list(resources_of(None)) == []

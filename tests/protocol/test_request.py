@@ -1,0 +1,151 @@
+"""Request validation: every refusal is a RequestError with a reason, never another exception."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from cds_service.protocol.request import (
+    RequestError,
+    is_json_content_type,
+    parse_json_body,
+    validate_hook_request,
+)
+from tests.builders import hook_body
+
+
+def refused(body: object, hook: str = "patient-view") -> RequestError:
+    with pytest.raises(RequestError) as caught:
+        validate_hook_request(body, hook)
+    assert caught.value.status == 400
+    return caught.value
+
+
+@pytest.mark.parametrize("hook", ["patient-view", "order-select", "order-sign"])
+def test_valid_requests_parse(hook: str) -> None:
+    request = validate_hook_request(hook_body(hook), hook)
+    assert request.hook == hook
+    assert request.patient_id == "pat-1"
+    if hook == "patient-view":
+        assert request.draft_orders == []
+    else:
+        assert [r["id"] for r in request.draft_orders] == ["draft-b12"]
+    if hook == "order-select":
+        assert [r["id"] for r in request.selected_orders] == ["draft-b12"]
+
+
+@pytest.mark.parametrize("body", [[], "text", 3, None, True])
+def test_body_must_be_an_object(body: object) -> None:
+    assert "JSON object" in refused(body).reason
+
+
+def test_prefetch_must_be_an_object() -> None:
+    assert "prefetch" in refused(hook_body(prefetch=["not", "an", "object"])).reason
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("hook", None, "hook"),
+        ("hookInstance", None, "hookInstance"),
+        ("hookInstance", "not-a-uuid", "hookInstance"),
+        ("context", None, "context"),
+        ("context", "patient 1", "context"),
+        ("fhirServer", "ftp://fhir.example.org", "fhirServer"),
+        ("fhirAuthorization", {"access_token": "x"}, "fhirAuthorization"),
+    ],
+)
+def test_envelope_violations_name_the_field(field: str, value: object, fragment: str) -> None:
+    body = hook_body(**{field: value}) if value is not None else hook_body(**{field: None})
+    assert fragment in refused(body).reason
+
+
+def test_hook_must_match_the_service() -> None:
+    reason = refused(hook_body("order-sign"), "patient-view").reason
+    assert "'patient-view'" in reason and "'order-sign'" in reason
+
+
+@pytest.mark.parametrize(
+    ("hook", "mutate", "fragment"),
+    [
+        ("patient-view", lambda c: c.pop("patientId"), "patientId"),
+        ("patient-view", lambda c: c.update(patientId="has spaces"), "patientId"),
+        ("patient-view", lambda c: c.update(userId="dr-1"), "userId"),
+        ("order-select", lambda c: c.pop("selections"), "selections"),
+        ("order-select", lambda c: c.update(selections=[]), "selections"),
+        ("order-select", lambda c: c.pop("draftOrders"), "draftOrders"),
+        ("order-sign", lambda c: c.update(draftOrders={"resourceType": "Patient"}), "draftOrders"),
+        (
+            "order-sign",
+            lambda c: c.update(draftOrders={"resourceType": "Bundle", "entry": [{}]}),
+            "draftOrders",
+        ),
+    ],
+)
+def test_context_violations_name_the_field(hook: str, mutate, fragment: str) -> None:
+    body = hook_body(hook)
+    mutate(body["context"])
+    assert fragment in refused(body, hook).reason
+
+
+def test_selection_must_point_into_draft_orders() -> None:
+    body = hook_body("order-select")
+    body["context"]["selections"] = ["MedicationRequest/elsewhere"]
+    assert "MedicationRequest/elsewhere" in refused(body, "order-select").reason
+
+
+def test_fhir_authorization_needs_a_fhir_server() -> None:
+    auth = {
+        "access_token": "t",
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "patient/*.read",
+        "subject": "s",
+    }
+    assert "fhirServer" in refused(hook_body(fhirAuthorization=auth)).reason
+
+
+def test_authorization_header_uses_the_token_type() -> None:
+    auth = {"access_token": "abc", "token_type": "Bearer", "expires_in": 300, "scope": "s", "subject": "c"}
+    request = validate_hook_request(
+        hook_body(fhirServer="https://fhir.example.org/r4/", fhirAuthorization=auth), "patient-view"
+    )
+    assert request.authorization_header == "Bearer abc"
+    assert request.fhir_server == "https://fhir.example.org/r4"
+    assert validate_hook_request(hook_body(), "patient-view").authorization_header is None
+
+
+def test_validation_does_not_mutate_the_body() -> None:
+    body = hook_body("order-select")
+    before = copy.deepcopy(body)
+    validate_hook_request(body, "order-select")
+    assert body == before
+
+
+@pytest.mark.parametrize(
+    ("content_type", "ok"),
+    [
+        ("application/json", True),
+        ("application/json; charset=utf-8", True),
+        ("application/fhir+json", True),
+        ("APPLICATION/JSON", True),
+        ("text/plain", False),
+        ("application/x-www-form-urlencoded", False),
+        (None, False),
+        ("", False),
+    ],
+)
+def test_json_content_types(content_type: str | None, ok: bool) -> None:
+    assert is_json_content_type(content_type) is ok
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"   ", b"{", b"{'a': 1}", b"\xff\xfe", b"[" * 5000 + b"]" * 5000, b'{"a": NaN}'],
+)
+def test_bad_json_is_a_400_with_a_reason(raw: bytes) -> None:
+    with pytest.raises(RequestError) as caught:
+        parse_json_body(raw)
+    assert caught.value.status == 400
+    assert caught.value.reason
