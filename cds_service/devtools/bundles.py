@@ -1,0 +1,249 @@
+"""Reading FHIR Bundles and draft orders from files for the developer tools.
+
+Fixtures and real exports arrive as transaction, collection or searchset Bundles. A transaction Bundle
+links its entries with ``urn:uuid:`` full URLs that only a FHIR server would turn into ``Type/id``
+references; the offline replay has no server, so this module does that rewriting itself. Every problem
+with a file becomes a ``BundleError`` whose message is one line naming the file, because the commands
+print it as is.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+BUNDLE_TYPES = frozenset({"transaction", "batch", "collection", "searchset", "document", "message"})
+
+# Resource types an EHR puts in draftOrders; anything else in an order file (a Medication, say) travels
+# along as a supporting resource but is never selected or re-pointed at the patient.
+ORDER_TYPES = frozenset(
+    {
+        "MedicationRequest",
+        "ServiceRequest",
+        "DeviceRequest",
+        "NutritionOrder",
+        "VisionPrescription",
+        "CommunicationRequest",
+        "ImmunizationRecommendation",
+    }
+)
+
+
+class BundleError(ValueError):
+    """A file cannot be used as asked; the message is one line and names the file."""
+
+
+@dataclass(frozen=True)
+class PatientBundle:
+    """One patient's record as loaded from a Bundle, references already resolved."""
+
+    path: Path
+    patient: dict[str, Any]
+    resources: tuple[dict[str, Any], ...]
+
+    @property
+    def patient_id(self) -> str:
+        return str(self.patient["id"])
+
+    @property
+    def display_name(self) -> str:
+        return patient_name(self.patient) or f"Patient/{self.patient_id}"
+
+
+@dataclass(frozen=True)
+class DraftOrders:
+    """What an EHR sends as ``context.draftOrders`` (and ``selections`` for order-select)."""
+
+    bundle: dict[str, Any]
+    selections: tuple[str, ...]
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file, turning every failure into a one-line BundleError."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BundleError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise BundleError(f"{path}: is a directory, expected a JSON file") from None
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else "invalid JSON"
+        raise BundleError(f"{path}: not valid JSON ({reason})") from None
+
+
+def load_bundle(path: Path) -> dict[str, Any]:
+    """A Bundle of one of the types that carry a record; anything else is refused by name."""
+    data = read_json(path)
+    check_bundle(data, str(path))
+    return data
+
+
+def check_bundle(data: Any, where: str) -> None:
+    """Raise BundleError unless ``data`` is a Bundle whose entries hold resources."""
+    if not isinstance(data, dict):
+        raise BundleError(f"{where}: not a FHIR Bundle (the JSON is a {type(data).__name__}, not an object)")
+    kind = data.get("resourceType")
+    if kind != "Bundle":
+        shown = f"a {kind}" if isinstance(kind, str) else "no resourceType"
+        raise BundleError(f"{where}: not a FHIR Bundle ({shown})")
+    if data.get("type") not in BUNDLE_TYPES:
+        raise BundleError(
+            f"{where}: Bundle type {data.get('type')!r} is not one of {', '.join(sorted(BUNDLE_TYPES))}"
+        )
+    entries = data.get("entry", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise BundleError(f"{where}: Bundle.entry is not a list of entries")
+
+
+def bundle_resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Bundle's resources as a server would store them: every one with an id, references as Type/id.
+
+    OperationOutcome entries of a searchset (``search.mode = outcome``) are messages about the search,
+    not part of the record, and are left out.
+    """
+    entries = [e for e in bundle.get("entry", []) if isinstance(e.get("resource"), dict)]
+    entries = [e for e in entries if (e.get("search") or {}).get("mode") != "outcome"]
+    resources = [copy.deepcopy(e["resource"]) for e in entries]
+    aliases: dict[str, str] = {}
+    for entry, resource in zip(entries, resources, strict=True):
+        kind = resource.get("resourceType")
+        if not isinstance(kind, str):
+            continue
+        resource["id"] = _entry_id(entry, resource)
+        full_url = entry.get("fullUrl")
+        if isinstance(full_url, str) and full_url:
+            aliases[full_url] = f"{kind}/{resource['id']}"
+    if aliases:
+        for resource in resources:
+            _rewrite_references(resource, aliases)
+    return [r for r in resources if isinstance(r.get("resourceType"), str)]
+
+
+def _entry_id(entry: dict[str, Any], resource: dict[str, Any]) -> str:
+    """The id a server would keep: the resource's own, a PUT's, the urn:uuid, the URL's last segment."""
+    if isinstance(resource.get("id"), str) and resource["id"]:
+        return resource["id"]
+    request_url = (entry.get("request") or {}).get("url")
+    if isinstance(request_url, str) and request_url.count("/") == 1 and "?" not in request_url:
+        return request_url.split("/")[1]
+    full_url = entry.get("fullUrl")
+    if isinstance(full_url, str):
+        if full_url.startswith("urn:uuid:"):
+            return full_url.removeprefix("urn:uuid:")
+        if full_url.rstrip("/").count("/") >= 1 and not full_url.startswith("urn:"):
+            return full_url.rstrip("/").rsplit("/", 1)[1]
+    return str(uuid.uuid4())
+
+
+def _rewrite_references(node: Any, aliases: dict[str, str]) -> None:
+    if isinstance(node, dict):
+        ref = node.get("reference")
+        if isinstance(ref, str) and ref in aliases:
+            node["reference"] = aliases[ref]
+        for value in node.values():
+            if isinstance(value, dict | list):
+                _rewrite_references(value, aliases)
+    elif isinstance(node, list):
+        for value in node:
+            if isinstance(value, dict | list):
+                _rewrite_references(value, aliases)
+
+
+def load_patient_bundle(path: Path) -> PatientBundle:
+    """Load a Bundle that holds exactly one Patient and that patient's record."""
+    bundle = load_bundle(path)
+    resources = bundle_resources(bundle)
+    patients = [r for r in resources if r["resourceType"] == "Patient"]
+    if not patients:
+        raise BundleError(f"{path}: the Bundle holds no Patient resource")
+    if len({p["id"] for p in patients}) > 1:
+        raise BundleError(f"{path}: the Bundle holds {len(patients)} Patients; give one patient per Bundle")
+    return PatientBundle(path=path, patient=patients[0], resources=tuple(resources))
+
+
+def patient_name(patient: dict[str, Any]) -> str:
+    """A human name for a summary line: the official name if marked, else the first."""
+    names = [n for n in patient.get("name", []) if isinstance(n, dict)]
+    if not names:
+        return ""
+    name = next((n for n in names if n.get("use") == "official"), names[0])
+    if isinstance(name.get("text"), str) and name["text"].strip():
+        return name["text"].strip()
+    given = [g for g in name.get("given", []) if isinstance(g, str)]
+    family = name.get("family") if isinstance(name.get("family"), str) else ""
+    return " ".join([*given, family]).strip()
+
+
+def iter_bundle_files(paths: list[Path]) -> Iterator[tuple[Path, bool]]:
+    """Expand directories into the JSON files inside them (sorted).
+
+    Yields (path, explicit): files named on the command line are explicit; files found in a directory
+    are not, so the caller may skip the ones that are not Bundles (a folder's README data, say).
+    """
+    for path in paths:
+        if path.is_dir():
+            for child in sorted(path.rglob("*.json")):
+                if child.is_file():
+                    yield child, False
+        else:
+            yield path, True
+
+
+def looks_like_bundle(path: Path) -> bool:
+    """True when the file parses as JSON with resourceType Bundle; used to skip other files in folders."""
+    try:
+        data = read_json(path)
+    except BundleError:
+        return True  # let the loader report the real problem
+    return isinstance(data, dict) and data.get("resourceType") == "Bundle"
+
+
+def load_draft_orders(path: Path, patient_id: str) -> DraftOrders:
+    """Draft orders from a resource file, a Bundle, or a hook request file (its context.draftOrders).
+
+    The orders are re-pointed at ``patient_id`` so that one example order can be replayed against any
+    patient; resources without an id get one, as an EHR's draft orders always have ids.
+    """
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise BundleError(f"{path}: expected a FHIR resource, a Bundle or a hook request object")
+    requested: list[str] | None = None
+    if "hook" in data and isinstance(data.get("context"), dict):
+        draft = data["context"].get("draftOrders")
+        if draft is None:
+            raise BundleError(f"{path}: the hook request has no context.draftOrders")
+        check_bundle(draft, f"{path} (context.draftOrders)")
+        resources = bundle_resources(draft)
+        selections = data["context"].get("selections")
+        if isinstance(selections, list) and all(isinstance(s, str) for s in selections):
+            requested = selections
+    elif data.get("resourceType") == "Bundle":
+        check_bundle(data, str(path))
+        resources = bundle_resources(data)
+    elif isinstance(data.get("resourceType"), str):
+        resources = bundle_resources(
+            {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": data}]}
+        )
+    else:
+        raise BundleError(f"{path}: not a FHIR resource (no resourceType)")
+
+    orders = [r for r in resources if r["resourceType"] in ORDER_TYPES]
+    if not orders:
+        raise BundleError(f"{path}: no draft order in it (expected one of {', '.join(sorted(ORDER_TYPES))})")
+    for order in orders:
+        field = "patient" if "patient" in order or order["resourceType"] == "NutritionOrder" else "subject"
+        order[field] = {"reference": f"Patient/{patient_id}"}
+    refs = [f"{o['resourceType']}/{o['id']}" for o in orders]
+    selections = tuple(s for s in requested if s in refs) if requested else tuple(refs)
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in resources]}
+    return DraftOrders(bundle=bundle, selections=selections or tuple(refs))

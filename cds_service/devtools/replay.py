@@ -1,0 +1,184 @@
+"""``cds-service replay``: run a hook offline over FHIR Bundles and show the cards.
+
+The real HookHandler answers, exactly as it does behind HTTP; only the EHR is simulated: the prefetch
+is what the service's own templates return when evaluated over the Bundle's resources (``offline.py``),
+so a replay exercises the same code paths as a call whose prefetch was complete. Nothing is fetched.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from cds_service.config import ConfigError, Settings, load_settings, parse_rfc3339
+from cds_service.devtools.bundles import (
+    BundleError,
+    PatientBundle,
+    iter_bundle_files,
+    load_draft_orders,
+    load_patient_bundle,
+    looks_like_bundle,
+)
+from cds_service.devtools.hookrequest import HOOKS, ORDER_HOOKS, hook_context, hook_request, service_for_hook
+from cds_service.devtools.offline import OfflineFhirServer, OfflineQueryError
+from cds_service.devtools.render import render_response, summary_line
+from cds_service.protocol.prefetch import TemplateError, render_template
+from cds_service.protocol.request import RequestError
+from cds_service.services import HookHandler
+
+
+class ReplayError(Exception):
+    """One Bundle could not be replayed; the message is one line."""
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    bundle: PatientBundle
+    request: dict[str, Any]
+    response: dict[str, Any]
+
+
+def build_handler(settings: Settings) -> HookHandler:
+    """The service's handler as ``create_app`` builds it (site config, clinical config, card style)."""
+    from cds_service.app import _card_style
+    from cds_service.clinical.engine import load_clinical_config
+    from cds_service.config import load_site_config
+
+    site = load_site_config(settings.site_config)
+    return HookHandler(settings, load_clinical_config(site), card_style=_card_style(site))
+
+
+def offline_prefetch(
+    handler: HookHandler, service_id: str, context: dict[str, Any], server: OfflineFhirServer
+) -> dict:
+    """What a complete EHR prefetch would hold: each template rendered, then answered offline."""
+    templates = handler.services[service_id].prefetch
+    queries = {key: render_template(template, context) for key, template in templates.items()}
+    return server.prefetch(queries)
+
+
+def replay_bundle(handler: HookHandler, path: Path, hook: str, order_file: Path | None) -> ReplayResult:
+    """Replay one Bundle; every expected failure becomes a one-line ReplayError or BundleError."""
+    record = load_patient_bundle(path)
+    drafts = load_draft_orders(order_file, record.patient_id) if order_file else None
+    service_id = service_for_hook(handler.services, hook)
+    context = hook_context(hook, record.patient_id, drafts)
+    server = OfflineFhirServer(record.resources)
+    try:
+        prefetch = offline_prefetch(handler, service_id, context, server)
+    except (OfflineQueryError, TemplateError) as error:
+        raise ReplayError(f"{path}: cannot evaluate the prefetch offline: {error}") from None
+    request = hook_request(hook, context, prefetch)
+    try:
+        outcome = handler.handle(service_id, request)
+    except RequestError as error:
+        raise ReplayError(f"{path}: the service answered {error.status}: {error.reason}") from None
+    return ReplayResult(bundle=record, request=request, response=outcome.response)
+
+
+def _settings(now: str | None) -> Settings:
+    try:
+        settings = load_settings()
+        clock: datetime | None = parse_rfc3339("--now", now) if now else settings.now
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    return settings.with_overrides(now=clock, auth="off")
+
+
+def _collect(paths: Sequence[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path, explicit in iter_bundle_files(list(paths)):
+        if explicit or looks_like_bundle(path):
+            files.append(path)
+    if not files:
+        raise click.ClickException("no Bundle files found in " + ", ".join(str(p) for p in paths))
+    return files
+
+
+def _progress(index: int, total: int, path: Path) -> None:
+    stderr = click.get_text_stream("stderr")
+    if stderr.isatty():
+        end = "\n" if index == total else ""
+        click.echo(f"\r[{index}/{total}] {path.name[:60]:<60}", file=stderr, nl=False)
+        click.echo(end, file=stderr, nl=False)
+    else:
+        click.echo(f"[{index}/{total}] {path}", file=stderr)
+
+
+@click.command("replay")
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--hook",
+    type=click.Choice(HOOKS),
+    default="patient-view",
+    show_default=True,
+    help="Which hook to simulate.",
+)
+@click.option(
+    "--order",
+    "order_file",
+    type=click.Path(path_type=Path),
+    help="Draft orders: a resource, a Bundle, or a hooks/ request file (its context.draftOrders).",
+)
+@click.option(
+    "--now", help="Clinical 'now' (RFC 3339), e.g. 2026-01-31T09:00:00Z. Default: CDS_NOW, else the clock."
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the service response as JSON (JSON Lines for several)."
+)
+def replay(
+    bundles: tuple[Path, ...], hook: str, order_file: Path | None, now: str | None, as_json: bool
+) -> None:
+    """Run a hook offline over FHIR R4 Bundles (files or folders) and print the cards.
+
+    Each Bundle (transaction, collection or searchset) must hold one Patient. The prefetch is what the
+    service's templates return over the Bundle; draft orders are re-pointed at that patient.
+    """
+    if hook in ORDER_HOOKS and order_file is None:
+        raise click.UsageError(f"--hook {hook} needs draft orders: give --order FILE")
+    settings = _settings(now)
+    try:
+        handler = build_handler(settings)
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    files = _collect(bundles)
+    several = len(files) > 1
+    failures = 0
+    for index, path in enumerate(files, start=1):
+        if several:
+            _progress(index, len(files), path)
+        try:
+            result = replay_bundle(handler, path, hook, order_file)
+        except (BundleError, ReplayError) as error:
+            failures += 1
+            click.echo(f"error: {error}", err=True)
+            continue
+        _print(result, several, as_json)
+    if failures:
+        if several:
+            click.echo(f"{failures} of {len(files)} bundle(s) failed", err=True)
+        sys.exit(1)
+
+
+def _print(result: ReplayResult, several: bool, as_json: bool) -> None:
+    name = f"{result.bundle.display_name} (Patient/{result.bundle.patient_id})"
+    if as_json and several:
+        line = {
+            "file": str(result.bundle.path),
+            "patientId": result.bundle.patient_id,
+            "response": result.response,
+        }
+        click.echo(orjson.dumps(line).decode())
+    elif as_json:
+        click.echo(orjson.dumps(result.response, option=orjson.OPT_INDENT_2).decode())
+    elif several:
+        click.echo(summary_line(name, result.response))
+    else:
+        click.echo(render_response(result.response, heading=f"{name} — {result.request['hook']}"))
