@@ -1,0 +1,422 @@
+"""Fetch what the prefetch lacked from the EHR's FHIR server: all queries at once, under one time budget.
+
+A hook call has a deadline measured in hundreds of milliseconds, and each missing prefetch key is a
+separate query, so the queries run side by side in a thread pool and the call gives up on whatever is
+still outstanding when the budget runs out. Each key's answer is either the data (a resource, or a
+searchset Bundle with every page merged) or one sentence saying why not, which the service turns into
+a 412 that names the missing data.
+
+The access token goes only to the origin of the base URL the caller already vetted with
+``fhir_server_allowed``: a paging link that points anywhere else is not followed, redirects are not
+followed, and nothing here logs a header.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from http.cookiejar import DefaultCookiePolicy
+from urllib.parse import urljoin, urlsplit
+
+import orjson
+import requests
+from requests.adapters import HTTPAdapter
+
+from .errors import exception_reason, http_error_reason, is_connection_reset, operation_outcome_text
+from .servers import Origin, fhir_server_allowed, origin_of
+
+__all__ = [
+    "FetchOutcome",
+    "FhirClient",
+    "fhir_server_allowed",
+    "merge_search_pages",
+]
+
+log = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+DEFAULT_CONNECT_TIMEOUT_S = 1.0
+DEFAULT_MAX_WORKERS = 16
+DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+_CHUNK_BYTES = 64 * 1024
+# Starting a request with less time than this left cannot succeed; call it a timeout straight away.
+_MIN_ATTEMPT_S = 0.002
+
+
+@dataclass(frozen=True)
+class FetchOutcome:
+    """What became of one prefetch key: the data, or why there is none."""
+
+    key: str
+    url: str
+    resource: dict | None
+    error: str | None
+    status: int | None
+    requests: int
+    elapsed_ms: float
+    warnings: tuple[str, ...] = ()
+    truncated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.resource is not None
+
+
+class _Failure(Exception):
+    """A key cannot be had; ``reason`` is the sentence that ends up in the 412."""
+
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+class _Retryable(Exception):
+    """The connection was reset; the GET may be sent once more."""
+
+
+@dataclass
+class _Progress:
+    """Shared between a worker and the waiting caller, so a key cut off by the budget still reports
+    how many requests it made."""
+
+    requests: int = 0
+    status: int | None = None
+
+
+@dataclass(frozen=True)
+class _Call:
+    base: str
+    origin: Origin
+    headers: Mapping[str, str]
+    deadline: float
+    budget_ms: int
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def timeout_reason(self, url: str) -> str:
+        return f"timeout after {self.budget_ms} ms waiting for {url}"
+
+
+@dataclass
+class _Page:
+    status: int
+    body: dict = field(default_factory=dict)
+
+
+def merge_search_pages(pages: Sequence[dict]) -> dict:
+    """One searchset Bundle holding every entry of ``pages`` in order, without paging links.
+
+    A resource that appears twice (an ``_include``d Medication shared by orders on two pages, or a row
+    that shifted between offset pages) is kept once. Outcome entries (``search.mode = outcome``) are
+    left out: they are warnings about the search, not data.
+    """
+    merged: dict = {"resourceType": "Bundle", "type": "searchset"}
+    if pages and isinstance(pages[0].get("total"), int):
+        merged["total"] = pages[0]["total"]
+    entries: list[dict] = []
+    seen: set[tuple[str, str]] = set()
+    for page in pages:
+        for entry in page.get("entry") or []:
+            if not isinstance(entry, dict) or _is_outcome_entry(entry):
+                continue
+            resource = entry.get("resource")
+            identity = _identity(resource)
+            if identity is not None:
+                if identity in seen:
+                    continue
+                seen.add(identity)
+            entries.append(entry)
+    merged["entry"] = entries
+    return merged
+
+
+def _identity(resource: object) -> tuple[str, str] | None:
+    if isinstance(resource, dict) and isinstance(resource.get("id"), str):
+        return (str(resource.get("resourceType")), resource["id"])
+    return None
+
+
+def _is_outcome_entry(entry: dict) -> bool:
+    search = entry.get("search") if isinstance(entry.get("search"), dict) else {}
+    resource = entry.get("resource") if isinstance(entry.get("resource"), dict) else {}
+    return search.get("mode") == "outcome" or resource.get("resourceType") == "OperationOutcome"
+
+
+def _outcome_warnings(page: dict) -> list[str]:
+    warnings = []
+    for entry in page.get("entry") or []:
+        if isinstance(entry, dict) and _is_outcome_entry(entry):
+            text = operation_outcome_text(entry.get("resource"))
+            if text:
+                warnings.append(f"server said: {text}")
+    return warnings
+
+
+def _next_link(page: dict) -> str | None:
+    for link in page.get("link") or []:
+        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
+            return link["url"]
+    return None
+
+
+def _is_search_query(query: str) -> bool:
+    """``Observation?…`` or ``Observation`` is a search; ``Patient/123`` is a read."""
+    path = query.split("?", 1)[0].strip("/")
+    return "/" not in path or path.endswith("/_search")
+
+
+class FhirClient:
+    """One per worker process: a pooled requests.Session, shared across threads."""
+
+    def __init__(
+        self,
+        *,
+        max_pages: int = 10,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        max_workers: int = DEFAULT_MAX_WORKERS,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> None:
+        if max_pages < 1 or max_workers < 1:
+            raise ValueError("max_pages and max_workers must be at least 1")
+        self.max_pages = max_pages
+        self.connect_timeout_s = connect_timeout_s
+        self.max_workers = max_workers
+        self.max_response_bytes = max_response_bytes
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._session: requests.Session | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _resources(self) -> tuple[requests.Session, ThreadPoolExecutor]:
+        """The session and pool of this process, made on first use.
+
+        Made lazily and per process id because a server that loads the app before forking workers
+        would otherwise share one connection pool, and a thread pool that does not survive the fork.
+        """
+        with self._lock:
+            if self._pid != os.getpid() or self._session is None or self._pool is None:
+                self._session = self._new_session()
+                self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="fhir-fetch")
+                self._pid = os.getpid()
+            return self._session, self._pool
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        # Proxies and credentials from the environment or ~/.netrc must not change where patient data
+        # goes or what is sent; cookies from one EHR must not ride along to the next call.
+        session.trust_env = False
+        session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+        adapter = HTTPAdapter(pool_connections=8, pool_maxsize=self.max_workers, max_retries=0)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        session.headers.update({"Accept": FHIR_JSON, "User-Agent": "b12-iron-cds"})
+        return session
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+            if self._session is not None:
+                self._session.close()
+            self._pool = None
+            self._session = None
+            self._pid = None
+
+    def fetch_all(
+        self,
+        base_url: str,
+        queries: Mapping[str, str],
+        *,
+        authorization: str | None,
+        budget_ms: int,
+    ) -> dict[str, FetchOutcome]:
+        """Run every query against ``base_url`` at once and return within ``budget_ms`` (plus a few ms).
+
+        ``queries`` maps a prefetch key to a rendered relative query (``Patient/123``,
+        ``Observation?patient=123&code=…``). ``authorization`` is the whole header value
+        (``Bearer abc``) or None for an open server. A key not finished when the budget ends is reported
+        as a timeout; its worker stops at its own read timeout, which is never past the deadline.
+        """
+        started = time.monotonic()
+        base = base_url.rstrip("/")
+        origin = origin_of(base)
+        if origin is None:
+            reason = f"FHIR server {base_url!r} is not an absolute http(s) URL"
+            return {key: FetchOutcome(key, q, None, reason, None, 0, 0.0) for key, q in queries.items()}
+        headers = {"Authorization": authorization} if authorization else {}
+        call = _Call(base, origin, headers, started + budget_ms / 1000, budget_ms)
+        _session, pool = self._resources()
+        running: dict[str, tuple[str, _Progress, Future[FetchOutcome]]] = {}
+        for key, query in queries.items():
+            url = f"{base}/{query.lstrip('/')}"
+            progress = _Progress()
+            running[key] = (url, progress, pool.submit(self._fetch_key, call, key, query, url, progress))
+        wait([future for _, _, future in running.values()], timeout=max(0.0, call.remaining()))
+        outcomes: dict[str, FetchOutcome] = {}
+        for key, (url, progress, future) in running.items():
+            if future.done():
+                outcomes[key] = future.result()
+                continue
+            future.cancel()
+            elapsed = (time.monotonic() - started) * 1000
+            outcomes[key] = FetchOutcome(
+                key, url, None, call.timeout_reason(url), progress.status, progress.requests, elapsed
+            )
+        for outcome in outcomes.values():
+            log.debug(
+                "FHIR fetch %s %s: %s after %d request(s), %.0f ms",
+                outcome.key,
+                outcome.url,
+                "ok" if outcome.ok else outcome.error,
+                outcome.requests,
+                outcome.elapsed_ms,
+            )
+        return outcomes
+
+    def _fetch_key(self, call: _Call, key: str, query: str, url: str, progress: _Progress) -> FetchOutcome:
+        started = time.monotonic()
+        warnings: list[str] = []
+        truncated = False
+        resource: dict | None = None
+        error: str | None = None
+        try:
+            if origin_of(url) != call.origin:
+                raise _Failure(f"query {query!r} does not stay on {call.base}")
+            first = self._get(call, url, progress)
+            if first.body.get("resourceType") == "Bundle" and first.body.get("type") == "searchset":
+                pages, truncated = self._follow_pages(call, url, first.body, progress)
+                for page in pages:
+                    warnings += _outcome_warnings(page)
+                if truncated:
+                    warnings.append(f"stopped after {self.max_pages} pages; the server has more results")
+                resource = merge_search_pages(pages)
+            elif _is_search_query(query):
+                got = first.body.get("resourceType")
+                raise _Failure(f"expected a searchset Bundle from {url}, got {got}")
+            else:
+                resource = first.body
+        except _Failure as failure:
+            error = failure.reason
+            progress.status = failure.status if failure.status is not None else progress.status
+        except Exception as exc:  # any surprise still becomes a reason, never a crashed hook call
+            log.exception("unexpected error fetching prefetch key %s", key)
+            error = f"unexpected error fetching {url}: {type(exc).__name__}"
+        elapsed = (time.monotonic() - started) * 1000
+        return FetchOutcome(
+            key,
+            url,
+            resource if error is None else None,
+            error,
+            progress.status,
+            progress.requests,
+            elapsed,
+            tuple(warnings),
+            truncated,
+        )
+
+    def _follow_pages(
+        self, call: _Call, first_url: str, first: dict, progress: _Progress
+    ) -> tuple[list[dict], bool]:
+        pages = [first]
+        fetched = {first_url}
+        current_url = first_url
+        while (link := _next_link(pages[-1])) is not None:
+            next_url = urljoin(current_url, link)
+            if origin_of(next_url) != call.origin:
+                where = urlsplit(next_url)
+                raise _Failure(
+                    f"next link to another origin ({where.scheme}://{where.netloc}) not followed "
+                    f"while paging {first_url}"
+                )
+            if next_url in fetched:
+                raise _Failure(f"next link of {first_url} repeats an earlier page")
+            if len(pages) >= self.max_pages:
+                return pages, True
+            page = self._get(call, next_url, progress).body
+            if page.get("resourceType") != "Bundle":
+                raise _Failure(f"page {len(pages) + 1} of {first_url} is not a Bundle")
+            pages.append(page)
+            fetched.add(next_url)
+            current_url = next_url
+        return pages, False
+
+    def _get(self, call: _Call, url: str, progress: _Progress) -> _Page:
+        """One GET, retried once if the connection was reset and time remains."""
+        try:
+            return self._attempt(call, url, progress)
+        except _Retryable:
+            return self._attempt(call, url, progress, retrying=True)
+
+    def _attempt(self, call: _Call, url: str, progress: _Progress, *, retrying: bool = False) -> _Page:
+        session, _pool = self._resources()
+        remaining = call.remaining()
+        if remaining < _MIN_ATTEMPT_S:
+            raise _Failure(call.timeout_reason(url))
+        progress.requests += 1
+        try:
+            response = session.get(
+                url,
+                headers=call.headers,
+                timeout=(min(self.connect_timeout_s, remaining), remaining),
+                stream=True,
+                allow_redirects=False,
+            )
+            try:
+                raw = self._read_body(call, url, response)
+            finally:
+                response.close()
+        except (requests.exceptions.Timeout, TimeoutError):
+            raise _Failure(call.timeout_reason(url)) from None
+        except requests.exceptions.RequestException as exc:
+            if call.remaining() <= 0:
+                raise _Failure(call.timeout_reason(url)) from None
+            if not retrying and is_connection_reset(exc):
+                raise _Retryable from exc
+            raise _Failure(exception_reason(exc, url)) from None
+        progress.status = response.status_code
+        return self._interpret(url, response, raw)
+
+    def _read_body(self, call: _Call, url: str, response: requests.Response) -> bytes:
+        chunks = []
+        size = 0
+        for chunk in response.iter_content(_CHUNK_BYTES):
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                raise _Failure(f"response from {url} is larger than {self.max_response_bytes} bytes")
+            chunks.append(chunk)
+            if call.remaining() <= 0:
+                raise _Failure(call.timeout_reason(url))
+        return b"".join(chunks)
+
+    def _interpret(self, url: str, response: requests.Response, raw: bytes) -> _Page:
+        status = response.status_code
+        try:
+            parsed: object = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            parsed = None
+        if 300 <= status < 400:
+            location = response.headers.get("Location", "")
+            target = urlsplit(urljoin(url, location))
+            raise _Failure(
+                f"HTTP {status} from {url}: redirect to {target.scheme}://{target.netloc}{target.path} "
+                "not followed",
+                status,
+            )
+        if status >= 400 or status < 200:
+            raise _Failure(http_error_reason(status, url, parsed, raw), status)
+        if parsed is None:
+            content_type = response.headers.get("Content-Type", "no Content-Type")
+            raise _Failure(f"not JSON from {url} (HTTP {status}, {content_type})", status)
+        if not isinstance(parsed, dict) or not isinstance(parsed.get("resourceType"), str):
+            raise _Failure(f"not a FHIR resource from {url} (JSON without a resourceType)", status)
+        outcome = operation_outcome_text(parsed)
+        if outcome is not None:
+            raise _Failure(f"HTTP {status} from {url}: OperationOutcome: {outcome}", status)
+        return _Page(status, parsed)
