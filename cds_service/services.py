@@ -22,6 +22,7 @@ from cds_service.clinical.engine import ClinicalConfig, evaluate
 from cds_service.clinical.findings import Finding, findings_from_json, findings_to_json
 from cds_service.config import Settings
 from cds_service.fhir.client import FhirClient, fhir_server_allowed
+from cds_service.observability import observe_fhir_fetch
 from cds_service.protocol.auth import AuthenticatedClient
 from cds_service.protocol.cards import CardStyle, cards_response, issued_cards
 from cds_service.protocol.prefetch import (
@@ -325,6 +326,8 @@ class HookHandler:
             budget_ms=self.settings.fhir_budget_ms,
         )
         trace.fhir_queries += sum(o.requests for o in outcomes.values())
+        for outcome in outcomes.values():
+            observe_fhir_fetch(outcome.elapsed_ms, outcome.ok)
         failed = [o for o in outcomes.values() if not o.ok]
         trace.fhir_errors += len(failed)
         if failed:
