@@ -17,6 +17,7 @@ from typing import Any
 
 import jwt
 import requests
+from jwt.exceptions import InvalidJTIError
 
 from cds_service.config import ConfigError, Settings
 from cds_service.protocol.clients import ALLOWED_ALGORITHMS, ClientKeys, load_clients
@@ -35,6 +36,7 @@ _REASONS: tuple[tuple[type[Exception], str], ...] = (
     (jwt.ImmatureSignatureError, "the token is not valid yet (nbf or iat lies in the future)"),
     (jwt.InvalidSignatureError, "the signature does not verify with the client's key"),
     (jwt.InvalidIssuedAtError, "iat is not a number"),
+    (InvalidJTIError, f"jti must be a string of 1 to {MAX_JTI_CHARS} characters"),
     (jwt.InvalidIssuerError, "iss does not match the client"),
     (jwt.InvalidAlgorithmError, "the algorithm is not allowed for this key"),
     (jwt.DecodeError, "the token is malformed"),
