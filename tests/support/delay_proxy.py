@@ -60,7 +60,7 @@ class DelayProxy:
         self.port = self._httpd.server_address[1]
         self.origin = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, daemon=True, name=f"proxy-{self.port}"
+            target=self._httpd.serve_forever, args=(0.05,), daemon=True, name=f"proxy-{self.port}"
         )
 
     def start(self) -> DelayProxy:

@@ -49,7 +49,7 @@ class FakeEhrFhir:
         self.origin = f"http://127.0.0.1:{self.port}"
         self.base_url = f"{self.origin}/baseR4"
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, daemon=True, name=f"fake-{self.port}"
+            target=self._httpd.serve_forever, args=(0.05,), daemon=True, name=f"fake-{self.port}"
         )
 
     def __enter__(self) -> FakeEhrFhir:

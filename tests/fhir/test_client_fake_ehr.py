@@ -1,0 +1,141 @@
+"""FhirClient against imitations of HAPI paging, the SMART launcher's 401 and other odd answers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from cds_service.fhir.client import FhirClient
+from tests.support.fake_ehr_fhir import SMART_LAUNCHER_401_TEXT, FakeEhrFhir
+
+pytestmark = pytest.mark.integration
+
+BUDGET_MS = 3000
+
+
+@pytest.fixture
+def fhir_client() -> Iterator[FhirClient]:
+    fhir = FhirClient()
+    yield fhir
+    fhir.close()
+
+
+def _observations(count: int) -> list[dict]:
+    return [{"resourceType": "Observation", "id": f"o{n}", "status": "final"} for n in range(count)]
+
+
+def test_hapi_opaque_getpages_links_are_followed(fhir_client: FhirClient) -> None:
+    with FakeEhrFhir(token="tok") as ehr:
+        ehr.add_search("Observation", _observations(5), page_size=2)
+        outcome = fhir_client.fetch_all(
+            ehr.base_url, {"labs": "Observation?patient=1"}, authorization="Bearer tok", budget_ms=BUDGET_MS
+        )["labs"]
+        seen = ehr.seen
+    assert outcome.ok, outcome.error
+    assert [e["resource"]["id"] for e in outcome.resource["entry"]] == ["o0", "o1", "o2", "o3", "o4"]
+    assert outcome.requests == 3
+    assert seen[1].path.startswith("/baseR4?_getpages=")
+    assert {r.authorization for r in seen} == {"Bearer tok"}
+
+
+def test_next_link_to_another_origin_is_not_followed(fhir_client: FhirClient) -> None:
+    with FakeEhrFhir() as elsewhere, FakeEhrFhir() as ehr:
+        ehr.add_search("Observation", _observations(3), page_size=2, next_origin=elsewhere.origin)
+        outcome = fhir_client.fetch_all(
+            ehr.base_url, {"labs": "Observation?patient=1"}, authorization="Bearer tok", budget_ms=BUDGET_MS
+        )["labs"]
+        assert elsewhere.seen == []
+    assert outcome.resource is None
+    assert outcome.error.startswith(f"next link to another origin ({elsewhere.origin}) not followed")
+
+
+def test_smart_launcher_401_text_is_quoted(fhir_client: FhirClient) -> None:
+    with FakeEhrFhir(token="right") as ehr:
+        outcome = fhir_client.fetch_all(
+            ehr.base_url, {"patient": "Patient/1"}, authorization="Bearer expired", budget_ms=BUDGET_MS
+        )["patient"]
+    assert outcome.status == 401
+    assert outcome.error == f"HTTP 401 from {ehr.base_url}/Patient/1: {SMART_LAUNCHER_401_TEXT}"
+
+
+def test_long_text_body_is_cut(fhir_client: FhirClient) -> None:
+    with FakeEhrFhir() as ehr:
+        ehr.add_canned("Patient/1", 503, b"<html>" + b"x" * 1000 + b"</html>", "text/html")
+        outcome = fhir_client.fetch_all(
+            ehr.base_url, {"patient": "Patient/1"}, authorization=None, budget_ms=500
+        )["patient"]
+    assert outcome.status == 503
+    assert outcome.error.startswith(f"HTTP 503 from {ehr.base_url}/Patient/1: <html>xxx")
+    assert outcome.error.endswith("…")
+    assert len(outcome.error) < 300
+
+
+def test_html_page_with_status_200_is_not_json(fhir_client: FhirClient) -> None:
+    with FakeEhrFhir() as ehr:
+        ehr.add_canned("Patient/1", 200, b"<html><body>Sign in</body></html>", "text/html")
+        outcome = fhir_client.fetch_all(
+            ehr.base_url, {"patient": "Patient/1"}, authorization=None, budget_ms=500
+        )["patient"]
+    assert outcome.resource is None
+    assert outcome.error == f"not JSON from {ehr.base_url}/Patient/1 (HTTP 200, text/html)"
+
+
+def test_json_without_resource_type_is_refused(fhir_client: FhirClient) -> None:
+    with FakeEhrFhir() as ehr:
+        ehr.add_canned("Patient/1", 200, {"error": "nope"}, "application/json")
+        outcome = fhir_client.fetch_all(
+            ehr.base_url, {"patient": "Patient/1"}, authorization=None, budget_ms=500
+        )["patient"]
+    assert "not a FHIR resource" in outcome.error
+
+
+def test_operation_outcome_details_text_is_used(fhir_client: FhirClient) -> None:
+    body = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "exception", "details": {"text": "database unavailable"}}],
+    }
+    with FakeEhrFhir() as ehr:
+        ehr.add_canned("Observation?patient=1", 500, body)
+        outcome = fhir_client.fetch_all(
+            ehr.base_url, {"labs": "Observation?patient=1"}, authorization=None, budget_ms=500
+        )["labs"]
+    assert (
+        outcome.error
+        == f"HTTP 500 from {ehr.base_url}/Observation?patient=1: OperationOutcome: database unavailable"
+    )
+
+
+def test_operation_outcome_with_status_200_is_an_error(fhir_client: FhirClient) -> None:
+    body = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "diagnostics": "no access"}]}
+    with FakeEhrFhir() as ehr:
+        ehr.add_canned("Patient/1", 200, body)
+        outcome = fhir_client.fetch_all(
+            ehr.base_url, {"patient": "Patient/1"}, authorization=None, budget_ms=500
+        )["patient"]
+    assert outcome.error.endswith("OperationOutcome: no access")
+    assert outcome.resource is None
+
+
+def test_search_answered_with_a_single_resource_is_refused(fhir_client: FhirClient) -> None:
+    with FakeEhrFhir() as ehr:
+        ehr.add_canned("Observation?patient=1", 200, {"resourceType": "Observation", "id": "x"})
+        outcome = fhir_client.fetch_all(
+            ehr.base_url, {"labs": "Observation?patient=1"}, authorization=None, budget_ms=500
+        )["labs"]
+    assert (
+        outcome.error
+        == f"expected a searchset Bundle from {ehr.base_url}/Observation?patient=1, got Observation"
+    )
+
+
+def test_redirects_are_not_followed(fhir_client: FhirClient) -> None:
+    with FakeEhrFhir() as elsewhere, FakeEhrFhir() as ehr:
+        target = f"{elsewhere.base_url}/Patient/1"
+        ehr.add_canned("Patient/1", 302, b"", "text/plain", headers=(("Location", target),))
+        outcome = fhir_client.fetch_all(
+            ehr.base_url, {"patient": "Patient/1"}, authorization="Bearer tok", budget_ms=500
+        )["patient"]
+        assert elsewhere.seen == []
+    assert outcome.status == 302
+    assert outcome.error == f"HTTP 302 from {ehr.base_url}/Patient/1: redirect to {target} not followed"
