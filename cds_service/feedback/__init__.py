@@ -1,0 +1,14 @@
+"""Card feedback (CDS Hooks 2.0): validation, the durable store, the issued-card record, the report."""
+
+from cds_service.feedback.issued import IssuedCardRecorder
+from cds_service.feedback.schema import FeedbackError, FeedbackItem, OverrideReason, parse_feedback
+from cds_service.feedback.store import FeedbackStore
+
+__all__ = [
+    "FeedbackError",
+    "FeedbackItem",
+    "FeedbackStore",
+    "IssuedCardRecorder",
+    "OverrideReason",
+    "parse_feedback",
+]

@@ -1,0 +1,149 @@
+"""The two databases the feedback store runs on, behind the few operations where they differ.
+
+Everything else, the SQL included, is shared: the statements are written once with `?` placeholders and
+only standard SQL plus `INSERT ... ON CONFLICT DO NOTHING`, which both SQLite (3.24+) and PostgreSQL
+understand. Timestamps are stored as ISO 8601 UTC text of fixed width on both, so that comparing them as
+strings orders them in time and the same code filters `--since` on either database.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+BUSY_TIMEOUT_MS = 15_000
+
+
+class Dialect(Protocol):
+    """What the store needs to know about a database."""
+
+    name: str
+    id_column: str
+
+    def connect(self) -> Any: ...
+
+    def sql(self, statement: str) -> str: ...
+
+    @contextmanager
+    def transaction(self, conn: Any, write: bool) -> Iterator[Any]: ...
+
+    def is_usable(self, conn: Any) -> bool: ...
+
+    def lock_schema(self, cursor: Any) -> None: ...
+
+    def writable(self, conn: Any) -> bool: ...
+
+    def describe(self) -> str: ...
+
+
+class SQLiteDialect:
+    """One file shared by every gunicorn worker: WAL lets readers run beside the one writer, the busy
+    timeout makes writers queue instead of failing, and `synchronous=FULL` makes a commit survive a power
+    cut as well as a killed process, since a 200 promises the item is kept."""
+
+    name = "sqlite"
+    id_column = "INTEGER PRIMARY KEY"
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def connect(self) -> sqlite3.Connection:
+        if str(self.path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        return conn
+
+    def sql(self, statement: str) -> str:
+        return statement
+
+    @contextmanager
+    def transaction(self, conn: sqlite3.Connection, write: bool) -> Iterator[sqlite3.Cursor]:
+        # IMMEDIATE takes the write lock up front: a deferred transaction that later upgrades to a writer
+        # gets SQLITE_BUSY at once, without waiting for the busy timeout.
+        cursor = conn.cursor()
+        cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            yield cursor
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        cursor.execute("COMMIT")
+
+    def is_usable(self, conn: sqlite3.Connection) -> bool:
+        return True
+
+    def lock_schema(self, cursor: sqlite3.Cursor) -> None:
+        """Nothing to do: BEGIN IMMEDIATE already serialises schema creation across processes."""
+
+    def writable(self, conn: sqlite3.Connection) -> bool:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return True
+
+    def describe(self) -> str:
+        return f"SQLite file {self.path}"
+
+
+class PostgresDialect:
+    """Several replicas share one server; each connection runs its own transactions."""
+
+    name = "postgresql"
+    id_column = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+    _SCHEMA_LOCK_KEY = 0x0B12_F00D
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def connect(self) -> Any:
+        try:
+            import psycopg
+        except ImportError:
+            raise RuntimeError(
+                "CDS_FEEDBACK_DB is a postgresql:// URL but psycopg is not installed; "
+                "install the 'postgres' extra: pip install 'b12-iron-cds[postgres]'"
+            ) from None
+        return psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+
+    def sql(self, statement: str) -> str:
+        return statement.replace("?", "%s")
+
+    @contextmanager
+    def transaction(self, conn: Any, write: bool) -> Iterator[Any]:
+        with conn.transaction(), conn.cursor() as cursor:
+            yield cursor
+
+    def is_usable(self, conn: Any) -> bool:
+        return not (conn.closed or conn.broken)
+
+    def lock_schema(self, cursor: Any) -> None:
+        """Replicas starting together would race on CREATE TABLE IF NOT EXISTS; take turns."""
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", (self._SCHEMA_LOCK_KEY,))
+
+    def writable(self, conn: Any) -> bool:
+        row = conn.execute("SHOW transaction_read_only").fetchone()
+        return row is not None and row[0] == "off"
+
+    def describe(self) -> str:
+        host = self.url.split("@")[-1].split("?")[0]
+        return f"PostgreSQL at {host}"
+
+
+def dialect_for(url: str) -> Dialect:
+    """`postgresql://` (or `postgres://`) URLs go to PostgreSQL; anything else is a SQLite path."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresDialect(url)
+    if "://" in url:
+        raise ValueError(f"unsupported feedback store URL scheme in {url.split('://')[0]!r}")
+    return SQLiteDialect(url)

@@ -1,0 +1,131 @@
+"""The acceptance report: counts from the store shaped into JSON, and that JSON laid out as a table.
+
+Definitions, stated once so the numbers can be trusted:
+- issued: cards recorded as issued (each card uuid once);
+- accepted / overridden: cards whose latest feedback has that outcome (each card once, however many
+  times it was reported);
+- acceptanceRate: accepted / (accepted + overridden), the share of answered cards that clinicians
+  accepted; null when no card was answered. EHRs do not send feedback for cards nobody acted on, so
+  dividing by `issued` would mix "ignored" with "not reported";
+- topOverrideReasons: the most frequent override reason codes among the overridden cards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, NamedTuple
+
+UNKNOWN_TOPIC = "unknown"
+TOP_REASONS = 5
+
+
+class IssuedCount(NamedTuple):
+    service_id: str
+    topic: str
+    count: int
+
+
+class OutcomeCount(NamedTuple):
+    service_id: str
+    topic: str | None
+    outcome: str
+    reason_system: str | None
+    reason_code: str | None
+    reason_display: str | None
+    count: int
+
+
+def _empty() -> dict[str, Any]:
+    return {"issued": 0, "accepted": 0, "overridden": 0, "acceptanceRate": None}
+
+
+def _rate(counts: dict[str, Any]) -> float | None:
+    answered = counts["accepted"] + counts["overridden"]
+    return round(counts["accepted"] / answered, 4) if answered else None
+
+
+def build_report(
+    issued: Iterable[IssuedCount], outcomes: Iterable[OutcomeCount], since: datetime | None = None
+) -> dict[str, Any]:
+    """The report as JSON-ready dicts, services and topics in name order."""
+    services: dict[str, dict[str, Any]] = {}
+    reasons: dict[tuple[str, str], dict[tuple[str | None, str], dict[str, Any]]] = {}
+
+    def topic_of(service_id: str, topic: str) -> dict[str, Any]:
+        service = services.setdefault(service_id, {**_empty(), "topics": {}})
+        return service["topics"].setdefault(topic, {**_empty(), "topOverrideReasons": []})
+
+    for row in issued:
+        topic_of(row.service_id, row.topic)["issued"] += row.count
+    for row in outcomes:
+        topic = row.topic or UNKNOWN_TOPIC
+        topic_of(row.service_id, topic)[row.outcome] += row.count
+        if row.outcome == "overridden" and row.reason_code:
+            key = (row.reason_system, row.reason_code)
+            tally = reasons.setdefault((row.service_id, topic), {}).setdefault(
+                key, {"system": row.reason_system, "code": row.reason_code, "display": None, "count": 0}
+            )
+            tally["count"] += row.count
+            tally["display"] = tally["display"] or row.reason_display
+
+    for service_id, service in services.items():
+        for topic, counts in service["topics"].items():
+            counts["acceptanceRate"] = _rate(counts)
+            ranked = sorted(reasons.get((service_id, topic), {}).values(), key=_reason_order)
+            counts["topOverrideReasons"] = [_without_nulls(r) for r in ranked[:TOP_REASONS]]
+            for field in ("issued", "accepted", "overridden"):
+                service[field] += counts[field]
+        service["acceptanceRate"] = _rate(service)
+        service["topics"] = dict(sorted(service["topics"].items()))
+    return {
+        "since": since.isoformat() if since else None,
+        "services": dict(sorted(services.items())),
+    }
+
+
+def _reason_order(reason: dict[str, Any]) -> tuple[int, str, str]:
+    return (-reason["count"], reason["code"], reason["system"] or "")
+
+
+def _without_nulls(reason: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in reason.items() if value is not None}
+
+
+_COLUMNS = ("issued", "accepted", "overridden", "accept %")
+
+
+def format_text(report: dict[str, Any]) -> str:
+    """A table per service, one line per topic, then the top override reasons of each topic."""
+    since = report.get("since")
+    lines = [f"Card feedback {'since ' + since if since else 'for all time'}"]
+    if not report["services"]:
+        lines.append("No cards issued and no feedback received in this period.")
+        return "\n".join(lines) + "\n"
+    for service_id, service in report["services"].items():
+        width = max(len("all topics"), *(len(t) for t in service["topics"]))
+        lines += ["", service_id, "  " + "topic".ljust(width) + "".join(f"{c:>12}" for c in _COLUMNS)]
+        for topic, counts in service["topics"].items():
+            lines.append(_row(topic, counts, width))
+        lines.append(_row("all topics", service, width))
+        for topic, counts in service["topics"].items():
+            if counts["topOverrideReasons"]:
+                lines.append(f"  top override reasons, {topic}:")
+                lines += [f"    {r['count']:>6}  {_reason_label(r)}" for r in counts["topOverrideReasons"]]
+    return "\n".join(lines) + "\n"
+
+
+def _row(label: str, counts: dict[str, Any], width: int) -> str:
+    rate = counts["acceptanceRate"]
+    cells = [str(counts["issued"]), str(counts["accepted"]), str(counts["overridden"])]
+    cells.append("-" if rate is None else f"{rate * 100:.1f}")
+    return "  " + label.ljust(width) + "".join(f"{cell:>12}" for cell in cells)
+
+
+def _reason_label(reason: dict[str, Any]) -> str:
+    label = reason["code"]
+    if reason.get("display"):
+        label += f" ({reason['display']})"
+    if reason.get("system"):
+        label += f"  [{reason['system']}]"
+    return label

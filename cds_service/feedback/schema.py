@@ -1,0 +1,147 @@
+"""Validate a CDS Hooks 2.0 feedback body into `FeedbackItem`s, or say exactly what is wrong with it.
+
+The JSON Schema (`protocol/schemas/feedback.json`) is the single statement of what is accepted; this
+module turns its first error into a sentence that names the item and the field, because the reader of a
+400 is an integrator with a log line and nothing else. The free-text `overrideReason.userComment` is
+accepted but not kept: it may name the patient, and the store holds no patient data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from cds_service.protocol.schemas import load_schema
+
+OUTCOMES = ("accepted", "overridden")
+
+
+class FeedbackError(ValueError):
+    """A feedback body the service refuses; the message is the reason given in the 400."""
+
+
+@dataclass(frozen=True)
+class OverrideReason:
+    """The Coding a clinician chose when dismissing a card; `system` and `display` may be absent."""
+
+    code: str
+    system: str | None = None
+    display: str | None = None
+
+
+@dataclass(frozen=True)
+class FeedbackItem:
+    """One validated feedback entry. `outcome_timestamp` is in UTC; suggestion ids are sorted."""
+
+    card: str
+    outcome: str
+    outcome_timestamp: datetime
+    accepted_suggestions: tuple[str, ...] = ()
+    override_reason: OverrideReason | None = None
+
+
+@cache
+def _validator() -> Draft202012Validator:
+    schema = load_schema("feedback")
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def parse_feedback(body: object) -> list[FeedbackItem]:
+    """The feedback items of a request body; raises FeedbackError naming the first problem found."""
+    error = min(_validator().iter_errors(body), key=_first_to_report, default=None)
+    if error is not None:
+        raise FeedbackError(_describe(error))
+    return [_item(index, raw) for index, raw in enumerate(body["feedback"])]  # type: ignore[index]
+
+
+def _first_to_report(error: ValidationError) -> tuple[object, ...]:
+    """The outermost problem of the first bad item; a missing field before the accepted-only rule."""
+    path = tuple((0, step, "") if isinstance(step, int) else (1, 0, str(step)) for step in error.path)
+    return (len(path), path, "then" in error.absolute_schema_path)
+
+
+def _item(index: int, raw: dict[str, Any]) -> FeedbackItem:
+    accepted = raw["outcome"] == "accepted"
+    suggestions = tuple(sorted({s["id"] for s in raw.get("acceptedSuggestions", ())})) if accepted else ()
+    reason = (raw.get("overrideReason") or {}).get("reason")
+    return FeedbackItem(
+        card=raw["card"],
+        outcome=raw["outcome"],
+        outcome_timestamp=_timestamp(index, raw["outcomeTimestamp"]),
+        accepted_suggestions=suggestions,
+        override_reason=(
+            OverrideReason(reason["code"], reason.get("system"), reason.get("display") or None)
+            if reason and not accepted
+            else None
+        ),
+    )
+
+
+def _timestamp(index: int, text: str) -> datetime:
+    """The schema checked the shape; this checks the calendar (no 2026-02-30) and normalises to UTC."""
+    try:
+        moment = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
+    except ValueError:
+        raise FeedbackError(
+            f"feedback[{index}].outcomeTimestamp: {text!r} is not a real date and time"
+        ) from None
+    return moment.astimezone(UTC)
+
+
+_JSON_TYPES = {
+    dict: "an object",
+    list: "a list",
+    str: "a string",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    type(None): "null",
+}
+_EXPECTED = {"object": "an object", "array": "a list", "string": "a string"}
+
+
+def _location(error: ValidationError) -> str:
+    parts = ["body"]
+    for step in error.absolute_path:
+        parts.append(f"[{step}]" if isinstance(step, int) else f".{step}")
+    text = "".join(parts)
+    return text.removeprefix("body.") if text != "body" else "the body"
+
+
+def _describe(error: ValidationError) -> str:
+    """A one-line reason; never echoes more than a short excerpt of the offending value."""
+    where = _location(error)
+    custom = error.schema.get("x-reason") if isinstance(error.schema, dict) else None
+    keyword = error.validator
+    if keyword == "required":
+        missing = next((name for name in error.validator_value if name not in error.instance), "?")
+        if custom:
+            return f"{where}: {custom}"
+        return f"{where}: '{missing}' is missing"
+    if custom:
+        return f"{where}: {custom}"
+    if keyword == "type":
+        expected = _EXPECTED.get(error.validator_value, error.validator_value)
+        return f"{where}: expected {expected}, got {_JSON_TYPES.get(type(error.instance), 'something else')}"
+    if keyword == "enum":
+        return f"{where}: {_excerpt(error.instance)} is not one of {', '.join(map(repr, OUTCOMES))}"
+    if keyword == "minItems":
+        return f"{where}: must not be empty"
+    if keyword == "maxItems":
+        return f"{where}: at most {error.validator_value} entries are accepted in one request"
+    if keyword in ("minLength", "pattern"):
+        return f"{where}: must be a non-blank string"
+    if keyword == "maxLength":
+        return f"{where}: longer than {error.validator_value} characters"
+    return f"{where}: {error.message[:200]}"
+
+
+def _excerpt(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

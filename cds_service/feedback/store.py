@@ -1,0 +1,206 @@
+"""The durable feedback store: what clinicians did with cards, and which cards were issued on what topic.
+
+Nothing here identifies a patient or a user: a card is known by its uuid, its service and its topic; a
+feedback item by its outcome, time, accepted suggestion ids and override reason Coding. The free-text
+comment is not kept (see `schema.py`).
+
+Feedback for a card uuid that has no issued record (issued before the record existed, by another
+deployment, or lost with the background writer's queue) is still stored: it is a real clinician's answer.
+The report counts it under the topic `unknown`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from cds_service.feedback.dialects import Dialect, dialect_for
+from cds_service.feedback.report import IssuedCount, OutcomeCount, build_report
+from cds_service.feedback.schema import FeedbackItem
+
+log = logging.getLogger(__name__)
+
+IssuedRow = tuple[str, str, str, datetime]
+"""(service id, card uuid, topic, issued at)."""
+
+_TABLES = (
+    """CREATE TABLE IF NOT EXISTS cds_issued_card (
+        service_id TEXT NOT NULL,
+        card_uuid TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        issued_at TEXT NOT NULL,
+        PRIMARY KEY (service_id, card_uuid)
+    )""",
+    "CREATE INDEX IF NOT EXISTS cds_issued_card_at ON cds_issued_card (issued_at)",
+    """CREATE TABLE IF NOT EXISTS cds_feedback (
+        id {id_column},
+        service_id TEXT NOT NULL,
+        card_uuid TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        outcome_at TEXT NOT NULL,
+        accepted_suggestions TEXT NOT NULL,
+        reason_system TEXT,
+        reason_code TEXT,
+        reason_display TEXT,
+        received_at TEXT NOT NULL,
+        UNIQUE (service_id, card_uuid, outcome, outcome_at, accepted_suggestions)
+    )""",
+    "CREATE INDEX IF NOT EXISTS cds_feedback_at ON cds_feedback (outcome_at)",
+)
+
+_INSERT_FEEDBACK = """INSERT INTO cds_feedback
+    (service_id, card_uuid, outcome, outcome_at, accepted_suggestions,
+     reason_system, reason_code, reason_display, received_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT DO NOTHING"""
+
+_INSERT_ISSUED = """INSERT INTO cds_issued_card (service_id, card_uuid, topic, issued_at)
+    VALUES (?, ?, ?, ?)
+    ON CONFLICT DO NOTHING"""
+
+_ISSUED_COUNTS = """SELECT service_id, topic, COUNT(*) FROM cds_issued_card
+    WHERE issued_at >= ?
+    GROUP BY service_id, topic"""
+
+# A card may be reported more than once (a clinician overrides, then reconsiders); each card counts once,
+# with its latest outcome. Ties on the timestamp go to the item received last. A card with no issued
+# record has a NULL topic.
+_OUTCOME_COUNTS = """WITH ranked AS (
+        SELECT service_id, card_uuid, outcome, reason_system, reason_code, reason_display,
+               ROW_NUMBER() OVER (
+                   PARTITION BY service_id, card_uuid ORDER BY outcome_at DESC, id DESC
+               ) AS position
+        FROM cds_feedback
+        WHERE outcome_at >= ?
+    )
+    SELECT r.service_id, i.topic, r.outcome,
+           r.reason_system, r.reason_code, MAX(r.reason_display), COUNT(*)
+    FROM ranked r
+    LEFT JOIN cds_issued_card i ON i.service_id = r.service_id AND i.card_uuid = r.card_uuid
+    WHERE r.position = 1
+    GROUP BY r.service_id, i.topic, r.outcome, r.reason_system, r.reason_code"""
+
+
+def timestamp_text(moment: datetime) -> str:
+    """Fixed-width UTC text, so that string order is time order on every database."""
+    if moment.tzinfo is None:
+        raise ValueError("timestamps must carry a UTC offset")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class FeedbackStore:
+    """One connection per process, shared by the process's threads under a lock.
+
+    Writes are a few rows and the database serialises writers anyway, so a lock costs nothing measurable
+    and keeps the connection safe under gunicorn's threads. A connection inherited through fork is never
+    used (nor closed, which could release the parent's SQLite locks): the child opens its own.
+    """
+
+    def __init__(self, dialect: Dialect) -> None:
+        self._dialect = dialect
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._pid = 0
+        self._inherited: list[Any] = []
+
+    @classmethod
+    def open(cls, url: str) -> FeedbackStore:
+        """A store on a SQLite path or a postgresql:// URL, with its tables created if missing."""
+        store = cls(dialect_for(url))
+        store._create_tables()
+        return store
+
+    def describe(self) -> str:
+        return self._dialect.describe()
+
+    def add_feedback(self, service_id: str, items: Sequence[FeedbackItem]) -> int:
+        """Store the items in one transaction, committed before returning; how many were new."""
+        received = timestamp_text(datetime.now(UTC))
+        rows = [
+            (
+                service_id,
+                item.card,
+                item.outcome,
+                timestamp_text(item.outcome_timestamp),
+                json.dumps(list(item.accepted_suggestions)),
+                item.override_reason.system if item.override_reason else None,
+                item.override_reason.code if item.override_reason else None,
+                item.override_reason.display if item.override_reason else None,
+                received,
+            )
+            for item in items
+        ]
+        new = 0
+        with self._transaction(write=True) as cursor:
+            statement = self._dialect.sql(_INSERT_FEEDBACK)
+            for row in rows:
+                cursor.execute(statement, row)
+                new += max(cursor.rowcount, 0)
+        return new
+
+    def record_issued(self, service_id: str, cards: Sequence[tuple[str, str]], at: datetime) -> None:
+        """Record (card uuid, topic) pairs issued by a service; a uuid already recorded is kept as is."""
+        self.record_issued_rows([(service_id, uuid, topic, at) for uuid, topic in cards])
+
+    def record_issued_rows(self, rows: Sequence[IssuedRow]) -> None:
+        """Record issued cards of any services in one transaction (the background recorder's batches)."""
+        if not rows:
+            return
+        with self._transaction(write=True) as cursor:
+            statement = self._dialect.sql(_INSERT_ISSUED)
+            for service_id, uuid, topic, at in rows:
+                cursor.execute(statement, (service_id, uuid, topic, timestamp_text(at)))
+
+    def report(self, since: datetime | None = None) -> dict[str, Any]:
+        """Per service and topic: cards issued, accepted, overridden, acceptance rate, top reasons."""
+        bound = timestamp_text(since) if since else ""
+        with self._transaction(write=False) as cursor:
+            cursor.execute(self._dialect.sql(_ISSUED_COUNTS), (bound,))
+            issued = [IssuedCount(*row) for row in cursor.fetchall()]
+            cursor.execute(self._dialect.sql(_OUTCOME_COUNTS), (bound,))
+            outcomes = [OutcomeCount(*row) for row in cursor.fetchall()]
+        return build_report(issued, outcomes, since=since)
+
+    def writable(self) -> bool:
+        """Whether a write could be made now (readiness); never raises."""
+        try:
+            with self._lock:
+                return self._dialect.writable(self._connection())
+        except Exception as error:
+            log.warning("feedback store (%s) is not writable: %s", self.describe(), error)
+            return False
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+    def _create_tables(self) -> None:
+        with self._transaction(write=True) as cursor:
+            self._dialect.lock_schema(cursor)
+            for statement in _TABLES:
+                cursor.execute(statement.format(id_column=self._dialect.id_column))
+
+    @contextmanager
+    def _transaction(self, write: bool) -> Iterator[Any]:
+        with self._lock, self._dialect.transaction(self._connection(), write) as cursor:
+            yield cursor
+
+    def _connection(self) -> Any:
+        """The process's connection, opened on first use, after a fork, or after the server dropped it."""
+        if self._conn is not None and self._pid != os.getpid():
+            self._inherited.append(self._conn)
+            self._conn = None
+        if self._conn is not None and not self._dialect.is_usable(self._conn):
+            self._conn = None
+        if self._conn is None:
+            self._conn = self._dialect.connect()
+            self._pid = os.getpid()
+        return self._conn
