@@ -5,9 +5,13 @@ from __future__ import annotations
 import click
 
 from cds_service import __version__
+from cds_service.feedback.command import feedback_report
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cds-service")
 def main() -> None:
     """B12–iron CDS Hooks 2.0 service: serve it, replay fixtures, load test data, report feedback."""
+
+
+main.add_command(feedback_report)
