@@ -41,11 +41,17 @@ class BundleError(ValueError):
 
 @dataclass(frozen=True)
 class PatientBundle:
-    """One patient's record as loaded from a Bundle, references already resolved."""
+    """One patient's record as loaded from a Bundle, references already resolved.
+
+    Loaded from a hook request file (``hooks/``), it also carries that request's hook and draft orders,
+    so an example can be replayed as it stands.
+    """
 
     path: Path
     patient: dict[str, Any]
     resources: tuple[dict[str, Any], ...]
+    hook: str | None = None
+    draft_orders: DraftOrders | None = None
 
     @property
     def patient_id(self) -> str:
@@ -160,15 +166,50 @@ def _rewrite_references(node: Any, aliases: dict[str, str]) -> None:
 
 
 def load_patient_bundle(path: Path) -> PatientBundle:
-    """Load a Bundle that holds exactly one Patient and that patient's record."""
-    bundle = load_bundle(path)
-    resources = bundle_resources(bundle)
+    """Load a Bundle that holds exactly one Patient and that patient's record, or a hook request file."""
+    data = read_json(path)
+    if isinstance(data, dict) and "hook" in data and "resourceType" not in data:
+        return _load_hook_request(path, data)
+    check_bundle(data, str(path))
+    resources = bundle_resources(data)
     patients = [r for r in resources if r["resourceType"] == "Patient"]
     if not patients:
         raise BundleError(f"{path}: the Bundle holds no Patient resource")
     if len({p["id"] for p in patients}) > 1:
         raise BundleError(f"{path}: the Bundle holds {len(patients)} Patients; give one patient per Bundle")
     return PatientBundle(path=path, patient=patients[0], resources=tuple(resources))
+
+
+def _load_hook_request(path: Path, request: dict[str, Any]) -> PatientBundle:
+    """The record a hook request carries in its prefetch (each value a resource or a searchset Bundle)."""
+    context = request.get("context")
+    prefetch = request.get("prefetch")
+    if not isinstance(context, dict) or not isinstance(context.get("patientId"), str):
+        raise BundleError(f"{path}: the hook request has no context.patientId")
+    if not isinstance(prefetch, dict) or not prefetch:
+        raise BundleError(f"{path}: the hook request has no prefetch to replay")
+    entries: list[dict[str, Any]] = []
+    for key, value in prefetch.items():
+        if value is None:
+            continue
+        if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
+            raise BundleError(f"{path}: prefetch {key!r} is not a FHIR resource")
+        if value["resourceType"] == "Bundle":
+            check_bundle(value, f"{path} (prefetch {key!r})")
+            entries.extend(e for e in value.get("entry", []) if isinstance(e.get("resource"), dict))
+        else:
+            entries.append({"resource": value})
+    unique: dict[tuple[str, str], dict[str, Any]] = {}
+    for resource in bundle_resources({"resourceType": "Bundle", "type": "collection", "entry": entries}):
+        unique[(resource["resourceType"], resource["id"])] = resource
+    patient = unique.get(("Patient", context["patientId"]))
+    if patient is None:
+        raise BundleError(f"{path}: the prefetch holds no Patient/{context['patientId']}")
+    drafts = None
+    if isinstance(context.get("draftOrders"), dict):
+        drafts = load_draft_orders(path, context["patientId"])
+    hook = request["hook"] if isinstance(request["hook"], str) else None
+    return PatientBundle(path, patient, tuple(unique.values()), hook=hook, draft_orders=drafts)
 
 
 def patient_name(patient: dict[str, Any]) -> str:
@@ -199,13 +240,18 @@ def iter_bundle_files(paths: list[Path]) -> Iterator[tuple[Path, bool]]:
             yield path, True
 
 
-def looks_like_bundle(path: Path) -> bool:
-    """True when the file parses as JSON with resourceType Bundle; used to skip other files in folders."""
+def is_replayable(path: Path) -> bool:
+    """True for a Bundle or a hook request file; used to skip other JSON files found in folders.
+
+    A file that is not even JSON counts as replayable so that the loader reports what is wrong with it.
+    """
     try:
         data = read_json(path)
     except BundleError:
-        return True  # let the loader report the real problem
-    return isinstance(data, dict) and data.get("resourceType") == "Bundle"
+        return True
+    if not isinstance(data, dict):
+        return False
+    return data.get("resourceType") == "Bundle" or ("hook" in data and "resourceType" not in data)
 
 
 def load_draft_orders(path: Path, patient_id: str) -> DraftOrders:

@@ -21,10 +21,10 @@ from cds_service.config import ConfigError, Settings, load_settings, parse_rfc33
 from cds_service.devtools.bundles import (
     BundleError,
     PatientBundle,
+    is_replayable,
     iter_bundle_files,
     load_draft_orders,
     load_patient_bundle,
-    looks_like_bundle,
 )
 from cds_service.devtools.hookrequest import HOOKS, ORDER_HOOKS, hook_context, hook_request, service_for_hook
 from cds_service.devtools.offline import OfflineFhirServer, OfflineQueryError
@@ -64,10 +64,18 @@ def offline_prefetch(
     return server.prefetch(queries)
 
 
-def replay_bundle(handler: HookHandler, path: Path, hook: str, order_file: Path | None) -> ReplayResult:
-    """Replay one Bundle; every expected failure becomes a one-line ReplayError or BundleError."""
+def replay_bundle(
+    handler: HookHandler, path: Path, hook: str | None, order_file: Path | None
+) -> ReplayResult:
+    """Replay one Bundle; every expected failure becomes a one-line ReplayError or BundleError.
+
+    A hook request file brings its own hook and draft orders; ``hook`` and ``order_file`` override them.
+    """
     record = load_patient_bundle(path)
-    drafts = load_draft_orders(order_file, record.patient_id) if order_file else None
+    hook = hook or record.hook or "patient-view"
+    drafts = load_draft_orders(order_file, record.patient_id) if order_file else record.draft_orders
+    if hook in ORDER_HOOKS and drafts is None:
+        raise ReplayError(f"{path}: the {hook} hook needs draft orders: give --order FILE")
     service_id = service_for_hook(handler.services, hook)
     context = hook_context(hook, record.patient_id, drafts)
     server = OfflineFhirServer(record.resources)
@@ -95,7 +103,7 @@ def _settings(now: str | None) -> Settings:
 def _collect(paths: Sequence[Path]) -> list[Path]:
     files: list[Path] = []
     for path, explicit in iter_bundle_files(list(paths)):
-        if explicit or looks_like_bundle(path):
+        if explicit or is_replayable(path):
             files.append(path)
     if not files:
         raise click.ClickException("no Bundle files found in " + ", ".join(str(p) for p in paths))
@@ -117,9 +125,7 @@ def _progress(index: int, total: int, path: Path) -> None:
 @click.option(
     "--hook",
     type=click.Choice(HOOKS),
-    default="patient-view",
-    show_default=True,
-    help="Which hook to simulate.",
+    help="Which hook to simulate. Default: patient-view, or the hook of a hooks/ request file.",
 )
 @click.option(
     "--order",
@@ -134,15 +140,14 @@ def _progress(index: int, total: int, path: Path) -> None:
     "--json", "as_json", is_flag=True, help="Print the service response as JSON (JSON Lines for several)."
 )
 def replay(
-    bundles: tuple[Path, ...], hook: str, order_file: Path | None, now: str | None, as_json: bool
+    bundles: tuple[Path, ...], hook: str | None, order_file: Path | None, now: str | None, as_json: bool
 ) -> None:
     """Run a hook offline over FHIR R4 Bundles (files or folders) and print the cards.
 
-    Each Bundle (transaction, collection or searchset) must hold one Patient. The prefetch is what the
-    service's templates return over the Bundle; draft orders are re-pointed at that patient.
+    Each Bundle (transaction, collection or searchset) must hold one Patient; a hooks/ request file
+    works too (its prefetch is the record). The prefetch sent to the service is what its templates
+    return over that record; draft orders are re-pointed at the patient.
     """
-    if hook in ORDER_HOOKS and order_file is None:
-        raise click.UsageError(f"--hook {hook} needs draft orders: give --order FILE")
     settings = _settings(now)
     try:
         handler = build_handler(settings)

@@ -1,0 +1,370 @@
+"""``cds-service fire``: act as an EHR against a running CDS service and a FHIR server.
+
+This is how an integrator checks a deployment end to end without an EHR: the command reads discovery,
+renders the chosen service's prefetch templates, runs them against the FHIR server (following paging
+links), signs a fresh client JWT for every call when given a key (as the CDS Hooks security model asks:
+``aud`` is the exact endpoint URL), sends the hook and prints the cards. Every failure an integrator can
+meet — connection refused, 401, 404, 412 — is reported in one line that says what to check.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import jwt
+import orjson
+import requests
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from cds_service.devtools.bundles import BundleError, load_draft_orders
+from cds_service.devtools.hookrequest import HOOKS, ORDER_HOOKS, hook_context, hook_request, service_for_hook
+from cds_service.devtools.render import render_response
+from cds_service.protocol.prefetch import TemplateError, render_template
+
+TOKEN_LIFETIME_S = 300
+MAX_PAGES = 50
+_EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+_FHIR_HEADERS = {"Accept": "application/fhir+json"}
+
+
+class FireError(click.ClickException):
+    """A one-line failure of the simulated EHR call."""
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A client's private key, the JWS algorithm it signs with, and the ``kid`` the service knows it by."""
+
+    private_key: Any
+    algorithm: str
+    kid: str
+    iss: str
+
+    def token(self, audience: str) -> str:
+        """A fresh JWT for one call: ``aud`` is the exact URL called, valid five minutes, unique ``jti``."""
+        now = int(time.time())
+        claims = {
+            "iss": self.iss,
+            "aud": audience,
+            "iat": now,
+            "exp": now + TOKEN_LIFETIME_S,
+            "jti": str(uuid.uuid4()),
+        }
+        return jwt.encode(
+            claims, self.private_key, algorithm=self.algorithm, headers={"kid": self.kid, "typ": "JWT"}
+        )
+
+
+def public_jwk(private_key: Any, kid: str | None = None) -> dict[str, Any]:
+    """The public JWK of a key (for a CDS_CLIENTS ``jwks`` entry), with its ``kid`` and intended ``alg``."""
+    algorithm = signing_algorithm(private_key)
+    if isinstance(private_key, ec.EllipticCurvePrivateKey):
+        jwk = orjson.loads(jwt.algorithms.ECAlgorithm.to_jwk(private_key.public_key()))
+    else:
+        jwk = orjson.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private_key.public_key()))
+    jwk["kid"] = kid or jwk_thumbprint(jwk)
+    jwk["alg"] = algorithm
+    jwk["use"] = "sig"
+    return jwk
+
+
+def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
+    """RFC 7638 thumbprint: a stable default ``kid`` derived from the public key itself."""
+    members = ("crv", "kty", "x", "y") if jwk["kty"] == "EC" else ("e", "kty", "n")
+    canonical = orjson.dumps({m: jwk[m] for m in members}, option=orjson.OPT_SORT_KEYS)
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).rstrip(b"=").decode()
+
+
+def signing_algorithm(private_key: Any) -> str:
+    """ES384 for a P-384 key (ES256/ES512 for the other NIST curves), RS384 for RSA."""
+    if isinstance(private_key, ec.EllipticCurvePrivateKey):
+        algorithm = _EC_ALGORITHMS.get(private_key.curve.name)
+        if algorithm is None:
+            raise FireError(f"EC curve {private_key.curve.name} is not usable for JWTs; use P-384")
+        return algorithm
+    if isinstance(private_key, rsa.RSAPrivateKey):
+        return "RS384"
+    raise FireError(
+        f"{type(private_key).__name__} keys cannot sign CDS Hooks JWTs; use an EC P-384 or RSA key"
+    )
+
+
+def load_signing_key(path: Path, iss: str, kid: str | None) -> SigningKey:
+    """Read a PEM private key; the error never shows the file's content."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise FireError(f"cannot read the signing key {path}: {error.strerror or error}") from None
+    try:
+        private_key = load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise FireError(f"{path} is not an unencrypted PEM private key") from None
+    algorithm = signing_algorithm(private_key)
+    return SigningKey(private_key, algorithm, kid or public_jwk(private_key)["kid"], iss)
+
+
+class Ehr:
+    """The simulated EHR: one HTTP session, the CDS service base, the FHIR server, an optional key."""
+
+    def __init__(
+        self,
+        service_base: str,
+        fhir_server: str,
+        key: SigningKey | None,
+        fhir_token: str | None,
+        timeout: float,
+    ) -> None:
+        base = service_base.rstrip("/")
+        self.service_base = base.removesuffix("/cds-services")
+        self.fhir_server = fhir_server.rstrip("/")
+        self.key = key
+        self.fhir_token = fhir_token
+        self.timeout = timeout
+        self.session = requests.Session()
+
+    # --- the CDS service ------------------------------------------------------------------------------
+
+    def _service_headers(self, url: str) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if self.key is not None:
+            headers["Authorization"] = f"Bearer {self.key.token(url)}"
+        return headers
+
+    def _service_call(self, method: str, url: str, body: Any = None) -> requests.Response:
+        headers = self._service_headers(url)
+        try:
+            if body is None:
+                return self.session.request(method, url, headers=headers, timeout=self.timeout)
+            headers["Content-Type"] = "application/json"
+            return self.session.request(
+                method, url, data=orjson.dumps(body), headers=headers, timeout=self.timeout
+            )
+        except requests.ConnectionError:
+            raise FireError(
+                f"cannot connect to the CDS service at {url} (is it running? connection refused)"
+            ) from None
+        except requests.Timeout:
+            raise FireError(f"the CDS service at {url} did not answer within {self.timeout:g} s") from None
+
+    def discovery(self) -> list[dict[str, Any]]:
+        url = f"{self.service_base}/cds-services"
+        response = self._service_call("GET", url)
+        self._raise_for_service(response, url)
+        try:
+            services = response.json()["services"]
+        except (ValueError, KeyError, TypeError):
+            raise FireError(f"{url} did not answer with a CDS Hooks discovery document") from None
+        if not isinstance(services, list):
+            raise FireError(f"{url}: 'services' is not a list")
+        return [s for s in services if isinstance(s, dict)]
+
+    def call(self, service_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        url = f"{self.service_base}/cds-services/{service_id}"
+        response = self._service_call("POST", url, body)
+        self._raise_for_service(response, url)
+        try:
+            answer = response.json()
+        except ValueError:
+            raise FireError(f"{url} answered 200 but not with JSON") from None
+        if not isinstance(answer, dict) or not isinstance(answer.get("cards"), list):
+            raise FireError(f"{url} answered 200 without a 'cards' list")
+        return answer
+
+    def _raise_for_service(self, response: requests.Response, url: str) -> None:
+        status = response.status_code
+        if status == 200:
+            return
+        if status == 401:
+            hint = (
+                "the signed JWT was refused: check --iss, --kid and the key in the service's CDS_CLIENTS"
+                if self.key is not None
+                else "the service requires a signed JWT: give --signing-key PEM --iss ISS"
+            )
+            raise FireError(f"401 Unauthorized from {url}: {hint}")
+        if status == 404:
+            raise FireError(f"404 Not Found from {url}: check the --service base URL and the service id")
+        reason = _outcome_text(response)
+        if status == 412:
+            raise FireError(f"412 from {url}: the service could not get the data it needs: {reason}")
+        raise FireError(f"HTTP {status} from {url}: {reason}")
+
+    # --- the FHIR server ------------------------------------------------------------------------------
+
+    def _fhir_get(self, url: str) -> requests.Response:
+        headers = dict(_FHIR_HEADERS)
+        if self.fhir_token:
+            headers["Authorization"] = f"Bearer {self.fhir_token}"
+        try:
+            return self.session.get(url, headers=headers, timeout=self.timeout)
+        except requests.ConnectionError:
+            raise FireError(f"cannot connect to the FHIR server at {url} (connection refused?)") from None
+        except requests.Timeout:
+            raise FireError(f"the FHIR server did not answer {url} within {self.timeout:g} s") from None
+
+    def prefetch(self, templates: Mapping[str, str], context: Mapping[str, Any]) -> dict[str, Any]:
+        """Run each rendered template like an EHR; keys whose query fails are left out, never sent as junk."""
+        values: dict[str, Any] = {}
+        for key, template in templates.items():
+            try:
+                query = render_template(template, context)
+            except TemplateError as error:
+                click.echo(f"prefetch {key}: not sent ({error})", err=True)
+                continue
+            found, ok = self._run_query(key, query)
+            if ok:
+                values[key] = found
+        return values
+
+    def _run_query(self, key: str, query: str) -> tuple[Any, bool]:
+        url = f"{self.fhir_server}/{query.lstrip('/')}"
+        response = self._fhir_get(url)
+        is_read = "?" not in query and query.strip("/").count("/") == 1
+        if is_read and response.status_code in (404, 410):
+            return None, True
+        if response.status_code != 200:
+            click.echo(f"prefetch {key}: not sent (FHIR server answered {response.status_code})", err=True)
+            return None, False
+        try:
+            found = response.json()
+        except ValueError:
+            click.echo(f"prefetch {key}: not sent (the FHIR server's answer is not JSON)", err=True)
+            return None, False
+        if not is_read and isinstance(found, dict) and found.get("resourceType") == "Bundle":
+            found = self._all_pages(found)
+        return found, True
+
+    def _all_pages(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        """Follow ``next`` links (opaque URLs, used as given) and merge their entries into one Bundle."""
+        merged = dict(bundle)
+        entries = list(bundle.get("entry", []))
+        page = bundle
+        for _ in range(MAX_PAGES):
+            next_url = _link(page, "next")
+            if not next_url:
+                break
+            response = self._fhir_get(next_url)
+            if response.status_code != 200:
+                click.echo(f"paging stopped: the FHIR server answered {response.status_code}", err=True)
+                break
+            page = response.json()
+            entries.extend(page.get("entry", []))
+        merged["link"] = [link for link in bundle.get("link", []) if link.get("relation") == "self"]
+        if entries:
+            merged["entry"] = entries
+        return merged
+
+
+def _link(bundle: Mapping[str, Any], relation: str) -> str | None:
+    for link in bundle.get("link", []) or []:
+        if isinstance(link, dict) and link.get("relation") == relation and isinstance(link.get("url"), str):
+            return link["url"]
+    return None
+
+
+def _outcome_text(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        text = (response.text or "").strip()
+        return text.splitlines()[0][:300] if text else (response.reason or "no details")
+    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
+        texts = [
+            str(i.get("diagnostics") or i.get("code")) for i in body.get("issue", []) if isinstance(i, dict)
+        ]
+        return "; ".join(texts)[:500] or "no details"
+    return str(body)[:300]
+
+
+@click.command("fire")
+@click.option(
+    "--service", "service_url", required=True, help="Base URL of the CDS service (its /cds-services)."
+)
+@click.option(
+    "--fhir-server", required=True, help="FHIR base URL the EHR prefetches from (sent as fhirServer)."
+)
+@click.option("--patient", "patient_id", required=True, help="Patient id on that FHIR server.")
+@click.option("--hook", type=click.Choice(HOOKS), default="patient-view", show_default=True)
+@click.option(
+    "--order",
+    "order_file",
+    type=click.Path(path_type=Path),
+    help="Draft orders: a resource, a Bundle, or a hooks/ request file.",
+)
+@click.option(
+    "--signing-key", type=click.Path(path_type=Path), help="PEM private key (EC P-384 or RSA) to sign JWTs."
+)
+@click.option("--iss", help="JWT issuer the service knows the key by (required with --signing-key).")
+@click.option("--kid", help="JWT key id (default: the key's RFC 7638 thumbprint).")
+@click.option(
+    "--fhir-token",
+    envvar="FHIR_ACCESS_TOKEN",
+    help="Bearer token for the FHIR server, also sent to the service as fhirAuthorization.",
+)
+@click.option(
+    "--prefetch/--no-prefetch", default=True, show_default=True, help="Send the prefetch, or none at all."
+)
+@click.option(
+    "--user", "user_id", default="Practitioner/cds-devtools", show_default=True, help="context.userId."
+)
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds per HTTP call.")
+@click.option("--json", "as_json", is_flag=True, help="Print the service response as JSON.")
+def fire(
+    service_url: str,
+    fhir_server: str,
+    patient_id: str,
+    hook: str,
+    order_file: Path | None,
+    signing_key: Path | None,
+    iss: str | None,
+    kid: str | None,
+    fhir_token: str | None,
+    prefetch: bool,
+    user_id: str,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Call a running CDS service as an EHR would, with data from a FHIR server, and print the cards."""
+    if hook in ORDER_HOOKS and order_file is None:
+        raise click.UsageError(f"--hook {hook} needs draft orders: give --order FILE")
+    if signing_key is not None and not iss:
+        raise click.UsageError("--signing-key needs --iss (the issuer registered with the service)")
+    key = load_signing_key(signing_key, iss, kid) if signing_key is not None and iss else None
+    try:
+        drafts = load_draft_orders(order_file, patient_id) if order_file else None
+    except BundleError as error:
+        raise FireError(str(error)) from None
+
+    ehr = Ehr(service_url, fhir_server, key, fhir_token, timeout)
+    services = {s["id"]: s for s in ehr.discovery() if isinstance(s.get("id"), str)}
+    try:
+        service_id = service_for_hook(services, hook)
+    except LookupError:
+        raise FireError(f"the service at {ehr.service_base} offers no service for the {hook} hook") from None
+    context = hook_context(hook, patient_id, drafts, user_id)
+    templates = services[service_id].get("prefetch") or {}
+    values = ehr.prefetch(templates, context) if prefetch else None
+    authorization = None
+    if fhir_token:
+        authorization = {
+            "access_token": fhir_token,
+            "token_type": "Bearer",
+            "expires_in": TOKEN_LIFETIME_S,
+            "scope": "patient/*.read",
+            "subject": user_id,
+            "patient": patient_id,
+        }
+    body = hook_request(hook, context, values, fhir_server=ehr.fhir_server, fhir_authorization=authorization)
+    response = ehr.call(service_id, body)
+    if as_json:
+        click.echo(orjson.dumps(response, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(render_response(response, heading=f"Patient/{patient_id} — {hook} — {service_id}"))
