@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import requests
 from jwt import PyJWK
-from jwt.exceptions import PyJWKError
+from jwt.exceptions import PyJWTError
 
 from cds_service.config import ConfigError
 
@@ -97,7 +97,7 @@ def parse_verification_key(jwk: object) -> VerificationKey:
         raise UnusableKeyError(f"key {kid!r} is on an unsupported curve {jwk.get('crv')!r}")
     try:
         by_algorithm = {alg: PyJWK(jwk, algorithm=alg) for alg in candidates}
-    except (PyJWKError, ValueError, TypeError) as error:
+    except (PyJWTError, ValueError, TypeError) as error:
         raise UnusableKeyError(
             f"key {kid!r} is not a valid {kty} public key ({type(error).__name__})"
         ) from None

@@ -1,0 +1,186 @@
+"""Keys fetched from a jwks_url (a real HTTP server on loopback): caching, rotation, rate limit, jku."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import requests
+
+from cds_service.protocol import clients as clients_module
+from cds_service.protocol.auth import Authenticator, AuthError
+from cds_service.protocol.clients import ClientKeys, load_clients
+from tests.auth.auth_support import SIGN_PATH, JwksServer, Signer, ec_p384_key, write_clients
+
+
+class Clock:
+    """A hand-moved monotonic clock, so cache lifetimes can be crossed without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def bearer(token: str) -> str:
+    return f"Bearer {token}"
+
+
+def client_keys(tmp_path: Path, jwks_url: str, clock: Clock) -> ClientKeys:
+    path = write_clients(tmp_path, [{"iss": "https://ehr.example.org", "jwks_url": jwks_url}], "keys.json")
+    client = load_clients(path)["https://ehr.example.org"]
+    return ClientKeys(client, requests.Session(), clock=clock)
+
+
+def test_keys_are_fetched_from_jwks_url_and_cached(
+    make_authenticator, jwks_server: JwksServer, rsa_signer: Signer
+) -> None:
+    url = jwks_server.publish("/jwks.json", rsa_signer)
+    authenticator: Authenticator = make_authenticator([{"iss": rsa_signer.iss, "jwks_url": url}])
+    assert jwks_server.total_hits() == 0, "keys are fetched lazily, not at start"
+    for _ in range(5):
+        assert authenticator.authenticate(bearer(rsa_signer.token()), SIGN_PATH).iss == rsa_signer.iss
+    assert jwks_server.hits["/jwks.json"] == 1
+
+
+def test_unknown_kid_triggers_one_refresh_then_is_rate_limited(
+    make_authenticator, jwks_server: JwksServer, rsa_signer: Signer
+) -> None:
+    url = jwks_server.publish("/jwks.json", rsa_signer)
+    authenticator: Authenticator = make_authenticator([{"iss": rsa_signer.iss, "jwks_url": url}])
+    authenticator.authenticate(bearer(rsa_signer.token()), SIGN_PATH)
+    assert jwks_server.hits["/jwks.json"] == 1
+    for attempt in range(20):
+        token = rsa_signer.token(headers={"kid": f"random-{attempt}"})
+        with pytest.raises(AuthError, match="is not a known key"):
+            authenticator.authenticate(bearer(token), SIGN_PATH)
+    # The first fetch was moments ago, so no unknown kid may trigger another one yet.
+    assert jwks_server.hits["/jwks.json"] == 1
+
+
+def test_unknown_kid_on_a_fresh_authenticator_fetches_once(
+    make_authenticator, jwks_server: JwksServer, rsa_signer: Signer
+) -> None:
+    url = jwks_server.publish("/jwks.json", rsa_signer)
+    authenticator: Authenticator = make_authenticator([{"iss": rsa_signer.iss, "jwks_url": url}])
+    for _ in range(3):
+        with pytest.raises(AuthError, match="'nope' is not a known key"):
+            authenticator.authenticate(bearer(rsa_signer.token(headers={"kid": "nope"})), SIGN_PATH)
+    assert jwks_server.hits["/jwks.json"] == 1
+
+
+def test_rotation_is_picked_up_on_unknown_kid_after_the_interval(
+    tmp_path: Path, jwks_server: JwksServer, rsa_signer: Signer
+) -> None:
+    clock = Clock()
+    url = jwks_server.publish("/jwks.json", rsa_signer)
+    keys = client_keys(tmp_path, url, clock)
+    assert keys.find(rsa_signer.kid) is not None
+    rotated = Signer(iss=rsa_signer.iss, kid="ec-new", alg="ES384", private_key=ec_p384_key())
+    jwks_server.publish("/jwks.json", rsa_signer, rotated)
+
+    clock.now += clients_module.REFRESH_INTERVAL_S / 2
+    assert keys.find("ec-new") is None, "refresh is rate-limited"
+    assert jwks_server.hits["/jwks.json"] == 1
+
+    clock.now += clients_module.REFRESH_INTERVAL_S
+    assert keys.find("ec-new") is not None
+    assert jwks_server.hits["/jwks.json"] == 2
+    assert keys.find(rsa_signer.kid) is not None
+    assert jwks_server.hits["/jwks.json"] == 2
+
+
+def test_cache_lifetime_expires(tmp_path: Path, jwks_server: JwksServer, rsa_signer: Signer) -> None:
+    clock = Clock()
+    keys = client_keys(tmp_path, jwks_server.publish("/jwks.json", rsa_signer), clock)
+    keys.find(rsa_signer.kid)
+    clock.now += clients_module.KEYS_LIFETIME_S - 1
+    keys.find(rsa_signer.kid)
+    assert jwks_server.hits["/jwks.json"] == 1
+    clock.now += 2
+    keys.find(rsa_signer.kid)
+    assert jwks_server.hits["/jwks.json"] == 2
+
+
+def test_removed_key_stops_working_after_refresh(
+    tmp_path: Path, jwks_server: JwksServer, rsa_signer: Signer
+) -> None:
+    clock = Clock()
+    keys = client_keys(tmp_path, jwks_server.publish("/jwks.json", rsa_signer), clock)
+    assert keys.find(rsa_signer.kid) is not None
+    jwks_server.documents["/jwks.json"] = {"keys": []}
+    clock.now += clients_module.KEYS_LIFETIME_S
+    assert keys.find(rsa_signer.kid) is None
+
+
+def test_fetch_failure_keeps_cached_keys_and_is_rate_limited(
+    tmp_path: Path, jwks_server: JwksServer, rsa_signer: Signer
+) -> None:
+    clock = Clock()
+    keys = client_keys(tmp_path, jwks_server.publish("/jwks.json", rsa_signer), clock)
+    keys.find(rsa_signer.kid)
+    del jwks_server.documents["/jwks.json"]  # now answers 404
+    clock.now += clients_module.KEYS_LIFETIME_S
+    assert keys.find(rsa_signer.kid) is not None, "stale keys are kept when the refresh fails"
+    assert jwks_server.hits["/jwks.json"] == 2
+    for _ in range(5):
+        keys.find(rsa_signer.kid)
+    assert jwks_server.hits["/jwks.json"] == 2, "a failing URL is not retried on every call"
+
+
+def test_bad_keys_in_a_fetched_set_are_skipped(
+    tmp_path: Path, jwks_server: JwksServer, rsa_signer: Signer
+) -> None:
+    jwks_server.documents["/jwks.json"] = {
+        "keys": [
+            {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"},
+            {"kty": "RSA", "kid": "broken", "n": "AQAB", "e": "AQAB"},
+            rsa_signer.public_jwk(),
+        ]
+    }
+    keys = client_keys(tmp_path, jwks_server.url("/jwks.json"), Clock())
+    assert keys.find("hmac") is None
+    assert keys.find("broken") is None
+    assert keys.find(rsa_signer.kid) is not None
+
+
+def test_unlisted_jku_is_never_contacted(
+    make_authenticator, jwks_server: JwksServer, ec_signer: Signer, rsa_signer: Signer
+) -> None:
+    attacker_url = jwks_server.publish("/attacker.json", ec_signer)
+    registered = jwks_server.publish("/registered.json", rsa_signer)
+    authenticator: Authenticator = make_authenticator(
+        [
+            {"iss": ec_signer.iss, "jwks": {"keys": [ec_signer.public_jwk()]}},
+            {"iss": rsa_signer.iss, "jwks_url": registered},
+        ]
+    )
+    for signer in (ec_signer, rsa_signer):
+        token = signer.token(headers={"jku": attacker_url})
+        with pytest.raises(AuthError, match="is not the jwks_url registered"):
+            authenticator.authenticate(bearer(token), SIGN_PATH)
+    assert jwks_server.hits["/attacker.json"] == 0
+    assert jwks_server.total_hits() == 0
+
+
+def test_jku_equal_to_the_registered_url_is_honoured(
+    make_authenticator, jwks_server: JwksServer, rsa_signer: Signer
+) -> None:
+    url = jwks_server.publish("/registered.json", rsa_signer)
+    authenticator: Authenticator = make_authenticator([{"iss": rsa_signer.iss, "jwks_url": url}])
+    client = authenticator.authenticate(bearer(rsa_signer.token(headers={"jku": url})), SIGN_PATH)
+    assert client.iss == rsa_signer.iss
+    assert jwks_server.hits == {"/registered.json": 1}
+
+
+def test_unreachable_jwks_url_refuses_with_a_reason(make_authenticator, rsa_signer: Signer) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    authenticator: Authenticator = make_authenticator(
+        [{"iss": rsa_signer.iss, "jwks_url": f"http://127.0.0.1:{port}/jwks.json"}]
+    )
+    with pytest.raises(AuthError, match="is not a known key"):
+        authenticator.authenticate(bearer(rsa_signer.token()), SIGN_PATH)
