@@ -61,9 +61,9 @@ def parse_feedback(body: object) -> list[FeedbackItem]:
 
 
 def _first_to_report(error: ValidationError) -> tuple[object, ...]:
-    """The outermost problem of the first bad item; a missing field before the accepted-only rule."""
+    """The first bad item's outermost problem; a missing field before the accepted-only rule."""
     path = tuple((0, step, "") if isinstance(step, int) else (1, 0, str(step)) for step in error.path)
-    return (len(path), path, "then" in error.absolute_schema_path)
+    return (path, "then" in error.absolute_schema_path)
 
 
 def _item(index: int, raw: dict[str, Any]) -> FeedbackItem:

@@ -1,0 +1,218 @@
+"""Every way a feedback body can be wrong gets its own specific reason; every valid shape is read exactly."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from cds_service.feedback import FeedbackError, FeedbackItem, OverrideReason, parse_feedback
+
+WHEN = "2026-03-02T10:15:00Z"
+
+
+def item(**fields: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "card": "9a6c2b7e-3f0d-4c55-9d61-7d5b1b0c2a11",
+        "outcome": "overridden",
+        "outcomeTimestamp": WHEN,
+    }
+    base.update(fields)
+    return {key: value for key, value in base.items() if value is not ...}
+
+
+def refused(body: object) -> str:
+    with pytest.raises(FeedbackError) as caught:
+        parse_feedback(body)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ([], "the body: expected an object, got a list"),
+        ("feedback", "the body: expected an object, got a string"),
+        (None, "the body: expected an object, got null"),
+        ({}, "the body: 'feedback' is missing"),
+        ({"feedback": {"card": "x"}}, "feedback: expected a list, got an object"),
+        ({"feedback": "x"}, "feedback: expected a list, got a string"),
+        ({"feedback": []}, "feedback: must not be empty"),
+        ({"feedback": [42]}, "feedback[0]: expected an object, got a number"),
+        ({"feedback": [item(card=...)]}, "feedback[0]: 'card' is missing"),
+        ({"feedback": [item(card="")]}, "feedback[0].card: must be a non-blank string"),
+        ({"feedback": [item(card="   ")]}, "feedback[0].card: must be a non-blank string"),
+        ({"feedback": [item(card=17)]}, "feedback[0].card: expected a string, got a number"),
+        ({"feedback": [item(outcome=...)]}, "feedback[0]: 'outcome' is missing"),
+        (
+            {"feedback": [item(outcome="ignored")]},
+            "feedback[0].outcome: 'ignored' is not one of 'accepted', 'overridden'",
+        ),
+        (
+            {"feedback": [item(outcome="Accepted")]},
+            "feedback[0].outcome: 'Accepted' is not one of 'accepted', 'overridden'",
+        ),
+        ({"feedback": [item(outcomeTimestamp=...)]}, "feedback[0]: 'outcomeTimestamp' is missing"),
+        (
+            {"feedback": [item(outcomeTimestamp="yesterday")]},
+            "feedback[0].outcomeTimestamp: must be an RFC 3339 date-time with an offset",
+        ),
+        (
+            {"feedback": [item(outcomeTimestamp="2026-03-02T10:15:00")]},
+            "feedback[0].outcomeTimestamp: must be an RFC 3339 date-time with an offset",
+        ),
+        (
+            {"feedback": [item(outcomeTimestamp="2026-03-02")]},
+            "feedback[0].outcomeTimestamp: must be an RFC 3339 date-time with an offset",
+        ),
+        (
+            {"feedback": [item(outcomeTimestamp=1767225600)]},
+            "feedback[0].outcomeTimestamp: must be an RFC 3339 date-time with an offset",
+        ),
+        (
+            {"feedback": [item(outcomeTimestamp="2026-02-30T10:15:00Z")]},
+            "feedback[0].outcomeTimestamp: '2026-02-30T10:15:00Z' is not a real date and time",
+        ),
+        (
+            {"feedback": [item(outcomeTimestamp="2026-03-02T25:15:00Z")]},
+            "feedback[0].outcomeTimestamp: '2026-03-02T25:15:00Z' is not a real date and time",
+        ),
+        (
+            {"feedback": [item(outcome="accepted")]},
+            "feedback[0]: an 'accepted' outcome needs acceptedSuggestions",
+        ),
+        (
+            {"feedback": [item(outcome="accepted", acceptedSuggestions=[])]},
+            "feedback[0].acceptedSuggestions: an 'accepted' outcome needs at least one accepted suggestion",
+        ),
+        (
+            {"feedback": [item(outcome="accepted", acceptedSuggestions={"id": "s"})]},
+            "feedback[0].acceptedSuggestions: expected a list, got an object",
+        ),
+        (
+            {"feedback": [item(outcome="accepted", acceptedSuggestions=["s-1"])]},
+            "feedback[0].acceptedSuggestions[0]: expected an object, got a string",
+        ),
+        (
+            {"feedback": [item(outcome="accepted", acceptedSuggestions=[{"uuid": "s-1"}])]},
+            "feedback[0].acceptedSuggestions[0]: 'id' is missing",
+        ),
+        (
+            {"feedback": [item(outcome="accepted", acceptedSuggestions=[{"id": 5}])]},
+            "feedback[0].acceptedSuggestions[0].id: expected a string, got a number",
+        ),
+        (
+            {"feedback": [item(overrideReason="patient declined")]},
+            "feedback[0].overrideReason: expected an object, got a string",
+        ),
+        (
+            {"feedback": [item(overrideReason={"reason": "declined"})]},
+            "feedback[0].overrideReason.reason: expected an object, got a string",
+        ),
+        (
+            {"feedback": [item(overrideReason={"reason": {"display": "Patient declined"}})]},
+            "feedback[0].overrideReason.reason: 'code' is missing",
+        ),
+        (
+            {"feedback": [item(overrideReason={"reason": {"code": ""}})]},
+            "feedback[0].overrideReason.reason.code: must be a non-blank string",
+        ),
+        (
+            {"feedback": [item(overrideReason={"reason": {"code": "x", "system": 3}})]},
+            "feedback[0].overrideReason.reason.system: expected a string, got a number",
+        ),
+        (
+            {"feedback": [item(overrideReason={"userComment": ["no"]})]},
+            "feedback[0].overrideReason.userComment: expected a string, got a list",
+        ),
+        ({"feedback": [item()] * 1001}, "feedback: at most 1000 entries are accepted in one request"),
+    ],
+)
+def test_each_invalid_body_gets_a_specific_reason(body: object, reason: str) -> None:
+    assert refused(body).startswith(reason)
+
+
+def test_the_first_bad_item_is_named() -> None:
+    body = {"feedback": [item(), item(), item(outcome="maybe"), item(card=...)]}
+    assert refused(body).startswith("feedback[2].outcome:")
+
+
+def test_a_missing_field_is_reported_before_the_accepted_only_rule() -> None:
+    assert refused({"feedback": [{"outcome": "accepted"}]}) == "feedback[0]: 'card' is missing"
+
+
+def test_reasons_do_not_echo_large_values() -> None:
+    reason = refused({"feedback": [item(outcome="x" * 10_000)]})
+    assert len(reason) < 200
+
+
+def test_the_sandbox_shape_reason_without_display_is_accepted() -> None:
+    body = {
+        "feedback": [
+            {
+                "card": "4e0f3d4a-5b2e-4a6e-9d7c-1f2a3b4c5d6e",
+                "outcome": "overridden",
+                "overrideReason": {
+                    "reason": {"code": "already-addressed", "system": "https://example.org/override-reasons"},
+                    "userComment": "Ordered last week",
+                },
+                "outcomeTimestamp": "2026-03-02T10:15:00.123Z",
+            }
+        ]
+    }
+    [parsed] = parse_feedback(body)
+    assert parsed == FeedbackItem(
+        card="4e0f3d4a-5b2e-4a6e-9d7c-1f2a3b4c5d6e",
+        outcome="overridden",
+        outcome_timestamp=datetime(2026, 3, 2, 10, 15, 0, 123000, tzinfo=UTC),
+        override_reason=OverrideReason(
+            code="already-addressed", system="https://example.org/override-reasons"
+        ),
+    )
+
+
+def test_an_accepted_item_keeps_its_suggestion_ids_sorted_and_once() -> None:
+    body = {
+        "feedback": [item(outcome="accepted", acceptedSuggestions=[{"id": "b"}, {"id": "a"}, {"id": "b"}])]
+    }
+    [parsed] = parse_feedback(body)
+    assert parsed.accepted_suggestions == ("a", "b")
+    assert parsed.override_reason is None
+
+
+def test_offsets_are_normalised_to_utc() -> None:
+    [parsed] = parse_feedback({"feedback": [item(outcomeTimestamp="2026-03-02t12:15:00.5+02:00")]})
+    assert parsed.outcome_timestamp == datetime(2026, 3, 2, 10, 15, 0, 500000, tzinfo=UTC)
+    assert parsed.outcome_timestamp.utcoffset() == timedelta(0)
+    assert parsed.outcome_timestamp == datetime(
+        2026, 3, 2, 12, 15, 0, 500000, tzinfo=timezone(timedelta(hours=2))
+    )
+
+
+def test_a_reason_with_display_and_unknown_members_is_accepted() -> None:
+    body = {
+        "feedback": [
+            item(
+                overrideReason={
+                    "reason": {"code": "declined", "system": "urn:x", "display": "Patient declined"}
+                },
+                extension={"org.example.ehr": {"screen": "orders"}},
+            )
+        ],
+        "extension": {"org.example.ehr": True},
+    }
+    [parsed] = parse_feedback(body)
+    assert parsed.override_reason == OverrideReason("declined", "urn:x", "Patient declined")
+
+
+def test_an_override_reason_on_an_accepted_card_is_not_kept() -> None:
+    body = {
+        "feedback": [
+            item(
+                outcome="accepted",
+                acceptedSuggestions=[{"id": "s"}],
+                overrideReason={"reason": {"code": "x"}},
+            )
+        ]
+    }
+    assert parse_feedback(body)[0].override_reason is None

@@ -1,0 +1,205 @@
+"""The store on a real SQLite file and a real PostgreSQL database: dedup, exact report numbers, since."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cds_service.feedback import FeedbackStore, parse_feedback
+from cds_service.feedback.dialects import PostgresDialect, SQLiteDialect
+
+SERVICE = "b12-iron-patient-view"
+OTHER = "b12-iron-order-sign"
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+REASON_SYSTEM = "urn:b12-iron-cds:override-reason"
+
+
+def accepted(card: str, at: datetime, *suggestions: str) -> dict[str, Any]:
+    return {
+        "card": card,
+        "outcome": "accepted",
+        "acceptedSuggestions": [{"id": s} for s in suggestions or ("s-1",)],
+        "outcomeTimestamp": at.isoformat(),
+    }
+
+
+def overridden(
+    card: str, at: datetime, code: str | None = None, display: str | None = None
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {"card": card, "outcome": "overridden", "outcomeTimestamp": at.isoformat()}
+    if code:
+        reason = {"code": code, "system": REASON_SYSTEM}
+        if display:
+            reason["display"] = display
+        entry["overrideReason"] = {"reason": reason, "userComment": "free text that is not kept"}
+    return entry
+
+
+def post(store: FeedbackStore, service: str, *entries: dict[str, Any]) -> int:
+    return store.add_feedback(service, parse_feedback({"feedback": list(entries)}))
+
+
+@pytest.fixture
+def store(store_url: str) -> FeedbackStore:
+    opened = FeedbackStore.open(store_url)
+    yield opened
+    opened.close()
+
+
+def test_the_same_item_sent_again_is_stored_once(store: FeedbackStore) -> None:
+    entries = [accepted("c1", T0, "s-2", "s-1"), overridden("c2", T0, "declined")]
+    assert post(store, SERVICE, *entries) == 2
+    assert post(store, SERVICE, *entries) == 0
+    # The same suggestions in another order, the same instant in another offset: still the same item.
+    same = accepted("c1", T0, "s-1", "s-2")
+    same["outcomeTimestamp"] = "2026-03-02T11:00:00+02:00"
+    assert post(store, SERVICE, same, same) == 0
+    report = store.report()["services"][SERVICE]
+    assert (report["accepted"], report["overridden"]) == (1, 1)
+
+
+def test_items_that_differ_in_any_key_field_are_all_stored(store: FeedbackStore) -> None:
+    base = accepted("c1", T0, "s-1")
+    assert post(store, SERVICE, base) == 1
+    assert post(store, OTHER, base) == 1  # another service
+    assert post(store, SERVICE, accepted("c2", T0, "s-1")) == 1  # another card
+    assert post(store, SERVICE, accepted("c1", T0 + timedelta(seconds=1), "s-1")) == 1  # another time
+    assert post(store, SERVICE, accepted("c1", T0, "s-9")) == 1  # other suggestions
+    assert post(store, SERVICE, overridden("c1", T0)) == 1  # another outcome
+    assert post(store, SERVICE, base, accepted("c3", T0)) == 1  # one old, one new in the same call
+
+
+def test_report_counts_are_exact_per_service_and_topic(store: FeedbackStore) -> None:
+    store.record_issued(SERVICE, [(f"iron-{i}", "iron-after-b12") for i in range(10)], T0)
+    store.record_issued(SERVICE, [(f"high-{i}", "b12-high-supplement") for i in range(4)], T0)
+    store.record_issued(OTHER, [("sign-1", "iron-after-b12")], T0)
+    post(
+        store,
+        SERVICE,
+        accepted("iron-0", T0),
+        accepted("iron-1", T0),
+        accepted("iron-2", T0),
+        overridden("iron-3", T0, "already-ordered", "Already ordered"),
+        overridden("iron-4", T0, "already-ordered"),
+        overridden("iron-5", T0, "not-relevant", "Not relevant"),
+        overridden("high-0", T0),
+        accepted("never-issued", T0),
+    )
+    post(store, OTHER, overridden("sign-1", T0, "not-relevant"))
+
+    report = store.report()
+    view = report["services"][SERVICE]
+    assert (view["issued"], view["accepted"], view["overridden"]) == (14, 4, 4)
+    assert view["acceptanceRate"] == 0.5
+    iron = view["topics"]["iron-after-b12"]
+    assert (iron["issued"], iron["accepted"], iron["overridden"]) == (10, 3, 3)
+    assert iron["acceptanceRate"] == 0.5
+    assert iron["topOverrideReasons"] == [
+        {"system": REASON_SYSTEM, "code": "already-ordered", "display": "Already ordered", "count": 2},
+        {"system": REASON_SYSTEM, "code": "not-relevant", "display": "Not relevant", "count": 1},
+    ]
+    high = view["topics"]["b12-high-supplement"]
+    assert (high["issued"], high["accepted"], high["overridden"], high["acceptanceRate"]) == (4, 0, 1, 0.0)
+    assert high["topOverrideReasons"] == []
+    unknown = view["topics"]["unknown"]
+    assert (unknown["issued"], unknown["accepted"], unknown["overridden"]) == (0, 1, 0)
+    sign = report["services"][OTHER]
+    assert (sign["issued"], sign["accepted"], sign["overridden"]) == (1, 0, 1)
+    assert sign["topics"]["iron-after-b12"]["topOverrideReasons"][0]["code"] == "not-relevant"
+
+
+def test_a_card_reported_several_times_counts_once_with_its_latest_outcome(store: FeedbackStore) -> None:
+    store.record_issued(SERVICE, [("c1", "iron-after-b12"), ("c2", "iron-after-b12")], T0)
+    post(store, SERVICE, overridden("c1", T0, "not-now"), accepted("c1", T0 + timedelta(minutes=5)))
+    post(store, SERVICE, accepted("c2", T0 + timedelta(minutes=5)), overridden("c2", T0, "not-now"))
+    post(store, SERVICE, accepted("c2", T0 + timedelta(minutes=6), "s-2"))
+    topic = store.report()["services"][SERVICE]["topics"]["iron-after-b12"]
+    assert (topic["issued"], topic["accepted"], topic["overridden"]) == (2, 2, 0)
+    assert topic["topOverrideReasons"] == []
+
+
+def test_issued_cards_are_recorded_once_per_uuid(store: FeedbackStore) -> None:
+    store.record_issued(SERVICE, [("c1", "iron-after-b12")], T0)
+    store.record_issued(SERVICE, [("c1", "iron-after-b12"), ("c2", "iron-after-b12")], T0)
+    assert store.report()["services"][SERVICE]["issued"] == 2
+
+
+def test_since_filters_issue_and_outcome_times(store: FeedbackStore) -> None:
+    store.record_issued(SERVICE, [("old", "iron-after-b12")], T0 - timedelta(days=40))
+    store.record_issued(SERVICE, [("new", "iron-after-b12")], T0)
+    post(store, SERVICE, overridden("old", T0 - timedelta(days=39)), accepted("new", T0 + timedelta(hours=1)))
+    everything = store.report()["services"][SERVICE]
+    assert (everything["issued"], everything["accepted"], everything["overridden"]) == (2, 1, 1)
+    recent = store.report(since=T0 - timedelta(days=1))
+    assert recent["since"] == (T0 - timedelta(days=1)).isoformat()
+    counts = recent["services"][SERVICE]
+    assert (counts["issued"], counts["accepted"], counts["overridden"]) == (1, 1, 0)
+    assert store.report(since=T0 + timedelta(days=1))["services"] == {}
+
+
+def test_an_empty_store_reports_no_services(store: FeedbackStore) -> None:
+    assert store.report() == {"since": None, "services": {}}
+
+
+def test_a_store_is_writable_and_reopening_keeps_the_data(store_url: str) -> None:
+    first = FeedbackStore.open(store_url)
+    assert first.writable()
+    post(first, SERVICE, accepted("c1", T0))
+    first.close()
+    second = FeedbackStore.open(store_url)
+    assert second.report()["services"][SERVICE]["accepted"] == 1
+    second.close()
+
+
+def test_threads_share_one_store(store: FeedbackStore) -> None:
+    def work(worker: int) -> None:
+        for batch in range(20):
+            post(store, SERVICE, *(accepted(f"w{worker}-b{batch}-{i}", T0) for i in range(5)))
+            store.report()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert store.report()["services"][SERVICE]["accepted"] == 8 * 20 * 5
+
+
+def test_nothing_patient_related_is_stored(sqlite_url: str) -> None:
+    store = FeedbackStore.open(sqlite_url)
+    store.record_issued(SERVICE, [("c1", "iron-after-b12")], T0)
+    post(store, SERVICE, overridden("c1", T0, "declined", "Declined"))
+    store.close()
+    with sqlite3.connect(sqlite_url) as conn:
+        dump = "\n".join(conn.iterdump())
+    assert "free text that is not kept" not in dump
+    columns = {
+        row[1]
+        for table in ("cds_feedback", "cds_issued_card")
+        for row in conn.execute(f"PRAGMA table_info({table})")
+    }
+    assert not {c for c in columns if "patient" in c or "user" in c or "comment" in c}
+
+
+def test_sqlite_uses_wal_so_workers_read_while_one_writes(sqlite_url: str) -> None:
+    FeedbackStore.open(sqlite_url).close()
+    with sqlite3.connect(sqlite_url) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_an_unreachable_store_is_not_writable_and_does_not_raise(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    assert FeedbackStore(SQLiteDialect(str(blocker / "feedback.sqlite3"))).writable() is False
+    gone = PostgresDialect(f"postgresql://postgres@/feedback?host={tmp_path / 'no-server'}&port=5432")
+    assert FeedbackStore(gone).writable() is False
+
+
+def test_an_unknown_url_scheme_is_refused() -> None:
+    with pytest.raises(ValueError, match="unsupported feedback store URL scheme"):
+        FeedbackStore.open("mysql://db.example.org/feedback")
