@@ -6,6 +6,7 @@ import click
 
 from cds_service import __version__
 from cds_service.feedback.command import feedback_report
+from cds_service.loader import load_fixtures
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,3 +16,4 @@ def main() -> None:
 
 
 main.add_command(feedback_report)
+main.add_command(load_fixtures)

@@ -1,0 +1,256 @@
+"""``cds-service load-fixtures``: put fixture patients on a FHIR server so the service can fetch them.
+
+Fixtures are written with dates relative to a reference day; a patient whose B12 result is "six weeks
+old" must still be six weeks old when it is loaded months later, so every full date in every resource
+moves by the same number of days (today minus the reference day). The reference day comes from
+``--reference-day``, else from the Bundle's own ``timestamp``; ``--shift-days`` gives the number
+directly.
+
+Any Bundle becomes a transaction. Resources keep their ids (``PUT Type/id``) so hook requests written
+for a fixture patient find it, loading twice replaces rather than duplicates, and ``urn:uuid:`` links
+between entries are rewritten to ``Type/id`` here rather than left to each server's interpretation.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+import requests
+
+from cds_service.fhir.errors import exception_reason, http_error_reason
+
+DEFAULT_FIXTURES = Path("fhir_fixtures")
+TIMEOUT_S = 120
+_FULL_DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})((T\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:\d{2})?)$")
+# Keys whose string values are identifiers, codes or narrative, never FHIR dates, even when they look
+# like one (an identifier "2024-01-15" stays as it is).
+_NOT_DATES = frozenset({"id", "reference", "url", "fullUrl", "system", "code", "version", "div", "data"})
+
+
+class LoadError(click.ClickException):
+    """A file or the server refused; the message names the file."""
+
+
+def shift_date_string(value: str, days: int) -> str:
+    """Move a FHIR date, dateTime or instant by whole days, keeping its precision and offset.
+
+    Partial dates (a year, a year and month) are returned unchanged: a shift in days has no meaning
+    for them and rounding would invent precision the source did not have.
+    """
+    match = _FULL_DATE.match(value)
+    if not match or days == 0:
+        return value
+    moved = date.fromisoformat(match.group(1)) + timedelta(days=days)
+    return moved.isoformat() + match.group(2)
+
+
+def shift_dates(node: Any, days: int) -> Any:
+    """A copy of a resource (or any JSON) with every full date moved by ``days``; ``meta`` untouched."""
+    if isinstance(node, dict):
+        shifted = {}
+        for key, value in node.items():
+            if key == "meta" or key in _NOT_DATES:
+                shifted[key] = copy.deepcopy(value)
+            elif isinstance(value, str):
+                shifted[key] = shift_date_string(value, days)
+            else:
+                shifted[key] = shift_dates(value, days)
+        return shifted
+    if isinstance(node, list):
+        return [shift_date_string(v, days) if isinstance(v, str) else shift_dates(v, days) for v in node]
+    return node
+
+
+def days_since(reference_day: date, today: date) -> int:
+    return (today - reference_day).days
+
+
+def _reference_day_of(bundle: dict) -> date | None:
+    stamp = bundle.get("timestamp")
+    if not isinstance(stamp, str) or not _FULL_DATE.match(stamp):
+        return None
+    return date.fromisoformat(stamp[:10])
+
+
+def _entry_target(entry: dict, resource: dict) -> str | None:
+    """``Type/id`` the entry will be stored under when it has an id of its own."""
+    kind, rid = resource.get("resourceType"), resource.get("id")
+    if isinstance(kind, str) and isinstance(rid, str) and rid:
+        return f"{kind}/{rid}"
+    return None
+
+
+def _rewrite_references(node: Any, aliases: dict[str, str]) -> None:
+    if isinstance(node, dict):
+        ref = node.get("reference")
+        if isinstance(ref, str) and ref in aliases:
+            node["reference"] = aliases[ref]
+        for value in node.values():
+            _rewrite_references(value, aliases)
+    elif isinstance(node, list):
+        for value in node:
+            _rewrite_references(value, aliases)
+
+
+def to_transaction(bundle: dict, *, days: int = 0) -> dict:
+    """A transaction Bundle that stores every resource of ``bundle`` under its own id, dates shifted.
+
+    A resource without an id is POSTed and keeps its ``fullUrl`` so the server links references to it.
+    """
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise ValueError("not a FHIR Bundle")
+    entries = [
+        e for e in bundle.get("entry") or [] if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+    ]
+    aliases: dict[str, str] = {}
+    for entry in entries:
+        target = _entry_target(entry, entry["resource"])
+        full_url = entry.get("fullUrl")
+        if target and isinstance(full_url, str) and full_url and full_url != target:
+            aliases[full_url] = target
+    out_entries = []
+    for entry in entries:
+        resource = shift_dates(entry["resource"], days)
+        _rewrite_references(resource, aliases)
+        target = _entry_target(entry, resource)
+        if target:
+            out_entries.append(
+                {"fullUrl": target, "resource": resource, "request": {"method": "PUT", "url": target}}
+            )
+        else:
+            out = {"resource": resource, "request": {"method": "POST", "url": resource["resourceType"]}}
+            if isinstance(entry.get("fullUrl"), str):
+                out["fullUrl"] = entry["fullUrl"]
+            out_entries.append(out)
+    return {"resourceType": "Bundle", "type": "transaction", "entry": out_entries}
+
+
+@dataclass(frozen=True)
+class Loaded:
+    path: Path
+    resources: int
+    days: int
+
+
+def bundle_files(paths: tuple[Path, ...]) -> list[Path]:
+    """The files to load: those given (directories expanded to their ``*.json``), else ``fhir_fixtures/``."""
+    if not paths:
+        if not DEFAULT_FIXTURES.is_dir():
+            raise LoadError(f"no Bundle files given and no {DEFAULT_FIXTURES}/ directory here")
+        paths = (DEFAULT_FIXTURES,)
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(path.glob("*.json")))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise LoadError(f"{path}: no such file or directory")
+    if not files:
+        raise LoadError(f"no *.json files in {', '.join(str(p) for p in paths)}")
+    return files
+
+
+class FixtureLoader:
+    """Posts transaction Bundles to one FHIR server, with an optional bearer token."""
+
+    def __init__(self, fhir_server: str, token: str | None = None) -> None:
+        self.base_url = fhir_server.rstrip("/")
+        self.session = requests.Session()
+        self.session.trust_env = False
+        self.session.headers.update(
+            {"Accept": "application/fhir+json", "Content-Type": "application/fhir+json"}
+        )
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def close(self) -> None:
+        self.session.close()
+
+    def load(self, path: Path, *, days: int | None, reference_day: date | None, today: date) -> Loaded:
+        """Load one Bundle file; ``days`` wins over ``reference_day``, then the Bundle timestamp."""
+        try:
+            bundle = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as error:
+            raise LoadError(f"{path}: not readable JSON ({error})") from None
+        if days is None:
+            day = reference_day or (_reference_day_of(bundle) if isinstance(bundle, dict) else None)
+            days = days_since(day, today) if day else 0
+        try:
+            transaction = to_transaction(bundle, days=days)
+        except ValueError as error:
+            raise LoadError(f"{path}: {error}") from None
+        try:
+            response = self.session.post(self.base_url, data=orjson.dumps(transaction), timeout=TIMEOUT_S)
+        except requests.RequestException as error:
+            raise LoadError(f"{path}: {exception_reason(error, self.base_url)}") from None
+        if response.status_code != 200:
+            try:
+                parsed = response.json()
+            except ValueError:
+                parsed = None
+            reason = http_error_reason(response.status_code, self.base_url, parsed, response.content)
+            raise LoadError(f"{path}: {reason}")
+        return Loaded(path, len(transaction["entry"]), days)
+
+
+@click.command("load-fixtures")
+@click.option(
+    "--fhir-server", required=True, help="FHIR base URL to load into, e.g. http://127.0.0.1:8090/fhir"
+)
+@click.option(
+    "--token", envvar="FHIR_ACCESS_TOKEN", help="bearer token for the server (or $FHIR_ACCESS_TOKEN)"
+)
+@click.option(
+    "--reference-day",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    help="the day the fixture dates were written for (default: each Bundle's timestamp)",
+)
+@click.option("--shift-days", type=int, help="move every date by exactly this many days instead")
+@click.option("--no-shift", is_flag=True, help="load the dates as written")
+@click.argument("bundles", nargs=-1, type=click.Path(path_type=Path))
+def load_fixtures(
+    fhir_server: str,
+    token: str | None,
+    reference_day: datetime | None,
+    shift_days: int | None,
+    no_shift: bool,
+    bundles: tuple[Path, ...],
+) -> None:
+    """Post fixture Bundles (default: fhir_fixtures/*.json) to a FHIR server as transactions."""
+    if (
+        sum(option is not None and option is not False for option in (reference_day, shift_days, no_shift))
+        > 1
+    ):
+        raise click.UsageError("give at most one of --reference-day, --shift-days and --no-shift")
+    files = bundle_files(bundles)
+    days = 0 if no_shift else shift_days
+    day = reference_day.date() if reference_day else None
+    today = datetime.now(UTC).date()
+    loader = FixtureLoader(fhir_server, token)
+    failures = 0
+    try:
+        for number, path in enumerate(files, 1):
+            progress = f"[{number}/{len(files)}]"
+            try:
+                loaded = loader.load(path, days=days, reference_day=day, today=today)
+            except LoadError as error:
+                failures += 1
+                click.echo(f"{progress} FAILED {error.message}", err=True)
+                continue
+            click.echo(
+                f"{progress} {path.name}: {loaded.resources} resources, dates moved {loaded.days:+d} days",
+                err=True,
+            )
+    finally:
+        loader.close()
+    if failures:
+        raise LoadError(f"{failures} of {len(files)} Bundles were not loaded")
+    click.echo(f"loaded {len(files)} Bundles into {loader.base_url}", err=True)

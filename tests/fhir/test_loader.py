@@ -1,0 +1,243 @@
+"""`cds-service load-fixtures`: Bundles become transactions on a real FHIR server, dates moved to today."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import requests
+from click.testing import CliRunner
+
+from cds_service.cli import main
+from cds_service.loader import shift_date_string, shift_dates, to_transaction
+from tests.builders import SMART_PATIENTS
+from tests.support.fhir_server import SekmetServer
+
+SOME_SMART_PATIENTS = sorted(SMART_PATIENTS.glob("*.json"))[:3]
+
+
+@pytest.mark.parametrize(
+    ("value", "days", "expected"),
+    [
+        ("2025-12-30", 3, "2026-01-02"),
+        ("2025-12-30T08:15:00Z", 3, "2026-01-02T08:15:00Z"),
+        ("2024-03-01T23:59:59.123+05:30", -1, "2024-02-29T23:59:59.123+05:30"),
+        ("2025-06-01T10:00+01:00", 10, "2025-06-11T10:00+01:00"),
+        ("2025", 400, "2025"),
+        ("2025-06", 400, "2025-06"),
+        ("2025-06-01", 0, "2025-06-01"),
+        ("not a date", 5, "not a date"),
+        ("2025-06-01 extra", 5, "2025-06-01 extra"),
+    ],
+)
+def test_shift_date_string(value: str, days: int, expected: str) -> None:
+    assert shift_date_string(value, days) == expected
+
+
+def test_shift_dates_moves_dates_everywhere_but_ids_codes_and_meta() -> None:
+    resource = {
+        "resourceType": "MedicationRequest",
+        "id": "2025-01-01",
+        "meta": {"lastUpdated": "2025-01-01T00:00:00Z"},
+        "authoredOn": "2025-01-01",
+        "identifier": [{"system": "urn:x", "value": "2025-01-01"}],
+        "code": {"coding": [{"code": "2025-01-01"}]},
+        "dosageInstruction": [{"timing": {"event": ["2025-01-02", "2025-01-03T08:00:00Z"]}}],
+        "dispenseRequest": {"validityPeriod": {"start": "2025-01-01", "end": "2025-02-01"}},
+        "subject": {"reference": "Patient/2025-01-01"},
+    }
+    shifted = shift_dates(resource, 31)
+    assert shifted["id"] == "2025-01-01"
+    assert shifted["meta"] == resource["meta"]
+    assert shifted["code"] == resource["code"]
+    assert shifted["subject"] == resource["subject"]
+    assert shifted["authoredOn"] == "2025-02-01"
+    assert shifted["dosageInstruction"][0]["timing"]["event"] == ["2025-02-02", "2025-02-03T08:00:00Z"]
+    assert shifted["dispenseRequest"]["validityPeriod"] == {"start": "2025-02-01", "end": "2025-03-04"}
+    assert resource["authoredOn"] == "2025-01-01", "the input is left alone"
+
+
+def test_collection_becomes_a_transaction_keeping_ids_and_links() -> None:
+    collection = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {"fullUrl": "urn:uuid:aaa", "resource": {"resourceType": "Patient", "id": "p1"}},
+            {
+                "fullUrl": "urn:uuid:bbb",
+                "resource": {"resourceType": "Observation", "subject": {"reference": "urn:uuid:aaa"}},
+            },
+        ],
+    }
+    transaction = to_transaction(collection)
+    assert transaction["type"] == "transaction"
+    first, second = transaction["entry"]
+    assert first["request"] == {"method": "PUT", "url": "Patient/p1"}
+    assert second["request"] == {"method": "POST", "url": "Observation"}
+    assert second["fullUrl"] == "urn:uuid:bbb"
+    assert second["resource"]["subject"] == {"reference": "Patient/p1"}
+
+
+def test_not_a_bundle_is_refused() -> None:
+    with pytest.raises(ValueError, match="not a FHIR Bundle"):
+        to_transaction({"resourceType": "Patient"})
+
+
+def _get(server: SekmetServer, query: str, token: str | None = None) -> dict:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = requests.get(f"{server.base_url}/{query}", headers=headers, timeout=30)
+    assert response.status_code == 200, response.text[:300]
+    return response.json()
+
+
+def _bundle_counts(path: Path) -> tuple[str, int]:
+    bundle = json.loads(path.read_text())
+    patient = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+    observations = sum(e["resource"]["resourceType"] == "Observation" for e in bundle["entry"])
+    return patient["id"], observations
+
+
+@pytest.mark.integration
+def test_smart_sandbox_patients_load_and_read_back(fhir_server: SekmetServer) -> None:
+    result = CliRunner().invoke(
+        main,
+        [
+            "load-fixtures",
+            "--fhir-server",
+            fhir_server.base_url,
+            "--no-shift",
+            *map(str, SOME_SMART_PATIENTS),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "[1/3]" in result.stderr
+    assert "[3/3]" in result.stderr
+    for path in SOME_SMART_PATIENTS:
+        patient_id, observation_count = _bundle_counts(path)
+        assert _get(fhir_server, f"Patient/{patient_id}")["id"] == patient_id
+        found = _get(fhir_server, f"Observation?patient={patient_id}&_count=1000&_summary=count")
+        assert found["total"] == observation_count
+
+
+@pytest.mark.integration
+def test_loading_twice_replaces_rather_than_duplicates(fhir_server: SekmetServer) -> None:
+    path = SOME_SMART_PATIENTS[0]
+    for _ in range(2):
+        result = CliRunner().invoke(main, ["load-fixtures", "--fhir-server", fhir_server.base_url, str(path)])
+        assert result.exit_code == 0, result.output
+    patient_id, observation_count = _bundle_counts(path)
+    assert _get(fhir_server, f"Observation?patient={patient_id}&_summary=count")["total"] == observation_count
+    assert _get(fhir_server, "Patient?_summary=count")["total"] == 1
+
+
+def _dated_collection(tmp_path: Path, timestamp: str | None = None) -> Path:
+    bundle: dict = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {"resource": {"resourceType": "Patient", "id": "shift-p", "birthDate": "1960-05-01"}},
+            {
+                "resource": {
+                    "resourceType": "Observation",
+                    "id": "shift-o",
+                    "status": "final",
+                    "code": {"text": "a measurement"},
+                    "subject": {"reference": "Patient/shift-p"},
+                    "effectiveDateTime": "2025-01-10T09:30:00Z",
+                }
+            },
+        ],
+    }
+    if timestamp:
+        bundle["timestamp"] = timestamp
+    path = tmp_path / "dated.json"
+    path.write_text(json.dumps(bundle))
+    return path
+
+
+@pytest.mark.integration
+def test_shift_days_moves_every_date(fhir_server: SekmetServer, tmp_path: Path) -> None:
+    path = _dated_collection(tmp_path)
+    result = CliRunner().invoke(
+        main, ["load-fixtures", "--fhir-server", fhir_server.base_url, "--shift-days", "45", str(path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "dates moved +45 days" in result.stderr
+    assert _get(fhir_server, "Observation/shift-o")["effectiveDateTime"] == "2025-02-24T09:30:00Z"
+    assert _get(fhir_server, "Patient/shift-p")["birthDate"] == "1960-06-15"
+
+
+@pytest.mark.integration
+def test_bundle_timestamp_is_the_default_reference_day(fhir_server: SekmetServer, tmp_path: Path) -> None:
+    today = datetime.now(UTC).date()
+    reference = today - timedelta(days=100)
+    path = _dated_collection(tmp_path, f"{reference.isoformat()}T00:00:00Z")
+    result = CliRunner().invoke(main, ["load-fixtures", "--fhir-server", fhir_server.base_url, str(path)])
+    assert result.exit_code == 0, result.output
+    expected = (date(2025, 1, 10) + timedelta(days=100)).isoformat()
+    assert _get(fhir_server, "Observation/shift-o")["effectiveDateTime"] == f"{expected}T09:30:00Z"
+
+
+@pytest.mark.integration
+def test_reference_day_option(fhir_server: SekmetServer, tmp_path: Path) -> None:
+    today = datetime.now(UTC).date()
+    path = _dated_collection(tmp_path, "2000-01-01T00:00:00Z")
+    result = CliRunner().invoke(
+        main,
+        ["load-fixtures", "--fhir-server", fhir_server.base_url, "--reference-day", "2025-01-10", str(path)],
+    )
+    assert result.exit_code == 0, result.output
+    assert _get(fhir_server, "Observation/shift-o")["effectiveDateTime"] == f"{today.isoformat()}T09:30:00Z"
+
+
+@pytest.mark.integration
+def test_token_server(sekmet_factory, tmp_path: Path) -> None:
+    server = sekmet_factory(tokens=["load-token"])
+    path = _dated_collection(tmp_path)
+    refused = CliRunner().invoke(main, ["load-fixtures", "--fhir-server", server.base_url, str(path)])
+    accepted = CliRunner().invoke(
+        main, ["load-fixtures", "--fhir-server", server.base_url, "--token", "load-token", str(path)]
+    )
+    assert refused.exit_code == 1
+    assert "FAILED" in refused.stderr
+    assert "HTTP 401" in refused.stderr
+    assert "Authentication required" in refused.stderr
+    assert accepted.exit_code == 0, accepted.output
+    assert _get(server, "Patient/shift-p", token="load-token")["id"] == "shift-p"
+    assert "load-token" not in accepted.output + refused.output
+
+
+@pytest.mark.integration
+def test_bad_file_is_reported_and_the_rest_still_load(fhir_server: SekmetServer, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    good = _dated_collection(tmp_path)
+    result = CliRunner().invoke(
+        main, ["load-fixtures", "--fhir-server", fhir_server.base_url, str(broken), str(good)]
+    )
+    assert result.exit_code == 1
+    assert "[1/2] FAILED" in result.stderr
+    assert "broken.json: not readable JSON" in result.stderr
+    assert "1 of 2 Bundles were not loaded" in result.stderr
+    assert _get(fhir_server, "Patient/shift-p")["id"] == "shift-p"
+
+
+def test_server_down_is_a_clear_failure(tmp_path: Path) -> None:
+    path = _dated_collection(tmp_path)
+    result = CliRunner().invoke(
+        main, ["load-fixtures", "--fhir-server", "http://127.0.0.1:9/fhir", str(path)]
+    )
+    assert result.exit_code == 1
+    assert "connection refused by http://127.0.0.1:9/fhir" in result.stderr
+
+
+def test_conflicting_shift_options(tmp_path: Path) -> None:
+    path = _dated_collection(tmp_path)
+    result = CliRunner().invoke(
+        main,
+        ["load-fixtures", "--fhir-server", "http://x/fhir", "--no-shift", "--shift-days", "3", str(path)],
+    )
+    assert result.exit_code == 2
+    assert "at most one of" in result.output
