@@ -1,0 +1,217 @@
+"""The jti replay store: shared by Authenticators in one process, by separate processes, and via Redis."""
+
+from __future__ import annotations
+
+import multiprocessing
+import shutil
+import socket
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cds_service.config import ConfigError
+from cds_service.protocol import jti_store
+from cds_service.protocol.auth import Authenticator, AuthError
+from cds_service.protocol.jti_store import RedisReplayStore, SQLiteReplayStore, open_replay_store
+from tests.auth.auth_support import (
+    SIGN_PATH,
+    Signer,
+    auth_settings,
+    authenticate_in_process,
+    write_clients,
+)
+
+
+def bearer(token: str) -> str:
+    return f"Bearer {token}"
+
+
+@pytest.fixture
+def clients_file(tmp_path: Path, ec_signer: Signer) -> Path:
+    return write_clients(tmp_path, [{"iss": ec_signer.iss, "jwks": {"keys": [ec_signer.public_jwk()]}}])
+
+
+def test_replay_seen_by_a_second_authenticator_on_the_same_state_db(
+    tmp_path: Path, clients_file: Path, ec_signer: Signer
+) -> None:
+    """Two Authenticators over one state_db stand for two gunicorn workers."""
+    first = Authenticator(auth_settings(tmp_path, clients_file))
+    second = Authenticator(auth_settings(tmp_path, clients_file))
+    token = ec_signer.token()
+    assert first.authenticate(bearer(token), SIGN_PATH).iss == ec_signer.iss
+    with pytest.raises(AuthError, match="already used"):
+        second.authenticate(bearer(token), SIGN_PATH)
+
+
+def test_separate_state_dbs_do_not_share(tmp_path: Path, clients_file: Path, ec_signer: Signer) -> None:
+    """The control for the test above: the refusal comes from the shared file, not from the token."""
+    first = Authenticator(auth_settings(tmp_path, clients_file))
+    other = Authenticator(auth_settings(tmp_path, clients_file, state_db=str(tmp_path / "other.sqlite3")))
+    token = ec_signer.token()
+    first.authenticate(bearer(token), SIGN_PATH)
+    assert other.authenticate(bearer(token), SIGN_PATH).iss == ec_signer.iss
+
+
+def run_workers(settings, tokens: list[str], workers: int) -> list[list[int]]:
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(workers)
+    results = context.Queue()
+    processes = [
+        context.Process(target=authenticate_in_process, args=(settings, tokens, barrier, results))
+        for _ in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    accepted = [results.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+        assert process.exitcode == 0
+    return accepted
+
+
+def test_replay_across_real_processes(tmp_path: Path, clients_file: Path, ec_signer: Signer) -> None:
+    """Three processes race to use the same 15 tokens: each token is accepted exactly once overall."""
+    tokens = [ec_signer.token() for _ in range(15)]
+    accepted = run_workers(auth_settings(tmp_path, clients_file), tokens, workers=3)
+    counts = [sum(index in worker for worker in accepted) for index in range(len(tokens))]
+    assert counts == [1] * len(tokens)
+    # And a token used in another process is refused here too.
+    here = Authenticator(auth_settings(tmp_path, clients_file))
+    with pytest.raises(AuthError, match="already used"):
+        here.authenticate(bearer(tokens[0]), SIGN_PATH)
+
+
+def test_sqlite_store_expiry_and_purge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "state.sqlite3"
+    store = SQLiteReplayStore(path)
+    now = time.time()
+    assert store.claim("live", now + 300)
+    assert not store.claim("live", now + 300)
+    assert store.claim("old", now - 1)
+    assert store.claim("old", now + 300), "an id whose token has expired may be used by a new token"
+
+    assert store.claim("stale", now - 1)
+    monkeypatch.setattr(jti_store, "PURGE_INTERVAL_S", 0.0)
+    store._next_purge = 0.0
+    store.claim("trigger", now + 300)
+    with sqlite3.connect(path) as connection:
+        keys = {row[0] for row in connection.execute("SELECT key FROM jwt_jti_seen")}
+        mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
+    assert keys == {"live", "old", "trigger"}
+    assert mode == "wal"
+
+
+def test_sqlite_store_refuses_memory_and_unwritable_paths(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="in-memory"):
+        SQLiteReplayStore(":memory:")
+    with pytest.raises(ConfigError, match="cannot open the state database"):
+        SQLiteReplayStore(tmp_path / "no-such-dir" / "state.sqlite3")
+
+
+def test_store_failure_refuses_the_token(tmp_path: Path, clients_file: Path, ec_signer: Signer) -> None:
+    authenticator = Authenticator(auth_settings(tmp_path, clients_file))
+    state = tmp_path / "state.sqlite3"
+    with sqlite3.connect(state) as connection:
+        connection.execute("DROP TABLE jwt_jti_seen")
+    # This thread's connection still believes the table exists; a missing table is a store failure.
+    with pytest.raises(AuthError, match="cannot check jti for replay"):
+        authenticator.authenticate(bearer(ec_signer.token()), SIGN_PATH)
+
+
+# --- Redis: a real redis-server on loopback, when the Debian package is installed ---------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server); Redis store untested")
+    pytest.importorskip("redis", reason="the optional 'redis' extra is not installed")
+    import redis
+
+    directory = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+            "--requirepass",
+            "s3cret-pass",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://:s3cret-pass@127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                process.kill()
+                pytest.fail("redis-server did not start within 10 s")
+            time.sleep(0.05)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_redis_store_claims_once_and_expires(redis_url: str) -> None:
+    store = RedisReplayStore(redis_url)
+    key = f"test-{time.time_ns()}"
+    assert store.claim(key, time.time() + 0.3)
+    assert not store.claim(key, time.time() + 300)
+    time.sleep(0.5)
+    assert store.claim(key, time.time() + 300), "Redis forgets the id when its token has expired"
+
+
+def test_redis_shared_by_two_authenticators_with_separate_files(
+    tmp_path: Path, clients_file: Path, ec_signer: Signer, redis_url: str
+) -> None:
+    """Two replicas: different machines (different state_db files), one Redis."""
+    first = Authenticator(auth_settings(tmp_path, clients_file, redis_url=redis_url))
+    second = Authenticator(
+        auth_settings(tmp_path, clients_file, redis_url=redis_url, state_db=str(tmp_path / "other.sqlite3"))
+    )
+    token = ec_signer.token()
+    first.authenticate(bearer(token), SIGN_PATH)
+    with pytest.raises(AuthError, match="already used"):
+        second.authenticate(bearer(token), SIGN_PATH)
+    assert "Redis at redis://127.0.0.1:" in first.describe()
+    assert "s3cret-pass" not in first.describe()
+
+
+def test_redis_across_real_processes(
+    tmp_path: Path, clients_file: Path, ec_signer: Signer, redis_url: str
+) -> None:
+    tokens = [ec_signer.token() for _ in range(10)]
+    accepted = run_workers(auth_settings(tmp_path, clients_file, redis_url=redis_url), tokens, workers=2)
+    assert [sum(i in worker for worker in accepted) for i in range(len(tokens))] == [1] * len(tokens)
+
+
+def test_unreachable_redis_fails_at_start_without_showing_the_password(tmp_path: Path) -> None:
+    url = f"redis://:hidden-pass@127.0.0.1:{free_port()}/0"
+    with pytest.raises(ConfigError, match="cannot reach Redis") as caught:
+        open_replay_store(auth_settings(tmp_path, tmp_path / "unused.json", redis_url=url))
+    assert "hidden-pass" not in str(caught.value)
