@@ -1,0 +1,278 @@
+"""`cds-service fire` as an EHR: a served instance of the service, the real FHIR server, real JWTs."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import jwt
+import orjson
+import pytest
+from click.testing import CliRunner, Result
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from cds_service.cli import main
+from cds_service.config import Settings
+from cds_service.devtools.bundles import PatientBundle, load_patient_bundle
+from cds_service.devtools.fire import Ehr
+from tests.builders import FIXED_NOW, REPO, SMART_PATIENTS, assert_valid_response
+from tests.devtools.served import serving_service
+from tests.support.fhir_server import SekmetServer
+
+HOOKS = REPO / "hooks"
+NOW = FIXED_NOW.isoformat().replace("+00:00", "Z")
+ISS = "https://ehr.test.example"
+
+
+@pytest.fixture(autouse=True)
+def _no_shell_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in [n for n in os.environ if n.startswith("CDS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.delenv("FHIR_ACCESS_TOKEN", raising=False)
+    monkeypatch.setenv("CDS_FEEDBACK_DB", str(tmp_path / "replay-feedback.sqlite3"))
+
+
+def base_settings(tmp_path: Path, **changes: object) -> Settings:
+    return Settings(
+        auth="off",
+        feedback_db=str(tmp_path / "feedback.sqlite3"),
+        state_db=str(tmp_path / "state.sqlite3"),
+        now=FIXED_NOW,
+    ).with_overrides(**changes)
+
+
+def load_example(server: SekmetServer, name: str) -> PatientBundle:
+    """Put an example's record on the FHIR server under the same ids, as an EHR would hold it."""
+    record = load_patient_bundle(HOOKS / name)
+    entries = [
+        {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+        for r in record.resources
+    ]
+    server.load({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    return record
+
+
+def topics(response: dict) -> set[str]:
+    return {card["source"]["topic"]["code"] for card in response["cards"]}
+
+
+def replayed_topics(name: str) -> set[str]:
+    result = CliRunner().invoke(main, ["replay", str(HOOKS / name), "--now", NOW, "--json"])
+    assert result.exit_code == 0, result.stderr
+    return topics(orjson.loads(result.stdout))
+
+
+def fire(*args: str) -> Result:
+    return CliRunner().invoke(main, ["fire", *args])
+
+
+def fired_response(result: Result) -> dict:
+    assert result.exit_code == 0, result.stderr
+    response = orjson.loads(result.stdout)
+    assert_valid_response(response)
+    return response
+
+
+def write_key(tmp_path: Path, private_key: object, kid: str) -> tuple[Path, Path]:
+    """The private key as PEM, and a CDS_CLIENTS file registering its public half inline."""
+    pem = tmp_path / f"{kid}.pem"
+    pem.write_bytes(
+        private_key.private_bytes(  # type: ignore[attr-defined]
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    public = private_key.public_key()  # type: ignore[attr-defined]
+    algorithm = (
+        jwt.algorithms.ECAlgorithm
+        if isinstance(public, ec.EllipticCurvePublicKey)
+        else jwt.algorithms.RSAAlgorithm
+    )
+    jwk = json.loads(algorithm.to_jwk(public))
+    jwk["kid"] = kid
+    clients = tmp_path / "clients.json"
+    clients.write_text(json.dumps({"clients": [{"iss": ISS, "jwks": {"keys": [jwk]}}]}))
+    return pem, clients
+
+
+def test_fire_without_auth_gives_the_cards_replay_gives(fhir_server: SekmetServer, tmp_path: Path) -> None:
+    record = load_example(fhir_server, "patient-view.json")
+    with serving_service(lambda _: base_settings(tmp_path)) as service:
+        result = fire(
+            "--service",
+            service,
+            "--fhir-server",
+            fhir_server.base_url,
+            "--patient",
+            record.patient_id,
+            "--json",
+        )
+        response = fired_response(result)
+    assert topics(response)
+    assert topics(response) == replayed_topics("patient-view.json")
+
+
+def test_fire_human_output_shows_the_cards(fhir_server: SekmetServer, tmp_path: Path) -> None:
+    record = load_example(fhir_server, "patient-view.json")
+    with serving_service(lambda _: base_settings(tmp_path)) as service:
+        json_result = fire(
+            "--service",
+            service,
+            "--fhir-server",
+            fhir_server.base_url,
+            "--patient",
+            record.patient_id,
+            "--json",
+        )
+        text_result = fire(
+            "--service", service, "--fhir-server", fhir_server.base_url, "--patient", record.patient_id
+        )
+    assert text_result.exit_code == 0, text_result.stderr
+    for card in fired_response(json_result)["cards"]:
+        assert card["summary"] in text_result.stdout
+        assert f"[{card['indicator'].upper()}]" in text_result.stdout
+        assert card["source"]["label"] in text_result.stdout
+
+
+def test_fire_order_select_with_a_hooks_request_as_the_order(
+    fhir_server: SekmetServer, tmp_path: Path
+) -> None:
+    name = "order-select-cyanocobalamin.json"
+    record = load_example(fhir_server, name)
+    with serving_service(lambda _: base_settings(tmp_path)) as service:
+        result = fire(
+            "--service", service, "--fhir-server", fhir_server.base_url, "--patient", record.patient_id,
+            "--hook", "order-select", "--order", str(HOOKS / name), "--json",
+        )  # fmt: skip
+        response = fired_response(result)
+    assert topics(response) == replayed_topics(name)
+    assert "iron-studies-after-b12" in topics(response)
+
+
+def test_fire_no_prefetch_lets_the_service_fetch_from_an_allowed_server(
+    fhir_server: SekmetServer, tmp_path: Path
+) -> None:
+    record = load_example(fhir_server, "patient-view.json")
+    settings = base_settings(tmp_path, allowed_fhir_servers=(fhir_server.base_url,))
+    with serving_service(lambda _: settings) as service:
+        result = fire(
+            "--service", service, "--fhir-server", fhir_server.base_url, "--patient", record.patient_id,
+            "--no-prefetch", "--json",
+        )  # fmt: skip
+        response = fired_response(result)
+    assert topics(response) == replayed_topics("patient-view.json")
+
+
+@pytest.mark.parametrize("key_type", ["ec-p384", "rsa"])
+def test_fire_with_a_signed_jwt(fhir_server: SekmetServer, tmp_path: Path, key_type: str) -> None:
+    private_key = (
+        ec.generate_private_key(ec.SECP384R1())
+        if key_type == "ec-p384"
+        else rsa.generate_private_key(65537, 2048)
+    )
+    pem, clients = write_key(tmp_path, private_key, kid=f"{key_type}-1")
+    record = load_example(fhir_server, "patient-view.json")
+
+    def settings_for(base_url: str) -> Settings:
+        return base_settings(tmp_path, auth="required", clients_file=clients, public_base_url=base_url)
+
+    common = ["--fhir-server", fhir_server.base_url, "--patient", record.patient_id, "--json"]
+    with serving_service(settings_for) as service:
+        signed = fire(
+            "--service", service, *common, "--signing-key", str(pem), "--iss", ISS, "--kid", f"{key_type}-1"
+        )
+        unsigned = fire("--service", service, *common)
+        wrong_iss = fire(
+            "--service",
+            service,
+            *common,
+            "--signing-key",
+            str(pem),
+            "--iss",
+            "https://other.example",
+            "--kid",
+            f"{key_type}-1",
+        )
+        wrong_kid = fire("--service", service, *common, "--signing-key", str(pem), "--iss", ISS)
+    assert topics(fired_response(signed)) == replayed_topics("patient-view.json")
+    for refused in (unsigned, wrong_iss, wrong_kid):
+        assert refused.exit_code != 0
+        assert "401" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+    assert "--signing-key" in unsigned.stderr
+
+
+def test_fire_reports_412_when_the_service_may_not_fetch(fhir_server: SekmetServer, tmp_path: Path) -> None:
+    record = load_example(fhir_server, "patient-view.json")
+    with serving_service(lambda _: base_settings(tmp_path)) as service:
+        result = fire(
+            "--service",
+            service,
+            "--fhir-server",
+            fhir_server.base_url,
+            "--patient",
+            record.patient_id,
+            "--no-prefetch",
+        )
+    assert result.exit_code != 0
+    assert "412" in result.stderr and "not one this service is allowed" in result.stderr
+
+
+def test_fire_reports_404_and_connection_refused(fhir_server: SekmetServer, tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    refused = fire(
+        "--service",
+        f"http://127.0.0.1:{closed_port}",
+        "--fhir-server",
+        fhir_server.base_url,
+        "--patient",
+        "x",
+    )
+    assert refused.exit_code != 0
+    assert "cannot connect to the CDS service" in refused.stderr
+    with serving_service(lambda _: base_settings(tmp_path)) as service:
+        missing = fire(
+            "--service", f"{service}/elsewhere", "--fhir-server", fhir_server.base_url, "--patient", "x"
+        )
+    assert missing.exit_code != 0
+    assert "404" in missing.stderr
+
+
+def test_fire_against_a_smart_patient_loaded_by_transaction(
+    fhir_server: SekmetServer, tmp_path: Path
+) -> None:
+    """Server-assigned ids, as after `load-fixtures`: the patient is found by the id the server gave."""
+    path = sorted(SMART_PATIENTS.glob("*.json"))[0]
+    answer = fhir_server.load_file(path)
+    locations = [e["response"]["location"] for e in answer["entry"]]
+    patient_id = next(loc.split("/")[1] for loc in locations if loc.startswith("Patient/"))
+    with serving_service(lambda _: base_settings(tmp_path)) as service:
+        result = fire(
+            "--service", service, "--fhir-server", fhir_server.base_url, "--patient", patient_id, "--json"
+        )
+        fired_response(result)
+
+
+def test_prefetch_follows_next_links_and_leaves_out_failed_keys(fhir_server: SekmetServer) -> None:
+    record = load_example(fhir_server, "patient-view-iron-deficiency-after-b12.json")
+    observations = [r for r in record.resources if r["resourceType"] == "Observation"]
+    assert len(observations) > 3
+    ehr = Ehr("http://127.0.0.1:9", fhir_server.base_url, key=None, fhir_token=None, timeout=10)
+    values = ehr.prefetch(
+        {
+            "labs": "Observation?patient={{context.patientId}}&_count=2",
+            "patient": "Patient/{{context.patientId}}",
+            "nobody": "Patient/no-such-patient",
+            "broken": "NoSuchType?patient={{context.patientId}}",
+        },
+        {"patientId": record.patient_id},
+    )
+    assert {e["resource"]["id"] for e in values["labs"]["entry"]} == {o["id"] for o in observations}
+    assert [link["relation"] for link in values["labs"]["link"]] == ["self"]
+    assert values["patient"]["id"] == record.patient_id
+    assert values["nobody"] is None
+    assert "broken" not in values

@@ -1,0 +1,105 @@
+"""Every hooks/ example answers 200 from a served instance, carries the prefetch the templates ask for,
+and is documented in hooks/README.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import requests
+from cds_service.clinical.engine import load_clinical_config
+
+from cds_service.config import Settings
+from cds_service.devtools.bundles import load_patient_bundle
+from cds_service.devtools.offline import OfflineFhirServer
+from cds_service.protocol.prefetch import render_template
+from cds_service.services import build_services
+from tests.builders import FIXED_NOW, REPO, SERVICE_FOR_HOOK, assert_valid_response
+from tests.devtools.served import serving_service
+
+HOOKS = REPO / "hooks"
+EXAMPLES = sorted(HOOKS.glob("*.json"))
+REQUIRED = ("patient-view.json", "order-select-cyanocobalamin.json", "order-sign.json")
+
+
+def test_the_required_examples_exist() -> None:
+    assert {p.name for p in EXAMPLES} >= set(REQUIRED)
+
+
+def test_every_example_answers_200_with_cards_from_a_served_instance(tmp_path: Path) -> None:
+    settings = Settings(
+        auth="off",
+        feedback_db=str(tmp_path / "feedback.sqlite3"),
+        state_db=str(tmp_path / "state.sqlite3"),
+        now=FIXED_NOW,
+    )
+    with serving_service(lambda _: settings) as base:
+        for path in EXAMPLES:
+            body = json.loads(path.read_text(encoding="utf-8"))
+            response = requests.post(
+                f"{base}/cds-services/{SERVICE_FOR_HOOK[body['hook']]}",
+                data=path.read_bytes(),
+                headers={"Content-Type": "application/json"},
+                timeout=30,
+            )
+            assert response.status_code == 200, f"{path.name}: {response.status_code} {response.text[:300]}"
+            answer = response.json()
+            assert_valid_response(answer)
+            assert answer["cards"], f"{path.name} shows no card"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_prefetch_is_what_the_templates_return(path: Path) -> None:
+    """Each key of the service's templates is there, and holds exactly what a FHIR server would return
+    for that query over the example's own record (so no resource is filed under the wrong key)."""
+    body = json.loads(path.read_text(encoding="utf-8"))
+    templates = build_services(load_clinical_config({}))[SERVICE_FOR_HOOK[body["hook"]]].prefetch
+    assert set(body["prefetch"]) == set(templates)
+    server = OfflineFhirServer(load_patient_bundle(path).resources)
+    for key, template in templates.items():
+        expected = server.query(render_template(template, body["context"]))
+        sent = body["prefetch"][key]
+        if expected is None or expected.get("resourceType") != "Bundle":
+            assert sent == expected, key
+            continue
+        assert sent["type"] == "searchset" and sent["total"] == expected["total"], key
+        got = [
+            (e["resource"]["resourceType"], e["resource"]["id"], e["search"]["mode"])
+            for e in sent.get("entry", [])
+        ]
+        want = [
+            (e["resource"]["resourceType"], e["resource"]["id"], e["search"]["mode"])
+            for e in expected.get("entry", [])
+        ]
+        assert got == want, key
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_is_consistent(path: Path) -> None:
+    body = json.loads(path.read_text(encoding="utf-8"))
+    context = body["context"]
+    assert body["prefetch"]["patient"]["id"] == context["patientId"]
+    if body["hook"] != "patient-view":
+        drafts = [e["resource"] for e in context["draftOrders"]["entry"]]
+        assert all(d["status"] == "draft" for d in drafts)
+        assert all(d["subject"]["reference"] == f"Patient/{context['patientId']}" for d in drafts)
+    if body["hook"] == "order-select":
+        references = {f"{d['resourceType']}/{d['id']}" for d in drafts}
+        assert context["selections"] and set(context["selections"]) <= references
+    for key, value in body["prefetch"].items():
+        for entry in (value or {}).get("entry", []):
+            subject = entry["resource"].get("subject")
+            if subject:
+                assert subject["reference"] == f"Patient/{context['patientId']}", (path.name, key)
+
+
+def test_readme_documents_every_example_with_curl_and_replay() -> None:
+    readme = (HOOKS / "README.md").read_text(encoding="utf-8")
+    for path in EXAMPLES:
+        body = json.loads(path.read_text(encoding="utf-8"))
+        rows = [line for line in readme.splitlines() if f"`{path.name}`" in line and line.startswith("|")]
+        assert rows, f"{path.name} is not in the hooks/README.md table"
+        row = rows[0]
+        assert f"cds-services/{SERVICE_FOR_HOOK[body['hook']]}" in row
+        assert f"cds-service replay hooks/{path.name}" in row

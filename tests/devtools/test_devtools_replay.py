@@ -1,0 +1,258 @@
+"""`cds-service replay` run for real: over the fixtures, the SMART sandbox patients and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner, Result
+
+from cds_service.cli import main
+from tests.builders import FIXED_NOW, REPO, SMART_PATIENTS, assert_valid_response
+
+FIXTURES = REPO / "fhir_fixtures"
+HOOKS = REPO / "hooks"
+NOW = FIXED_NOW.isoformat().replace("+00:00", "Z")
+SUMMARY_LIMIT = 140
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No CDS_* setting of the developer's shell leaks in; any store the handler opens lives in tmp."""
+    for name in [n for n in os.environ if n.startswith("CDS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CDS_FEEDBACK_DB", str(tmp_path / "feedback.sqlite3"))
+    monkeypatch.setenv("CDS_STATE_DB", str(tmp_path / "state.sqlite3"))
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(main, ["replay", *args], catch_exceptions=True)
+
+
+def assert_clean_failure(result: Result, *, mentions: str) -> None:
+    """A non-zero exit with a one-line message, never an uncaught exception or a traceback."""
+    assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    message_lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(message_lines) == 1, result.stderr
+    assert mentions in message_lines[0]
+
+
+def assert_spec_cards(response: dict) -> None:
+    assert_valid_response(response)
+    for card in response["cards"]:
+        assert card["uuid"]
+        assert len(card["summary"]) < SUMMARY_LIMIT
+        assert card["indicator"] in ("info", "warning", "critical")
+        assert card["source"]["label"]
+
+
+def _fixture_expectations() -> dict:
+    path = FIXTURES / "expectations.json"
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# --- the SMART sandbox patients --------------------------------------------------------------------------
+
+
+def test_every_smart_sandbox_patient_replays_and_answers_spec_valid_cards() -> None:
+    files = sorted(SMART_PATIENTS.glob("*.json"))
+    assert len(files) == 32
+    result = run(str(SMART_PATIENTS), "--now", NOW, "--json")
+    assert result.exit_code == 0, result.stderr
+    lines = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert {Path(line["file"]).name for line in lines} == {f.name for f in files}
+    for line in lines:
+        assert_spec_cards(line["response"])
+    # Progress goes to stderr, one step per Bundle, so stdout stays machine-readable.
+    assert result.stderr.count("[") >= len(files)
+    assert f"[32/32] {SMART_PATIENTS}" in result.stderr
+
+
+def test_several_bundles_give_one_summary_line_per_patient() -> None:
+    files = sorted(SMART_PATIENTS.glob("*.json"))[:3]
+    result = run(*map(str, files), "--now", NOW)
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3
+    for line, path in zip(lines, files, strict=True):
+        patient_id = path.stem.rsplit("_", 1)[1]
+        assert f"(Patient/{patient_id})" in line
+        assert "card" in line
+
+
+def test_single_bundle_json_is_exactly_the_service_response() -> None:
+    path = sorted(SMART_PATIENTS.glob("*.json"))[0]
+    result = run(str(path), "--now", NOW, "--json")
+    assert result.exit_code == 0, result.stderr
+    response = orjson.loads(result.stdout)
+    assert set(response) <= {"cards", "systemActions"}
+    assert_spec_cards(response)
+
+
+def test_order_select_over_a_sandbox_patient_with_a_draft_order_file(tmp_path: Path) -> None:
+    order = tmp_path / "draft.json"
+    order.write_text(
+        json.dumps(
+            {
+                "resourceType": "MedicationRequest",
+                "status": "draft",
+                "intent": "order",
+                "medicationCodeableConcept": {
+                    "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "309594"}]
+                },
+                "subject": {"reference": "Patient/someone-else"},
+            }
+        )
+    )
+    path = sorted(SMART_PATIENTS.glob("*.json"))[1]
+    for hook in ("order-select", "order-sign"):
+        result = run(str(path), "--hook", hook, "--order", str(order), "--now", NOW, "--json")
+        assert result.exit_code == 0, result.stderr
+        assert_spec_cards(orjson.loads(result.stdout))
+
+
+# --- the scenario fixtures -------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not _fixture_expectations(), reason="fhir_fixtures/expectations.json is not there yet")
+def test_every_fixture_shows_its_expected_topics() -> None:
+    expectations = _fixture_expectations()
+    assert expectations
+    for name, expected in _expectation_items(expectations):
+        args = [str(FIXTURES / name), "--now", expected.get("now", NOW), "--json"]
+        if expected.get("hook"):
+            args += ["--hook", expected["hook"]]
+        if expected.get("order"):
+            args += ["--order", str(FIXTURES / expected["order"])]
+        result = run(*args)
+        assert result.exit_code == 0, f"{name}: {result.stderr}"
+        response = orjson.loads(result.stdout)
+        assert_spec_cards(response)
+        topics = {card["source"]["topic"]["code"] for card in response["cards"]}
+        assert set(expected["topics"]) <= topics, (
+            f"{name}: expected {expected['topics']}, got {sorted(topics)}"
+        )
+
+
+def _expectation_items(expectations: dict) -> list[tuple[str, dict]]:
+    """expectations.json maps a fixture file to what it should show (its exact layout is the fixtures')."""
+    items = expectations.get("fixtures", expectations)
+    if isinstance(items, list):
+        return [(item["file"], item) for item in items]
+    return [(name, value) for name, value in items.items() if isinstance(value, dict)]
+
+
+# --- hooks/ examples replay as they stand -----------------------------------------------------------------
+
+
+def test_every_hooks_example_replays_with_its_own_hook_and_orders() -> None:
+    examples = sorted(HOOKS.glob("*.json"))
+    assert examples, "hooks/ has no examples"
+    result = run(str(HOOKS), "--now", NOW, "--json")
+    assert result.exit_code == 0, result.stderr
+    lines = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == len(examples)
+    for line in lines:
+        assert_spec_cards(line["response"])
+        assert line["response"]["cards"], f"{line['file']} shows no card"
+
+
+# --- bad input -----------------------------------------------------------------------------------------
+
+
+def test_not_json(tmp_path: Path) -> None:
+    path = tmp_path / "broken.json"
+    path.write_text("{ this is not json")
+    assert_clean_failure(run(str(path)), mentions="not valid JSON")
+
+
+def test_not_a_bundle(tmp_path: Path) -> None:
+    path = tmp_path / "patient.json"
+    path.write_text(json.dumps({"resourceType": "Patient", "id": "x"}))
+    assert_clean_failure(run(str(path)), mentions="not a FHIR Bundle")
+
+
+def test_json_array_is_not_a_bundle(tmp_path: Path) -> None:
+    path = tmp_path / "list.json"
+    path.write_text("[1, 2]")
+    assert_clean_failure(run(str(path)), mentions="not a FHIR Bundle")
+
+
+def test_bundle_without_patient(tmp_path: Path) -> None:
+    path = tmp_path / "nobody.json"
+    observation = {"resourceType": "Observation", "id": "o", "status": "final", "code": {"text": "x"}}
+    path.write_text(
+        json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": observation}]})
+    )
+    assert_clean_failure(run(str(path)), mentions="no Patient")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    assert_clean_failure(run(str(tmp_path / "absent.json")), mentions="no such file")
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    path = tmp_path / "secret.json"
+    path.write_text("{}")
+    path.chmod(0)
+    if os.access(path, os.R_OK):
+        pytest.skip("running as a user who can read any file (root)")
+    assert_clean_failure(run(str(path)), mentions="cannot read")
+
+
+def test_bad_order_file(tmp_path: Path) -> None:
+    order = tmp_path / "order.json"
+    order.write_text(json.dumps({"resourceType": "Observation", "id": "o"}))
+    bundle = sorted(SMART_PATIENTS.glob("*.json"))[0]
+    assert_clean_failure(
+        run(str(bundle), "--hook", "order-sign", "--order", str(order)), mentions="no draft order"
+    )
+
+
+def test_bad_now() -> None:
+    bundle = sorted(SMART_PATIENTS.glob("*.json"))[0]
+    assert_clean_failure(run(str(bundle), "--now", "yesterday"), mentions="RFC 3339")
+
+
+def test_order_hook_without_orders() -> None:
+    bundle = sorted(SMART_PATIENTS.glob("*.json"))[0]
+    result = run(str(bundle), "--hook", "order-select")
+    assert result.exit_code != 0
+    assert "--order" in result.stderr
+
+
+def test_one_bad_bundle_among_good_ones_fails_the_run_but_replays_the_rest(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("nope")
+    good = sorted(SMART_PATIENTS.glob("*.json"))[0]
+    result = run(str(good), str(bad), "--now", NOW)
+    assert result.exit_code == 1
+    assert len(result.stdout.splitlines()) == 1
+    assert f"error: {bad}: not valid JSON" in result.stderr
+
+
+def test_console_script_runs_and_reports_errors_without_traceback(tmp_path: Path) -> None:
+    """The installed entry point, in a fresh process: a good replay, then a bad file."""
+    good = sorted(SMART_PATIENTS.glob("*.json"))[0]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
+    env["CDS_FEEDBACK_DB"] = str(tmp_path / "f.sqlite3")
+    env["CDS_NOW"] = NOW
+    command = [str(Path(sys.executable).with_name("cds-service")), "replay"]
+    ok = subprocess.run([*command, str(good)], capture_output=True, text=True, env=env, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "Patient/" in ok.stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text("<html>")
+    failed = subprocess.run([*command, str(bad)], capture_output=True, text=True, env=env, timeout=120)
+    assert failed.returncode == 1
+    assert failed.stderr.strip().count("\n") == 0
+    assert "Traceback" not in failed.stderr
