@@ -13,10 +13,13 @@ import copy
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from cds_service.devtools.offline import parse_fhir_instant
 
 BUNDLE_TYPES = frozenset({"transaction", "batch", "collection", "searchset", "document", "message"})
 
@@ -44,7 +47,8 @@ class PatientBundle:
     """One patient's record as loaded from a Bundle, references already resolved.
 
     Loaded from a hook request file (``hooks/``), it also carries that request's hook and draft orders,
-    so an example can be replayed as it stands.
+    so an example can be replayed as it stands. ``timestamp`` is the Bundle's own: fixtures are written
+    relative to that day, so it is the natural clinical "now" for replaying them.
     """
 
     path: Path
@@ -52,6 +56,7 @@ class PatientBundle:
     resources: tuple[dict[str, Any], ...]
     hook: str | None = None
     draft_orders: DraftOrders | None = None
+    timestamp: datetime | None = None
 
     @property
     def patient_id(self) -> str:
@@ -177,7 +182,9 @@ def load_patient_bundle(path: Path) -> PatientBundle:
         raise BundleError(f"{path}: the Bundle holds no Patient resource")
     if len({p["id"] for p in patients}) > 1:
         raise BundleError(f"{path}: the Bundle holds {len(patients)} Patients; give one patient per Bundle")
-    return PatientBundle(path=path, patient=patients[0], resources=tuple(resources))
+    stamp = data.get("timestamp")
+    timestamp = parse_fhir_instant(stamp) if isinstance(stamp, str) else None
+    return PatientBundle(path=path, patient=patients[0], resources=tuple(resources), timestamp=timestamp)
 
 
 def _load_hook_request(path: Path, request: dict[str, Any]) -> PatientBundle:

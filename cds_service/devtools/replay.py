@@ -43,6 +43,7 @@ class ReplayResult:
     bundle: PatientBundle
     request: dict[str, Any]
     response: dict[str, Any]
+    now: datetime | None
 
 
 def build_handler(settings: Settings) -> HookHandler:
@@ -64,31 +65,48 @@ def offline_prefetch(
     return server.prefetch(queries)
 
 
-def replay_bundle(
-    handler: HookHandler, path: Path, hook: str | None, order_file: Path | None
-) -> ReplayResult:
-    """Replay one Bundle; every expected failure becomes a one-line ReplayError or BundleError.
+class Replayer:
+    """Replays Bundles through the real handler, one handler per clinical clock.
 
-    A hook request file brings its own hook and draft orders; ``hook`` and ``order_file`` override them.
+    The clock is ``--now`` (or CDS_NOW) when given, else each Bundle's own ``timestamp`` (the day a
+    fixture's relative dates were written for), else the real clock.
     """
-    record = load_patient_bundle(path)
-    hook = hook or record.hook or "patient-view"
-    drafts = load_draft_orders(order_file, record.patient_id) if order_file else record.draft_orders
-    if hook in ORDER_HOOKS and drafts is None:
-        raise ReplayError(f"{path}: the {hook} hook needs draft orders: give --order FILE")
-    service_id = service_for_hook(handler.services, hook)
-    context = hook_context(hook, record.patient_id, drafts)
-    server = OfflineFhirServer(record.resources)
-    try:
-        prefetch = offline_prefetch(handler, service_id, context, server)
-    except (OfflineQueryError, TemplateError) as error:
-        raise ReplayError(f"{path}: cannot evaluate the prefetch offline: {error}") from None
-    request = hook_request(hook, context, prefetch)
-    try:
-        outcome = handler.handle(service_id, request)
-    except RequestError as error:
-        raise ReplayError(f"{path}: the service answered {error.status}: {error.reason}") from None
-    return ReplayResult(bundle=record, request=request, response=outcome.response)
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._handlers: dict[datetime | None, HookHandler] = {}
+        self.handler(settings.now)
+
+    def handler(self, now: datetime | None) -> HookHandler:
+        if now not in self._handlers:
+            self._handlers[now] = build_handler(self.settings.with_overrides(now=now))
+        return self._handlers[now]
+
+    def replay(self, path: Path, hook: str | None, order_file: Path | None) -> ReplayResult:
+        """Replay one Bundle; every expected failure becomes a one-line ReplayError or BundleError.
+
+        A hook request file brings its own hook and draft orders; ``hook`` and ``order_file`` win.
+        """
+        record = load_patient_bundle(path)
+        now = self.settings.now or record.timestamp
+        handler = self.handler(now)
+        hook = hook or record.hook or "patient-view"
+        drafts = load_draft_orders(order_file, record.patient_id) if order_file else record.draft_orders
+        if hook in ORDER_HOOKS and drafts is None:
+            raise ReplayError(f"{path}: the {hook} hook needs draft orders: give --order FILE")
+        service_id = service_for_hook(handler.services, hook)
+        context = hook_context(hook, record.patient_id, drafts)
+        server = OfflineFhirServer(record.resources)
+        try:
+            prefetch = offline_prefetch(handler, service_id, context, server)
+        except (OfflineQueryError, TemplateError) as error:
+            raise ReplayError(f"{path}: cannot evaluate the prefetch offline: {error}") from None
+        request = hook_request(hook, context, prefetch)
+        try:
+            outcome = handler.handle(service_id, request)
+        except RequestError as error:
+            raise ReplayError(f"{path}: the service answered {error.status}: {error.reason}") from None
+        return ReplayResult(bundle=record, request=request, response=outcome.response, now=now)
 
 
 def _settings(now: str | None) -> Settings:
@@ -134,7 +152,9 @@ def _progress(index: int, total: int, path: Path) -> None:
     help="Draft orders: a resource, a Bundle, or a hooks/ request file (its context.draftOrders).",
 )
 @click.option(
-    "--now", help="Clinical 'now' (RFC 3339), e.g. 2026-01-31T09:00:00Z. Default: CDS_NOW, else the clock."
+    "--now",
+    help="Clinical 'now' (RFC 3339), e.g. 2026-01-31T09:00:00Z. "
+    "Default: CDS_NOW, else the Bundle's timestamp, else the clock.",
 )
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the service response as JSON (JSON Lines for several)."
@@ -148,9 +168,8 @@ def replay(
     works too (its prefetch is the record). The prefetch sent to the service is what its templates
     return over that record; draft orders are re-pointed at the patient.
     """
-    settings = _settings(now)
     try:
-        handler = build_handler(settings)
+        replayer = Replayer(_settings(now))
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
     files = _collect(bundles)
@@ -160,8 +179,8 @@ def replay(
         if several:
             _progress(index, len(files), path)
         try:
-            result = replay_bundle(handler, path, hook, order_file)
-        except (BundleError, ReplayError) as error:
+            result = replayer.replay(path, hook, order_file)
+        except (BundleError, ReplayError, ConfigError) as error:
             failures += 1
             click.echo(f"error: {error}", err=True)
             continue
@@ -186,4 +205,5 @@ def _print(result: ReplayResult, several: bool, as_json: bool) -> None:
     elif several:
         click.echo(summary_line(name, result.response))
     else:
-        click.echo(render_response(result.response, heading=f"{name} — {result.request['hook']}"))
+        when = f" — as of {result.now.isoformat()}" if result.now else ""
+        click.echo(render_response(result.response, heading=f"{name} — {result.request['hook']}{when}"))
