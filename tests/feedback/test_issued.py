@@ -1,0 +1,129 @@
+"""The issued-card record: written by a background thread, never in the way of a hook response."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from cds_service.feedback import FeedbackStore, IssuedCardRecorder, parse_feedback
+from cds_service.feedback import issued as issued_module
+
+SERVICE = "b12-iron-patient-view"
+
+
+def issued_counts(url: str) -> dict[str, int]:
+    store = FeedbackStore.open(url)
+    try:
+        services = store.report()["services"]
+    finally:
+        store.close()
+    return {
+        f"{service}/{topic}": counts["issued"]
+        for service, body in services.items()
+        for topic, counts in body["topics"].items()
+    }
+
+
+def test_submitted_cards_are_written_by_close(store_url: str) -> None:
+    recorder = IssuedCardRecorder(store_url)
+    recorder.submit(SERVICE, [("c1", "iron-after-b12"), ("c2", "b12-high-supplement")])
+    recorder.submit("b12-iron-order-sign", [("c3", "iron-after-b12")])
+    recorder.submit(SERVICE, [])
+    recorder.close()
+    assert recorder.written == 3
+    assert issued_counts(store_url) == {
+        f"{SERVICE}/iron-after-b12": 1,
+        f"{SERVICE}/b12-high-supplement": 1,
+        "b12-iron-order-sign/iron-after-b12": 1,
+    }
+
+
+def test_feedback_is_reported_under_the_recorded_topic(sqlite_url: str) -> None:
+    recorder = IssuedCardRecorder(sqlite_url)
+    recorder.submit(SERVICE, [("c1", "iron-after-b12")])
+    recorder.close()
+    store = FeedbackStore.open(sqlite_url)
+    entry = {"card": "c1", "outcome": "overridden", "outcomeTimestamp": "2026-03-02T09:00:00Z"}
+    store.add_feedback(SERVICE, parse_feedback({"feedback": [entry]}))
+    topics = store.report()["services"][SERVICE]["topics"]
+    assert list(topics) == ["iron-after-b12"]
+    assert topics["iron-after-b12"]["overridden"] == 1
+    store.close()
+
+
+def test_many_request_threads_lose_nothing(sqlite_url: str) -> None:
+    recorder = IssuedCardRecorder(sqlite_url)
+
+    def requests(worker: int) -> None:
+        for call in range(250):
+            recorder.submit(
+                SERVICE, [(f"{worker}-{call}-a", "iron-after-b12"), (f"{worker}-{call}-b", "b12-low")]
+            )
+
+    threads = [threading.Thread(target=requests, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    recorder.close(timeout_s=30)
+    assert (recorder.written, recorder.dropped, recorder.failed) == (4000, 0, 0)
+    assert issued_counts(sqlite_url) == {f"{SERVICE}/iron-after-b12": 2000, f"{SERVICE}/b12-low": 2000}
+
+
+def test_submit_returns_while_the_database_is_locked(sqlite_url: str) -> None:
+    """Another process holds the write lock: requests go on, the records wait and are written after."""
+    FeedbackStore.open(sqlite_url).close()
+    blocker = sqlite3.connect(sqlite_url, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    recorder = IssuedCardRecorder(sqlite_url)
+    try:
+        for call in range(200):
+            recorder.submit(SERVICE, [(f"card-{call}", "iron-after-b12")])
+        assert recorder.written == 0
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    recorder.close(timeout_s=30)
+    assert recorder.written == 200
+    assert issued_counts(sqlite_url) == {f"{SERVICE}/iron-after-b12": 200}
+
+
+def test_a_full_queue_drops_and_counts_instead_of_blocking(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(issued_module, "QUEUE_LIMIT", 10)
+    FeedbackStore.open(sqlite_url).close()
+    blocker = sqlite3.connect(sqlite_url, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    recorder = IssuedCardRecorder(sqlite_url)
+    try:
+        for call in range(50):
+            recorder.submit(SERVICE, [(f"card-{call}", "iron-after-b12")])
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    recorder.close(timeout_s=30)
+    assert recorder.dropped > 0
+    assert recorder.written + recorder.dropped == 50
+    assert issued_counts(sqlite_url) == {f"{SERVICE}/iron-after-b12": recorder.written}
+
+
+def test_a_broken_store_never_raises_into_the_request(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    recorder = IssuedCardRecorder(str(blocker / "feedback.sqlite3"))
+    recorder.submit(SERVICE, [("c1", "iron-after-b12")])
+    recorder.close()
+    assert (recorder.written, recorder.failed) == (0, 1)
+
+
+def test_submit_after_close_is_ignored(sqlite_url: str) -> None:
+    recorder = IssuedCardRecorder(sqlite_url)
+    recorder.submit(SERVICE, [("c1", "iron-after-b12")])
+    recorder.close()
+    recorder.submit(SERVICE, [("c2", "iron-after-b12")])
+    recorder.close()
+    assert issued_counts(sqlite_url) == {f"{SERVICE}/iron-after-b12": 1}
