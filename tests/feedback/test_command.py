@@ -1,0 +1,178 @@
+"""`cds-service feedback-report`, through click and once as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cds_service.cli import main
+from cds_service.feedback import FeedbackStore, parse_feedback
+
+VIEW = "b12-iron-patient-view"
+SIGN = "b12-iron-order-sign"
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def filled(sqlite_url: str) -> str:
+    store = FeedbackStore.open(sqlite_url)
+    store.record_issued(VIEW, [(f"v{i}", "iron-after-b12") for i in range(4)], T0)
+    store.record_issued(SIGN, [("s0", "b12-high-supplement")], T0 - timedelta(days=30))
+    entries = [
+        {
+            "card": "v0",
+            "outcome": "accepted",
+            "acceptedSuggestions": [{"id": "x"}],
+            "outcomeTimestamp": "2026-03-02T09:05:00Z",
+        },
+        {
+            "card": "v1",
+            "outcome": "overridden",
+            "outcomeTimestamp": "2026-03-02T09:06:00Z",
+            "overrideReason": {
+                "reason": {
+                    "code": "already-ordered",
+                    "system": "urn:b12-iron-cds:override-reason",
+                    "display": "Already ordered",
+                }
+            },
+        },
+        {
+            "card": "v2",
+            "outcome": "overridden",
+            "outcomeTimestamp": "2026-03-02T09:07:00Z",
+            "overrideReason": {
+                "reason": {"code": "already-ordered", "system": "urn:b12-iron-cds:override-reason"}
+            },
+        },
+    ]
+    store.add_feedback(VIEW, parse_feedback({"feedback": entries}))
+    old = {"card": "s0", "outcome": "overridden", "outcomeTimestamp": "2026-01-31T09:00:00Z"}
+    store.add_feedback(SIGN, parse_feedback({"feedback": [old]}))
+    store.close()
+    return sqlite_url
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["feedback-report", *args], env=env)
+    return result.exit_code, result.output
+
+
+def test_json_report(filled: str) -> None:
+    code, output = run("--json", "--db", filled)
+    assert code == 0, output
+    report = json.loads(output)
+    view = report["services"][VIEW]
+    assert (view["issued"], view["accepted"], view["overridden"], view["acceptanceRate"]) == (4, 1, 2, 0.3333)
+    topic = view["topics"]["iron-after-b12"]
+    assert topic["topOverrideReasons"] == [
+        {
+            "system": "urn:b12-iron-cds:override-reason",
+            "code": "already-ordered",
+            "display": "Already ordered",
+            "count": 2,
+        }
+    ]
+    assert report["services"][SIGN]["overridden"] == 1
+
+
+def test_since_leaves_out_older_cards_and_feedback(filled: str) -> None:
+    code, output = run("--json", "--since", "2026-03-01", "--db", filled)
+    assert code == 0, output
+    report = json.loads(output)
+    assert report["since"] == "2026-03-01T00:00:00+00:00"
+    assert list(report["services"]) == [VIEW]
+
+
+def test_text_report_is_a_table_per_service_and_topic(filled: str) -> None:
+    code, output = run("--db", filled)
+    assert code == 0, output
+    lines = output.splitlines()
+    assert lines[0] == "Card feedback for all time"
+    view = lines.index(VIEW)
+    assert lines[view + 1].split() == ["topic", "issued", "accepted", "overridden", "accept", "%"]
+    assert lines[view + 2].split() == ["iron-after-b12", "4", "1", "2", "33.3"]
+    assert lines[view + 3].split() == ["all", "topics", "4", "1", "2", "33.3"]
+    assert "already-ordered (Already ordered)" in output
+    sign = lines.index(SIGN)
+    assert lines[sign + 2].split() == ["b12-high-supplement", "1", "0", "1", "0.0"]
+
+
+def test_the_store_comes_from_cds_feedback_db(filled: str) -> None:
+    code, output = run("--json", env={"CDS_FEEDBACK_DB": filled})
+    assert code == 0, output
+    assert json.loads(output)["services"][VIEW]["accepted"] == 1
+
+
+def test_an_empty_store_says_so(sqlite_url: str) -> None:
+    FeedbackStore.open(sqlite_url).close()
+    code, output = run("--db", sqlite_url)
+    assert code == 0
+    assert "No cards issued and no feedback received" in output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--since", "last week"], "--since='last week': expected an RFC 3339 date-time"),
+        (["--since", "2026-03-02T09:00:00"], "needs an offset"),
+    ],
+)
+def test_a_bad_since_is_a_usage_error(filled: str, args: list[str], message: str) -> None:
+    code, output = run(*args, "--db", filled)
+    assert code == 2
+    assert message in output
+
+
+def test_a_missing_store_file_is_an_error_not_a_new_empty_store(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.sqlite3"
+    code, output = run("--db", str(missing))
+    assert code == 1
+    assert f"no feedback store at {missing}" in output
+    assert not missing.exists()
+
+
+def test_the_installed_command_in_a_subprocess(filled: str) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CDS_")}
+    env["CDS_FEEDBACK_DB"] = filled
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cds_service.cli",
+            "feedback-report",
+            "--json",
+            "--since",
+            "2026-03-02T00:00:00Z",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["services"][VIEW]["overridden"] == 2
+
+
+def test_postgres_store(postgres_url: str) -> None:
+    store = FeedbackStore.open(postgres_url)
+    store.record_issued(VIEW, [("p1", "iron-after-b12")], T0)
+    entry = {
+        "card": "p1",
+        "outcome": "accepted",
+        "acceptedSuggestions": [{"id": "s"}],
+        "outcomeTimestamp": "2026-03-02T09:00:00Z",
+    }
+    store.add_feedback(VIEW, parse_feedback({"feedback": [entry]}))
+    store.close()
+    code, output = run("--json", "--db", postgres_url)
+    assert code == 0, output
+    assert json.loads(output)["services"][VIEW]["topics"]["iron-after-b12"]["acceptanceRate"] == 1.0
