@@ -144,9 +144,7 @@ def test_the_installed_command_in_a_subprocess(filled: str) -> None:
     env["CDS_FEEDBACK_DB"] = filled
     done = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "cds_service.cli",
+            str(Path(sys.executable).with_name("cds-service")),
             "feedback-report",
             "--json",
             "--since",
