@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from cds_service import __version__
+from cds_service.devtools.fire import fire
+from cds_service.devtools.replay import replay
 from cds_service.feedback.command import feedback_report
 from cds_service.loader import load_fixtures
 
@@ -17,3 +19,5 @@ def main() -> None:
 
 main.add_command(feedback_report)
 main.add_command(load_fixtures)
+main.add_command(replay)
+main.add_command(fire)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
@@ -31,7 +31,9 @@ from cds_service.devtools.offline import OfflineFhirServer, OfflineQueryError
 from cds_service.devtools.render import render_response, summary_line
 from cds_service.protocol.prefetch import TemplateError, render_template
 from cds_service.protocol.request import RequestError
-from cds_service.services import HookHandler
+
+if TYPE_CHECKING:
+    from cds_service.services import HookHandler
 
 
 class ReplayError(Exception):
@@ -47,10 +49,14 @@ class ReplayResult:
 
 
 def build_handler(settings: Settings) -> HookHandler:
-    """The service's handler as ``create_app`` builds it (site config, clinical config, card style)."""
+    """The service's handler as ``create_app`` builds it (site config, clinical config, card style).
+
+    Imported here, not at the top, so that ``cds-service --help`` does not load the clinical engine.
+    """
     from cds_service.app import _card_style
     from cds_service.clinical.engine import load_clinical_config
     from cds_service.config import load_site_config
+    from cds_service.services import HookHandler
 
     site = load_site_config(settings.site_config)
     return HookHandler(settings, load_clinical_config(site), card_style=_card_style(site))
