@@ -110,6 +110,9 @@ class DelayProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in separate writes; with Nagle's algorithm on, the body would wait
+            # for the client's delayed ACK (40 ms on Linux) and every answer would look slow.
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: object) -> None:
                 """Quiet: tests read ``proxy.seen`` instead."""

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -34,24 +36,15 @@ START_TIMEOUT_S = 15.0
 
 
 @dataclass
-class SekmetServer:
-    """A running sekmet instance: its FHIR base URL and helpers to fill, empty and stop it."""
+class SekmetEndpoint:
+    """A running sekmet reached over HTTP: its FHIR base URL and helpers to fill it."""
 
     base_url: str
-    data_dir: Path
     tokens: tuple[str, ...]
-    _server: uvicorn.Server = field(repr=False)
-    _thread: threading.Thread = field(repr=False)
-    _app: Any = field(repr=False)
 
     @property
     def origin(self) -> str:
         return self.base_url.rsplit("/fhir", 1)[0]
-
-    @property
-    def store(self) -> Any:
-        """sekmet's own store, for assertions that must not go through HTTP."""
-        return self._app.state.ctx.store
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
@@ -79,6 +72,21 @@ class SekmetServer:
             raise AssertionError(f"sekmet refused {url}: HTTP {response.status_code}: {response.text[:500]}")
         return response.json()
 
+
+@dataclass
+class SekmetServer(SekmetEndpoint):
+    """sekmet in this process: it can also be emptied between tests and stopped."""
+
+    data_dir: Path
+    _server: uvicorn.Server = field(repr=False)
+    _thread: threading.Thread = field(repr=False)
+    _app: Any = field(repr=False)
+
+    @property
+    def store(self) -> Any:
+        """sekmet's own store, for assertions that must not go through HTTP."""
+        return self._app.state.ctx.store
+
     def wipe(self) -> None:
         """Delete every resource, version and logged request."""
         self.store.reset()
@@ -95,33 +103,37 @@ def _bound_socket() -> socket.socket:
     return sock
 
 
-def start_sekmet(
+def sekmet_settings(
     data_dir: Path,
+    port: int,
     *,
     tokens: Sequence[str] = (),
     validation: str = "strict",
     log_inbound: bool = False,
-) -> SekmetServer:
-    """Start sekmet on a free loopback port; with ``tokens`` it demands one of them as a bearer token.
+) -> dict[str, Any]:
+    """sekmet's settings for a loopback test server; with ``tokens`` it demands one as a bearer token.
 
     ``log_inbound`` turns on sekmet's traffic log (every request and body stored); off by default since
     it slows every request and tests count requests at a proxy instead.
     """
+    auth = {"types": ["bearer"], "tokens": list(tokens)} if tokens else {"types": ["none"]}
+    return {
+        "host": "127.0.0.1",
+        "port": port,
+        "base_url": f"http://127.0.0.1:{port}/fhir",
+        "data_dir": str(data_dir),
+        "simulator": {"enabled": False},
+        "server_auth": auth,
+        "validation": {"inbound": validation},
+        "log_inbound": log_inbound,
+    }
+
+
+def start_sekmet(data_dir: Path, **options: Any) -> SekmetServer:
+    """Start sekmet in this process on a free loopback port (options: see ``sekmet_settings``)."""
     sock = _bound_socket()
     port = sock.getsockname()[1]
-    auth = {"types": ["bearer"], "tokens": list(tokens)} if tokens else {"types": ["none"]}
-    settings = SekmetSettings.model_validate(
-        {
-            "host": "127.0.0.1",
-            "port": port,
-            "base_url": f"http://127.0.0.1:{port}/fhir",
-            "data_dir": str(data_dir),
-            "simulator": {"enabled": False},
-            "server_auth": auth,
-            "validation": {"inbound": validation},
-            "log_inbound": log_inbound,
-        }
-    )
+    settings = SekmetSettings.model_validate(sekmet_settings(data_dir, port, **options))
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     thread = threading.Thread(
@@ -135,7 +147,9 @@ def start_sekmet(
             raise RuntimeError(f"sekmet did not start on 127.0.0.1:{port}")
         time.sleep(0.01)
     sock.close()
-    return SekmetServer(settings.base_url, Path(data_dir), tuple(tokens), server, thread, app)
+    return SekmetServer(
+        settings.base_url, Path(data_dir), tuple(settings.server_auth.tokens), server, thread, app
+    )
 
 
 @contextmanager
@@ -147,6 +161,47 @@ def running_sekmet(**options: Any) -> Iterator[SekmetServer]:
             yield server
         finally:
             server.stop()
+
+
+@contextmanager
+def sekmet_process(**options: Any) -> Iterator[SekmetEndpoint]:
+    """sekmet as its own process (``sekmet serve``), for benchmarks that must not share this process's
+    GIL with the server; options as for ``sekmet_settings``."""
+    with tempfile.TemporaryDirectory(prefix="sekmet-") as data_dir:
+        with _bound_socket() as sock:
+            port = sock.getsockname()[1]
+        config = Path(data_dir) / "settings.yaml"
+        config.write_text(json.dumps(sekmet_settings(Path(data_dir), port, **options)), encoding="utf-8")
+        command = [str(Path(sys.executable).with_name("sekmet")), "serve", "-c", str(config)]
+        log = Path(data_dir) / "sekmet.log"
+        with log.open("wb") as log_file:
+            process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+        endpoint = SekmetEndpoint(f"http://127.0.0.1:{port}/fhir", tuple(options.get("tokens", ())))
+        try:
+            _wait_until_up(endpoint, process, log)
+            yield endpoint
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_until_up(endpoint: SekmetEndpoint, process: subprocess.Popen, log: Path) -> None:
+    give_up = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < give_up:
+        if process.poll() is not None:
+            error = log.read_text(errors="replace")[-1000:]
+            raise RuntimeError(f"sekmet serve exited with {process.returncode}: {error}")
+        try:
+            if requests.get(f"{endpoint.base_url}/metadata", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"sekmet serve did not answer on {endpoint.base_url} within {START_TIMEOUT_S} s")
 
 
 @pytest.fixture(scope="session")
