@@ -148,7 +148,12 @@ def start_sekmet(data_dir: Path, **options: Any) -> SekmetServer:
         time.sleep(0.01)
     sock.close()
     return SekmetServer(
-        settings.base_url, Path(data_dir), tuple(settings.server_auth.tokens), server, thread, app
+        base_url=settings.base_url,
+        tokens=tuple(settings.server_auth.tokens),
+        data_dir=Path(data_dir),
+        _server=server,
+        _thread=thread,
+        _app=app,
     )
 
 
