@@ -135,13 +135,12 @@ def _collect(paths: Sequence[Path]) -> list[Path]:
 
 
 def _progress(index: int, total: int, path: Path) -> None:
-    stderr = click.get_text_stream("stderr")
-    if stderr.isatty():
+    """One step per Bundle on stderr: rewritten in place on a terminal, one line each otherwise."""
+    if sys.stderr.isatty():
         end = "\n" if index == total else ""
-        click.echo(f"\r[{index}/{total}] {path.name[:60]:<60}", file=stderr, nl=False)
-        click.echo(end, file=stderr, nl=False)
+        click.echo(f"\r[{index}/{total}] {path.name[:60]:<60}{end}", err=True, nl=False)
     else:
-        click.echo(f"[{index}/{total}] {path}", file=stderr)
+        click.echo(f"[{index}/{total}] {path}", err=True)
 
 
 @click.command("replay")
@@ -176,7 +175,9 @@ def replay(
     """
     try:
         replayer = Replayer(_settings(now))
-    except ConfigError as error:
+        if order_file is not None:
+            load_draft_orders(order_file, "order-file-check")
+    except (ConfigError, BundleError) as error:
         raise click.ClickException(str(error)) from None
     files = _collect(bundles)
     several = len(files) > 1

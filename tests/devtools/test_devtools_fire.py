@@ -18,7 +18,8 @@ from cds_service.cli import main
 from cds_service.config import Settings
 from cds_service.devtools.bundles import PatientBundle, load_patient_bundle
 from cds_service.devtools.fire import Ehr
-from tests.builders import FIXED_NOW, REPO, SMART_PATIENTS, assert_valid_response
+from tests.builders import FIXED_NOW, REPO, SMART_PATIENTS
+from tests.devtools.checks import assert_spec_response
 from tests.devtools.served import serving_service
 from tests.support.fhir_server import SekmetServer
 
@@ -72,7 +73,7 @@ def fire(*args: str) -> Result:
 def fired_response(result: Result) -> dict:
     assert result.exit_code == 0, result.stderr
     response = orjson.loads(result.stdout)
-    assert_valid_response(response)
+    assert_spec_response(response)
     return response
 
 

@@ -15,7 +15,8 @@ from cds_service.devtools.bundles import load_patient_bundle
 from cds_service.devtools.offline import OfflineFhirServer
 from cds_service.protocol.prefetch import render_template
 from cds_service.services import build_services
-from tests.builders import FIXED_NOW, REPO, SERVICE_FOR_HOOK, assert_valid_response
+from tests.builders import FIXED_NOW, REPO, SERVICE_FOR_HOOK
+from tests.devtools.checks import assert_spec_response
 from tests.devtools.served import serving_service
 
 HOOKS = REPO / "hooks"
@@ -45,7 +46,7 @@ def test_every_example_answers_200_with_cards_from_a_served_instance(tmp_path: P
             )
             assert response.status_code == 200, f"{path.name}: {response.status_code} {response.text[:300]}"
             answer = response.json()
-            assert_valid_response(answer)
+            assert_spec_response(answer)
             assert answer["cards"], f"{path.name} shows no card"
 
 

@@ -13,12 +13,12 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cds_service.cli import main
-from tests.builders import FIXED_NOW, REPO, SMART_PATIENTS, assert_valid_response
+from tests.builders import FIXED_NOW, REPO, SMART_PATIENTS
+from tests.devtools.checks import assert_spec_response
 
 FIXTURES = REPO / "fhir_fixtures"
 HOOKS = REPO / "hooks"
 NOW = FIXED_NOW.isoformat().replace("+00:00", "Z")
-SUMMARY_LIMIT = 140
 
 
 @pytest.fixture(autouse=True)
@@ -44,15 +44,6 @@ def assert_clean_failure(result: Result, *, mentions: str) -> None:
     assert mentions in message_lines[0]
 
 
-def assert_spec_cards(response: dict) -> None:
-    assert_valid_response(response)
-    for card in response["cards"]:
-        assert card["uuid"]
-        assert len(card["summary"]) < SUMMARY_LIMIT
-        assert card["indicator"] in ("info", "warning", "critical")
-        assert card["source"]["label"]
-
-
 def _fixture_expectations() -> dict:
     path = FIXTURES / "expectations.json"
     if not path.is_file():
@@ -71,7 +62,7 @@ def test_every_smart_sandbox_patient_replays_and_answers_spec_valid_cards() -> N
     lines = [orjson.loads(line) for line in result.stdout.splitlines()]
     assert {Path(line["file"]).name for line in lines} == {f.name for f in files}
     for line in lines:
-        assert_spec_cards(line["response"])
+        assert_spec_response(line["response"])
     # Progress goes to stderr, one step per Bundle, so stdout stays machine-readable.
     assert result.stderr.count("[") >= len(files)
     assert f"[32/32] {SMART_PATIENTS}" in result.stderr
@@ -84,8 +75,9 @@ def test_several_bundles_give_one_summary_line_per_patient() -> None:
     lines = result.stdout.splitlines()
     assert len(lines) == 3
     for line, path in zip(lines, files, strict=True):
-        patient_id = path.stem.rsplit("_", 1)[1]
-        assert f"(Patient/{patient_id})" in line
+        bundle = json.loads(path.read_text(encoding="utf-8"))
+        patient = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+        assert f"(Patient/{patient['id']})" in line
         assert "card" in line
 
 
@@ -95,7 +87,7 @@ def test_single_bundle_json_is_exactly_the_service_response() -> None:
     assert result.exit_code == 0, result.stderr
     response = orjson.loads(result.stdout)
     assert set(response) <= {"cards", "systemActions"}
-    assert_spec_cards(response)
+    assert_spec_response(response)
 
 
 def test_order_select_over_a_sandbox_patient_with_a_draft_order_file(tmp_path: Path) -> None:
@@ -117,7 +109,7 @@ def test_order_select_over_a_sandbox_patient_with_a_draft_order_file(tmp_path: P
     for hook in ("order-select", "order-sign"):
         result = run(str(path), "--hook", hook, "--order", str(order), "--now", NOW, "--json")
         assert result.exit_code == 0, result.stderr
-        assert_spec_cards(orjson.loads(result.stdout))
+        assert_spec_response(orjson.loads(result.stdout))
 
 
 # --- the scenario fixtures -------------------------------------------------------------------------------
@@ -136,7 +128,7 @@ def test_every_fixture_shows_its_expected_topics() -> None:
         result = run(*args)
         assert result.exit_code == 0, f"{name}: {result.stderr}"
         response = orjson.loads(result.stdout)
-        assert_spec_cards(response)
+        assert_spec_response(response)
         topics = {card["source"]["topic"]["code"] for card in response["cards"]}
         assert set(expected["topics"]) <= topics, (
             f"{name}: expected {expected['topics']}, got {sorted(topics)}"
@@ -162,7 +154,7 @@ def test_every_hooks_example_replays_with_its_own_hook_and_orders() -> None:
     lines = [orjson.loads(line) for line in result.stdout.splitlines()]
     assert len(lines) == len(examples)
     for line in lines:
-        assert_spec_cards(line["response"])
+        assert_spec_response(line["response"])
         assert line["response"]["cards"], f"{line['file']} shows no card"
 
 
@@ -200,7 +192,14 @@ def test_missing_file(tmp_path: Path) -> None:
     assert_clean_failure(run(str(tmp_path / "absent.json")), mentions="no such file")
 
 
-def test_unreadable_file(tmp_path: Path) -> None:
+def test_unreadable_path(tmp_path: Path) -> None:
+    """A path that cannot be opened even by root: a file name used as a directory."""
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    assert_clean_failure(run(str(plain / "inside.json")), mentions="cannot read")
+
+
+def test_file_without_read_permission(tmp_path: Path) -> None:
     path = tmp_path / "secret.json"
     path.write_text("{}")
     path.chmod(0)
