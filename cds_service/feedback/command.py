@@ -7,9 +7,14 @@ from pathlib import Path
 
 import click
 
-from cds_service.config import ConfigError, load_settings, parse_rfc3339
-from cds_service.feedback.report import format_text
+from cds_service.config import load_settings, load_site_config, parse_rfc3339
+from cds_service.feedback.report import format_text, reason_displays
 from cds_service.feedback.store import FeedbackStore
+from cds_service.protocol.cards import (
+    DEFAULT_OVERRIDE_REASONS,
+    OVERRIDE_REASON_SYSTEM,
+    parse_override_reasons,
+)
 
 
 @click.command("feedback-report")
@@ -28,14 +33,19 @@ def feedback_report(as_json: bool, since: str | None, db: str | None) -> None:
     """Per service and topic: cards issued, accepted, overridden, acceptance rate, top override reasons."""
     try:
         start = parse_rfc3339("--since", since) if since else None
-        url = db or load_settings().feedback_db
-    except ConfigError as error:
+        settings = load_settings()
+        site = load_site_config(settings.site_config)
+        offered = list(DEFAULT_OVERRIDE_REASONS)
+        if "overrideReasons" in site:
+            offered = [*parse_override_reasons(site["overrideReasons"]), *offered]
+    except ValueError as error:  # ConfigError included
         raise click.UsageError(str(error)) from None
+    url = db or settings.feedback_db
     if "://" not in url and not Path(url).is_file():
         raise click.ClickException(f"no feedback store at {url} (set CDS_FEEDBACK_DB or pass --db)")
     store = FeedbackStore.open(url)
     try:
-        report = store.report(since=start)
+        report = store.report(since=start, displays=reason_displays(offered, OVERRIDE_REASON_SYSTEM))
     finally:
         store.close()
     click.echo(json.dumps(report, indent=2) if as_json else format_text(report), nl=as_json)

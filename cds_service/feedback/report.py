@@ -7,12 +7,14 @@ Definitions, stated once so the numbers can be trusted:
 - acceptanceRate: accepted / (accepted + overridden), the share of answered cards that clinicians
   accepted; null when no card was answered. EHRs do not send feedback for cards nobody acted on, so
   dividing by `issued` would mix "ignored" with "not reported";
-- topOverrideReasons: the most frequent override reason codes among the overridden cards.
+- topOverrideReasons: the most frequent override reason codes among the overridden cards. Clients may
+  send a reason without its `display` (the CDS Hooks Sandbox does); the display offered on the cards
+  (the site's or the default override reasons) is filled in for the reader.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -45,8 +47,32 @@ def _rate(counts: dict[str, Any]) -> float | None:
     return round(counts["accepted"] / answered, 4) if answered else None
 
 
+ReasonDisplays = Mapping[tuple[str | None, str], str]
+"""(system, code) of an override reason offered on cards -> its display."""
+
+
+def reason_displays(
+    offered: Iterable[Mapping[str, str]], own_system: str | None = None
+) -> dict[tuple[str | None, str], str]:
+    """The lookup for `build_report` from override reason Codings as the cards offer them.
+
+    A reason offered without a system, or with the service's own, is found under either: clients echo
+    the Coding back with or without the system.
+    """
+    lookup: dict[tuple[str | None, str], str] = {}
+    for reason in offered:
+        system = reason.get("system")
+        systems = {None, own_system} if system in (None, own_system) else {system}
+        for each in systems:
+            lookup.setdefault((each, reason["code"]), reason["display"])
+    return lookup
+
+
 def build_report(
-    issued: Iterable[IssuedCount], outcomes: Iterable[OutcomeCount], since: datetime | None = None
+    issued: Iterable[IssuedCount],
+    outcomes: Iterable[OutcomeCount],
+    since: datetime | None = None,
+    displays: ReasonDisplays | None = None,
 ) -> dict[str, Any]:
     """The report as JSON-ready dicts, services and topics in name order."""
     services: dict[str, dict[str, Any]] = {}
@@ -67,7 +93,7 @@ def build_report(
                 key, {"system": row.reason_system, "code": row.reason_code, "display": None, "count": 0}
             )
             tally["count"] += row.count
-            tally["display"] = tally["display"] or row.reason_display
+            tally["display"] = tally["display"] or row.reason_display or (displays or {}).get(key)
 
     for service_id, service in services.items():
         for topic, counts in service["topics"].items():

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cds_service.feedback.dialects import Dialect, dialect_for
-from cds_service.feedback.report import IssuedCount, OutcomeCount, build_report
+from cds_service.feedback.report import IssuedCount, OutcomeCount, ReasonDisplays, build_report
 from cds_service.feedback.schema import FeedbackItem
 
 log = logging.getLogger(__name__)
@@ -157,15 +157,17 @@ class FeedbackStore:
             for service_id, uuid, topic, at in rows:
                 cursor.execute(statement, (service_id, uuid, topic, timestamp_text(at)))
 
-    def report(self, since: datetime | None = None) -> dict[str, Any]:
-        """Per service and topic: cards issued, accepted, overridden, acceptance rate, top reasons."""
+    def report(self, since: datetime | None = None, displays: ReasonDisplays | None = None) -> dict[str, Any]:
+        """Per service and topic: cards issued, accepted, overridden, acceptance rate, top reasons.
+
+        `displays` names override reasons that clients reported by code only (see `report.py`)."""
         bound = timestamp_text(since) if since else ""
         with self._transaction(write=False) as cursor:
             cursor.execute(self._dialect.sql(_ISSUED_COUNTS), (bound,))
             issued = [IssuedCount(*row) for row in cursor.fetchall()]
             cursor.execute(self._dialect.sql(_OUTCOME_COUNTS), (bound,))
             outcomes = [OutcomeCount(*row) for row in cursor.fetchall()]
-        return build_report(issued, outcomes, since=since)
+        return build_report(issued, outcomes, since=since, displays=displays)
 
     def writable(self) -> bool:
         """Whether a write could be made now (readiness); never raises."""

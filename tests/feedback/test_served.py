@@ -1,0 +1,193 @@
+"""The real served instance (`cds-service serve`, gunicorn) killed with SIGKILL while clients post feedback.
+
+Every item that got a 200 must be in the store after a restart: the endpoint answers only after the
+commit, and SQLite's WAL with `synchronous=FULL` keeps committed transactions through a killed process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from cds_service.cli import main
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        "serve" not in main.commands, reason="`cds-service serve` is not registered in cli.py yet"
+    ),
+]
+
+SERVICE = "b12-iron-patient-view"
+COMMAND = str(Path(sys.executable).with_name("cds-service"))
+CLIENTS = 6
+ITEMS_PER_POST = 5
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Served:
+    """One `cds-service serve` process group on loopback."""
+
+    def __init__(self, workdir: Path, database: Path) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = {key: value for key, value in os.environ.items() if not key.startswith("CDS_")}
+        env |= {
+            "CDS_AUTH": "off",
+            "CDS_FEEDBACK_DB": str(database),
+            "CDS_STATE_DB": str(workdir / "state.sqlite3"),
+            "CDS_LOG_LEVEL": "WARNING",
+        }
+        self.log = (workdir / f"serve-{self.port}.log").open("w")
+        self.process = subprocess.Popen(
+            [COMMAND, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "2"],
+            cwd=workdir,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"cds-service serve exited with {self.process.returncode}")
+            try:
+                if requests.get(f"{self.base}/healthz", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("cds-service serve did not become healthy within 60 s")
+
+    def kill(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self.log.close()
+
+
+def entries(client: int, post: int) -> list[dict[str, object]]:
+    return [
+        {
+            "card": f"c{client}-p{post}-{i}",
+            "outcome": "accepted" if i % 2 else "overridden",
+            "acceptedSuggestions": [{"id": f"s{i}"}],
+            "overrideReason": {
+                "reason": {"code": "already-ordered", "system": "urn:b12-iron-cds:override-reason"}
+            },
+            "outcomeTimestamp": "2026-03-02T09:00:00Z",
+        }
+        for i in range(ITEMS_PER_POST)
+    ]
+
+
+def stored_cards(database: Path) -> set[str]:
+    with sqlite3.connect(database) as conn:
+        return {row[0] for row in conn.execute("SELECT card_uuid FROM cds_feedback")}
+
+
+def test_every_item_answered_200_survives_sigkill_and_restart(tmp_path: Path) -> None:
+    workdir = tmp_path
+    database = workdir / "feedback.sqlite3"
+    server = Served(workdir, database)
+    confirmed: list[str] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(number: int) -> None:
+        session = requests.Session()
+        for post in range(10_000):
+            if stop.is_set():
+                return
+            body = entries(number, post)
+            try:
+                answer = session.post(
+                    f"{server.base}/cds-services/{SERVICE}/feedback", json={"feedback": body}, timeout=10
+                )
+            except requests.RequestException:
+                return  # the server is gone: this post got no 200 and promises nothing
+            if answer.status_code != 200 or answer.json() != {
+                "received": ITEMS_PER_POST,
+                "stored": ITEMS_PER_POST,
+            }:
+                with lock:
+                    errors.append(f"{answer.status_code} {answer.text[:200]}")
+                return
+            with lock:
+                confirmed.extend(item["card"] for item in body)  # type: ignore[misc]
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
+    try:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 60
+        while len(confirmed) < 300 * ITEMS_PER_POST and time.monotonic() < deadline and not errors:
+            time.sleep(0.01)
+        server.kill()  # mid-load: the clients are still posting
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    finally:
+        stop.set()
+        server.stop()
+    assert errors == []
+    assert len(confirmed) >= 300 * ITEMS_PER_POST, "the load did not reach the server before the kill"
+
+    restarted = Served(workdir, database)
+    try:
+        assert requests.get(f"{restarted.base}/readyz", timeout=5).status_code == 200
+        missing = set(confirmed) - stored_cards(database)
+        assert not missing, f"{len(missing)} items answered 200 are not stored"
+        # The restarted server stores a confirmed batch sent again only once.
+        again = restarted_post(restarted, entries(0, 0))
+        assert again == {"received": ITEMS_PER_POST, "stored": 0}
+    finally:
+        restarted.stop()
+
+    report = subprocess.run(
+        [COMMAND, "feedback-report", "--json", "--db", str(database)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    counts = json.loads(report.stdout)["services"][SERVICE]
+    stored = counts["accepted"] + counts["overridden"]
+    in_flight = CLIENTS * ITEMS_PER_POST
+    assert len(confirmed) <= stored <= len(confirmed) + in_flight
+
+
+def restarted_post(server: Served, body: list[dict[str, object]]) -> dict[str, int]:
+    answer = requests.post(
+        f"{server.base}/cds-services/{SERVICE}/feedback", json={"feedback": body}, timeout=10
+    )
+    assert answer.status_code == 200, answer.text
+    return answer.json()
