@@ -87,6 +87,9 @@ def test_single_bundle_json_is_exactly_the_service_response() -> None:
     assert result.exit_code == 0, result.stderr
     response = orjson.loads(result.stdout)
     assert set(response) <= {"cards", "systemActions"}
+    human = run(str(path), "--now", NOW)
+    assert human.exit_code == 0
+    assert "\x1b[" not in human.stdout  # no colour codes when stdout is not a terminal
     assert_spec_response(response)
 
 
