@@ -172,6 +172,10 @@ def _is_search_query(query: str) -> bool:
     return "/" not in path or path.endswith("/_search")
 
 
+def _read_type(query: str) -> str:
+    return query.split("?", 1)[0].strip("/").split("/", 1)[0]
+
+
 class FhirClient:
     """One per worker process: a pooled requests.Session, shared across threads."""
 
@@ -242,7 +246,7 @@ class FhirClient:
         ``queries`` maps a prefetch key to a rendered relative query (``Patient/123``,
         ``Observation?patient=123&code=…``). ``authorization`` is the whole header value
         (``Bearer abc``) or None for an open server. A key not finished when the budget ends is reported
-        as a timeout; its worker stops at its own read timeout, which is never past the deadline.
+        as a timeout and nobody waits for it; its worker gives up at its next read.
         """
         started = time.monotonic()
         base = base_url.rstrip("/")
@@ -300,6 +304,9 @@ class FhirClient:
             elif _is_search_query(query):
                 got = first.body.get("resourceType")
                 raise _Failure(f"expected a searchset Bundle from {url}, got {got}")
+            elif first.body.get("resourceType") != _read_type(query):
+                got = first.body.get("resourceType")
+                raise _Failure(f"expected a {_read_type(query)} from {url}, got {got}")
             else:
                 resource = first.body
         except _Failure as failure:

@@ -139,3 +139,12 @@ def test_redirects_are_not_followed(fhir_client: FhirClient) -> None:
         assert elsewhere.seen == []
     assert outcome.status == 302
     assert outcome.error == f"HTTP 302 from {ehr.base_url}/Patient/1: redirect to {target} not followed"
+
+
+def test_read_answered_with_another_resource_type_is_refused(fhir_client: FhirClient) -> None:
+    with FakeEhrFhir() as ehr:
+        ehr.add_canned("Patient/1", 200, {"resourceType": "Practitioner", "id": "1"})
+        outcome = fhir_client.fetch_all(
+            ehr.base_url, {"patient": "Patient/1"}, authorization=None, budget_ms=500
+        )["patient"]
+    assert outcome.error == f"expected a Patient from {ehr.base_url}/Patient/1, got Practitioner"

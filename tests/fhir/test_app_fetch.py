@@ -1,0 +1,311 @@
+"""The service fetching what the prefetch lacks, end to end: the real app, sekmet, a delaying proxy.
+
+Every example hook request in ``hooks/`` is replayed twice: once as written (with prefetch), once with
+the prefetch removed and the same resources on sekmet. The cards must be the same. The proxy between the
+service and sekmet counts what reached the server and can slow or stall it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from flask import Flask
+from flask.testing import FlaskClient
+
+from cds_service.app import create_app
+from cds_service.config import Settings
+from cds_service.loader import to_transaction
+from tests.builders import REPO, SERVICE_FOR_HOOK, SMART_PATIENTS, assert_valid_response
+from tests.live import serving
+from tests.support.delay_proxy import DelayProxy
+from tests.support.fhir_server import SekmetServer
+
+pytestmark = pytest.mark.integration
+
+HOOK_EXAMPLES = sorted((REPO / "hooks").glob("*.json"))
+PREFETCH_KEYS = (
+    "patient",
+    "b12IronLabs",
+    "contextLabs",
+    "medicationRequests",
+    "medicationStatements",
+    "medicationAdministrations",
+    "conditions",
+    "serviceRequests",
+)
+TOKEN = "ehr-access-token-for-tests"
+
+
+@pytest.fixture
+def proxy(fhir_server: SekmetServer) -> Iterator[DelayProxy]:
+    with DelayProxy(fhir_server.origin) as running:
+        yield running
+
+
+@pytest.fixture
+def fhir_base(proxy: DelayProxy) -> str:
+    return proxy.url("/fhir")
+
+
+@pytest.fixture
+def settings(settings: Settings, fhir_base: str) -> Settings:
+    """The shared test settings, with the proxied sekmet as the one allowed FHIR server."""
+    return settings.with_overrides(allowed_fhir_servers=(fhir_base,), fhir_budget_ms=3000)
+
+
+def _example(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _prefetch_resources(prefetch: dict[str, Any]) -> list[dict]:
+    resources = []
+    for value in prefetch.values():
+        if not isinstance(value, dict):
+            continue
+        if value.get("resourceType") == "Bundle":
+            resources.extend(
+                e["resource"] for e in value.get("entry", []) if isinstance(e.get("resource"), dict)
+            )
+        else:
+            resources.append(value)
+    return resources
+
+
+def _put_on_server(server: SekmetServer, resources: list[dict]) -> None:
+    collection = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": r} for r in resources],
+    }
+    server.load(to_transaction(collection))
+
+
+def _without_prefetch(body: dict[str, Any], fhir_base: str, *, keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    changed = copy.deepcopy(body)
+    changed["hookInstance"] = str(uuid.uuid4())
+    changed["prefetch"] = {k: v for k, v in body.get("prefetch", {}).items() if k in keep}
+    if not changed["prefetch"]:
+        del changed["prefetch"]
+    changed["fhirServer"] = fhir_base
+    return changed
+
+
+def _with_token(body: dict[str, Any], token: str) -> dict[str, Any]:
+    changed = copy.deepcopy(body)
+    changed["fhirAuthorization"] = {
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "patient/*.read",
+        "subject": "b12-iron-cds",
+    }
+    return changed
+
+
+def _comparable(node: Any) -> Any:
+    """Cards without the uuids the service makes up for each response."""
+    if isinstance(node, dict):
+        return {k: _comparable(v) for k, v in node.items() if k != "uuid"}
+    if isinstance(node, list):
+        return [_comparable(v) for v in node]
+    return node
+
+
+def _call(client: FlaskClient, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    response = client.post(f"/cds-services/{SERVICE_FOR_HOOK[body['hook']]}", json=body)
+    return response.status_code, response.get_json(force=True)
+
+
+def _diagnostics(outcome: dict[str, Any]) -> str:
+    assert outcome["resourceType"] == "OperationOutcome", outcome
+    return " ".join(issue.get("diagnostics", "") for issue in outcome["issue"])
+
+
+@pytest.mark.parametrize("path", HOOK_EXAMPLES, ids=[p.stem for p in HOOK_EXAMPLES])
+def test_example_gives_the_same_cards_without_prefetch(
+    path: Path, client: FlaskClient, fhir_server: SekmetServer, proxy: DelayProxy, fhir_base: str
+) -> None:
+    body = _example(path)
+    _put_on_server(fhir_server, _prefetch_resources(body["prefetch"]))
+
+    status_with, with_prefetch = _call(client, body)
+    status_without, fetched = _call(client, _without_prefetch(body, fhir_base))
+
+    assert (status_with, status_without) == (200, 200), fetched
+    assert_valid_response(fetched)
+    assert _comparable(fetched["cards"]) == _comparable(with_prefetch["cards"])
+    assert len(proxy.seen) == len(PREFETCH_KEYS), "one request per key, all on the first page"
+
+
+def test_partial_prefetch_fetches_only_what_is_missing(
+    client: FlaskClient, fhir_server: SekmetServer, proxy: DelayProxy, fhir_base: str
+) -> None:
+    body = _example(REPO / "hooks" / "patient-view-iron-deficiency-after-b12.json")
+    _put_on_server(fhir_server, _prefetch_resources(body["prefetch"]))
+    keep = tuple(k for k in PREFETCH_KEYS if k not in ("b12IronLabs", "medicationRequests"))
+
+    status, partial = _call(client, _without_prefetch(body, fhir_base, keep=keep))
+    _, full = _call(client, body)
+
+    assert status == 200, partial
+    assert _comparable(partial["cards"]) == _comparable(full["cards"])
+    assert full["cards"], "the scenario has something to say, so the comparison means something"
+    paths = sorted(r.path.split("?")[0] for r in proxy.seen)
+    assert paths == ["/fhir/MedicationRequest", "/fhir/Observation"]
+
+
+def test_operation_outcome_and_junk_values_are_fetched_again(
+    client: FlaskClient, fhir_server: SekmetServer, proxy: DelayProxy, fhir_base: str
+) -> None:
+    body = _example(REPO / "hooks" / "patient-view.json")
+    _put_on_server(fhir_server, _prefetch_resources(body["prefetch"]))
+    _, full = _call(client, body)
+    damaged = _without_prefetch(body, fhir_base, keep=PREFETCH_KEYS)
+    damaged["prefetch"]["b12IronLabs"] = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "timeout", "diagnostics": "query timed out"}],
+    }
+    damaged["prefetch"]["contextLabs"] = "<html><body>502 Bad Gateway</body></html>"
+
+    status, answer = _call(client, damaged)
+
+    assert status == 200, answer
+    assert _comparable(answer["cards"]) == _comparable(full["cards"])
+    assert sorted(r.path.split("?")[0] for r in proxy.seen) == ["/fhir/Observation", "/fhir/Observation"]
+
+
+def test_smart_sandbox_patient_without_prefetch(
+    client: FlaskClient, fhir_server: SekmetServer, proxy: DelayProxy, fhir_base: str
+) -> None:
+    path = SMART_PATIENTS / "Abdul_Koepp_e925b0f3-8006-43f6-aa31-94bd215e55e7.json"
+    fhir_server.load(to_transaction(json.loads(path.read_text(encoding="utf-8"))))
+    body = {
+        "hook": "patient-view",
+        "hookInstance": str(uuid.uuid4()),
+        "context": {"userId": "Practitioner/dr-1", "patientId": "018f428e-34f6-4707-8009-5ad742f901e7"},
+        "fhirServer": fhir_base,
+    }
+    status, answer = _call(client, body)
+    assert status == 200, answer
+    assert_valid_response(answer)
+    assert len(proxy.seen) == len(PREFETCH_KEYS)
+    assert {r.authorization for r in proxy.seen} == {None}
+
+
+@pytest.fixture
+def token_server(sekmet_factory) -> Iterator[tuple[SekmetServer, DelayProxy]]:
+    server = sekmet_factory(tokens=[TOKEN])
+    with DelayProxy(server.origin) as proxy:
+        yield server, proxy
+
+
+@pytest.fixture
+def token_app(settings: Settings, token_server: tuple[SekmetServer, DelayProxy]) -> Iterator[Flask]:
+    _, proxy = token_server
+    application = create_app(settings.with_overrides(allowed_fhir_servers=(proxy.url("/fhir"),)))
+    yield application
+    application.extensions["cds"]["recorder"].close()
+    application.extensions["cds"]["feedback"].close()
+
+
+def test_server_that_demands_a_token(
+    token_app: Flask, token_server: tuple[SekmetServer, DelayProxy], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    server, proxy = token_server
+    body = _example(REPO / "hooks" / "patient-view.json")
+    _put_on_server(server, _prefetch_resources(body["prefetch"]))
+    client = token_app.test_client()
+    request = _without_prefetch(body, proxy.url("/fhir"))
+
+    right_status, right = _call(client, _with_token(request, TOKEN))
+    none_status, without = _call(client, request)
+    wrong_status, wrong = _call(client, _with_token(request, "not-the-token"))
+
+    assert right_status == 200, right
+    assert_valid_response(right)
+    assert (none_status, wrong_status) == (412, 412)
+    for refusal in (without, wrong):
+        reason = _diagnostics(refusal)
+        assert "HTTP 401" in reason
+        for key in PREFETCH_KEYS:
+            assert key in reason
+    sent = {r.authorization for r in proxy.seen}
+    assert sent == {f"Bearer {TOKEN}", None, "Bearer not-the-token"}
+    assert TOKEN not in caplog.text
+    assert TOKEN not in json.dumps([right, without, wrong])
+
+
+def _closed_port() -> int:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+def test_server_that_is_down_gives_a_quick_412(settings: Settings) -> None:
+    down = f"http://127.0.0.1:{_closed_port()}/fhir"
+    application = create_app(settings.with_overrides(allowed_fhir_servers=(down,)))
+    try:
+        body = _without_prefetch(_example(REPO / "hooks" / "patient-view.json"), down)
+        started = time.monotonic()
+        status, answer = _call(application.test_client(), body)
+        elapsed = time.monotonic() - started
+    finally:
+        application.extensions["cds"]["recorder"].close()
+        application.extensions["cds"]["feedback"].close()
+    assert status == 412
+    assert "connection refused" in _diagnostics(answer)
+    assert elapsed < settings.fhir_budget_ms / 1000
+
+
+def test_server_not_allowed_is_never_contacted(client: FlaskClient, proxy: DelayProxy) -> None:
+    body = _with_token(_example(REPO / "hooks" / "patient-view.json"), TOKEN)
+    elsewhere = proxy.url("/other-fhir")
+    status, answer = _call(client, _without_prefetch(body, elsewhere))
+    assert status == 412
+    assert "not one this service is allowed to query" in _diagnostics(answer)
+    assert proxy.seen == []
+
+
+def test_served_instance_fetches_in_parallel_and_keeps_its_budget(
+    settings: Settings, fhir_server: SekmetServer, proxy: DelayProxy, fhir_base: str
+) -> None:
+    """Over a real socket: eight keys behind a 200 ms delay take far less than 8 x 200 ms, and a
+    stalled server is cut off at the budget with a 412 that says so."""
+    body = _example(REPO / "hooks" / "patient-view.json")
+    _put_on_server(fhir_server, _prefetch_resources(body["prefetch"]))
+    application = create_app(settings.with_overrides(fhir_budget_ms=600))
+    try:
+        with serving(application) as base_url:
+            url = f"{base_url}/cds-services/{SERVICE_FOR_HOOK['patient-view']}"
+            proxy.delay_s = 0.2
+            started = time.monotonic()
+            slow = requests.post(url, json=_without_prefetch(body, fhir_base), timeout=10)
+            slow_elapsed = time.monotonic() - started
+
+            proxy.hang = True
+            started = time.monotonic()
+            stalled = requests.post(url, json=_without_prefetch(body, fhir_base), timeout=10)
+            stalled_elapsed = time.monotonic() - started
+            proxy.hang = False
+    finally:
+        application.extensions["cds"]["recorder"].close()
+        application.extensions["cds"]["feedback"].close()
+
+    assert slow.status_code == 200, slow.text
+    assert slow_elapsed < len(PREFETCH_KEYS) * 0.2 / 2
+    assert stalled.status_code == 412
+    assert "timeout after 600 ms" in _diagnostics(stalled.json())
+    assert 0.6 <= stalled_elapsed < 0.6 + 0.5
