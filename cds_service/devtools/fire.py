@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 import jwt
@@ -154,6 +155,8 @@ class Ehr:
             ) from None
         except requests.Timeout:
             raise FireError(f"the CDS service at {url} did not answer within {self.timeout:g} s") from None
+        except requests.RequestException as error:
+            raise FireError(f"calling {url} failed: {type(error).__name__}") from None
 
     def discovery(self) -> list[dict[str, Any]]:
         url = f"{self.service_base}/cds-services"
@@ -209,6 +212,8 @@ class Ehr:
             raise FireError(f"cannot connect to the FHIR server at {url} (connection refused?)") from None
         except requests.Timeout:
             raise FireError(f"the FHIR server did not answer {url} within {self.timeout:g} s") from None
+        except requests.RequestException as error:
+            raise FireError(f"querying {url} failed: {type(error).__name__}") from None
 
     def prefetch(self, templates: Mapping[str, str], context: Mapping[str, Any]) -> dict[str, Any]:
         """Run each rendered template like an EHR; keys whose query fails are left out, never sent as junk."""
@@ -255,7 +260,13 @@ class Ehr:
             if response.status_code != 200:
                 click.echo(f"paging stopped: the FHIR server answered {response.status_code}", err=True)
                 break
-            page = response.json()
+            try:
+                page = response.json()
+            except ValueError:
+                click.echo("paging stopped: a page of the search is not JSON", err=True)
+                break
+            if not isinstance(page, dict):
+                break
             entries.extend(page.get("entry", []))
         merged["link"] = [link for link in bundle.get("link", []) if link.get("relation") == "self"]
         if entries:
@@ -335,6 +346,10 @@ def fire(
     """Call a running CDS service as an EHR would, with data from a FHIR server, and print the cards."""
     if hook in ORDER_HOOKS and order_file is None:
         raise click.UsageError(f"--hook {hook} needs draft orders: give --order FILE")
+    for option, url in (("--service", service_url), ("--fhir-server", fhir_server)):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise click.UsageError(f"{option} {url!r} is not an http(s) URL")
     if signing_key is not None and not iss:
         raise click.UsageError("--signing-key needs --iss (the issuer registered with the service)")
     key = load_signing_key(signing_key, iss, kid) if signing_key is not None and iss else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import jwt
@@ -278,3 +279,55 @@ def test_prefetch_follows_next_links_and_leaves_out_failed_keys(fhir_server: Sek
     assert values["patient"]["id"] == record.patient_id
     assert values["nobody"] is None
     assert "broken" not in values
+
+
+def test_fire_with_a_fhir_bearer_token_like_the_smart_launcher(
+    sekmet_factory: Callable[..., SekmetServer], tmp_path: Path
+) -> None:
+    """A FHIR server that demands a bearer token: with it, prefetch and the service's own fetch work;
+    without it, the server's 401 leaves the keys out and the service answers 412, not an empty list."""
+    secured = sekmet_factory(tokens=["launch-token-1"])
+    record = load_example(secured, "patient-view.json")
+    settings = base_settings(tmp_path, allowed_fhir_servers=(secured.base_url,))
+    common = ["--fhir-server", secured.base_url, "--patient", record.patient_id, "--json"]
+    with serving_service(lambda _: settings) as service:
+        with_token = fire("--service", service, *common, "--fhir-token", "launch-token-1")
+        fetched_by_service = fire(
+            "--service", service, *common, "--fhir-token", "launch-token-1", "--no-prefetch"
+        )
+        without_token = fire("--service", service, *common)
+    expected = replayed_topics("patient-view.json")
+    assert topics(fired_response(with_token)) == expected
+    assert topics(fired_response(fetched_by_service)) == expected
+    assert without_token.exit_code != 0
+    assert "FHIR server answered 401" in without_token.stderr
+    assert "412 from" in without_token.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--service", "localhost:8080"], "is not an http(s) URL"),
+        (["--service", "http://127.0.0.1:9", "--hook", "order-sign"], "--order"),
+        (["--service", "http://127.0.0.1:9", "--signing-key", "k.pem"], "--iss"),
+    ],
+)
+def test_fire_refuses_bad_options(extra: list[str], message: str) -> None:
+    result = fire("--fhir-server", "http://127.0.0.1:9/fhir", "--patient", "p", *extra)
+    assert result.exit_code == 2
+    assert message in result.stderr
+
+
+def test_fire_refuses_a_key_that_is_not_a_private_key(tmp_path: Path) -> None:
+    not_a_key = tmp_path / "public.pem"
+    public = ec.generate_private_key(ec.SECP384R1()).public_key()
+    not_a_key.write_bytes(
+        public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    result = fire(
+        "--service", "http://127.0.0.1:9", "--fhir-server", "http://127.0.0.1:9/fhir", "--patient", "p",
+        "--signing-key", str(not_a_key), "--iss", ISS,
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "is not an unencrypted PEM private key" in result.stderr
+    assert "BEGIN" not in result.stderr
