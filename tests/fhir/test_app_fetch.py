@@ -24,8 +24,11 @@ from flask.testing import FlaskClient
 
 from cds_service.app import create_app
 from cds_service.config import Settings
+from cds_service.devtools.bundles import load_patient_bundle
+from cds_service.devtools.offline import OfflineFhirServer
 from cds_service.loader import to_transaction
-from tests.builders import REPO, SERVICE_FOR_HOOK, SMART_PATIENTS, assert_valid_response
+from cds_service.protocol.prefetch import render_template
+from tests.builders import REPO, SERVICE_FOR_HOOK, SMART_PATIENTS, assert_valid_response, cyanocobalamin_draft
 from tests.live import serving
 from tests.support.delay_proxy import DelayProxy
 from tests.support.fhir_server import SekmetServer
@@ -33,6 +36,7 @@ from tests.support.fhir_server import SekmetServer
 pytestmark = pytest.mark.integration
 
 HOOK_EXAMPLES = sorted((REPO / "hooks").glob("*.json"))
+PATIENT_RECORDS = sorted((REPO / "fhir_fixtures").glob("*.json")) + sorted(SMART_PATIENTS.glob("*.json"))[:2]
 PREFETCH_KEYS = (
     "patient",
     "b12IronLabs",
@@ -145,6 +149,46 @@ def test_example_gives_the_same_cards_without_prefetch(
     assert_valid_response(fetched)
     assert _comparable(fetched["cards"]) == _comparable(with_prefetch["cards"])
     assert len(proxy.seen) == len(PREFETCH_KEYS), "one request per key, all on the first page"
+
+
+def _context(hook: str, patient_id: str) -> dict[str, Any]:
+    context: dict[str, Any] = {"userId": "Practitioner/dr-1", "patientId": patient_id}
+    if hook == "order-select":
+        draft = cyanocobalamin_draft(patient_id=patient_id)
+        context["draftOrders"] = {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": draft}],
+        }
+        context["selections"] = [f"MedicationRequest/{draft['id']}"]
+    return context
+
+
+@pytest.mark.parametrize("path", PATIENT_RECORDS, ids=[p.stem[:40] for p in PATIENT_RECORDS])
+def test_patient_record_gives_the_same_cards_without_prefetch(
+    path: Path, settings: Settings, fhir_server: SekmetServer, proxy: DelayProxy, fhir_base: str
+) -> None:
+    """A fixture patient on sekmet, called once with the prefetch a complete EHR would send (the
+    templates answered offline over the same record) and once with none: the same cards."""
+    record = load_patient_bundle(path)
+    _put_on_server(fhir_server, list(record.resources))
+    application = create_app(settings.with_overrides(now=record.timestamp or settings.now))
+    try:
+        client = application.test_client()
+        services = {s["hook"]: s for s in client.get("/cds-services").get_json()["services"]}
+        for hook in ("patient-view", "order-select"):
+            context = _context(hook, record.patient_id)
+            queries = {k: render_template(t, context) for k, t in services[hook]["prefetch"].items()}
+            prefetch = OfflineFhirServer(record.resources).prefetch(queries)
+            base = {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": context}
+            status_with, with_prefetch = _call(client, {**base, "prefetch": prefetch})
+            status_without, fetched = _call(client, {**base, "fhirServer": fhir_base})
+            assert (status_with, status_without) == (200, 200), (hook, fetched)
+            assert _comparable(fetched["cards"]) == _comparable(with_prefetch["cards"]), hook
+    finally:
+        application.extensions["cds"]["recorder"].close()
+        application.extensions["cds"]["feedback"].close()
+    assert len(proxy.seen) == 2 * len(PREFETCH_KEYS)
 
 
 def test_partial_prefetch_fetches_only_what_is_missing(

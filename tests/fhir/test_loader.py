@@ -241,3 +241,22 @@ def test_conflicting_shift_options(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "at most one of" in result.output
+
+
+FIXTURE_BUNDLES = sorted((Path(__file__).resolve().parents[2] / "fhir_fixtures").glob("*.json"))
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not FIXTURE_BUNDLES, reason="fhir_fixtures/ holds no Bundles yet")
+def test_default_is_every_fixture_bundle(fhir_server: SekmetServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(FIXTURE_BUNDLES[0].parent.parent)
+    result = CliRunner().invoke(main, ["load-fixtures", "--fhir-server", fhir_server.base_url])
+    assert result.exit_code == 0, result.output
+    assert f"[{len(FIXTURE_BUNDLES)}/{len(FIXTURE_BUNDLES)}]" in result.stderr
+    for path in FIXTURE_BUNDLES:
+        bundle = json.loads(path.read_text(encoding="utf-8"))
+        for entry in bundle.get("entry", []):
+            resource = entry["resource"]
+            if "id" in resource:
+                stored = _get(fhir_server, f"{resource['resourceType']}/{resource['id']}")
+                assert stored["id"] == resource["id"]
