@@ -112,6 +112,14 @@ class Replayer:
             outcome = handler.handle(service_id, request)
         except RequestError as error:
             raise ReplayError(f"{path}: the service answered {error.status}: {error.reason}") from None
+        except Exception as error:
+            # Served, this call would be a 500; one Bundle the engine cannot digest must not end a
+            # replay of hundreds, and the developer needs the exception's name, not a stack of frames.
+            first_line = (str(error).splitlines() or [""])[0][:200]
+            raise ReplayError(
+                f"{path}: internal error in the service ({type(error).__name__}: {first_line}); "
+                "the Bundle exposes a bug, please report it"
+            ) from None
         return ReplayResult(bundle=record, request=request, response=outcome.response, now=now)
 
 
