@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -291,3 +293,28 @@ def test_base_url_that_is_not_http(fhir_client: FhirClient) -> None:
     )
     assert outcomes["patient"].error == "FHIR server 'ftp://example.org/fhir' is not an absolute http(s) URL"
     assert outcomes["patient"].requests == 0
+
+
+def test_one_client_serves_many_threads(fhir_client: FhirClient, loaded_server: SekmetServer) -> None:
+    queries = {"patient": f"Patient/{PATIENT_ID}", "labs": f"Observation?patient={PATIENT_ID}&_count=2"}
+
+    def call(_: int) -> dict:
+        return fhir_client.fetch_all(loaded_server.base_url, queries, authorization=None, budget_ms=BUDGET_MS)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, range(16)))
+    for outcomes in results:
+        assert outcomes["patient"].ok
+        assert len(outcomes["labs"].resource["entry"]) == OBSERVATION_COUNT
+
+
+def test_a_forked_worker_gets_its_own_session(
+    fhir_client: FhirClient, loaded_server: SekmetServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    query = {"patient": f"Patient/{PATIENT_ID}"}
+    fhir_client.fetch_all(loaded_server.base_url, query, authorization=None, budget_ms=BUDGET_MS)
+    parent_session = fhir_client._session
+    monkeypatch.setattr(os, "getpid", lambda: -1)
+    outcome = fhir_client.fetch_all(loaded_server.base_url, query, authorization=None, budget_ms=BUDGET_MS)
+    assert outcome["patient"].ok
+    assert fhir_client._session is not parent_session
