@@ -34,6 +34,7 @@ class IssuedCardRecorder:
         self._url = store_url
         self._queue: queue.Queue[object] = queue.Queue(QUEUE_LIMIT)
         self._start_lock = threading.Lock()
+        self._count_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._closed = False
@@ -51,9 +52,13 @@ class IssuedCardRecorder:
             at = datetime.now(UTC)
             self._queue.put_nowait([(service_id, uuid, topic, at) for uuid, topic in cards])
         except queue.Full:
-            self.dropped += len(cards)
-            if self.dropped == len(cards) or self.dropped % 1000 < len(cards):
-                log.warning("issued-card queue is full; %d card records dropped so far", self.dropped)
+            with self._count_lock:
+                first = self.dropped == 0
+                self.dropped += len(cards)
+            if first:
+                log.warning(
+                    "issued-card queue is full: card records are being dropped (the database is stalled)"
+                )
         except Exception:
             log.exception("could not queue issued cards")
 
@@ -71,6 +76,10 @@ class IssuedCardRecorder:
         thread.join(timeout_s)
         if thread.is_alive():
             log.warning("issued-card writer did not finish within %.1f s; some records are lost", timeout_s)
+        if self.dropped or self.failed:
+            log.warning(
+                "issued-card records lost: %d dropped (queue full), %d failed", self.dropped, self.failed
+            )
 
     def _ensure_thread(self) -> None:
         """Start the writer in this process; after a fork the parent's thread does not exist here."""

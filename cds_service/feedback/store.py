@@ -15,16 +15,16 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from cds_service.feedback.dialects import Dialect, dialect_for
 from cds_service.feedback.report import IssuedCount, OutcomeCount, ReasonDisplays, build_report
 from cds_service.feedback.schema import FeedbackItem
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 IssuedRow = tuple[str, str, str, datetime]
 """(service id, card uuid, topic, issued at)."""
@@ -136,13 +136,16 @@ class FeedbackStore:
             )
             for item in items
         ]
-        new = 0
-        with self._transaction(write=True) as cursor:
-            statement = self._dialect.sql(_INSERT_FEEDBACK)
+        statement = self._dialect.sql(_INSERT_FEEDBACK)
+
+        def insert(cursor: Any) -> int:
+            new = 0
             for row in rows:
                 cursor.execute(statement, row)
                 new += max(cursor.rowcount, 0)
-        return new
+            return new
+
+        return self._run(insert, write=True)
 
     def record_issued(self, service_id: str, cards: Sequence[tuple[str, str]], at: datetime) -> None:
         """Record (card uuid, topic) pairs issued by a service; a uuid already recorded is kept as is."""
@@ -152,21 +155,27 @@ class FeedbackStore:
         """Record issued cards of any services in one transaction (the background recorder's batches)."""
         if not rows:
             return
-        with self._transaction(write=True) as cursor:
-            statement = self._dialect.sql(_INSERT_ISSUED)
+        statement = self._dialect.sql(_INSERT_ISSUED)
+
+        def insert(cursor: Any) -> None:
             for service_id, uuid, topic, at in rows:
                 cursor.execute(statement, (service_id, uuid, topic, timestamp_text(at)))
+
+        self._run(insert, write=True)
 
     def report(self, since: datetime | None = None, displays: ReasonDisplays | None = None) -> dict[str, Any]:
         """Per service and topic: cards issued, accepted, overridden, acceptance rate, top reasons.
 
         `displays` names override reasons that clients reported by code only (see `report.py`)."""
         bound = timestamp_text(since) if since else ""
-        with self._transaction(write=False) as cursor:
+
+        def read(cursor: Any) -> tuple[list[IssuedCount], list[OutcomeCount]]:
             cursor.execute(self._dialect.sql(_ISSUED_COUNTS), (bound,))
             issued = [IssuedCount(*row) for row in cursor.fetchall()]
             cursor.execute(self._dialect.sql(_OUTCOME_COUNTS), (bound,))
-            outcomes = [OutcomeCount(*row) for row in cursor.fetchall()]
+            return issued, [OutcomeCount(*row) for row in cursor.fetchall()]
+
+        issued, outcomes = self._run(read, write=False)
         return build_report(issued, outcomes, since=since, displays=displays)
 
     def writable(self) -> bool:
@@ -185,15 +194,27 @@ class FeedbackStore:
             self._conn = None
 
     def _create_tables(self) -> None:
-        with self._transaction(write=True) as cursor:
+        def create(cursor: Any) -> None:
             self._dialect.lock_schema(cursor)
             for statement in _TABLES:
                 cursor.execute(statement.format(id_column=self._dialect.id_column))
 
-    @contextmanager
-    def _transaction(self, write: bool) -> Iterator[Any]:
-        with self._lock, self._dialect.transaction(self._connection(), write) as cursor:
-            yield cursor
+        self._run(create, write=True)
+
+    def _run(self, work: Callable[[Any], T], write: bool) -> T:
+        """Run `work` in one transaction. A connection the server dropped (a PostgreSQL restart or
+        failover) is replaced and the work run once more: safe, because every write is idempotent."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                with self._dialect.transaction(conn, write) as cursor:
+                    return work(cursor)
+            except Exception:
+                if self._dialect.is_usable(conn):
+                    raise
+                log.warning("lost the connection to the %s; reconnecting once", self.describe())
+            with self._dialect.transaction(self._connection(), write) as cursor:
+                return work(cursor)
 
     def _connection(self) -> Any:
         """The process's connection, opened on first use, after a fork, or after the server dropped it."""

@@ -203,3 +203,19 @@ def test_an_unreachable_store_is_not_writable_and_does_not_raise(tmp_path: Path)
 def test_an_unknown_url_scheme_is_refused() -> None:
     with pytest.raises(ValueError, match="unsupported feedback store URL scheme"):
         FeedbackStore.open("mysql://db.example.org/feedback")
+
+
+def test_a_dropped_postgres_connection_is_replaced_without_failing_the_call(postgres_url: str) -> None:
+    import psycopg
+
+    store = FeedbackStore.open(postgres_url)
+    post(store, SERVICE, accepted("c1", T0))
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        ended = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+    assert ended == [(True,)]
+    assert post(store, SERVICE, accepted("c2", T0)) == 1
+    assert store.report()["services"][SERVICE]["accepted"] == 2
+    store.close()
