@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import parse_qs, urlsplit
 
 BUSY_TIMEOUT_MS = 15_000
 
@@ -136,8 +137,10 @@ class PostgresDialect:
         return row is not None and row[0] == "off"
 
     def describe(self) -> str:
-        host = self.url.split("@")[-1].split("?")[0]
-        return f"PostgreSQL at {host}"
+        """Host and database name, never the credentials in the URL."""
+        parts = urlsplit(self.url)
+        host = parts.hostname or parse_qs(parts.query).get("host", ["the local socket"])[0]
+        return f"PostgreSQL database {parts.path.lstrip('/') or '(default)'} on {host}"
 
 
 def dialect_for(url: str) -> Dialect:

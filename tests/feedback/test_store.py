@@ -219,3 +219,8 @@ def test_a_dropped_postgres_connection_is_replaced_without_failing_the_call(post
     assert post(store, SERVICE, accepted("c2", T0)) == 1
     assert store.report()["services"][SERVICE]["accepted"] == 2
     store.close()
+
+
+def test_the_store_description_never_shows_credentials() -> None:
+    store = FeedbackStore(PostgresDialect("postgresql://cds:s3cret@db.internal:5432/cds_feedback"))
+    assert store.describe() == "PostgreSQL database cds_feedback on db.internal"
