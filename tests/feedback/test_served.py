@@ -31,7 +31,7 @@ pytestmark = [
 
 SERVICE = "b12-iron-patient-view"
 COMMAND = str(Path(sys.executable).with_name("cds-service"))
-CLIENTS = 6
+CLIENTS = 8
 ITEMS_PER_POST = 5
 
 

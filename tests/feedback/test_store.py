@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from datetime import UTC, datetime, timedelta
@@ -224,3 +225,21 @@ def test_a_dropped_postgres_connection_is_replaced_without_failing_the_call(post
 def test_the_store_description_never_shows_credentials() -> None:
     store = FeedbackStore(PostgresDialect("postgresql://cds:s3cret@db.internal:5432/cds_feedback"))
     assert store.describe() == "PostgreSQL database cds_feedback on db.internal"
+
+
+def test_a_forked_worker_opens_its_own_connection(sqlite_url: str) -> None:
+    """gunicorn forks workers: a store opened before the fork keeps working in parent and child."""
+    store = FeedbackStore.open(sqlite_url)
+    post(store, SERVICE, accepted("before-fork", T0))
+    child = os.fork()
+    if child == 0:
+        try:
+            code = 0 if post(store, SERVICE, accepted("in-child", T0)) == 1 else 1
+        except BaseException:
+            code = 2
+        os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    post(store, SERVICE, accepted("after-fork", T0))
+    assert store.report()["services"][SERVICE]["accepted"] == 3
+    store.close()
