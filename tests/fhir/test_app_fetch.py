@@ -155,6 +155,7 @@ def test_example_gives_the_same_cards_without_prefetch(
 
     assert (status_with, status_without) == (200, 200), fetched
     _assert_cards_response(fetched)
+    assert with_prefetch["cards"], "every example is written to produce a card (hooks/README.md)"
     assert _comparable(fetched["cards"]) == _comparable(with_prefetch["cards"])
     assert len(proxy.seen) == len(PREFETCH_KEYS), "one request per key, all on the first page"
 
