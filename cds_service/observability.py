@@ -1,0 +1,248 @@
+"""Structured logs and Prometheus metrics for every hook call.
+
+An operator needs one log line per call that explains where the time went, and metrics that add up
+across gunicorn's worker processes. Both must be safe to ship to a log store outside the clinical
+boundary, so nothing here ever records patient data, request bodies or tokens: only service ids, the
+EHR's ``hookInstance`` (a random UUID per call), timings, statuses and card topics.
+
+Metrics run in one of two modes, chosen once, when the first metric is created:
+
+* served by ``cds-service serve``: ``PROMETHEUS_MULTIPROC_DIR`` is set before the workers fork, each
+  worker writes its samples to memory-mapped files there, and ``/metrics`` on any worker reads them all;
+* anywhere else (tests, ``replay``): the default in-process registry.
+
+``prometheus_client`` is imported lazily so that the mode follows the environment ``serve`` prepares
+rather than whichever module happened to import the library first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+CALL_LOGGER = "cds_service.calls"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# Hook calls are dominated by FHIR fetches under a 1.5 s budget; the buckets resolve both the fast
+# prefetch-only path (a few ms) and budget exhaustion.
+_LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+_FEEDBACK_OUTCOMES = frozenset({"accepted", "overridden"})
+_LABEL_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# A label set per path segment an attacker chooses would grow without bound; past this many distinct
+# values per label a process reports "other".
+_MAX_LABEL_VALUES = 64
+
+_LOG_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and any ``extra`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _LOG_RECORD_FIELDS and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+def configure_logging(level: str) -> None:
+    """Send every log record of the process to stderr as JSON, replacing earlier handlers."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+@dataclass
+class CallTrace:
+    """What one hook call did, filled in as it goes; ``finish_call`` reports it."""
+
+    service: str
+    hook_instance: str | None = None
+    phases_ms: dict[str, float] = field(default_factory=dict)
+    topics: list[str] = field(default_factory=list)
+    fhir_queries: int = 0
+    fhir_errors: int = 0
+    status: int = 200
+    run_ahead_hit: bool = False
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time a block into ``phases_ms[name]``, adding to earlier time spent in the same phase."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = (time.perf_counter() - started) * 1000.0
+            self.phases_ms[name] = self.phases_ms.get(name, 0.0) + elapsed
+
+
+class _BoundedLabel:
+    """Keeps a label's distinct values finite, whatever callers pass."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str | None) -> str:
+        if not value or not _LABEL_PATTERN.match(value):
+            return "invalid"
+        if value in self._seen:
+            return value
+        with self._lock:
+            if len(self._seen) >= _MAX_LABEL_VALUES:
+                return "other"
+            self._seen.add(value)
+        return value
+
+
+class _Metrics:
+    """The process's metric objects, built on first use in the mode the environment selects."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Histogram
+
+        self.request_seconds = Histogram(
+            "cds_hook_request_duration_seconds",
+            "Time to answer a hook call, by service.",
+            ["service"],
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.phase_seconds = Histogram(
+            "cds_hook_phase_duration_seconds",
+            "Time spent in each phase of a hook call (validation, auth, prefetch, fhir, rules, render).",
+            ["phase"],
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.requests = Counter(
+            "cds_hook_requests", "Hook calls answered, by service and HTTP status.", ["service", "status"]
+        )
+        self.cards = Counter("cds_cards", "Cards returned, by service and topic.", ["service", "topic"])
+        self.run_ahead_hits = Counter(
+            "cds_run_ahead_hits", "Calls answered from the order-select run-ahead cache.", ["service"]
+        )
+        self.fhir_seconds = Histogram(
+            "cds_fhir_fetch_duration_seconds",
+            "Time of each query the service sent to an EHR's FHIR server.",
+            ["outcome"],
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.fhir_errors = Counter(
+            "cds_fhir_fetch_errors", "FHIR queries that failed (HTTP error, timeout, bad payload)."
+        )
+        self.auth_rejections = Counter(
+            "cds_auth_rejections", "Hook or feedback calls refused for a missing or invalid client JWT."
+        )
+        self.feedback = Counter("cds_feedback", "Feedback items received, by outcome.", ["outcome"])
+        self.service_label = _BoundedLabel()
+        self.topic_label = _BoundedLabel()
+        self.phase_label = _BoundedLabel()
+
+
+_metrics: _Metrics | None = None
+_metrics_lock = threading.Lock()
+
+
+def _get_metrics() -> _Metrics:
+    global _metrics
+    if _metrics is None:
+        with _metrics_lock:
+            if _metrics is None:
+                _metrics = _Metrics()
+    return _metrics
+
+
+_call_log = logging.getLogger(CALL_LOGGER)
+
+
+def finish_call(trace: CallTrace, total_ms: float) -> None:
+    """Write the call's one log line and update the request metrics."""
+    metrics = _get_metrics()
+    service = metrics.service_label(trace.service)
+    metrics.request_seconds.labels(service).observe(total_ms / 1000.0)
+    metrics.requests.labels(service, str(trace.status)).inc()
+    for name, elapsed_ms in trace.phases_ms.items():
+        metrics.phase_seconds.labels(metrics.phase_label(name)).observe(elapsed_ms / 1000.0)
+    for topic in trace.topics:
+        metrics.cards.labels(service, metrics.topic_label(topic)).inc()
+    if trace.run_ahead_hit:
+        metrics.run_ahead_hits.labels(service).inc()
+    if _call_log.isEnabledFor(logging.INFO):
+        _call_log.info(
+            "hook call",
+            extra={
+                "service": trace.service,
+                "hookInstance": trace.hook_instance,
+                "status": trace.status,
+                "latency_ms": round(total_ms, 3),
+                "phases_ms": {name: round(value, 3) for name, value in trace.phases_ms.items()},
+                "cards": len(trace.topics),
+                "topics": trace.topics,
+                "fhir_queries": trace.fhir_queries,
+                "fhir_errors": trace.fhir_errors,
+                "run_ahead_hit": trace.run_ahead_hit,
+            },
+        )
+
+
+def observe_fhir_fetch(elapsed_ms: float, ok: bool) -> None:
+    """Record one FHIR query's latency, and count it as an error when it failed."""
+    metrics = _get_metrics()
+    metrics.fhir_seconds.labels("ok" if ok else "error").observe(elapsed_ms / 1000.0)
+    if not ok:
+        metrics.fhir_errors.inc()
+
+
+def observe_auth_rejection() -> None:
+    """Count a call refused by client authentication."""
+    _get_metrics().auth_rejections.inc()
+
+
+def observe_feedback(outcome: str, count: int = 1) -> None:
+    """Count feedback items by outcome (``accepted``, ``overridden``; anything else as ``other``)."""
+    _get_metrics().feedback.labels(outcome if outcome in _FEEDBACK_OUTCOMES else "other").inc(count)
+
+
+def metrics_response() -> tuple[bytes, str]:
+    """The Prometheus exposition of every worker's metrics (or this process's), and its content type."""
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+    _get_metrics()
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def mark_worker_dead(pid: int) -> None:
+    """Tell the multiprocess store a worker has gone, so its live gauges stop counting."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid)

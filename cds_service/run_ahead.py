@@ -1,0 +1,162 @@
+"""The order-select → order-sign run-ahead cache.
+
+An EHR calls order-select while the clinician picks an order and order-sign moments later for the same
+drafts. The interpretation is the same if the patient, encounter, draft orders and clinical data are the
+same, so order-sign can answer from what order-select computed instead of fetching and reasoning again.
+
+Entries live for ``run_ahead_seconds`` (0 turns the cache off). One process keeps them in memory; several
+replicas share them through Redis when ``redis_url`` is set, because the EHR's two calls may reach
+different replicas. Either way values are stored as JSON, so a hit is a fresh copy that the caller may
+change freely, and both backends behave alike. The cache is an optimisation: a Redis outage is logged and
+treated as a miss, never as a failed hook call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from cds_service.config import Settings
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "cds:run-ahead:"
+DEFAULT_MAX_ENTRIES = 4096
+# Redis sits on the hot path of order-sign; an unreachable Redis must cost milliseconds, not the budget.
+_REDIS_TIMEOUT_SECONDS = 0.1
+
+
+def _canonical(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+class _MemoryStore:
+    """A TTL + LRU dictionary guarded by one lock (gthread workers call it from several threads)."""
+
+    def __init__(self, ttl_seconds: float, max_entries: int, clock: Callable[[], float]) -> None:
+        self._ttl = ttl_seconds
+        self.max_entries = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        now = self._clock()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            expires, payload = entry
+            if expires <= now:
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return payload
+
+    def put(self, key: str, payload: bytes) -> None:
+        expires = self._clock() + self._ttl
+        with self._lock:
+            self._entries[key] = (expires, payload)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
+class _RedisStore:
+    """Entries shared by every replica; Redis expires them itself."""
+
+    def __init__(self, url: str, ttl_seconds: int) -> None:
+        import redis
+
+        self._ttl = ttl_seconds
+        self._client = redis.Redis.from_url(
+            url, socket_timeout=_REDIS_TIMEOUT_SECONDS, socket_connect_timeout=_REDIS_TIMEOUT_SECONDS
+        )
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self._client.get(KEY_PREFIX + key)
+        except self._errors as error:
+            log.warning(
+                "run-ahead cache read failed; computing afresh", extra={"error": type(error).__name__}
+            )
+            return None
+
+    def put(self, key: str, payload: bytes) -> None:
+        try:
+            self._client.set(KEY_PREFIX + key, payload, ex=self._ttl)
+        except self._errors as error:
+            log.warning("run-ahead cache write failed", extra={"error": type(error).__name__})
+
+
+class RunAheadCache:
+    """Findings computed at order-select, kept briefly for the matching order-sign call."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+    ) -> None:
+        self._ttl = settings.run_ahead_seconds
+        self._redis_url = settings.redis_url
+        self._store: _MemoryStore | _RedisStore | None
+        if self._ttl <= 0:
+            self._store = None
+        elif settings.redis_url:
+            self._store = _RedisStore(settings.redis_url, self._ttl)
+        else:
+            self._store = _MemoryStore(self._ttl, max_entries, clock)
+
+    @staticmethod
+    def key(patient_id: str, encounter_id: str | None, draft_orders: Sequence[dict], data_digest: str) -> str:
+        """A stable digest of what the answer depends on; key order and draft order do not matter."""
+        drafts = sorted(_canonical(order) for order in draft_orders)
+        material = _canonical(
+            {
+                "patient": patient_id,
+                "encounter": encounter_id,
+                "drafts": [draft.decode() for draft in drafts],
+                "data": data_digest,
+            }
+        )
+        return hashlib.sha256(material).hexdigest()
+
+    def get(self, key: str) -> list[dict] | None:
+        """A fresh copy of the stored value, or None when absent, expired or the cache is off."""
+        if self._store is None:
+            return None
+        payload = self._store.get(key)
+        return None if payload is None else orjson.loads(payload)
+
+    def put(self, key: str, value: list[dict]) -> None:
+        """Store a JSON-able value for ``run_ahead_seconds``."""
+        if self._store is None:
+            return
+        self._store.put(key, _canonical(value))
+
+    def describe(self) -> str:
+        """Where entries live, for the start-up log (never the Redis password)."""
+        if self._store is None:
+            return "run-ahead cache off (CDS_RUN_AHEAD_SECONDS=0)"
+        if isinstance(self._store, _RedisStore):
+            parts = urlsplit(self._redis_url or "")
+            where = (
+                f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
+            )
+            return f"run-ahead cache in Redis at {where}, {self._ttl} s"
+        return f"run-ahead cache in process memory, {self._ttl} s, at most {self._store.max_entries} entries"

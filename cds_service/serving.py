@@ -1,0 +1,186 @@
+"""The production server: gunicorn, configured by the project rather than by each deployment.
+
+Why these choices (docs/operations.md has the sizing advice):
+
+* ``gthread`` workers with several threads: a hook call may wait up to the FHIR budget on a slow EHR
+  server; threads let the worker serve other calls meanwhile, while processes give CPU parallelism.
+* The worker timeout is the FHIR budget plus a generous margin, so gunicorn never kills a worker that
+  is only waiting for a slow FHIR server within budget.
+* The graceful timeout fits inside Kubernetes' default 30 s termination grace period.
+* Modules are imported in the master before forking (shared, copy-on-write memory and fast worker
+  start), but the Flask app itself is built in each worker: it owns database connections, HTTP sessions
+  and locks, which must not cross a ``fork``.
+* No access log: the service writes one JSON line per hook call with more useful fields; gunicorn's own
+  messages go through the same JSON formatter.
+* Prometheus multiprocess mode: a fresh directory per server start, named in
+  ``PROMETHEUS_MULTIPROC_DIR`` before any worker exists; dead workers are marked so.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+from gunicorn.app.base import BaseApplication
+
+from cds_service.config import ConfigError, Settings, load_settings
+from cds_service.observability import MULTIPROC_ENV
+
+MAX_DEFAULT_WORKERS = 8
+DEFAULT_THREADS = 4
+GRACEFUL_TIMEOUT_SECONDS = 25
+KEEPALIVE_SECONDS = 5
+# Worker heartbeats touch a file every second; shared memory keeps that off slow or read-only disks.
+_SHM = Path("/dev/shm")  # noqa: S108 (only the heartbeat file, which gunicorn creates safely)
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: its affinity mask, further limited by a cgroup v2 CPU quota."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def default_workers() -> int:
+    """gunicorn's classic 2 × cores + 1, capped: each worker also has threads and its own memory."""
+    return min(2 * available_cpus() + 1, MAX_DEFAULT_WORKERS)
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    """Route gunicorn's own loggers through the service's JSON formatter on stderr."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "cds_service.observability.JsonFormatter"}},
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+        },
+        "root": {"level": level, "handlers": ["stderr"]},
+        "loggers": {
+            "gunicorn.error": {"level": level, "handlers": [], "propagate": True},
+            "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": True},
+        },
+    }
+
+
+def gunicorn_options(
+    settings: Settings, bind: str, workers: int, threads: int, *, metrics_dir: str | None = None
+) -> dict[str, Any]:
+    """The gunicorn settings the service runs under (the benchmark's floor app reuses them)."""
+
+    def child_exit(_server: object, worker: Any) -> None:
+        from cds_service.observability import mark_worker_dead
+
+        mark_worker_dead(worker.pid)
+
+    def on_exit(_server: object) -> None:
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+    options: dict[str, Any] = {
+        "bind": [bind],
+        "workers": workers,
+        "worker_class": "gthread",
+        "threads": threads,
+        "timeout": math.ceil(settings.fhir_budget_ms / 1000) + 30,
+        "graceful_timeout": GRACEFUL_TIMEOUT_SECONDS,
+        "keepalive": KEEPALIVE_SECONDS,
+        "limit_request_line": 8190,
+        "limit_request_fields": 100,
+        "limit_request_field_size": 8190,
+        "preload_app": False,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": settings.log_level.lower(),
+        "logconfig_dict": _log_config(settings.log_level),
+        "proc_name": "cds-service",
+        # gunicorn ≥ 25 opens a control socket under $HOME by default: not wanted on a read-only
+        # file system, and two servers on one host would contend for the same path.
+        "control_socket_disable": True,
+    }
+    if _SHM.is_dir() and os.access(_SHM, os.W_OK):
+        options["worker_tmp_dir"] = str(_SHM)
+    if metrics_dir:
+        options["child_exit"] = child_exit
+        options["on_exit"] = on_exit
+    return options
+
+
+class CdsServer(BaseApplication):
+    """gunicorn serving a WSGI app built by a factory in each worker, with options given in code."""
+
+    def __init__(self, app_factory: Any, options: dict[str, Any]) -> None:
+        self._factory = app_factory
+        self._options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        known = self.cfg.settings
+        for name, value in self._options.items():
+            if name in known and value is not None:
+                self.cfg.set(name, value)
+            elif name == "accesslog":
+                self.cfg.set(name, None)
+
+    def load(self) -> Any:
+        return self._factory()
+
+
+def _fresh_metrics_dir() -> str:
+    """A new, empty directory for this server's metric files (stale files would be summed in)."""
+    parent = os.environ.get(MULTIPROC_ENV) or None
+    if parent:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+    return tempfile.mkdtemp(prefix="cds-metrics-", dir=parent)
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    envvar="WEB_CONCURRENCY",
+    help=f"Worker processes [default: 2 × CPUs + 1, at most {MAX_DEFAULT_WORKERS}; env WEB_CONCURRENCY].",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 64),
+    default=DEFAULT_THREADS,
+    show_default=True,
+    help="Threads per worker (calls waiting on a FHIR server do not block the worker).",
+)
+def serve(host: str, port: int, workers: int | None, threads: int) -> None:
+    """Run the service under gunicorn (the production server)."""
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        click.echo(f"cds-service: configuration error: {error}", err=True)
+        sys.exit(2)
+    settings = settings.with_overrides(public_base_url=settings.base_url_for(host, port))
+    os.environ[MULTIPROC_ENV] = metrics_dir = _fresh_metrics_dir()
+
+    from cds_service.app import create_app
+
+    options = gunicorn_options(
+        settings,
+        f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        workers or default_workers(),
+        threads,
+        metrics_dir=metrics_dir,
+    )
+    CdsServer(lambda: create_app(settings), options).run()
