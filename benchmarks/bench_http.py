@@ -1,0 +1,378 @@
+"""HTTP benchmark: the served patient-view service against a floor that only parses the same request.
+
+Both run under the same gunicorn options with 2 workers on 127.0.0.1 and are loaded by the same wrk
+script, alternately, in the same run, so the ratios hold on whatever machine runs this. It prints:
+
+* throughput and latency percentiles at 16 connections (target: service ≥ 0.8 × floor requests/s);
+* median latency at 1 connection (target: within 1 ms of the floor);
+* resident memory of each service worker after 10,000 calls and after 20,000 (target: no growth).
+
+Usage: ``python benchmarks/bench_http.py [--quick] [--floor-only]``; needs ``wrk`` (Debian: apt-get
+install wrk). Every phase has a time limit; servers are stopped on exit, whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from request_body import build_patient_view_request  # noqa: E402
+
+SERVICE_PATH = "/cds-services/b12-iron-patient-view"
+BENCH_NOW = "2026-01-15T09:00:00Z"
+START_TIMEOUT_SECONDS = 60
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+@dataclass
+class WrkResult:
+    requests_per_second: float
+    requests: int
+    percentiles_ms: dict[str, float] = field(default_factory=dict)
+    non_2xx: int = 0
+    socket_errors: str = ""
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen
+    base_url: str
+    calls: int = 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _to_ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not match:
+        raise ValueError(f"unexpected wrk duration {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_wrk(output: str) -> WrkResult:
+    """The figures this benchmark uses from wrk's --latency report."""
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    total = re.search(r"(\d+) requests in", output)
+    if not rps or not total:
+        raise RuntimeError(f"could not read wrk output:\n{output}")
+    result = WrkResult(float(rps.group(1)), int(total.group(1)))
+    block = output.split("Latency Distribution", 1)[-1]
+    for pct, value in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", block, re.MULTILINE):
+        result.percentiles_ms[pct] = _to_ms(value)
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    result.non_2xx = int(non_2xx.group(1)) if non_2xx else 0
+    errors = re.search(r"Socket errors:(.*)", output)
+    result.socket_errors = errors.group(1).strip() if errors else ""
+    return result
+
+
+def run_wrk(
+    server: Server, body_file: Path, connections: int, seconds: float, limit_per_thread: int = 0
+) -> WrkResult:
+    threads = min(2, connections)
+    command = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{math.ceil(seconds)}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        str(HERE / "post_body.lua"),
+        server.base_url + SERVICE_PATH,
+    ]
+    env = dict(os.environ, BENCH_BODY=str(body_file), BENCH_LIMIT=str(limit_per_thread))
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    result = parse_wrk(done.stdout)
+    server.calls += result.requests
+    if result.non_2xx or result.socket_errors:
+        raise RuntimeError(
+            f"{server.name}: {result.non_2xx} non-2xx responses, socket errors {result.socket_errors!r}"
+        )
+    return result
+
+
+def _wait_healthy(server: Server, log_file: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.name} exited at start:\n{log_file.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(server.base_url + "/healthz", timeout=1) as response:  # noqa: S310
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.2)
+    raise RuntimeError(f"{server.name} did not become healthy in {START_TIMEOUT_SECONDS} s")
+
+
+@contextlib.contextmanager
+def start_server(
+    name: str, command: list[str], env: dict[str, str], port: int, workdir: Path
+) -> Iterator[Server]:
+    log_file = workdir / f"{name}.log"
+    with log_file.open("wb") as log:
+        process = subprocess.Popen(command, env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+    server = Server(name, process, f"http://127.0.0.1:{port}")
+    try:
+        _wait_healthy(server, log_file)
+        yield server
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _clean_env() -> dict[str, str]:
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("CDS_") and key not in ("PROMETHEUS_MULTIPROC_DIR", "WEB_CONCURRENCY")
+    }
+
+
+def service_command(port: int, workers: int, threads: int) -> list[str]:
+    executable = Path(sys.executable).with_name("cds-service")
+    return [
+        str(executable),
+        "serve",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+    ]
+
+
+def floor_command(port: int, workers: int, threads: int) -> list[str]:
+    return [
+        sys.executable,
+        str(HERE / "floor_app.py"),
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+    ]
+
+
+def worker_rss_mb(master_pid: int) -> list[float]:
+    """Resident memory of each direct child (gunicorn worker) of the master, in MiB."""
+    sizes = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        ppid = re.search(r"^PPid:\s+(\d+)", status, re.MULTILINE)
+        rss = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+        if ppid and rss and int(ppid.group(1)) == master_pid:
+            sizes.append(int(rss.group(1)) / 1024)
+    return sorted(sizes)
+
+
+def check_answer(server: Server, body: bytes) -> str:
+    request = urllib.request.Request(  # noqa: S310
+        server.base_url + SERVICE_PATH, data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        answer = json.loads(response.read())
+    server.calls += 1
+    cards = answer.get("cards")
+    if not isinstance(cards, list):
+        raise RuntimeError(f"{server.name} answered without a cards list")
+    topics = sorted({card.get("source", {}).get("topic", {}).get("code", "?") for card in cards})
+    return f"{len(cards)} card(s) {topics}"
+
+
+def drive_calls(server: Server, body_file: Path, until: int) -> None:
+    """Send calls at 16 connections until the server has answered at least ``until`` in this run."""
+    while server.calls < until:
+        missing = until - server.calls
+        run_wrk(server, body_file, 16, 600, limit_per_thread=math.ceil(missing / 2))
+
+
+def machine_description() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[0]
+    import gunicorn
+
+    return (
+        f"{model}, {os.cpu_count()} CPUs; Linux {platform.release()}; Python {platform.python_version()}; "
+        f"gunicorn {gunicorn.__version__}; {wrk_version.split(' [')[0]}"
+    )
+
+
+def _fmt_percentiles(result: WrkResult) -> str:
+    return "  ".join(
+        f"p{p} {result.percentiles_ms.get(p, float('nan')):7.2f}" for p in ("50", "75", "90", "99")
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="short runs (about a minute in all)")
+    parser.add_argument("--floor-only", action="store_true", help="measure the floor alone (harness check)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="gunicorn threads per worker (serve's default)"
+    )
+    parser.add_argument("--connections", type=int, default=16)
+    args = parser.parse_args()
+
+    from cds_service.serving import DEFAULT_THREADS
+
+    threads = args.threads or DEFAULT_THREADS
+    seconds = 5 if args.quick else 15
+    latency_seconds = 5 if args.quick else 10
+    rounds = 1 if args.quick else 2
+    memory_calls = 2_000 if args.quick else 10_000
+
+    request = build_patient_view_request(datetime.fromisoformat(BENCH_NOW.replace("Z", "+00:00")))
+    body = json.dumps(request, separators=(",", ":")).encode()
+    observations = len(request["prefetch"]["b12IronLabs"]["entry"]) + len(
+        request["prefetch"]["contextLabs"]["entry"]
+    )
+    print(f"machine: {machine_description()}")
+    print(
+        f"request: patient-view, {len(body) / 1024:.0f} KB, {observations} Observations; "
+        f"gunicorn gthread, {args.workers} workers × {threads} threads; wrk {args.connections} connections"
+    )
+
+    with tempfile.TemporaryDirectory(prefix="cds-bench-") as tmp, contextlib.ExitStack() as stack:
+        workdir = Path(tmp)
+        body_file = workdir / "body.json"
+        body_file.write_bytes(body)
+        env = _clean_env()
+        floor_port = _free_port()
+        floor = stack.enter_context(
+            start_server("floor", floor_command(floor_port, args.workers, threads), env, floor_port, workdir)
+        )
+        servers = [floor]
+        if not args.floor_only:
+            service_env = dict(
+                env,
+                CDS_AUTH="off",
+                CDS_NOW=BENCH_NOW,
+                CDS_FEEDBACK_DB=str(workdir / "feedback.sqlite3"),
+                CDS_STATE_DB=str(workdir / "state.sqlite3"),
+            )
+            service_port = _free_port()
+            service = stack.enter_context(
+                start_server(
+                    "service",
+                    service_command(service_port, args.workers, threads),
+                    service_env,
+                    service_port,
+                    workdir,
+                )
+            )
+            servers.append(service)
+        for server in servers:
+            print(f"{server.name} answers: {check_answer(server, body)}")
+            run_wrk(server, body_file, args.connections, 3)
+
+        throughput: dict[str, list[WrkResult]] = {s.name: [] for s in servers}
+        single: dict[str, list[WrkResult]] = {s.name: [] for s in servers}
+        for _ in range(rounds):
+            for server in servers:
+                throughput[server.name].append(run_wrk(server, body_file, args.connections, seconds))
+        for _ in range(rounds):
+            for server in servers:
+                single[server.name].append(run_wrk(server, body_file, 1, latency_seconds))
+
+        def mean_rps(name: str) -> float:
+            return sum(r.requests_per_second for r in throughput[name]) / len(throughput[name])
+
+        def median_1c(name: str) -> float:
+            values = sorted(r.percentiles_ms["50"] for r in single[name])
+            return (
+                values[len(values) // 2] if len(values) % 2 else sum(values[len(values) // 2 - 1 :][:2]) / 2
+            )
+
+        print(
+            f"\n{args.connections} connections, {seconds} s × {rounds} round(s) each, alternating"
+            " (latency in ms)"
+        )
+        for server in servers:
+            for index, result in enumerate(throughput[server.name], 1):
+                print(
+                    f"  {server.name:8} round {index}: {result.requests_per_second:8.0f} req/s  "
+                    + _fmt_percentiles(result)
+                )
+        floor_rps = mean_rps("floor")
+        print(f"  floor   mean: {floor_rps:8.0f} req/s")
+        if not args.floor_only:
+            service_rps = mean_rps("service")
+            verdict = "meets" if service_rps >= 0.8 * floor_rps else "MISSES"
+            print(
+                f"  service mean: {service_rps:8.0f} req/s  "
+                f"ratio {service_rps / floor_rps:.2f} ({verdict} ≥ 0.80)"
+            )
+
+        print(f"\n1 connection, {latency_seconds} s × {rounds} round(s) each: median latency (ms)")
+        for server in servers:
+            print(
+                f"  {server.name:8} p50 {median_1c(server.name):6.2f}  "
+                + _fmt_percentiles(single[server.name][-1])
+            )
+        if not args.floor_only:
+            gap = median_1c("service") - median_1c("floor")
+            print(f"  difference: {gap:+.2f} ms ({'meets' if gap <= 1.0 else 'MISSES'} ≤ 1 ms)")
+
+        target = servers[-1]
+        print(f"\nresident memory per {target.name} worker (MiB)")
+        first = max(memory_calls, target.calls)
+        drive_calls(target, body_file, first)
+        rss_first = worker_rss_mb(target.process.pid)
+        print(f"  after {target.calls:6d} calls: {', '.join(f'{v:.1f}' for v in rss_first)}")
+        drive_calls(target, body_file, first + memory_calls)
+        rss_second = worker_rss_mb(target.process.pid)
+        print(f"  after {target.calls:6d} calls: {', '.join(f'{v:.1f}' for v in rss_second)}")
+        growth = max((b - a for a, b in zip(rss_first, rss_second, strict=False)), default=0.0)
+        print(f"  largest growth between the two: {growth:+.1f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
