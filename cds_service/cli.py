@@ -9,6 +9,7 @@ from cds_service.devtools.fire import fire
 from cds_service.devtools.replay import replay
 from cds_service.feedback.command import feedback_report
 from cds_service.loader import load_fixtures
+from cds_service.serving import serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,3 +22,4 @@ main.add_command(feedback_report)
 main.add_command(load_fixtures)
 main.add_command(replay)
 main.add_command(fire)
+main.add_command(serve)
