@@ -1,0 +1,175 @@
+"""The call log line and the in-process metrics (the served, multi-worker case is in test_served.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+from prometheus_client import REGISTRY
+
+from cds_service import observability
+from cds_service.observability import CallTrace, JsonFormatter, finish_call
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture
+def call_log(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
+    """Capture the calls logger's output through the service's JSON formatter."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(observability.CALL_LOGGER)
+    monkeypatch.setattr(logger, "handlers", [handler])
+    monkeypatch.setattr(logger, "propagate", False)
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    return stream
+
+
+def test_phases_accumulate_time_per_name() -> None:
+    trace = CallTrace(service="b12-iron-patient-view")
+    with trace.phase("rules"):
+        pass
+    first = trace.phases_ms["rules"]
+    with trace.phase("rules"):
+        sum(range(10_000))
+    assert trace.phases_ms["rules"] > first >= 0.0
+    assert set(trace.phases_ms) == {"rules"}
+
+
+def test_a_phase_is_recorded_even_when_its_block_raises() -> None:
+    trace = CallTrace(service="s")
+    with pytest.raises(ValueError), trace.phase("fhir"):
+        raise ValueError("FHIR server down")
+    assert "fhir" in trace.phases_ms
+
+
+def test_one_call_writes_one_json_line_with_its_fields(call_log: io.StringIO) -> None:
+    trace = CallTrace(
+        service="b12-iron-order-sign",
+        hook_instance="0b8d5a8e-4f8c-4a57-9d55-1f1f8f2f0c11",
+        phases_ms={"validation": 1.25, "rules": 2.5},
+        topics=["iron-studies-after-b12", "b12-not-for-high-ferritin"],
+        fhir_queries=3,
+        fhir_errors=1,
+        status=200,
+        run_ahead_hit=True,
+    )
+    finish_call(trace, 12.3456)
+    lines = call_log.getvalue().splitlines()
+    assert len(lines) == 1
+    entry = json.loads(lines[0])
+    assert entry["logger"] == "cds_service.calls"
+    assert entry["level"] == "INFO"
+    assert entry["time"].endswith("+00:00")
+    assert entry["service"] == "b12-iron-order-sign"
+    assert entry["hookInstance"] == "0b8d5a8e-4f8c-4a57-9d55-1f1f8f2f0c11"
+    assert entry["status"] == 200
+    assert entry["latency_ms"] == 12.346
+    assert entry["phases_ms"] == {"validation": 1.25, "rules": 2.5}
+    assert entry["topics"] == ["iron-studies-after-b12", "b12-not-for-high-ferritin"]
+    assert entry["cards"] == 2
+    assert (entry["fhir_queries"], entry["fhir_errors"], entry["run_ahead_hit"]) == (3, 1, True)
+
+
+def test_the_call_line_carries_only_the_trace_fields(call_log: io.StringIO) -> None:
+    """Nothing but what CallTrace holds can reach the log: no request body, patient id or token."""
+    finish_call(CallTrace(service="b12-iron-patient-view", hook_instance="h-1"), 1.0)
+    entry = json.loads(call_log.getvalue())
+    expected = {"time", "level", "logger", "message", "service", "hookInstance", "status", "latency_ms"}
+    expected |= {"phases_ms", "cards", "topics", "fhir_queries", "fhir_errors", "run_ahead_hit"}
+    assert set(entry) == expected
+
+
+def test_finish_call_updates_the_request_metrics() -> None:
+    service = "metrics-test-service"
+    before_count = sample("cds_hook_request_duration_seconds_count", service=service)
+    before_200 = sample("cds_hook_requests_total", service=service, status="200")
+    before_cards = sample("cds_cards_total", service=service, topic="iron-studies-after-b12")
+    before_hits = sample("cds_run_ahead_hits_total", service=service)
+    trace = CallTrace(service=service, topics=["iron-studies-after-b12"] * 2, run_ahead_hit=True)
+    finish_call(trace, 40.0)
+    finish_call(CallTrace(service=service, status=400), 2.0)
+    assert sample("cds_hook_request_duration_seconds_count", service=service) == before_count + 2
+    assert sample("cds_hook_requests_total", service=service, status="200") == before_200 + 1
+    assert sample("cds_hook_requests_total", service=service, status="400") >= 1
+    assert sample("cds_cards_total", service=service, topic="iron-studies-after-b12") == before_cards + 2
+    assert sample("cds_run_ahead_hits_total", service=service) == before_hits + 1
+
+
+def test_service_labels_a_caller_chooses_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fresh bound, so that this test's junk labels do not crowd out other tests' real service ids.
+    monkeypatch.setattr(observability._get_metrics(), "service_label", observability._BoundedLabel())
+    finish_call(CallTrace(service="no such service/../x", status=404), 1.0)
+    assert sample("cds_hook_requests_total", service="invalid", status="404") >= 1
+    for index in range(200):
+        finish_call(CallTrace(service=f"random-{index}", status=404), 1.0)
+    label_values = {
+        s.labels["service"]
+        for metric in REGISTRY.collect()
+        if metric.name == "cds_hook_requests"
+        for s in metric.samples
+    }
+    assert len({value for value in label_values if value.startswith("random-")}) < 64
+    assert "other" in label_values
+
+
+def test_fhir_auth_and_feedback_counters() -> None:
+    errors = sample("cds_fhir_fetch_errors_total")
+    ok_count = sample("cds_fhir_fetch_duration_seconds_count", outcome="ok")
+    rejections = sample("cds_auth_rejections_total")
+    accepted = sample("cds_feedback_total", outcome="accepted")
+    other = sample("cds_feedback_total", outcome="other")
+    observability.observe_fhir_fetch(120.0, ok=True)
+    observability.observe_fhir_fetch(1500.0, ok=False)
+    observability.observe_auth_rejection()
+    observability.observe_feedback("accepted", 3)
+    observability.observe_feedback("made-up-outcome")
+    assert sample("cds_fhir_fetch_errors_total") == errors + 1
+    assert sample("cds_fhir_fetch_duration_seconds_count", outcome="ok") == ok_count + 1
+    assert sample("cds_auth_rejections_total") == rejections + 1
+    assert sample("cds_feedback_total", outcome="accepted") == accepted + 3
+    assert sample("cds_feedback_total", outcome="other") == other + 1
+
+
+def test_metrics_response_is_the_prometheus_text_format() -> None:
+    finish_call(CallTrace(service="exposition-test"), 3.0)
+    body, content_type = observability.metrics_response()
+    assert content_type.startswith("text/plain")
+    assert b'cds_hook_request_duration_seconds_count{service="exposition-test"} 1.0' in body
+    assert b"# TYPE cds_hook_request_duration_seconds histogram" in body
+
+
+def test_the_formatter_keeps_extra_fields_and_exceptions() -> None:
+    logger = logging.getLogger("cds_service.test-formatter")
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 1, "failed %s", ("here",), None)
+    record.hookInstance = "h-2"
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["message"] == "failed here"
+    assert entry["hookInstance"] == "h-2"
+    assert "RuntimeError: boom" in entry["exception"]
+
+
+def test_configure_logging_sends_json_lines_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    try:
+        observability.configure_logging("warning")
+        logging.getLogger("cds_service.test-configure").info("not shown")
+        logging.getLogger("cds_service.test-configure").warning("shown", extra={"fhir_queries": 2})
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+    lines = capsys.readouterr().err.splitlines()
+    assert [json.loads(line)["message"] for line in lines] == ["shown"]
+    assert json.loads(lines[0])["fhir_queries"] == 2

@@ -1,0 +1,202 @@
+"""The run-ahead cache: lifetime, size bound, key stability, thread safety, and the Redis backend."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cds_service.config import Settings
+from cds_service.run_ahead import RunAheadCache
+
+DRAFT_B12 = {
+    "resourceType": "MedicationRequest",
+    "id": "draft-1",
+    "status": "draft",
+    "intent": "order",
+    "medicationCodeableConcept": {
+        "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "309594"}]
+    },
+    "subject": {"reference": "Patient/p1"},
+}
+DRAFT_LAB = {"resourceType": "ServiceRequest", "id": "draft-2", "status": "draft", "intent": "order"}
+FINDINGS = [{"topic": "iron-studies-after-b12", "values": [{"loinc": "2276-4", "value": 184.0}]}]
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def memory_cache(seconds: int = 60, max_entries: int = 100, clock: FakeClock | None = None) -> RunAheadCache:
+    return RunAheadCache(
+        Settings(run_ahead_seconds=seconds), clock=clock or FakeClock(), max_entries=max_entries
+    )
+
+
+def test_a_stored_value_comes_back_until_its_lifetime_ends() -> None:
+    clock = FakeClock()
+    cache = memory_cache(seconds=30, clock=clock)
+    key = cache.key("p1", "e1", [DRAFT_B12], "digest-1")
+    cache.put(key, FINDINGS)
+    clock.now += 29.9
+    assert cache.get(key) == FINDINGS
+    clock.now += 0.2
+    assert cache.get(key) is None
+
+
+def test_a_hit_is_a_copy_the_caller_may_change() -> None:
+    cache = memory_cache()
+    cache.put("k", FINDINGS)
+    first = cache.get("k")
+    assert first is not None
+    first[0]["topic"] = "changed"
+    assert cache.get("k") == FINDINGS
+
+
+def test_the_least_recently_used_entry_goes_first_past_the_bound() -> None:
+    cache = memory_cache(max_entries=3)
+    for name in ("a", "b", "c"):
+        cache.put(name, [{"n": name}])
+    assert cache.get("a") == [{"n": "a"}]  # "a" is now the most recently used
+    cache.put("d", [{"n": "d"}])
+    assert cache.get("b") is None
+    assert [cache.get(name) for name in ("a", "c", "d")] == [[{"n": "a"}], [{"n": "c"}], [{"n": "d"}]]
+
+
+def test_zero_seconds_turns_the_cache_off() -> None:
+    cache = memory_cache(seconds=0)
+    cache.put("k", FINDINGS)
+    assert cache.get("k") is None
+    assert "off" in cache.describe()
+
+
+def test_the_key_ignores_key_order_and_draft_order() -> None:
+    reordered_b12 = dict(reversed(list(DRAFT_B12.items())))
+    reordered_b12["medicationCodeableConcept"] = {
+        "coding": [dict(reversed(list(DRAFT_B12["medicationCodeableConcept"]["coding"][0].items())))]
+    }
+    one = RunAheadCache.key("p1", "e1", [DRAFT_B12, DRAFT_LAB], "d")
+    other = RunAheadCache.key("p1", "e1", [DRAFT_LAB, reordered_b12], "d")
+    assert one == other
+    assert len(one) == 64
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        ("p2", "e1", [DRAFT_B12], "d"),
+        ("p1", "e2", [DRAFT_B12], "d"),
+        ("p1", None, [DRAFT_B12], "d"),
+        ("p1", "e1", [DRAFT_B12, DRAFT_LAB], "d"),
+        ("p1", "e1", [{**DRAFT_B12, "status": "active"}], "d"),
+        ("p1", "e1", [DRAFT_B12], "d2"),
+    ],
+)
+def test_the_key_changes_with_anything_the_answer_depends_on(changed: tuple) -> None:
+    assert RunAheadCache.key("p1", "e1", [DRAFT_B12], "d") != RunAheadCache.key(*changed)
+
+
+def test_many_threads_share_one_cache_without_losing_entries() -> None:
+    cache = memory_cache(max_entries=10_000)
+    errors: list[BaseException] = []
+
+    def work(thread: int) -> None:
+        try:
+            for i in range(300):
+                key = f"{thread}-{i}"
+                cache.put(key, [{"thread": thread, "i": i}])
+                assert cache.get(key) == [{"thread": thread, "i": i}]
+                cache.get(f"{(thread + 1) % 8}-{i}")
+        except BaseException as error:  # collected for the main thread's assertion
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert all(cache.get(f"{t}-{i}") == [{"thread": t, "i": i}] for t in range(8) for i in range(300))
+
+
+def test_describe_says_where_entries_live() -> None:
+    assert "memory" in memory_cache(seconds=45).describe()
+    assert "45 s" in memory_cache(seconds=45).describe()
+
+
+# --- Redis: a real redis-server on loopback ------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server); Redis backend untested")
+    redis = pytest.importorskip("redis", reason="the optional 'redis' extra is not installed")
+    directory: Path = tmp_path_factory.mktemp("redis")
+    port = _free_port()
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    command += ["--dir", str(directory), "--requirepass", "run-ahead-pass"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://:run-ahead-pass@127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    try:
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    pytest.fail("redis-server did not start within 10 s")
+                time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.mark.integration
+def test_two_replicas_share_entries_through_redis(redis_url: str) -> None:
+    settings = Settings(run_ahead_seconds=30, redis_url=redis_url)
+    replica_a, replica_b = RunAheadCache(settings), RunAheadCache(settings)
+    key = RunAheadCache.key("p1", "e1", [DRAFT_B12], "digest")
+    replica_a.put(key, FINDINGS)
+    assert replica_b.get(key) == FINDINGS
+    description = replica_a.describe()
+    assert "Redis" in description
+    assert "run-ahead-pass" not in description
+
+
+@pytest.mark.integration
+def test_redis_expires_entries_after_their_lifetime(redis_url: str) -> None:
+    cache = RunAheadCache(Settings(run_ahead_seconds=1, redis_url=redis_url))
+    cache.put("short-lived", FINDINGS)
+    assert cache.get("short-lived") == FINDINGS
+    time.sleep(1.3)
+    assert cache.get("short-lived") is None
+
+
+def test_an_unreachable_redis_is_a_miss_not_an_error() -> None:
+    pytest.importorskip("redis", reason="the optional 'redis' extra is not installed")
+    cache = RunAheadCache(Settings(run_ahead_seconds=30, redis_url=f"redis://127.0.0.1:{_free_port()}/0"))
+    cache.put("k", FINDINGS)
+    assert cache.get("k") is None
