@@ -1,0 +1,186 @@
+"""The production server, driven as an operator would: a real `cds-service serve` with 2 workers."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.serving.served import COMMAND, Served, clean_env, hook_example
+
+pytestmark = pytest.mark.integration
+
+PATIENT_VIEW = "/cds-services/b12-iron-patient-view"
+_SAMPLE = re.compile(r"^(?P<name>[a-z_]+)\{(?P<labels>[^}]*)\} (?P<value>\S+)$", re.MULTILINE)
+
+
+def metric(body: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for match in _SAMPLE.finditer(body):
+        if match["name"] != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
+        if all(found.get(key) == value for key, value in labels.items()):
+            total += float(match["value"])
+    return total
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    server = Served(tmp_path_factory.mktemp("served"), workers=2)
+    yield server
+    server.stop()
+
+
+def test_healthz_and_readyz_answer(served: Served) -> None:
+    health = requests.get(f"{served.base}/healthz", timeout=5)
+    assert health.status_code == 200
+    assert health.json()["status"] == "ok"
+    ready = requests.get(f"{served.base}/readyz", timeout=5)
+    assert ready.status_code == 200
+
+
+def test_metrics_add_up_across_both_workers(served: Served) -> None:
+    body = hook_example("patient-view.json")
+    before = requests.get(f"{served.base}/metrics", timeout=5).text
+    count_before = metric(before, "cds_hook_request_duration_seconds_count", service="b12-iron-patient-view")
+    calls = 0
+
+    def call(_: int) -> int:
+        # A new connection per call, so the kernel spreads them over both workers' listeners.
+        return requests.post(f"{served.base}{PATIENT_VIEW}", json=body, timeout=30).status_code
+
+    [metrics_dir] = served.metrics_dirs()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        while calls < 400:
+            statuses = list(pool.map(call, range(16)))
+            assert statuses == [200] * 16
+            calls += 16
+            pids = {path.stem.rsplit("_", 1)[-1] for path in metrics_dir.glob("histogram_*.db")}
+            if len(pids) >= 2 and calls >= 32:
+                break
+    assert len(pids) >= 2, "every call reached the same worker; cannot check aggregation"
+
+    after = requests.get(f"{served.base}/metrics", timeout=5).text
+    service = {"service": "b12-iron-patient-view"}
+    assert metric(after, "cds_hook_request_duration_seconds_count", **service) == count_before + calls
+    assert metric(after, "cds_hook_requests_total", status="200", **service) >= calls
+    assert metric(after, "cds_cards_total", topic="iron-studies-after-b12", **service) >= calls
+    assert "# TYPE cds_hook_request_duration_seconds histogram" in after
+    assert metric(after, "cds_hook_phase_duration_seconds_count", phase="validation") >= calls
+
+
+def test_every_log_line_is_json_and_each_call_has_one_line(served: Served) -> None:
+    body = hook_example("patient-view.json")
+    body["hookInstance"] = "7d3f0c8e-5b7a-4d1e-9a77-0f6a3c2b1e55"
+    assert requests.post(f"{served.base}{PATIENT_VIEW}", json=body, timeout=30).status_code == 200
+    deadline = time.monotonic() + 5
+    while body["hookInstance"] not in served.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    entries = [json.loads(line) for line in served.log().splitlines() if line.strip()]
+    calls = [e for e in entries if e.get("hookInstance") == body["hookInstance"]]
+    assert len(calls) == 1
+    [line] = calls
+    assert line["logger"] == "cds_service.calls"
+    assert line["service"] == "b12-iron-patient-view"
+    assert line["status"] == 200
+    assert "iron-studies-after-b12" in line["topics"]
+    assert {"validation", "rules"} <= set(line["phases_ms"])
+    assert body["context"]["patientId"] not in served.log()
+    assert any(e["logger"].startswith("gunicorn") for e in entries)
+
+
+class SlowFhirServer:
+    """A FHIR server that answers every request after ``delay_s``: empty Bundles, and the Patient."""
+
+    def __init__(self, delay_s: float) -> None:
+        delay = delay_s
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                time.sleep(delay)
+                if "/Patient/" in self.path:
+                    resource = {"resourceType": "Patient", "id": self.path.rsplit("/", 1)[-1].split("?")[0]}
+                else:
+                    resource = {"resourceType": "Bundle", "type": "searchset", "total": 0, "entry": []}
+                payload = json.dumps(resource).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/fhir+json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/fhir"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_sigterm_lets_a_call_in_flight_finish_then_exits_cleanly(tmp_path: Path) -> None:
+    fhir = SlowFhirServer(delay_s=1.0)
+    served = Served(tmp_path, workers=2, CDS_ALLOWED_FHIR_SERVERS=fhir.base_url, CDS_FHIR_BUDGET_MS="4000")
+    try:
+        body = hook_example("patient-view.json")
+        body.pop("prefetch")
+        body["fhirServer"] = fhir.base_url
+        result: dict[str, object] = {}
+
+        def call() -> None:
+            started = time.monotonic()
+            response = requests.post(f"{served.base}{PATIENT_VIEW}", json=body, timeout=30)
+            result["status"], result["json"] = response.status_code, response.json()
+            result["seconds"] = time.monotonic() - started
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        time.sleep(0.4)
+        [metrics_dir] = served.metrics_dirs()
+        served.terminate()
+        caller.join(timeout=30)
+        assert served.process.wait(timeout=35) == 0
+    finally:
+        served.stop()
+        fhir.close()
+    assert result.get("status") == 200, result
+    assert isinstance(result["json"], dict) and "cards" in result["json"]
+    assert result["seconds"] >= 1.0
+    assert not metrics_dir.exists()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{served.base}/healthz", timeout=2)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("CDS_FHIR_BUDGET_MS", "abc"), ("CDS_FOO", "1"), ("CDS_AUTH", "maybe")],
+)
+def test_a_bad_setting_stops_serve_with_one_line_naming_it(variable: str, value: str, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [COMMAND, "serve", "--port", "1"],
+        env=clean_env(**{variable: value}),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert variable in lines[0]
+    assert "Traceback" not in done.stderr
