@@ -1,0 +1,45 @@
+# syntax=docker/dockerfile:1
+# The B12–iron CDS Hooks service, production image.
+#   docker build -t b12-iron-cds .
+#   docker run --read-only --tmpfs /tmp -v cds-data:/var/lib/cds-service -p 8080:8080 \
+#     -e CDS_CLIENTS=/etc/cds/clients.json -v "$PWD/clients.json:/etc/cds/clients.json:ro" b12-iron-cds
+# For reproducible builds pin the base by digest as well (python:3.11.13-slim-bookworm@sha256:...).
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+
+# --- builder: wheels for the service and every dependency (with the Redis and PostgreSQL extras) ------
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY cds_service ./cds_service
+RUN pip wheel --wheel-dir /wheels '.[redis,postgres]'
+
+# --- runtime: only the installed wheels; no compiler, no source tree, no wheel files left behind ------
+FROM ${PYTHON_IMAGE}
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    CDS_FEEDBACK_DB=/var/lib/cds-service/feedback.sqlite3 \
+    CDS_STATE_DB=/var/lib/cds-service/state.sqlite3 \
+    PROMETHEUS_MULTIPROC_DIR=/tmp/cds-metrics
+# The wheels are bind-mounted from the builder for this one step, so they never become an image layer;
+# pip compiles the bytecode here, which is why the service can run with a read-only root file system.
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    pip install --no-index --find-links=/wheels 'b12-iron-cds[redis,postgres]' \
+ && groupadd --system --gid 10001 cds \
+ && useradd --system --uid 10001 --gid cds --home-dir /var/lib/cds-service --no-create-home \
+      --shell /usr/sbin/nologin cds \
+ && install -d -o cds -g cds -m 0750 /var/lib/cds-service
+# SQLite state (JWT replay store, feedback when no PostgreSQL is configured) lives on this volume;
+# /tmp (metrics files, gunicorn heartbeats when /dev/shm is absent) must be writable too (tmpfs).
+VOLUME ["/var/lib/cds-service"]
+WORKDIR /var/lib/cds-service
+USER 10001:10001
+EXPOSE 8080
+# slim images have no curl: ask Python. /healthz is unauthenticated and touches no dependency.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status != 200)"]
+# Exec form: gunicorn's master is PID 1 and receives SIGTERM itself for a graceful shutdown.
+ENTRYPOINT ["cds-service", "serve", "--host", "0.0.0.0"]
+CMD ["--port", "8080"]
