@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from cds_service import __version__
 from cds_service.config import Settings
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,11 @@ class RunAheadCache:
 
     @staticmethod
     def key(patient_id: str, encounter_id: str | None, draft_orders: Sequence[dict], data_digest: str) -> str:
-        """A stable digest of what the answer depends on; key order and draft order do not matter."""
+        """A stable digest of what the answer depends on; key order and draft order do not matter.
+
+        The service version is part of it: during a rolling upgrade, replicas of two versions share Redis,
+        and one must never read findings serialised by the other.
+        """
         drafts = sorted(_canonical(order) for order in draft_orders)
         material = _canonical(
             {
@@ -132,6 +137,7 @@ class RunAheadCache:
                 "encounter": encounter_id,
                 "drafts": [draft.decode() for draft in drafts],
                 "data": data_digest,
+                "version": __version__,
             }
         )
         return hashlib.sha256(material).hexdigest()
