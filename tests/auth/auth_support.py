@@ -107,7 +107,7 @@ def write_clients(directory: Path, clients: list[dict[str, Any]], name: str = "c
     return path
 
 
-def auth_settings(directory: Path, clients_file: Path, **overrides: Any) -> Settings:
+def auth_settings(directory: Path, clients_file: Path | None, **overrides: Any) -> Settings:
     return Settings(
         auth="required",
         clients_file=clients_file,
@@ -119,10 +119,12 @@ def auth_settings(directory: Path, clients_file: Path, **overrides: Any) -> Sett
 
 @dataclass
 class JwksServer:
-    """A loopback HTTP server publishing JWK Sets; it counts every request by path."""
+    """A loopback HTTP server publishing JSON documents; it counts requests by path and keeps any
+    Authorization header it receives (to prove a token did, or did not, reach it)."""
 
     documents: dict[str, Any] = field(default_factory=dict)
     hits: Counter[str] = field(default_factory=Counter)
+    authorizations: list[str] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
 
     def start(self) -> JwksServer:
@@ -131,6 +133,8 @@ class JwksServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 owner.hits[self.path] += 1
+                if self.headers.get("Authorization"):
+                    owner.authorizations.append(self.headers["Authorization"])
                 document = owner.documents.get(self.path)
                 body = json.dumps(document).encode() if document is not None else b"{}"
                 self.send_response(200 if document is not None else 404)
