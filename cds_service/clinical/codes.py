@@ -1,0 +1,340 @@
+"""Value sets: which lab codes are which analyte, which medicines are B12 or iron, which conditions matter.
+
+Only codes verified in the project's clinical knowledge file are listed; real data often carries codes
+nobody listed, so medicines, conditions and orders are also matched on their text (and a Medication's
+ingredients). A site adds its own codes per value set in its configuration (``codes`` section, entries
+``"system|code"``); a site cannot remove a default.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cds_service.fhir.read import codings, concept_text
+
+LOINC = "http://loinc.org"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+ATC_SYSTEMS = frozenset({"http://www.whocc.no/atc", "urn:oid:2.16.840.1.113883.6.73"})
+SNOMED = "http://snomed.info/sct"
+ICD10_SYSTEMS = frozenset({"http://hl7.org/fhir/sid/icd-10-cm", "http://hl7.org/fhir/sid/icd-10"})
+
+# --- laboratory analytes (LOINC) ----------------------------------------------------------------------
+
+ANALYTE_LOINC: dict[str, tuple[str, ...]] = {
+    "b12": ("2132-9", "14685-2"),
+    "ferritin": ("2276-4", "20567-4", "24373-3"),
+    "tsat": ("2502-3", "14801-5"),
+    "iron": ("2498-4", "14798-3"),
+    "tibc": ("2500-7", "14800-7"),
+    "transferrin": ("3034-6",),
+    "crp": ("1988-5", "30522-7", "76485-2"),
+    "mcv": ("787-2", "30428-7"),
+    "hb": ("718-7",),
+    "mma": ("13964-2",),
+    "alt": ("1742-6",),
+    "ast": ("1920-8",),
+    "intrinsic-factor-ab": ("31444-3",),
+    "parietal-cell-ab": ("40960-7", "8087-9"),
+    "gastrin": ("2333-3",),
+    "ttg-iga": ("31017-7",),
+}
+
+# The LOINC code a suggested order uses, and how it is named on the card.
+ORDER_CODES: dict[str, tuple[str, str]] = {
+    "b12": ("2132-9", "Vitamin B12 [Mass/volume] in Serum or Plasma"),
+    "ferritin": ("2276-4", "Ferritin [Mass/volume] in Serum or Plasma"),
+    "tsat": ("2502-3", "Iron saturation [Mass Fraction] in Serum or Plasma"),
+    "iron": ("2498-4", "Iron [Mass/volume] in Serum or Plasma"),
+    "tibc": ("2500-7", "Iron binding capacity [Mass/volume] in Serum or Plasma"),
+    "crp": ("1988-5", "C reactive protein [Mass/volume] in Serum or Plasma"),
+    "alt": ("1742-6", "Alanine aminotransferase [Enzymatic activity/volume] in Serum or Plasma"),
+    "ast": ("1920-8", "Aspartate aminotransferase [Enzymatic activity/volume] in Serum or Plasma"),
+    "mma": ("13964-2", "Methylmalonate [Moles/volume] in Serum or Plasma"),
+    "intrinsic-factor-ab": ("31444-3", "Intrinsic factor blocking antibody in Serum"),
+    "parietal-cell-ab": ("40960-7", "Parietal cell antibody in Serum"),
+    "gastrin": ("2333-3", "Gastrin [Mass/volume] in Serum or Plasma"),
+    "ttg-iga": ("31017-7", "Tissue transglutaminase IgA Ab in Serum"),
+}
+
+ANALYTE_NAMES: dict[str, str] = {
+    "b12": "vitamin B12",
+    "ferritin": "ferritin",
+    "tsat": "transferrin saturation",
+    "iron": "serum iron",
+    "tibc": "TIBC",
+    "transferrin": "transferrin",
+    "crp": "CRP",
+    "mcv": "MCV",
+    "hb": "haemoglobin",
+    "mma": "methylmalonic acid",
+    "alt": "ALT",
+    "ast": "AST",
+    "intrinsic-factor-ab": "intrinsic factor antibody",
+    "parietal-cell-ab": "parietal cell antibody",
+    "gastrin": "gastrin",
+    "ttg-iga": "tTG IgA",
+}
+
+# Prefetch groups: the B12/iron panel apart from the frequent context labs, so that CBCs never push a
+# B12 off the first page of a newest-first search.
+PREFETCH_GROUPS: dict[str, tuple[str, ...]] = {
+    "b12-iron": (
+        "b12",
+        "ferritin",
+        "tsat",
+        "iron",
+        "tibc",
+        "transferrin",
+        "mma",
+        "intrinsic-factor-ab",
+        "parietal-cell-ab",
+        "gastrin",
+        "ttg-iga",
+    ),
+    "context": ("mcv", "hb", "crp", "alt", "ast"),
+}
+
+# Order text an EHR may use for a lab without a LOINC code (a local order catalogue).
+_ORDER_TEXT: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = (
+    (re.compile(r"\bferritin\b"), ("ferritin",)),
+    (re.compile(r"transferrin saturation|iron saturation|\btsat\b"), ("tsat",)),
+    (re.compile(r"iron (studies|panel|profile)"), ("iron", "tibc", "tsat")),
+    (re.compile(r"methylmalon"), ("mma",)),
+    (re.compile(r"\bvit(amin)?\.? ?b-? ?12\b|\bb-?12\b|cobalamin"), ("b12",)),
+    (re.compile(r"\bc-?reactive protein\b|\bcrp\b"), ("crp",)),
+)
+
+# --- medicines ----------------------------------------------------------------------------------------
+
+B12_THERAPY = "b12-therapy"
+B12_SUPPLEMENT = "b12-supplement"
+IRON_THERAPY = "iron-therapy"
+
+_MEDICATION_CODES: dict[tuple[str, str], str] = {
+    (RXNORM, "309594"): B12_THERAPY,
+    (RXNORM, "2001499"): B12_THERAPY,
+    (RXNORM, "310325"): IRON_THERAPY,
+}
+# ATC codes by prefix (the class code covers its members).
+_ATC_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("B03BA", B12_THERAPY),
+    ("A11A", B12_SUPPLEMENT),
+    ("A11B", B12_SUPPLEMENT),
+    ("A11D", B12_SUPPLEMENT),
+    ("A11E", B12_SUPPLEMENT),
+    ("B03A", IRON_THERAPY),
+)
+_B12_TEXT = re.compile(r"cobalamin|cobamamide|\bvit(?:amin|\.)? ?b ?-?12\b|\bb-?12\b")
+_SUPPLEMENT_TEXT = re.compile(r"multi-? ?vitamin|\bb[ -]?complex\b|prenatal")
+_IRON_TEXT = re.compile(
+    r"\bferr(?:ous|ic)\b|\biron (?:sucrose|dextran|polymaltose|isomaltoside|polysaccharide)|"
+    r"ferumoxytol|carboxymaltose|derisomaltose"
+)
+
+# --- conditions ---------------------------------------------------------------------------------------
+
+B12_DEFICIENCY = "b12-deficiency"
+MEGALOBLASTIC = "megaloblastic-anaemia"
+IRON_DEFICIENCY_ANAEMIA = "iron-deficiency-anaemia"
+HAEMOCHROMATOSIS = "haemochromatosis"
+LIVER_DISEASE = "liver-disease"
+LIVER_CANCER = "liver-cancer"
+CKD = "chronic-kidney-disease"
+MPN = "myeloproliferative-neoplasm"
+AUTOIMMUNE_GASTRITIS = "autoimmune-gastritis"
+COELIAC = "coeliac-disease"
+
+CONDITION_NAMES: dict[str, str] = {
+    B12_DEFICIENCY: "B12 deficiency / pernicious anaemia",
+    MEGALOBLASTIC: "megaloblastic anaemia",
+    IRON_DEFICIENCY_ANAEMIA: "iron deficiency anaemia",
+    HAEMOCHROMATOSIS: "hereditary haemochromatosis",
+    LIVER_DISEASE: "chronic liver disease",
+    LIVER_CANCER: "liver cell carcinoma",
+    CKD: "chronic kidney disease",
+    MPN: "myeloproliferative neoplasm",
+    AUTOIMMUNE_GASTRITIS: "chronic atrophic (autoimmune) gastritis",
+    COELIAC: "coeliac disease",
+}
+
+_SNOMED_CONDITIONS: dict[str, str] = {
+    "190634004": B12_DEFICIENCY,
+    "84027009": B12_DEFICIENCY,
+    "53165003": MEGALOBLASTIC,
+    "87522002": IRON_DEFICIENCY_ANAEMIA,
+    "35400008": HAEMOCHROMATOSIS,
+    "19943007": LIVER_DISEASE,
+    "709044004": CKD,
+    "425333006": MPN,
+    "84568007": AUTOIMMUNE_GASTRITIS,
+    "396331005": COELIAC,
+}
+# ICD-10(-CM) codes without their dot; an entry matches that code and every code below it.
+_ICD10_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("E538", B12_DEFICIENCY),
+    ("D51", B12_DEFICIENCY),
+    ("D531", MEGALOBLASTIC),
+    ("D50", IRON_DEFICIENCY_ANAEMIA),
+    ("E83110", HAEMOCHROMATOSIS),
+    ("E83119", HAEMOCHROMATOSIS),
+    ("K703", LIVER_DISEASE),
+    ("K746", LIVER_DISEASE),
+    ("B18", LIVER_DISEASE),
+    ("C220", LIVER_CANCER),
+    ("N18", CKD),
+    ("D45", MPN),
+    ("D471", MPN),
+    ("D473", MPN),
+    ("D7581", MPN),
+    ("K294", AUTOIMMUNE_GASTRITIS),
+    ("K900", COELIAC),
+)
+_CONDITION_TEXT: tuple[tuple[re.Pattern[str], str], ...] = (
+    (
+        re.compile(r"pernicious an(a)?emia|\b(vitamin )?b-? ?12 deficiency|cobalamin deficiency"),
+        B12_DEFICIENCY,
+    ),
+    (re.compile(r"megaloblastic an(a)?emia"), MEGALOBLASTIC),
+    (re.compile(r"iron deficiency an(a)?emia"), IRON_DEFICIENCY_ANAEMIA),
+    (re.compile(r"ha?emochromatosis"), HAEMOCHROMATOSIS),
+    (re.compile(r"cirrhosis|chronic (viral )?hepatitis"), LIVER_DISEASE),
+    (re.compile(r"hepatocellular carcinoma|liver cell carcinoma"), LIVER_CANCER),
+    (re.compile(r"chronic kidney disease"), CKD),
+    (re.compile(r"myeloproliferative|polycyth(a)?emia vera|essential thrombocyth|myelofibrosis"), MPN),
+    (re.compile(r"autoimmune gastritis|atrophic gastritis"), AUTOIMMUNE_GASTRITIS),
+    (re.compile(r"co?eliac|celiac"), COELIAC),
+)
+# Text that records something other than the patient having the condition now.
+_NOT_THE_CONDITION = re.compile(r"history of|family history|suspected|screening|ruled out|\bno\b|negative")
+
+CONDITION_CLASSES = frozenset(CONDITION_NAMES)
+MEDICATION_CLASSES = frozenset({B12_THERAPY, B12_SUPPLEMENT, IRON_THERAPY})
+
+
+@dataclass(frozen=True)
+class ValueSets:
+    """Code lookups built once at start: defaults plus a site's additions."""
+
+    analyte_codes: Mapping[tuple[str, str], str]
+    medication_codes: Mapping[tuple[str, str], str]
+    condition_codes: Mapping[tuple[str, str], str]
+
+    def analyte_of(self, concept: Any) -> str | None:
+        """The analyte a lab concept measures, or None (most Observations are none of ours)."""
+        for pair in codings(concept):
+            analyte = self.analyte_codes.get(pair)
+            if analyte is not None:
+                return analyte
+        return None
+
+    def order_analytes(self, concept: Any) -> set[str]:
+        """The analytes a ServiceRequest's code orders, by code and, failing that, by its text."""
+        found = {self.analyte_codes[pair] for pair in codings(concept) if pair in self.analyte_codes}
+        if found:
+            return found
+        text = concept_text(concept)
+        for pattern, analytes in _ORDER_TEXT:
+            if pattern.search(text):
+                found.update(analytes)
+        return found
+
+    def medication_classes(self, concepts: Iterable[Any]) -> frozenset[str]:
+        """B12 therapy, B12-containing supplement, iron therapy: by code, ATC class or text.
+
+        A multivitamin or B-complex mentioning B12 is a supplement, not B12 therapy.
+        """
+        found: set[str] = set()
+        texts = []
+        for concept in concepts:
+            for system, code in codings(concept):
+                known = self.medication_codes.get((system, code))
+                if known is not None:
+                    found.add(known)
+                elif system in ATC_SYSTEMS:
+                    found.update(cls for prefix, cls in _ATC_PREFIXES if code.upper().startswith(prefix))
+            text = concept if isinstance(concept, str) else concept_text(concept)
+            if text:
+                texts.append(text)
+        joined = " | ".join(texts)
+        if joined:
+            if _SUPPLEMENT_TEXT.search(joined):
+                found.add(B12_SUPPLEMENT)
+            elif _B12_TEXT.search(joined):
+                found.add(B12_THERAPY)
+            if _IRON_TEXT.search(joined):
+                found.add(IRON_THERAPY)
+        if B12_SUPPLEMENT in found:
+            found.discard(B12_THERAPY)
+        return frozenset(found)
+
+    def condition_classes(self, concept: Any) -> set[str]:
+        found: set[str] = set()
+        for system, code in codings(concept):
+            known = self.condition_codes.get((system, code))
+            if known is not None:
+                found.add(known)
+            elif system == SNOMED:
+                if code in _SNOMED_CONDITIONS:
+                    found.add(_SNOMED_CONDITIONS[code])
+            elif system in ICD10_SYSTEMS:
+                bare = code.replace(".", "").upper()
+                found.update(cls for prefix, cls in _ICD10_PREFIXES if bare.startswith(prefix))
+        if not found:
+            text = concept_text(concept)
+            if text and not _NOT_THE_CONDITION.search(text):
+                found.update(cls for pattern, cls in _CONDITION_TEXT if pattern.search(text))
+        return found
+
+
+def _parse_site_code(value_set: str, entry: Any) -> tuple[str, str]:
+    if not isinstance(entry, str) or entry.count("|") != 1:
+        raise ValueError(f'codes.{value_set}: entry {entry!r} must be a "system|code" string')
+    system, code = (part.strip() for part in entry.split("|"))
+    if not system or not code:
+        raise ValueError(f"codes.{value_set}: entry {entry!r} needs both a system and a code")
+    return (system, code)
+
+
+def build_value_sets(site_codes: Any) -> ValueSets:
+    """The defaults plus a site's ``codes`` section: ``{"<value set>": ["system|code", ...]}``.
+
+    Value sets are the analytes (``b12``, ``ferritin``, ...), the medicine classes and the condition
+    classes named in this module.
+    """
+    analytes = {(LOINC, code): analyte for analyte, loincs in ANALYTE_LOINC.items() for code in loincs}
+    medications = dict(_MEDICATION_CODES)
+    conditions: dict[tuple[str, str], str] = {}
+    if site_codes is None:
+        site_codes = {}
+    if not isinstance(site_codes, dict):
+        raise ValueError('the "codes" section must be an object of value set name -> ["system|code", ...]')
+    known = sorted(set(ANALYTE_LOINC) | MEDICATION_CLASSES | CONDITION_CLASSES)
+    for value_set, entries in site_codes.items():
+        if not isinstance(entries, list):
+            raise ValueError(f'codes.{value_set} must be a list of "system|code" strings')
+        pairs = [_parse_site_code(value_set, entry) for entry in entries]
+        if value_set in ANALYTE_LOINC:
+            target: dict[tuple[str, str], str] = analytes
+        elif value_set in MEDICATION_CLASSES:
+            target = medications
+        elif value_set in CONDITION_CLASSES:
+            target = conditions
+        else:
+            raise ValueError(f"codes.{value_set}: unknown value set; known value sets are {', '.join(known)}")
+        for pair in pairs:
+            target[pair] = value_set
+    return ValueSets(analyte_codes=analytes, medication_codes=medications, condition_codes=conditions)
+
+
+def prefetch_loinc_codes(config: Any, group: str) -> list[str]:
+    """The LOINC codes a prefetch group queries: the defaults plus a site's LOINC additions."""
+    members = PREFETCH_GROUPS[group]
+    value_sets: ValueSets = config.value_sets
+    return sorted(
+        code
+        for (system, code), analyte in value_sets.analyte_codes.items()
+        if system == LOINC and analyte in members
+    )

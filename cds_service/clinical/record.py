@@ -1,0 +1,551 @@
+"""PatientRecord: one patient's usable results, therapy courses, products on file, conditions and orders.
+
+Built from FHIR JSON dicts in one pass, whatever their origin (prefetch, fetched pages, a Bundle). The
+pass is the hot path of every hook call, so it touches only what the rules use: an Observation whose code
+is none of ours costs one dictionary lookup. Interpretation flags and reference ranges are read lazily,
+for the few results a rule actually compares.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from cds_service.clinical.config import ClinicalConfig
+from cds_service.fhir.read import (
+    comparator_string,
+    concept_label,
+    first_code,
+    parse_datetime,
+    period_end,
+    period_start,
+    quantity,
+    reference_id,
+)
+from cds_service.fhir.units import canonical_unit, to_canonical
+
+log = logging.getLogger(__name__)
+
+USABLE_OBSERVATION = frozenset({"final", "amended", "corrected"})
+ACTIVE_CONDITION = frozenset({"active", "recurrence", "relapse"})
+# A B12 deficiency kept in remission by injections still explains injections (and a high B12).
+CONTROLLED_CONDITION = frozenset({"remission"})
+REFUTED_CONDITION = frozenset({"refuted", "entered-in-error"})
+OPEN_ORDER = frozenset({"draft", "active", "on-hold"})
+ACTIVE_MEDICATION = {
+    "MedicationRequest": frozenset({"active", "on-hold"}),
+    "MedicationStatement": frozenset({"active", "intended"}),
+    "MedicationAdministration": frozenset(),
+}
+VOID_MEDICATION = {
+    "MedicationRequest": frozenset({"draft", "entered-in-error", "cancelled"}),
+    "MedicationStatement": frozenset({"entered-in-error", "not-taken"}),
+    "MedicationAdministration": frozenset({"entered-in-error", "not-done"}),
+}
+MEDICATION_TYPES = frozenset(ACTIVE_MEDICATION)
+HIGH_FLAGS = frozenset({"H", "HH", "HU"})
+LOW_FLAGS = frozenset({"L", "LL", "LU"})
+
+
+@dataclass(slots=True)
+class Result:
+    """One usable numeric result in its analyte's canonical unit."""
+
+    analyte: str
+    value: float
+    comparator: str | None
+    when: datetime
+    resource: dict[str, Any]
+
+    @property
+    def unit(self) -> str:
+        return canonical_unit(self.analyte)
+
+    def quoted(self) -> str:
+        """``1250 pg/mL on 2025-11-02`` — the form every card quotes a value in."""
+        number = f"{self.value:.0f}" if self.value >= 10 else f"{self.value:.2g}"
+        return f"{self.comparator or ''}{number} {self.unit} on {self.when.date().isoformat()}"
+
+    def lab_flag(self) -> str | None:
+        """The lab's own high/low interpretation: "H", "L" or None."""
+        items = self.resource.get("interpretation")
+        for concept in items if isinstance(items, list) else ():
+            code = first_code(concept)
+            if code in HIGH_FLAGS:
+                return "H"
+            if code in LOW_FLAGS:
+                return "L"
+        return None
+
+    def reference_range(self) -> tuple[float | None, float | None]:
+        """The lab's range converted to the canonical unit; a bound in a unit we cannot convert is None."""
+        ranges = self.resource.get("referenceRange")
+        if not isinstance(ranges, list) or not ranges or not isinstance(ranges[0], dict):
+            return (None, None)
+        bounds = []
+        for key in ("low", "high"):
+            q = quantity(ranges[0].get(key))
+            bounds.append(None if q is None else to_canonical(self.analyte, q[0], q[1]))
+        return (bounds[0], bounds[1])
+
+    def is_high(self, default: float) -> tuple[bool, str]:
+        """High by the lab's flag, else its range, else ``default``; with the basis for the card."""
+        flag = self.lab_flag()
+        if flag is not None:
+            return (flag == "H", "the laboratory's own high flag" if flag == "H" else "the laboratory's flag")
+        high = self.reference_range()[1]
+        if high is not None:
+            return (
+                self.value > high or (self.value == high and self.comparator == ">"),
+                f"the laboratory's upper reference limit of {high:.0f} {self.unit}",
+            )
+        return (
+            self.value > default or (self.value == default and self.comparator == ">"),
+            f"the default upper limit of {default:.0f} {self.unit}",
+        )
+
+    def is_low(self, default: float) -> tuple[bool, str]:
+        """Low by the lab's flag, else its range, else ``default``; with the basis for the card."""
+        flag = self.lab_flag()
+        if flag is not None:
+            return (flag == "L", "the laboratory's own low flag" if flag == "L" else "the laboratory's flag")
+        low = self.reference_range()[0]
+        if low is not None:
+            return (
+                self.value < low or (self.value == low and self.comparator == "<"),
+                f"the laboratory's lower reference limit of {low:.0f} {self.unit}",
+            )
+        return (
+            self.value < default or (self.value == default and self.comparator == "<"),
+            f"the threshold of {default:.0f} {self.unit}",
+        )
+
+
+@dataclass(slots=True)
+class MedicationEntry:
+    """One medication record of a class we care about (request, statement, administration or draft)."""
+
+    resource_type: str
+    resource_id: str | None
+    classes: frozenset[str]
+    name: str
+    status: str
+    start: datetime | None
+    end: datetime | None
+    active: bool
+    resource: dict[str, Any]
+
+    @property
+    def reference(self) -> str | None:
+        return f"{self.resource_type}/{self.resource_id}" if self.resource_id else None
+
+
+@dataclass(slots=True)
+class Order:
+    """An open lab order: the analytes it covers and when it was written or is due."""
+
+    analytes: frozenset[str]
+    when: datetime | None
+    draft: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Course:
+    """A continuous course of one therapy class: first start, last activity, still running."""
+
+    start: datetime
+    end: datetime
+    ongoing: bool
+    names: tuple[str, ...]
+
+
+@dataclass
+class PatientRecord:
+    patient_id: str
+    now: datetime
+    config: ClinicalConfig
+    female: bool = False
+    results: dict[str, list[Result]] = field(default_factory=dict)
+    tested: dict[str, list[datetime]] = field(default_factory=dict)
+    medications: list[MedicationEntry] = field(default_factory=list)
+    drafts: list[MedicationEntry] = field(default_factory=list)
+    draft_order_resources: list[dict[str, Any]] = field(default_factory=list)
+    orders: list[Order] = field(default_factory=list)
+    conditions: dict[str, list[str]] = field(default_factory=dict)
+    controlled_conditions: dict[str, list[str]] = field(default_factory=dict)
+
+    # --- results --------------------------------------------------------------------------------------
+
+    def latest(self, analyte: str, *, within_days: int | None = None) -> Result | None:
+        """The newest usable result, or None when there is none within the window (default: "latest")."""
+        days = self.config.thresholds.latest_days if within_days is None else within_days
+        items = self.results.get(analyte)
+        if not items:
+            return None
+        newest = items[0]
+        return newest if newest.when >= self.now - timedelta(days=days) else None
+
+    def near(self, analyte: str, when: datetime, *, days: int | None = None) -> Result | None:
+        """The result closest in time to ``when`` within the "same time" window."""
+        window = timedelta(days=self.config.thresholds.same_time_days if days is None else days)
+        best: Result | None = None
+        for item in self.results.get(analyte, ()):
+            gap = abs(item.when - when)
+            if gap <= window and (best is None or gap < abs(best.when - when)):
+                best = item
+        return best
+
+    def since(self, analyte: str, moment: datetime) -> list[Result]:
+        """Usable results taken at or after ``moment``, newest first."""
+        return [item for item in self.results.get(analyte, ()) if item.when >= moment]
+
+    def before(self, analyte: str, moment: datetime) -> Result | None:
+        for item in self.results.get(analyte, ()):
+            if item.when < moment:
+                return item
+        return None
+
+    def tested_since(self, analyte: str, moment: datetime) -> datetime | None:
+        """When the analyte was last tested (any final result, numeric or not) at or after ``moment``."""
+        for when in self.tested.get(analyte, ()):
+            if when >= moment:
+                return when
+        return None
+
+    # --- orders -----------------------------------------------------------------------------------------
+
+    def ordered(self, analyte: str) -> Order | None:
+        """A draft or still-open order covering the analyte (drafts of this hook included)."""
+        horizon = self.now - timedelta(days=self.config.thresholds.pending_order_days)
+        for order in self.orders:
+            if analyte in order.analytes and (order.draft or order.when is None or order.when >= horizon):
+                return order
+        return None
+
+    # --- medicines ------------------------------------------------------------------------------------
+
+    def products_on_file(self, classes: frozenset[str]) -> list[MedicationEntry]:
+        return [m for m in self.medications if m.active and m.classes & classes]
+
+    def course(self, cls: str) -> Course | None:
+        """The most recent continuous course of a therapy class (gaps shorter than ``course_gap_days``)."""
+        gap = timedelta(days=self.config.thresholds.course_gap_days)
+        spans = sorted(
+            (m.start, m.end or m.start, m.active, m.name)
+            for m in self.medications
+            if cls in m.classes and m.start is not None
+        )
+        current: list[Any] | None = None
+        for start, end, active, name in spans:
+            end = self.now if active else max(end, start)
+            if current is not None and start <= current[1] + gap:
+                current[1] = max(current[1], end)
+                current[2] = current[2] or active
+                if name not in current[3]:
+                    current[3].append(name)
+            else:
+                current = [start, end, active, [name]]
+        if current is None:
+            return None
+        ongoing = current[2] or current[1] >= self.now - gap
+        return Course(start=current[0], end=current[1], ongoing=ongoing, names=tuple(current[3]))
+
+    # --- conditions -----------------------------------------------------------------------------------
+
+    def has_condition(self, cls: str, *, include_controlled: bool = False) -> list[str]:
+        names = list(self.conditions.get(cls, ()))
+        if include_controlled:
+            names.extend(self.controlled_conditions.get(cls, ()))
+        return names
+
+
+# --- building -----------------------------------------------------------------------------------------
+
+
+def _subject_matches(resource: dict[str, Any], patient_id: str) -> bool:
+    """False only when the resource names a different patient (resources without a subject are kept)."""
+    for key in ("subject", "patient"):
+        ref = resource.get(key)
+        if isinstance(ref, dict) and "reference" in ref:
+            target = reference_id(ref)
+            return target is not None and target[1] == patient_id and target[0] in (None, "Patient")
+    return True
+
+
+def _observation_time(obs: dict[str, Any]) -> datetime | None:
+    when = obs.get("effectiveDateTime")
+    if when is None:
+        period = obs.get("effectivePeriod")
+        when = period.get("start") if isinstance(period, dict) else None
+    if when is None:
+        when = obs.get("issued")
+    return parse_datetime(when)
+
+
+def _observation_value(obs: dict[str, Any]) -> tuple[float, str | None, str | None] | None:
+    if "valueQuantity" in obs:
+        return quantity(obs["valueQuantity"])
+    if "valueString" in obs:
+        return comparator_string(obs["valueString"])
+    return None
+
+
+def _medication_concepts(
+    resource: dict[str, Any], medications: dict[str, dict[str, Any]]
+) -> tuple[list[Any], str | None]:
+    """The concepts that name what a medication record is about, and a display name for the card.
+
+    ``medicationReference`` is followed to a contained Medication or one among the resources, and that
+    Medication's ingredients are read too.
+    """
+    concept = resource.get("medicationCodeableConcept")
+    if isinstance(concept, dict):
+        return ([concept], concept_label(concept))
+    ref = resource.get("medicationReference")
+    if not isinstance(ref, dict):
+        return ([], None)
+    found: list[Any] = []
+    display = ref.get("display") if isinstance(ref.get("display"), str) else None
+    if display:
+        found.append(display.lower())
+    target = reference_id(ref)
+    medication = None
+    if target is not None:
+        ident = target[1]
+        if ident.startswith("#"):
+            for item in resource.get("contained") or ():
+                if isinstance(item, dict) and item.get("id") == ident[1:]:
+                    medication = item
+        else:
+            medication = medications.get(ident)
+    if isinstance(medication, dict):
+        found.append(medication.get("code"))
+        display = display or concept_label(medication.get("code"))
+        for ingredient in medication.get("ingredient") or ():
+            if not isinstance(ingredient, dict):
+                continue
+            if "itemCodeableConcept" in ingredient:
+                found.append(ingredient["itemCodeableConcept"])
+            else:
+                inner = reference_id(ingredient.get("itemReference"))
+                if inner is not None and inner[1] in medications:
+                    found.append(medications[inner[1]].get("code"))
+    return (found, display)
+
+
+def _dosage_start(resource: dict[str, Any]) -> datetime | None:
+    starts = []
+    for dosage in resource.get("dosageInstruction") or resource.get("dosage") or ():
+        if isinstance(dosage, dict):
+            repeat = (dosage.get("timing") or {}).get("repeat")
+            if isinstance(repeat, dict):
+                start = period_start(repeat.get("boundsPeriod"))
+                if start is not None:
+                    starts.append(start)
+    return min(starts) if starts else None
+
+
+def _medication_span(resource: dict[str, Any], kind: str) -> tuple[datetime | None, datetime | None]:
+    """(start, end) of what one medication record says about when the medicine was (to be) taken."""
+    if kind == "MedicationRequest":
+        validity = (resource.get("dispenseRequest") or {}).get("validityPeriod")
+        candidates = [
+            _dosage_start(resource),
+            period_start(validity),
+            parse_datetime(resource.get("authoredOn")),
+        ]
+        starts = [c for c in candidates if c is not None]
+        return (min(starts) if starts else None, period_end(validity))
+    if "effectivePeriod" in resource:
+        period = resource["effectivePeriod"]
+        start = period_start(period)
+        return (start, period_end(period) or (start if kind == "MedicationAdministration" else None))
+    when = parse_datetime(resource.get("effectiveDateTime"))
+    if when is None and kind == "MedicationStatement":
+        when = _dosage_start(resource) or parse_datetime(resource.get("dateAsserted"))
+    return (when, when)
+
+
+def medication_entry(
+    resource: dict[str, Any], config: ClinicalConfig, medications: dict[str, dict[str, Any]], *, draft: bool
+) -> MedicationEntry | None:
+    """A medication record of a class we track, or None for any other medicine or a void record."""
+    kind = resource.get("resourceType")
+    status = resource.get("status") if isinstance(resource.get("status"), str) else "unknown"
+    if not draft and (kind not in MEDICATION_TYPES or status in VOID_MEDICATION[kind]):
+        return None
+    concepts, name = _medication_concepts(resource, medications)
+    classes = config.value_sets.medication_classes(concepts)
+    if not classes:
+        return None
+    start, end = _medication_span(resource, kind)
+    active = draft or status in ACTIVE_MEDICATION.get(kind, ())
+    ident = resource.get("id") if isinstance(resource.get("id"), str) else None
+    return MedicationEntry(
+        resource_type=kind,
+        resource_id=ident,
+        classes=classes,
+        name=name or "a B12 or iron product",
+        status=status,
+        start=start,
+        end=end,
+        active=active,
+        resource=resource,
+    )
+
+
+class _UnitProblems:
+    """Collects unconvertible units during one build and logs each (analyte, unit) once — no patient data."""
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[str, str]] = set()
+
+    def add(self, analyte: str, unit: str | None) -> None:
+        self.seen.add((analyte, unit or "(none)"))
+
+    def report(self) -> None:
+        for analyte, unit in sorted(self.seen):
+            log.warning(
+                "%s result with unit %r not used: the unit cannot be converted to %s",
+                analyte,
+                unit,
+                canonical_unit(analyte),
+            )
+
+
+def _service_request_time(resource: dict[str, Any]) -> datetime | None:
+    return (
+        parse_datetime(resource.get("occurrenceDateTime"))
+        or period_start(resource.get("occurrencePeriod"))
+        or parse_datetime(resource.get("authoredOn"))
+    )
+
+
+def build_record(
+    resources: Iterable[dict[str, Any]],
+    *,
+    patient_id: str,
+    now: datetime,
+    config: ClinicalConfig,
+    draft_orders: Sequence[dict[str, Any]] = (),
+) -> PatientRecord:
+    """One pass over the resources; anything of another patient, unusable or irrelevant is skipped."""
+    record = PatientRecord(patient_id=patient_id, now=now, config=config)
+    value_sets = config.value_sets
+    units = _UnitProblems()
+    medications: dict[str, dict[str, Any]] = {}
+    medication_records: list[dict[str, Any]] = []
+    results = record.results
+    tested = record.tested
+    latest_allowed = now + timedelta(days=1)
+    seen_ids: set[tuple[str, str]] = set()
+    draft_ids = {
+        (d.get("resourceType"), d.get("id")) for d in draft_orders if isinstance(d, dict) and d.get("id")
+    }
+    for resource in resources:
+        if not isinstance(resource, dict):
+            continue
+        kind = resource.get("resourceType")
+        if kind == "Observation":
+            analyte = value_sets.analyte_of(resource.get("code"))
+            if analyte is None or resource.get("status") not in USABLE_OBSERVATION:
+                continue
+            if not _subject_matches(resource, patient_id):
+                continue
+            when = _observation_time(resource)
+            if when is None or when > latest_allowed:
+                continue
+            tested.setdefault(analyte, []).append(when)
+            if analyte not in _NUMERIC_ANALYTES:
+                continue
+            reading = _observation_value(resource)
+            if reading is None:
+                continue
+            value = to_canonical(analyte, reading[0], reading[1])
+            if value is None:
+                units.add(analyte, reading[1])
+                continue
+            results.setdefault(analyte, []).append(Result(analyte, value, reading[2], when, resource))
+        elif kind in MEDICATION_TYPES:
+            ident = resource.get("id")
+            if (kind, ident) in draft_ids or (ident and (kind, ident) in seen_ids):
+                continue
+            if ident:
+                seen_ids.add((kind, ident))
+            if _subject_matches(resource, patient_id):
+                medication_records.append(resource)
+        elif kind == "Medication":
+            if isinstance(resource.get("id"), str):
+                medications[resource["id"]] = resource
+        elif kind == "Condition":
+            if _subject_matches(resource, patient_id):
+                _add_condition(record, resource)
+        elif kind == "ServiceRequest":
+            if (kind, resource.get("id")) in draft_ids or not _subject_matches(resource, patient_id):
+                continue
+            if resource.get("status") in OPEN_ORDER and resource.get("intent") != "proposal":
+                analytes = value_sets.order_analytes(resource.get("code"))
+                if analytes:
+                    record.orders.append(
+                        Order(
+                            frozenset(analytes),
+                            _service_request_time(resource),
+                            resource.get("status") == "draft",
+                        )
+                    )
+        elif kind == "Patient" and resource.get("id") == patient_id:
+            record.female = resource.get("gender") == "female"
+    for items in results.values():
+        items.sort(key=_by_time, reverse=True)
+    for times in tested.values():
+        times.sort(reverse=True)
+    for resource in medication_records:
+        entry = medication_entry(resource, config, medications, draft=False)
+        if entry is not None:
+            record.medications.append(entry)
+    for resource in draft_orders:
+        if not isinstance(resource, dict):
+            continue
+        record.draft_order_resources.append(resource)
+        kind = resource.get("resourceType")
+        if kind == "ServiceRequest":
+            analytes = value_sets.order_analytes(resource.get("code"))
+            if analytes:
+                record.orders.append(Order(frozenset(analytes), _service_request_time(resource), True))
+        elif kind in MEDICATION_TYPES:
+            entry = medication_entry(resource, config, medications, draft=True)
+            if entry is not None:
+                record.drafts.append(entry)
+    units.report()
+    return record
+
+
+def _by_time(result: Result) -> datetime:
+    return result.when
+
+
+_NUMERIC_ANALYTES = frozenset(
+    {"b12", "ferritin", "tsat", "iron", "tibc", "transferrin", "crp", "mcv", "hb", "mma", "alt", "ast"}
+)
+
+
+def _add_condition(record: PatientRecord, resource: dict[str, Any]) -> None:
+    verification = first_code(resource.get("verificationStatus"))
+    if verification in REFUTED_CONDITION:
+        return
+    clinical = first_code(resource.get("clinicalStatus"))
+    if clinical is None:
+        clinical = "active" if not any(k.startswith("abatement") for k in resource) else "resolved"
+    if clinical in ACTIVE_CONDITION:
+        target = record.conditions
+    elif clinical in CONTROLLED_CONDITION:
+        target = record.controlled_conditions
+    else:
+        return
+    classes = record.config.value_sets.condition_classes(resource.get("code"))
+    label = concept_label(resource.get("code")) or "a coded condition"
+    for cls in classes:
+        target.setdefault(cls, []).append(label)

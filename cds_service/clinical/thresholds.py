@@ -1,0 +1,92 @@
+"""Every number the rules compare with, its default and where it comes from; a site may override any.
+
+Values are in the canonical units of ``cds_service.fhir.units`` (pg/mL, ng/mL, %, mg/L, fL, g/dL) and
+windows in days. The sources are cited on the cards that use them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    # BSH 2014 (Devalia et al.): serum cobalamin < 200 ng/L (148 pmol/L) indicates deficiency.
+    b12_deficient: float = 200.0
+    # Reflex cascades (Mayo, Labcorp): 200–300 pg/mL is borderline; methylmalonic acid decides.
+    b12_borderline_upper: float = 300.0
+    # ARUP and Mayo upper reference limit, used when the lab gives no range of its own.
+    b12_elevated: float = 914.0
+    # Arendt & Nexo 2012: > 1000 pmol/L (1355 pg/mL) is strongly associated with liver disease and cancer.
+    b12_very_high: float = 1355.0
+    # Ferritin < 30 ng/mL confirms iron deficiency without inflammation (BSH / UK practice; AGA 2020 uses 45).
+    ferritin_deficient: float = 30.0
+    # With inflammation (CRP above the threshold below), ferritin < 100 ng/mL is compatible with deficiency.
+    ferritin_deficient_inflamed: float = 100.0
+    # EASL 2022 haemochromatosis guideline: raised ferritin > 200 (women) or > 300 ng/mL (men).
+    ferritin_high_female: float = 200.0
+    ferritin_high_male: float = 300.0
+    ferritin_very_high: float = 1000.0
+    # Transferrin saturation < 20 % supports iron deficiency; > 45 % suggests iron overload (EASL 2022).
+    tsat_low: float = 20.0
+    tsat_high: float = 45.0
+    # CRP > 5 mg/L marks inflammation (WHO 2020 ferritin guideline; Thurnham).
+    crp_inflammation: float = 5.0
+    # MCV > 100 fL: macrocytosis.
+    mcv_macrocytosis: float = 100.0
+    # WHO anaemia thresholds, g/dL.
+    hb_anaemia_female: float = 12.0
+    hb_anaemia_male: float = 13.0
+    # Windows (days): "latest" result, "recent" result, values taken as "the same time".
+    latest_days: int = 365
+    recent_days: int = 90
+    same_time_days: int = 30
+    # Iron studies resulted this recently need no new order when B12 is started.
+    iron_studies_fresh_days: int = 14
+    # Iron studies are due 4–8 weeks after starting B12 (reticulocytes peak on days 5–8, counts
+    # are normal by about 8 weeks).
+    iron_studies_due_min_days: int = 28
+    iron_studies_followup_days: int = 56
+    # A course counts as "recently started" for this long.
+    course_recent_days: int = 180
+    # Iron deficiency unmasked by B12: a course started within this many days.
+    course_unmasking_days: int = 365
+    # Two records of the same therapy less than this apart belong to one continuous course.
+    course_gap_days: int = 100
+    # Re-measure B12 about 3 months after stopping a supplement.
+    b12_recheck_days: int = 90
+    # An open lab order older than this (and not scheduled ahead) no longer counts as pending.
+    pending_order_days: int = 180
+
+
+DEFAULT_THRESHOLDS = Thresholds()
+_INTEGER_FIELDS = frozenset(f.name for f in fields(Thresholds) if f.type in ("int", int))
+
+
+def load_thresholds(section: Any) -> Thresholds:
+    """The defaults with a site's ``thresholds`` section applied; a bad entry raises ValueError."""
+    if section is None:
+        return DEFAULT_THRESHOLDS
+    if not isinstance(section, dict):
+        raise ValueError('the "thresholds" section must be an object of name -> number')
+    known = {f.name for f in fields(Thresholds)}
+    changes: dict[str, Any] = {}
+    for name, value in section.items():
+        if name not in known:
+            raise ValueError(
+                f"thresholds.{name}: unknown threshold; known ones are {', '.join(sorted(known))}"
+            )
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ValueError(f"thresholds.{name}: expected a non-negative number, got {value!r}")
+        if name in _INTEGER_FIELDS:
+            if value != int(value):
+                raise ValueError(f"thresholds.{name}: expected a whole number of days, got {value!r}")
+            value = int(value)
+        changes[name] = value
+    result = replace(DEFAULT_THRESHOLDS, **changes)
+    if result.b12_deficient >= result.b12_borderline_upper:
+        raise ValueError("thresholds: b12_deficient must be below b12_borderline_upper")
+    if result.ferritin_deficient >= result.ferritin_deficient_inflamed:
+        raise ValueError("thresholds: ferritin_deficient must be below ferritin_deficient_inflamed")
+    return result
