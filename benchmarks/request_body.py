@@ -65,9 +65,11 @@ def _relink(value: Any, references: dict[str, str]) -> Any:
     return value
 
 
-def _lab_series(patient_id: str, now: datetime) -> list[dict[str, Any]]:
+def _lab_series(patient_id: str, now: datetime, b12_ferritin_count: int) -> list[dict[str, Any]]:
     results = []
     for code, display, unit, low, high, start, end, count in SERIES:
+        if code in ("2132-9", "2276-4"):
+            count = b12_ferritin_count
         for index in range(count):
             fraction = index / (count - 1)
             when = now - timedelta(days=730 * (1 - fraction)) - timedelta(hours=8 + index % 7)
@@ -120,8 +122,14 @@ def _lab_series(patient_id: str, now: datetime) -> list[dict[str, Any]]:
     return results
 
 
-def build_patient_view_request(now: datetime, patient_file: Path = PATIENT_FILE) -> dict[str, Any]:
-    """The hook request: context, and a prefetch with every template key filled."""
+def build_patient_view_request(
+    now: datetime, patient_file: Path = PATIENT_FILE, b12_ferritin_count: int = 52
+) -> dict[str, Any]:
+    """The hook request: context, and a prefetch with every template key filled.
+
+    ``b12_ferritin_count`` results each of B12 and ferritin over two years (fortnightly by default), plus
+    monthly TSAT, iron and TIBC.
+    """
     bundle = json.loads(patient_file.read_text())
     resources = [entry["resource"] for entry in bundle["entry"]]
     references = {
@@ -141,7 +149,7 @@ def build_patient_view_request(now: datetime, patient_file: Path = PATIENT_FILE)
     context_labs.sort(key=lambda r: r.get("effectiveDateTime", ""), reverse=True)
     prefetch = {
         "patient": patient,
-        "b12IronLabs": _searchset(_lab_series(patient["id"], now)),
+        "b12IronLabs": _searchset(_lab_series(patient["id"], now, b12_ferritin_count)),
         "contextLabs": _searchset(context_labs),
         "medicationRequests": _searchset(by_type.get("MedicationRequest", [])),
         "medicationStatements": _searchset([]),
