@@ -130,6 +130,12 @@ def test_wrong_typ(authenticator: Authenticator, ec_signer: Signer) -> None:
     assert "typ" in refused(authenticator, bearer(ec_signer.token(headers={"typ": "at+jwt"})))
 
 
+def test_critical_header_extensions_are_refused(authenticator: Authenticator, ec_signer: Signer) -> None:
+    """RFC 7515: a verifier that does not understand a 'crit' extension must reject the token (PyJWT does)."""
+    token = ec_signer.token(headers={"crit": ["exp-ext"], "exp-ext": 1})
+    assert "malformed" in refused(authenticator, bearer(token))
+
+
 def test_unknown_issuer(authenticator: Authenticator, ec_signer: Signer) -> None:
     assert "is not a trusted client" in refused(
         authenticator, bearer(ec_signer.token(iss="https://evil.example"))
