@@ -249,7 +249,8 @@ class ClientKeys:
     def find(self, kid: str) -> VerificationKey | None:
         """The key with this id; fetches the JWK Set when it is stale or does not know the id yet."""
         key = self.client.inline_keys.get(kid)
-        if key is not None or self.client.jwks_url is None:
+        url = self.client.jwks_url
+        if key is not None or url is None:
             return key
         state = self._fetched
         if kid in state.keys and not self._is_stale(state):
@@ -261,14 +262,13 @@ class ClientKeys:
             unknown = kid not in state.keys
             may_fetch = state.attempted_at is None or now - state.attempted_at >= REFRESH_INTERVAL_S
             if (stale or unknown) and may_fetch:
-                self._refresh(now)
+                self._refresh(url, now)
             return self._fetched.keys.get(kid)
 
     def _is_stale(self, state: _Fetched) -> bool:
         return state.fetched_at is None or self._clock() - state.fetched_at >= KEYS_LIFETIME_S
 
-    def _refresh(self, now: float) -> None:
-        url = self.client.jwks_url
+    def _refresh(self, url: str, now: float) -> None:
         self._fetched.attempted_at = now
         try:
             document = self._download(url)
