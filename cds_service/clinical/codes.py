@@ -137,6 +137,7 @@ _IRON_TEXT = re.compile(
 # --- conditions ---------------------------------------------------------------------------------------
 
 B12_DEFICIENCY = "b12-deficiency"
+PERNICIOUS_ANAEMIA = "pernicious-anaemia"
 MEGALOBLASTIC = "megaloblastic-anaemia"
 IRON_DEFICIENCY_ANAEMIA = "iron-deficiency-anaemia"
 HAEMOCHROMATOSIS = "haemochromatosis"
@@ -149,6 +150,7 @@ COELIAC = "coeliac-disease"
 
 CONDITION_NAMES: dict[str, str] = {
     B12_DEFICIENCY: "B12 deficiency / pernicious anaemia",
+    PERNICIOUS_ANAEMIA: "pernicious anaemia",
     MEGALOBLASTIC: "megaloblastic anaemia",
     IRON_DEFICIENCY_ANAEMIA: "iron deficiency anaemia",
     HAEMOCHROMATOSIS: "hereditary haemochromatosis",
@@ -160,22 +162,23 @@ CONDITION_NAMES: dict[str, str] = {
     COELIAC: "coeliac disease",
 }
 
-_SNOMED_CONDITIONS: dict[str, str] = {
-    "190634004": B12_DEFICIENCY,
-    "84027009": B12_DEFICIENCY,
-    "53165003": MEGALOBLASTIC,
-    "87522002": IRON_DEFICIENCY_ANAEMIA,
-    "35400008": HAEMOCHROMATOSIS,
-    "19943007": LIVER_DISEASE,
-    "709044004": CKD,
-    "425333006": MPN,
-    "84568007": AUTOIMMUNE_GASTRITIS,
-    "396331005": COELIAC,
+_SNOMED_CONDITIONS: dict[str, tuple[str, ...]] = {
+    "190634004": (B12_DEFICIENCY,),
+    "84027009": (B12_DEFICIENCY, PERNICIOUS_ANAEMIA),
+    "53165003": (MEGALOBLASTIC,),
+    "87522002": (IRON_DEFICIENCY_ANAEMIA,),
+    "35400008": (HAEMOCHROMATOSIS,),
+    "19943007": (LIVER_DISEASE,),
+    "709044004": (CKD,),
+    "425333006": (MPN,),
+    "84568007": (AUTOIMMUNE_GASTRITIS,),
+    "396331005": (COELIAC,),
 }
 # ICD-10(-CM) codes without their dot; an entry matches that code and every code below it.
 _ICD10_PREFIXES: tuple[tuple[str, str], ...] = (
     ("E538", B12_DEFICIENCY),
     ("D51", B12_DEFICIENCY),
+    ("D510", PERNICIOUS_ANAEMIA),
     ("D531", MEGALOBLASTIC),
     ("D50", IRON_DEFICIENCY_ANAEMIA),
     ("E83110", HAEMOCHROMATOSIS),
@@ -193,6 +196,7 @@ _ICD10_PREFIXES: tuple[tuple[str, str], ...] = (
     ("K900", COELIAC),
 )
 _CONDITION_TEXT: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"pernicious an(a)?emia"), PERNICIOUS_ANAEMIA),
     (
         re.compile(r"pernicious an(a)?emia|\b(vitamin )?b-? ?12 deficiency|cobalamin deficiency"),
         B12_DEFICIENCY,
@@ -277,8 +281,7 @@ class ValueSets:
             if known is not None:
                 found.add(known)
             elif system == SNOMED:
-                if code in _SNOMED_CONDITIONS:
-                    found.add(_SNOMED_CONDITIONS[code])
+                found.update(_SNOMED_CONDITIONS.get(code, ()))
             elif system in ICD10_SYSTEMS:
                 bare = code.replace(".", "").upper()
                 found.update(cls for prefix, cls in _ICD10_PREFIXES if bare.startswith(prefix))

@@ -1,0 +1,53 @@
+"""borderline-b12-check-mma: a borderline B12 without a methylmalonic acid to settle it.
+
+Serum B12 of 200–300 pg/mL neither confirms nor excludes deficiency; a raised methylmalonic acid
+confirms it (BSH 2014; the Mayo and Labcorp reflex cascades).
+"""
+
+from __future__ import annotations
+
+from cds_service.clinical.findings import Finding, Proposal
+from cds_service.clinical.record import MedicationEntry, PatientRecord
+from cds_service.clinical.rules.common import SOURCE_LABEL, b12_deficient, fmt, lab_actions
+
+TOPIC = "borderline-b12-check-mma"
+SOURCE = f"{SOURCE_LABEL} (BSH 2014)"
+
+
+def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding | None:
+    if focus is not None:
+        return None
+    t = record.config.thresholds
+    b12 = record.latest("b12")
+    if b12 is None or b12.comparator is not None or b12_deficient(record, b12)[0]:
+        return None
+    if not t.b12_deficient <= b12.value <= t.b12_borderline_upper:
+        return None
+    if record.tested_since("mma", b12.when) is not None or record.ordered("mma") is not None:
+        return None
+    lines = [
+        f"- Vitamin B12 **{b12.quoted()}**: borderline ({fmt(t.b12_deficient)}–{fmt(t.b12_borderline_upper)} "
+        "pg/mL, 148–221 pmol/L)",
+        "- No methylmalonic acid resulted since then",
+        "",
+        "**Reasoning**",
+        "- A borderline serum B12 neither confirms nor excludes deficiency; a raised methylmalonic acid "
+        "confirms tissue B12 deficiency (BSH 2014; reflex cascades of Mayo Clinic and Labcorp).",
+        "",
+        "Sources: BSH 2014 (Devalia); Mayo Clinic and Labcorp B12 reflex cascades.",
+    ]
+    return Finding(
+        topic=TOPIC,
+        indicator="info",
+        summary="Borderline B12: order methylmalonic acid to confirm or exclude B12 deficiency",
+        detail="\n".join(lines),
+        source_label=SOURCE,
+        proposals=(
+            Proposal(
+                label="Order methylmalonic acid",
+                actions=lab_actions(record, ["mma"], None, "Borderline vitamin B12"),
+                is_recommended=True,
+            ),
+        ),
+        selection_behavior="any",
+    )

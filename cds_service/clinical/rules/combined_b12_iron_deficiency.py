@@ -1,0 +1,91 @@
+"""combined-b12-iron-deficiency: B12 and iron deficient at the same time.
+
+A shared cause of malabsorption is likely: autoimmune gastritis (pernicious anaemia), coeliac disease,
+IBD, bariatric surgery. Test for autoimmune gastritis and coeliac disease; replace B12 first.
+"""
+
+from __future__ import annotations
+
+from cds_service.clinical import codes
+from cds_service.clinical.findings import Finding, Proposal
+from cds_service.clinical.record import MedicationEntry, PatientRecord
+from cds_service.clinical.rules.common import (
+    SOURCE_LABEL,
+    b12_deficient,
+    iron_deficiency_near,
+    lab_actions,
+    not_recently_done,
+)
+
+TOPIC = "combined-b12-iron-deficiency"
+SOURCE = f"{SOURCE_LABEL} (BSH 2014; AGA 2020)"
+GASTRITIS_TESTS = ("intrinsic-factor-ab", "parietal-cell-ab", "gastrin")
+
+
+def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding | None:
+    if focus is not None:
+        return None
+    b12 = record.latest("b12")
+    if b12 is None:
+        return None
+    low, basis = b12_deficient(record, b12)
+    if not low:
+        return None
+    status = iron_deficiency_near(record, b12)
+    if status is None:
+        return None
+    t = record.config.thresholds
+    gastritis_known = bool(
+        record.has_condition(codes.AUTOIMMUNE_GASTRITIS)
+        or record.has_condition(codes.PERNICIOUS_ANAEMIA, include_controlled=True)
+    )
+    wanted = [] if gastritis_known else not_recently_done(record, GASTRITIS_TESTS, t.latest_days)
+    if not record.has_condition(codes.COELIAC):
+        wanted += not_recently_done(record, ["ttg-iga"], t.latest_days)
+    proposals = ()
+    if wanted:
+        proposals = (
+            Proposal(
+                label="Test for autoimmune gastritis and coeliac disease",
+                actions=lab_actions(record, wanted, None, "Combined B12 and iron deficiency"),
+                is_recommended=True,
+            ),
+        )
+    lines = [
+        f"Vitamin B12 **{b12.quoted()}** is deficient (compared with {basis}), and iron studies at the same "
+        "time show iron deficiency:",
+        "",
+        *status.lines(),
+        "",
+        "**Reasoning**",
+        f"- {status.reason[0].upper()}{status.reason[1:]}.",
+        "- Both deficiencies together suggest a shared cause of malabsorption: autoimmune gastritis "
+        "(pernicious anaemia), coeliac disease, inflammatory bowel disease or bariatric surgery.",
+        "- Replace B12 first. In autoimmune gastritis intravenous iron corrects iron deficiency "
+        "more reliably "
+        "than oral iron.",
+    ]
+    if gastritis_known:
+        lines.append(
+            "- Autoimmune gastritis or pernicious anaemia is already recorded: no gastric antibody "
+            "tests suggested."
+        )
+    if wanted:
+        lines.append(
+            "- Suggested: "
+            + ", ".join(codes.ANALYTE_NAMES[a] for a in wanted)
+            + f" (none resulted in {t.latest_days} days)."
+        )
+    lines += ["", "Sources: BSH 2014 (Devalia); AGA 2020 iron deficiency guideline."]
+    return Finding(
+        topic=TOPIC,
+        indicator="warning",
+        summary=(
+            "B12 and iron deficient together: replace B12 first; test for autoimmune "
+            "gastritis and coeliac disease"
+        ),
+        detail="\n".join(lines),
+        source_label=SOURCE,
+        proposals=proposals,
+        selection_behavior="any",
+    )

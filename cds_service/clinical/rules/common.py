@@ -1,0 +1,305 @@
+"""What several rules share: the clinical states (iron deficiency, B12 deficient/high), iron-studies
+coverage, and the FHIR resources a card proposes, built and validated with fhir.resources R4B models."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from fhir.resources.R4B.medicationrequest import MedicationRequest
+from fhir.resources.R4B.medicationstatement import MedicationStatement
+from fhir.resources.R4B.servicerequest import ServiceRequest
+from pydantic import ValidationError
+
+from cds_service.clinical import codes
+from cds_service.clinical.findings import Proposal, ProposedAction
+from cds_service.clinical.record import MedicationEntry, PatientRecord, Result
+
+log = logging.getLogger(__name__)
+
+B12_PRODUCTS = frozenset({codes.B12_THERAPY, codes.B12_SUPPLEMENT})
+SOURCE_LABEL = "B12–iron CDS rules"
+
+
+def day(moment: datetime) -> str:
+    return moment.date().isoformat()
+
+
+def fmt(value: float) -> str:
+    return f"{value:g}"
+
+
+# --- clinical states ----------------------------------------------------------------------------------
+
+
+def derived_tsat(record: PatientRecord, when: datetime) -> Result | None:
+    """TSAT from serum iron and TIBC of one draw (same day), when no TSAT result was reported."""
+    iron = record.near("iron", when)
+    if iron is None:
+        return None
+    for tibc in record.results.get("tibc", ()):
+        if tibc.when.date() == iron.when.date() and tibc.value > 0:
+            return Result("tsat", iron.value / tibc.value * 100.0, None, iron.when, {})
+    return None
+
+
+def tsat_near(record: PatientRecord, when: datetime) -> tuple[Result | None, bool]:
+    """(TSAT within the "same time" window, whether it was calculated from iron/TIBC)."""
+    reported = record.near("tsat", when)
+    if reported is not None:
+        return (reported, False)
+    derived = derived_tsat(record, when)
+    return (derived, derived is not None)
+
+
+@dataclass(frozen=True)
+class IronStatus:
+    ferritin: Result
+    deficient: bool
+    tsat: Result | None
+    tsat_derived: bool
+    crp: Result | None
+    inflamed: bool
+    reason: str
+
+    def lines(self) -> list[str]:
+        """Markdown bullet lines quoting every value the conclusion used."""
+        out = [f"- Ferritin **{self.ferritin.quoted()}**"]
+        if self.tsat is not None:
+            how = " (calculated from serum iron / TIBC of the same draw)" if self.tsat_derived else ""
+            out.append(f"- Transferrin saturation **{self.tsat.quoted()}**{how}")
+        if self.crp is not None:
+            out.append(f"- CRP **{self.crp.quoted()}**")
+        return out
+
+
+def iron_status(record: PatientRecord, ferritin: Result) -> IronStatus:
+    """Iron deficiency by ferritin, read with CRP and TSAT taken at about the same time.
+
+    Ferritin < 30 ng/mL (or the lab's low flag); < 100 with inflammation (CRP > 5 mg/L); 30–100 with
+    TSAT < 20 %. A ferritin reported as ``>n`` is never deficient.
+    """
+    t = record.config.thresholds
+    tsat, derived = tsat_near(record, ferritin.when)
+    crp = record.near("crp", ferritin.when)
+    inflamed = crp is not None and crp.value > t.crp_inflammation and crp.comparator != "<"
+    value = ferritin.value
+    reason = ""
+    if ferritin.comparator == ">":
+        deficient = False
+    elif ferritin.lab_flag() == "L" or value < t.ferritin_deficient:
+        deficient = True
+        reason = f"ferritin below {fmt(t.ferritin_deficient)} ng/mL confirms iron deficiency (BSH; AGA 2020)"
+    elif inflamed and value < t.ferritin_deficient_inflamed:
+        deficient = True
+        reason = (
+            f"with inflammation (CRP above {fmt(t.crp_inflammation)} mg/L) a ferritin below "
+            f"{fmt(t.ferritin_deficient_inflamed)} ng/mL is compatible with iron deficiency (WHO 2020)"
+        )
+    elif value <= t.ferritin_deficient_inflamed and tsat is not None and tsat.value < t.tsat_low:
+        deficient = True
+        reason = (
+            f"an equivocal ferritin ({fmt(t.ferritin_deficient)}–{fmt(t.ferritin_deficient_inflamed)} ng/mL) "
+            f"with transferrin saturation below {fmt(t.tsat_low)} % supports iron deficiency"
+        )
+    else:
+        deficient = False
+    return IronStatus(ferritin, deficient, tsat, derived, crp, inflamed, reason)
+
+
+def b12_deficient(record: PatientRecord, b12: Result) -> tuple[bool, str]:
+    return b12.is_low(record.config.thresholds.b12_deficient)
+
+
+def b12_elevated(record: PatientRecord, b12: Result) -> tuple[bool, str]:
+    return b12.is_high(record.config.thresholds.b12_elevated)
+
+
+def ferritin_high(record: PatientRecord, ferritin: Result) -> tuple[bool, str]:
+    t = record.config.thresholds
+    return ferritin.is_high(t.ferritin_high_female if record.female else t.ferritin_high_male)
+
+
+def deficiency_explains_b12(record: PatientRecord) -> str | None:
+    """Why B12 treatment is expected for this patient (a diagnosis, or a deficient B12 before the course).
+
+    High B12 levels are expected on injections for a true deficiency, and levels do not monitor them.
+    """
+    names = record.has_condition(codes.B12_DEFICIENCY, include_controlled=True)
+    if names:
+        return f"a recorded diagnosis of {names[0]}"
+    course = record.course(codes.B12_THERAPY)
+    if course is not None:
+        before = record.before("b12", course.start)
+        if before is not None and b12_deficient(record, before)[0]:
+            return f"a deficient B12 of {before.quoted()}, before B12 therapy started"
+    return None
+
+
+def focus_products(focus: Iterable[MedicationEntry] | None, classes: frozenset[str]) -> list[MedicationEntry]:
+    return [entry for entry in focus or () if entry.classes & classes]
+
+
+def starting_b12(
+    record: PatientRecord, focus: list[MedicationEntry] | None
+) -> tuple[list[MedicationEntry], datetime]:
+    """Draft orders that start B12 therapy, and the start date of the course they begin or continue.
+
+    A draft B12 order for a patient on a continuous course that began more than ``course_recent_days``
+    ago renews maintenance therapy; it starts nothing, so it returns no drafts.
+    """
+    drafts = focus_products(focus, frozenset({codes.B12_THERAPY}))
+    if not drafts:
+        return ([], record.now)
+    course = record.course(codes.B12_THERAPY)
+    if course is not None and course.ongoing:
+        if course.start < record.now - timedelta(days=record.config.thresholds.course_recent_days):
+            return ([], record.now)
+        return (drafts, course.start)
+    starts = [d.start for d in drafts if d.start is not None and d.start > record.now]
+    return (drafts, min(starts) if starts else record.now)
+
+
+def iron_studies_cover(record: PatientRecord, results_since: datetime) -> tuple[bool, list[str]]:
+    """Whether ferritin with TSAT (or iron + TIBC) is drafted, pending or resulted since ``results_since``.
+
+    Returns (covered, analytes to suggest): a ferritin alone does not count.
+    """
+
+    def done(analyte: str) -> bool:
+        return record.ordered(analyte) is not None or record.tested_since(analyte, results_since) is not None
+
+    ferritin = done("ferritin")
+    saturation = done("tsat") or (done("iron") and done("tibc"))
+    missing = [a for a, ok in (("ferritin", ferritin), ("tsat", saturation)) if not ok]
+    return (not missing, missing)
+
+
+def not_recently_done(record: PatientRecord, analytes: Iterable[str], days: int) -> list[str]:
+    """The analytes neither resulted within ``days`` nor already ordered."""
+    since = record.now - timedelta(days=days)
+    return [a for a in analytes if record.tested_since(a, since) is None and record.ordered(a) is None]
+
+
+# --- proposed resources -------------------------------------------------------------------------------
+
+
+def lab_order(record: PatientRecord, analyte: str, when: datetime | None, reason: str) -> dict[str, Any]:
+    """A draft ServiceRequest for one lab (LOINC), validated as R4B; ``when`` None: as soon as possible."""
+    code, display = codes.ORDER_CODES[analyte]
+    data: dict[str, Any] = {
+        "resourceType": "ServiceRequest",
+        "status": "draft",
+        "intent": "order",
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://snomed.info/sct",
+                        "code": "108252007",
+                        "display": "Laboratory procedure",
+                    }
+                ]
+            }
+        ],
+        "code": {
+            "coding": [{"system": codes.LOINC, "code": code, "display": display}],
+            "text": codes.ANALYTE_NAMES[analyte],
+        },
+        "subject": {"reference": f"Patient/{record.patient_id}"},
+        "authoredOn": day(record.now),
+        "reasonCode": [{"text": reason}],
+    }
+    if when is not None:
+        data["occurrenceDateTime"] = day(when)
+    return ServiceRequest.model_validate(data).model_dump(mode="json", exclude_none=True)
+
+
+def lab_actions(
+    record: PatientRecord, analytes: Iterable[str], when: datetime | None, reason: str
+) -> tuple[ProposedAction, ...]:
+    label = "on " + day(when) if when is not None else "now"
+    return tuple(
+        ProposedAction(
+            type="create",
+            description=f"Order {codes.ANALYTE_NAMES[a]} (LOINC {codes.ORDER_CODES[a][0]}) {label}",
+            resource=lab_order(record, a, when, reason),
+        )
+        for a in analytes
+    )
+
+
+_MODELS = {"MedicationRequest": MedicationRequest, "MedicationStatement": MedicationStatement}
+
+
+def stop_action(entry: MedicationEntry, reason: str) -> ProposedAction | None:
+    """An ``update`` of a MedicationRequest/Statement to status ``stopped``; None if it cannot be."""
+    model = _MODELS.get(entry.resource_type)
+    if model is None or not entry.resource_id:
+        return None
+    data = copy.deepcopy(entry.resource)
+    data["status"] = "stopped"
+    data["statusReason"] = (
+        [{"text": reason}] if entry.resource_type == "MedicationStatement" else {"text": reason}
+    )
+    try:
+        resource = model.model_validate(data).model_dump(mode="json", exclude_none=True)
+    except ValidationError as error:
+        log.warning(
+            "cannot propose stopping a %s: it is not valid R4B (%d errors)",
+            entry.resource_type,
+            error.error_count(),
+        )
+        return None
+    return ProposedAction(type="update", description=f"Stop {entry.name}", resource=resource)
+
+
+def delete_action(entry: MedicationEntry) -> ProposedAction | None:
+    if not entry.reference:
+        return None
+    return ProposedAction(
+        type="delete", description=f"Remove the draft order for {entry.name}", resource_id=entry.reference
+    )
+
+
+def elevated_latest_b12(record: PatientRecord) -> tuple[Result, str] | None:
+    """The latest B12 (within the "latest" window) when it is elevated, with the basis of that call."""
+    b12 = record.latest("b12")
+    if b12 is None:
+        return None
+    high, basis = b12_elevated(record, b12)
+    return (b12, basis) if high else None
+
+
+def iron_deficiency_near(record: PatientRecord, b12: Result) -> IronStatus | None:
+    """Iron deficiency shown by the latest ferritin, when it was taken at about the time of ``b12``."""
+    ferritin = record.latest("ferritin")
+    if ferritin is None:
+        return None
+    if abs(ferritin.when - b12.when) > timedelta(days=record.config.thresholds.same_time_days):
+        return None
+    status = iron_status(record, ferritin)
+    return status if status.deficient else None
+
+
+def supplement_review_actions(
+    record: PatientRecord, focus: list[MedicationEntry] | None
+) -> tuple[list[MedicationEntry], tuple[Proposal, ...]]:
+    """The B12 products to review and the proposal: delete the drafts (order hooks) or stop what is on file
+    and re-measure B12 in about 3 months (patient-view)."""
+    if focus is not None:
+        drafts = focus_products(focus, B12_PRODUCTS)
+        actions = tuple(a for a in (delete_action(d) for d in drafts) if a is not None)
+        proposals = (Proposal(label="Remove the B12 draft order", actions=actions, is_recommended=True),)
+        return (drafts, proposals if actions else ())
+    products = record.products_on_file(B12_PRODUCTS)
+    reason = "B12 level above the reference range; supplement not needed"
+    stops = [a for a in (stop_action(p, reason) for p in products) if a is not None]
+    recheck = record.now + timedelta(days=record.config.thresholds.b12_recheck_days)
+    actions = (*stops, *lab_actions(record, ["b12"], recheck, "Re-measure B12 off supplements"))
+    label = "Stop the B12 product(s) and re-check B12 on " + day(recheck)
+    return (products, (Proposal(label=label, actions=actions, is_recommended=True),))

@@ -1,0 +1,110 @@
+"""elevated-b12-no-supplement: a high B12 that no supplement explains.
+
+Without supplements, a high B12 — especially above 1000 pmol/L and with a high ferritin — is associated
+with liver disease (hepatitis, cirrhosis, liver cancer), inflammation, kidney disease and myeloproliferative
+disorders (Arendt & Nexo 2012). Liver enzymes and CRP are the first step.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from cds_service.clinical import codes
+from cds_service.clinical.findings import Finding, Proposal
+from cds_service.clinical.record import MedicationEntry, PatientRecord
+from cds_service.clinical.rules.common import (
+    B12_PRODUCTS,
+    SOURCE_LABEL,
+    elevated_latest_b12,
+    ferritin_high,
+    fmt,
+    lab_actions,
+    not_recently_done,
+)
+
+TOPIC = "elevated-b12-no-supplement"
+SOURCE = f"{SOURCE_LABEL} (Arendt & Nexo 2012)"
+EXPLAINING = (codes.LIVER_DISEASE, codes.LIVER_CANCER, codes.CKD, codes.MPN)
+
+
+def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding | None:
+    if focus is not None:
+        return None
+    high = elevated_latest_b12(record)
+    if high is None:
+        return None
+    b12, basis = high
+    t = record.config.thresholds
+    if record.products_on_file(B12_PRODUCTS):
+        return None
+    exposure_window = b12.when - timedelta(days=t.recent_days)
+    for cls in B12_PRODUCTS:
+        course = record.course(cls)
+        if course is not None and course.end >= exposure_window:
+            return None
+    for cls in (*EXPLAINING, codes.B12_DEFICIENCY):
+        if record.has_condition(cls, include_controlled=cls == codes.B12_DEFICIENCY):
+            return None
+    very_high = b12.value > t.b12_very_high or (b12.value == t.b12_very_high and b12.comparator == ">")
+    wanted = not_recently_done(record, ["alt", "ast", "crp"], t.recent_days)
+    proposals = ()
+    if wanted:
+        proposals = (
+            Proposal(
+                label="Order liver enzymes and CRP",
+                actions=lab_actions(
+                    record, wanted, None, "High B12 without supplements: look for liver disease"
+                ),
+                is_recommended=True,
+            ),
+        )
+    lines = [
+        f"Vitamin B12 **{b12.quoted()}** is elevated (compared with {basis}). No B12 product or "
+        f"B12-containing supplement is on file or was taken in the {t.recent_days} days before the test, "
+        "and no recorded liver disease, kidney disease or myeloproliferative neoplasm explains it.",
+        "",
+    ]
+    ferritin = record.latest("ferritin")
+    if ferritin is not None:
+        is_high, fbasis = ferritin_high(record, ferritin)
+        lines.append(
+            f"- Ferritin **{ferritin.quoted()}**"
+            + (
+                f": also high (compared with {fbasis}) — together they point to liver disease or "
+                f"inflammation."
+                if is_high
+                else "."
+            )
+        )
+    for analyte, label in (("alt", "ALT"), ("ast", "AST"), ("crp", "CRP")):
+        result = record.latest(analyte, within_days=t.recent_days)
+        if result is not None:
+            lines.append(f"- {label} **{result.quoted()}**")
+    lines += [
+        "",
+        "**Reasoning**",
+        "- A high B12 needs no treatment, but without supplements it needs an explanation: liver disease "
+        "(hepatitis, cirrhosis, liver cancer), inflammation, kidney disease or a myeloproliferative "
+        "disorder.",
+    ]
+    if very_high:
+        lines.append(
+            f"- Above {fmt(t.b12_very_high)} pg/mL (1000 pmol/L) the association with liver disease, alcohol "
+            "misuse and cancer is strong (Arendt & Nexo, PLoS One 2012)."
+        )
+    if wanted:
+        lines.append(
+            "- Suggested: "
+            + ", ".join(codes.ANALYTE_NAMES[a] for a in wanted)
+            + f" (none in {t.recent_days} days)."
+        )
+    lines += ["", "Sources: Arendt & Nexo, PLoS One 2012; ARUP and Mayo reference limits."]
+    return Finding(
+        topic=TOPIC,
+        indicator="warning" if very_high else "info",
+        summary="High B12 without supplements: check liver enzymes and CRP for liver disease or inflammation",
+        detail="\n".join(lines),
+        source_label=SOURCE,
+        proposals=proposals,
+        selection_behavior="any",
+    )

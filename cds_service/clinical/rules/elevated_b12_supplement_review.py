@@ -1,0 +1,63 @@
+"""elevated-b12-supplement-review: a high B12 in someone taking (or being prescribed) a B12 product.
+
+The commonest cause of a high B12 is supplementation; an unneeded supplement can be stopped and B12
+re-measured after about 3 months to learn the patient's own level. Not when a B12 deficiency or
+pernicious anaemia explains injections: levels are expected to be high then and do not guide dosing.
+"""
+
+from __future__ import annotations
+
+from cds_service.clinical.findings import Finding
+from cds_service.clinical.record import MedicationEntry, PatientRecord
+from cds_service.clinical.rules.common import (
+    SOURCE_LABEL,
+    deficiency_explains_b12,
+    elevated_latest_b12,
+    fmt,
+    supplement_review_actions,
+)
+
+TOPIC = "elevated-b12-supplement-review"
+SOURCE = f"{SOURCE_LABEL} (ARUP/Mayo reference limits; Arendt & Nexo 2012)"
+
+
+def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding | None:
+    high = elevated_latest_b12(record)
+    if high is None or deficiency_explains_b12(record) is not None:
+        return None
+    b12, basis = high
+    products, proposals = supplement_review_actions(record, focus)
+    if not products:
+        return None
+    t = record.config.thresholds
+    names = ", ".join(p.name for p in products)
+    lines = [
+        f"Vitamin B12 **{b12.quoted()}** is elevated (compared with {basis}).",
+        f"B12 product(s) {'being ordered' if focus is not None else 'on file'}: {names}.",
+        "",
+        "**Reasoning**",
+        "- Supplements and multivitamins are the commonest cause of a high B12; a high level needs no "
+        "treatment but is a reason to review whether the product is needed.",
+        f"- Stopping it and re-measuring B12 after about 3 months ({t.b12_recheck_days} days) shows the "
+        "patient's own level.",
+        "- No diagnosis of B12 deficiency or pernicious anaemia is recorded (if there is one, "
+        "injections should "
+        "continue: high levels are expected on treatment).",
+    ]
+    if b12.value > t.b12_very_high:
+        lines.append(
+            f"- Above {fmt(t.b12_very_high)} pg/mL (1000 pmol/L), a B12 is strongly associated with "
+            f"liver disease, "
+            "alcohol misuse and cancer (Arendt & Nexo 2012) — consider that if it stays high off supplements."
+        )
+    lines += ["", "Sources: ARUP and Mayo reference limits; Arendt & Nexo, PLoS One 2012."]
+    verb = "Reconsider this B12 order" if focus is not None else "Review B12 supplements"
+    return Finding(
+        topic=TOPIC,
+        indicator="warning",
+        summary=f"B12 is already high ({b12.value:.0f} pg/mL): {verb.lower()}; stop if not needed",
+        detail="\n".join(lines),
+        source_label=SOURCE,
+        proposals=proposals,
+        selection_behavior="at-most-one",
+    )

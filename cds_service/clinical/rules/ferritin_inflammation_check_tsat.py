@@ -1,0 +1,63 @@
+"""ferritin-inflammation-check-tsat: an equivocal ferritin during inflammation without a TSAT.
+
+Ferritin rises with inflammation, so 30–100 ng/mL with a raised CRP neither proves nor excludes iron
+deficiency; a transferrin saturation below 20 % supports it (WHO 2020; AGA 2020).
+"""
+
+from __future__ import annotations
+
+from cds_service.clinical.findings import Finding, Proposal
+from cds_service.clinical.record import MedicationEntry, PatientRecord
+from cds_service.clinical.rules.common import SOURCE_LABEL, fmt, lab_actions, tsat_near
+
+TOPIC = "ferritin-inflammation-check-tsat"
+SOURCE = f"{SOURCE_LABEL} (WHO 2020; AGA 2020)"
+
+
+def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding | None:
+    if focus is not None:
+        return None
+    t = record.config.thresholds
+    ferritin = record.latest("ferritin")
+    if ferritin is None or ferritin.comparator is not None:
+        return None
+    if not t.ferritin_deficient <= ferritin.value <= t.ferritin_deficient_inflamed:
+        return None
+    crp = record.near("crp", ferritin.when)
+    if crp is None or crp.value <= t.crp_inflammation or crp.comparator == "<":
+        return None
+    if tsat_near(record, ferritin.when)[0] is not None or record.ordered("tsat") is not None:
+        return None
+    if record.tested_since("tsat", ferritin.when) is not None:
+        return None
+    lines = [
+        f"- Ferritin **{ferritin.quoted()}** (equivocal band {fmt(t.ferritin_deficient)}–"
+        f"{fmt(t.ferritin_deficient_inflamed)} ng/mL)",
+        f"- CRP **{crp.quoted()}** (inflammation: above {fmt(t.crp_inflammation)} mg/L)",
+        f"- No transferrin saturation within {t.same_time_days} days of the ferritin",
+        "",
+        "**Reasoning**",
+        "- Ferritin is an acute-phase protein: inflammation raises it, so this value can hide iron "
+        "deficiency.",
+        f"- A transferrin saturation below {fmt(t.tsat_low)} % supports iron deficiency.",
+        "",
+        "Sources: WHO 2020 guideline on ferritin; AGA 2020 iron deficiency guideline.",
+    ]
+    return Finding(
+        topic=TOPIC,
+        indicator="info",
+        summary=(
+            "Ferritin is equivocal with inflammation: order transferrin saturation to check "
+            "for iron deficiency"
+        ),
+        detail="\n".join(lines),
+        source_label=SOURCE,
+        proposals=(
+            Proposal(
+                label="Order transferrin saturation",
+                actions=lab_actions(record, ["tsat"], None, "Equivocal ferritin with inflammation"),
+                is_recommended=True,
+            ),
+        ),
+        selection_behavior="any",
+    )

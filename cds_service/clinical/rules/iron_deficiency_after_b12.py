@@ -1,0 +1,74 @@
+"""iron-deficiency-after-b12: iron deficiency shown by iron studies taken after B12 therapy started.
+
+Once B12 restores erythropoiesis, stored iron is used up and a deficiency masked by the megaloblastic
+state appears (Solmaz 2015). It needs iron replacement and, like any iron deficiency, a cause.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from cds_service.clinical import codes
+from cds_service.clinical.findings import Finding
+from cds_service.clinical.record import MedicationEntry, PatientRecord
+from cds_service.clinical.rules.common import SOURCE_LABEL, b12_elevated, day, iron_status
+
+TOPIC = "iron-deficiency-after-b12"
+SOURCE = f"{SOURCE_LABEL} (Solmaz 2015; BSH 2014; AGA 2020)"
+
+
+def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding | None:
+    if focus is not None:
+        return None
+    t = record.config.thresholds
+    course = record.course(codes.B12_THERAPY)
+    if course is None or course.start < record.now - timedelta(days=t.course_unmasking_days):
+        return None
+    after = [
+        f for f in record.since("ferritin", course.start) if f.when >= record.now - timedelta(t.latest_days)
+    ]
+    if not after:
+        return None
+    status = iron_status(record, after[0])
+    if not status.deficient:
+        return None
+    before = record.before("ferritin", course.start)
+    lines = [
+        f"B12 therapy ({', '.join(course.names)}) started on {day(course.start)}. Iron studies taken since "
+        "then show iron deficiency:",
+        "",
+        *status.lines(),
+    ]
+    if before is not None:
+        lines.append(f"- Ferritin before B12 was started: **{before.quoted()}** (trend before → after)")
+    b12 = record.latest("b12")
+    if b12 is not None:
+        lines.append(
+            f"- Vitamin B12 **{b12.quoted()}**"
+            + (" (high on treatment)" if b12_elevated(record, b12)[0] else "")
+        )
+    iron = record.products_on_file(frozenset({codes.IRON_THERAPY}))
+    lines += [
+        "",
+        "**Reasoning**",
+        f"- {status.reason[0].upper()}{status.reason[1:]}.",
+        "- B12 restarts red-cell production, which consumes stored iron; a deficiency hidden by the "
+        "megaloblastic state becomes visible (Solmaz et al. 2015).",
+        "- Replace iron, and look for a cause as for any iron deficiency: blood loss, or malabsorption "
+        "(autoimmune gastritis, coeliac disease) — the conditions that also cause B12 deficiency (AGA 2020).",
+    ]
+    if iron:
+        lines.append(
+            f"- Iron therapy on file: {', '.join(m.name for m in iron)} — check adherence and absorption."
+        )
+    lines += ["", "Sources: Solmaz et al. 2015; BSH 2014 (Devalia); AGA 2020 iron deficiency guideline."]
+    return Finding(
+        topic=TOPIC,
+        indicator="warning",
+        summary=(
+            "Iron deficiency after starting B12: start iron replacement and look for blood "
+            "loss or malabsorption"
+        ),
+        detail="\n".join(lines),
+        source_label=SOURCE,
+    )

@@ -1,0 +1,96 @@
+"""iron-deficiency-with-high-b12: iron deficiency next to a high B12.
+
+Iron deficiency does not raise B12; a high B12 beside it usually means supplements, and iron deficiency
+in someone taking supplements points to ongoing blood loss or malabsorption. This card replaces the two
+elevated-B12 cards for the patient and carries the supplement review when products exist.
+"""
+
+from __future__ import annotations
+
+from cds_service.clinical import codes
+from cds_service.clinical.findings import Finding, Proposal
+from cds_service.clinical.record import MedicationEntry, PatientRecord
+from cds_service.clinical.rules.common import (
+    B12_PRODUCTS,
+    SOURCE_LABEL,
+    deficiency_explains_b12,
+    elevated_latest_b12,
+    focus_products,
+    iron_deficiency_near,
+    lab_actions,
+    not_recently_done,
+    supplement_review_actions,
+)
+
+TOPIC = "iron-deficiency-with-high-b12"
+SOURCE = f"{SOURCE_LABEL} (AGA 2020; BSH 2014)"
+
+
+def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding | None:
+    high = elevated_latest_b12(record)
+    if high is None:
+        return None
+    b12, basis = high
+    status = iron_deficiency_near(record, b12)
+    if status is None:
+        return None
+    if focus is not None and not focus_products(focus, B12_PRODUCTS):
+        return None
+    explained = deficiency_explains_b12(record)
+    proposals: list[Proposal] = []
+    products: list[MedicationEntry] = []
+    if explained is None:
+        products, review = supplement_review_actions(record, focus)
+        proposals.extend(review)
+    coeliac_known = record.has_condition(codes.COELIAC)
+    ttg = (
+        [] if coeliac_known else not_recently_done(record, ["ttg-iga"], record.config.thresholds.latest_days)
+    )
+    if ttg and focus is None:
+        proposals.append(
+            Proposal(
+                label="Screen for coeliac disease (tTG IgA)",
+                actions=lab_actions(record, ttg, None, "Iron deficiency: screen for coeliac disease"),
+            )
+        )
+    lines = [
+        f"Vitamin B12 **{b12.quoted()}** is elevated (compared with {basis}), and iron studies at the same "
+        "time show iron deficiency:",
+        "",
+        *status.lines(),
+        "",
+        "**Reasoning**",
+        f"- {status.reason[0].upper()}{status.reason[1:]}.",
+        "- Iron deficiency does not raise B12. A high B12 beside iron deficiency usually reflects "
+        "supplements.",
+    ]
+    if explained is not None:
+        lines.append(
+            f"- The high B12 is expected on treatment for {explained}; keep B12 therapy. Autoimmune "
+            f"gastritis "
+            "also impairs iron absorption, and intravenous iron works better than oral iron there."
+        )
+    elif products:
+        lines.append(
+            "- B12 product(s): "
+            + ", ".join(p.name for p in products)
+            + ". Review them: stop if not needed and "
+            "re-measure B12 in about 3 months."
+        )
+    lines.append(
+        "- Iron deficiency despite a good vitamin intake suggests ongoing blood loss or malabsorption "
+        "(coeliac disease, autoimmune gastritis, IBD, bariatric surgery): investigate the cause (AGA 2020)."
+    )
+    lines += ["", "Sources: AGA 2020 iron deficiency guideline; BSH 2014 (Devalia)."]
+    return Finding(
+        topic=TOPIC,
+        indicator="warning",
+        summary=(
+            "Iron deficient with a high B12: review B12 supplements and investigate blood "
+            "loss or malabsorption"
+        ),
+        detail="\n".join(lines),
+        source_label=SOURCE,
+        proposals=tuple(proposals),
+        selection_behavior="any",
+    )

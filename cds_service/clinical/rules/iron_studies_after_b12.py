@@ -1,0 +1,130 @@
+"""iron-studies-after-b12: check ferritin and transferrin saturation when B12 therapy starts.
+
+B12 restarts effective red-cell production, which draws on stored iron: ferritin falls and an iron
+deficiency hidden by the megaloblastic state appears (Solmaz et al. 2015: ferritin ~190 → ~45 ng/mL,
+iron deficiency 9 % → 49 % of patients after B12). Iron studies at the start and 4–8 weeks later catch it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from cds_service.clinical import codes
+from cds_service.clinical.findings import Finding, Proposal
+from cds_service.clinical.record import MedicationEntry, PatientRecord
+from cds_service.clinical.rules.common import (
+    SOURCE_LABEL,
+    b12_deficient,
+    day,
+    fmt,
+    iron_studies_cover,
+    lab_actions,
+    starting_b12,
+)
+
+TOPIC = "iron-studies-after-b12"
+SOURCE = f"{SOURCE_LABEL} (Solmaz 2015; BSH 2014)"
+
+
+def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding | None:
+    t = record.config.thresholds
+    if focus is None:
+        course = record.course(codes.B12_THERAPY)
+        if course is None:
+            return None
+        age = (record.now - course.start).days
+        if not t.iron_studies_due_min_days <= age <= t.course_recent_days:
+            return None
+        start, names, results_since = course.start, course.names, course.start
+        context = (
+            f"A B12 course ({', '.join(names)}) started on {day(start)}, {age} days ago; no ferritin with "
+            "transferrin saturation has been resulted, ordered or drafted since."
+        )
+    else:
+        drafts, start = starting_b12(record, focus)
+        if not drafts:
+            return None
+        results_since = record.now - timedelta(days=t.iron_studies_fresh_days)
+        names = tuple(d.name for d in drafts)
+        context = (
+            f"This order starts B12 therapy ({', '.join(names)}); no ferritin with transferrin saturation "
+            f"is drafted, pending, or resulted in the last {t.iron_studies_fresh_days} days."
+        )
+        if start < record.now:
+            context += f" The current B12 course began on {day(start)}."
+    covered, missing = iron_studies_cover(record, results_since)
+    if covered:
+        return None
+    return _finding(record, start, missing, context)
+
+
+def _finding(record: PatientRecord, start: datetime, missing: list[str], context: str) -> Finding:
+    t = record.config.thresholds
+    mcv = record.latest("mcv")
+    b12 = record.latest("b12")
+    ferritin = record.latest("ferritin")
+    macrocytic = mcv is not None and mcv.value > t.mcv_macrocytosis
+    deficient = b12 is not None and b12_deficient(record, b12)[0]
+    high_ferritin = ferritin is not None and ferritin.value >= t.ferritin_deficient_inflamed
+    warning = (macrocytic or deficient) and high_ferritin
+    followup = start + timedelta(days=t.iron_studies_followup_days)
+    recent_ferritin = record.latest("ferritin", within_days=t.recent_days)
+    proposals = []
+    reason = "Iron studies after starting B12 therapy (iron deficiency may be unmasked)"
+    if followup > record.now:
+        proposals.append(
+            Proposal(
+                label=(
+                    f"Order ferritin and transferrin saturation for {day(followup)} (8 weeks after B12 start)"
+                ),
+                actions=lab_actions(record, missing, followup, reason),
+                is_recommended=True,
+            )
+        )
+        if recent_ferritin is None:
+            proposals.append(
+                Proposal(
+                    label="Order baseline ferritin and transferrin saturation now",
+                    actions=lab_actions(record, missing, None, reason),
+                )
+            )
+    else:
+        proposals.append(
+            Proposal(
+                label="Order ferritin and transferrin saturation now",
+                actions=lab_actions(record, missing, None, reason),
+                is_recommended=True,
+            )
+        )
+    lines = [context, "", "**Values considered**"]
+    for label, result in (("MCV", mcv), ("Vitamin B12", b12), ("Ferritin", ferritin)):
+        lines.append(f"- {label}: " + (f"**{result.quoted()}**" if result else "no result in the last year"))
+    lines += [
+        "",
+        "**Reasoning**",
+        "- Starting B12 restarts red-cell production, which uses stored iron: ferritin falls and an iron "
+        "deficiency hidden by the B12 deficiency can appear (Solmaz et al., Indian J Hematol Blood Transfus "
+        "2015: median ferritin fell from about 190 to 45 ng/mL and iron deficiency rose from 9 % to 49 %).",
+        f"- Iron studies are due 4–8 weeks after the start: a follow-up on {day(followup)} "
+        f"({t.iron_studies_followup_days} days after {day(start)}).",
+    ]
+    if warning:
+        lines.append(
+            f"- Megaloblastic picture (MCV above {fmt(t.mcv_macrocytosis)} fL or B12 below "
+            f"{fmt(t.b12_deficient)} pg/mL) with ferritin at or above {fmt(t.ferritin_deficient_inflamed)} "
+            "ng/mL: this ferritin is likely to fall once B12 works, so the current value does not exclude "
+            "iron deficiency."
+        )
+    lines += ["", "Sources: Solmaz et al. 2015; BSH guideline on cobalamin and folate (Devalia 2014)."]
+    summary = (
+        "B12 therapy started: order ferritin and transferrin saturation to catch unmasked iron deficiency"
+    )
+    return Finding(
+        topic=TOPIC,
+        indicator="warning" if warning else "info",
+        summary=summary,
+        detail="\n".join(lines),
+        source_label=SOURCE,
+        proposals=tuple(proposals),
+        selection_behavior="any",
+    )
