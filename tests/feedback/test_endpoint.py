@@ -1,0 +1,77 @@
+"""`POST /cds-services/{id}/feedback` through the Flask app: 200 after commit, 400 with the reason, 404."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from cds_service.config import Settings
+from cds_service.feedback import FeedbackStore
+
+SERVICE = "b12-iron-order-select"
+URL = f"/cds-services/{SERVICE}/feedback"
+
+
+def sandbox_item(card: str) -> dict[str, Any]:
+    return {
+        "card": card,
+        "outcome": "overridden",
+        "overrideReason": {"reason": {"code": "patient-declined"}, "userComment": "not today"},
+        "outcomeTimestamp": "2026-03-02T10:15:00.000Z",
+    }
+
+
+def diagnostics(response: Any) -> str:
+    body = response.get_json(force=True)
+    assert body["resourceType"] == "OperationOutcome"
+    return body["issue"][0]["diagnostics"]
+
+
+def test_feedback_is_committed_and_counted_once(client: FlaskClient, settings: Settings) -> None:
+    body = {"feedback": [sandbox_item("c1"), sandbox_item("c2")]}
+    first = client.post(URL, json=body)
+    assert first.status_code == 200
+    assert first.get_json() == {"received": 2, "stored": 2}
+    again = client.post(URL, json=body)
+    assert again.get_json() == {"received": 2, "stored": 0}
+    store = FeedbackStore.open(settings.feedback_db)
+    counts = store.report()["services"][SERVICE]
+    store.close()
+    assert (counts["accepted"], counts["overridden"]) == (0, 2)
+    assert counts["topics"]["unknown"]["topOverrideReasons"] == [{"code": "patient-declined", "count": 2}]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({"feedback": []}, "feedback: must not be empty"),
+        (
+            {"feedback": [{"card": "c1", "outcome": "accepted", "outcomeTimestamp": "2026-03-02T10:15:00Z"}]},
+            "feedback[0]: an 'accepted' outcome needs acceptedSuggestions",
+        ),
+        (
+            {"feedback": [{**sandbox_item("c1"), "outcomeTimestamp": "2026-03-02 10:15"}]},
+            "feedback[0].outcomeTimestamp: must be an RFC 3339 date-time",
+        ),
+        ([sandbox_item("c1")], "the body: expected an object, got a list"),
+    ],
+)
+def test_bad_feedback_is_a_400_with_the_reason(client: FlaskClient, body: object, reason: str) -> None:
+    response = client.post(URL, json=body)
+    assert response.status_code == 400
+    assert diagnostics(response).startswith(reason)
+
+
+def test_feedback_for_an_unknown_service_is_a_404(client: FlaskClient) -> None:
+    response = client.post("/cds-services/no-such-service/feedback", json={"feedback": [sandbox_item("c1")]})
+    assert response.status_code == 404
+    assert "no-such-service" in diagnostics(response)
+
+
+def test_feedback_that_is_not_json_is_refused(client: FlaskClient) -> None:
+    assert client.post(URL, data="feedback", content_type="text/plain").status_code == 415
+    response = client.post(URL, data="{not json", content_type="application/json")
+    assert response.status_code == 400
+    assert "not valid JSON" in diagnostics(response)
