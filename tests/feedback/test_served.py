@@ -44,7 +44,7 @@ def free_port() -> int:
 class Served:
     """One `cds-service serve` process group on loopback."""
 
-    def __init__(self, workdir: Path, database: Path) -> None:
+    def __init__(self, workdir: Path, database: Path, **extra_env: str) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {key: value for key, value in os.environ.items() if not key.startswith("CDS_")}
@@ -53,6 +53,7 @@ class Served:
             "CDS_FEEDBACK_DB": str(database),
             "CDS_STATE_DB": str(workdir / "state.sqlite3"),
             "CDS_LOG_LEVEL": "WARNING",
+            **extra_env,
         }
         self.log = (workdir / f"serve-{self.port}.log").open("w")
         self.process = subprocess.Popen(
@@ -191,3 +192,91 @@ def restarted_post(server: Served, body: list[dict[str, object]]) -> dict[str, i
     )
     assert answer.status_code == 200, answer.text
     return answer.json()
+
+
+HOOKS = Path(__file__).resolve().parents[2] / "hooks"
+EXAMPLES = {
+    "patient-view.json": "b12-iron-patient-view",
+    "order-select-cyanocobalamin.json": "b12-iron-order-select",
+    "order-sign.json": "b12-iron-order-sign",
+    "patient-view-elevated-b12-supplement.json": "b12-iron-patient-view",
+}
+
+
+def test_issued_cards_and_feedback_meet_in_the_report(tmp_path: Path) -> None:
+    """Hook calls record their cards off the hot path; a graceful stop flushes them; feedback on those
+    cards is reported under each card's topic, with the display of a reason sent by code only."""
+    database = tmp_path / "feedback.sqlite3"
+    server = Served(tmp_path, database, CDS_NOW="2026-01-15T09:00:00Z")
+    cards: list[tuple[str, dict[str, object]]] = []
+    try:
+        for example, service in EXAMPLES.items():
+            body = json.loads((HOOKS / example).read_text())
+            answer = requests.post(f"{server.base}/cds-services/{service}", json=body, timeout=30)
+            assert answer.status_code == 200, answer.text
+            cards += [(service, card) for card in answer.json()["cards"]]
+        assert cards, "the hook examples produced no cards"
+        with_suggestion = next((sc for sc in cards if sc[1].get("suggestions")), None)
+        assert with_suggestion is not None, "no card with a suggestion among the examples"
+        overridden = next(sc for sc in cards if sc is not with_suggestion)
+        accept_service, accept_card = with_suggestion
+        override_service, override_card = overridden
+        reason = override_card["overrideReasons"][0]  # type: ignore[index]
+        suggestion = accept_card["suggestions"][0]["uuid"]  # type: ignore[index]
+        now = "2026-01-15T09:01:00Z"
+        posts = [
+            (
+                accept_service,
+                {
+                    "card": accept_card["uuid"],
+                    "outcome": "accepted",
+                    "acceptedSuggestions": [{"id": suggestion}],
+                    "outcomeTimestamp": now,
+                },
+            ),
+            (
+                override_service,
+                {
+                    "card": override_card["uuid"],
+                    "outcome": "overridden",
+                    "overrideReason": {"reason": {"code": reason["code"]}},
+                    "outcomeTimestamp": now,
+                },
+            ),
+        ]
+        for service, item in posts:
+            answer = requests.post(
+                f"{server.base}/cds-services/{service}/feedback", json={"feedback": [item]}, timeout=10
+            )
+            assert answer.json() == {"received": 1, "stored": 1}
+    finally:
+        server.stop()  # SIGTERM: workers exit gracefully and flush their issued-card queues
+
+    done = subprocess.run(
+        [COMMAND, "feedback-report", "--json", "--db", str(database)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    report = json.loads(done.stdout)["services"]
+    expected: dict[tuple[str, str], int] = {}
+    for service, card in cards:
+        key = (service, card["source"]["topic"]["code"])  # type: ignore[index]
+        expected[key] = expected.get(key, 0) + 1
+    issued = {
+        (service, topic): counts["issued"]
+        for service, body in report.items()
+        for topic, counts in body["topics"].items()
+    }
+    assert issued == expected
+    accepted_topic = report[accept_service]["topics"][accept_card["source"]["topic"]["code"]]  # type: ignore[index]
+    assert accepted_topic["accepted"] == 1
+    override_topic = report[override_service]["topics"][override_card["source"]["topic"]["code"]]  # type: ignore[index]
+    assert override_topic["overridden"] == 1
+    assert override_topic["topOverrideReasons"] == [
+        {"code": reason["code"], "display": reason["display"], "count": 1}
+    ]
+    total = sum(body["accepted"] + body["overridden"] for body in report.values())
+    assert total == 2
+    assert "unknown" not in {topic for body in report.values() for topic in body["topics"]}
