@@ -16,6 +16,7 @@ from cds_service.clinical.rules.common import (
     SOURCE_LABEL,
     b12_deficient,
     day,
+    elevated_latest_b12,
     fmt,
     iron_studies_cover,
     lab_actions,
@@ -52,6 +53,8 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         )
         if start < record.now:
             context += f" The current B12 course began on {day(start)}."
+    if elevated_latest_b12(record) is not None:
+        return None
     covered, missing = iron_studies_cover(record, results_since)
     if covered:
         return None
