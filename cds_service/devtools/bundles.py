@@ -233,14 +233,15 @@ def patient_name(patient: dict[str, Any]) -> str:
 
 
 def iter_bundle_files(paths: list[Path]) -> Iterator[tuple[Path, bool]]:
-    """Expand directories into the JSON files inside them (sorted).
+    """Expand directories into the JSON files directly inside them (sorted; subfolders are not entered,
+    so a fixtures folder's ``orders/`` of draft-order Bundles stays out).
 
     Yields (path, explicit): files named on the command line are explicit; files found in a directory
-    are not, so the caller may skip the ones that are not Bundles (a folder's README data, say).
+    are not, so the caller may skip the ones that are not Bundles (an expectations file, say).
     """
     for path in paths:
         if path.is_dir():
-            for child in sorted(path.rglob("*.json")):
+            for child in sorted(path.glob("*.json")):
                 if child.is_file():
                     yield child, False
         else:

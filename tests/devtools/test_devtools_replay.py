@@ -119,13 +119,13 @@ def test_order_select_over_a_sandbox_patient_with_a_draft_order_file(tmp_path: P
 
 
 @pytest.mark.skipif(not _fixture_expectations(), reason="fhir_fixtures/expectations.json is not there yet")
-def test_every_fixture_shows_its_expected_topics() -> None:
+def test_every_fixture_shows_its_expected_topics_and_none_it_forbids() -> None:
     expectations = _fixture_expectations()
-    assert expectations
-    for name, expected in _expectation_items(expectations):
-        args = [str(FIXTURES / name), "--now", expected.get("now", NOW), "--json"]
-        if expected.get("hook"):
-            args += ["--hook", expected["hook"]]
+    fixtures = expectations["fixtures"]
+    assert fixtures
+    for name, expected in fixtures.items():
+        args = [str(FIXTURES / name), "--now", expectations.get("now", NOW), "--json"]
+        args += ["--hook", expected.get("hook", "patient-view")]
         if expected.get("order"):
             args += ["--order", str(FIXTURES / expected["order"])]
         result = run(*args)
@@ -133,17 +133,21 @@ def test_every_fixture_shows_its_expected_topics() -> None:
         response = orjson.loads(result.stdout)
         assert_spec_response(response)
         topics = {card["source"]["topic"]["code"] for card in response["cards"]}
-        assert set(expected["topics"]) <= topics, (
-            f"{name}: expected {expected['topics']}, got {sorted(topics)}"
-        )
+        wanted = set(expected["topics"])
+        assert wanted <= topics, f"{name}: expected {sorted(wanted)}, got {sorted(topics)}"
+        assert not topics & set(expected.get("forbid", ())), f"{name}: forbidden topics in {sorted(topics)}"
 
 
-def _expectation_items(expectations: dict) -> list[tuple[str, dict]]:
-    """expectations.json maps a fixture file to what it should show (its exact layout is the fixtures')."""
-    items = expectations.get("fixtures", expectations)
-    if isinstance(items, list):
-        return [(item["file"], item) for item in items]
-    return [(name, value) for name, value in items.items() if isinstance(value, dict)]
+def test_replaying_the_fixture_folder_gives_one_line_per_fixture() -> None:
+    """A folder: expectations.json and the orders/ files are not patient Bundles and are skipped."""
+    fixtures = _fixture_expectations().get("fixtures", {})
+    if not fixtures:
+        pytest.skip("fhir_fixtures/expectations.json is not there yet")
+    result = run(str(FIXTURES), "--now", NOW)
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(list(FIXTURES.glob("*.json"))) - 1
+    assert len(lines) >= len(fixtures)
 
 
 # --- hooks/ examples replay as they stand -----------------------------------------------------------------
