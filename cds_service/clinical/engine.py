@@ -48,6 +48,7 @@ REPLACES: dict[str, frozenset[str]] = {
     iron_deficiency_after_b12.TOPIC: frozenset(
         {
             iron_deficiency_with_high_b12.TOPIC,
+            iron_studies_after_b12.TOPIC,
             elevated_b12_supplement_review.TOPIC,
             elevated_b12_no_supplement.TOPIC,
         }

@@ -16,6 +16,7 @@ from typing import Any
 
 from cds_service.clinical.config import ClinicalConfig
 from cds_service.fhir.read import (
+    codings,
     comparator_string,
     concept_label,
     first_code,
@@ -388,13 +389,24 @@ def medication_entry(
         resource_type=kind,
         resource_id=ident,
         classes=classes,
-        name=name or "a B12 or iron product",
+        name=name or _coded_name(concepts),
         status=status,
         start=start,
         end=end,
         active=active,
         resource=resource,
     )
+
+
+def _coded_name(concepts: list[Any]) -> str:
+    """A name for a medicine known only by code, e.g. ``RxNorm 309594``."""
+    for concept in concepts:
+        for system, code in codings(concept):
+            return f"{SYSTEM_NAMES.get(system, 'code')} {code}"
+    return "an unnamed medicine"
+
+
+SYSTEM_NAMES = {"http://www.nlm.nih.gov/research/umls/rxnorm": "RxNorm", "http://www.whocc.no/atc": "ATC"}
 
 
 class _UnitProblems:

@@ -1,0 +1,287 @@
+"""Each catalogue topic: fires when it should, stays silent in its near misses, and makes valid proposals."""
+
+from __future__ import annotations
+
+import pytest
+from fhir.resources.R4B.medicationstatement import MedicationStatement
+from fhir.resources.R4B.servicerequest import ServiceRequest
+
+from cds_service.clinical.findings import Finding
+from cds_service.protocol.cards import find_empty_values
+from tests.clinical.builders import (
+    CYANO,
+    NOW,
+    PID,
+    by_topic,
+    condition,
+    draft_b12,
+    draft_lab,
+    med,
+    obs,
+    run,
+    topics,
+)
+
+MULTIVITAMIN = {"text": "Multivitamin tablet"}
+
+
+def actions(finding: Finding) -> list:
+    return [a for p in finding.proposals for a in p.actions]
+
+
+def ordered_codes(finding: Finding) -> list[str]:
+    return [a.resource["code"]["coding"][0]["code"] for a in actions(finding) if a.type == "create"]
+
+
+def assert_card_quality(finding: Finding) -> None:
+    assert len(finding.summary) < 140
+    assert finding.source_label
+    assert "Sources:" in finding.detail
+    assert "seed" not in finding.detail.lower()
+    for action in actions(finding):
+        if action.resource is not None:
+            assert not find_empty_values(action.resource)
+            if action.resource["resourceType"] == "ServiceRequest":
+                sr = ServiceRequest.model_validate(action.resource)
+                assert (sr.status, sr.intent) == ("draft", "order")
+                assert sr.subject.reference == f"Patient/{PID}"
+                assert sr.code.coding[0].system == "http://loinc.org"
+
+
+# --- iron-studies-after-b12 ----------------------------------------------------------------------------
+
+
+def test_patient_view_course_started_8_weeks_ago_without_iron_studies() -> None:
+    findings = run(obs("mcv", 109, 60), obs("b12", 150, 60), obs("ferritin", 190, 60), med(CYANO, 40))
+    finding = by_topic(findings, "iron-studies-after-b12")
+    assert finding.indicator == "warning"
+    assert (
+        "190 ng/mL on " + (NOW.date().fromordinal(NOW.date().toordinal() - 60)).isoformat() in finding.detail
+    )
+    assert "Solmaz" in finding.detail
+    followup = [a.resource for a in actions(finding) if "occurrenceDateTime" in a.resource]
+    assert followup and followup[0]["occurrenceDateTime"] == "2026-01-31"  # 56 days after the start
+    assert set(ordered_codes(finding)) == {"2276-4", "2502-3"}
+    assert_card_quality(finding)
+
+
+@pytest.mark.parametrize("days", [10, 200, 9000])
+def test_patient_view_course_outside_28_to_180_days_gives_no_card(days) -> None:
+    assert topics(run(med(CYANO, days))) == []
+
+
+def test_patient_view_info_without_megaloblastic_picture() -> None:
+    assert by_topic(run(med(CYANO, 60)), "iron-studies-after-b12").indicator == "info"
+
+
+def test_results_since_the_start_suppress_but_ferritin_alone_does_not() -> None:
+    assert topics(run(med(CYANO, 60), obs("ferritin", 80, 5), obs("tsat", 25, 5))) == []
+    assert topics(run(med(CYANO, 60), obs("ferritin", 80, 5), obs("iron", 80, 5), obs("tibc", 300, 5))) == []
+    finding = by_topic(run(med(CYANO, 60), obs("ferritin", 80, 5)), "iron-studies-after-b12")
+    assert ordered_codes(finding) == ["2502-3"]
+
+
+def test_order_select_b12_draft_fires_and_drafted_iron_studies_suppress_at_sign() -> None:
+    draft = draft_b12()
+    assert topics(run(drafts=(draft,), hook="order-select")) == ["iron-studies-after-b12"]
+    accepted = by_topic(run(drafts=(draft,), hook="order-select"), "iron-studies-after-b12")
+    created = [a.resource for a in actions(accepted)]
+    # The clinician accepts the suggestion: its ServiceRequests come back as drafts at order-sign.
+    again = run(
+        drafts=(draft, *({**r, "id": f"accepted-{i}"} for i, r in enumerate(created))), hook="order-sign"
+    )
+    assert "iron-studies-after-b12" not in topics(again)
+
+
+def test_order_hook_iron_studies_resulted_in_14_days_suppress_older_do_not() -> None:
+    fresh = (obs("ferritin", 60, 10), obs("tsat", 22, 10))
+    old = (obs("ferritin", 60, 20), obs("tsat", 22, 20))
+    assert topics(run(*fresh, drafts=(draft_b12(),), hook="order-select")) == []
+    assert topics(run(*old, drafts=(draft_b12(),), hook="order-select")) == ["iron-studies-after-b12"]
+
+
+def test_pending_iron_studies_suppress() -> None:
+    pending = [draft_lab(a, status="active", authoredOn="2026-01-01") for a in ("ferritin", "tsat")]
+    assert topics(run(*pending, drafts=(draft_b12(),), hook="order-select")) == []
+    assert topics(run(med(CYANO, 60), *pending)) == []
+
+
+def test_renewal_of_long_maintenance_is_not_a_start() -> None:
+    assert topics(run(med(CYANO, 3000), drafts=(draft_b12(),), hook="order-select")) == []
+
+
+def test_order_select_only_about_the_selected_order() -> None:
+    other = draft_lab("crp", "draft-crp")
+    assert topics(run(drafts=(other, draft_b12()), hook="order-select")) == []
+    assert topics(run(drafts=(other, draft_b12()), hook="order-sign")) == ["iron-studies-after-b12"]
+
+
+# --- iron-deficiency-after-b12 --------------------------------------------------------------------------
+
+
+def test_iron_deficiency_unmasked_after_b12_shows_the_trend() -> None:
+    findings = run(obs("ferritin", 170, 130), med(CYANO, 120), obs("ferritin", 20, 10), obs("tsat", 11, 10))
+    finding = by_topic(findings, "iron-deficiency-after-b12")
+    assert finding.indicator == "warning"
+    assert "170 ng/mL" in finding.detail and "20 ng/mL" in finding.detail and "11 %" in finding.detail
+    assert topics(findings) == ["iron-deficiency-after-b12"]
+    assert_card_quality(finding)
+
+
+def test_no_iron_deficiency_after_b12_when_course_is_old_or_iron_fine() -> None:
+    assert "iron-deficiency-after-b12" not in topics(
+        run(med(CYANO, 400, status="completed"), obs("ferritin", 20, 10))
+    )
+    assert topics(run(med(CYANO, 120), obs("ferritin", 85, 10), obs("tsat", 30, 10))) == []
+
+
+def test_ferritin_with_inflammation_below_100_counts_as_deficient() -> None:
+    findings = run(med(CYANO, 120), obs("ferritin", 70, 10), obs("crp", 25, 12), obs("tsat", 25, 10))
+    assert topics(findings) == ["iron-deficiency-after-b12"]
+
+
+# --- elevated B12 ------------------------------------------------------------------------------------
+
+
+def test_supplement_review_stops_the_statement_and_rechecks_in_3_months() -> None:
+    statement = med(MULTIVITAMIN, 200, kind="MedicationStatement")
+    finding = by_topic(run(obs("b12", 1250, 10), statement), "elevated-b12-supplement-review")
+    update = next(a for a in actions(finding) if a.type == "update")
+    assert update.resource["status"] == "stopped" and update.resource["id"] == statement["id"]
+    MedicationStatement.model_validate(update.resource)
+    recheck = next(a.resource for a in actions(finding) if a.type == "create")
+    assert recheck["code"]["coding"][0]["code"] == "2132-9"
+    assert recheck["occurrenceDateTime"] == "2026-04-15"
+    assert "1250 pg/mL" in finding.detail and "914" in finding.detail
+    assert_card_quality(finding)
+
+
+def test_supplement_review_at_order_select_deletes_the_draft() -> None:
+    findings = run(
+        obs("b12", 1100, 30),
+        drafts=(draft_b12({"text": "Vitamin B12 1000 mcg tablet"}, "d9"),),
+        hook="order-select",
+    )
+    assert topics(findings) == ["elevated-b12-supplement-review"]
+    delete = actions(findings[0])[0]
+    assert (delete.type, delete.resource_id) == ("delete", "MedicationRequest/d9")
+
+
+def test_pernicious_anaemia_and_prior_deficiency_are_exceptions() -> None:
+    on_injections = (obs("b12", 1400, 10), med(CYANO, 3000))
+    assert topics(run(*on_injections)) == ["elevated-b12-supplement-review"]
+    assert topics(run(*on_injections, condition("84027009"))) == []
+    assert topics(run(*on_injections, condition("D51.0", system="http://hl7.org/fhir/sid/icd-10-cm"))) == []
+    assert topics(run(obs("b12", 120, 3100), *on_injections)) == []
+
+
+def test_high_b12_without_supplement_suggests_liver_tests_and_warns_when_very_high() -> None:
+    finding = by_topic(run(obs("b12", 1000, 10)), "elevated-b12-no-supplement")
+    assert finding.indicator == "info"
+    assert set(ordered_codes(finding)) == {"1742-6", "1920-8", "1988-5"}
+    very = by_topic(run(obs("b12", 1600, 10), obs("alt", 30, 20)), "elevated-b12-no-supplement")
+    assert very.indicator == "warning"
+    assert set(ordered_codes(very)) == {"1920-8", "1988-5"}
+    assert "Arendt" in very.detail
+    assert_card_quality(very)
+
+
+@pytest.mark.parametrize("code", ["19943007", "709044004", "425333006"])
+def test_explaining_conditions_silence_high_b12_no_supplement(code) -> None:
+    assert topics(run(obs("b12", 1600, 10), condition(code))) == []
+
+
+def test_lab_range_decides_high_before_the_default() -> None:
+    ranged = obs("b12", 800, 10, referenceRange=[{"high": {"value": 700, "unit": "pg/mL"}}])
+    assert topics(run(ranged)) == ["elevated-b12-no-supplement"]
+    assert topics(run(obs("b12", 800, 10))) == []
+
+
+def test_iron_deficiency_with_high_b12_replaces_both_elevated_cards() -> None:
+    findings = run(
+        obs("b12", 1150, 10), obs("ferritin", 14, 10), med(MULTIVITAMIN, 200, kind="MedicationStatement")
+    )
+    assert topics(findings) == ["iron-deficiency-with-high-b12"]
+    kinds = {a.type for a in actions(findings[0])}
+    assert kinds == {"update", "create"}
+    assert "31017-7" in ordered_codes(findings[0])
+    assert topics(run(obs("b12", 1150, 10), obs("ferritin", 14, 10))) == ["iron-deficiency-with-high-b12"]
+    assert_card_quality(findings[0])
+
+
+# --- deficiencies ------------------------------------------------------------------------------------
+
+
+def test_combined_deficiency_suggests_gastritis_and_coeliac_tests_unless_known() -> None:
+    finding = by_topic(run(obs("b12", 140, 5), obs("ferritin", 12, 5)), "combined-b12-iron-deficiency")
+    assert set(ordered_codes(finding)) == {"31444-3", "40960-7", "2333-3", "31017-7"}
+    known = by_topic(
+        run(obs("b12", 140, 5), obs("ferritin", 12, 5), condition("84568007")), "combined-b12-iron-deficiency"
+    )
+    assert ordered_codes(known) == ["31017-7"]
+    assert_card_quality(finding)
+
+
+def test_combined_needs_the_same_time() -> None:
+    assert topics(run(obs("b12", 140, 100), obs("ferritin", 12, 5))) == []
+
+
+def test_b12_not_for_high_ferritin_only_at_order_hooks_and_not_when_deficient() -> None:
+    labs = (obs("b12", 480, 20), obs("ferritin", 650, 20), obs("tsat", 52, 20))
+    finding = by_topic(
+        run(*labs, drafts=(draft_b12(),), hook="order-select", gender="male"), "b12-not-for-high-ferritin"
+    )
+    assert "haemochromatosis" in finding.detail.lower() and "52 %" in finding.detail
+    assert "2502-3" not in ordered_codes(finding)
+    assert topics(run(*labs, gender="male")) == []
+    deficient = (obs("b12", 150, 20), obs("ferritin", 650, 20))
+    assert "b12-not-for-high-ferritin" not in topics(
+        run(*deficient, drafts=(draft_b12(),), hook="order-select")
+    )
+    assert_card_quality(finding)
+
+
+def test_ferritin_high_threshold_depends_on_sex() -> None:
+    labs = (obs("b12", 480, 20), obs("ferritin", 250, 20))
+    assert "b12-not-for-high-ferritin" in topics(run(*labs, drafts=(draft_b12(),), hook="order-select"))
+    assert "b12-not-for-high-ferritin" not in topics(
+        run(*labs, drafts=(draft_b12(),), hook="order-select", gender="male")
+    )
+
+
+def test_ferritin_inflammation_check_tsat() -> None:
+    finding = by_topic(run(obs("ferritin", 65, 5), obs("crp", 22, 5)), "ferritin-inflammation-check-tsat")
+    assert ordered_codes(finding) == ["2502-3"]
+    assert topics(run(obs("ferritin", 65, 5), obs("crp", 3, 5))) == []
+    assert topics(run(obs("ferritin", 65, 5), obs("crp", 22, 5), obs("tsat", 25, 6))) == []
+    assert topics(run(obs("ferritin", 65, 5), obs("crp", 22, 5), draft_lab("tsat", status="active"))) == []
+    assert_card_quality(finding)
+
+
+def test_borderline_b12_check_mma() -> None:
+    finding = by_topic(run(obs("b12", 250, 20)), "borderline-b12-check-mma")
+    assert ordered_codes(finding) == ["13964-2"]
+    assert topics(run(obs("b12", 250, 20), obs("mma", 200, 10))) == []
+    assert topics(run(obs("b12", 250, 20, interpretation=[{"coding": [{"code": "L"}]}]))) == []
+    assert topics(run(obs("b12", 310, 20))) == []
+    assert_card_quality(finding)
+
+
+def test_findings_are_ordered_warnings_first_and_one_per_topic() -> None:
+    findings = run(
+        obs("b12", 250, 20),
+        obs("ferritin", 65, 5),
+        obs("crp", 22, 5),
+        med(CYANO, 60),
+        obs("mcv", 105, 5),
+        obs("ferritin", 150, 70),
+    )
+    assert len(topics(findings)) == len(set(topics(findings)))
+    ranks = [0 if f.indicator == "warning" else 1 for f in findings]
+    assert ranks == sorted(ranks)
+
+
+def test_unmasked_iron_deficiency_replaces_the_iron_studies_reminder() -> None:
+    findings = run(med(CYANO, 60), obs("ferritin", 150, 70), obs("ferritin", 20, 5))
+    assert topics(findings) == ["iron-deficiency-after-b12"]
+    assert "RxNorm 309594" in findings[0].detail
