@@ -4,12 +4,13 @@ and is documented in hooks/README.md."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import requests
-from cds_service.clinical.engine import load_clinical_config
 
+from cds_service.clinical.engine import load_clinical_config
 from cds_service.config import Settings
 from cds_service.devtools.bundles import load_patient_bundle
 from cds_service.devtools.offline import OfflineFhirServer
@@ -35,6 +36,7 @@ def test_every_example_answers_200_with_cards_from_a_served_instance(tmp_path: P
         state_db=str(tmp_path / "state.sqlite3"),
         now=FIXED_NOW,
     )
+    documented = readme_topics()
     with serving_service(lambda _: settings) as base:
         for path in EXAMPLES:
             body = json.loads(path.read_text(encoding="utf-8"))
@@ -47,7 +49,10 @@ def test_every_example_answers_200_with_cards_from_a_served_instance(tmp_path: P
             assert response.status_code == 200, f"{path.name}: {response.status_code} {response.text[:300]}"
             answer = response.json()
             assert_spec_response(answer)
-            assert answer["cards"], f"{path.name} shows no card"
+            shown = {card["source"]["topic"]["code"] for card in answer["cards"]}
+            assert shown >= documented[path.name], (
+                f"{path.name}: README says {documented[path.name]}, got {shown}"
+            )
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
@@ -93,6 +98,22 @@ def test_example_is_consistent(path: Path) -> None:
             subject = entry["resource"].get("subject")
             if subject:
                 assert subject["reference"] == f"Patient/{context['patientId']}", (path.name, key)
+
+
+def readme_topics() -> dict[str, set[str]]:
+    """The topics hooks/README.md says each example shows (backticked codes in its "what it shows" cell)."""
+    topics: dict[str, set[str]] = {}
+    for line in (HOOKS / "README.md").read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip() for cell in line.split("|")]
+        if len(cells) > 4 and cells[1].startswith("`") and cells[1].endswith(".json`"):
+            topics[cells[1].strip("`")] = set(re.findall(r"`([a-z0-9]+(?:-[a-z0-9]+)+)`", cells[3]))
+    return topics
+
+
+def test_readme_names_at_least_one_topic_per_example() -> None:
+    documented = readme_topics()
+    assert set(documented) == {p.name for p in EXAMPLES}
+    assert all(documented.values()), documented
 
 
 def test_readme_documents_every_example_with_curl_and_replay() -> None:
