@@ -91,9 +91,7 @@ def parse_wrk(output: str) -> WrkResult:
     return result
 
 
-def run_wrk(
-    server: Server, body_file: Path, connections: int, seconds: float, limit_per_thread: int = 0
-) -> WrkResult:
+def run_wrk(server: Server, body_file: Path, connections: int, seconds: float) -> WrkResult:
     threads = min(2, connections)
     command = [
         "wrk",
@@ -107,7 +105,7 @@ def run_wrk(
         str(HERE / "post_body.lua"),
         server.base_url + SERVICE_PATH,
     ]
-    env = dict(os.environ, BENCH_BODY=str(body_file), BENCH_LIMIT=str(limit_per_thread))
+    env = dict(os.environ, BENCH_BODY=str(body_file))
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60, check=True)
     result = parse_wrk(done.stdout)
     server.calls += result.requests
@@ -218,11 +216,14 @@ def check_answer(server: Server, body: bytes) -> str:
     return f"{len(cards)} card(s) {topics}"
 
 
-def drive_calls(server: Server, body_file: Path, until: int) -> None:
-    """Send calls at 16 connections until the server has answered at least ``until`` in this run."""
+def drive_calls(server: Server, body_file: Path, until: int, rate: float) -> None:
+    """Load the server at 16 connections until it has answered at least ``until`` calls in this run.
+
+    wrk always runs for its whole duration, so each run is sized from the rate measured so far.
+    """
     while server.calls < until:
-        missing = until - server.calls
-        run_wrk(server, body_file, 16, 600, limit_per_thread=math.ceil(missing / 2))
+        seconds = max(1, math.ceil((until - server.calls) / max(rate, 1.0)))
+        rate = run_wrk(server, body_file, 16, seconds).requests_per_second
 
 
 def machine_description() -> str:
@@ -289,6 +290,7 @@ def main() -> int:
             start_server("floor", floor_command(floor_port, args.workers, threads), env, floor_port, workdir)
         )
         servers = [floor]
+        service_env = env
         if not args.floor_only:
             service_env = dict(
                 env,
@@ -360,15 +362,23 @@ def main() -> int:
             gap = median_1c("service") - median_1c("floor")
             print(f"  difference: {gap:+.2f} ms ({'meets' if gap <= 1.0 else 'MISSES'} ≤ 1 ms)")
 
-        target = servers[-1]
-        print(f"\nresident memory per {target.name} worker (MiB)")
-        first = max(memory_calls, target.calls)
-        drive_calls(target, body_file, first)
-        rss_first = worker_rss_mb(target.process.pid)
-        print(f"  after {target.calls:6d} calls: {', '.join(f'{v:.1f}' for v in rss_first)}")
-        drive_calls(target, body_file, first + memory_calls)
-        rss_second = worker_rss_mb(target.process.pid)
-        print(f"  after {target.calls:6d} calls: {', '.join(f'{v:.1f}' for v in rss_second)}")
+        # Memory on a fresh instance, so "after N calls" counts every call the workers have served.
+        rate = sum(r.requests_per_second for r in throughput[servers[-1].name]) / rounds
+        stack.close()
+        name = servers[-1].name
+        command = service_command if name == "service" else floor_command
+        memory_port = _free_port()
+        memory_env = service_env if name == "service" else env
+        with start_server(
+            f"{name}-memory", command(memory_port, args.workers, threads), memory_env, memory_port, workdir
+        ) as target:
+            print(f"\nresident memory per {name} worker (MiB), fresh instance")
+            drive_calls(target, body_file, memory_calls, rate)
+            rss_first = worker_rss_mb(target.process.pid)
+            print(f"  after {target.calls:6d} calls: {', '.join(f'{v:.1f}' for v in rss_first)}")
+            drive_calls(target, body_file, 2 * memory_calls, rate)
+            rss_second = worker_rss_mb(target.process.pid)
+            print(f"  after {target.calls:6d} calls: {', '.join(f'{v:.1f}' for v in rss_second)}")
         growth = max((b - a for a, b in zip(rss_first, rss_second, strict=False)), default=0.0)
         print(f"  largest growth between the two: {growth:+.1f} MiB")
     return 0
