@@ -243,6 +243,8 @@ def stop_action(entry: MedicationEntry, reason: str) -> ProposedAction | None:
         return None
     data = copy.deepcopy(entry.resource)
     data["status"] = "stopped"
+    # The server sets meta (version, lastUpdated) on the update; what it held before is not ours to send.
+    data.pop("meta", None)
     data["statusReason"] = (
         [{"text": reason}] if entry.resource_type == "MedicationStatement" else {"text": reason}
     )
