@@ -139,23 +139,38 @@ class Loaded:
     days: int
 
 
-def bundle_files(paths: tuple[Path, ...]) -> list[Path]:
-    """The files to load: those given (directories expanded to their ``*.json``), else ``fhir_fixtures/``."""
+def _is_bundle_file(path: Path) -> bool:
+    """True for a JSON file holding a Bundle; a folder may also hold expectations or notes as JSON."""
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return True  # let the load report what is wrong with it
+    return isinstance(data, dict) and data.get("resourceType") == "Bundle"
+
+
+def bundle_files(paths: tuple[Path, ...]) -> tuple[list[Path], list[Path]]:
+    """The files to load and the JSON files of a folder that are not Bundles (skipped).
+
+    Files named on the command line are always loaded (and refused if they are not Bundles); a folder,
+    ``fhir_fixtures/`` by default, contributes its ``*.json`` Bundles.
+    """
     if not paths:
         if not DEFAULT_FIXTURES.is_dir():
             raise LoadError(f"no Bundle files given and no {DEFAULT_FIXTURES}/ directory here")
         paths = (DEFAULT_FIXTURES,)
     files: list[Path] = []
+    skipped: list[Path] = []
     for path in paths:
         if path.is_dir():
-            files.extend(sorted(path.glob("*.json")))
+            for candidate in sorted(path.glob("*.json")):
+                (files if _is_bundle_file(candidate) else skipped).append(candidate)
         elif path.is_file():
             files.append(path)
         else:
             raise LoadError(f"{path}: no such file or directory")
     if not files:
-        raise LoadError(f"no *.json files in {', '.join(str(p) for p in paths)}")
-    return files
+        raise LoadError(f"no Bundle files in {', '.join(str(p) for p in paths)}")
+    return files, skipped
 
 
 class FixtureLoader:
@@ -230,7 +245,9 @@ def load_fixtures(
         > 1
     ):
         raise click.UsageError("give at most one of --reference-day, --shift-days and --no-shift")
-    files = bundle_files(bundles)
+    files, skipped = bundle_files(bundles)
+    for path in skipped:
+        click.echo(f"skipped {path} (not a Bundle)", err=True)
     days = 0 if no_shift else shift_days
     day = reference_day.date() if reference_day else None
     today = datetime.now(UTC).date()

@@ -36,7 +36,11 @@ from tests.support.fhir_server import SekmetServer
 pytestmark = pytest.mark.integration
 
 HOOK_EXAMPLES = sorted((REPO / "hooks").glob("*.json"))
-PATIENT_RECORDS = sorted((REPO / "fhir_fixtures").glob("*.json")) + sorted(SMART_PATIENTS.glob("*.json"))[:2]
+PATIENT_RECORDS = [
+    path
+    for path in sorted((REPO / "fhir_fixtures").glob("*.json"))
+    if json.loads(path.read_text(encoding="utf-8")).get("resourceType") == "Bundle"
+] + sorted(SMART_PATIENTS.glob("*.json"))[:2]
 PREFETCH_KEYS = (
     "patient",
     "b12IronLabs",

@@ -243,7 +243,10 @@ def test_conflicting_shift_options(tmp_path: Path) -> None:
     assert "at most one of" in result.output
 
 
-FIXTURE_BUNDLES = sorted((Path(__file__).resolve().parents[2] / "fhir_fixtures").glob("*.json"))
+FIXTURE_JSON = sorted((Path(__file__).resolve().parents[2] / "fhir_fixtures").glob("*.json"))
+FIXTURE_BUNDLES = [
+    p for p in FIXTURE_JSON if json.loads(p.read_text(encoding="utf-8")).get("resourceType") == "Bundle"
+]
 
 
 @pytest.mark.integration
@@ -253,6 +256,8 @@ def test_default_is_every_fixture_bundle(fhir_server: SekmetServer, monkeypatch:
     result = CliRunner().invoke(main, ["load-fixtures", "--fhir-server", fhir_server.base_url])
     assert result.exit_code == 0, result.output
     assert f"[{len(FIXTURE_BUNDLES)}/{len(FIXTURE_BUNDLES)}]" in result.stderr
+    for path in set(FIXTURE_JSON) - set(FIXTURE_BUNDLES):
+        assert f"skipped fhir_fixtures/{path.name} (not a Bundle)" in result.stderr
     for path in FIXTURE_BUNDLES:
         bundle = json.loads(path.read_text(encoding="utf-8"))
         for entry in bundle.get("entry", []):
