@@ -197,8 +197,8 @@ def _load_hook_request(path: Path, request: dict[str, Any]) -> PatientBundle:
         raise BundleError(f"{path}: the hook request has no prefetch to replay")
     entries: list[dict[str, Any]] = []
     for key, value in prefetch.items():
-        if value is None:
-            continue
+        if value is None or (isinstance(value, dict) and value.get("resourceType") == "OperationOutcome"):
+            continue  # nothing found, or the client failed on this key: no record either way
         if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
             raise BundleError(f"{path}: prefetch {key!r} is not a FHIR resource")
         if value["resourceType"] == "Bundle":
