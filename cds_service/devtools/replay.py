@@ -8,6 +8,7 @@ so a replay exercises the same code paths as a call whose prefetch was complete.
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,7 +29,7 @@ from cds_service.devtools.bundles import (
 )
 from cds_service.devtools.hookrequest import HOOKS, ORDER_HOOKS, hook_context, hook_request, service_for_hook
 from cds_service.devtools.offline import OfflineFhirServer, OfflineQueryError
-from cds_service.devtools.render import render_response, summary_line
+from cds_service.devtools.render import card_topic, render_response, summary_line
 from cds_service.protocol.prefetch import TemplateError, render_template
 from cds_service.protocol.request import RequestError
 
@@ -190,6 +191,7 @@ def replay(
     files = _collect(bundles)
     several = len(files) > 1
     failures = 0
+    topics: Counter[str] = Counter()
     for index, path in enumerate(files, start=1):
         if several:
             _progress(index, len(files), path)
@@ -199,10 +201,12 @@ def replay(
             failures += 1
             click.echo(f"error: {error}", err=True)
             continue
+        topics.update(card_topic(card) for card in result.response["cards"])
         _print(result, several, as_json)
+    if several:
+        tally = ", ".join(f"{topic} ×{count}" for topic, count in topics.most_common()) or "no cards"
+        click.echo(f"replayed {len(files) - failures} of {len(files)} Bundle(s): {tally}", err=True)
     if failures:
-        if several:
-            click.echo(f"{failures} of {len(files)} bundle(s) failed", err=True)
         sys.exit(1)
 
 

@@ -66,6 +66,7 @@ def test_every_smart_sandbox_patient_replays_and_answers_spec_valid_cards() -> N
     # Progress goes to stderr, one step per Bundle, so stdout stays machine-readable.
     assert result.stderr.count("[") >= len(files)
     assert f"[32/32] {SMART_PATIENTS}" in result.stderr
+    assert "replayed 32 of 32 Bundle(s)" in result.stderr
 
 
 def test_several_bundles_give_one_summary_line_per_patient() -> None:
@@ -244,6 +245,7 @@ def test_one_bad_bundle_among_good_ones_fails_the_run_but_replays_the_rest(tmp_p
     assert result.exit_code == 1
     assert len(result.stdout.splitlines()) == 1
     assert f"error: {bad}: not valid JSON" in result.stderr
+    assert "replayed 1 of 2 Bundle(s)" in result.stderr
 
 
 def test_console_script_runs_and_reports_errors_without_traceback(tmp_path: Path) -> None:
