@@ -264,3 +264,21 @@ def test_console_script_runs_and_reports_errors_without_traceback(tmp_path: Path
     assert failed.returncode == 1
     assert failed.stderr.strip().count("\n") == 0
     assert "Traceback" not in failed.stderr
+
+
+def test_without_now_a_fixture_is_replayed_as_of_its_bundle_timestamp() -> None:
+    """Fixtures are written relative to their Bundle timestamp; that is the clock when none is given."""
+    fixtures = _fixture_expectations().get("fixtures", {})
+    name, expected = next(((n, e) for n, e in fixtures.items() if e.get("topics")), (None, None))
+    if name is None:
+        pytest.skip("no fixture with expected topics yet")
+    stamp = json.loads((FIXTURES / name).read_text(encoding="utf-8"))["timestamp"]
+    args = [str(FIXTURES / name), "--hook", expected.get("hook", "patient-view")]
+    if expected.get("order"):
+        args += ["--order", str(FIXTURES / expected["order"])]
+    result = run(*args)
+    assert result.exit_code == 0, result.stderr
+    assert f"as of {stamp.replace('Z', '+00:00')}" in result.stdout
+    shown = run(*args, "--json")
+    topics = {card["source"]["topic"]["code"] for card in orjson.loads(shown.stdout)["cards"]}
+    assert set(expected["topics"]) <= topics
