@@ -3,8 +3,10 @@ and is documented in hooks/README.md."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,3 +127,20 @@ def test_readme_documents_every_example_with_curl_and_replay() -> None:
         row = rows[0]
         assert f"cds-services/{SERVICE_FOR_HOOK[body['hook']]}" in row
         assert f"cds-service replay hooks/{path.name}" in row
+
+
+def test_examples_are_what_make_examples_writes_today(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The committed files match their generator run against today's templates (rerun it if not)."""
+    spec = importlib.util.spec_from_file_location("make_examples", HOOKS / "make_examples.py")
+    assert spec is not None and spec.loader is not None
+    generator = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "make_examples", generator)  # dataclasses look their module up
+    spec.loader.exec_module(generator)
+    templates = generator.prefetch_templates(load_clinical_config({}))
+    written = {
+        example.file: generator.hook_request_for(example, templates) for example in generator.examples()
+    }
+    assert set(written) == {p.name for p in EXAMPLES}
+    for name, request in written.items():
+        committed = json.loads((HOOKS / name).read_text(encoding="utf-8"))
+        assert committed == request, f"hooks/{name} is stale: run python hooks/make_examples.py"
