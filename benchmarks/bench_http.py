@@ -51,6 +51,7 @@ class WrkResult:
     percentiles_ms: dict[str, float] = field(default_factory=dict)
     non_2xx: int = 0
     socket_errors: str = ""
+    cpu_ms_per_call: float = 0.0
 
 
 @dataclass
@@ -106,8 +107,12 @@ def run_wrk(server: Server, body_file: Path, connections: int, seconds: float) -
         server.base_url + SERVICE_PATH,
     ]
     env = dict(os.environ, BENCH_BODY=str(body_file))
+    cpu_before = server_cpu_seconds(server.process.pid)
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60, check=True)
     result = parse_wrk(done.stdout)
+    result.cpu_ms_per_call = (
+        (server_cpu_seconds(server.process.pid) - cpu_before) * 1000 / max(result.requests, 1)
+    )
     server.calls += result.requests
     if result.non_2xx or result.socket_errors:
         raise RuntimeError(
@@ -183,6 +188,30 @@ def floor_command(port: int, workers: int, threads: int) -> list[str]:
         "--threads",
         str(threads),
     ]
+
+
+def _children(master_pid: int) -> list[Path]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == master_pid:
+                    found.append(entry)
+    return found
+
+
+def server_cpu_seconds(master_pid: int) -> float:
+    """CPU time (user + system) used so far by the master and its workers.
+
+    CPU per call is the figure least disturbed by other work on the machine, unlike requests/s.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for proc in [Path(f"/proc/{master_pid}"), *_children(master_pid)]:
+        with contextlib.suppress(OSError):
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
 
 
 def worker_rss_mb(master_pid: int) -> list[float]:
@@ -340,7 +369,7 @@ def main() -> int:
             for index, result in enumerate(throughput[server.name], 1):
                 print(
                     f"  {server.name:8} round {index}: {result.requests_per_second:8.0f} req/s  "
-                    + _fmt_percentiles(result)
+                    f"server CPU {result.cpu_ms_per_call:5.2f} ms/call  " + _fmt_percentiles(result)
                 )
         floor_rps = mean_rps("floor")
         print(f"  floor   mean: {floor_rps:8.0f} req/s")
@@ -350,6 +379,15 @@ def main() -> int:
             print(
                 f"  service mean: {service_rps:8.0f} req/s  "
                 f"ratio {service_rps / floor_rps:.2f} ({verdict} ≥ 0.80)"
+            )
+
+            def cpu(name: str) -> float:
+                return sum(r.cpu_ms_per_call for r in throughput[name]) / len(throughput[name])
+
+            print(
+                f"  server CPU per call: floor {cpu('floor'):.2f} ms, service {cpu('service'):.2f} ms; "
+                f"CPU-bound ratio {cpu('floor') / cpu('service'):.2f} "
+                f"(load average now {os.getloadavg()[0]:.1f})"
             )
 
         print(f"\n1 connection, {latency_seconds} s × {rounds} round(s) each: median latency (ms)")
@@ -376,7 +414,7 @@ def main() -> int:
             drive_calls(target, body_file, memory_calls, rate)
             rss_first = worker_rss_mb(target.process.pid)
             print(f"  after {target.calls:6d} calls: {', '.join(f'{v:.1f}' for v in rss_first)}")
-            drive_calls(target, body_file, 2 * memory_calls, rate)
+            drive_calls(target, body_file, target.calls + memory_calls, rate)
             rss_second = worker_rss_mb(target.process.pid)
             print(f"  after {target.calls:6d} calls: {', '.join(f'{v:.1f}' for v in rss_second)}")
         growth = max((b - a for a, b in zip(rss_first, rss_second, strict=False)), default=0.0)
