@@ -32,6 +32,17 @@ _HOP_BY_HOP = {
 }
 
 
+class LoopbackHTTPServer(ThreadingHTTPServer):
+    """A threaded HTTP server that takes a burst of parallel connections.
+
+    The standard library's listen backlog is 5: the sixth of eight simultaneous connections would have
+    its SYN dropped and retried a second later, which looks exactly like a slow server.
+    """
+
+    request_queue_size = 128
+    daemon_threads = True
+
+
 @dataclass(frozen=True)
 class SeenRequest:
     method: str
@@ -55,8 +66,7 @@ class DelayProxy:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._seen: list[SeenRequest] = []
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._httpd.daemon_threads = True
+        self._httpd = LoopbackHTTPServer(("127.0.0.1", 0), self._handler_class())
         self.port = self._httpd.server_address[1]
         self.origin = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(

@@ -17,10 +17,10 @@ import json
 import threading
 import uuid
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
-from tests.support.delay_proxy import SeenRequest
+from tests.support.delay_proxy import LoopbackHTTPServer, SeenRequest
 
 SMART_LAUNCHER_401_TEXT = "Unauthorized: the access token is missing, expired or not valid for this server"
 
@@ -43,8 +43,7 @@ class FakeEhrFhir:
         self._canned: dict[str, Canned] = {}
         self._searches: dict[str, tuple[list[dict], int, str | None]] = {}
         self._pages: dict[str, tuple[str, int]] = {}
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._httpd.daemon_threads = True
+        self._httpd = LoopbackHTTPServer(("127.0.0.1", 0), self._handler_class())
         self.port = self._httpd.server_address[1]
         self.origin = f"http://127.0.0.1:{self.port}"
         self.base_url = f"{self.origin}/baseR4"
