@@ -2,17 +2,24 @@
 
 Calls the service's hook handler directly with the parsed request, many times, and prints p50 and p99 of
 the whole call and the median of each phase. Baseline measured in the same run: parsing the request body
-(the only work the HTTP floor does). Usage: ``python benchmarks/bench_engine.py [--quick]``.
+(the only work the HTTP floor does).
+
+Then the clinical engine alone (``evaluate``: building the PatientRecord and running every rule) over the
+same resources, once for a quiet chart and once for one where cards fire (their proposals are built and
+validated with fhir.resources), against a baseline of merely iterating the same dicts and reading each
+Observation's code. Usage: ``python benchmarks/bench_engine.py [--quick]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -86,7 +93,80 @@ def main() -> int:
         f"p99 {percentile(parses, 99):.2f} ms"
     )
     print("median per phase: " + "  ".join(f"{k} {statistics.median(v):.2f} ms" for k, v in phases.items()))
+    bench_clinical_engine(request, iterations)
     return 0
+
+
+def _timed(function: Callable[[], object], iterations: int) -> list[float]:
+    for _ in range(50):
+        function()
+    samples = []
+    for _ in range(iterations):
+        started = time.perf_counter()
+        function()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def _report(label: str, samples: list[float]) -> None:
+    print(f"{label:<44} p50 {percentile(samples, 50):.3f} ms  p99 {percentile(samples, 99):.3f} ms")
+
+
+def bench_clinical_engine(request: dict, iterations: int) -> None:
+    """``evaluate`` straight on the resources, as services.py calls it, quiet and with cards firing."""
+    from cds_service.clinical.engine import evaluate, load_clinical_config
+    from cds_service.clinical.record import build_record
+
+    config = load_clinical_config(None)
+    patient_id = request["context"]["patientId"]
+    resources: list[dict] = []
+    for value in request["prefetch"].values():
+        if value.get("resourceType") == "Bundle":
+            resources.extend(entry["resource"] for entry in value.get("entry", []))
+        else:
+            resources.append(value)
+    observations = sum(1 for r in resources if r["resourceType"] == "Observation")
+    # The same chart, but its B12 course started 6 weeks ago and no ferritin/TSAT since: the
+    # iron-studies card fires and its ServiceRequests are built.
+    started = (NOW - timedelta(days=42)).date().isoformat()
+    firing = []
+    for resource in copy.deepcopy(resources):
+        if resource["resourceType"] == "MedicationRequest":
+            resource["authoredOn"] = started
+        elif (
+            resource["resourceType"] == "Observation"
+            and resource.get("effectiveDateTime", "") >= started
+            and resource["code"]["coding"][0]["code"] in ("2276-4", "2502-3", "2498-4", "2500-7")
+        ):
+            continue
+        firing.append(resource)
+
+    def iterate() -> int:
+        count = 0
+        for resource in resources:
+            if resource.get("resourceType") == "Observation":
+                for coding in resource["code"]["coding"]:
+                    count += len(coding["code"])
+        return count
+
+    def quiet() -> object:
+        return evaluate(resources, patient_id=patient_id, now=NOW, config=config)
+
+    def cards() -> object:
+        return evaluate(firing, patient_id=patient_id, now=NOW, config=config)
+
+    print()
+    print(
+        f"clinical engine, {observations} Observations, {len(resources)} resources; {iterations} runs each; "
+        f"cards: quiet {len(quiet())}, firing {[f.topic for f in cards()]}"
+    )
+    _report("baseline (iterate the dicts, read codes)", _timed(iterate, iterations))
+    _report(
+        "build_record only",
+        _timed(lambda: build_record(resources, patient_id=patient_id, now=NOW, config=config), iterations),
+    )
+    _report("evaluate, quiet chart (record + all rules)", _timed(quiet, iterations))
+    _report("evaluate, card fires (+ R4B proposals)", _timed(cards, iterations))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cds_service.fhir.read import codings, concept_text
@@ -225,6 +225,20 @@ class ValueSets:
     analyte_codes: Mapping[tuple[str, str], str]
     medication_codes: Mapping[tuple[str, str], str]
     condition_codes: Mapping[tuple[str, str], str]
+    # Classifying by text costs a dozen regular expressions; the same concepts recur in every chart.
+    _memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def _remember(self, key: Any, compute: Any) -> Any:
+        try:
+            return self._memo[key]
+        except KeyError:
+            pass
+        except TypeError:
+            return compute()
+        if len(self._memo) > MEMO_LIMIT:
+            self._memo.clear()
+        value = self._memo[key] = compute()
+        return value
 
     def analyte_of(self, concept: Any) -> str | None:
         """The analyte a lab concept measures, or None (most Observations are none of ours)."""
@@ -250,6 +264,12 @@ class ValueSets:
 
         A multivitamin or B-complex mentioning B12 is a supplement, not B12 therapy.
         """
+        concepts = list(concepts)
+        return self._remember(
+            ("medication", *map(_concept_key, concepts)), lambda: self._medication(concepts)
+        )
+
+    def _medication(self, concepts: list[Any]) -> frozenset[str]:
         found: set[str] = set()
         texts = []
         for concept in concepts:
@@ -275,6 +295,11 @@ class ValueSets:
         return frozenset(found)
 
     def condition_classes(self, concept: Any) -> set[str]:
+        return set(
+            self._remember(("condition", _concept_key(concept)), lambda: frozenset(self._condition(concept)))
+        )
+
+    def _condition(self, concept: Any) -> set[str]:
         found: set[str] = set()
         for system, code in codings(concept):
             known = self.condition_codes.get((system, code))
@@ -290,6 +315,23 @@ class ValueSets:
             if text and not _NOT_THE_CONDITION.search(text):
                 found.update(cls for pattern, cls in _CONDITION_TEXT if pattern.search(text))
         return found
+
+
+MEMO_LIMIT = 20_000
+
+
+def _concept_key(concept: Any) -> Any:
+    """A hashable summary of a concept (its codings and text) for the classification memo."""
+    if isinstance(concept, str):
+        return concept
+    if not isinstance(concept, dict):
+        return None
+    items = concept.get("coding")
+    displays = (
+        tuple(c.get("display") for c in items if isinstance(c, dict)) if isinstance(items, list) else ()
+    )
+    text = concept.get("text")
+    return (tuple(codings(concept)), text if isinstance(text, str) else None, displays)
 
 
 def _parse_site_code(value_set: str, entry: Any) -> tuple[str, str]:

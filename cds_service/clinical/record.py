@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cds_service.clinical.config import ClinicalConfig
@@ -26,7 +26,7 @@ from cds_service.fhir.read import (
     quantity,
     reference_id,
 )
-from cds_service.fhir.units import canonical_unit, to_canonical
+from cds_service.fhir.units import canonical_unit, to_canonical, unit_factor
 
 log = logging.getLogger(__name__)
 
@@ -266,14 +266,46 @@ class PatientRecord:
 # --- building -----------------------------------------------------------------------------------------
 
 
-def _subject_matches(resource: dict[str, Any], patient_id: str) -> bool:
+def _own_references(patient_id: str) -> frozenset[str]:
+    return frozenset({f"Patient/{patient_id}", f"urn:uuid:{patient_id}"})
+
+
+def _subject_matches(resource: dict[str, Any], patient_id: str, own: frozenset[str] = frozenset()) -> bool:
     """False only when the resource names a different patient (resources without a subject are kept)."""
     for key in ("subject", "patient"):
         ref = resource.get(key)
         if isinstance(ref, dict) and "reference" in ref:
+            if ref["reference"] in own:
+                return True
             target = reference_id(ref)
             return target is not None and target[1] == patient_id and target[0] in (None, "Patient")
     return True
+
+
+def _analyte(concept: Any, analyte_codes: Any) -> str | None:
+    """The analyte of an Observation code: the hot path's first test, so plain lookups only."""
+    items = concept.get("coding") if type(concept) is dict else None
+    if type(items) is not list:
+        return None
+    for coding in items:
+        if type(coding) is dict:
+            code = coding.get("code")
+            if type(code) is str:
+                analyte = analyte_codes.get((coding.get("system") or "", code))
+                if analyte is not None:
+                    return analyte
+    return None
+
+
+def _fast_datetime(stamp: str) -> datetime | None:
+    """A full FHIR dateTime, parsed directly (the common case); anything else goes the careful way."""
+    if len(stamp) <= 10:
+        return parse_datetime(stamp)
+    try:
+        parsed = datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def _observation_time(obs: dict[str, Any]) -> datetime | None:
@@ -447,6 +479,8 @@ def build_record(
     """One pass over the resources; anything of another patient, unusable or irrelevant is skipped."""
     record = PatientRecord(patient_id=patient_id, now=now, config=config)
     value_sets = config.value_sets
+    analyte_codes = value_sets.analyte_codes
+    own = _own_references(patient_id)
     units = _UnitProblems()
     medications: dict[str, dict[str, Any]] = {}
     medication_records: list[dict[str, Any]] = []
@@ -462,41 +496,55 @@ def build_record(
             continue
         kind = resource.get("resourceType")
         if kind == "Observation":
-            analyte = value_sets.analyte_of(resource.get("code"))
+            analyte = _analyte(resource.get("code"), analyte_codes)
             if analyte is None or resource.get("status") not in USABLE_OBSERVATION:
                 continue
-            if not _subject_matches(resource, patient_id):
+            subject = resource.get("subject")
+            reference = subject.get("reference") if type(subject) is dict else None
+            if reference not in own and not _subject_matches(resource, patient_id, own):
                 continue
-            when = _observation_time(resource)
+            stamp = resource.get("effectiveDateTime")
+            when = _fast_datetime(stamp) if type(stamp) is str else None
+            if when is None:
+                when = _observation_time(resource)
             if when is None or when > latest_allowed:
                 continue
             tested.setdefault(analyte, []).append(when)
             if analyte not in _NUMERIC_ANALYTES:
                 continue
-            reading = _observation_value(resource)
-            if reading is None:
+            value_quantity = resource.get("valueQuantity")
+            if type(value_quantity) is dict and type(value_quantity.get("value")) in (int, float):
+                number = value_quantity["value"]
+                unit = value_quantity.get("code") or value_quantity.get("unit")
+                comparator = value_quantity.get("comparator")
+            else:
+                reading = _observation_value(resource)
+                if reading is None:
+                    continue
+                number, unit, comparator = reading
+            found = unit_factor(analyte, unit) if isinstance(unit, str) else None
+            if found is None or (found[1] and number > 1.0):
+                units.add(analyte, unit)
                 continue
-            value = to_canonical(analyte, reading[0], reading[1])
-            if value is None:
-                units.add(analyte, reading[1])
-                continue
-            results.setdefault(analyte, []).append(Result(analyte, value, reading[2], when, resource))
+            results.setdefault(analyte, []).append(
+                Result(analyte, number * found[0], comparator, when, resource)
+            )
         elif kind in MEDICATION_TYPES:
             ident = resource.get("id")
             if (kind, ident) in draft_ids or (ident and (kind, ident) in seen_ids):
                 continue
             if ident:
                 seen_ids.add((kind, ident))
-            if _subject_matches(resource, patient_id):
+            if _subject_matches(resource, patient_id, own):
                 medication_records.append(resource)
         elif kind == "Medication":
             if isinstance(resource.get("id"), str):
                 medications[resource["id"]] = resource
         elif kind == "Condition":
-            if _subject_matches(resource, patient_id):
+            if _subject_matches(resource, patient_id, own):
                 _add_condition(record, resource)
         elif kind == "ServiceRequest":
-            if (kind, resource.get("id")) in draft_ids or not _subject_matches(resource, patient_id):
+            if (kind, resource.get("id")) in draft_ids or not _subject_matches(resource, patient_id, own):
                 continue
             if resource.get("status") in OPEN_ORDER and resource.get("intent") != "proposal":
                 analytes = value_sets.order_analytes(resource.get("code"))

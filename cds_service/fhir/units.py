@@ -46,17 +46,22 @@ def canonical_unit(analyte: str) -> str:
     return UNIT_TABLES[analyte][0]
 
 
-def to_canonical(analyte: str, value: float, unit: str | None) -> float | None:
-    """``value`` in the analyte's canonical unit, or None when the unit is missing or not convertible."""
-    if unit is None:
-        return None
+@lru_cache(maxsize=1024)
+def unit_factor(analyte: str, unit: str) -> tuple[float, bool] | None:
+    """(factor to the canonical unit, whether the unit is a fraction), or None if not convertible."""
     table = UNIT_TABLES.get(analyte)
     if table is None:
         return None
     key = normalise_unit(unit)
     factor = table[1].get(key)
-    if factor is None:
+    return None if factor is None else (factor, key in FRACTION_UNITS)
+
+
+def to_canonical(analyte: str, value: float, unit: str | None) -> float | None:
+    """``value`` in the analyte's canonical unit, or None when the unit is missing or not convertible."""
+    if not isinstance(unit, str):
         return None
-    if key in FRACTION_UNITS and value > 1.0:
+    found = unit_factor(analyte, unit)
+    if found is None or (found[1] and value > 1.0):
         return None
-    return value * factor
+    return value * found[0]
