@@ -42,6 +42,11 @@ class BundleError(ValueError):
     """A file cannot be used as asked; the message is one line and names the file."""
 
 
+class NotABundleError(BundleError):
+    """Valid JSON that is neither a Bundle nor a hook request: named on the command line it is an
+    error, found in a folder (an expectations file, say) it is simply not a record to replay."""
+
+
 @dataclass(frozen=True)
 class PatientBundle:
     """One patient's record as loaded from a Bundle, references already resolved.
@@ -175,7 +180,12 @@ def load_patient_bundle(path: Path) -> PatientBundle:
     data = read_json(path)
     if isinstance(data, dict) and "hook" in data and "resourceType" not in data:
         return _load_hook_request(path, data)
-    check_bundle(data, str(path))
+    try:
+        check_bundle(data, str(path))
+    except BundleError as error:
+        if not isinstance(data, dict) or data.get("resourceType") != "Bundle":
+            raise NotABundleError(str(error)) from None
+        raise
     resources = bundle_resources(data)
     patients = [r for r in resources if r["resourceType"] == "Patient"]
     if not patients:
@@ -237,7 +247,7 @@ def iter_bundle_files(paths: list[Path]) -> Iterator[tuple[Path, bool]]:
     so a fixtures folder's ``orders/`` of draft-order Bundles stays out).
 
     Yields (path, explicit): files named on the command line are explicit; files found in a directory
-    are not, so the caller may skip the ones that are not Bundles (an expectations file, say).
+    are not, so the caller may pass over the ones that are not Bundles (``NotABundleError``).
     """
     for path in paths:
         if path.is_dir():
@@ -246,20 +256,6 @@ def iter_bundle_files(paths: list[Path]) -> Iterator[tuple[Path, bool]]:
                     yield child, False
         else:
             yield path, True
-
-
-def is_replayable(path: Path) -> bool:
-    """True for a Bundle or a hook request file; used to skip other JSON files found in folders.
-
-    A file that is not even JSON counts as replayable so that the loader reports what is wrong with it.
-    """
-    try:
-        data = read_json(path)
-    except BundleError:
-        return True
-    if not isinstance(data, dict):
-        return False
-    return data.get("resourceType") == "Bundle" or ("hook" in data and "resourceType" not in data)
 
 
 def load_draft_orders(path: Path, patient_id: str) -> DraftOrders:

@@ -21,8 +21,8 @@ import orjson
 from cds_service.config import ConfigError, Settings, load_settings, parse_rfc3339
 from cds_service.devtools.bundles import (
     BundleError,
+    NotABundleError,
     PatientBundle,
-    is_replayable,
     iter_bundle_files,
     load_draft_orders,
     load_patient_bundle,
@@ -133,13 +133,10 @@ def _settings(now: str | None) -> Settings:
     return settings.with_overrides(now=clock, auth="off")
 
 
-def _collect(paths: Sequence[Path]) -> list[Path]:
-    files: list[Path] = []
-    for path, explicit in iter_bundle_files(list(paths)):
-        if explicit or is_replayable(path):
-            files.append(path)
+def _collect(paths: Sequence[Path]) -> list[tuple[Path, bool]]:
+    files = list(iter_bundle_files(list(paths)))
     if not files:
-        raise click.ClickException("no Bundle files found in " + ", ".join(str(p) for p in paths))
+        raise click.ClickException("no JSON files found in " + ", ".join(str(p) for p in paths))
     return files
 
 
@@ -190,22 +187,33 @@ def replay(
         raise click.ClickException(str(error)) from None
     files = _collect(bundles)
     several = len(files) > 1
-    failures = 0
+    failures = passed_over = 0
     topics: Counter[str] = Counter()
-    for index, path in enumerate(files, start=1):
+    for index, (path, explicit) in enumerate(files, start=1):
         if several:
             _progress(index, len(files), path)
         try:
             result = replayer.replay(path, hook, order_file)
+        except NotABundleError as error:
+            if not explicit:
+                passed_over += 1
+                continue
+            failures += 1
+            click.echo(f"error: {error}", err=True)
+            continue
         except (BundleError, ReplayError, ConfigError) as error:
             failures += 1
             click.echo(f"error: {error}", err=True)
             continue
         topics.update(card_topic(card) for card in result.response["cards"])
         _print(result, several, as_json)
+    attempted = len(files) - passed_over
     if several:
         tally = ", ".join(f"{topic} ×{count}" for topic, count in topics.most_common()) or "no cards"
-        click.echo(f"replayed {len(files) - failures} of {len(files)} Bundle(s): {tally}", err=True)
+        others = f" ({passed_over} other JSON file(s) passed over)" if passed_over else ""
+        click.echo(f"replayed {attempted - failures} of {attempted} Bundle(s){others}: {tally}", err=True)
+    if attempted == 0:
+        raise click.ClickException("no Bundle or hook request files in " + ", ".join(map(str, bundles)))
     if failures:
         sys.exit(1)
 

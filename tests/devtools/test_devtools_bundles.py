@@ -10,7 +10,7 @@ import pytest
 
 from cds_service.devtools.bundles import (
     BundleError,
-    is_replayable,
+    NotABundleError,
     load_draft_orders,
     load_patient_bundle,
     patient_name,
@@ -133,13 +133,24 @@ def test_bundle_timestamp_is_kept_as_the_reference_day(tmp_path: Path) -> None:
     assert record.timestamp is not None and record.timestamp.isoformat() == "2025-06-30T08:00:00+00:00"
 
 
-def test_folders_skip_json_that_is_neither_a_bundle_nor_a_hook_request(tmp_path: Path) -> None:
-    assert is_replayable(_write(tmp_path, "b.json", {"resourceType": "Bundle", "type": "collection"}))
-    assert is_replayable(HOOKS / "patient-view.json")
-    assert not is_replayable(_write(tmp_path, "expectations.json", {"fixture.json": {"topics": []}}))
+def test_json_that_is_neither_a_bundle_nor_a_hook_request_is_told_apart(tmp_path: Path) -> None:
+    """Replay passes over such files in folders, so they raise their own kind of error."""
+    with pytest.raises(NotABundleError):
+        load_patient_bundle(_write(tmp_path, "expectations.json", {"fixture.json": {"topics": []}}))
     broken = tmp_path / "broken.json"
     broken.write_text("{")
-    assert is_replayable(broken)  # reported by the loader, not silently skipped
+    with pytest.raises(BundleError) as error:
+        load_patient_bundle(broken)
+    assert not isinstance(error.value, NotABundleError)  # reported even in a folder, never passed over
+    with pytest.raises(BundleError) as error:
+        load_patient_bundle(_write(tmp_path, "b.json", {"resourceType": "Bundle", "type": "collection"}))
+    assert not isinstance(error.value, NotABundleError)
+    request = json.loads((HOOKS / "order-sign.json").read_text())
+    request["context"]["draftOrders"] = {"resourceType": "MedicationRequest"}
+    with pytest.raises(BundleError) as error:
+        load_patient_bundle(_write(tmp_path, "hook.json", request))
+    assert "context.draftOrders" in str(error.value)
+    assert not isinstance(error.value, NotABundleError)
 
 
 def test_patient_name_prefers_official_and_text() -> None:

@@ -149,6 +149,9 @@ def test_replaying_the_fixture_folder_gives_one_line_per_fixture() -> None:
     lines = result.stdout.splitlines()
     assert len(lines) == len(list(FIXTURES.glob("*.json"))) - 1
     assert len(lines) >= len(fixtures)
+    assert (
+        f"replayed {len(lines)} of {len(lines)} Bundle(s) (1 other JSON file(s) passed over)" in result.stderr
+    )
 
 
 # --- hooks/ examples replay as they stand -----------------------------------------------------------------
