@@ -517,6 +517,47 @@ def write() -> None:
     for name, resource in drafts.items():
         (orders / name).write_text(json.dumps(resource, indent=1) + "\n", encoding="utf-8")
     (HERE / "expectations.json").write_text(json.dumps(expectations, indent=1) + "\n", encoding="utf-8")
+    write_readme(expectations["fixtures"])
+
+
+README_HEAD = """# Scenario fixtures
+
+FHIR R4 `collection` Bundles, one patient each: a positive scenario for every card topic of the catalogue
+and near misses that must stay silent. They are written by `make_fixtures.py` (run it after changing a
+scenario; the JSON files are committed so they can be read and replayed without it).
+
+## Dates: a reference day
+
+Every date is a real date placed relative to the **reference day 2026-01-15** (`referenceDay` in
+`expectations.json`); the clinical clock of every expectation is `2026-01-15T09:00:00Z` (`now`).
+
+- Replay as written: `cds-service replay fhir_fixtures/iron-studies-after-b12.json --now 2026-01-15T09:00:00Z`
+  (or `CDS_NOW=2026-01-15T09:00:00Z`).
+- Replay on another day: shift every date by `now - reference day` with
+  `cds_service.clinical.fixtures.shift_to(bundle, date(2026, 1, 15), now)` (or `shift_dates(bundle, delta)`);
+  results keep their age, so the cards stay the same. Replayed unshifted with a later clock, results go
+  stale (older than 365 days) and cards disappear — on purpose.
+
+## Expectations
+
+`expectations.json` is machine-readable: `fixtures` maps each Bundle file to `hook` (`patient-view`,
+`order-select` or `order-sign`), `order` (for order hooks: a file in `orders/` with the draft order(s);
+at order-select the first draft is the selected one, at order-sign all are), `topics` (exactly the card
+topics expected) and `forbid` (every other catalogue topic), plus `why`. The drafts in `orders/` point at a
+placeholder patient; point `subject` at the fixture's patient before use (`cds-service replay` does).
+
+| fixture | hook | order | expected topics | why |
+|---|---|---|---|---|
+"""
+
+
+def write_readme(fixtures: dict[str, Any]) -> None:
+    rows = []
+    for name, item in fixtures.items():
+        topics = ", ".join(f"`{t}`" for t in item["topics"]) or "none"
+        order = f"`{item['order']}`" if item.get("order") else ""
+        rows.append(f"| `{name}` | {item['hook']} | {order} | {topics} | {item['why']} |")
+    (HERE / "README.md").write_text(README_HEAD + "\n".join(rows) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -38,11 +38,14 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         "**Reasoning**",
         "- Supplements and multivitamins are the commonest cause of a high B12; a high level needs no "
         "treatment but is a reason to review whether the product is needed.",
-        f"- Stopping it and re-measuring B12 after about 3 months ({t.b12_recheck_days} days) shows the "
-        "patient's own level.",
-        "- No diagnosis of B12 deficiency or pernicious anaemia is recorded (if there is one, "
-        "injections should "
-        "continue: high levels are expected on treatment).",
+        (
+            "- With B12 already high, a new B12 product adds nothing unless a deficiency is documented."
+            if focus is not None
+            else f"- Stopping it and re-measuring B12 after about 3 months ({t.b12_recheck_days} days) shows "
+            "the patient's own level."
+        ),
+        "- No diagnosis of B12 deficiency or pernicious anaemia is recorded (if there is one, injections "
+        "should continue: high levels are expected on treatment).",
     ]
     if b12.value > t.b12_very_high:
         lines.append(
@@ -51,11 +54,11 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
             "alcohol misuse and cancer (Arendt & Nexo 2012) — consider that if it stays high off supplements."
         )
     lines += ["", "Sources: ARUP and Mayo reference limits; Arendt & Nexo, PLoS One 2012."]
-    verb = "Reconsider this B12 order" if focus is not None else "Review B12 supplements"
+    verb = "reconsider this B12 order" if focus is not None else "review B12 supplements"
     return Finding(
         topic=TOPIC,
         indicator="warning",
-        summary=f"B12 is already high ({b12.value:.0f} pg/mL): {verb.lower()}; stop if not needed",
+        summary=f"B12 is already high ({b12.value:.0f} pg/mL): {verb}; stop if not needed",
         detail="\n".join(lines),
         source_label=SOURCE,
         proposals=proposals,
