@@ -221,6 +221,33 @@ def test_partial_prefetch_fetches_only_what_is_missing(
     assert paths == ["/fhir/MedicationRequest", "/fhir/Observation"]
 
 
+def test_searches_longer_than_a_page_are_fetched_whole(
+    client: FlaskClient, fhir_server: SekmetServer, proxy: DelayProxy, fhir_base: str
+) -> None:
+    """250 older haemoglobin results push contextLabs past one 200-entry page: the service follows the
+    next link and decides on everything, as it does when the EHR sends the whole search."""
+    body = _example(REPO / "hooks" / "patient-view.json")
+    labs = body["prefetch"]["contextLabs"]
+    template = next(e["resource"] for e in labs["entry"] if e["resource"]["id"] == "example-b12-started-hb-1")
+    for n in range(250):
+        older = copy.deepcopy(template)
+        older["id"] = f"older-hb-{n}"
+        older["effectiveDateTime"] = f"{2000 + n // 12}-{n % 12 + 1:02d}-10T08:00:00Z"
+        labs["entry"].append({"resource": older, "search": {"mode": "match"}})
+    labs["total"] = len(labs["entry"])
+    _put_on_server(fhir_server, _prefetch_resources(body["prefetch"]))
+
+    _, full = _call(client, body)
+    status, fetched = _call(client, _without_prefetch(body, fhir_base))
+
+    assert status == 200, fetched
+    assert full["cards"]
+    assert _comparable(fetched["cards"]) == _comparable(full["cards"])
+    observation_requests = [r for r in proxy.seen if r.path.startswith("/fhir/Observation")]
+    assert len(observation_requests) == 3, "b12IronLabs in one page, contextLabs in two"
+    assert len(proxy.seen) == len(PREFETCH_KEYS) + 1
+
+
 def test_operation_outcome_and_junk_values_are_fetched_again(
     client: FlaskClient, fhir_server: SekmetServer, proxy: DelayProxy, fhir_base: str
 ) -> None:
