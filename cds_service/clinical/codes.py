@@ -42,21 +42,21 @@ ANALYTE_LOINC: dict[str, tuple[str, ...]] = {
     "ttg-iga": ("31017-7",),
 }
 
-# The LOINC code a suggested order uses, and how it is named on the card.
-ORDER_CODES: dict[str, tuple[str, str]] = {
-    "b12": ("2132-9", "Vitamin B12 [Mass/volume] in Serum or Plasma"),
-    "ferritin": ("2276-4", "Ferritin [Mass/volume] in Serum or Plasma"),
-    "tsat": ("2502-3", "Iron saturation [Mass Fraction] in Serum or Plasma"),
-    "iron": ("2498-4", "Iron [Mass/volume] in Serum or Plasma"),
-    "tibc": ("2500-7", "Iron binding capacity [Mass/volume] in Serum or Plasma"),
-    "crp": ("1988-5", "C reactive protein [Mass/volume] in Serum or Plasma"),
-    "alt": ("1742-6", "Alanine aminotransferase [Enzymatic activity/volume] in Serum or Plasma"),
-    "ast": ("1920-8", "Aspartate aminotransferase [Enzymatic activity/volume] in Serum or Plasma"),
-    "mma": ("13964-2", "Methylmalonate [Moles/volume] in Serum or Plasma"),
-    "intrinsic-factor-ab": ("31444-3", "Intrinsic factor blocking antibody in Serum"),
-    "parietal-cell-ab": ("40960-7", "Parietal cell antibody in Serum"),
-    "gastrin": ("2333-3", "Gastrin [Mass/volume] in Serum or Plasma"),
-    "ttg-iga": ("31017-7", "Tissue transglutaminase IgA Ab in Serum"),
+# The LOINC code a suggested order uses (ANALYTE_NAMES names it on the card).
+ORDER_CODES: dict[str, str] = {
+    "b12": "2132-9",
+    "ferritin": "2276-4",
+    "tsat": "2502-3",
+    "iron": "2498-4",
+    "tibc": "2500-7",
+    "crp": "1988-5",
+    "alt": "1742-6",
+    "ast": "1920-8",
+    "mma": "13964-2",
+    "intrinsic-factor-ab": "31444-3",
+    "parietal-cell-ab": "40960-7",
+    "gastrin": "2333-3",
+    "ttg-iga": "31017-7",
 }
 
 ANALYTE_NAMES: dict[str, str] = {

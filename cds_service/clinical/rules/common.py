@@ -93,7 +93,10 @@ def iron_status(record: PatientRecord, ferritin: Result) -> IronStatus:
         deficient = False
     elif ferritin.lab_flag() == "L" or value < t.ferritin_deficient:
         deficient = True
-        reason = f"ferritin below {fmt(t.ferritin_deficient)} ng/mL confirms iron deficiency (BSH; AGA 2020)"
+        reason = (
+            f"ferritin below {fmt(t.ferritin_deficient)} ng/mL confirms iron deficiency "
+            "(UK practice; AGA 2020 uses 45 ng/mL)"
+        )
     elif inflamed and value < t.ferritin_deficient_inflamed:
         deficient = True
         reason = (
@@ -190,7 +193,8 @@ def not_recently_done(record: PatientRecord, analytes: Iterable[str], days: int)
 
 def lab_order(record: PatientRecord, analyte: str, when: datetime | None, reason: str) -> dict[str, Any]:
     """A draft ServiceRequest for one lab (LOINC), validated as R4B; ``when`` None: as soon as possible."""
-    code, display = codes.ORDER_CODES[analyte]
+    # The coding carries no display: only the codes are verified, so the name goes in code.text.
+    code = codes.ORDER_CODES[analyte]
     data: dict[str, Any] = {
         "resourceType": "ServiceRequest",
         "status": "draft",
@@ -207,7 +211,7 @@ def lab_order(record: PatientRecord, analyte: str, when: datetime | None, reason
             }
         ],
         "code": {
-            "coding": [{"system": codes.LOINC, "code": code, "display": display}],
+            "coding": [{"system": codes.LOINC, "code": code}],
             "text": codes.ANALYTE_NAMES[analyte],
         },
         "subject": {"reference": f"Patient/{record.patient_id}"},
@@ -226,7 +230,7 @@ def lab_actions(
     return tuple(
         ProposedAction(
             type="create",
-            description=f"Order {codes.ANALYTE_NAMES[a]} (LOINC {codes.ORDER_CODES[a][0]}) {label}",
+            description=f"Order {codes.ANALYTE_NAMES[a]} (LOINC {codes.ORDER_CODES[a]}) {label}",
             resource=lab_order(record, a, when, reason),
         )
         for a in analytes
