@@ -107,7 +107,7 @@ def _finding(record: PatientRecord, start: datetime, missing: list[str], context
         "**Reasoning**",
         "- Starting B12 restarts red-cell production, which uses stored iron: ferritin falls and an iron "
         "deficiency hidden by the B12 deficiency can appear (Solmaz et al., Indian J Hematol Blood Transfus "
-        "2015: median ferritin fell from about 190 to 45 ng/mL and iron deficiency rose from 9 % to 49 %).",
+        "2015: ferritin fell from about 190 to about 45 ng/mL and iron deficiency rose from 9 % to 49 %).",
         f"- Iron studies are due 4–8 weeks after the start: a follow-up on {day(followup)} "
         f"({t.iron_studies_followup_days} days after {day(start)}).",
     ]
