@@ -393,7 +393,7 @@ def main() -> int:
         print(f"\n1 connection, {latency_seconds} s × {rounds} round(s) each: median latency (ms)")
         for server in servers:
             print(
-                f"  {server.name:8} p50 {median_1c(server.name):6.2f}  "
+                f"  {server.name:8} median of rounds {median_1c(server.name):6.2f}; last round: "
                 + _fmt_percentiles(single[server.name][-1])
             )
         if not args.floor_only:

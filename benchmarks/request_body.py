@@ -1,7 +1,8 @@
 """A realistic patient-view request for the HTTP benchmark.
 
 A real SMART sandbox patient (Synthea) on long-term B12 injections, with two years of B12, ferritin and
-iron-panel results added, answered as a FHIR server would answer the service's own prefetch templates:
+iron-panel results added (B12 climbing above the range on injections while iron stores run down, so one
+card fires and every layer, rendering included, does its work), answered as a FHIR server would answer the service's own prefetch templates:
 one searchset Bundle per key, references as ``Type/id``, newest results first.
 """
 
@@ -32,10 +33,10 @@ LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
 # (LOINC, display, UCUM unit, low, high, value at start, value at end, results per two years)
 SERIES = (
-    ("2132-9", "Cobalamin (Vitamin B12) [Mass/volume] in Serum or Plasma", "pg/mL", 232, 1245, 150, 620, 52),
-    ("2276-4", "Ferritin [Mass/volume] in Serum or Plasma", "ng/mL", 30, 400, 180, 35, 52),
-    ("2502-3", "Iron saturation [Mass Fraction] in Serum or Plasma", "%", 20, 50, 32, 16, 24),
-    ("2498-4", "Iron [Mass/volume] in Serum or Plasma", "ug/dL", 60, 170, 95, 55, 24),
+    ("2132-9", "Cobalamin (Vitamin B12) [Mass/volume] in Serum or Plasma", "pg/mL", 232, 1245, 150, 1400, 52),
+    ("2276-4", "Ferritin [Mass/volume] in Serum or Plasma", "ng/mL", 30, 400, 180, 22, 52),
+    ("2502-3", "Iron saturation [Mass Fraction] in Serum or Plasma", "%", 20, 50, 32, 12, 24),
+    ("2498-4", "Iron [Mass/volume] in Serum or Plasma", "ug/dL", 60, 170, 95, 40, 24),
     ("2500-7", "Iron binding capacity [Mass/volume] in Serum or Plasma", "ug/dL", 250, 450, 300, 360, 24),
 )
 _NAMESPACE = uuid.UUID("6f1e0a52-4d0e-4d6c-9a57-1b12f3e5c0de")
