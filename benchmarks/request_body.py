@@ -2,8 +2,9 @@
 
 A real SMART sandbox patient (Synthea) on long-term B12 injections, with two years of B12, ferritin and
 iron-panel results added (B12 climbing above the range on injections while iron stores run down, so one
-card fires and every layer, rendering included, does its work), answered as a FHIR server would answer the service's own prefetch templates:
-one searchset Bundle per key, references as ``Type/id``, newest results first.
+card fires and every layer, rendering included, does its work), answered as a FHIR server would answer
+the service's own prefetch templates: one searchset Bundle per key, references as ``Type/id``, newest
+results first.
 """
 
 from __future__ import annotations
