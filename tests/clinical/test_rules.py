@@ -285,3 +285,20 @@ def test_unmasked_iron_deficiency_replaces_the_iron_studies_reminder() -> None:
     findings = run(med(CYANO, 60), obs("ferritin", 150, 70), obs("ferritin", 20, 5))
     assert topics(findings) == ["iron-deficiency-after-b12"]
     assert "RxNorm 309594" in findings[0].detail
+
+
+def test_deficiency_cards_quote_haemoglobin_against_the_who_threshold() -> None:
+    findings = run(obs("b12", 140, 5), obs("ferritin", 12, 5), obs("hb", 11.2, 5))
+    assert (
+        "11 g/dL" in findings[0].detail and "(anaemia by the WHO threshold of 12 g/dL)" in findings[0].detail
+    )
+    male = run(obs("b12", 140, 5), obs("ferritin", 12, 5), obs("hb", 12.5, 5), gender="male")
+    assert "(anaemia by the WHO threshold of 13 g/dL)" in male[0].detail
+    female = run(obs("b12", 140, 5), obs("ferritin", 12, 5), obs("hb", 12.5, 5))
+    assert "(no anaemia by the WHO threshold of 12 g/dL)" in female[0].detail
+
+
+def test_very_high_ferritin_is_named() -> None:
+    labs = (obs("b12", 480, 20), obs("ferritin", 1400, 20))
+    finding = by_topic(run(*labs, drafts=(draft_b12(),), hook="order-select"), "b12-not-for-high-ferritin")
+    assert "above 1000 ng/mL: very high" in finding.detail

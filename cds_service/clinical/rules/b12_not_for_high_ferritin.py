@@ -37,10 +37,10 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     low, b12_basis = b12_deficient(record, b12)
     if low or b12.comparator == "<":
         return None
+    t = record.config.thresholds
     high, basis = ferritin_high(record, ferritin)
     if not high:
         return None
-    t = record.config.thresholds
     wanted = not_recently_done(record, ["crp", "tsat", "iron", "tibc", "alt", "ast"], t.recent_days)
     proposals = ()
     if wanted:
@@ -56,7 +56,12 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         f"This order starts B12 ({', '.join(d.name for d in drafts)}), but:",
         "",
         f"- Vitamin B12 **{b12.quoted()}** is not deficient (compared with {b12_basis}).",
-        f"- Ferritin **{ferritin.quoted()}** is high (compared with {basis}).",
+        f"- Ferritin **{ferritin.quoted()}** is high (compared with {basis})"
+        + (
+            f", above {fmt(t.ferritin_very_high)} ng/mL: very high."
+            if ferritin.value > t.ferritin_very_high
+            else "."
+        ),
     ]
     if tsat is not None:
         lines.append(f"- Transferrin saturation **{tsat.quoted()}**")

@@ -12,6 +12,7 @@ from cds_service.clinical.record import MedicationEntry, PatientRecord
 from cds_service.clinical.rules.common import (
     SOURCE_LABEL,
     b12_deficient,
+    haemoglobin_line,
     iron_deficiency_near,
     lab_actions,
     not_recently_done,
@@ -56,6 +57,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         "time show iron deficiency:",
         "",
         *status.lines(),
+        *haemoglobin_line(record, status.ferritin.when),
         "",
         "**Reasoning**",
         f"- {status.reason[0].upper()}{status.reason[1:]}.",

@@ -114,6 +114,17 @@ def iron_status(record: PatientRecord, ferritin: Result) -> IronStatus:
     return IronStatus(ferritin, deficient, tsat, derived, crp, inflamed, reason)
 
 
+def haemoglobin_line(record: PatientRecord, when: datetime) -> list[str]:
+    """A bullet quoting the haemoglobin taken at about ``when``, and whether it is anaemic (WHO)."""
+    hb = record.near("hb", when)
+    if hb is None:
+        return []
+    t = record.config.thresholds
+    limit = t.hb_anaemia_female if record.female else t.hb_anaemia_male
+    verdict = "anaemia" if hb.value < limit else "no anaemia"
+    return [f"- Haemoglobin **{hb.quoted()}** ({verdict} by the WHO threshold of {fmt(limit)} g/dL)"]
+
+
 def b12_deficient(record: PatientRecord, b12: Result) -> tuple[bool, str]:
     return b12.is_low(record.config.thresholds.b12_deficient)
 

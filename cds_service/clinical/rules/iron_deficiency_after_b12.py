@@ -11,7 +11,7 @@ from datetime import timedelta
 from cds_service.clinical import codes
 from cds_service.clinical.findings import Finding
 from cds_service.clinical.record import MedicationEntry, PatientRecord
-from cds_service.clinical.rules.common import SOURCE_LABEL, b12_elevated, day, iron_status
+from cds_service.clinical.rules.common import SOURCE_LABEL, b12_elevated, day, haemoglobin_line, iron_status
 
 TOPIC = "iron-deficiency-after-b12"
 SOURCE = f"{SOURCE_LABEL} (Solmaz 2015; BSH 2014; AGA 2020)"
@@ -38,6 +38,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         "then show iron deficiency:",
         "",
         *status.lines(),
+        *haemoglobin_line(record, status.ferritin.when),
     ]
     if before is not None:
         lines.append(f"- Ferritin before B12 was started: **{before.quoted()}** (trend before → after)")

@@ -108,8 +108,13 @@ def _finding(record: PatientRecord, start: datetime, missing: list[str], context
         "- Starting B12 restarts red-cell production, which uses stored iron: ferritin falls and an iron "
         "deficiency hidden by the B12 deficiency can appear (Solmaz et al., Indian J Hematol Blood Transfus "
         "2015: ferritin fell from about 190 to about 45 ng/mL and iron deficiency rose from 9 % to 49 %).",
-        f"- Iron studies are due 4–8 weeks after the start: a follow-up on {day(followup)} "
-        f"({t.iron_studies_followup_days} days after {day(start)}).",
+        f"- Iron studies are due 4–8 weeks after the start: {day(followup)} "
+        f"({t.iron_studies_followup_days} days after {day(start)})"
+        + (
+            ", so a follow-up is suggested for that day."
+            if followup > record.now
+            else ", so they are due now."
+        ),
     ]
     if warning:
         lines.append(
