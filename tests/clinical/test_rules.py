@@ -302,3 +302,11 @@ def test_very_high_ferritin_is_named() -> None:
     labs = (obs("b12", 480, 20), obs("ferritin", 1400, 20))
     finding = by_topic(run(*labs, drafts=(draft_b12(),), hook="order-select"), "b12-not-for-high-ferritin")
     assert "above 1000 ng/mL: very high" in finding.detail
+
+
+def test_stopping_a_record_with_empty_values_emits_none() -> None:
+    statement = med(MULTIVITAMIN, 200, kind="MedicationStatement", note=[], reasonCode=[{"text": ""}])
+    finding = by_topic(run(obs("b12", 1250, 10), statement), "elevated-b12-supplement-review")
+    update = next(a for a in actions(finding) if a.type == "update")
+    assert not find_empty_values(update.resource)
+    assert update.resource["medicationCodeableConcept"] == MULTIVITAMIN

@@ -264,7 +264,7 @@ def stop_action(entry: MedicationEntry, reason: str) -> ProposedAction | None:
         [{"text": reason}] if entry.resource_type == "MedicationStatement" else {"text": reason}
     )
     try:
-        resource = model.model_validate(data).model_dump(mode="json", exclude_none=True)
+        resource = _pruned(model.model_validate(_pruned(data)).model_dump(mode="json", exclude_none=True))
     except ValidationError as error:
         log.warning(
             "cannot propose stopping a %s: it is not valid R4B (%d errors)",
@@ -273,6 +273,17 @@ def stop_action(entry: MedicationEntry, reason: str) -> ProposedAction | None:
         )
         return None
     return ProposedAction(type="update", description=f"Stop {entry.name}", resource=resource)
+
+
+def _pruned(value: Any) -> Any:
+    """The value without empty strings, lists or objects (an EHR's copy may hold some; cards may not)."""
+    if isinstance(value, dict):
+        items = {k: _pruned(v) for k, v in value.items()}
+        return {k: v for k, v in items.items() if v not in ("", [], {}, None)}
+    if isinstance(value, list):
+        items = [_pruned(v) for v in value]
+        return [v for v in items if v not in ("", [], {}, None)]
+    return value
 
 
 def delete_action(entry: MedicationEntry) -> ProposedAction | None:
