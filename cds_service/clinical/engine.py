@@ -65,7 +65,9 @@ def _focus(record: PatientRecord, focus_orders: Sequence[dict] | None) -> list[M
     if focus_orders is None:
         return None
     wanted_ids = {
-        (o.get("resourceType"), o.get("id")) for o in focus_orders if isinstance(o, dict) and o.get("id")
+        (o.get("resourceType"), o.get("id"))
+        for o in focus_orders
+        if isinstance(o, dict) and isinstance(o.get("id"), str) and isinstance(o.get("resourceType"), str)
     }
     wanted_objects = {id(o) for o in focus_orders}
     return [

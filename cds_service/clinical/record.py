@@ -275,7 +275,7 @@ def _subject_matches(resource: dict[str, Any], patient_id: str, own: frozenset[s
     for key in ("subject", "patient"):
         ref = resource.get(key)
         if isinstance(ref, dict) and "reference" in ref:
-            if ref["reference"] in own:
+            if isinstance(ref["reference"], str) and ref["reference"] in own:
                 return True
             target = reference_id(ref)
             return target is not None and target[1] == patient_id and target[0] in (None, "Patient")
@@ -291,7 +291,8 @@ def _analyte(concept: Any, analyte_codes: Any) -> str | None:
         if type(coding) is dict:
             code = coding.get("code")
             if type(code) is str:
-                analyte = analyte_codes.get((coding.get("system") or "", code))
+                system = coding.get("system")
+                analyte = analyte_codes.get((system if type(system) is str else "", code))
                 if analyte is not None:
                     return analyte
     return None
@@ -408,7 +409,9 @@ def medication_entry(
     """A medication record of a class we track, or None for any other medicine or a void record."""
     kind = resource.get("resourceType")
     status = resource.get("status") if isinstance(resource.get("status"), str) else "unknown"
-    if not draft and (kind not in MEDICATION_TYPES or status in VOID_MEDICATION[kind]):
+    if kind not in MEDICATION_TYPES:
+        return None
+    if not draft and status in VOID_MEDICATION[kind]:
         return None
     concepts, name = _medication_concepts(resource, medications)
     classes = config.value_sets.medication_classes(concepts)
@@ -489,19 +492,26 @@ def build_record(
     latest_allowed = now + timedelta(days=1)
     seen_ids: set[tuple[str, str]] = set()
     draft_ids = {
-        (d.get("resourceType"), d.get("id")) for d in draft_orders if isinstance(d, dict) and d.get("id")
+        (d.get("resourceType"), d.get("id"))
+        for d in draft_orders
+        if isinstance(d, dict) and isinstance(d.get("id"), str) and isinstance(d.get("resourceType"), str)
     }
     for resource in resources:
         if not isinstance(resource, dict):
             continue
         kind = resource.get("resourceType")
+        if type(kind) is not str:
+            continue
         if kind == "Observation":
             analyte = _analyte(resource.get("code"), analyte_codes)
-            if analyte is None or resource.get("status") not in USABLE_OBSERVATION:
+            status = resource.get("status")
+            if analyte is None or type(status) is not str or status not in USABLE_OBSERVATION:
                 continue
             subject = resource.get("subject")
             reference = subject.get("reference") if type(subject) is dict else None
-            if reference not in own and not _subject_matches(resource, patient_id, own):
+            if (type(reference) is not str or reference not in own) and not _subject_matches(
+                resource, patient_id, own
+            ):
                 continue
             stamp = resource.get("effectiveDateTime")
             when = _fast_datetime(stamp) if type(stamp) is str else None
@@ -524,13 +534,13 @@ def build_record(
                 number, unit, comparator = reading
             found = unit_factor(analyte, unit) if isinstance(unit, str) else None
             if found is None or (found[1] and number > 1.0):
-                units.add(analyte, unit)
+                units.add(analyte, unit if isinstance(unit, str) else None)
                 continue
             results.setdefault(analyte, []).append(
                 Result(analyte, number * found[0], comparator, when, resource)
             )
         elif kind in MEDICATION_TYPES:
-            ident = resource.get("id")
+            ident = resource.get("id") if isinstance(resource.get("id"), str) else None
             if (kind, ident) in draft_ids or (ident and (kind, ident) in seen_ids):
                 continue
             if ident:
@@ -544,9 +554,11 @@ def build_record(
             if _subject_matches(resource, patient_id, own):
                 _add_condition(record, resource)
         elif kind == "ServiceRequest":
-            if (kind, resource.get("id")) in draft_ids or not _subject_matches(resource, patient_id, own):
+            ident = resource.get("id") if isinstance(resource.get("id"), str) else None
+            if (kind, ident) in draft_ids or not _subject_matches(resource, patient_id, own):
                 continue
-            if resource.get("status") in OPEN_ORDER and resource.get("intent") != "proposal":
+            status = resource.get("status")
+            if isinstance(status, str) and status in OPEN_ORDER and resource.get("intent") != "proposal":
                 analytes = value_sets.order_analytes(resource.get("code"))
                 if analytes:
                     record.orders.append(
@@ -571,6 +583,8 @@ def build_record(
             continue
         record.draft_order_resources.append(resource)
         kind = resource.get("resourceType")
+        if type(kind) is not str:
+            continue
         if kind == "ServiceRequest":
             analytes = value_sets.order_analytes(resource.get("code"))
             if analytes:

@@ -191,3 +191,41 @@ def test_junk_resources_do_not_crash() -> None:
         {"resourceType": "Claim"},
     ]
     assert evaluate([patient(), *junk], patient_id=PID, now=NOW, config=CONFIG) == []
+
+
+def _broken(field: str, value: object) -> dict:
+    resource = obs("b12", 1500, 3)
+    if "." in field:
+        outer, inner = field.split(".")
+        resource[outer] = {**resource[outer], inner: value}
+    else:
+        resource[field] = value
+    return resource
+
+
+def test_wrongly_typed_fields_are_skipped_not_crashed_on() -> None:
+    """Values of the wrong JSON type (lists or objects where strings belong) read as absent."""
+    unreadable = [
+        _broken("status", {"reference": 5}),
+        _broken("resourceType", []),
+        _broken("subject.reference", ["Patient/p1"]),
+        _broken("code", {"coding": [{"system": ["x"], "code": "2132-9"}]}),
+        _broken("valueQuantity", {"value": 1500, "unit": [None]}),
+        _broken("effectiveDateTime", {"when": "today"}),
+    ]
+    assert evaluate([patient(), *unreadable], patient_id=PID, now=NOW, config=CONFIG) == []
+    # An odd id does not matter for reading a result.
+    odd_id = evaluate([patient(), _broken("id", {"a": 1})], patient_id=PID, now=NOW, config=CONFIG)
+    assert [f.topic for f in odd_id] == ["elevated-b12-no-supplement"]
+    drafts = ({"resourceType": "MedicationRequest", "id": {"x": 1}}, {"resourceType": ["ServiceRequest"]})
+    assert (
+        evaluate(
+            [patient()],
+            patient_id=PID,
+            now=NOW,
+            config=CONFIG,
+            draft_orders=drafts,
+            focus_orders=list(drafts),
+        )
+        == []
+    )
