@@ -298,17 +298,6 @@ def _analyte(concept: Any, analyte_codes: Any) -> str | None:
     return None
 
 
-def _fast_datetime(stamp: str) -> datetime | None:
-    """A full FHIR dateTime, parsed directly (the common case); anything else goes the careful way."""
-    if len(stamp) <= 10:
-        return parse_datetime(stamp)
-    try:
-        parsed = datetime.fromisoformat(stamp)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
 def _observation_time(obs: dict[str, Any]) -> datetime | None:
     when = obs.get("effectiveDateTime")
     if when is None:
@@ -483,6 +472,7 @@ def build_record(
     record = PatientRecord(patient_id=patient_id, now=now, config=config)
     value_sets = config.value_sets
     analyte_codes = value_sets.analyte_codes
+    fromisoformat = datetime.fromisoformat
     own = _own_references(patient_id)
     units = _UnitProblems()
     medications: dict[str, dict[str, Any]] = {}
@@ -503,7 +493,14 @@ def build_record(
         if type(kind) is not str:
             continue
         if kind == "Observation":
-            analyte = _analyte(resource.get("code"), analyte_codes)
+            # Fast path: the first coding is ours (true of everything the prefetch queries return).
+            try:
+                first = resource["code"]["coding"][0]
+                analyte = analyte_codes.get((first["system"], first["code"]))
+            except (KeyError, IndexError, TypeError):
+                analyte = None
+            if analyte is None:
+                analyte = _analyte(resource.get("code"), analyte_codes)
             status = resource.get("status")
             if analyte is None or type(status) is not str or status not in USABLE_OBSERVATION:
                 continue
@@ -514,7 +511,14 @@ def build_record(
             ):
                 continue
             stamp = resource.get("effectiveDateTime")
-            when = _fast_datetime(stamp) if type(stamp) is str else None
+            when = None
+            if type(stamp) is str and len(stamp) > 10:
+                try:
+                    when = fromisoformat(stamp)
+                except ValueError:
+                    when = None
+                if when is not None and when.tzinfo is None:
+                    when = when.replace(tzinfo=UTC)
             if when is None:
                 when = _observation_time(resource)
             if when is None or when > latest_allowed:
