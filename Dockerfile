@@ -38,6 +38,7 @@ WORKDIR /var/lib/cds-service
 USER 10001:10001
 EXPOSE 8080
 # slim images have no curl: ask Python. /healthz is unauthenticated and touches no dependency.
+# It assumes port 8080: change it here too if you pass another --port.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status != 200)"]
 # Exec form: gunicorn's master is PID 1 and receives SIGTERM itself for a graceful shutdown.
