@@ -182,7 +182,8 @@ _call_log = logging.getLogger(CALL_LOGGER)
 def finish_call(trace: CallTrace, total_ms: float) -> None:
     """Write the call's one log line and update the request metrics."""
     metrics = _get_metrics()
-    service = metrics.service_label(trace.service)
+    # A 404 names a service that does not exist: whatever path a caller made up, one label.
+    service = "unknown" if trace.status == 404 else metrics.service_label(trace.service)
     metrics.request_seconds.labels(service).observe(total_ms / 1000.0)
     metrics.requests.labels(service, str(trace.status)).inc()
     for name, elapsed_ms in trace.phases_ms.items():
@@ -195,7 +196,7 @@ def finish_call(trace: CallTrace, total_ms: float) -> None:
         _call_log.info(
             "hook call",
             extra={
-                "service": trace.service,
+                "service": trace.service[:64],
                 "hookInstance": trace.hook_instance,
                 "status": trace.status,
                 "latency_ms": round(total_ms, 3),

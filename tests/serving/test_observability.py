@@ -104,10 +104,10 @@ def test_finish_call_updates_the_request_metrics() -> None:
 def test_service_labels_a_caller_chooses_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     # A fresh bound, so that this test's junk labels do not crowd out other tests' real service ids.
     monkeypatch.setattr(observability._get_metrics(), "service_label", observability._BoundedLabel())
-    finish_call(CallTrace(service="no such service/../x", status=404), 1.0)
-    assert sample("cds_hook_requests_total", service="invalid", status="404") >= 1
+    finish_call(CallTrace(service="no such service/../x", status=400), 1.0)
+    assert sample("cds_hook_requests_total", service="invalid", status="400") >= 1
     for index in range(200):
-        finish_call(CallTrace(service=f"random-{index}", status=404), 1.0)
+        finish_call(CallTrace(service=f"random-{index}", status=400), 1.0)
     label_values = {
         s.labels["service"]
         for metric in REGISTRY.collect()
@@ -116,6 +116,14 @@ def test_service_labels_a_caller_chooses_stay_bounded(monkeypatch: pytest.Monkey
     }
     assert len({value for value in label_values if value.startswith("random-")}) == 64
     assert "other" in label_values
+
+
+def test_calls_to_services_that_do_not_exist_share_one_label() -> None:
+    before = sample("cds_hook_requests_total", service="unknown", status="404")
+    for index in range(5):
+        finish_call(CallTrace(service=f"made-up-{index}", status=404), 1.0)
+    assert sample("cds_hook_requests_total", service="unknown", status="404") == before + 5
+    assert sample("cds_hook_requests_total", service="made-up-0", status="404") == 0.0
 
 
 def test_fhir_auth_and_feedback_counters() -> None:
