@@ -100,6 +100,36 @@ def test_every_log_line_is_json_and_each_call_has_one_line(served: Served) -> No
     assert any(e["logger"].startswith("gunicorn") for e in entries)
 
 
+def test_order_sign_is_answered_from_the_order_select_result(served: Served) -> None:
+    """One keep-alive connection, as an EHR's HTTP client keeps it: both calls reach the same worker,
+    whose in-process run-ahead cache holds the order-select result (Redis shares it across workers)."""
+    select = hook_example("order-select-cyanocobalamin.json")
+    sign = json.loads(json.dumps(select))
+    sign["hook"] = "order-sign"
+    sign["hookInstance"] = "5b0f6c1e-2d7a-4c8e-9f3b-7a6d5e4c3b2a"
+    del sign["context"]["selections"]
+    hits_before = metric(
+        requests.get(f"{served.base}/metrics", timeout=5).text,
+        "cds_run_ahead_hits_total",
+        service="b12-iron-order-sign",
+    )
+    with requests.Session() as session:
+        selected = session.post(f"{served.base}/cds-services/b12-iron-order-select", json=select, timeout=30)
+        signed = session.post(f"{served.base}/cds-services/b12-iron-order-sign", json=sign, timeout=30)
+    assert selected.status_code == signed.status_code == 200
+    topics = [card["source"]["topic"]["code"] for card in signed.json()["cards"]]
+    assert topics == [card["source"]["topic"]["code"] for card in selected.json()["cards"]]
+    assert "iron-studies-after-b12" in topics
+    metrics = requests.get(f"{served.base}/metrics", timeout=5).text
+    assert metric(metrics, "cds_run_ahead_hits_total", service="b12-iron-order-sign") == hits_before + 1
+    deadline = time.monotonic() + 5
+    while sign["hookInstance"] not in served.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [line] = [json.loads(x) for x in served.log().splitlines() if sign["hookInstance"] in x]
+    assert line["run_ahead_hit"] is True
+    assert line["fhir_queries"] == 0
+
+
 class SlowFhirServer:
     """A FHIR server that answers every request after ``delay_s``: empty Bundles, and the Patient."""
 
