@@ -19,6 +19,7 @@ Why these choices (docs/operations.md has the sizing advice):
 from __future__ import annotations
 
 import gc
+import logging
 import math
 import os
 import shutil
@@ -37,6 +38,7 @@ MAX_DEFAULT_WORKERS = 8
 DEFAULT_THREADS = 4
 GRACEFUL_TIMEOUT_SECONDS = 25
 KEEPALIVE_SECONDS = 5
+WORKER_BOOT_ERROR = 3  # gunicorn's Arbiter.WORKER_BOOT_ERROR
 # Worker heartbeats touch a file every second; shared memory keeps that off slow or read-only disks.
 _SHM = Path("/dev/shm")  # noqa: S108 (only the heartbeat file, which gunicorn creates safely)
 
@@ -138,7 +140,14 @@ class CdsServer(BaseApplication):
                 self.cfg.set(name, None)
 
     def load(self) -> Any:
-        app = self._factory()
+        try:
+            app = self._factory()
+        except ValueError as error:
+            # Settings that parse but do not hold together (a clients file without an issuer, a site
+            # config with an unknown code) surface here, in each worker. One line names the problem;
+            # exit status 3 makes gunicorn stop the whole server ("Worker failed to boot").
+            logging.getLogger("cds_service.serving").error("configuration error: %s", error)
+            sys.exit(WORKER_BOOT_ERROR)
         # Everything built so far (imported modules, schemas, value sets) lives as long as the worker.
         # Freezing it keeps the garbage collector from re-scanning that large, permanent heap every time a
         # hook call's thousands of parsed JSON objects trigger a collection.

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.serving.served import COMMAND, Served, clean_env, hook_example
+from tests.serving.served import COMMAND, Served, clean_env, free_port, hook_example
 
 pytestmark = pytest.mark.integration
 
@@ -214,3 +214,28 @@ def test_a_bad_setting_stops_serve_with_one_line_naming_it(variable: str, value:
     assert len(lines) == 1, done.stderr
     assert variable in lines[0]
     assert "Traceback" not in done.stderr
+
+
+def test_a_clients_file_that_does_not_hold_together_stops_serve_without_a_traceback(tmp_path: Path) -> None:
+    """Checked when each worker builds the app: the server stops with one JSON line naming the file."""
+    clients = tmp_path / "clients.json"
+    clients.write_text('{"clients": [{"jwks": {"keys": []}}]}')
+    done = subprocess.run(
+        [COMMAND, "serve", "--port", str(free_port()), "--workers", "2"],
+        env=clean_env(
+            CDS_CLIENTS=str(clients),
+            CDS_FEEDBACK_DB=str(tmp_path / "feedback.sqlite3"),
+            CDS_STATE_DB=str(tmp_path / "state.sqlite3"),
+            PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
+        ),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    entries = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]
+    errors = [e for e in entries if e["message"].startswith("configuration error")]
+    assert errors and all("CDS_CLIENTS" in e["message"] for e in errors)
+    assert "Traceback" not in done.stderr
+    assert list((tmp_path / "metrics").iterdir()) == []
