@@ -124,40 +124,60 @@ class _Metrics:
     """The process's metric objects, built on first use in the mode the environment selects."""
 
     def __init__(self) -> None:
-        from prometheus_client import Counter, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Histogram
 
+        # A registry of our own, complete or not at all: a half-built set of metrics in the global
+        # registry would make every later attempt fail on duplicate names.
+        self.registry = registry = CollectorRegistry(auto_describe=True)
         self.request_seconds = Histogram(
             "cds_hook_request_duration_seconds",
             "Time to answer a hook call, by service.",
             ["service"],
             buckets=_LATENCY_BUCKETS,
+            registry=registry,
         )
         self.phase_seconds = Histogram(
             "cds_hook_phase_duration_seconds",
             "Time spent in each phase of a hook call (validation, auth, prefetch, fhir, rules, render).",
             ["phase"],
             buckets=_LATENCY_BUCKETS,
+            registry=registry,
         )
         self.requests = Counter(
-            "cds_hook_requests", "Hook calls answered, by service and HTTP status.", ["service", "status"]
+            "cds_hook_requests",
+            "Hook calls answered, by service and HTTP status.",
+            ["service", "status"],
+            registry=registry,
         )
-        self.cards = Counter("cds_cards", "Cards returned, by service and topic.", ["service", "topic"])
+        self.cards = Counter(
+            "cds_cards", "Cards returned, by service and topic.", ["service", "topic"], registry=registry
+        )
         self.run_ahead_hits = Counter(
-            "cds_run_ahead_hits", "Calls answered from the order-select run-ahead cache.", ["service"]
+            "cds_run_ahead_hits",
+            "Calls answered from the order-select run-ahead cache.",
+            ["service"],
+            registry=registry,
         )
         self.fhir_seconds = Histogram(
             "cds_fhir_fetch_duration_seconds",
             "Time of each query the service sent to an EHR's FHIR server.",
             ["outcome"],
             buckets=_LATENCY_BUCKETS,
+            registry=registry,
         )
         self.fhir_errors = Counter(
-            "cds_fhir_fetch_errors", "FHIR queries that failed (HTTP error, timeout, bad payload)."
+            "cds_fhir_fetch_errors",
+            "FHIR queries that failed (HTTP error, timeout, bad payload).",
+            registry=registry,
         )
         self.auth_rejections = Counter(
-            "cds_auth_rejections", "Hook or feedback calls refused for a missing or invalid client JWT."
+            "cds_auth_rejections",
+            "Hook or feedback calls refused for a missing or invalid client JWT.",
+            registry=registry,
         )
-        self.feedback = Counter("cds_feedback", "Feedback items received, by outcome.", ["outcome"])
+        self.feedback = Counter(
+            "cds_feedback", "Feedback items received, by outcome.", ["outcome"], registry=registry
+        )
         self.service_label = _BoundedLabel()
         self.topic_label = _BoundedLabel()
         self.phase_label = _BoundedLabel()
@@ -177,21 +197,32 @@ def _get_metrics() -> _Metrics:
 
 
 _call_log = logging.getLogger(CALL_LOGGER)
+_log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _metrics_guard() -> Iterator[None]:
+    """Metrics must never turn a good answer into a 500: a failure is logged and the call goes on."""
+    try:
+        yield
+    except Exception:
+        _log.exception("could not update the metrics")
 
 
 def finish_call(trace: CallTrace, total_ms: float) -> None:
     """Write the call's one log line and update the request metrics."""
-    metrics = _get_metrics()
-    # A 404 names a service that does not exist: whatever path a caller made up, one label.
-    service = "unknown" if trace.status == 404 else metrics.service_label(trace.service)
-    metrics.request_seconds.labels(service).observe(total_ms / 1000.0)
-    metrics.requests.labels(service, str(trace.status)).inc()
-    for name, elapsed_ms in trace.phases_ms.items():
-        metrics.phase_seconds.labels(metrics.phase_label(name)).observe(elapsed_ms / 1000.0)
-    for topic in trace.topics:
-        metrics.cards.labels(service, metrics.topic_label(topic)).inc()
-    if trace.run_ahead_hit:
-        metrics.run_ahead_hits.labels(service).inc()
+    with _metrics_guard():
+        metrics = _get_metrics()
+        # A 404 names a service that does not exist: whatever path a caller made up, one label.
+        service = "unknown" if trace.status == 404 else metrics.service_label(trace.service)
+        metrics.request_seconds.labels(service).observe(total_ms / 1000.0)
+        metrics.requests.labels(service, str(trace.status)).inc()
+        for name, elapsed_ms in trace.phases_ms.items():
+            metrics.phase_seconds.labels(metrics.phase_label(name)).observe(elapsed_ms / 1000.0)
+        for topic in trace.topics:
+            metrics.cards.labels(service, metrics.topic_label(topic)).inc()
+        if trace.run_ahead_hit:
+            metrics.run_ahead_hits.labels(service).inc()
     if _call_log.isEnabledFor(logging.INFO):
         _call_log.info(
             "hook call",
@@ -212,34 +243,37 @@ def finish_call(trace: CallTrace, total_ms: float) -> None:
 
 def observe_fhir_fetch(elapsed_ms: float, ok: bool) -> None:
     """Record one FHIR query's latency, and count it as an error when it failed."""
-    metrics = _get_metrics()
-    metrics.fhir_seconds.labels("ok" if ok else "error").observe(elapsed_ms / 1000.0)
-    if not ok:
-        metrics.fhir_errors.inc()
+    with _metrics_guard():
+        metrics = _get_metrics()
+        metrics.fhir_seconds.labels("ok" if ok else "error").observe(elapsed_ms / 1000.0)
+        if not ok:
+            metrics.fhir_errors.inc()
 
 
 def observe_auth_rejection() -> None:
     """Count a call refused by client authentication."""
-    _get_metrics().auth_rejections.inc()
+    with _metrics_guard():
+        _get_metrics().auth_rejections.inc()
 
 
 def observe_feedback(outcome: str, count: int = 1) -> None:
     """Count feedback items by outcome (``accepted``, ``overridden``; anything else as ``other``)."""
-    _get_metrics().feedback.labels(outcome if outcome in _FEEDBACK_OUTCOMES else "other").inc(count)
+    with _metrics_guard():
+        _get_metrics().feedback.labels(outcome if outcome in _FEEDBACK_OUTCOMES else "other").inc(count)
 
 
 def metrics_response() -> tuple[bytes, str]:
     """The Prometheus exposition of every worker's metrics (or this process's), and its content type."""
-    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-    _get_metrics()
+    metrics = _get_metrics()
     if os.environ.get(MULTIPROC_ENV):
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    return generate_latest(metrics.registry), CONTENT_TYPE_LATEST
 
 
 def mark_worker_dead(pid: int) -> None:

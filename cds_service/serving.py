@@ -30,6 +30,7 @@ from typing import Any
 
 import click
 from gunicorn.app.base import BaseApplication
+from gunicorn.errors import HaltServer
 
 from cds_service.config import ConfigError, Settings, load_settings
 from cds_service.observability import MULTIPROC_ENV
@@ -90,10 +91,6 @@ def gunicorn_options(
 
         mark_worker_dead(worker.pid)
 
-    def on_exit(_server: object) -> None:
-        if metrics_dir:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
-
     options: dict[str, Any] = {
         "bind": [bind],
         "workers": workers,
@@ -119,7 +116,6 @@ def gunicorn_options(
         options["worker_tmp_dir"] = str(_SHM)
     if metrics_dir:
         options["child_exit"] = child_exit
-        options["on_exit"] = on_exit
     return options
 
 
@@ -199,4 +195,15 @@ def serve(host: str, port: int, workers: int | None, threads: int) -> None:
         threads,
         metrics_dir=metrics_dir,
     )
-    CdsServer(lambda: create_app(settings), options).run()
+    master_pid = os.getpid()
+    try:
+        CdsServer(lambda: create_app(settings), options).run()
+    except HaltServer as halt:
+        # When several workers fail to boot at once, gunicorn raises HaltServer again while halting,
+        # past its own handler; stop with its reason and status instead of a traceback.
+        logging.getLogger("cds_service.serving").error("server stopped: %s", halt.reason)
+        sys.exit(halt.exit_status)
+    finally:
+        # Workers are forks of this frame and leave through it too; only the master owns the directory.
+        if os.getpid() == master_pid:
+            shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -7,14 +7,13 @@ import json
 import logging
 
 import pytest
-from prometheus_client import REGISTRY
 
 from cds_service import observability
 from cds_service.observability import CallTrace, JsonFormatter, finish_call
 
 
 def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+    return observability._get_metrics().registry.get_sample_value(name, labels) or 0.0
 
 
 @pytest.fixture
@@ -110,7 +109,7 @@ def test_service_labels_a_caller_chooses_stay_bounded(monkeypatch: pytest.Monkey
         finish_call(CallTrace(service=f"random-{index}", status=400), 1.0)
     label_values = {
         s.labels["service"]
-        for metric in REGISTRY.collect()
+        for metric in observability._get_metrics().registry.collect()
         if metric.name == "cds_hook_requests"
         for s in metric.samples
     }
@@ -181,3 +180,17 @@ def test_configure_logging_sends_json_lines_to_stderr(capsys: pytest.CaptureFixt
     lines = capsys.readouterr().err.splitlines()
     assert [json.loads(line)["message"] for line in lines] == ["shown"]
     assert json.loads(lines[0])["fhir_queries"] == 2
+
+
+def test_a_metrics_failure_never_fails_the_call(
+    call_log: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken() -> None:
+        raise OSError("metrics directory gone")
+
+    monkeypatch.setattr(observability, "_get_metrics", broken)
+    finish_call(CallTrace(service="b12-iron-patient-view", hook_instance="h-3"), 2.0)
+    observability.observe_fhir_fetch(10.0, ok=True)
+    observability.observe_auth_rejection()
+    observability.observe_feedback("accepted")
+    assert json.loads(call_log.getvalue())["hookInstance"] == "h-3"
