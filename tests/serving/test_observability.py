@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Iterator
 
 import pytest
 
@@ -17,16 +18,21 @@ def sample(name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-def call_log(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
+def call_log() -> Iterator[io.StringIO]:
     """Capture the calls logger's output through the service's JSON formatter."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
     logger = logging.getLogger(observability.CALL_LOGGER)
-    monkeypatch.setattr(logger, "handlers", [handler])
-    monkeypatch.setattr(logger, "propagate", False)
-    monkeypatch.setattr(logger, "level", logging.INFO)
-    return stream
+    saved = (logger.handlers[:], logger.propagate, logger.level, logging.root.manager.disable)
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logging.disable(logging.NOTSET)
+    logger.setLevel(logging.INFO)  # setLevel, not assignment: it also clears the enabled-for cache
+    yield stream
+    logger.handlers[:], logger.propagate = saved[0], saved[1]
+    logger.setLevel(saved[2])
+    logging.disable(saved[3])
 
 
 def test_phases_accumulate_time_per_name() -> None:
