@@ -16,15 +16,13 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from cds_service import observability
-from cds_service.clinical.engine import load_clinical_config
-from cds_service.config import ConfigError, Settings, load_site_config
+from cds_service.config import Settings
 from cds_service.feedback import FeedbackError, FeedbackStore, IssuedCardRecorder, parse_feedback
 from cds_service.fhir.client import FhirClient
 from cds_service.protocol.auth import Authenticator, AuthError
-from cds_service.protocol.cards import DEFAULT_OVERRIDE_REASONS, CardStyle, parse_override_reasons
 from cds_service.protocol.request import RequestError, is_json_content_type, parse_json_body
 from cds_service.run_ahead import RunAheadCache
-from cds_service.services import HookHandler
+from cds_service.services import build_handler
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +55,8 @@ def operation_outcome(status: int, reason: str) -> Response:
     return Response(orjson.dumps(body), status=status, mimetype="application/fhir+json")
 
 
-def _card_style(site: dict[str, Any]) -> CardStyle:
-    """Override reasons and a link to the rule documentation, when the site configures them."""
-    reasons = parse_override_reasons(site["overrideReasons"]) if "overrideReasons" in site else None
-    doc_url = site.get("rulesDocUrl")
-    if doc_url is not None and not (isinstance(doc_url, str) and doc_url.startswith(("https://", "http://"))):
-        raise ConfigError(f"rulesDocUrl={doc_url!r} in the site config: expected an absolute http(s) URL")
-    return CardStyle(override_reasons=reasons or DEFAULT_OVERRIDE_REASONS, rules_doc_url=doc_url)
-
-
 def create_app(settings: Settings) -> Flask:
     """Build the service. Configuration problems raise ConfigError here, at start, not at the first call."""
-    site = load_site_config(settings.site_config)
-    clinical_config = load_clinical_config(site)
     authenticator = Authenticator(settings) if settings.auth == "required" else None
     if authenticator is None:
         log.warning("CDS_AUTH=off: every caller is trusted. Use this only for local testing.")
@@ -79,14 +66,7 @@ def create_app(settings: Settings) -> Flask:
     recorder = IssuedCardRecorder(settings.feedback_db)
     run_ahead = RunAheadCache(settings)
     log.info("run-ahead cache: %s", run_ahead.describe())
-    handler = HookHandler(
-        settings,
-        clinical_config,
-        card_style=_card_style(site),
-        fhir_client=FhirClient(),
-        run_ahead=run_ahead,
-        on_cards=recorder.submit,
-    )
+    handler = build_handler(settings, fhir_client=FhirClient(), run_ahead=run_ahead, on_cards=recorder.submit)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -132,9 +112,20 @@ def create_app(settings: Settings) -> Flask:
         return json_response(handler.discovery_document())
 
     def read_json_body() -> Any:
+        """The decoded body. Read from the raw input with a cap, because a chunked body has no
+        Content-Length for the framework to check and would otherwise be cut short silently."""
         if not is_json_content_type(request.content_type):
             raise RequestError(415, "Send the request as JSON with Content-Type: application/json.")
-        return parse_json_body(request.get_data(cache=False))
+        limit = settings.max_body_bytes
+        length = request.content_length
+        if length is not None:
+            if length > limit:
+                raise RequestEntityTooLarge()
+            return parse_json_body(request.get_data(cache=False))
+        raw = request.input_stream.read(limit + 1)
+        if len(raw) > limit:
+            raise RequestEntityTooLarge()
+        return parse_json_body(raw)
 
     @app.post("/cds-services/<service_id>")
     def call_service(service_id: str) -> Response:

@@ -18,13 +18,19 @@ from typing import Any, Protocol
 import orjson
 
 from cds_service.clinical import codes
-from cds_service.clinical.engine import ClinicalConfig, evaluate
+from cds_service.clinical.engine import ClinicalConfig, evaluate, load_clinical_config
 from cds_service.clinical.findings import Finding, findings_from_json, findings_to_json
-from cds_service.config import Settings
+from cds_service.config import ConfigError, Settings, load_site_config
 from cds_service.fhir.client import FhirClient, fhir_server_allowed
 from cds_service.observability import observe_fhir_fetch
 from cds_service.protocol.auth import AuthenticatedClient
-from cds_service.protocol.cards import CardStyle, cards_response, issued_cards
+from cds_service.protocol.cards import (
+    DEFAULT_OVERRIDE_REASONS,
+    CardStyle,
+    cards_response,
+    issued_cards,
+    parse_override_reasons,
+)
 from cds_service.protocol.prefetch import (
     PrefetchState,
     TemplateError,
@@ -328,6 +334,13 @@ class HookHandler:
         trace.fhir_queries += sum(o.requests for o in outcomes.values())
         for outcome in outcomes.values():
             observe_fhir_fetch(outcome.elapsed_ms, outcome.ok)
+            for warning in outcome.warnings:
+                log.warning(
+                    "FHIR fetch for %s: %s",
+                    outcome.key,
+                    warning,
+                    extra={"hookInstance": request.hook_instance},
+                )
         failed = [o for o in outcomes.values() if not o.ok]
         trace.fhir_errors += len(failed)
         if failed:
@@ -346,3 +359,41 @@ class HookHandler:
         for outcome in outcomes.values():
             fetched.extend(resources_of(outcome.resource))
         return fetched
+
+
+def card_style_from_site(site: Mapping[str, Any]) -> CardStyle:
+    """Override reasons and a link to the rule documentation, when the site configures them."""
+    try:
+        reasons = parse_override_reasons(site["overrideReasons"]) if "overrideReasons" in site else None
+    except ValueError as error:
+        raise ConfigError(f"CDS_SITE_CONFIG: {error}") from None
+    doc_url = site.get("rulesDocUrl")
+    if doc_url is not None and not (isinstance(doc_url, str) and doc_url.startswith(("https://", "http://"))):
+        raise ConfigError(f"CDS_SITE_CONFIG: rulesDocUrl={doc_url!r} is not an absolute http(s) URL")
+    return CardStyle(override_reasons=reasons or DEFAULT_OVERRIDE_REASONS, rules_doc_url=doc_url)
+
+
+def build_handler(
+    settings: Settings,
+    *,
+    fhir_client: FhirClient | None = None,
+    run_ahead: RunAhead | None = None,
+    on_cards: Callable[[str, Sequence[tuple[str, str]]], None] | None = None,
+) -> HookHandler:
+    """The handler as the service runs it: site config read, clinical config and card style built.
+
+    A malformed site config stops the service at start (ConfigError), never at the first call.
+    """
+    site = load_site_config(settings.site_config)
+    try:
+        clinical_config = load_clinical_config(site)
+    except ValueError as error:
+        raise ConfigError(f"CDS_SITE_CONFIG: {error}") from None
+    return HookHandler(
+        settings,
+        clinical_config,
+        card_style=card_style_from_site(site),
+        fhir_client=fhir_client,
+        run_ahead=run_ahead,
+        on_cards=on_cards,
+    )

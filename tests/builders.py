@@ -101,4 +101,6 @@ def assert_valid_response(body: Any) -> None:
     """The response schema plus the standard's no-empty-values rule, for every response a test sees."""
     errors = sorted(validator("response").iter_errors(body), key=lambda e: list(e.absolute_path))
     assert not errors, [f"{list(e.absolute_path)}: {e.message}" for e in errors[:5]]
-    assert find_empty_values(body) == []
+    # `"cards": []` is the standard's answer when there is nothing to say; inside a card nothing is empty.
+    for index, card in enumerate(body["cards"]):
+        assert find_empty_values(card) == [], f"card {index}"

@@ -48,9 +48,11 @@ class HookRequest:
 
     @property
     def draft_orders(self) -> list[dict[str, Any]]:
-        """The resources of `draftOrders` (order hooks); empty for patient-view."""
-        bundle = self.context.get("draftOrders") or {}
-        return [entry["resource"] for entry in bundle.get("entry", ())]
+        """The resources of `draftOrders` (order hooks, where the schema has checked its shape); empty for
+        patient-view, whose context the standard gives no draftOrders, whatever a client puts there."""
+        if self.hook == "patient-view":
+            return []
+        return [entry["resource"] for entry in self.context["draftOrders"].get("entry", ())]
 
     @property
     def selected_orders(self) -> list[dict[str, Any]]:
