@@ -49,20 +49,6 @@ class ReplayResult:
     now: datetime | None
 
 
-def build_handler(settings: Settings) -> HookHandler:
-    """The service's handler as ``create_app`` builds it (site config, clinical config, card style).
-
-    Imported here, not at the top, so that ``cds-service --help`` does not load the clinical engine.
-    """
-    from cds_service.app import _card_style
-    from cds_service.clinical.engine import load_clinical_config
-    from cds_service.config import load_site_config
-    from cds_service.services import HookHandler
-
-    site = load_site_config(settings.site_config)
-    return HookHandler(settings, load_clinical_config(site), card_style=_card_style(site))
-
-
 def offline_prefetch(
     handler: HookHandler, service_id: str, context: dict[str, Any], server: OfflineFhirServer
 ) -> dict:
@@ -86,6 +72,9 @@ class Replayer:
 
     def handler(self, now: datetime | None) -> HookHandler:
         if now not in self._handlers:
+            # Imported here, not at the top, so that ``cds-service --help`` does not load the engine.
+            from cds_service.services import build_handler
+
             self._handlers[now] = build_handler(self.settings.with_overrides(now=now))
         return self._handlers[now]
 
