@@ -13,59 +13,24 @@ between entries are rewritten to ``Type/id`` here rather than left to each serve
 
 from __future__ import annotations
 
-import copy
-import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
 
 import click
 import orjson
 import requests
 
+from cds_service.fhir.bundles import resolve_full_urls, stored_as
+from cds_service.fhir.dates import full_date, shift_dates
 from cds_service.fhir.errors import exception_reason, http_error_reason
 
 DEFAULT_FIXTURES = Path("fhir_fixtures")
 TIMEOUT_S = 120
-_FULL_DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})((T\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:\d{2})?)$")
-# Keys whose string values are identifiers, codes or narrative, never FHIR dates, even when they look
-# like one (an identifier "2024-01-15" stays as it is).
-_NOT_DATES = frozenset({"id", "reference", "url", "fullUrl", "system", "code", "version", "div", "data"})
 
 
 class LoadError(click.ClickException):
     """A file or the server refused; the message names the file."""
-
-
-def shift_date_string(value: str, days: int) -> str:
-    """Move a FHIR date, dateTime or instant by whole days, keeping its precision and offset.
-
-    Partial dates (a year, a year and month) are returned unchanged: a shift in days has no meaning
-    for them and rounding would invent precision the source did not have.
-    """
-    match = _FULL_DATE.match(value)
-    if not match or days == 0:
-        return value
-    moved = date.fromisoformat(match.group(1)) + timedelta(days=days)
-    return moved.isoformat() + match.group(2)
-
-
-def shift_dates(node: Any, days: int) -> Any:
-    """A copy of a resource (or any JSON) with every full date moved by ``days``; ``meta`` untouched."""
-    if isinstance(node, dict):
-        shifted = {}
-        for key, value in node.items():
-            if key == "meta" or key in _NOT_DATES:
-                shifted[key] = copy.deepcopy(value)
-            elif isinstance(value, str):
-                shifted[key] = shift_date_string(value, days)
-            else:
-                shifted[key] = shift_dates(value, days)
-        return shifted
-    if isinstance(node, list):
-        return [shift_date_string(v, days) if isinstance(v, str) else shift_dates(v, days) for v in node]
-    return node
 
 
 def days_since(reference_day: date, today: date) -> int:
@@ -74,29 +39,7 @@ def days_since(reference_day: date, today: date) -> int:
 
 def _reference_day_of(bundle: dict) -> date | None:
     stamp = bundle.get("timestamp")
-    if not isinstance(stamp, str) or not _FULL_DATE.match(stamp):
-        return None
-    return date.fromisoformat(stamp[:10])
-
-
-def _entry_target(entry: dict, resource: dict) -> str | None:
-    """``Type/id`` the entry will be stored under when it has an id of its own."""
-    kind, rid = resource.get("resourceType"), resource.get("id")
-    if isinstance(kind, str) and isinstance(rid, str) and rid:
-        return f"{kind}/{rid}"
-    return None
-
-
-def _rewrite_references(node: Any, aliases: dict[str, str]) -> None:
-    if isinstance(node, dict):
-        ref = node.get("reference")
-        if isinstance(ref, str) and ref in aliases:
-            node["reference"] = aliases[ref]
-        for value in node.values():
-            _rewrite_references(value, aliases)
-    elif isinstance(node, list):
-        for value in node:
-            _rewrite_references(value, aliases)
+    return full_date(stamp) if isinstance(stamp, str) else None
 
 
 def to_transaction(bundle: dict, *, days: int = 0) -> dict:
@@ -109,17 +52,13 @@ def to_transaction(bundle: dict, *, days: int = 0) -> dict:
     entries = [
         e for e in bundle.get("entry") or [] if isinstance(e, dict) and isinstance(e.get("resource"), dict)
     ]
-    aliases: dict[str, str] = {}
-    for entry in entries:
-        target = _entry_target(entry, entry["resource"])
-        full_url = entry.get("fullUrl")
-        if target and isinstance(full_url, str) and full_url and full_url != target:
-            aliases[full_url] = target
+    resources = [shift_dates(entry["resource"], days) for entry in entries]
+    resolve_full_urls(
+        (entry.get("fullUrl"), resource) for entry, resource in zip(entries, resources, strict=True)
+    )
     out_entries = []
-    for entry in entries:
-        resource = shift_dates(entry["resource"], days)
-        _rewrite_references(resource, aliases)
-        target = _entry_target(entry, resource)
+    for entry, resource in zip(entries, resources, strict=True):
+        target = stored_as(resource)
         if target:
             out_entries.append(
                 {"fullUrl": target, "resource": resource, "request": {"method": "PUT", "url": target}}

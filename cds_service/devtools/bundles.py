@@ -2,9 +2,9 @@
 
 Fixtures and real exports arrive as transaction, collection or searchset Bundles. A transaction Bundle
 links its entries with ``urn:uuid:`` full URLs that only a FHIR server would turn into ``Type/id``
-references; the offline replay has no server, so this module does that rewriting itself. Every problem
-with a file becomes a ``BundleError`` whose message is one line naming the file, because the commands
-print it as is.
+references; the offline replay has no server, so it does that rewriting itself, by the same rule as the
+fixture loader (``cds_service.fhir.bundles``). Every problem with a file becomes a ``BundleError`` whose
+message is one line naming the file, because the commands print it as is.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from cds_service.devtools.offline import parse_fhir_instant
+from cds_service.fhir.bundles import resolve_full_urls
 
 BUNDLE_TYPES = frozenset({"transaction", "batch", "collection", "searchset", "document", "message"})
 
@@ -130,18 +131,12 @@ def bundle_resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
     entries = [e for e in bundle.get("entry", []) if isinstance(e.get("resource"), dict)]
     entries = [e for e in entries if (e.get("search") or {}).get("mode") != "outcome"]
     resources = [copy.deepcopy(e["resource"]) for e in entries]
-    aliases: dict[str, str] = {}
     for entry, resource in zip(entries, resources, strict=True):
-        kind = resource.get("resourceType")
-        if not isinstance(kind, str):
-            continue
-        resource["id"] = _entry_id(entry, resource)
-        full_url = entry.get("fullUrl")
-        if isinstance(full_url, str) and full_url:
-            aliases[full_url] = f"{kind}/{resource['id']}"
-    if aliases:
-        for resource in resources:
-            _rewrite_references(resource, aliases)
+        if isinstance(resource.get("resourceType"), str):
+            resource["id"] = _entry_id(entry, resource)
+    resolve_full_urls(
+        (entry.get("fullUrl"), resource) for entry, resource in zip(entries, resources, strict=True)
+    )
     return [r for r in resources if isinstance(r.get("resourceType"), str)]
 
 
@@ -159,20 +154,6 @@ def _entry_id(entry: dict[str, Any], resource: dict[str, Any]) -> str:
         if full_url.rstrip("/").count("/") >= 1 and not full_url.startswith("urn:"):
             return full_url.rstrip("/").rsplit("/", 1)[1]
     return str(uuid.uuid4())
-
-
-def _rewrite_references(node: Any, aliases: dict[str, str]) -> None:
-    if isinstance(node, dict):
-        ref = node.get("reference")
-        if isinstance(ref, str) and ref in aliases:
-            node["reference"] = aliases[ref]
-        for value in node.values():
-            if isinstance(value, dict | list):
-                _rewrite_references(value, aliases)
-    elif isinstance(node, list):
-        for value in node:
-            if isinstance(value, dict | list):
-                _rewrite_references(value, aliases)
 
 
 def load_patient_bundle(path: Path) -> PatientBundle:

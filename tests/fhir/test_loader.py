@@ -11,52 +11,11 @@ import requests
 from click.testing import CliRunner
 
 from cds_service.cli import main
-from cds_service.loader import shift_date_string, shift_dates, to_transaction
+from cds_service.loader import to_transaction
 from tests.builders import SMART_PATIENTS
 from tests.support.fhir_server import SekmetServer
 
 SOME_SMART_PATIENTS = sorted(SMART_PATIENTS.glob("*.json"))[:3]
-
-
-@pytest.mark.parametrize(
-    ("value", "days", "expected"),
-    [
-        ("2025-12-30", 3, "2026-01-02"),
-        ("2025-12-30T08:15:00Z", 3, "2026-01-02T08:15:00Z"),
-        ("2024-03-01T23:59:59.123+05:30", -1, "2024-02-29T23:59:59.123+05:30"),
-        ("2025-06-01T10:00+01:00", 10, "2025-06-11T10:00+01:00"),
-        ("2025", 400, "2025"),
-        ("2025-06", 400, "2025-06"),
-        ("2025-06-01", 0, "2025-06-01"),
-        ("not a date", 5, "not a date"),
-        ("2025-06-01 extra", 5, "2025-06-01 extra"),
-    ],
-)
-def test_shift_date_string(value: str, days: int, expected: str) -> None:
-    assert shift_date_string(value, days) == expected
-
-
-def test_shift_dates_moves_dates_everywhere_but_ids_codes_and_meta() -> None:
-    resource = {
-        "resourceType": "MedicationRequest",
-        "id": "2025-01-01",
-        "meta": {"lastUpdated": "2025-01-01T00:00:00Z"},
-        "authoredOn": "2025-01-01",
-        "identifier": [{"system": "urn:x", "value": "2025-01-01"}],
-        "code": {"coding": [{"code": "2025-01-01"}]},
-        "dosageInstruction": [{"timing": {"event": ["2025-01-02", "2025-01-03T08:00:00Z"]}}],
-        "dispenseRequest": {"validityPeriod": {"start": "2025-01-01", "end": "2025-02-01"}},
-        "subject": {"reference": "Patient/2025-01-01"},
-    }
-    shifted = shift_dates(resource, 31)
-    assert shifted["id"] == "2025-01-01"
-    assert shifted["meta"] == resource["meta"]
-    assert shifted["code"] == resource["code"]
-    assert shifted["subject"] == resource["subject"]
-    assert shifted["authoredOn"] == "2025-02-01"
-    assert shifted["dosageInstruction"][0]["timing"]["event"] == ["2025-02-02", "2025-02-03T08:00:00Z"]
-    assert shifted["dispenseRequest"]["validityPeriod"] == {"start": "2025-02-01", "end": "2025-03-04"}
-    assert resource["authoredOn"] == "2025-01-01", "the input is left alone"
 
 
 def test_collection_becomes_a_transaction_keeping_ids_and_links() -> None:
