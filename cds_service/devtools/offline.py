@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from cds_service.fhir.read import parse_datetime
+
 # A base URL under the reserved .invalid domain: paging links look real but can never reach a host.
 OFFLINE_BASE_URL = "https://offline.invalid/fhir"
 
@@ -167,19 +169,9 @@ _REFERENCE_TARGET = {"patient": "Patient", "subject": "Patient", "medication": "
 
 
 def parse_fhir_instant(value: str) -> datetime | None:
-    """The first instant a FHIR date/dateTime covers (a partial date means its first moment), in UTC."""
-    text = value.strip()
-    if len(text) == 4 and text.isdigit():
-        text += "-01-01"
-    elif len(text) == 7:
-        text += "-01"
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    """The first instant a FHIR date/dateTime covers, in UTC, read as the clinical rules read it."""
+    moment = parse_datetime(value.strip())
+    return moment.astimezone(UTC) if moment else None
 
 
 _DATE_PREFIXES = ("eq", "ne", "lt", "le", "gt", "ge", "sa", "eb", "ap")

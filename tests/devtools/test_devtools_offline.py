@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from cds_service.devtools.bundles import bundle_resources
-from cds_service.devtools.offline import OfflineFhirServer, OfflineQueryError
+from cds_service.devtools.offline import OfflineFhirServer, OfflineQueryError, parse_fhir_instant
 
 LOINC = "http://loinc.org"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
@@ -261,3 +262,22 @@ def test_smart_sandbox_bundle_resolves_every_subject() -> None:
     patient = next(r for r in resources if r["resourceType"] == "Patient")
     subjects = {r["subject"]["reference"] for r in resources if "subject" in r}
     assert subjects == {f"Patient/{patient['id']}"}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2025", datetime(2025, 1, 1, tzinfo=UTC)),
+        ("2025-06", datetime(2025, 6, 1, tzinfo=UTC)),
+        (" 2025-06-01 ", datetime(2025, 6, 1, tzinfo=UTC)),
+        ("2025-06-01T10:00:00+02:00", datetime(2025, 6, 1, 8, tzinfo=UTC)),
+        ("2025-06-01T10:00:00Z", datetime(2025, 6, 1, 10, tzinfo=UTC)),
+        ("2025-06-01T10:00:00", datetime(2025, 6, 1, 10, tzinfo=UTC)),
+        ("2025-13", None),
+        ("yesterday", None),
+    ],
+)
+def test_fhir_dates_read_as_their_first_instant_in_utc(value: str, expected: datetime | None) -> None:
+    moment = parse_fhir_instant(value)
+    assert moment == expected
+    assert moment is None or moment.tzinfo is UTC
