@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
+
 import pytest
 
+from cds_service.fhir.client import FhirClient
 from tests.fhir.data import small_patient_bundle
 from tests.support.fhir_server import SekmetServer, fhir_server, sekmet_factory, sekmet_server
 
-__all__ = ["fhir_server", "loaded_server", "sekmet_factory", "sekmet_server"]
+__all__ = ["closed_port", "fhir_client", "fhir_server", "loaded_server", "sekmet_factory", "sekmet_server"]
 
 
 @pytest.fixture
@@ -15,3 +19,20 @@ def loaded_server(fhir_server: SekmetServer) -> SekmetServer:
     """The session's sekmet, emptied and loaded with the small patient of ``tests.fhir.data``."""
     fhir_server.load(small_patient_bundle())
     return fhir_server
+
+
+@pytest.fixture
+def fhir_client() -> Iterator[FhirClient]:
+    fhir = FhirClient()
+    yield fhir
+    fhir.close()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released), for a server that is down."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port

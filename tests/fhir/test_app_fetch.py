@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -330,16 +329,8 @@ def test_server_that_demands_a_token(
     assert TOKEN not in json.dumps([right, without, wrong])
 
 
-def _closed_port() -> int:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
-
-
-def test_server_that_is_down_gives_a_quick_412(settings: Settings) -> None:
-    down = f"http://127.0.0.1:{_closed_port()}/fhir"
+def test_server_that_is_down_gives_a_quick_412(settings: Settings, closed_port: int) -> None:
+    down = f"http://127.0.0.1:{closed_port}/fhir"
     application = create_app(settings.with_overrides(allowed_fhir_servers=(down,)))
     try:
         body = _without_prefetch(_example(REPO / "hooks" / "patient-view.json"), down)

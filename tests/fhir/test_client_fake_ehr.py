@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from cds_service.fhir.client import FhirClient
@@ -12,13 +10,6 @@ from tests.support.fake_ehr_fhir import SMART_LAUNCHER_401_TEXT, FakeEhrFhir
 pytestmark = pytest.mark.integration
 
 BUDGET_MS = 3000
-
-
-@pytest.fixture
-def fhir_client() -> Iterator[FhirClient]:
-    fhir = FhirClient()
-    yield fhir
-    fhir.close()
 
 
 def _observations(count: int) -> list[dict]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,13 +18,6 @@ from tests.support.fhir_server import SekmetServer
 pytestmark = pytest.mark.integration
 
 BUDGET_MS = 5000
-
-
-@pytest.fixture
-def fhir_client() -> Iterator[FhirClient]:
-    fhir = FhirClient()
-    yield fhir
-    fhir.close()
 
 
 @pytest.fixture
@@ -203,16 +195,8 @@ def test_token_is_sent_on_every_page(fhir_client: FhirClient, proxy: DelayProxy)
     assert proxy.seen[1].path.startswith("/fhir/Observation?")
 
 
-def _closed_port() -> int:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
-
-
-def test_server_down_is_connection_refused_at_once(fhir_client: FhirClient) -> None:
-    base = f"http://127.0.0.1:{_closed_port()}/fhir"
+def test_server_down_is_connection_refused_at_once(fhir_client: FhirClient, closed_port: int) -> None:
+    base = f"http://127.0.0.1:{closed_port}/fhir"
     started = time.monotonic()
     outcomes = fhir_client.fetch_all(
         base,
