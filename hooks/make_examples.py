@@ -89,28 +89,16 @@ def lab(pid: str, key: str, value: float, when: str, n: int = 1) -> dict[str, An
     }
 
 
-def b12_course(pid: str, started: str) -> dict[str, Any]:
+def b12_order(pid: str, authored_on: str, *, draft: bool = False) -> dict[str, Any]:
+    """A cyanocobalamin course on the record, or (``draft``) the one the clinician is ordering now."""
     return {
         "resourceType": "MedicationRequest",
-        "id": f"{pid}-cyanocobalamin",
-        "status": "active",
+        "id": "draft-cyanocobalamin" if draft else f"{pid}-cyanocobalamin",
+        "status": "draft" if draft else "active",
         "intent": "order",
         "medicationCodeableConcept": CYANOCOBALAMIN,
         "subject": {"reference": f"Patient/{pid}"},
-        "authoredOn": started,
-        "dosageInstruction": B12_DOSAGE,
-    }
-
-
-def draft_b12(pid: str) -> dict[str, Any]:
-    return {
-        "resourceType": "MedicationRequest",
-        "id": "draft-cyanocobalamin",
-        "status": "draft",
-        "intent": "order",
-        "medicationCodeableConcept": CYANOCOBALAMIN,
-        "subject": {"reference": f"Patient/{pid}"},
-        "authoredOn": "2026-01-15",
+        "authoredOn": authored_on,
         "dosageInstruction": B12_DOSAGE,
     }
 
@@ -149,7 +137,7 @@ def examples() -> list[Example]:
                 lab(p1, "hb", 10.2, "2025-11-03"),
                 lab(p1, "ferritin", 184, "2025-11-03"),
                 lab(p1, "tsat", 41, "2025-11-03"),
-                b12_course(p1, "2025-11-10"),
+                b12_order(p1, "2025-11-10"),
             ],
         ),
         Example(
@@ -161,7 +149,7 @@ def examples() -> list[Example]:
                 lab(p2, "mcv", 104, "2026-01-08"),
                 lab(p2, "hb", 11.8, "2026-01-08"),
             ],
-            draft_b12(p2),
+            b12_order(p2, "2026-01-15", draft=True),
         ),
         Example(
             "order-sign.json",
@@ -173,7 +161,7 @@ def examples() -> list[Example]:
                 lab(p3, "mcv", 93, "2026-01-06"),
                 lab(p3, "hb", 12.6, "2026-01-06"),
             ],
-            draft_b12(p3),
+            b12_order(p3, "2026-01-15", draft=True),
         ),
         Example(
             "patient-view-iron-deficiency-after-b12.json",
@@ -184,7 +172,7 @@ def examples() -> list[Example]:
                 lab(p4, "mcv", 112, "2025-08-14"),
                 lab(p4, "hb", 9.8, "2025-08-14"),
                 lab(p4, "ferritin", 192, "2025-08-14"),
-                b12_course(p4, "2025-08-20"),
+                b12_order(p4, "2025-08-20"),
                 lab(p4, "ferritin", 21, "2025-12-16", 2),
                 lab(p4, "tsat", 11, "2025-12-16", 2),
                 lab(p4, "mcv", 88, "2025-12-16", 2),
