@@ -76,6 +76,11 @@ def fire(*args: str) -> Result:
     return CliRunner().invoke(main, ["fire", *args])
 
 
+def fire_for(service: str, fhir_server: SekmetServer, patient_id: str, *args: str) -> Result:
+    """``fire`` at ``service`` for one patient of ``fhir_server``, the prefix most tests share."""
+    return fire("--service", service, "--fhir-server", fhir_server.base_url, "--patient", patient_id, *args)
+
+
 def fired_response(result: Result) -> dict:
     assert result.exit_code == 0, result.stderr
     response = orjson.loads(result.stdout)
@@ -107,15 +112,7 @@ def write_key(tmp_path: Path, private_key: object, kid: str) -> tuple[Path, Path
 def test_fire_without_auth_gives_the_cards_replay_gives(fhir_server: SekmetServer, tmp_path: Path) -> None:
     record = load_example(fhir_server, "patient-view.json")
     with serving_service(lambda _: base_settings(tmp_path)) as service:
-        result = fire(
-            "--service",
-            service,
-            "--fhir-server",
-            fhir_server.base_url,
-            "--patient",
-            record.patient_id,
-            "--json",
-        )
+        result = fire_for(service, fhir_server, record.patient_id, "--json")
         response = fired_response(result)
     assert topics(response)
     assert topics(response) == replayed_topics("patient-view.json")
@@ -124,18 +121,8 @@ def test_fire_without_auth_gives_the_cards_replay_gives(fhir_server: SekmetServe
 def test_fire_human_output_shows_the_cards(fhir_server: SekmetServer, tmp_path: Path) -> None:
     record = load_example(fhir_server, "patient-view.json")
     with serving_service(lambda _: base_settings(tmp_path)) as service:
-        json_result = fire(
-            "--service",
-            service,
-            "--fhir-server",
-            fhir_server.base_url,
-            "--patient",
-            record.patient_id,
-            "--json",
-        )
-        text_result = fire(
-            "--service", service, "--fhir-server", fhir_server.base_url, "--patient", record.patient_id
-        )
+        json_result = fire_for(service, fhir_server, record.patient_id, "--json")
+        text_result = fire_for(service, fhir_server, record.patient_id)
     assert text_result.exit_code == 0, text_result.stderr
     for card in fired_response(json_result)["cards"]:
         assert card["summary"] in text_result.stdout
@@ -149,10 +136,16 @@ def test_fire_order_select_with_a_hooks_request_as_the_order(
     name = "order-select-cyanocobalamin.json"
     record = load_example(fhir_server, name)
     with serving_service(lambda _: base_settings(tmp_path)) as service:
-        result = fire(
-            "--service", service, "--fhir-server", fhir_server.base_url, "--patient", record.patient_id,
-            "--hook", "order-select", "--order", str(HOOKS / name), "--json",
-        )  # fmt: skip
+        result = fire_for(
+            service,
+            fhir_server,
+            record.patient_id,
+            "--hook",
+            "order-select",
+            "--order",
+            str(HOOKS / name),
+            "--json",
+        )
         response = fired_response(result)
     assert topics(response) == replayed_topics(name)
     assert "iron-studies-after-b12" in topics(response)
@@ -164,10 +157,7 @@ def test_fire_no_prefetch_lets_the_service_fetch_from_an_allowed_server(
     record = load_example(fhir_server, "patient-view.json")
     settings = base_settings(tmp_path, allowed_fhir_servers=(fhir_server.base_url,))
     with serving_service(lambda _: settings) as service:
-        result = fire(
-            "--service", service, "--fhir-server", fhir_server.base_url, "--patient", record.patient_id,
-            "--no-prefetch", "--json",
-        )  # fmt: skip
+        result = fire_for(service, fhir_server, record.patient_id, "--no-prefetch", "--json")
         response = fired_response(result)
     assert topics(response) == replayed_topics("patient-view.json")
 
@@ -214,15 +204,7 @@ def test_fire_with_a_signed_jwt(fhir_server: SekmetServer, tmp_path: Path, key_t
 def test_fire_reports_412_when_the_service_may_not_fetch(fhir_server: SekmetServer, tmp_path: Path) -> None:
     record = load_example(fhir_server, "patient-view.json")
     with serving_service(lambda _: base_settings(tmp_path)) as service:
-        result = fire(
-            "--service",
-            service,
-            "--fhir-server",
-            fhir_server.base_url,
-            "--patient",
-            record.patient_id,
-            "--no-prefetch",
-        )
+        result = fire_for(service, fhir_server, record.patient_id, "--no-prefetch")
     assert result.exit_code != 0
     assert "412 from" in result.stderr and "could not get the data it needs" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
