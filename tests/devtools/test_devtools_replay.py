@@ -172,22 +172,19 @@ def test_every_hooks_example_replays_with_its_own_hook_and_orders() -> None:
 # --- bad input -----------------------------------------------------------------------------------------
 
 
-def test_not_json(tmp_path: Path) -> None:
-    path = tmp_path / "broken.json"
-    path.write_text("{ this is not json")
-    assert_clean_failure(run(str(path)), mentions="not valid JSON")
-
-
-def test_not_a_bundle(tmp_path: Path) -> None:
-    path = tmp_path / "patient.json"
-    path.write_text(json.dumps({"resourceType": "Patient", "id": "x"}))
-    assert_clean_failure(run(str(path)), mentions="not a FHIR Bundle")
-
-
-def test_json_array_is_not_a_bundle(tmp_path: Path) -> None:
-    path = tmp_path / "list.json"
-    path.write_text("[1, 2]")
-    assert_clean_failure(run(str(path)), mentions="not a FHIR Bundle")
+@pytest.mark.parametrize(
+    ("content", "mentions"),
+    [
+        ("{ this is not json", "not valid JSON"),
+        (json.dumps({"resourceType": "Patient", "id": "x"}), "not a FHIR Bundle"),
+        ("[1, 2]", "not a FHIR Bundle"),
+    ],
+    ids=["not-json", "a-patient", "a-json-array"],
+)
+def test_a_file_that_is_not_a_bundle(tmp_path: Path, content: str, mentions: str) -> None:
+    path = tmp_path / "input.json"
+    path.write_text(content)
+    assert_clean_failure(run(str(path)), mentions=mentions)
 
 
 def test_bundle_without_patient(tmp_path: Path) -> None:
