@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import jwt
 import orjson
 import pytest
-import requests
 from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -26,8 +22,8 @@ from cds_service.devtools.fire import Ehr
 from tests.builders import FIXED_NOW, REPO, SMART_PATIENTS
 from tests.devtools.checks import assert_spec_response
 from tests.devtools.served import serving_service
-from tests.serving.served import COMMAND, clean_env, free_port
 from tests.support.fhir_server import SekmetServer
+from tests.support.served import Served
 
 HOOKS = REPO / "hooks"
 NOW = FIXED_NOW.isoformat().replace("+00:00", "Z")
@@ -324,51 +320,31 @@ def test_fire_against_cds_service_serve_with_a_signed_jwt(fhir_server: SekmetSer
     """The production server (gunicorn via `cds-service serve`) in its own process, JWTs required."""
     pem, clients = write_key(tmp_path, ec.generate_private_key(ec.SECP384R1()), kid="served-1")
     record = load_example(fhir_server, "patient-view.json")
-    port = free_port()
-    service = f"http://127.0.0.1:{port}"
-    env = clean_env(
+    server = Served(
+        tmp_path,
+        workers=1,
+        CDS_AUTH="required",
         CDS_CLIENTS=str(clients),
         CDS_NOW=NOW,
         CDS_ALLOWED_FHIR_SERVERS=fhir_server.base_url,
-        CDS_FEEDBACK_DB=str(tmp_path / "feedback.sqlite3"),
-        CDS_STATE_DB=str(tmp_path / "state.sqlite3"),
-        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
-    )
-    log = (tmp_path / "serve.log").open("wb")
-    process = subprocess.Popen(
-        [COMMAND, "serve", "--port", str(port), "--workers", "1"],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
     )
     try:
-        wait_healthy(service, process)
-        common = ["--service", service, "--fhir-server", fhir_server.base_url, "--patient", record.patient_id]
+        common = [
+            "--service",
+            server.base,
+            "--fhir-server",
+            fhir_server.base_url,
+            "--patient",
+            record.patient_id,
+        ]
         signed = fire(*common, "--signing-key", str(pem), "--iss", ISS, "--kid", "served-1", "--json")
         fetched = fire(
             *common, "--signing-key", str(pem), "--iss", ISS, "--kid", "served-1", "--no-prefetch", "--json"
         )
         unsigned = fire(*common)
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=40)
-        log.close()
+        server.stop()
     expected = replayed_topics("patient-view.json")
     assert topics(fired_response(signed)) == expected
     assert topics(fired_response(fetched)) == expected
     assert unsigned.exit_code != 0 and "401 Unauthorized" in unsigned.stderr
-
-
-def wait_healthy(base: str, process: subprocess.Popen, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"cds-service serve exited with {process.returncode}"
-        try:
-            if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"cds-service serve did not become healthy within {timeout_s} s")

@@ -7,12 +7,8 @@ commit, and SQLite's WAL with `synchronous=FULL` keeps committed transactions th
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,6 +17,7 @@ import pytest
 import requests
 
 from cds_service.cli import main
+from tests.support.served import COMMAND, HOOKS_NOW, Served, hook_example
 
 pytestmark = [
     pytest.mark.integration,
@@ -30,68 +27,8 @@ pytestmark = [
 ]
 
 SERVICE = "b12-iron-patient-view"
-COMMAND = str(Path(sys.executable).with_name("cds-service"))
 CLIENTS = 8
 ITEMS_PER_POST = 5
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Served:
-    """One `cds-service serve` process group on loopback."""
-
-    def __init__(self, workdir: Path, database: Path, **extra_env: str) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        env = {key: value for key, value in os.environ.items() if not key.startswith("CDS_")}
-        env |= {
-            "CDS_AUTH": "off",
-            "CDS_FEEDBACK_DB": str(database),
-            "CDS_STATE_DB": str(workdir / "state.sqlite3"),
-            "CDS_LOG_LEVEL": "WARNING",
-            **extra_env,
-        }
-        self.log = (workdir / f"serve-{self.port}.log").open("w")
-        self.process = subprocess.Popen(
-            [COMMAND, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "2"],
-            cwd=workdir,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"cds-service serve exited with {self.process.returncode}")
-            try:
-                if requests.get(f"{self.base}/healthz", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("cds-service serve did not become healthy within 60 s")
-
-    def kill(self) -> None:
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        self.log.close()
 
 
 def entries(client: int, post: int) -> list[dict[str, object]]:
@@ -117,7 +54,7 @@ def stored_cards(database: Path) -> set[str]:
 def test_every_item_answered_200_survives_sigkill_and_restart(tmp_path: Path) -> None:
     workdir = tmp_path
     database = workdir / "feedback.sqlite3"
-    server = Served(workdir, database)
+    server = Served(workdir, CDS_FEEDBACK_DB=str(database), CDS_LOG_LEVEL="WARNING")
     confirmed: list[str] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -162,7 +99,7 @@ def test_every_item_answered_200_survives_sigkill_and_restart(tmp_path: Path) ->
     assert errors == []
     assert len(confirmed) >= 300 * ITEMS_PER_POST, "the load did not reach the server before the kill"
 
-    restarted = Served(workdir, database)
+    restarted = Served(workdir, CDS_FEEDBACK_DB=str(database), CDS_LOG_LEVEL="WARNING")
     try:
         assert requests.get(f"{restarted.base}/readyz", timeout=5).status_code == 200
         missing = set(confirmed) - stored_cards(database)
@@ -194,7 +131,6 @@ def restarted_post(server: Served, body: list[dict[str, object]]) -> dict[str, i
     return answer.json()
 
 
-HOOKS = Path(__file__).resolve().parents[2] / "hooks"
 EXAMPLES = {
     "patient-view.json": "b12-iron-patient-view",
     "order-select-cyanocobalamin.json": "b12-iron-order-select",
@@ -207,11 +143,11 @@ def test_issued_cards_and_feedback_meet_in_the_report(tmp_path: Path) -> None:
     """Hook calls record their cards off the hot path; a graceful stop flushes them; feedback on those
     cards is reported under each card's topic, with the display of a reason sent by code only."""
     database = tmp_path / "feedback.sqlite3"
-    server = Served(tmp_path, database, CDS_NOW="2026-01-15T09:00:00Z")
+    server = Served(tmp_path, CDS_FEEDBACK_DB=str(database), CDS_LOG_LEVEL="WARNING", CDS_NOW=HOOKS_NOW)
     cards: list[tuple[str, dict[str, object]]] = []
     try:
         for example, service in EXAMPLES.items():
-            body = json.loads((HOOKS / example).read_text())
+            body = hook_example(example)
             answer = requests.post(f"{server.base}/cds-services/{service}", json=body, timeout=30)
             assert answer.status_code == 200, answer.text
             cards += [(service, card) for card in answer.json()["cards"]]

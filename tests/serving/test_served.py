@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.serving.served import COMMAND, Served, clean_env, free_port, hook_example
+from tests.support.processes import free_port
+from tests.support.served import COMMAND, HOOKS_NOW, Served, clean_env, hook_example
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +38,7 @@ def metric(body: str, name: str, **labels: str) -> float:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    server = Served(tmp_path_factory.mktemp("served"), workers=2)
+    server = Served(tmp_path_factory.mktemp("served"), workers=2, threads=4, CDS_NOW=HOOKS_NOW)
     yield server
     server.stop()
 
@@ -165,7 +166,14 @@ class SlowFhirServer:
 
 def test_sigterm_lets_a_call_in_flight_finish_then_exits_cleanly(tmp_path: Path) -> None:
     fhir = SlowFhirServer(delay_s=1.0)
-    served = Served(tmp_path, workers=2, CDS_ALLOWED_FHIR_SERVERS=fhir.base_url, CDS_FHIR_BUDGET_MS="4000")
+    served = Served(
+        tmp_path,
+        workers=2,
+        threads=4,
+        CDS_NOW=HOOKS_NOW,
+        CDS_ALLOWED_FHIR_SERVERS=fhir.base_url,
+        CDS_FHIR_BUDGET_MS="4000",
+    )
     try:
         body = hook_example("patient-view.json")
         body.pop("prefetch")
