@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
-import shutil
-import socket
 import sqlite3
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +21,8 @@ from tests.auth.auth_support import (
     authenticate_in_process,
     write_clients,
 )
+from tests.support.processes import free_port
+from tests.support.redis_server import running_redis
 
 
 def bearer(token: str) -> str:
@@ -125,56 +124,10 @@ def test_store_failure_refuses_the_token(tmp_path: Path, clients_file: Path, ec_
 # --- Redis: a real redis-server on loopback, when the Debian package is installed ---------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install -y redis-server); Redis store untested")
-    pytest.importorskip("redis", reason="the optional 'redis' extra is not installed")
-    import redis
-
-    directory = tmp_path_factory.mktemp("redis")
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(directory),
-            "--requirepass",
-            "s3cret-pass",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://:s3cret-pass@127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                process.kill()
-                pytest.fail("redis-server did not start within 10 s")
-            time.sleep(0.05)
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
+    with running_redis(tmp_path_factory.mktemp("redis"), "s3cret-pass") as url:
+        yield url
 
 
 def test_redis_store_claims_once_and_expires(redis_url: str) -> None:

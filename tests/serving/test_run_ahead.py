@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from cds_service.config import Settings
 from cds_service.run_ahead import RunAheadCache
+from tests.support.processes import free_port
+from tests.support.redis_server import running_redis
 
 DRAFT_B12 = {
     "resourceType": "MedicationRequest",
@@ -139,39 +137,10 @@ def test_describe_says_where_entries_live() -> None:
 # --- Redis: a real redis-server on loopback ------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install -y redis-server); Redis backend untested")
-    redis = pytest.importorskip("redis", reason="the optional 'redis' extra is not installed")
-    directory: Path = tmp_path_factory.mktemp("redis")
-    port = _free_port()
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    command += ["--dir", str(directory), "--requirepass", "run-ahead-pass"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://:run-ahead-pass@127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 10
-    try:
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    pytest.fail("redis-server did not start within 10 s")
-                time.sleep(0.05)
+    with running_redis(tmp_path_factory.mktemp("redis"), "run-ahead-pass") as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.mark.integration
@@ -197,6 +166,6 @@ def test_redis_expires_entries_after_their_lifetime(redis_url: str) -> None:
 
 def test_an_unreachable_redis_is_a_miss_not_an_error() -> None:
     pytest.importorskip("redis", reason="the optional 'redis' extra is not installed")
-    cache = RunAheadCache(Settings(run_ahead_seconds=30, redis_url=f"redis://127.0.0.1:{_free_port()}/0"))
+    cache = RunAheadCache(Settings(run_ahead_seconds=30, redis_url=f"redis://127.0.0.1:{free_port()}/0"))
     cache.put("k", FINDINGS)
     assert cache.get("k") is None

@@ -1,0 +1,49 @@
+"""A real redis-server on loopback, for the stores that replicas share through Redis.
+
+Skips (never fails) where the Debian package or the optional ``redis`` extra is missing, so the rest of
+a module still runs; a server that is there but does not start fails the test.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import free_port, stop
+
+START_TIMEOUT_S = 10
+
+
+@contextmanager
+def running_redis(directory: Path, password: str) -> Iterator[str]:
+    """A password-protected redis-server keeping nothing on disk; yields its ``redis://`` URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server); Redis untested")
+    redis = pytest.importorskip("redis", reason="the optional 'redis' extra is not installed")
+    port = free_port()
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    command += ["--dir", str(directory), "--requirepass", password]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    try:
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"redis-server did not start within {START_TIMEOUT_S} s")
+                time.sleep(0.05)
+        yield url
+    finally:
+        client.close()
+        stop(process, grace_s=10)
