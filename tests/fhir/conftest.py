@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import pytest
@@ -11,7 +10,7 @@ from cds_service.fhir.client import FhirClient
 from tests.fhir.data import small_patient_bundle
 from tests.support.fhir_server import SekmetServer, fhir_server, sekmet_factory, sekmet_server
 
-__all__ = ["closed_port", "fhir_client", "fhir_server", "loaded_server", "sekmet_factory", "sekmet_server"]
+__all__ = ["fhir_client", "fhir_server", "loaded_server", "sekmet_factory", "sekmet_server"]
 
 
 @pytest.fixture
@@ -26,13 +25,3 @@ def fhir_client() -> Iterator[FhirClient]:
     fhir = FhirClient()
     yield fhir
     fhir.close()
-
-
-@pytest.fixture
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released), for a server that is down."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port

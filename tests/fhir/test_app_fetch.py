@@ -31,6 +31,7 @@ from tests.builders import REPO, SERVICE_FOR_HOOK, SMART_PATIENTS, assert_valid_
 from tests.live import serving
 from tests.support.delay_proxy import DelayProxy
 from tests.support.fhir_server import SekmetServer
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -329,8 +330,8 @@ def test_server_that_demands_a_token(
     assert TOKEN not in json.dumps([right, without, wrong])
 
 
-def test_server_that_is_down_gives_a_quick_412(settings: Settings, closed_port: int) -> None:
-    down = f"http://127.0.0.1:{closed_port}/fhir"
+def test_server_that_is_down_gives_a_quick_412(settings: Settings) -> None:
+    down = f"http://127.0.0.1:{free_port()}/fhir"
     application = create_app(settings.with_overrides(allowed_fhir_servers=(down,)))
     try:
         body = _without_prefetch(_example(REPO / "hooks" / "patient-view.json"), down)

@@ -14,6 +14,7 @@ from cds_service.fhir.client import FhirClient
 from tests.fhir.data import MEDICATION_REQUEST_COUNT, OBSERVATION_COUNT, PATIENT_ID
 from tests.support.delay_proxy import DelayProxy
 from tests.support.fhir_server import SekmetServer
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -195,8 +196,8 @@ def test_token_is_sent_on_every_page(fhir_client: FhirClient, proxy: DelayProxy)
     assert proxy.seen[1].path.startswith("/fhir/Observation?")
 
 
-def test_server_down_is_connection_refused_at_once(fhir_client: FhirClient, closed_port: int) -> None:
-    base = f"http://127.0.0.1:{closed_port}/fhir"
+def test_server_down_is_connection_refused_at_once(fhir_client: FhirClient) -> None:
+    base = f"http://127.0.0.1:{free_port()}/fhir"
     started = time.monotonic()
     outcomes = fhir_client.fetch_all(
         base,
