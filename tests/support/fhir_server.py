@@ -32,6 +32,8 @@ import uvicorn
 from sekmet.config import Settings as SekmetSettings
 from sekmet.main import create_app
 
+from tests.support.processes import free_port, stop, wait_until_answers
+
 START_TIMEOUT_S = 15.0
 
 
@@ -173,8 +175,7 @@ def sekmet_process(**options: Any) -> Iterator[SekmetEndpoint]:
     """sekmet as its own process (``sekmet serve``), for benchmarks that must not share this process's
     GIL with the server; options as for ``sekmet_settings``."""
     with tempfile.TemporaryDirectory(prefix="sekmet-") as data_dir:
-        with _bound_socket() as sock:
-            port = sock.getsockname()[1]
+        port = free_port()
         config = Path(data_dir) / "settings.yaml"
         config.write_text(json.dumps(sekmet_settings(Path(data_dir), port, **options)), encoding="utf-8")
         command = [str(Path(sys.executable).with_name("sekmet")), "serve", "-c", str(config)]
@@ -183,30 +184,16 @@ def sekmet_process(**options: Any) -> Iterator[SekmetEndpoint]:
             process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
         endpoint = SekmetEndpoint(f"http://127.0.0.1:{port}/fhir", tuple(options.get("tokens", ())))
         try:
-            _wait_until_up(endpoint, process, log)
+            wait_until_answers(
+                f"{endpoint.base_url}/metadata",
+                process,
+                name="sekmet serve",
+                timeout_s=START_TIMEOUT_S,
+                log=log,
+            )
             yield endpoint
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _wait_until_up(endpoint: SekmetEndpoint, process: subprocess.Popen, log: Path) -> None:
-    give_up = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < give_up:
-        if process.poll() is not None:
-            error = log.read_text(errors="replace")[-1000:]
-            raise RuntimeError(f"sekmet serve exited with {process.returncode}: {error}")
-        try:
-            if requests.get(f"{endpoint.base_url}/metadata", timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"sekmet serve did not answer on {endpoint.base_url} within {START_TIMEOUT_S} s")
+            stop(process, grace_s=10)
 
 
 @pytest.fixture(scope="session")
