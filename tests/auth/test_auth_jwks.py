@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from cds_service.protocol import clients as clients_module
 from cds_service.protocol.auth import Authenticator, AuthError
 from cds_service.protocol.clients import ClientKeys, load_clients
 from tests.auth.auth_support import SIGN_PATH, JwksServer, Signer, ec_p384_key, write_clients
+from tests.support.processes import free_port
 
 
 class Clock:
@@ -176,9 +176,7 @@ def test_jku_equal_to_the_registered_url_is_honoured(
 
 
 def test_unreachable_jwks_url_refuses_with_a_reason(make_authenticator, rsa_signer: Signer) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     authenticator: Authenticator = make_authenticator(
         [{"iss": rsa_signer.iss, "jwks_url": f"http://127.0.0.1:{port}/jwks.json"}]
     )

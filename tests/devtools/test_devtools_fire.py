@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tests.builders import FIXED_NOW, REPO, SMART_PATIENTS
 from tests.devtools.checks import assert_spec_response
 from tests.devtools.served import serving_service
 from tests.support.fhir_server import SekmetServer
+from tests.support.processes import free_port
 from tests.support.served import Served
 
 HOOKS = REPO / "hooks"
@@ -207,9 +207,7 @@ def test_fire_reports_412_when_the_service_may_not_fetch(fhir_server: SekmetServ
 
 
 def test_fire_reports_404_and_connection_refused(fhir_server: SekmetServer, tmp_path: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed_port = sock.getsockname()[1]
+    closed_port = free_port()
     refused = fire(
         "--service",
         f"http://127.0.0.1:{closed_port}",

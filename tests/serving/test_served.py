@@ -85,9 +85,7 @@ def test_every_log_line_is_json_and_each_call_has_one_line(served: Served) -> No
     body = hook_example("patient-view.json")
     body["hookInstance"] = "7d3f0c8e-5b7a-4d1e-9a77-0f6a3c2b1e55"
     assert requests.post(f"{served.base}{PATIENT_VIEW}", json=body, timeout=30).status_code == 200
-    deadline = time.monotonic() + 5
-    while body["hookInstance"] not in served.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    served.wait_for_log(body["hookInstance"])
     entries = [json.loads(line) for line in served.log().splitlines() if line.strip()]
     calls = [e for e in entries if e.get("hookInstance") == body["hookInstance"]]
     assert len(calls) == 1
@@ -123,9 +121,7 @@ def test_order_sign_is_answered_from_the_order_select_result(served: Served) -> 
     assert "iron-studies-after-b12" in topics
     metrics = requests.get(f"{served.base}/metrics", timeout=5).text
     assert metric(metrics, "cds_run_ahead_hits_total", service="b12-iron-order-sign") == hits_before + 1
-    deadline = time.monotonic() + 5
-    while sign["hookInstance"] not in served.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    served.wait_for_log(sign["hookInstance"])
     [line] = [json.loads(x) for x in served.log().splitlines() if sign["hookInstance"] in x]
     assert line["run_ahead_hit"] is True
     assert line["fhir_queries"] == 0

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,12 @@ class Served:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout_s: float = 5) -> None:
+        """Give a worker time to write the line of a call it has already answered."""
+        deadline = time.monotonic() + timeout_s
+        while text not in self.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def metrics_dirs(self) -> list[Path]:
         return sorted(self.metrics_parent.glob("cds-metrics-*"))
