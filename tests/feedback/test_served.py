@@ -110,17 +110,22 @@ def test_every_item_answered_200_survives_sigkill_and_restart(tmp_path: Path) ->
     finally:
         restarted.stop()
 
-    report = subprocess.run(
+    counts = reported_services(database)[SERVICE]
+    stored = counts["accepted"] + counts["overridden"]
+    in_flight = CLIENTS * ITEMS_PER_POST
+    assert len(confirmed) <= stored <= len(confirmed) + in_flight
+
+
+def reported_services(database: Path) -> dict[str, dict]:
+    """The store read back by `cds-service feedback-report --json`, as an operator reads it."""
+    done = subprocess.run(
         [COMMAND, "feedback-report", "--json", "--db", str(database)],
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     )
-    counts = json.loads(report.stdout)["services"][SERVICE]
-    stored = counts["accepted"] + counts["overridden"]
-    in_flight = CLIENTS * ITEMS_PER_POST
-    assert len(confirmed) <= stored <= len(confirmed) + in_flight
+    return json.loads(done.stdout)["services"]
 
 
 def restarted_post(server: Served, body: list[dict[str, object]]) -> dict[str, int]:
@@ -188,14 +193,7 @@ def test_issued_cards_and_feedback_meet_in_the_report(tmp_path: Path) -> None:
     finally:
         server.stop()  # SIGTERM: workers exit gracefully and flush their issued-card queues
 
-    done = subprocess.run(
-        [COMMAND, "feedback-report", "--json", "--db", str(database)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    report = json.loads(done.stdout)["services"]
+    report = reported_services(database)
     expected: dict[tuple[str, str], int] = {}
     for service, card in cards:
         key = (service, card["source"]["topic"]["code"])  # type: ignore[index]
