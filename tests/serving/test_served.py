@@ -9,12 +9,13 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import requests
 
+from tests.support.delay_proxy import DelayProxy
+from tests.support.fhir_server import running_sekmet
 from tests.support.processes import free_port
 from tests.support.served import COMMAND, HOOKS_NOW, Served, clean_env, hook_example
 
@@ -127,71 +128,39 @@ def test_order_sign_is_answered_from_the_order_select_result(served: Served) -> 
     assert line["fhir_queries"] == 0
 
 
-class SlowFhirServer:
-    """A FHIR server that answers every request after ``delay_s``: empty Bundles, and the Patient."""
-
-    def __init__(self, delay_s: float) -> None:
-        delay = delay_s
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                time.sleep(delay)
-                if "/Patient/" in self.path:
-                    resource = {"resourceType": "Patient", "id": self.path.rsplit("/", 1)[-1].split("?")[0]}
-                else:
-                    resource = {"resourceType": "Bundle", "type": "searchset", "total": 0, "entry": []}
-                payload = json.dumps(resource).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/fhir+json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/fhir"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_sigterm_lets_a_call_in_flight_finish_then_exits_cleanly(tmp_path: Path) -> None:
-    fhir = SlowFhirServer(delay_s=1.0)
-    served = Served(
-        tmp_path,
-        workers=2,
-        threads=4,
-        CDS_NOW=HOOKS_NOW,
-        CDS_ALLOWED_FHIR_SERVERS=fhir.base_url,
-        CDS_FHIR_BUDGET_MS="4000",
-    )
-    try:
-        body = hook_example("patient-view.json")
-        body.pop("prefetch")
-        body["fhirServer"] = fhir.base_url
-        result: dict[str, object] = {}
+    """The service's FHIR queries reach sekmet through a proxy that holds each one for a second."""
+    body = hook_example("patient-view.json")
+    body.pop("prefetch")
+    result: dict[str, object] = {}
+    with running_sekmet() as sekmet, DelayProxy(sekmet.origin, delay_s=1.0) as proxy:
+        sekmet.put({"resourceType": "Patient", "id": body["context"]["patientId"]})
+        body["fhirServer"] = proxy.url("/fhir")
+        served = Served(
+            tmp_path,
+            workers=2,
+            threads=4,
+            CDS_NOW=HOOKS_NOW,
+            CDS_ALLOWED_FHIR_SERVERS=body["fhirServer"],
+            CDS_FHIR_BUDGET_MS="4000",
+        )
+        try:
 
-        def call() -> None:
-            started = time.monotonic()
-            response = requests.post(f"{served.base}{PATIENT_VIEW}", json=body, timeout=30)
-            result["status"], result["json"] = response.status_code, response.json()
-            result["seconds"] = time.monotonic() - started
+            def call() -> None:
+                started = time.monotonic()
+                response = requests.post(f"{served.base}{PATIENT_VIEW}", json=body, timeout=30)
+                result["status"], result["json"] = response.status_code, response.json()
+                result["seconds"] = time.monotonic() - started
 
-        caller = threading.Thread(target=call)
-        caller.start()
-        time.sleep(0.4)
-        [metrics_dir] = served.metrics_dirs()
-        served.terminate()
-        caller.join(timeout=30)
-        assert served.process.wait(timeout=35) == 0
-    finally:
-        served.stop()
-        fhir.close()
+            caller = threading.Thread(target=call)
+            caller.start()
+            time.sleep(0.4)
+            [metrics_dir] = served.metrics_dirs()
+            served.terminate()
+            caller.join(timeout=30)
+            assert served.process.wait(timeout=35) == 0
+        finally:
+            served.stop()
     assert result.get("status") == 200, result
     assert isinstance(result["json"], dict) and "cards" in result["json"]
     assert result["seconds"] >= 1.0
