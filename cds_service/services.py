@@ -209,13 +209,13 @@ class HookHandler:
             raise RequestError(404, f"There is no CDS service with id '{service_id}'.")
         with trace.phase("validation"):
             request = validate_hook_request(body, service.hook)
-        findings = self._cached_findings(request, trace)
+        findings = self._cached_findings(request, client, trace)
         if findings is None:
             resources = self._patient_data(service, request, client, trace)
             with trace.phase("rules"):
                 findings = self._evaluate(request, resources, focus_all=False)
                 if request.hook == "order-select":
-                    self._run_ahead_for_sign(request, resources)
+                    self._run_ahead_for_sign(request, client, resources)
         with trace.phase("render"):
             response = cards_response(findings, self.card_style)
         if self.on_cards and response["cards"]:
@@ -244,21 +244,29 @@ class HookHandler:
     # Run-ahead: order-select also computes what order-sign will ask for, so that order-sign (which must
     # answer fast) is served from memory when the same drafts and the same prefetch come back.
 
-    def _run_ahead_key(self, request: HookRequest) -> str | None:
+    def _run_ahead_key(self, request: HookRequest, client: AuthenticatedClient | None) -> str | None:
+        """Who asks (client, tenant, FHIR server) is part of the key with the prefetch: one EHR's data must
+        never answer another's order-sign for a patient id that happens to be the same."""
         if self.run_ahead is None or request.hook == "patient-view":
             return None
-        digest = hashlib.sha256(orjson.dumps(request.prefetch, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        caller = [client.iss, client.tenant] if client else [None, None]
+        material = orjson.dumps([*caller, request.fhir_server, request.prefetch], option=orjson.OPT_SORT_KEYS)
+        digest = hashlib.sha256(material).hexdigest()
         return self.run_ahead.key(request.patient_id, request.encounter_id, request.draft_orders, digest)
 
-    def _run_ahead_for_sign(self, request: HookRequest, resources: list[dict]) -> None:
-        key = self._run_ahead_key(request)
+    def _run_ahead_for_sign(
+        self, request: HookRequest, client: AuthenticatedClient | None, resources: list[dict]
+    ) -> None:
+        key = self._run_ahead_key(request, client)
         if key is not None:
             self.run_ahead.put(key, findings_to_json(self._evaluate(request, resources, focus_all=True)))
 
-    def _cached_findings(self, request: HookRequest, trace: CallTrace) -> list[Finding] | None:
+    def _cached_findings(
+        self, request: HookRequest, client: AuthenticatedClient | None, trace: CallTrace
+    ) -> list[Finding] | None:
         if request.hook != "order-sign":
             return None
-        key = self._run_ahead_key(request)
+        key = self._run_ahead_key(request, client)
         cached = self.run_ahead.get(key) if key is not None else None
         if cached is None:
             return None

@@ -1,0 +1,65 @@
+"""Run-ahead: order-sign reuses order-select's result only for the same caller and the same data."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+from cds_service.config import Settings
+from cds_service.protocol.auth import AuthenticatedClient
+from cds_service.run_ahead import RunAheadCache
+from cds_service.services import build_handler
+from tests.builders import hook_body
+
+
+@dataclass
+class Trace:
+    fhir_queries: int = 0
+    fhir_errors: int = 0
+    run_ahead_hit: bool = False
+    phases: list[str] = field(default_factory=list)
+
+    def phase(self, name: str) -> contextlib.AbstractContextManager[None]:
+        self.phases.append(name)
+        return contextlib.nullcontext()
+
+
+EHR_A = AuthenticatedClient(iss="https://ehr-a.example", tenant="t1", fhir_servers=())
+EHR_B = AuthenticatedClient(iss="https://ehr-b.example", tenant="t1", fhir_servers=())
+
+
+def sign_after_select(settings: Settings, select_client, sign_client, **sign_changes) -> Trace:
+    handler = build_handler(settings, run_ahead=RunAheadCache(settings))
+    select = hook_body("order-select")
+    handler.handle("b12-iron-order-select", select, select_client)
+    sign = hook_body("order-sign")
+    sign["prefetch"] = select["prefetch"]
+    sign.update(sign_changes)
+    trace = Trace()
+    handler.handle("b12-iron-order-sign", sign, sign_client, trace)
+    return trace
+
+
+def test_same_caller_same_data_is_answered_from_memory(settings: Settings) -> None:
+    trace = sign_after_select(settings, EHR_A, EHR_A)
+    assert trace.run_ahead_hit is True
+    assert "prefetch" not in trace.phases and "rules" not in trace.phases
+
+
+def test_another_client_is_never_answered_from_the_first_clients_result(settings: Settings) -> None:
+    assert sign_after_select(settings, EHR_A, EHR_B).run_ahead_hit is False
+
+
+def test_another_tenant_or_unauthenticated_caller_misses(settings: Settings) -> None:
+    other_tenant = AuthenticatedClient(iss=EHR_A.iss, tenant="t2", fhir_servers=())
+    assert sign_after_select(settings, EHR_A, other_tenant).run_ahead_hit is False
+    assert sign_after_select(settings, EHR_A, None).run_ahead_hit is False
+
+
+def test_another_fhir_server_or_other_prefetch_misses(settings: Settings) -> None:
+    assert (
+        sign_after_select(settings, None, None, fhirServer="https://fhir.example.org").run_ahead_hit is False
+    )
+    changed = hook_body("order-sign")["prefetch"]
+    changed["patient"]["gender"] = "male"
+    assert sign_after_select(settings, None, None, prefetch=changed).run_ahead_hit is False
