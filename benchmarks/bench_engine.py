@@ -67,13 +67,13 @@ def main() -> int:
             parsed = orjson.loads(body)
             parsed_at = time.perf_counter()
             trace = CallTrace(service=SERVICE)
-            outcome = handler.handle(SERVICE, parsed, None, trace)
+            answer = handler.handle(SERVICE, parsed, None, trace)
             finished = time.perf_counter()
             if index < 50:  # warm-up
                 continue
             parses.append((parsed_at - started) * 1000)
             totals.append((finished - parsed_at) * 1000)
-            cards = len(outcome.response["cards"])
+            cards = len(answer["cards"])
             for name, value in trace.phases_ms.items():
                 phases.setdefault(name, []).append(value)
         app.extensions["cds"]["recorder"].close()

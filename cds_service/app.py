@@ -138,9 +138,9 @@ def create_app(settings: Settings) -> Flask:
                 body = read_json_body()
             if isinstance(body, dict) and isinstance(body.get("hookInstance"), str):
                 trace.hook_instance = body["hookInstance"][:64]
-            outcome = handler.handle(service_id, body, g.client, trace)
-            trace.topics = [card["source"]["topic"]["code"] for card in outcome.response["cards"]]
-            response = json_response(outcome.response)
+            answer = handler.handle(service_id, body, g.client, trace)
+            trace.topics = [card["source"]["topic"]["code"] for card in answer["cards"]]
+            response = json_response(answer)
         except RequestError as error:
             log.info(
                 "hook call refused (%d): %s",

@@ -7,13 +7,12 @@ when data cannot be had, runs the engine, and renders the cards. Nothing here im
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
@@ -22,7 +21,7 @@ from cds_service.clinical.engine import ClinicalConfig, evaluate, load_clinical_
 from cds_service.clinical.findings import Finding, findings_from_json, findings_to_json
 from cds_service.config import ConfigError, Settings, load_site_config
 from cds_service.fhir.client import FhirClient, fhir_server_allowed
-from cds_service.observability import observe_fhir_fetch
+from cds_service.observability import CallTrace, observe_fhir_fetch
 from cds_service.protocol.auth import AuthenticatedClient
 from cds_service.protocol.cards import (
     DEFAULT_OVERRIDE_REASONS,
@@ -39,6 +38,7 @@ from cds_service.protocol.prefetch import (
     resources_of,
 )
 from cds_service.protocol.request import HookRequest, RequestError, validate_hook_request
+from cds_service.run_ahead import RunAheadCache
 
 log = logging.getLogger(__name__)
 
@@ -137,40 +137,6 @@ def build_services(config: ClinicalConfig) -> dict[str, ServiceDefinition]:
     return {d.id: d for d in definitions}
 
 
-class CallTrace(Protocol):
-    """What the handler reports about a call (observability implements it)."""
-
-    fhir_queries: int
-    fhir_errors: int
-    run_ahead_hit: bool
-
-    def phase(self, name: str) -> contextlib.AbstractContextManager[Any]: ...
-
-
-class RunAhead(Protocol):
-    def key(
-        self, patient_id: str, encounter_id: str | None, draft_orders: Sequence[dict], data_digest: str
-    ) -> str: ...
-    def get(self, key: str) -> list[dict] | None: ...
-    def put(self, key: str, value: list[dict]) -> None: ...
-
-
-@dataclass
-class HookOutcome:
-    response: dict[str, Any]
-    findings: list[Finding] = field(default_factory=list)
-
-
-@dataclass
-class _NoTrace:
-    fhir_queries: int = 0
-    fhir_errors: int = 0
-    run_ahead_hit: bool = False
-
-    def phase(self, name: str) -> contextlib.AbstractContextManager[Any]:
-        return contextlib.nullcontext()
-
-
 class HookHandler:
     """Answers hook calls. One per process; safe to share across threads."""
 
@@ -181,7 +147,7 @@ class HookHandler:
         *,
         card_style: CardStyle | None = None,
         fhir_client: FhirClient | None = None,
-        run_ahead: RunAhead | None = None,
+        run_ahead: RunAheadCache | None = None,
         on_cards: Callable[[str, Sequence[tuple[str, str]]], None] | None = None,
     ) -> None:
         self.settings = settings
@@ -201,9 +167,10 @@ class HookHandler:
         body: Any,
         client: AuthenticatedClient | None = None,
         trace: CallTrace | None = None,
-    ) -> HookOutcome:
-        """Run one service on a decoded request body; RequestError carries 400/404/412 refusals."""
-        trace = trace or _NoTrace()
+    ) -> dict[str, Any]:
+        """Run one service on a decoded request body and return the response; RequestError carries the
+        400/404/412 refusals."""
+        trace = trace or CallTrace(service=service_id)
         service = self.services.get(service_id)
         if service is None:
             raise RequestError(404, f"There is no CDS service with id '{service_id}'.")
@@ -220,7 +187,7 @@ class HookHandler:
             response = cards_response(findings, self.card_style)
         if self.on_cards and response["cards"]:
             self.on_cards(service_id, issued_cards(response))
-        return HookOutcome(response=response, findings=findings)
+        return response
 
     def _now(self) -> datetime:
         return self.settings.now or datetime.now(UTC)
@@ -385,7 +352,7 @@ def build_handler(
     settings: Settings,
     *,
     fhir_client: FhirClient | None = None,
-    run_ahead: RunAhead | None = None,
+    run_ahead: RunAheadCache | None = None,
     on_cards: Callable[[str, Sequence[tuple[str, str]]], None] | None = None,
 ) -> HookHandler:
     """The handler as the service runs it: site config read, clinical config and card style built.

@@ -99,7 +99,7 @@ class Replayer:
             raise ReplayError(f"{path}: cannot evaluate the prefetch offline: {error}") from None
         request = hook_request(hook, context, prefetch)
         try:
-            outcome = handler.handle(service_id, request)
+            response = handler.handle(service_id, request)
         except RequestError as error:
             raise ReplayError(f"{path}: the service answered {error.status}: {error.reason}") from None
         except Exception as error:
@@ -110,7 +110,7 @@ class Replayer:
                 f"{path}: internal error in the service ({type(error).__name__}: {first_line}); "
                 "the Bundle exposes a bug, please report it"
             ) from None
-        return ReplayResult(bundle=record, request=request, response=outcome.response, now=now)
+        return ReplayResult(bundle=record, request=request, response=response, now=now)
 
 
 def _settings(now: str | None) -> Settings:

@@ -48,11 +48,6 @@ class PrefetchItem:
     reason: str | None = None
 
 
-def template_tokens(template: str) -> list[str]:
-    """Every token a template uses, for checking templates against the 2.0 token list."""
-    return _TOKEN.findall(template)
-
-
 def render_template(template: str, context: Mapping[str, Any], user_id: str | None = None) -> str:
     """Fill a template the way a CDS Hooks 2.0 client does: context root primitives and user tokens only."""
     user_type, _, user_ref_id = (user_id or context.get("userId") or "").partition("/")

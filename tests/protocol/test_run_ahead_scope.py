@@ -2,40 +2,25 @@
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass, field
-
 from cds_service.config import Settings
+from cds_service.observability import CallTrace
 from cds_service.protocol.auth import AuthenticatedClient
 from cds_service.run_ahead import RunAheadCache
 from cds_service.services import build_handler
 from tests.builders import hook_body
 
-
-@dataclass
-class Trace:
-    fhir_queries: int = 0
-    fhir_errors: int = 0
-    run_ahead_hit: bool = False
-    phases: list[str] = field(default_factory=list)
-
-    def phase(self, name: str) -> contextlib.AbstractContextManager[None]:
-        self.phases.append(name)
-        return contextlib.nullcontext()
-
-
 EHR_A = AuthenticatedClient(iss="https://ehr-a.example", tenant="t1", fhir_servers=())
 EHR_B = AuthenticatedClient(iss="https://ehr-b.example", tenant="t1", fhir_servers=())
 
 
-def sign_after_select(settings: Settings, select_client, sign_client, **sign_changes) -> Trace:
+def sign_after_select(settings: Settings, select_client, sign_client, **sign_changes) -> CallTrace:
     handler = build_handler(settings, run_ahead=RunAheadCache(settings))
     select = hook_body("order-select")
     handler.handle("b12-iron-order-select", select, select_client)
     sign = hook_body("order-sign")
     sign["prefetch"] = select["prefetch"]
     sign.update(sign_changes)
-    trace = Trace()
+    trace = CallTrace(service="b12-iron-order-sign")
     handler.handle("b12-iron-order-sign", sign, sign_client, trace)
     return trace
 
@@ -43,7 +28,7 @@ def sign_after_select(settings: Settings, select_client, sign_client, **sign_cha
 def test_same_caller_same_data_is_answered_from_memory(settings: Settings) -> None:
     trace = sign_after_select(settings, EHR_A, EHR_A)
     assert trace.run_ahead_hit is True
-    assert "prefetch" not in trace.phases and "rules" not in trace.phases
+    assert "prefetch" not in trace.phases_ms and "rules" not in trace.phases_ms
 
 
 def test_another_client_is_never_answered_from_the_first_clients_result(settings: Settings) -> None:
