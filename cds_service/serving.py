@@ -11,7 +11,8 @@ Why these choices (docs/operations.md has the sizing advice):
   start), but the Flask app itself is built in each worker: it owns database connections, HTTP sessions
   and locks, which must not cross a ``fork``.
 * No access log: the service writes one JSON line per hook call with more useful fields; gunicorn's own
-  messages go through the same JSON formatter.
+  messages go through the same JSON formatter, and INFO lines are written in batches off the request
+  threads (``batched_log``).
 * Prometheus multiprocess mode: a fresh directory per server start, named in
   ``PROMETHEUS_MULTIPROC_DIR`` before any worker exists; dead workers are marked so.
 """
@@ -71,7 +72,11 @@ def _log_config(level: str) -> dict[str, Any]:
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": "cds_service.observability.JsonFormatter"}},
         "handlers": {
-            "stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+            "stderr": {
+                "class": "cds_service.batched_log.BatchingStreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            }
         },
         "root": {"level": level, "handlers": ["stderr"]},
         "loggers": {

@@ -3,13 +3,14 @@ coverage, and the FHIR resources a card proposes, built and validated with fhir.
 
 from __future__ import annotations
 
-import copy
+import functools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.medicationstatement import MedicationStatement
 from fhir.resources.R4B.servicerequest import ServiceRequest
@@ -267,30 +268,47 @@ def lab_actions(
 
 
 _MODELS = {"MedicationRequest": MedicationRequest, "MedicationStatement": MedicationStatement}
+# Distinct medication resources seen recently; a chart is opened, then ordered on, then signed, so the
+# same EHR resource comes back several times within minutes.
+_VALIDATED_CACHE_SIZE = 1024
 
 
 def stop_action(entry: MedicationEntry, reason: str) -> ProposedAction | None:
     """An ``update`` of a MedicationRequest/Statement to status ``stopped``; None if it cannot be."""
-    model = _MODELS.get(entry.resource_type)
-    if model is None or not entry.resource_id:
+    if entry.resource_type not in _MODELS or not entry.resource_id:
         return None
-    data = copy.deepcopy(entry.resource)
+    data = dict(entry.resource)
     data["status"] = "stopped"
     # The server sets meta (version, lastUpdated) on the update; what it held before is not ours to send.
     data.pop("meta", None)
     data["statusReason"] = (
         [{"text": reason}] if entry.resource_type == "MedicationStatement" else {"text": reason}
     )
+    validated = _validated_json(entry.resource_type, orjson.dumps(data, option=orjson.OPT_SORT_KEYS))
+    if validated is None:
+        return None
+    return ProposedAction(type="update", description=f"Stop {entry.name}", resource=orjson.loads(validated))
+
+
+@functools.lru_cache(maxsize=_VALIDATED_CACHE_SIZE)
+def _validated_json(resource_type: str, data: bytes) -> bytes | None:
+    """The resource, pruned and checked against R4B, as JSON; None (logged once) when it is not valid.
+
+    Validation is a pure function of the resource's content, and with pydantic it costs more than the
+    rest of a hook call, so each distinct resource is validated once per process; callers get a fresh
+    copy from the bytes, which nothing can mutate."""
+    model = _MODELS[resource_type]
     try:
-        resource = _pruned(model.model_validate(_pruned(data)).model_dump(mode="json", exclude_none=True))
+        checked = model.model_validate(_pruned(orjson.loads(data)))
+        resource = checked.model_dump(mode="json", exclude_none=True)
     except ValidationError as error:
         log.warning(
             "cannot propose stopping a %s: it is not valid R4B (%d errors)",
-            entry.resource_type,
+            resource_type,
             error.error_count(),
         )
         return None
-    return ProposedAction(type="update", description=f"Stop {entry.name}", resource=resource)
+    return orjson.dumps(_pruned(resource))
 
 
 def _pruned(value: Any) -> Any:
