@@ -181,6 +181,16 @@ class _Metrics:
         self.service_label = _BoundedLabel()
         self.topic_label = _BoundedLabel()
         self.phase_label = _BoundedLabel()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, remembered: prometheus_client checks the labels and takes a lock on
+        every ``labels`` call, and a hook call makes several. The bounded labels keep this map finite."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
 
 _metrics: _Metrics | None = None
@@ -215,14 +225,14 @@ def finish_call(trace: CallTrace, total_ms: float) -> None:
         metrics = _get_metrics()
         # A 404 names a service that does not exist: whatever path a caller made up, one label.
         service = "unknown" if trace.status == 404 else metrics.service_label(trace.service)
-        metrics.request_seconds.labels(service).observe(total_ms / 1000.0)
-        metrics.requests.labels(service, str(trace.status)).inc()
+        metrics.child(metrics.request_seconds, service).observe(total_ms / 1000.0)
+        metrics.child(metrics.requests, service, str(trace.status)).inc()
         for name, elapsed_ms in trace.phases_ms.items():
-            metrics.phase_seconds.labels(metrics.phase_label(name)).observe(elapsed_ms / 1000.0)
+            metrics.child(metrics.phase_seconds, metrics.phase_label(name)).observe(elapsed_ms / 1000.0)
         for topic in trace.topics:
-            metrics.cards.labels(service, metrics.topic_label(topic)).inc()
+            metrics.child(metrics.cards, service, metrics.topic_label(topic)).inc()
         if trace.run_ahead_hit:
-            metrics.run_ahead_hits.labels(service).inc()
+            metrics.child(metrics.run_ahead_hits, service).inc()
     if _call_log.isEnabledFor(logging.INFO):
         _call_log.info(
             "hook call",
