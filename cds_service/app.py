@@ -112,8 +112,11 @@ def create_app(settings: Settings) -> Flask:
         return json_response(handler.discovery_document())
 
     def read_json_body() -> Any:
-        """The decoded body. Read from the raw input with a cap, because a chunked body has no
-        Content-Length for the framework to check and would otherwise be cut short silently."""
+        """The decoded body, read from the server's input stream with the size checked here.
+
+        A chunked body has no Content-Length for the framework to check and would otherwise be cut
+        short silently. A body with one is read in a single call: the framework's size-capped stream
+        reads 64 KB at a time and copied a 220 KB body about three times as often as needed."""
         if not is_json_content_type(request.content_type):
             raise RequestError(415, "Send the request as JSON with Content-Type: application/json.")
         limit = settings.max_body_bytes
@@ -121,7 +124,10 @@ def create_app(settings: Settings) -> Flask:
         if length is not None:
             if length > limit:
                 raise RequestEntityTooLarge()
-            return parse_json_body(request.get_data(cache=False))
+            raw = request.input_stream.read(length)
+            if len(raw) < length:
+                raise RequestError(400, f"The request body ended after {len(raw)} of {length} bytes.")
+            return parse_json_body(raw)
         raw = request.input_stream.read(limit + 1)
         if len(raw) > limit:
             raise RequestEntityTooLarge()

@@ -32,6 +32,7 @@ from typing import Any
 import click
 from gunicorn.app.base import BaseApplication
 from gunicorn.errors import HaltServer
+from gunicorn.glogging import Logger as GunicornLogger
 
 from cds_service.config import ConfigError, Settings, load_settings
 from cds_service.observability import MULTIPROC_ENV
@@ -65,6 +66,16 @@ def default_workers() -> int:
     return min(2 * available_cpus() + 1, MAX_DEFAULT_WORKERS)
 
 
+class ServiceLogger(GunicornLogger):
+    """gunicorn's logger without its access log: the service writes its own, richer line per hook call.
+
+    Setting ``accesslog`` to None is not enough: gunicorn turns the access log on whenever a logging
+    configuration is given, and builds each line's fields (every header and environ entry) even when
+    its logger would drop the line."""
+
+    access_log_enabled = False
+
+
 def _log_config(level: str) -> dict[str, Any]:
     """Route gunicorn's own loggers through the service's JSON formatter on stderr."""
     return {
@@ -81,7 +92,6 @@ def _log_config(level: str) -> dict[str, Any]:
         "root": {"level": level, "handlers": ["stderr"]},
         "loggers": {
             "gunicorn.error": {"level": level, "handlers": [], "propagate": True},
-            "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": True},
         },
     }
 
@@ -109,6 +119,7 @@ def gunicorn_options(
         "limit_request_field_size": 8190,
         "preload_app": False,
         "accesslog": None,
+        "logger_class": ServiceLogger,
         "errorlog": "-",
         "loglevel": settings.log_level.lower(),
         "logconfig_dict": _log_config(settings.log_level),

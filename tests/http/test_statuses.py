@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import socket
 import sqlite3
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
@@ -164,6 +166,29 @@ def test_small_chunked_body_is_read_whole(base: str) -> None:
     )
     assert response.status_code == 200, response.text
     assert response.json() == {"cards": []}
+
+
+def test_body_shorter_than_its_content_length_is_400(base: str) -> None:
+    """A client that stops sending (and closes its side) before Content-Length bytes gets a reason."""
+    payload = orjson.dumps(hook_body())
+    address = urlsplit(base)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as conn:
+        conn.sendall(
+            b"POST /cds-services/b12-iron-patient-view HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Type: application/json\r\n"
+            + f"Content-Length: {len(payload) + 500}\r\nConnection: close\r\n\r\n".encode()
+            + payload
+        )
+        conn.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), head
+    assert (
+        f"ended after {len(payload)} of {len(payload) + 500} bytes"
+        in orjson.loads(body)["issue"][0]["diagnostics"]
+    )
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])

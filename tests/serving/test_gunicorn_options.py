@@ -8,6 +8,7 @@ from cds_service.config import Settings
 from cds_service.serving import (
     MAX_DEFAULT_WORKERS,
     CdsServer,
+    ServiceLogger,
     available_cpus,
     default_workers,
     gunicorn_options,
@@ -29,6 +30,7 @@ def test_gunicorn_accepts_every_option_as_configured() -> None:
     assert cfg.graceful_timeout <= 25  # inside Kubernetes' default 30 s termination grace period
     assert cfg.preload_app is False
     assert cfg.accesslog is None
+    assert cfg.logger_class is ServiceLogger and cfg.logger_class(cfg).access_log_enabled is False
     assert cfg.loglevel == "warning"
     assert cfg.limit_request_line == 8190
     assert cfg.control_socket_disable is True

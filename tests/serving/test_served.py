@@ -98,6 +98,8 @@ def test_every_log_line_is_json_and_each_call_has_one_line(served: Served) -> No
     assert {"validation", "rules"} <= set(line["phases_ms"])
     assert body["context"]["patientId"] not in served.log()
     assert any(e["logger"].startswith("gunicorn") for e in entries)
+    # No access log beside the call line: gunicorn would otherwise add one line per request.
+    assert not [e for e in entries if e["logger"] == "gunicorn.access"]
 
 
 def test_order_sign_is_answered_from_the_order_select_result(served: Served) -> None:
