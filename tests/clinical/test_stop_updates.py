@@ -56,3 +56,11 @@ def test_an_invalid_resource_gets_no_update_and_a_warning(caplog: pytest.LogCapt
     # The B12 re-check is still proposed without the update.
     finding = by_topic(findings, TOPIC)
     assert [a.type for p in finding.proposals for a in p.actions] == ["create"]
+
+
+def test_a_resource_that_cannot_be_json_gets_no_update(caplog: pytest.LogCaptureFixture) -> None:
+    odd = med(MULTIVITAMIN, 200, kind="MedicationStatement", note=[{"text": "x", "count": 2**70}])
+    with caplog.at_level(logging.WARNING, logger="cds_service.clinical.rules.common"):
+        findings = run(obs("b12", 1250, 10), odd)
+    assert stop_update(findings) is None
+    assert any("cannot propose stopping" in r.getMessage() for r in caplog.records)

@@ -284,7 +284,14 @@ def stop_action(entry: MedicationEntry, reason: str) -> ProposedAction | None:
     data["statusReason"] = (
         [{"text": reason}] if entry.resource_type == "MedicationStatement" else {"text": reason}
     )
-    validated = _validated_json(entry.resource_type, orjson.dumps(data, option=orjson.OPT_SORT_KEYS))
+    try:
+        content = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as error:
+        # Only a resource read by something other than orjson can hold such a value (an integer past
+        # 64 bits, say); it could not be sent back to the EHR either.
+        log.warning("cannot propose stopping a %s: %s", entry.resource_type, error)
+        return None
+    validated = _validated_json(entry.resource_type, content)
     if validated is None:
         return None
     return ProposedAction(type="update", description=f"Stop {entry.name}", resource=orjson.loads(validated))
