@@ -16,20 +16,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cds_service.clinical.codes import prefetch_loinc_codes
+from cds_service.clinical.config import load_clinical_config
+from cds_service.services import prefetch_templates
+
 REPO = Path(__file__).resolve().parent.parent
 PATIENT_FILE = REPO / "tests/data/smart-sandbox-r4/Silvana_Cremin_77b69f66-3e4b-4ffd-8157-1e2364f44fc4.json"
-PREFETCH_KEYS = (
-    "patient",
-    "b12IronLabs",
-    "contextLabs",
-    "medicationRequests",
-    "medicationStatements",
-    "medicationAdministrations",
-    "conditions",
-    "serviceRequests",
-)
-# Context analytes the interpretation looks at besides B12 and iron (clinical.md's LOINC table).
-CONTEXT_LOINC = {"787-2", "30428-7", "718-7", "1988-5", "30522-7", "2284-8", "2283-0", "1742-6", "1920-8"}
+# The context labs a FHIR server would return for the service's own ``contextLabs`` query.
+CONTEXT_LOINC = frozenset(prefetch_loinc_codes(load_clinical_config(None), "context"))
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
 # (LOINC, display, UCUM unit, low, high, value at start, value at end, results per two years)
@@ -163,5 +157,6 @@ def build_patient_view_request(
         "hook": "patient-view",
         "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
         "context": {"userId": "Practitioner/example", "patientId": patient["id"]},
-        "prefetch": {key: prefetch[key] for key in PREFETCH_KEYS},
+        # Every key of the service's templates, in their order (a KeyError if the service gains one).
+        "prefetch": {key: prefetch[key] for key in prefetch_templates(load_clinical_config(None))},
     }
