@@ -6,7 +6,7 @@ inflammation, liver disease or haemochromatosis, and prescribing it may delay fi
 
 from __future__ import annotations
 
-from cds_service.clinical.findings import Finding, Proposal
+from cds_service.clinical.findings import Finding
 from cds_service.clinical.record import MedicationEntry, PatientRecord
 from cds_service.clinical.rules.common import (
     SOURCE_LABEL,
@@ -14,8 +14,8 @@ from cds_service.clinical.rules.common import (
     deficiency_explains_b12,
     ferritin_high,
     fmt,
-    lab_actions,
     not_recently_done,
+    order_labs,
     starting_b12,
     tsat_near,
 )
@@ -42,15 +42,12 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     if not high:
         return None
     wanted = not_recently_done(record, ["crp", "tsat", "iron", "tibc", "alt", "ast"], t.recent_days)
-    proposals = ()
-    if wanted:
-        proposals = (
-            Proposal(
-                label="Order CRP, iron panel and liver enzymes to find the cause of the high ferritin",
-                actions=lab_actions(record, wanted, None, "High ferritin: look for its cause"),
-                is_recommended=True,
-            ),
-        )
+    proposals = order_labs(
+        record,
+        "Order CRP, iron panel and liver enzymes to find the cause of the high ferritin",
+        wanted,
+        "High ferritin: look for its cause",
+    )
     tsat, _ = tsat_near(record, ferritin.when)
     lines = [
         f"This order starts B12 ({', '.join(d.name for d in drafts)}), but:",

@@ -6,9 +6,9 @@ confirms it (BSH 2014; the Mayo and Labcorp reflex cascades).
 
 from __future__ import annotations
 
-from cds_service.clinical.findings import Finding, Proposal
+from cds_service.clinical.findings import Finding
 from cds_service.clinical.record import MedicationEntry, PatientRecord
-from cds_service.clinical.rules.common import SOURCE_LABEL, b12_deficient, fmt, lab_actions
+from cds_service.clinical.rules.common import SOURCE_LABEL, b12_deficient, fmt, order_labs
 
 TOPIC = "borderline-b12-check-mma"
 SOURCE = f"{SOURCE_LABEL} (BSH 2014)"
@@ -42,12 +42,6 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         summary="Borderline B12: order methylmalonic acid to confirm or exclude B12 deficiency",
         detail="\n".join(lines),
         source_label=SOURCE,
-        proposals=(
-            Proposal(
-                label="Order methylmalonic acid",
-                actions=lab_actions(record, ["mma"], None, "Borderline vitamin B12"),
-                is_recommended=True,
-            ),
-        ),
+        proposals=order_labs(record, "Order methylmalonic acid", ["mma"], "Borderline vitamin B12"),
         selection_behavior="any",
     )

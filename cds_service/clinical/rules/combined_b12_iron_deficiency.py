@@ -7,15 +7,15 @@ IBD, bariatric surgery. Test for autoimmune gastritis and coeliac disease; repla
 from __future__ import annotations
 
 from cds_service.clinical import codes
-from cds_service.clinical.findings import Finding, Proposal
+from cds_service.clinical.findings import Finding
 from cds_service.clinical.record import MedicationEntry, PatientRecord
 from cds_service.clinical.rules.common import (
     SOURCE_LABEL,
     b12_deficient,
     haemoglobin_line,
     iron_deficiency_near,
-    lab_actions,
     not_recently_done,
+    order_labs,
 )
 
 TOPIC = "combined-b12-iron-deficiency"
@@ -43,15 +43,12 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     wanted = [] if gastritis_known else not_recently_done(record, GASTRITIS_TESTS, t.latest_days)
     if not record.has_condition(codes.COELIAC):
         wanted += not_recently_done(record, ["ttg-iga"], t.latest_days)
-    proposals = ()
-    if wanted:
-        proposals = (
-            Proposal(
-                label="Test for autoimmune gastritis and coeliac disease",
-                actions=lab_actions(record, wanted, None, "Combined B12 and iron deficiency"),
-                is_recommended=True,
-            ),
-        )
+    proposals = order_labs(
+        record,
+        "Test for autoimmune gastritis and coeliac disease",
+        wanted,
+        "Combined B12 and iron deficiency",
+    )
     lines = [
         f"Vitamin B12 **{b12.quoted()}** is deficient (compared with {basis}), and iron studies at the same "
         "time show iron deficiency:",

@@ -267,6 +267,20 @@ def lab_actions(
     )
 
 
+def order_labs(
+    record: PatientRecord,
+    label: str,
+    analytes: Iterable[str],
+    reason: str,
+    *,
+    when: datetime | None = None,
+    recommended: bool = True,
+) -> tuple[Proposal, ...]:
+    """One suggestion ordering ``analytes`` (on ``when``, or now); none when there is nothing to order."""
+    actions = lab_actions(record, analytes, when, reason)
+    return (Proposal(label=label, actions=actions, is_recommended=recommended),) if actions else ()
+
+
 _MODELS = {"MedicationRequest": MedicationRequest, "MedicationStatement": MedicationStatement}
 # Distinct medication resources seen recently; a chart is opened, then ordered on, then signed, so the
 # same EHR resource comes back several times within minutes.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from cds_service.clinical import codes
-from cds_service.clinical.findings import Finding, Proposal
+from cds_service.clinical.findings import Finding
 from cds_service.clinical.record import MedicationEntry, PatientRecord
 from cds_service.clinical.rules.common import (
     B12_PRODUCTS,
@@ -18,8 +18,8 @@ from cds_service.clinical.rules.common import (
     elevated_latest_b12,
     ferritin_high,
     fmt,
-    lab_actions,
     not_recently_done,
+    order_labs,
 )
 
 TOPIC = "elevated-b12-no-supplement"
@@ -47,17 +47,9 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
             return None
     very_high = b12.value > t.b12_very_high or (b12.value == t.b12_very_high and b12.comparator == ">")
     wanted = not_recently_done(record, ["alt", "ast", "crp"], t.recent_days)
-    proposals = ()
-    if wanted:
-        proposals = (
-            Proposal(
-                label="Order liver enzymes and CRP",
-                actions=lab_actions(
-                    record, wanted, None, "High B12 without supplements: look for liver disease"
-                ),
-                is_recommended=True,
-            ),
-        )
+    proposals = order_labs(
+        record, "Order liver enzymes and CRP", wanted, "High B12 without supplements: look for liver disease"
+    )
     lines = [
         f"Vitamin B12 **{b12.quoted()}** is elevated (compared with {basis}). No B12 product or "
         f"B12-containing supplement is on file or was taken in the {t.recent_days} days before the test, "

@@ -6,9 +6,9 @@ deficiency; a transferrin saturation below 20 % supports it (WHO 2020; AGA 2020)
 
 from __future__ import annotations
 
-from cds_service.clinical.findings import Finding, Proposal
+from cds_service.clinical.findings import Finding
 from cds_service.clinical.record import MedicationEntry, PatientRecord
-from cds_service.clinical.rules.common import SOURCE_LABEL, fmt, lab_actions, tsat_near
+from cds_service.clinical.rules.common import SOURCE_LABEL, fmt, order_labs, tsat_near
 
 TOPIC = "ferritin-inflammation-check-tsat"
 SOURCE = f"{SOURCE_LABEL} (WHO 2020; AGA 2020)"
@@ -52,12 +52,8 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         ),
         detail="\n".join(lines),
         source_label=SOURCE,
-        proposals=(
-            Proposal(
-                label="Order transferrin saturation",
-                actions=lab_actions(record, ["tsat"], None, "Equivocal ferritin with inflammation"),
-                is_recommended=True,
-            ),
+        proposals=order_labs(
+            record, "Order transferrin saturation", ["tsat"], "Equivocal ferritin with inflammation"
         ),
         selection_behavior="any",
     )

@@ -18,8 +18,8 @@ from cds_service.clinical.rules.common import (
     focus_products,
     haemoglobin_line,
     iron_deficiency_near,
-    lab_actions,
     not_recently_done,
+    order_labs,
     supplement_review_actions,
 )
 
@@ -47,11 +47,14 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     ttg = (
         [] if coeliac_known else not_recently_done(record, ["ttg-iga"], record.config.thresholds.latest_days)
     )
-    if ttg and focus is None:
-        proposals.append(
-            Proposal(
-                label="Screen for coeliac disease (tTG IgA)",
-                actions=lab_actions(record, ttg, None, "Iron deficiency: screen for coeliac disease"),
+    if focus is None:
+        proposals.extend(
+            order_labs(
+                record,
+                "Screen for coeliac disease (tTG IgA)",
+                ttg,
+                "Iron deficiency: screen for coeliac disease",
+                recommended=False,
             )
         )
     lines = [

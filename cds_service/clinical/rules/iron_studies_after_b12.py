@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from cds_service.clinical import codes
-from cds_service.clinical.findings import Finding, Proposal
+from cds_service.clinical.findings import Finding
 from cds_service.clinical.record import MedicationEntry, PatientRecord
 from cds_service.clinical.rules.common import (
     SOURCE_LABEL,
@@ -19,7 +19,7 @@ from cds_service.clinical.rules.common import (
     elevated_latest_b12,
     fmt,
     iron_studies_cover,
-    lab_actions,
+    order_labs,
     starting_b12,
 )
 
@@ -75,30 +75,13 @@ def _finding(record: PatientRecord, start: datetime, missing: list[str], context
     proposals = []
     reason = "Iron studies after starting B12 therapy (iron deficiency may be unmasked)"
     if followup > record.now:
-        proposals.append(
-            Proposal(
-                label=(
-                    f"Order ferritin and transferrin saturation for {day(followup)} (8 weeks after B12 start)"
-                ),
-                actions=lab_actions(record, missing, followup, reason),
-                is_recommended=True,
-            )
-        )
+        label = f"Order ferritin and transferrin saturation for {day(followup)} (8 weeks after B12 start)"
+        proposals.extend(order_labs(record, label, missing, reason, when=followup))
         if recent_ferritin is None:
-            proposals.append(
-                Proposal(
-                    label="Order baseline ferritin and transferrin saturation now",
-                    actions=lab_actions(record, missing, None, reason),
-                )
-            )
+            label = "Order baseline ferritin and transferrin saturation now"
+            proposals.extend(order_labs(record, label, missing, reason, recommended=False))
     else:
-        proposals.append(
-            Proposal(
-                label="Order ferritin and transferrin saturation now",
-                actions=lab_actions(record, missing, None, reason),
-                is_recommended=True,
-            )
-        )
+        proposals.extend(order_labs(record, "Order ferritin and transferrin saturation now", missing, reason))
     lines = [context, "", "**Values considered**"]
     for label, result in (("MCV", mcv), ("Vitamin B12", b12), ("Ferritin", ferritin)):
         lines.append(f"- {label}: " + (f"**{result.quoted()}**" if result else "no result in the last year"))
