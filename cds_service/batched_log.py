@@ -24,6 +24,8 @@ from collections import deque
 from typing import TextIO
 
 FLUSH_INTERVAL_S = 0.2
+# Every handler of the process, to write out before a fork and at exit.
+_handlers: weakref.WeakSet[BatchingStreamHandler] = weakref.WeakSet()
 
 
 class BatchingStreamHandler(logging.Handler):
@@ -38,7 +40,7 @@ class BatchingStreamHandler(logging.Handler):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = 0
-        _register(self)
+        _handlers.add(self)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -56,12 +58,8 @@ class BatchingStreamHandler(logging.Handler):
     def flush(self) -> None:
         """Write every buffered line now, in one call."""
         with self._write_lock:
-            chunk = []
-            while True:
-                try:
-                    chunk.append(self._lines.popleft())
-                except IndexError:
-                    break
+            # Only this method removes lines, under the lock; appends meanwhile wait for the next flush.
+            chunk = [self._lines.popleft() for _ in range(len(self._lines))]
             if not chunk:
                 return
             try:
@@ -101,13 +99,6 @@ class BatchingStreamHandler(logging.Handler):
         self._write_lock = threading.Lock()
         self._thread = None
         self._lines.clear()
-
-
-_handlers: weakref.WeakSet[BatchingStreamHandler] = weakref.WeakSet()
-
-
-def _register(handler: BatchingStreamHandler) -> None:
-    _handlers.add(handler)
 
 
 def _flush_all() -> None:
