@@ -62,7 +62,7 @@ class Server:
     calls: int = 0
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -155,7 +155,7 @@ def start_server(
             process.wait()
 
 
-def _clean_env() -> dict[str, str]:
+def clean_env() -> dict[str, str]:
     return {
         key: value
         for key, value in os.environ.items()
@@ -313,8 +313,8 @@ def main() -> int:
         workdir = Path(tmp)
         body_file = workdir / "body.json"
         body_file.write_bytes(body)
-        env = _clean_env()
-        floor_port = _free_port()
+        env = clean_env()
+        floor_port = free_port()
         floor = stack.enter_context(
             start_server("floor", floor_command(floor_port, args.workers, threads), env, floor_port, workdir)
         )
@@ -328,7 +328,7 @@ def main() -> int:
                 CDS_FEEDBACK_DB=str(workdir / "feedback.sqlite3"),
                 CDS_STATE_DB=str(workdir / "state.sqlite3"),
             )
-            service_port = _free_port()
+            service_port = free_port()
             service = stack.enter_context(
                 start_server(
                     "service",
@@ -405,7 +405,7 @@ def main() -> int:
         stack.close()
         name = servers[-1].name
         command = service_command if name == "service" else floor_command
-        memory_port = _free_port()
+        memory_port = free_port()
         memory_env = service_env if name == "service" else env
         with start_server(
             f"{name}-memory", command(memory_port, args.workers, threads), memory_env, memory_port, workdir

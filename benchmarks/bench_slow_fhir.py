@@ -29,7 +29,7 @@ import requests
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_http import BENCH_NOW, SERVICE_PATH, _clean_env, _free_port, service_command, start_server  # noqa: E402
+from bench_http import BENCH_NOW, SERVICE_PATH, clean_env, free_port, service_command, start_server  # noqa: E402
 from request_body import build_patient_view_request  # noqa: E402
 
 
@@ -118,8 +118,8 @@ def main() -> int:
         body = {key: value for key, value in full.items() if key != "prefetch"}
         body["fhirServer"] = fhir.base_url
         workdir = Path(tmp)
-        port = _free_port()
-        env = _clean_env() | {
+        port = free_port()
+        env = clean_env() | {
             "CDS_AUTH": "off",
             "CDS_NOW": BENCH_NOW,
             "CDS_ALLOWED_FHIR_SERVERS": fhir.base_url,

@@ -32,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_http import BENCH_NOW, SERVICE_PATH, _clean_env, _free_port  # noqa: E402
+from bench_http import BENCH_NOW, SERVICE_PATH, clean_env, free_port  # noqa: E402
 from request_body import build_patient_view_request  # noqa: E402
 
 WARM_UP_CALLS = 5
@@ -69,10 +69,10 @@ def connection(port: int, process: subprocess.Popen) -> Iterator[http.client.HTT
 
 def worker_instructions(name: str, calls: int, body: bytes, workdir: Path) -> int:
     """Instructions the worker process executed in its whole life, answering ``calls`` calls."""
-    port = _free_port()
+    port = free_port()
     out = workdir / f"{name}-{calls}"
     env = dict(
-        _clean_env(),
+        clean_env(),
         CDS_AUTH="off",
         CDS_NOW=BENCH_NOW,
         CDS_FEEDBACK_DB=str(workdir / f"{name}-{calls}-feedback.sqlite3"),
