@@ -354,8 +354,20 @@ class OfflineFhirServer:
     # --- prefetch -------------------------------------------------------------------------------------
 
     def prefetch(self, queries: Mapping[str, str]) -> dict[str, Resource | None]:
-        """Evaluate already-rendered prefetch queries: key -> resource, searchset Bundle or None."""
-        return {key: self.query(url) for key, url in queries.items()}
+        """Evaluate already-rendered prefetch queries: key -> resource, searchset Bundle or None.
+
+        Searches are answered whole, as an EHR that follows the paging sends them: the service refuses
+        a first page with a next link as incomplete, and this server cannot answer the link itself."""
+        return {key: self.query(_whole_search(url)) for key, url in queries.items()}
+
+
+def _whole_search(relative_url: str) -> str:
+    """The query without ``_count``, so that a search returns every match on one page."""
+    path, mark, query = relative_url.partition("?")
+    if not mark:
+        return relative_url
+    kept = [(name, value) for name, value in parse_qsl(query, keep_blank_values=True) if name != "_count"]
+    return f"{path}?{urlencode(kept)}" if kept else path
 
 
 def _first_instant(values: list[str]) -> datetime | None:

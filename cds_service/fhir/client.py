@@ -28,6 +28,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from .errors import exception_reason, http_error_reason, is_connection_reset, operation_outcome_text
+from .read import next_link
 from .servers import Origin, fhir_server_allowed, origin_of
 
 __all__ = [
@@ -157,13 +158,6 @@ def _outcome_warnings(page: dict) -> list[str]:
             if text:
                 warnings.append(f"server said: {text}")
     return warnings
-
-
-def _next_link(page: dict) -> str | None:
-    for link in page.get("link") or []:
-        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
-            return link["url"]
-    return None
 
 
 def _is_search_query(query: str) -> bool:
@@ -334,7 +328,7 @@ class FhirClient:
         pages = [first]
         fetched = {first_url}
         current_url = first_url
-        while (link := _next_link(pages[-1])) is not None:
+        while (link := next_link(pages[-1])) is not None:
             next_url = urljoin(current_url, link)
             if origin_of(next_url) != call.origin:
                 where = urlsplit(next_url)

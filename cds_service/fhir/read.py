@@ -132,6 +132,15 @@ def refers_to(reference: Any, resource_type: str, resource_id: str) -> bool:
     return ident == resource_id and kind in (None, resource_type)
 
 
+def next_link(bundle: Any) -> str | None:
+    """The URL of a Bundle's ``next`` page, as given (relative or absolute, opaque); None on the last page."""
+    links = bundle.get("link") if isinstance(bundle, dict) else None
+    for link in links if isinstance(links, list) else ():
+        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
+            return link["url"]
+    return None
+
+
 def quantity(value: Any) -> tuple[float, str | None, str | None] | None:
     """(value, UCUM code or unit text, comparator) of a Quantity; None when it has no numeric value."""
     if not isinstance(value, dict):

@@ -4,6 +4,10 @@ The standard distinguishes a key the client did not satisfy (absent), a query th
 an empty searchset), and a query the client failed on (an OperationOutcome). Clients in the wild also send
 things that are not FHIR at all (an HTML error page has been seen). This module sorts every key into one of
 those states so the service fetches exactly what is missing and treats "nothing found" as data.
+
+A search can also arrive paged: a Bundle holding its first page and a ``next`` link. The rules reason
+about what is *not* on file (no supplement, no iron studies since B12 was started), so a first page is
+not an answer: the key is fetched whole from the FHIR server, or the call is refused with 412.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
+
+from cds_service.fhir.read import next_link
 
 _TOKEN = re.compile(r"\{\{\s*(.*?)\s*\}\}")
 _USER_TOKENS = {
@@ -32,12 +38,13 @@ class PrefetchState(Enum):
     EMPTY = "empty"
     OUTCOME = "operation-outcome"
     JUNK = "junk"
+    PAGED = "first-page-only"
     USABLE = "usable"
 
     @property
     def is_missing(self) -> bool:
-        """Absent, failed and junk keys must be fetched; empty ones are an answer."""
-        return self in (PrefetchState.ABSENT, PrefetchState.OUTCOME, PrefetchState.JUNK)
+        """Absent, failed, junk and first-page-only keys must be fetched; empty ones are an answer."""
+        return self in (PrefetchState.ABSENT, PrefetchState.OUTCOME, PrefetchState.JUNK, PrefetchState.PAGED)
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,9 @@ def classify(key: str, template: str, prefetch: Mapping[str, Any]) -> PrefetchIt
         entries = value.get("entry", [])
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
             return PrefetchItem(key, PrefetchState.JUNK, reason="Bundle.entry is not a list of entries")
+        if next_link(value) is not None:
+            reason = f"only the first page of a paged search was sent: {len(entries)} entries and a next link"
+            return PrefetchItem(key, PrefetchState.PAGED, reason=reason)
         if not any(isinstance(e.get("resource"), dict) for e in entries):
             return PrefetchItem(key, PrefetchState.EMPTY, resource=value)
         return PrefetchItem(key, PrefetchState.USABLE, resource=value)

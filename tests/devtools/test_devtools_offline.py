@@ -160,6 +160,16 @@ def test_sort_newest_first_with_undated_last_and_count_pages(server: OfflineFhir
     assert [link["relation"] for link in whole["link"]] == ["self"]
 
 
+def test_prefetch_answers_each_search_whole(server: OfflineFhirServer) -> None:
+    """A first page with a next link is refused by the service as incomplete, so the offline EHR sends
+    every match in one Bundle, as an EHR that follows the paging does."""
+    query = f"Observation?patient=p1&code={LOINC}|2132-9&_sort=-date&_count=2"
+    answered = server.prefetch({"labs": query, "patient": "Patient/p1"})
+    assert _ids(answered["labs"]) == ["b12-prelim", "b12-new", "b12-old", "b12-undated"]
+    assert [link["relation"] for link in answered["labs"]["link"]] == ["self"]
+    assert answered["patient"]["id"] == "p1"
+
+
 def test_status_token_lists(server: OfflineFhirServer) -> None:
     final = server.query(f"Observation?patient=p1&code={LOINC}|2132-9&status=final,amended")
     assert "b12-prelim" not in _ids(final)

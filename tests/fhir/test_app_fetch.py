@@ -248,6 +248,70 @@ def test_searches_longer_than_a_page_are_fetched_whole(
     assert len(proxy.seen) == len(PREFETCH_KEYS) + 1
 
 
+def _topics(cards: list[dict[str, Any]]) -> list[str]:
+    return [card["source"]["topic"]["code"] for card in cards]
+
+
+def test_a_first_page_in_the_prefetch_is_not_taken_for_the_whole_search(
+    settings: Settings, fhir_server: SekmetServer, proxy: DelayProxy, fhir_base: str
+) -> None:
+    """The multivitamin that explains a high B12 is on the second page of medicationStatements. Read as
+    the whole search, the first page says "no supplement" and asks for a work-up; the service instead
+    fetches the key whole from the FHIR server, and refuses with 412 when there is none to ask."""
+    record = load_patient_bundle(REPO / "fhir_fixtures" / "elevated-b12-supplement-review.json")
+    fillers = [
+        {
+            "resourceType": "MedicationStatement",
+            "id": f"other-medicine-{n}",
+            "status": "active",
+            "medicationCodeableConcept": {"text": "Paracetamol 500 mg tablet"},
+            "subject": {"reference": f"Patient/{record.patient_id}"},
+            "effectivePeriod": {"start": "2025-01-01"},
+        }
+        for n in range(200)
+    ]
+    resources = [*fillers, *record.resources]
+    _put_on_server(fhir_server, resources)
+    application = create_app(settings.with_overrides(now=record.timestamp))
+    try:
+        client = application.test_client()
+        templates = client.get("/cds-services").get_json()["services"][0]["prefetch"]
+        context = _context("patient-view", record.patient_id)
+        queries = {k: render_template(t, context) for k, t in templates.items()}
+        prefetch = OfflineFhirServer(resources).prefetch(queries)
+        statements = prefetch["medicationStatements"]
+        statements["entry"].sort(key=lambda e: e["resource"]["id"].startswith("fx-"))
+        first_page = {
+            **statements,
+            "entry": statements["entry"][:200],
+            "link": [{"relation": "next", "url": f"{fhir_base}?_getpages=first-page-only&_offset=200"}],
+        }
+        as_if_whole = {key: value for key, value in first_page.items() if key != "link"}
+        base = {"hook": "patient-view", "hookInstance": str(uuid.uuid4()), "context": context}
+
+        status_whole, whole = _call(client, {**base, "prefetch": prefetch})
+        assert status_whole == 200, whole
+        _, misread = _call(client, {**base, "prefetch": {**prefetch, "medicationStatements": as_if_whole}})
+        paged = {**prefetch, "medicationStatements": first_page}
+        status_fetched, fetched = _call(client, {**base, "prefetch": paged, "fhirServer": fhir_base})
+        status_refused, refused = _call(client, {**base, "prefetch": paged})
+    finally:
+        application.extensions["cds"]["recorder"].close()
+        application.extensions["cds"]["feedback"].close()
+
+    assert _topics(whole["cards"]) == ["elevated-b12-supplement-review"]
+    assert _topics(misread["cards"]) == ["elevated-b12-no-supplement"], "the first page alone misleads"
+    assert status_fetched == 200, fetched
+    assert _comparable(fetched["cards"]) == _comparable(whole["cards"])
+    statement_requests = [r for r in proxy.seen if r.path.startswith("/fhir/MedicationStatement")]
+    assert len(statement_requests) == 2, "the key fetched whole (two pages of 200), its own query"
+    assert len(proxy.seen) == 2, "nothing but the paged key is fetched"
+    assert status_refused == 412
+    reason = _diagnostics(refused)
+    assert "medicationStatements" in reason
+    assert "only the first page of a paged search was sent: 200 entries and a next link" in reason
+
+
 def test_operation_outcome_and_junk_values_are_fetched_again(
     client: FlaskClient, fhir_server: SekmetServer, proxy: DelayProxy, fhir_base: str
 ) -> None:

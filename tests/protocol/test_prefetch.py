@@ -49,6 +49,17 @@ PATIENT = {"resourceType": "Patient", "id": "p1"}
 OBS = {"resourceType": "Observation", "id": "o1"}
 
 
+def first_page(*resources: dict) -> dict:
+    """A searchset page with a next link, as a client that does not follow paging sends it."""
+    page = searchset(*resources)
+    page["total"] = 500
+    page["link"] = [
+        {"relation": "self", "url": "https://ehr.example/fhir/Observation?patient=p1"},
+        {"relation": "next", "url": "https://ehr.example/fhir?_getpages=abc&_getpagesoffset=200"},
+    ]
+    return page
+
+
 @pytest.mark.parametrize(
     ("template", "prefetch", "state"),
     [
@@ -72,16 +83,34 @@ OBS = {"resourceType": "Observation", "id": "o1"}
         (READ, {"k": searchset(PATIENT)}, PrefetchState.JUNK),
         (SEARCH, {"k": {"resourceType": "Bundle", "entry": "nope"}}, PrefetchState.JUNK),
         (SEARCH, {"k": {"resourceType": "Bundle", "entry": [1, 2]}}, PrefetchState.JUNK),
+        (SEARCH, {"k": first_page(OBS)}, PrefetchState.PAGED),
+        (SEARCH, {"k": first_page()}, PrefetchState.PAGED),
     ],
 )
 def test_classification(template: str, prefetch: dict, state: PrefetchState) -> None:
     item = classify("k", template, prefetch)
     assert item.state is state
     assert item.state.is_missing is (
-        state in (PrefetchState.ABSENT, PrefetchState.OUTCOME, PrefetchState.JUNK)
+        state in (PrefetchState.ABSENT, PrefetchState.OUTCOME, PrefetchState.JUNK, PrefetchState.PAGED)
     )
     if state.is_missing:
         assert item.reason
+
+
+def test_a_last_page_is_an_answer() -> None:
+    """Only a next link makes a page partial; self and previous links do not."""
+    page = searchset(OBS)
+    page["link"] = [
+        {"relation": "self", "url": "https://ehr.example/fhir/Observation?patient=p1"},
+        {"relation": "previous", "url": "https://ehr.example/fhir?_getpages=abc&_getpagesoffset=0"},
+    ]
+    assert classify("k", SEARCH, {"k": page}).state is PrefetchState.USABLE
+
+
+def test_paged_reason_says_what_arrived() -> None:
+    item = classify("k", SEARCH, {"k": first_page(OBS, PATIENT)})
+    assert item.resource is None, "a first page is not used as if it were the whole search"
+    assert item.reason == "only the first page of a paged search was sent: 2 entries and a next link"
 
 
 def test_outcome_reason_quotes_the_diagnostics() -> None:
