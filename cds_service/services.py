@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 
@@ -20,7 +21,7 @@ from cds_service.clinical import codes
 from cds_service.clinical.engine import ClinicalConfig, evaluate, load_clinical_config
 from cds_service.clinical.findings import Finding, findings_from_json, findings_to_json
 from cds_service.config import ConfigError, Settings, load_site_config
-from cds_service.fhir.client import FhirClient, fhir_server_allowed
+from cds_service.fhir.client import FetchOutcome, FhirClient, fhir_server_allowed
 from cds_service.observability import CallTrace, observe_fhir_fetch
 from cds_service.protocol.auth import AuthenticatedClient
 from cds_service.protocol.cards import (
@@ -307,6 +308,8 @@ class HookHandler:
             budget_ms=self.settings.fhir_budget_ms,
         )
         trace.fhir_queries += sum(o.requests for o in outcomes.values())
+        pages = self.fhir_client.max_pages
+        outcomes = {key: _refuse_unsafe_truncation(o, queries[key], pages) for key, o in outcomes.items()}
         for outcome in outcomes.values():
             observe_fhir_fetch(outcome.elapsed_ms, outcome.ok)
             for warning in outcome.warnings:
@@ -334,6 +337,25 @@ class HookHandler:
         for outcome in outcomes.values():
             fetched.extend(resources_of(outcome.resource))
         return fetched
+
+
+def _newest_first(query: str) -> bool:
+    sort = dict(parse_qsl(query.partition("?")[2])).get("_sort", "")
+    return sort.split(",", 1)[0] == "-date"
+
+
+def _refuse_unsafe_truncation(outcome: FetchOutcome, query: str, pages: int) -> FetchOutcome:
+    """A search cut off at the client's page limit is read in part only when it is newest first, so that
+    what is left out is the oldest (and a warning is logged). In any other order the part not read could
+    hold the active B12 order or the supplement a card would call absent, so the key counts as failed."""
+    if not outcome.truncated or _newest_first(query):
+        return outcome
+    return replace(
+        outcome,
+        resource=None,
+        error=f"more results than the {pages} pages read, in no date order, so the newest may be among "
+        "those not read",
+    )
 
 
 def card_style_from_site(site: Mapping[str, Any]) -> CardStyle:

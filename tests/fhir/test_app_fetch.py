@@ -25,8 +25,11 @@ from cds_service.app import create_app
 from cds_service.config import Settings
 from cds_service.devtools.bundles import load_patient_bundle
 from cds_service.devtools.offline import OfflineFhirServer
+from cds_service.fhir.client import FhirClient
 from cds_service.loader import to_transaction
 from cds_service.protocol.prefetch import render_template
+from cds_service.protocol.request import RequestError
+from cds_service.services import build_handler
 from tests.builders import REPO, SERVICE_FOR_HOOK, SMART_PATIENTS, assert_valid_response, cyanocobalamin_draft
 from tests.live import serving
 from tests.support.delay_proxy import DelayProxy
@@ -252,25 +255,91 @@ def _topics(cards: list[dict[str, Any]]) -> list[str]:
     return [card["source"]["topic"]["code"] for card in cards]
 
 
+SUPPLEMENT_FIXTURE = REPO / "fhir_fixtures" / "elevated-b12-supplement-review.json"
+
+
+def _other_medicines(patient_id: str, count: int) -> list[dict[str, Any]]:
+    """Statements of a medicine with nothing to do with B12 or iron, to push others to a later page."""
+    return [
+        {
+            "resourceType": "MedicationStatement",
+            "id": f"other-medicine-{n}",
+            "status": "active",
+            "medicationCodeableConcept": {"text": "Paracetamol 500 mg tablet"},
+            "subject": {"reference": f"Patient/{patient_id}"},
+            "effectivePeriod": {"start": "2025-01-01"},
+        }
+        for n in range(count)
+    ]
+
+
+def _older_haemoglobins(patient_id: str, count: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "resourceType": "Observation",
+            "id": f"older-hb-{n}",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+            "subject": {"reference": f"Patient/{patient_id}"},
+            "effectiveDateTime": f"{1990 + n // 12}-{n % 12 + 1:02d}-10T08:00:00Z",
+            "valueQuantity": {
+                "value": 13.5,
+                "unit": "g/dL",
+                "system": "http://unitsofmeasure.org",
+                "code": "g/dL",
+            },
+        }
+        for n in range(count)
+    ]
+
+
+def test_a_search_cut_at_the_page_limit_is_read_only_when_newest_first(
+    settings: Settings,
+    fhir_server: SekmetServer,
+    proxy: DelayProxy,
+    fhir_base: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With a one-page limit, 201 old haemoglobins leave the newest-first contextLabs cut short: read,
+    with a warning (what is missing is the oldest). 201 medication statements in no date order may hide
+    the supplement that explains the high B12: that key fails and the call is refused with 412."""
+    record = load_patient_bundle(SUPPLEMENT_FIXTURE)
+    handler = build_handler(
+        settings.with_overrides(now=record.timestamp), fhir_client=FhirClient(max_pages=1)
+    )
+    body = {
+        "hook": "patient-view",
+        "hookInstance": str(uuid.uuid4()),
+        "context": _context("patient-view", record.patient_id),
+        "fhirServer": fhir_base,
+    }
+    try:
+        _put_on_server(fhir_server, [*_older_haemoglobins(record.patient_id, 201), *record.resources])
+        labs_cut = handler.handle("b12-iron-patient-view", body)
+        cut_warnings = [r.getMessage() for r in caplog.records if "stopped after 1 pages" in r.getMessage()]
+        _put_on_server(fhir_server, _other_medicines(record.patient_id, 201))
+        with pytest.raises(RequestError) as refused:
+            handler.handle("b12-iron-patient-view", {**body, "hookInstance": str(uuid.uuid4())})
+    finally:
+        handler.fhir_client.close()
+
+    assert _topics(labs_cut["cards"]) == ["elevated-b12-supplement-review"]
+    assert cut_warnings == ["FHIR fetch for contextLabs: stopped after 1 pages; the server has more results"]
+    assert refused.value.status == 412
+    assert (
+        "medicationStatements: more results than the 1 pages read, in no date order" in refused.value.reason
+    )
+    assert "contextLabs" not in refused.value.reason
+
+
 def test_a_first_page_in_the_prefetch_is_not_taken_for_the_whole_search(
     settings: Settings, fhir_server: SekmetServer, proxy: DelayProxy, fhir_base: str
 ) -> None:
     """The multivitamin that explains a high B12 is on the second page of medicationStatements. Read as
     the whole search, the first page says "no supplement" and asks for a work-up; the service instead
     fetches the key whole from the FHIR server, and refuses with 412 when there is none to ask."""
-    record = load_patient_bundle(REPO / "fhir_fixtures" / "elevated-b12-supplement-review.json")
-    fillers = [
-        {
-            "resourceType": "MedicationStatement",
-            "id": f"other-medicine-{n}",
-            "status": "active",
-            "medicationCodeableConcept": {"text": "Paracetamol 500 mg tablet"},
-            "subject": {"reference": f"Patient/{record.patient_id}"},
-            "effectivePeriod": {"start": "2025-01-01"},
-        }
-        for n in range(200)
-    ]
-    resources = [*fillers, *record.resources]
+    record = load_patient_bundle(SUPPLEMENT_FIXTURE)
+    resources = [*_other_medicines(record.patient_id, 200), *record.resources]
     _put_on_server(fhir_server, resources)
     application = create_app(settings.with_overrides(now=record.timestamp))
     try:
