@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cds_service.devtools.bundles import BundleError, load_draft_orders
 from cds_service.devtools.hookrequest import HOOKS, ORDER_HOOKS, hook_context, hook_request, service_for_hook
 from cds_service.devtools.render import render_response
+from cds_service.fhir.read import next_link
 from cds_service.protocol.prefetch import TemplateError, render_template
 
 TOKEN_LIFETIME_S = 300
@@ -248,37 +249,39 @@ class Ehr:
         return found, True
 
     def _all_pages(self, bundle: dict[str, Any]) -> dict[str, Any]:
-        """Follow ``next`` links (opaque URLs, used as given) and merge their entries into one Bundle."""
+        """Follow ``next`` links (opaque URLs, used as given) and merge their entries into one Bundle.
+
+        When paging stops early, the merged Bundle keeps the ``next`` link it did not follow, so the
+        service sees a partial search as partial (and fetches that key itself) rather than as complete."""
         merged = dict(bundle)
         entries = list(bundle.get("entry", []))
         page = bundle
-        for _ in range(MAX_PAGES):
-            next_url = _link(page, "next")
-            if not next_url:
+        pages = 1
+        while (next_url := next_link(page)) is not None:
+            if pages >= MAX_PAGES:
+                click.echo(f"paging stopped after {MAX_PAGES} pages; the search is sent as partial", err=True)
                 break
             response = self._fhir_get(next_url)
             if response.status_code != 200:
                 click.echo(f"paging stopped: the FHIR server answered {response.status_code}", err=True)
                 break
             try:
-                page = response.json()
+                next_page = response.json()
             except ValueError:
                 click.echo("paging stopped: a page of the search is not JSON", err=True)
                 break
-            if not isinstance(page, dict):
+            if not isinstance(next_page, dict):
+                click.echo("paging stopped: a page of the search is not a FHIR resource", err=True)
                 break
+            page = next_page
+            pages += 1
             entries.extend(page.get("entry", []))
         merged["link"] = [link for link in bundle.get("link", []) if link.get("relation") == "self"]
+        if next_url is not None:
+            merged["link"].append({"relation": "next", "url": next_url})
         if entries:
             merged["entry"] = entries
         return merged
-
-
-def _link(bundle: Mapping[str, Any], relation: str) -> str | None:
-    for link in bundle.get("link", []) or []:
-        if isinstance(link, dict) and link.get("relation") == relation and isinstance(link.get("url"), str):
-            return link["url"]
-    return None
 
 
 def _outcome_text(response: requests.Response) -> str:

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from cds_service.cli import main
 from cds_service.config import Settings
+from cds_service.devtools import fire as fire_module
 from cds_service.devtools.bundles import PatientBundle, load_patient_bundle
 from cds_service.devtools.fire import Ehr
 from tests.builders import FIXED_NOW, REPO, SMART_PATIENTS
@@ -260,6 +261,22 @@ def test_prefetch_follows_next_links_and_leaves_out_failed_keys(fhir_server: Sek
     assert values["patient"]["id"] == record.patient_id
     assert values["nobody"] is None
     assert "broken" not in values
+
+
+def test_prefetch_cut_short_keeps_its_next_link(
+    fhir_server: SekmetServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Sent without its next link, a partial search would be read as the whole of it."""
+    record = load_example(fhir_server, "patient-view-iron-deficiency-after-b12.json")
+    monkeypatch.setattr(fire_module, "MAX_PAGES", 2)
+    ehr = Ehr("http://127.0.0.1:9", fhir_server.base_url, key=None, fhir_token=None, timeout=10)
+    values = ehr.prefetch(
+        {"labs": "Observation?patient={{context.patientId}}&_count=1"}, {"patientId": record.patient_id}
+    )
+    assert len(values["labs"]["entry"]) == 2
+    relations = [link["relation"] for link in values["labs"]["link"]]
+    assert relations == ["self", "next"]
+    assert "paging stopped after 2 pages; the search is sent as partial" in capsys.readouterr().err
 
 
 def test_fire_with_a_fhir_bearer_token_like_the_smart_launcher(
