@@ -158,8 +158,10 @@ class FeedbackStore:
         statement = self._dialect.sql(_INSERT_ISSUED)
 
         def insert(cursor: Any) -> None:
-            for service_id, uuid, topic, at in rows:
-                cursor.execute(statement, (service_id, uuid, topic, timestamp_text(at)))
+            cursor.executemany(
+                statement,
+                [(service_id, uuid, topic, timestamp_text(at)) for service_id, uuid, topic, at in rows],
+            )
 
         self._run(insert, write=True)
 
