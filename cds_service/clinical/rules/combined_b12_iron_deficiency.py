@@ -16,6 +16,7 @@ from cds_service.clinical.rules.common import (
     iron_deficiency_near,
     not_recently_done,
     order_labs,
+    suggested_tests_line,
 )
 
 TOPIC = "combined-b12-iron-deficiency"
@@ -69,12 +70,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
             "- Autoimmune gastritis or pernicious anaemia is already recorded: no gastric antibody "
             "tests suggested."
         )
-    if wanted:
-        lines.append(
-            "- Suggested: "
-            + ", ".join(codes.ANALYTE_NAMES[a] for a in wanted)
-            + f" (none resulted in {t.latest_days} days)."
-        )
+    lines += suggested_tests_line(wanted, t.latest_days)
     lines += ["", "Sources: BSH 2014 (Devalia); AGA 2020 iron deficiency guideline."]
     return Finding(
         topic=TOPIC,

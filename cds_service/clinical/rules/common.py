@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -198,6 +198,14 @@ def not_recently_done(record: PatientRecord, analytes: Iterable[str], days: int)
     """The analytes neither resulted within ``days`` nor already ordered."""
     since = record.now - timedelta(days=days)
     return [a for a in analytes if record.tested_since(a, since) is None and record.ordered(a) is None]
+
+
+def suggested_tests_line(wanted: Sequence[str], days: int) -> list[str]:
+    """The card line naming the tests a card suggests (those `not_recently_done` kept); none when empty."""
+    if not wanted:
+        return []
+    names = ", ".join(codes.ANALYTE_NAMES[a] for a in wanted)
+    return [f"- Suggested: {names} (none resulted in {days} days or already on order)."]
 
 
 # --- proposed resources -------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from cds_service.clinical.rules.common import (
     fmt,
     not_recently_done,
     order_labs,
+    suggested_tests_line,
 )
 
 TOPIC = "elevated-b12-no-supplement"
@@ -84,12 +85,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
             f"- Above {fmt(t.b12_very_high)} pg/mL (1000 pmol/L) the association with liver disease, alcohol "
             "misuse and cancer is strong (Arendt & Nexo, PLoS One 2012)."
         )
-    if wanted:
-        lines.append(
-            "- Suggested: "
-            + ", ".join(codes.ANALYTE_NAMES[a] for a in wanted)
-            + f" (none in {t.recent_days} days)."
-        )
+    lines += suggested_tests_line(wanted, t.recent_days)
     lines += ["", "Sources: Arendt & Nexo, PLoS One 2012; ARUP and Mayo reference limits."]
     return Finding(
         topic=TOPIC,
