@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from cds_service.config import load_settings, load_site_config, parse_rfc3339
-from cds_service.feedback.report import format_text, reason_displays
+from cds_service.feedback.report import format_text, offered_reasons
 from cds_service.feedback.store import FeedbackStore
 from cds_service.protocol.cards import (
     DEFAULT_OVERRIDE_REASONS,
@@ -45,7 +45,7 @@ def feedback_report(as_json: bool, since: str | None, db: str | None) -> None:
         raise click.ClickException(f"no feedback store at {url} (set CDS_FEEDBACK_DB or pass --db)")
     store = FeedbackStore.open(url)
     try:
-        report = store.report(since=start, displays=reason_displays(offered, OVERRIDE_REASON_SYSTEM))
+        report = store.report(since=start, offered=offered_reasons(offered, OVERRIDE_REASON_SYSTEM))
     finally:
         store.close()
     click.echo(json.dumps(report, indent=2) if as_json else format_text(report), nl=as_json)

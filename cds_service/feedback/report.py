@@ -8,8 +8,9 @@ Definitions, stated once so the numbers can be trusted:
   accepted; null when no card was answered. EHRs do not send feedback for cards nobody acted on, so
   dividing by `issued` would mix "ignored" with "not reported";
 - topOverrideReasons: the most frequent override reason codes among the overridden cards. Clients may
-  send a reason without its `display` (the CDS Hooks Sandbox does); the display offered on the cards
-  (the site's or the default override reasons) is filled in for the reader.
+  send a reason without its `display` (the CDS Hooks Sandbox does) or without its `system`; a reason
+  the cards offered (the site's or the default override reasons) is counted once under the Coding the
+  cards offered, with its display filled in for the reader.
 """
 
 from __future__ import annotations
@@ -47,24 +48,24 @@ def _rate(counts: dict[str, Any]) -> float | None:
     return round(counts["accepted"] / answered, 4) if answered else None
 
 
-ReasonDisplays = Mapping[tuple[str | None, str], str]
-"""(system, code) of an override reason offered on cards -> its display."""
+OfferedReasons = Mapping[tuple[str | None, str], Mapping[str, str]]
+"""(system, code) as a client may echo an override reason -> the Coding the cards offered."""
 
 
-def reason_displays(
+def offered_reasons(
     offered: Iterable[Mapping[str, str]], own_system: str | None = None
-) -> dict[tuple[str | None, str], str]:
+) -> dict[tuple[str | None, str], Mapping[str, str]]:
     """The lookup for `build_report` from override reason Codings as the cards offer them.
 
     A reason offered without a system, or with the service's own, is found under either: clients echo
-    the Coding back with or without the system.
+    the Coding back with or without the system, and both are the same reason.
     """
-    lookup: dict[tuple[str | None, str], str] = {}
+    lookup: dict[tuple[str | None, str], Mapping[str, str]] = {}
     for reason in offered:
         system = reason.get("system")
         systems = {None, own_system} if system in (None, own_system) else {system}
         for each in systems:
-            lookup.setdefault((each, reason["code"]), reason["display"])
+            lookup.setdefault((each, reason["code"]), reason)
     return lookup
 
 
@@ -72,7 +73,7 @@ def build_report(
     issued: Iterable[IssuedCount],
     outcomes: Iterable[OutcomeCount],
     since: datetime | None = None,
-    displays: ReasonDisplays | None = None,
+    offered: OfferedReasons | None = None,
 ) -> dict[str, Any]:
     """The report as JSON-ready dicts, services and topics in name order."""
     services: dict[str, dict[str, Any]] = {}
@@ -88,12 +89,14 @@ def build_report(
         topic = row.topic or UNKNOWN_TOPIC
         topic_of(row.service_id, topic)[row.outcome] += row.count
         if row.outcome == "overridden" and row.reason_code:
-            key = (row.reason_system, row.reason_code)
+            coding = (offered or {}).get((row.reason_system, row.reason_code), {})
+            system = coding.get("system", row.reason_system)
             tally = reasons.setdefault((row.service_id, topic), {}).setdefault(
-                key, {"system": row.reason_system, "code": row.reason_code, "display": None, "count": 0}
+                (system, row.reason_code),
+                {"system": system, "code": row.reason_code, "display": None, "count": 0},
             )
             tally["count"] += row.count
-            tally["display"] = tally["display"] or row.reason_display or (displays or {}).get(key)
+            tally["display"] = tally["display"] or row.reason_display or coding.get("display")
 
     for service_id, service in services.items():
         for topic, counts in service["topics"].items():

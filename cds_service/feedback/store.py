@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from cds_service.feedback.dialects import Dialect, dialect_for
-from cds_service.feedback.report import IssuedCount, OutcomeCount, ReasonDisplays, build_report
+from cds_service.feedback.report import IssuedCount, OfferedReasons, OutcomeCount, build_report
 from cds_service.feedback.schema import FeedbackItem
 
 log = logging.getLogger(__name__)
@@ -165,10 +165,10 @@ class FeedbackStore:
 
         self._run(insert, write=True)
 
-    def report(self, since: datetime | None = None, displays: ReasonDisplays | None = None) -> dict[str, Any]:
+    def report(self, since: datetime | None = None, offered: OfferedReasons | None = None) -> dict[str, Any]:
         """Per service and topic: cards issued, accepted, overridden, acceptance rate, top reasons.
 
-        `displays` names override reasons that clients reported by code only (see `report.py`)."""
+        `offered` names and groups override reasons that clients echoed in part (see `report.py`)."""
         bound = timestamp_text(since) if since else ""
 
         def read(cursor: Any) -> tuple[list[IssuedCount], list[OutcomeCount]]:
@@ -178,7 +178,7 @@ class FeedbackStore:
             return issued, [OutcomeCount(*row) for row in cursor.fetchall()]
 
         issued, outcomes = self._run(read, write=False)
-        return build_report(issued, outcomes, since=since, displays=displays)
+        return build_report(issued, outcomes, since=since, offered=offered)
 
     def writable(self) -> bool:
         """Whether a write could be made now (readiness); never raises."""

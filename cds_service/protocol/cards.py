@@ -23,11 +23,15 @@ OVERRIDE_REASON_SYSTEM = "urn:b12-iron-cds:override-reason"
 SUMMARY_LIMIT = 139
 INDICATORS = ("info", "warning", "critical")
 
-DEFAULT_OVERRIDE_REASONS: tuple[Mapping[str, str], ...] = (
-    {"code": "already-addressed", "display": "Already addressed"},
-    {"code": "patient-declined", "display": "Patient declined"},
-    {"code": "not-clinically-relevant", "display": "Not clinically relevant for this patient"},
-    {"code": "data-inaccurate", "display": "Results or medication list are inaccurate"},
+# Same system as a site's own reasons, so every Coding a client echoes back in feedback is qualified.
+DEFAULT_OVERRIDE_REASONS: tuple[Mapping[str, str], ...] = tuple(
+    {"system": OVERRIDE_REASON_SYSTEM, "code": code, "display": display}
+    for code, display in (
+        ("already-addressed", "Already addressed"),
+        ("patient-declined", "Patient declined"),
+        ("not-clinically-relevant", "Not clinically relevant for this patient"),
+        ("data-inaccurate", "Results or medication list are inaccurate"),
+    )
 )
 
 

@@ -176,8 +176,11 @@ def test_postgres_store(postgres_url: str) -> None:
     assert json.loads(output)["services"][VIEW]["topics"]["iron-after-b12"]["acceptanceRate"] == 1.0
 
 
-def test_reasons_sent_by_code_only_get_the_display_the_cards_offered(sqlite_url: str, tmp_path: Path) -> None:
-    """The Sandbox echoes the Coding without display; the report names it from the offered reasons."""
+def test_reasons_echoed_in_part_are_counted_as_the_coding_the_cards_offered(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """The Sandbox echoes the Coding without display, other clients drop the system: the report names
+    the reason from the offered ones and counts it once, whichever way it came back."""
     site = tmp_path / "site.json"
     site.write_text(
         json.dumps({"overrideReasons": [{"code": "snooze-month", "display": "Snooze for a month"}]})
@@ -206,15 +209,23 @@ def test_reasons_sent_by_code_only_get_the_display_the_cards_offered(sqlite_url:
                 "reason": {"code": "patient-declined", "system": "http://other.example/reasons"}
             },
         },
+        {
+            "card": "d",
+            "outcome": "overridden",
+            "outcomeTimestamp": "2026-03-02T09:00:00Z",
+            "overrideReason": {
+                "reason": {"code": "patient-declined", "system": "urn:b12-iron-cds:override-reason"}
+            },
+        },
     ]
     store.add_feedback(VIEW, parse_feedback({"feedback": entries}))
     store.close()
     code, output = run("--json", "--db", sqlite_url, env={"CDS_SITE_CONFIG": str(site)})
     assert code == 0, output
     reasons = json.loads(output)["services"][VIEW]["topics"]["unknown"]["topOverrideReasons"]
-    by_code = {(r["code"], r.get("system")): r.get("display") for r in reasons}
+    by_code = {(r["code"], r.get("system")): (r.get("display"), r["count"]) for r in reasons}
     assert by_code == {
-        ("patient-declined", None): "Patient declined",
-        ("snooze-month", "urn:b12-iron-cds:override-reason"): "Snooze for a month",
-        ("patient-declined", "http://other.example/reasons"): None,
+        ("patient-declined", "urn:b12-iron-cds:override-reason"): ("Patient declined", 2),
+        ("snooze-month", "urn:b12-iron-cds:override-reason"): ("Snooze for a month", 1),
+        ("patient-declined", "http://other.example/reasons"): (None, 1),
     }

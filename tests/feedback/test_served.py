@@ -209,7 +209,7 @@ def test_issued_cards_and_feedback_meet_in_the_report(tmp_path: Path) -> None:
     override_topic = report[override_service]["topics"][override_card["source"]["topic"]["code"]]  # type: ignore[index]
     assert override_topic["overridden"] == 1
     assert override_topic["topOverrideReasons"] == [
-        {"code": reason["code"], "display": reason["display"], "count": 1}
+        {"system": reason["system"], "code": reason["code"], "display": reason["display"], "count": 1}
     ]
     total = sum(body["accepted"] + body["overridden"] for body in report.values())
     assert total == 2

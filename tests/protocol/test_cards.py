@@ -45,6 +45,7 @@ def test_card_has_every_invariant() -> None:
     assert card["suggestions"][0]["isRecommended"] is True
     assert card["source"]["topic"]["code"] == "iron-studies-after-b12"
     assert all(reason["display"] for reason in card["overrideReasons"])
+    assert {reason["system"] for reason in card["overrideReasons"]} == {"urn:b12-iron-cds:override-reason"}
     assert card["links"][0]["url"] == "https://docs.example.org/rules#iron-studies-after-b12"
     assert issued_cards(response) == [(card["uuid"], "iron-studies-after-b12")]
 
