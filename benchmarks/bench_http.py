@@ -7,8 +7,11 @@ script, alternately, in the same run, so the ratios hold on whatever machine run
 * median latency at 1 connection (target: within 1 ms of the floor);
 * resident memory of each service worker after 10,000 calls and after 20,000 (target: no growth).
 
-Usage: ``python benchmarks/bench_http.py [--quick] [--floor-only]``; needs ``wrk`` (Debian: apt-get
-install wrk). Every phase has a time limit; servers are stopped on exit, whatever happens.
+With ``--engine-free`` a third server runs beside them: the service with its hook handler's work done
+once and its answer reused (``engine_free_app.py``), the best any faster engine could reach.
+
+Usage: ``python benchmarks/bench_http.py [--quick] [--floor-only] [--engine-free]``; needs ``wrk``
+(Debian: apt-get install wrk). Every phase has a time limit; servers are stopped on exit, whatever happens.
 """
 
 from __future__ import annotations
@@ -177,10 +180,10 @@ def service_command(port: int, workers: int, threads: int) -> list[str]:
     ]
 
 
-def floor_command(port: int, workers: int, threads: int) -> list[str]:
+def _script_command(script: str, port: int, workers: int, threads: int) -> list[str]:
     return [
         sys.executable,
-        str(HERE / "floor_app.py"),
+        str(HERE / script),
         "--port",
         str(port),
         "--workers",
@@ -188,6 +191,14 @@ def floor_command(port: int, workers: int, threads: int) -> list[str]:
         "--threads",
         str(threads),
     ]
+
+
+def floor_command(port: int, workers: int, threads: int) -> list[str]:
+    return _script_command("floor_app.py", port, workers, threads)
+
+
+def engine_free_command(port: int, workers: int, threads: int) -> list[str]:
+    return _script_command("engine_free_app.py", port, workers, threads)
 
 
 def _children(master_pid: int) -> list[Path]:
@@ -288,6 +299,11 @@ def main() -> int:
         "--threads", type=int, default=None, help="gunicorn threads per worker (serve's default)"
     )
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--engine-free",
+        action="store_true",
+        help="also measure the service with its handler's work done once (engine_free_app.py)",
+    )
     args = parser.parse_args()
 
     from cds_service.serving import DEFAULT_THREADS
@@ -339,6 +355,14 @@ def main() -> int:
                 )
             )
             servers.append(service)
+            if args.engine_free:
+                engine_free_port = free_port()
+                command = engine_free_command(engine_free_port, args.workers, threads)
+                servers.append(
+                    stack.enter_context(
+                        start_server("engine-free", command, service_env, engine_free_port, workdir)
+                    )
+                )
         for server in servers:
             print(f"{server.name} answers: {check_answer(server, body)}")
             run_wrk(server, body_file, args.connections, 3)
@@ -365,45 +389,45 @@ def main() -> int:
             f"\n{args.connections} connections, {seconds} s × {rounds} round(s) each, alternating"
             " (latency in ms)"
         )
+        width = max(len(server.name) for server in servers)
         for server in servers:
             for index, result in enumerate(throughput[server.name], 1):
                 print(
-                    f"  {server.name:8} round {index}: {result.requests_per_second:8.0f} req/s  "
+                    f"  {server.name:{width}} round {index}: {result.requests_per_second:8.0f} req/s  "
                     f"server CPU {result.cpu_ms_per_call:5.2f} ms/call  " + _fmt_percentiles(result)
                 )
         floor_rps = mean_rps("floor")
-        print(f"  floor   mean: {floor_rps:8.0f} req/s")
-        if not args.floor_only:
-            service_rps = mean_rps("service")
-            verdict = "meets" if service_rps >= 0.8 * floor_rps else "MISSES"
-            print(
-                f"  service mean: {service_rps:8.0f} req/s  "
-                f"ratio {service_rps / floor_rps:.2f} ({verdict} ≥ 0.80)"
-            )
+        print(f"  {'floor':{width}} mean: {floor_rps:8.0f} req/s")
 
-            def cpu(name: str) -> float:
-                return sum(r.cpu_ms_per_call for r in throughput[name]) / len(throughput[name])
+        def cpu(name: str) -> float:
+            return sum(r.cpu_ms_per_call for r in throughput[name]) / len(throughput[name])
 
+        for server in servers[1:]:
+            rps = mean_rps(server.name)
+            verdict = "meets" if rps >= 0.8 * floor_rps else "MISSES"
             print(
-                f"  server CPU per call: floor {cpu('floor'):.2f} ms, service {cpu('service'):.2f} ms; "
-                f"CPU-bound ratio {cpu('floor') / cpu('service'):.2f} "
-                f"(load average now {os.getloadavg()[0]:.1f})"
+                f"  {server.name:{width}} mean: {rps:8.0f} req/s  "
+                f"ratio {rps / floor_rps:.2f} ({verdict} ≥ 0.80); server CPU per call "
+                f"{cpu(server.name):.2f} ms against the floor's {cpu('floor'):.2f}, "
+                f"CPU-bound ratio {cpu('floor') / cpu(server.name):.2f}"
             )
+        print(f"  (load average now {os.getloadavg()[0]:.1f})")
 
         print(f"\n1 connection, {latency_seconds} s × {rounds} round(s) each: median latency (ms)")
         for server in servers:
             print(
-                f"  {server.name:8} median of rounds {median_1c(server.name):6.2f}; last round: "
+                f"  {server.name:{width}} median of rounds {median_1c(server.name):6.2f}; last round: "
                 + _fmt_percentiles(single[server.name][-1])
             )
-        if not args.floor_only:
-            gap = median_1c("service") - median_1c("floor")
-            print(f"  difference: {gap:+.2f} ms ({'meets' if gap <= 1.0 else 'MISSES'} ≤ 1 ms)")
+        for server in servers[1:]:
+            gap = median_1c(server.name) - median_1c("floor")
+            verdict = "meets" if gap <= 1.0 else "MISSES"
+            print(f"  {server.name} − floor: {gap:+.2f} ms ({verdict} ≤ 1 ms)")
 
         # Memory on a fresh instance, so "after N calls" counts every call the workers have served.
-        rate = sum(r.requests_per_second for r in throughput[servers[-1].name]) / rounds
+        name = "floor" if args.floor_only else "service"
+        rate = sum(r.requests_per_second for r in throughput[name]) / rounds
         stack.close()
-        name = servers[-1].name
         command = service_command if name == "service" else floor_command
         memory_port = free_port()
         memory_env = service_env if name == "service" else env
