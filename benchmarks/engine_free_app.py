@@ -12,16 +12,11 @@ the handler's own work; if even this one misses, no engine could close the gap. 
 
 from __future__ import annotations
 
-import argparse
-import os
-import shutil
 import threading
 from typing import Any
 
-from cds_service.config import load_settings
-from cds_service.observability import MULTIPROC_ENV
 from cds_service.services import HookHandler
-from cds_service.serving import DEFAULT_THREADS, CdsServer, fresh_metrics_dir, gunicorn_options
+from cds_service.serving import serve
 
 
 def answer_once(handler_class: type[HookHandler]) -> None:
@@ -43,27 +38,9 @@ def answer_once(handler_class: type[HookHandler]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS)
-    args = parser.parse_args()
-    settings = load_settings()
-    os.environ[MULTIPROC_ENV] = metrics_dir = fresh_metrics_dir()
+    """`cds-service serve` itself, with its options, after the patch (the workers fork with it)."""
     answer_once(HookHandler)
-
-    from cds_service.app import create_app
-
-    options = gunicorn_options(
-        settings, f"{args.host}:{args.port}", args.workers, args.threads, metrics_dir=metrics_dir
-    )
-    master_pid = os.getpid()
-    try:
-        CdsServer(lambda: create_app(settings), options).run()
-    finally:
-        if os.getpid() == master_pid:  # workers leave through this frame too
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+    serve.main(prog_name="engine_free_app.py")
 
 
 if __name__ == "__main__":

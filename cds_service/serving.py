@@ -168,7 +168,7 @@ class CdsServer(BaseApplication):
         return app
 
 
-def fresh_metrics_dir() -> str:
+def _fresh_metrics_dir() -> str:
     """A new, empty directory for this server's metric files (stale files would be summed in)."""
     parent = os.environ.get(MULTIPROC_ENV) or None
     if parent:
@@ -200,7 +200,7 @@ def serve(host: str, port: int, workers: int | None, threads: int) -> None:
         click.echo(f"cds-service: configuration error: {error}", err=True)
         sys.exit(2)
     settings = settings.with_overrides(public_base_url=settings.base_url_for(host, port))
-    os.environ[MULTIPROC_ENV] = metrics_dir = fresh_metrics_dir()
+    os.environ[MULTIPROC_ENV] = metrics_dir = _fresh_metrics_dir()
 
     from cds_service.app import create_app
 

@@ -98,16 +98,13 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
     return found
 
 
-def _read_only(root: Path) -> None:
+def _set_writable(root: Path, writable: bool) -> None:
+    """Write permission off everywhere under ``root`` (the read-only image), or back on for the owner."""
     for path in [root, *root.rglob("*")]:
         if not path.is_symlink():
-            path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
-
-
-def _writable(root: Path) -> None:
-    for path in [root, *root.rglob("*")]:
-        if not path.is_symlink():
-            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+            mode = path.stat().st_mode
+            write = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+            path.chmod(mode | stat.S_IWUSR if writable else mode & ~write)
 
 
 class Image:
@@ -180,8 +177,8 @@ class Image:
 def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Image]:
     built = Image(tmp_path_factory.mktemp("image"))
     yield built
-    _writable(built.site)
-    _writable(built.cwd)
+    _set_writable(built.site, True)
+    _set_writable(built.cwd, True)
 
 
 def test_the_wheel_ships_the_schemas_and_the_command(image: Image) -> None:
@@ -209,8 +206,8 @@ def test_the_image_serves_and_writes_only_to_its_volume_and_tmp(image: Image, tm
     `docker run --read-only` example starts it, with the clients file mounted from outside."""
     signer = Signer(iss="https://ehr.example.test", kid="image-test", alg="ES384", private_key=ec_p384_key())
     clients = write_clients(tmp_path, [{"iss": signer.iss, "jwks": {"keys": [signer.public_jwk()]}}])
-    _read_only(image.site)
-    _read_only(image.cwd)
+    _set_writable(image.site, False)
+    _set_writable(image.cwd, False)
     before = {"site": _snapshot(image.site), "cwd": _snapshot(image.cwd)}
     port = free_port()
     log_path = image.tmp / "serve.log"
