@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+
 import pytest
 
 from cds_service.config import Settings
 from cds_service.serving import (
     MAX_DEFAULT_WORKERS,
+    YOUNG_GC_THRESHOLD,
     CdsServer,
     ServiceLogger,
     available_cpus,
@@ -41,3 +45,22 @@ def test_default_workers_follow_the_cpus_within_bounds() -> None:
     cpus = available_cpus()
     assert cpus >= 1
     assert default_workers() == min(2 * cpus + 1, MAX_DEFAULT_WORKERS)
+
+
+@pytest.fixture
+def restored_gc() -> Iterator[None]:
+    thresholds = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
+
+
+@pytest.mark.usefixtures("restored_gc")
+def test_a_worker_freezes_its_start_up_heap_and_collects_young_objects_rarely() -> None:
+    """Each call's parsed body must not make the collector rescan the worker's permanent heap."""
+    app = object()
+    server = CdsServer(lambda: app, gunicorn_options(Settings(), "127.0.0.1:0", 1, 1))
+    assert gc.get_threshold()[0] < YOUNG_GC_THRESHOLD
+    assert server.load() is app
+    assert gc.get_freeze_count() > 10_000
+    assert gc.get_threshold()[0] == YOUNG_GC_THRESHOLD
