@@ -7,7 +7,7 @@ fresh parse of the benchmark request under callgrind, and a run of the same proc
 taken away. The difference between two neighbouring stages is what that step costs. Instruction counts
 repeat to well under 1 % on a shared machine, where times move by ±30 %.
 
-The process is prepared like a served worker (start-up heap frozen, the same collector threshold);
+The app is loaded as a gunicorn worker loads it (start-up heap frozen, the same collector threshold);
 the last stage runs the app under Flask's test client rather than gunicorn, so it leaves out the
 server's socket work, which the floor pays as well.
 
@@ -18,7 +18,6 @@ minutes on two cores.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import subprocess
@@ -37,6 +36,15 @@ sys.path.insert(0, str(HERE))
 
 from bench_http import BENCH_NOW, SERVICE_PATH, clean_env  # noqa: E402
 from request_body import build_patient_view_request  # noqa: E402
+
+from cds_service.app import create_app  # noqa: E402
+from cds_service.clinical.engine import evaluate  # noqa: E402
+from cds_service.clinical.record import build_record  # noqa: E402
+from cds_service.config import load_settings  # noqa: E402
+from cds_service.protocol.cards import cards_response  # noqa: E402
+from cds_service.protocol.prefetch import PrefetchState, classify, resources_of  # noqa: E402
+from cds_service.protocol.request import validate_hook_request  # noqa: E402
+from cds_service.serving import CdsServer, gunicorn_options  # noqa: E402
 
 SERVICE_ID = SERVICE_PATH.rsplit("/", 1)[1]
 WARM_UP_CALLS = 10
@@ -60,12 +68,6 @@ def request_body() -> bytes:
 
 def build_stages(app: Any, body: bytes) -> dict[str, Callable[[], Any]]:
     """Each stage's pipeline, built from the same public functions the hook handler runs, in its order."""
-    from cds_service.clinical.engine import evaluate
-    from cds_service.clinical.record import build_record
-    from cds_service.protocol.cards import cards_response
-    from cds_service.protocol.prefetch import PrefetchState, classify, resources_of
-    from cds_service.protocol.request import validate_hook_request
-
     handler = app.extensions["cds"]["handler"]
     service = handler.services[SERVICE_ID]
     now = handler.settings.now or datetime.now(UTC)
@@ -125,18 +127,14 @@ def build_stages(app: Any, body: bytes) -> dict[str, Callable[[], Any]]:
 
 
 def child(stage: str, calls: int) -> None:
-    """Runs under callgrind: build the app, warm every path, then run one stage ``calls`` times."""
-    from cds_service.app import create_app
-    from cds_service.config import load_settings
-    from cds_service.serving import YOUNG_GC_THRESHOLD
-
-    stages = build_stages(create_app(load_settings()), request_body())
+    """Runs under callgrind: load the app as a gunicorn worker does, warm every path, then run one stage
+    ``calls`` times."""
+    settings = load_settings()
+    worker = CdsServer(lambda: create_app(settings), gunicorn_options(settings, "127.0.0.1:0", 1, 1))
+    stages = build_stages(worker.load(), request_body())
     for _ in range(WARM_UP_CALLS):
         for run in stages.values():
             run()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
     run = stages[stage]
     for _ in range(calls):
         run()
