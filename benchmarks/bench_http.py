@@ -166,6 +166,17 @@ def clean_env() -> dict[str, str]:
     }
 
 
+def bench_service_env(workdir: Path, prefix: str = "") -> dict[str, str]:
+    """The service's environment in a benchmark: no authentication, the request's fixed clock (its results
+    stay recent), and its databases in the run's own directory."""
+    return clean_env() | {
+        "CDS_AUTH": "off",
+        "CDS_NOW": BENCH_NOW,
+        "CDS_FEEDBACK_DB": str(workdir / f"{prefix}feedback.sqlite3"),
+        "CDS_STATE_DB": str(workdir / f"{prefix}state.sqlite3"),
+    }
+
+
 def service_command(port: int, workers: int, threads: int) -> list[str]:
     executable = Path(sys.executable).with_name("cds-service")
     return [
@@ -337,13 +348,7 @@ def main() -> int:
         servers = [floor]
         service_env = env
         if not args.floor_only:
-            service_env = dict(
-                env,
-                CDS_AUTH="off",
-                CDS_NOW=BENCH_NOW,
-                CDS_FEEDBACK_DB=str(workdir / "feedback.sqlite3"),
-                CDS_STATE_DB=str(workdir / "state.sqlite3"),
-            )
+            service_env = bench_service_env(workdir)
             service_port = free_port()
             service = stack.enter_context(
                 start_server(

@@ -29,7 +29,14 @@ import requests
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_http import BENCH_NOW, SERVICE_PATH, clean_env, free_port, service_command, start_server  # noqa: E402
+from bench_http import (  # noqa: E402
+    BENCH_NOW,
+    SERVICE_PATH,
+    bench_service_env,
+    free_port,
+    service_command,
+    start_server,
+)
 from request_body import build_patient_view_request  # noqa: E402
 
 
@@ -119,13 +126,7 @@ def main() -> int:
         body["fhirServer"] = fhir.base_url
         workdir = Path(tmp)
         port = free_port()
-        env = clean_env() | {
-            "CDS_AUTH": "off",
-            "CDS_NOW": BENCH_NOW,
-            "CDS_ALLOWED_FHIR_SERVERS": fhir.base_url,
-            "CDS_FEEDBACK_DB": str(workdir / "feedback.sqlite3"),
-            "CDS_STATE_DB": str(workdir / "state.sqlite3"),
-        }
+        env = bench_service_env(workdir) | {"CDS_ALLOWED_FHIR_SERVERS": fhir.base_url}
         with start_server("service", service_command(port, 2, 4), env, port, workdir) as service:
             session = requests.Session()
             url = service.base_url + SERVICE_PATH

@@ -32,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_http import BENCH_NOW, SERVICE_PATH, clean_env, free_port  # noqa: E402
+from bench_http import BENCH_NOW, SERVICE_PATH, bench_service_env, free_port  # noqa: E402
 from request_body import build_patient_view_request  # noqa: E402
 
 WARM_UP_CALLS = 5
@@ -71,13 +71,7 @@ def worker_instructions(name: str, calls: int, body: bytes, workdir: Path) -> in
     """Instructions the worker process executed in its whole life, answering ``calls`` calls."""
     port = free_port()
     out = workdir / f"{name}-{calls}"
-    env = dict(
-        clean_env(),
-        CDS_AUTH="off",
-        CDS_NOW=BENCH_NOW,
-        CDS_FEEDBACK_DB=str(workdir / f"{name}-{calls}-feedback.sqlite3"),
-        CDS_STATE_DB=str(workdir / f"{name}-{calls}-state.sqlite3"),
-    )
+    env = bench_service_env(workdir, prefix=f"{name}-{calls}-")
     command = [
         "valgrind",
         "--tool=callgrind",

@@ -34,7 +34,7 @@ import orjson
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_http import BENCH_NOW, SERVICE_PATH, clean_env  # noqa: E402
+from bench_http import BENCH_NOW, SERVICE_PATH, bench_service_env  # noqa: E402
 from request_body import build_patient_view_request  # noqa: E402
 
 from cds_service.app import create_app  # noqa: E402
@@ -142,13 +142,7 @@ def child(stage: str, calls: int) -> None:
 
 def instructions(stage: str, calls: int, workdir: Path) -> int:
     out = workdir / f"{stage}-{calls}.callgrind"
-    env = dict(
-        clean_env(),
-        CDS_AUTH="off",
-        CDS_NOW=BENCH_NOW,
-        CDS_FEEDBACK_DB=str(workdir / f"{stage}-{calls}-feedback.sqlite3"),
-        CDS_STATE_DB=str(workdir / f"{stage}-{calls}-state.sqlite3"),
-    )
+    env = bench_service_env(workdir, prefix=f"{stage}-{calls}-")
     command = [
         "valgrind",
         "--tool=callgrind",
