@@ -47,8 +47,9 @@ KEEPALIVE_SECONDS = 5
 WORKER_BOOT_ERROR = 3  # gunicorn's Arbiter.WORKER_BOOT_ERROR
 # Net new container objects before the youngest generation is collected (CPython's default is 700). A
 # 220 KB request parses into about 4,000 and its patient record adds about 1,500, so at 700 each call
-# paid four or five collections that found nothing to free; what a call really leaves in cycles is a
-# dozen of werkzeug's routing closures, so this threshold still collects them every few thousand calls.
+# paid four or five collections that found nothing to free. What a call really leaves in cycles is about
+# fourteen small objects (werkzeug's routing closure and its cells, among them), so this threshold still
+# collects them every few thousand calls.
 YOUNG_GC_THRESHOLD = 50_000
 # Worker heartbeats touch a file every second; shared memory keeps that off slow or read-only disks.
 _SHM = Path("/dev/shm")  # noqa: S108 (only the heartbeat file, which gunicorn creates safely)
