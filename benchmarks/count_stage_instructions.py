@@ -42,7 +42,7 @@ from cds_service.clinical.engine import evaluate  # noqa: E402
 from cds_service.clinical.record import build_record  # noqa: E402
 from cds_service.config import load_settings  # noqa: E402
 from cds_service.protocol.cards import cards_response  # noqa: E402
-from cds_service.protocol.prefetch import PrefetchState, classify, resources_of  # noqa: E402
+from cds_service.protocol.prefetch import classify, prefetched_resources  # noqa: E402
 from cds_service.protocol.request import validate_hook_request  # noqa: E402
 from cds_service.serving import CdsServer, gunicorn_options  # noqa: E402
 
@@ -76,28 +76,15 @@ def build_stages(app: Any, body: bytes) -> dict[str, Callable[[], Any]]:
     def validate() -> Any:
         return validate_hook_request(orjson.loads(body), service.hook)
 
-    def prefetch() -> tuple[Any, list[dict[str, Any]]]:
+    def prefetch() -> tuple[Any, list[Any]]:
         request = validate()
-        resources: list[dict[str, Any]] = []
-        for key, template in service.prefetch.items():
-            item = classify(key, template, request.prefetch)
-            if item.state in (PrefetchState.USABLE, PrefetchState.EMPTY):
-                resources.extend(resources_of(item.resource))
-        return request, resources
+        items = (classify(key, template, request.prefetch) for key, template in service.prefetch.items())
+        return request, prefetched_resources(items)
 
-    def record() -> Any:
+    def on_patient(step: Callable[..., Any]) -> Any:
+        """``step`` (building the record, or the whole rule evaluation) on the prefetched resources."""
         request, resources = prefetch()
-        return build_record(
-            resources,
-            patient_id=request.patient_id,
-            now=now,
-            config=handler.clinical_config,
-            draft_orders=request.draft_orders,
-        )
-
-    def rules() -> Any:
-        request, resources = prefetch()
-        return evaluate(
+        return step(
             resources,
             patient_id=request.patient_id,
             now=now,
@@ -106,7 +93,7 @@ def build_stages(app: Any, body: bytes) -> dict[str, Callable[[], Any]]:
         )
 
     def cards() -> dict[str, Any]:
-        return cards_response(rules(), handler.card_style)
+        return cards_response(on_patient(evaluate), handler.card_style)
 
     def flask() -> dict[str, Any]:
         answer = client.post(SERVICE_PATH, data=body, content_type="application/json")
@@ -118,8 +105,8 @@ def build_stages(app: Any, body: bytes) -> dict[str, Callable[[], Any]]:
         "parse": lambda: orjson.loads(body),
         "validate": validate,
         "prefetch": prefetch,
-        "record": record,
-        "rules": rules,
+        "record": lambda: on_patient(build_record),
+        "rules": lambda: on_patient(evaluate),
         "cards": cards,
         "handler": lambda: handler.handle(SERVICE_ID, orjson.loads(body)),
         "flask": flask,

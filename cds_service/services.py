@@ -32,9 +32,9 @@ from cds_service.protocol.cards import (
     parse_override_reasons,
 )
 from cds_service.protocol.prefetch import (
-    PrefetchState,
     TemplateError,
     classify,
+    prefetched_resources,
     render_template,
     resources_of,
 )
@@ -255,10 +255,7 @@ class HookHandler:
                 key: classify(key, template, request.prefetch) for key, template in service.prefetch.items()
             }
             missing = {key: item for key, item in items.items() if item.state.is_missing}
-            resources: list[dict] = []
-            for item in items.values():
-                if item.state in (PrefetchState.USABLE, PrefetchState.EMPTY):
-                    resources.extend(resources_of(item.resource))
+            resources = prefetched_resources(items.values())
         if missing:
             for item in missing.values():
                 log.info(

@@ -13,7 +13,7 @@ not an answer: the key is fetched whole from the FHIR server, or the call is ref
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -126,6 +126,15 @@ def classify(key: str, template: str, prefetch: Mapping[str, Any]) -> PrefetchIt
     if resource_type != wanted:
         return PrefetchItem(key, PrefetchState.JUNK, reason=f"expected {wanted}, got {resource_type}")
     return PrefetchItem(key, PrefetchState.USABLE, resource=value)
+
+
+def prefetched_resources(items: Iterable[PrefetchItem]) -> list[Mapping[str, Any]]:
+    """The resources the prefetch delivered: those of every usable key (an empty search adds none)."""
+    resources: list[Mapping[str, Any]] = []
+    for item in items:
+        if item.state in (PrefetchState.USABLE, PrefetchState.EMPTY):
+            resources.extend(resources_of(item.resource))
+    return resources
 
 
 def resources_of(value: Mapping[str, Any] | None) -> Iterator[Mapping[str, Any]]:
