@@ -13,9 +13,11 @@ Why these choices (docs/operations.md has the sizing advice):
 * No access log: the service writes one JSON line per hook call with more useful fields; gunicorn's own
   messages go through the same JSON formatter, and INFO lines are written in batches off the request
   threads (``batched_log``).
-* The garbage collector's start-up heap is frozen and its youngest generation made large (see
-  ``CdsServer.load``): the cyclic collector is only needed for cycles, and the default threshold made it
-  scan every request body's parsed objects several times per call while they were still in use.
+* The garbage collector's start-up heap is frozen (see ``CdsServer.load``), so the collections each
+  call's parsed body triggers scan only young objects. Its thresholds stay CPython's: every call leaves a
+  few objects in a reference cycle (werkzeug's URL matcher is a recursive closure), and a rarer young
+  collection let them pile up by the thousand between collections, which raised a worker's resident
+  memory step by step (docs/performance.md).
 * Prometheus multiprocess mode: a fresh directory per server start, named in
   ``PROMETHEUS_MULTIPROC_DIR`` before any worker exists; dead workers are marked so.
 """
@@ -45,12 +47,6 @@ DEFAULT_THREADS = 4
 GRACEFUL_TIMEOUT_SECONDS = 25
 KEEPALIVE_SECONDS = 5
 WORKER_BOOT_ERROR = 3  # gunicorn's Arbiter.WORKER_BOOT_ERROR
-# Net new container objects before the youngest generation is collected (CPython's default is 700). A
-# 220 KB request parses into about 4,000 and its patient record adds about 1,500, so at 700 each call
-# paid four or five collections that found nothing to free. What a call really leaves in cycles is about
-# fourteen small objects (werkzeug's routing closure and its cells, among them), so this threshold still
-# collects them every few thousand calls.
-YOUNG_GC_THRESHOLD = 50_000
 # Worker heartbeats touch a file every second; shared memory keeps that off slow or read-only disks.
 _SHM = Path("/dev/shm")  # noqa: S108 (only the heartbeat file, which gunicorn creates safely)
 
@@ -174,7 +170,6 @@ class CdsServer(BaseApplication):
         # hook call's thousands of parsed JSON objects trigger a collection.
         gc.collect()
         gc.freeze()
-        gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
         return app
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
+from cds_service.sqlite_cache import CACHE_SIZE_PRAGMA
+
 BUSY_TIMEOUT_MS = 15_000
 
 
@@ -63,6 +65,7 @@ class SQLiteDialect:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
+        conn.execute(CACHE_SIZE_PRAGMA)
         return conn
 
     def sql(self, statement: str) -> str:

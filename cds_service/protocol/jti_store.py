@@ -19,6 +19,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from cds_service.config import ConfigError, Settings
+from cds_service.sqlite_cache import CACHE_SIZE_PRAGMA
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class SQLiteReplayStore:
             connection = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute(CACHE_SIZE_PRAGMA)
             connection.execute(_SCHEMA)
             self._local.connection = connection
             self._local.pid = os.getpid()

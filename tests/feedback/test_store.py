@@ -13,6 +13,7 @@ import pytest
 
 from cds_service.feedback import FeedbackStore, parse_feedback
 from cds_service.feedback.dialects import PostgresDialect, SQLiteDialect
+from cds_service.sqlite_cache import CACHE_KIB
 
 SERVICE = "b12-iron-patient-view"
 OTHER = "b12-iron-order-sign"
@@ -192,6 +193,15 @@ def test_sqlite_uses_wal_so_workers_read_while_one_writes(sqlite_url: str) -> No
     with sqlite3.connect(sqlite_url) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
+
+
+def test_sqlite_connections_keep_a_small_page_cache(tmp_path: Path) -> None:
+    """SQLite's default 2 MiB cache per connection filled as the file grew and raised worker memory."""
+    conn = SQLiteDialect(str(tmp_path / "feedback.sqlite3")).connect()
+    try:
+        assert conn.execute("PRAGMA cache_size").fetchone()[0] == -CACHE_KIB
+    finally:
+        conn.close()
 
 def test_an_unreachable_store_is_not_writable_and_does_not_raise(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
