@@ -105,12 +105,12 @@ def test_sqlite_store_expiry_and_purge(tmp_path: Path, monkeypatch: pytest.Monke
     assert mode == "wal"
 
 
-
 def test_sqlite_store_connections_keep_a_small_page_cache(tmp_path: Path) -> None:
     """Each request thread has its own connection; each must not grow a 2 MiB cache in the worker."""
     store = SQLiteReplayStore(str(tmp_path / "state.sqlite3"))
     connection = store._connection()  # the calling thread's own connection, as a request thread's
     assert connection.execute("PRAGMA cache_size").fetchone()[0] == -CACHE_KIB
+
 
 def test_sqlite_store_refuses_memory_and_unwritable_paths(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="in-memory"):

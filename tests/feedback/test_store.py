@@ -194,7 +194,6 @@ def test_sqlite_uses_wal_so_workers_read_while_one_writes(sqlite_url: str) -> No
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-
 def test_sqlite_connections_keep_a_small_page_cache(tmp_path: Path) -> None:
     """SQLite's default 2 MiB cache per connection filled as the file grew and raised worker memory."""
     conn = SQLiteDialect(str(tmp_path / "feedback.sqlite3")).connect()
@@ -202,6 +201,7 @@ def test_sqlite_connections_keep_a_small_page_cache(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA cache_size").fetchone()[0] == -CACHE_KIB
     finally:
         conn.close()
+
 
 def test_an_unreachable_store_is_not_writable_and_does_not_raise(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
