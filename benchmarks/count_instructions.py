@@ -9,8 +9,12 @@ well under 1 %, which is what an optimisation should be judged by; bench_http.py
 worth in time on a given machine. Cache misses and system calls cost time but not instructions, so the
 two together show where a gap comes from.
 
-Usage: ``python benchmarks/count_instructions.py [--calls 100]``; needs ``valgrind`` (Debian: apt-get
-install valgrind). Takes about two minutes on two cores.
+``--engine-free`` counts a third server, the service with its hook handler's work done once per worker
+(``engine_free_app.py``): what the service costs around its engine.
+
+Usage: ``python benchmarks/count_instructions.py [--calls 100] [--engine-free] [--keep DIR]``; needs
+``valgrind`` (Debian: apt-get install valgrind). Takes about two minutes on two cores, three with
+``--engine-free``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -37,11 +41,12 @@ from request_body import build_patient_view_request  # noqa: E402
 
 WARM_UP_CALLS = 5
 START_TIMEOUT_SECONDS = 600
+SCRIPTS = {"floor": "floor_app.py", "engine-free": "engine_free_app.py"}
 
 
 def server_command(name: str, port: int) -> list[str]:
-    if name == "floor":
-        return [sys.executable, str(HERE / "floor_app.py"), "--port", str(port), "--workers", "1"]
+    if name in SCRIPTS:
+        return [sys.executable, str(HERE / SCRIPTS[name]), "--port", str(port), "--workers", "1"]
     executable = Path(sys.executable).with_name("cds-service")
     return [str(executable), "serve", "--port", str(port), "--workers", "1"]
 
@@ -108,21 +113,40 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--calls", type=int, default=100, help="calls counted per server (default 100)")
+    parser.add_argument(
+        "--engine-free",
+        action="store_true",
+        help="also count the service with its handler's work done once (engine_free_app.py)",
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="write the callgrind profiles to DIR (new or empty) for callgrind_annotate, not a temporary one",
+    )
     args = parser.parse_args()
+    if args.keep is not None and args.keep.exists() and any(args.keep.iterdir()):
+        parser.error(
+            f"--keep {args.keep}: the folder is not empty (an earlier run's profiles would be counted)"
+        )
     request = build_patient_view_request(datetime.fromisoformat(BENCH_NOW.replace("Z", "+00:00")))
     body = json.dumps(request, separators=(",", ":")).encode()
     print(f"request: patient-view, {len(body) / 1024:.0f} KB; 1 worker each; {args.calls} calls")
-    runs = [(name, calls) for name in ("floor", "service") for calls in (0, args.calls)]
-    with tempfile.TemporaryDirectory(prefix="cds-instructions-") as tmp, ThreadPoolExecutor(2) as pool:
-        counts = dict(
-            zip(runs, pool.map(lambda run: worker_instructions(*run, body, Path(tmp)), runs), strict=True)
-        )
-    per_call = {
-        name: (counts[(name, args.calls)] - counts[(name, 0)]) / args.calls for name in ("floor", "service")
-    }
+    names = ("floor", "service", "engine-free") if args.engine_free else ("floor", "service")
+    runs = [(name, calls) for name in names for calls in (0, args.calls)]
+    with ExitStack() as stack:
+        if args.keep is None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cds-instructions-")))
+        else:
+            workdir = args.keep
+            workdir.mkdir(parents=True, exist_ok=True)
+        pool = stack.enter_context(ThreadPoolExecutor(2))
+        counted = pool.map(lambda run: worker_instructions(*run, body, workdir), runs)
+        counts = dict(zip(runs, counted, strict=True))
+    per_call = {name: (counts[(name, args.calls)] - counts[(name, 0)]) / args.calls for name in names}
     for name, value in per_call.items():
-        print(f"  {name:8} {value / 1e6:7.2f} M instructions per call")
-    print(f"  ratio floor / service: {per_call['floor'] / per_call['service']:.2f}")
+        ratio = per_call["floor"] / value
+        print(f"  {name:11} {value / 1e6:7.2f} M instructions per call (floor / this: {ratio:.2f})")
     return 0
 
 
