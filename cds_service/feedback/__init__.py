@@ -1,7 +1,13 @@
 """Card feedback (CDS Hooks 2.0): validation, the durable store, the issued-card record, the report."""
 
 from cds_service.feedback.issued import IssuedCardRecorder
-from cds_service.feedback.schema import FeedbackError, FeedbackItem, OverrideReason, parse_feedback
+from cds_service.feedback.schema import (
+    FeedbackError,
+    FeedbackItem,
+    OverrideReason,
+    parse_feedback,
+    prepare_feedback_validator,
+)
 from cds_service.feedback.store import FeedbackStore
 
 __all__ = [
@@ -11,4 +17,5 @@ __all__ = [
     "IssuedCardRecorder",
     "OverrideReason",
     "parse_feedback",
+    "prepare_feedback_validator",
 ]

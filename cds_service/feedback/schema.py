@@ -52,6 +52,11 @@ def _validator() -> Draft202012Validator:
     return Draft202012Validator(schema)
 
 
+def prepare_feedback_validator() -> None:
+    """Compile the feedback validator at start rather than on a worker's first feedback call."""
+    _validator()
+
+
 def parse_feedback(body: object) -> list[FeedbackItem]:
     """The feedback items of a request body; raises FeedbackError naming the first problem found."""
     error = min(_validator().iter_errors(body), key=_first_to_report, default=None)

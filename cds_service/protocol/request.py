@@ -18,6 +18,14 @@ from cds_service.protocol.schemas import validator
 HOOKS = ("patient-view", "order-select", "order-sign")
 
 
+def prepare_validators() -> None:
+    """Compile the request and context validators at start: left to first use, they cost a worker's
+    first hook call about 10 ms."""
+    validator("hook-request")
+    for hook in HOOKS:
+        validator(f"context-{hook}")
+
+
 class RequestError(Exception):
     """A request the service refuses; `status` is the HTTP status, `reason` is safe to show the caller."""
 

@@ -7,7 +7,7 @@ import functools
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -17,6 +17,7 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import ValidationError
 
 from cds_service.clinical import codes
+from cds_service.clinical.config import ClinicalConfig
 from cds_service.clinical.findings import Proposal, ProposedAction
 from cds_service.clinical.record import MedicationEntry, PatientRecord, Result
 
@@ -349,6 +350,64 @@ def _pruned(value: Any) -> Any:
         items = [_pruned(v) for v in value]
         return [v for v in items if v not in ("", [], {}, None)]
     return value
+
+
+# What an EHR's B12 or iron order typically holds (codes left out: only the fields' types matter here).
+_DOSAGE = {
+    "text": "1 tablet by mouth once daily",
+    "timing": {
+        "repeat": {"boundsPeriod": {"start": "2026-01-01"}, "frequency": 1, "period": 1, "periodUnit": "d"}
+    },
+    "route": {"text": "oral"},
+    "doseAndRate": [{"doseQuantity": {"value": 1, "unit": "tablet"}}],
+}
+_TYPICAL_MEDICATIONS = (
+    {
+        "resourceType": "MedicationRequest",
+        "status": "stopped",
+        "statusReason": {"text": "start-up check"},
+        "intent": "order",
+        "medicationCodeableConcept": {"text": "cyanocobalamin 1000 microgram oral tablet"},
+        "subject": {"reference": "Patient/start-up-check"},
+        "authoredOn": "2026-01-01",
+        "requester": {"display": "start-up check"},
+        "dosageInstruction": [_DOSAGE],
+        "dispenseRequest": {
+            "validityPeriod": {"start": "2026-01-01", "end": "2026-07-01"},
+            "numberOfRepeatsAllowed": 5,
+        },
+        "note": [{"text": "start-up check"}],
+    },
+    {
+        "resourceType": "MedicationStatement",
+        "status": "stopped",
+        "statusReason": [{"text": "start-up check"}],
+        "medicationCodeableConcept": {"text": "ferrous sulfate 200 mg oral tablet"},
+        "subject": {"reference": "Patient/start-up-check"},
+        "effectivePeriod": {"start": "2026-01-01"},
+        "dateAsserted": "2026-01-01",
+        "dosage": [_DOSAGE],
+    },
+)
+
+
+@functools.cache
+def prepare_proposals() -> None:
+    """Check every lab-order shape against R4B, and load the models stop updates are checked with, at start.
+
+    fhir.resources imports a model's field types the first time they are validated, which would cost a
+    worker's first card about 20 ms; and a lab-order shape that is not valid R4B (a bug in this module)
+    stops the worker at boot rather than failing a clinician's call.
+    """
+    record = PatientRecord(patient_id="start-up-check", now=datetime.now(UTC), config=ClinicalConfig())
+    try:
+        for analyte in codes.ORDER_CODES:
+            for when in (None, record.now):
+                lab_order(record, analyte, when, "start-up check")
+        for resource in _TYPICAL_MEDICATIONS:
+            _MODELS[resource["resourceType"]].model_validate(resource)
+    except ValidationError as error:
+        raise RuntimeError(f"a resource this service proposes is not valid R4B: {error}") from error
 
 
 def delete_action(entry: MedicationEntry) -> ProposedAction | None:
