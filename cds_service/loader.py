@@ -49,8 +49,10 @@ def to_transaction(bundle: dict, *, days: int = 0) -> dict:
     """
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise ValueError("not a FHIR Bundle")
+    if not isinstance(bundle.get("entry", []), list):
+        raise ValueError("Bundle.entry is not a list")
     entries = [
-        e for e in bundle.get("entry") or [] if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+        e for e in bundle.get("entry", []) if isinstance(e, dict) and isinstance(e.get("resource"), dict)
     ]
     resources = [shift_dates(entry["resource"], days) for entry in entries]
     resolve_full_urls(

@@ -16,6 +16,7 @@ from typing import Any
 
 from cds_service.clinical.config import ClinicalConfig
 from cds_service.fhir.read import (
+    array,
     codings,
     comparator_string,
     concept_label,
@@ -339,7 +340,7 @@ def _medication_concepts(
     if target is not None:
         ident = target[1]
         if ident.startswith("#"):
-            for item in resource.get("contained") or ():
+            for item in array(resource.get("contained")):
                 if isinstance(item, dict) and item.get("id") == ident[1:]:
                     medication = item
         else:
@@ -347,7 +348,7 @@ def _medication_concepts(
     if isinstance(medication, dict):
         found.append(medication.get("code"))
         display = display or concept_label(medication.get("code"))
-        for ingredient in medication.get("ingredient") or ():
+        for ingredient in array(medication.get("ingredient")):
             if not isinstance(ingredient, dict):
                 continue
             if "itemCodeableConcept" in ingredient:
@@ -361,20 +362,21 @@ def _medication_concepts(
 
 def _dosage_start(resource: dict[str, Any]) -> datetime | None:
     starts = []
-    for dosage in resource.get("dosageInstruction") or resource.get("dosage") or ():
-        if isinstance(dosage, dict):
-            repeat = (dosage.get("timing") or {}).get("repeat")
-            if isinstance(repeat, dict):
-                start = period_start(repeat.get("boundsPeriod"))
-                if start is not None:
-                    starts.append(start)
+    for dosage in array(resource.get("dosageInstruction") or resource.get("dosage")):
+        timing = dosage.get("timing") if isinstance(dosage, dict) else None
+        repeat = timing.get("repeat") if isinstance(timing, dict) else None
+        if isinstance(repeat, dict):
+            start = period_start(repeat.get("boundsPeriod"))
+            if start is not None:
+                starts.append(start)
     return min(starts) if starts else None
 
 
 def _medication_span(resource: dict[str, Any], kind: str) -> tuple[datetime | None, datetime | None]:
     """(start, end) of what one medication record says about when the medicine was (to be) taken."""
     if kind == "MedicationRequest":
-        validity = (resource.get("dispenseRequest") or {}).get("validityPeriod")
+        dispense = resource.get("dispenseRequest")
+        validity = dispense.get("validityPeriod") if isinstance(dispense, dict) else None
         candidates = [
             _dosage_start(resource),
             period_start(validity),
@@ -388,7 +390,9 @@ def _medication_span(resource: dict[str, Any], kind: str) -> tuple[datetime | No
         return (start, period_end(period) or (start if kind == "MedicationAdministration" else None))
     when = parse_datetime(resource.get("effectiveDateTime"))
     if when is None and kind == "MedicationStatement":
-        when = _dosage_start(resource) or parse_datetime(resource.get("dateAsserted"))
+        # Not dateAsserted: that is when the statement was recorded (often a medicines reconciliation
+        # years into a course), and taking it for a start would announce a course as new.
+        when = _dosage_start(resource)
     return (when, when)
 
 

@@ -160,6 +160,13 @@ def _outcome_warnings(page: dict) -> list[str]:
     return warnings
 
 
+def _check_entries(page: dict, url: str) -> None:
+    """A page whose ``entry`` is not a list is refused: read as "no entries", it would tell the rules that
+    nothing is on file."""
+    if not isinstance(page.get("entry", []), list):
+        raise _Failure(f"Bundle.entry from {url} is not a list")
+
+
 def _is_search_query(query: str) -> bool:
     """``Observation?…`` or ``Observation`` is a search; ``Patient/123`` is a read."""
     path = query.split("?", 1)[0].strip("/")
@@ -325,6 +332,7 @@ class FhirClient:
     def _follow_pages(
         self, call: _Call, first_url: str, first: dict, progress: _Progress
     ) -> tuple[list[dict], bool]:
+        _check_entries(first, first_url)
         pages = [first]
         fetched = {first_url}
         current_url = first_url
@@ -343,6 +351,7 @@ class FhirClient:
             page = self._get(call, next_url, progress).body
             if page.get("resourceType") != "Bundle":
                 raise _Failure(f"page {len(pages) + 1} of {first_url} is not a Bundle")
+            _check_entries(page, next_url)
             pages.append(page)
             fetched.add(next_url)
             current_url = next_url

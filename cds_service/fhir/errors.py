@@ -15,6 +15,8 @@ from collections.abc import Iterator
 
 import requests
 
+from .read import array
+
 TEXT_EXCERPT_CHARS = 200
 
 
@@ -23,7 +25,7 @@ def operation_outcome_text(body: object) -> str | None:
     if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
         return None
     texts = []
-    for item in body.get("issue") or []:
+    for item in array(body.get("issue")):
         if not isinstance(item, dict):
             continue
         details = item.get("details") if isinstance(item.get("details"), dict) else {}

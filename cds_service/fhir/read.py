@@ -16,6 +16,12 @@ _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), Non
 _SPACES = re.compile(r"\s+")
 
 
+def array(value: Any) -> list[Any]:
+    """``value`` when it is a JSON array, else an empty list: a repeating element of another type reads
+    as absent instead of being iterated (a string by character, a number not at all)."""
+    return value if isinstance(value, list) else []
+
+
 def codings(concept: Any) -> Iterator[tuple[str, str]]:
     """(system, code) of every coding of a CodeableConcept; a missing system reads as ""."""
     if not isinstance(concept, dict):

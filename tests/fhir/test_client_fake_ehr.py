@@ -139,3 +139,29 @@ def test_read_answered_with_another_resource_type_is_refused(fhir_client: FhirCl
             ehr.base_url, {"patient": "Patient/1"}, authorization=None, budget_ms=500
         )["patient"]
     assert outcome.error == f"expected a Patient from {ehr.base_url}/Patient/1, got Practitioner"
+
+
+def test_operation_outcome_whose_issue_is_not_a_list_is_still_an_error(fhir_client: FhirClient) -> None:
+    with FakeEhrFhir() as ehr:
+        ehr.add_canned("Patient/1", 500, {"resourceType": "OperationOutcome", "issue": 5})
+        outcome = fhir_client.fetch_all(
+            ehr.base_url, {"patient": "Patient/1"}, authorization=None, budget_ms=500
+        )["patient"]
+    assert outcome.status == 500
+    assert (
+        outcome.error == f"HTTP 500 from {ehr.base_url}/Patient/1: OperationOutcome: (no diagnostics given)"
+    )
+
+
+@pytest.mark.parametrize("entry", [5, "entries", True, {"resource": {}}])
+def test_searchset_whose_entry_is_not_a_list_is_refused(fhir_client: FhirClient, entry: object) -> None:
+    """Read as "no entries", it would tell the rules that nothing is on file."""
+    with FakeEhrFhir() as ehr:
+        ehr.add_canned(
+            "Observation?patient=1", 200, {"resourceType": "Bundle", "type": "searchset", "entry": entry}
+        )
+        outcome = fhir_client.fetch_all(
+            ehr.base_url, {"labs": "Observation?patient=1"}, authorization=None, budget_ms=500
+        )["labs"]
+    assert outcome.resource is None
+    assert outcome.error == f"Bundle.entry from {ehr.base_url}/Observation?patient=1 is not a list"

@@ -44,6 +44,12 @@ def test_not_a_bundle_is_refused() -> None:
         to_transaction({"resourceType": "Patient"})
 
 
+@pytest.mark.parametrize("entry", [5, "x", {"resource": {}}])
+def test_bundle_whose_entry_is_not_a_list_is_refused(entry: object) -> None:
+    with pytest.raises(ValueError, match=r"Bundle\.entry is not a list"):
+        to_transaction({"resourceType": "Bundle", "type": "collection", "entry": entry})
+
+
 def _get(server: SekmetServer, query: str, token: str | None = None) -> dict:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     response = requests.get(f"{server.base_url}/{query}", headers=headers, timeout=30)
