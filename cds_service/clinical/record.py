@@ -52,6 +52,11 @@ HIGH_FLAGS = frozenset({"H", "HH", "HU"})
 LOW_FLAGS = frozenset({"L", "LL", "LU"})
 
 
+def number(value: float) -> str:
+    """A value as a card quotes it: up to two decimals, trailing zeros dropped (``147.5``, ``1250``)."""
+    return f"{round(value, 2):.12g}"
+
+
 @dataclass(slots=True)
 class Result:
     """One usable numeric result in its analyte's canonical unit."""
@@ -67,9 +72,27 @@ class Result:
         return canonical_unit(self.analyte)
 
     def quoted(self) -> str:
-        """``1250 pg/mL on 2025-11-02`` — the form every card quotes a value in."""
-        number = f"{self.value:.0f}" if self.value >= 10 else f"{self.value:.2g}"
-        return f"{self.comparator or ''}{number} {self.unit} on {self.when.date().isoformat()}"
+        """``1250 pg/mL on 2025-11-02``, or ``199.92 pg/mL (reported as 147.5 pmol/L) on ...``: the form
+        every card quotes a value in.
+
+        Two decimals at most, and no rounding to whole numbers: a card must never show a value equal to
+        the threshold it says the value is below. A converted value also shows what the lab reported.
+        """
+        reported = self._reported()
+        also = f" (reported as {reported})" if reported else ""
+        return (
+            f"{self.comparator or ''}{number(self.value)} {self.unit}{also} on {self.when.date().isoformat()}"
+        )
+
+    def _reported(self) -> str | None:
+        """The lab's own value and unit, when the result was converted to the canonical unit."""
+        reading = _observation_value(self.resource) if self.resource else None
+        if reading is None or not isinstance(reading[1], str):
+            return None
+        factor = unit_factor(self.analyte, reading[1])
+        if factor is None or factor[0] == 1.0:
+            return None
+        return f"{number(reading[0])} {reading[1]}"
 
     def lab_flag(self) -> str | None:
         """The lab's own high/low interpretation: "H", "L" or None."""

@@ -290,7 +290,8 @@ def test_unmasked_iron_deficiency_replaces_the_iron_studies_reminder() -> None:
 def test_deficiency_cards_quote_haemoglobin_against_the_who_threshold() -> None:
     findings = run(obs("b12", 140, 5), obs("ferritin", 12, 5), obs("hb", 11.2, 5))
     assert (
-        "11 g/dL" in findings[0].detail and "(anaemia by the WHO threshold of 12 g/dL)" in findings[0].detail
+        "11.2 g/dL" in findings[0].detail
+        and "(anaemia by the WHO threshold of 12 g/dL)" in findings[0].detail
     )
     male = run(obs("b12", 140, 5), obs("ferritin", 12, 5), obs("hb", 12.5, 5), gender="male")
     assert "(anaemia by the WHO threshold of 13 g/dL)" in male[0].detail
@@ -310,3 +311,71 @@ def test_stopping_a_record_with_empty_values_emits_none() -> None:
     update = next(a for a in actions(finding) if a.type == "update")
     assert not find_empty_values(update.resource)
     assert update.resource["medicationCodeableConcept"] == MULTIVITAMIN
+
+
+# --- treatment and its baseline in time ----------------------------------------------------------------
+
+
+def test_a_high_b12_on_treatment_does_not_silence_the_iron_studies_reminder() -> None:
+    """Injections raise B12; the deficient, macrocytic patient they treat still needs iron studies."""
+    before = (obs("b12", 150, 45), obs("mcv", 110, 45), obs("ferritin", 250, 45))
+    on_treatment = obs("b12", 1200, 10)
+    finding = by_topic(run(*before, med(CYANO, 40), on_treatment), "iron-studies-after-b12")
+    assert finding.indicator == "warning"
+    # A B12 already high before the course: starting it treats nothing and unmasks nothing.
+    assert "iron-studies-after-b12" not in topics(run(obs("b12", 1200, 45), med(CYANO, 40)))
+
+
+def test_an_old_deficiency_explains_only_the_course_it_preceded_while_it_runs() -> None:
+    old_course = (obs("b12", 150, 2200), med(CYANO, 2190, status="completed"))
+    now_high = (obs("b12", 1500, 7), med(MULTIVITAMIN, 200, kind="MedicationStatement"))
+    assert "elevated-b12-supplement-review" in topics(run(*old_course, *now_high))
+    running = (obs("b12", 150, 2200), med(CYANO, 2190))
+    assert "elevated-b12-supplement-review" not in topics(run(*running, *now_high))
+
+
+def test_a_baseline_drawn_on_the_day_b12_starts_is_not_a_result_of_treatment() -> None:
+    start = NOW.date().toordinal() - 40
+    authored = NOW.date().fromordinal(start).isoformat()  # a date alone: read as midnight
+    course = med(CYANO, 40, authoredOn=authored)
+    baseline = (obs("b12", 150, 39.6), obs("ferritin", 12, 39.6), obs("tsat", 9, 39.6))
+    findings = topics(run(course, *baseline))
+    assert "iron-deficiency-after-b12" not in findings
+    # ... so it does not count as the follow-up either: the 4–8 week iron studies are still due.
+    assert "iron-studies-after-b12" in findings
+    after = (obs("ferritin", 14, 5), obs("tsat", 10, 5))
+    assert "iron-deficiency-after-b12" in topics(run(course, *baseline, *after))
+
+
+def test_the_reason_names_the_labs_low_flag_when_the_value_is_above_30() -> None:
+    flagged = obs("ferritin", 45, 10, interpretation=[{"coding": [{"code": "L"}]}])
+    finding = by_topic(run(med(CYANO, 120), flagged, obs("tsat", 25, 10)), "iron-deficiency-after-b12")
+    assert "The laboratory flags this ferritin as low" in finding.detail
+    assert "below 30 ng/mL" not in finding.detail
+
+
+def test_the_inflammation_cut_off_is_not_attributed_to_who() -> None:
+    findings = run(med(CYANO, 120), obs("ferritin", 70, 10), obs("crp", 25, 12), obs("tsat", 25, 10))
+    detail = by_topic(findings, "iron-deficiency-after-b12").detail
+    assert "below 100 ng/mL is compatible with iron deficiency (UK practice)" in detail
+
+
+def test_a_statement_recorded_years_into_a_course_is_not_a_new_start() -> None:
+    reconciled = med(CYANO, 40, kind="MedicationStatement")
+    del reconciled["effectivePeriod"]
+    reconciled["dateAsserted"] = NOW.date().fromordinal(NOW.date().toordinal() - 40).isoformat()
+    assert "iron-studies-after-b12" not in topics(run(reconciled))
+
+
+def test_converted_values_are_quoted_unrounded_with_what_the_lab_reported() -> None:
+    finding = by_topic(
+        run(obs("b12", 147.5, 5, unit="pmol/L"), obs("ferritin", 12, 5)), "combined-b12-iron-deficiency"
+    )
+    assert "199.92 pg/mL (reported as 147.5 pmol/L) on " in finding.detail
+    assert "**12 ng/mL on " in finding.detail  # not converted: nothing to add
+
+
+def test_lab_orders_carry_no_unverified_category_code() -> None:
+    finding = by_topic(run(med(CYANO, 60)), "iron-studies-after-b12")
+    for action in actions(finding):
+        assert action.resource["category"] == [{"text": "Laboratory"}]

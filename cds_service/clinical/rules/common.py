@@ -35,6 +35,15 @@ def fmt(value: float) -> str:
     return f"{value:g}"
 
 
+def day_after(moment: datetime) -> datetime:
+    """The first moment of the day after ``moment``'s.
+
+    A course start is often a date alone (``authoredOn``), read as midnight: a ferritin drawn later that
+    day is the baseline taken before the first dose, not a result of the treatment.
+    """
+    return datetime.combine(moment.date() + timedelta(days=1), datetime.min.time(), moment.tzinfo)
+
+
 # --- clinical states ----------------------------------------------------------------------------------
 
 
@@ -93,17 +102,20 @@ def iron_status(record: PatientRecord, ferritin: Result) -> IronStatus:
     reason = ""
     if ferritin.comparator == ">":
         deficient = False
-    elif ferritin.lab_flag() == "L" or value < t.ferritin_deficient:
+    elif value < t.ferritin_deficient:
         deficient = True
         reason = (
             f"ferritin below {fmt(t.ferritin_deficient)} ng/mL confirms iron deficiency "
             "(UK practice; AGA 2020 uses 45 ng/mL)"
         )
+    elif ferritin.lab_flag() == "L":
+        deficient = True
+        reason = "the laboratory flags this ferritin as low, which indicates iron deficiency"
     elif inflamed and value < t.ferritin_deficient_inflamed:
         deficient = True
         reason = (
             f"with inflammation (CRP above {fmt(t.crp_inflammation)} mg/L) a ferritin below "
-            f"{fmt(t.ferritin_deficient_inflamed)} ng/mL is compatible with iron deficiency (WHO 2020)"
+            f"{fmt(t.ferritin_deficient_inflamed)} ng/mL is compatible with iron deficiency (UK practice)"
         )
     elif value <= t.ferritin_deficient_inflamed and tsat is not None and tsat.value < t.tsat_low:
         deficient = True
@@ -143,13 +155,15 @@ def ferritin_high(record: PatientRecord, ferritin: Result) -> tuple[bool, str]:
 def deficiency_explains_b12(record: PatientRecord) -> str | None:
     """Why B12 treatment is expected for this patient (a diagnosis, or a deficient B12 before the course).
 
-    High B12 levels are expected on injections for a true deficiency, and levels do not monitor them.
+    High B12 levels are expected on injections for a true deficiency, and levels do not monitor them. A
+    deficient result explains only the course it preceded while that course runs: once it has ended, a
+    high B12 comes from something else (a supplement), and an old deficiency must not silence the review.
     """
     names = record.has_condition(codes.B12_DEFICIENCY, include_controlled=True)
     if names:
         return f"a recorded diagnosis of {names[0]}"
     course = record.course(codes.B12_THERAPY)
-    if course is not None:
+    if course is not None and course.ongoing:
         before = record.before("b12", course.start)
         if before is not None and b12_deficient(record, before)[0]:
             return f"a deficient B12 of {before.quoted()}, before B12 therapy started"
@@ -220,17 +234,7 @@ def lab_order(record: PatientRecord, analyte: str, when: datetime | None, reason
         "resourceType": "ServiceRequest",
         "status": "draft",
         "intent": "order",
-        "category": [
-            {
-                "coding": [
-                    {
-                        "system": "http://snomed.info/sct",
-                        "code": "108252007",
-                        "display": "Laboratory procedure",
-                    }
-                ]
-            }
-        ],
+        "category": [{"text": "Laboratory"}],
         "code": {
             "coding": [{"system": codes.LOINC, "code": code}],
             "text": codes.ANALYTE_NAMES[analyte],
@@ -416,6 +420,18 @@ def delete_action(entry: MedicationEntry) -> ProposedAction | None:
     return ProposedAction(
         type="delete", description=f"Remove the draft order for {entry.name}", resource_id=entry.reference
     )
+
+
+def elevated_before_b12(record: PatientRecord, start: datetime) -> bool:
+    """Whether the latest B12 taken before a B12 course (or the day of its start) was already elevated.
+
+    Starting B12 then treats no deficiency and unmasks nothing. A B12 measured on treatment is high
+    because of the treatment, so it must not count here: that patient still needs iron studies.
+    """
+    b12 = record.before("b12", day_after(start))
+    if b12 is None or b12.when < record.now - timedelta(days=record.config.thresholds.latest_days):
+        return False
+    return b12_elevated(record, b12)[0]
 
 
 def elevated_latest_b12(record: PatientRecord) -> tuple[Result, str] | None:

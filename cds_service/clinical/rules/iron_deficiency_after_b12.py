@@ -11,7 +11,14 @@ from datetime import timedelta
 from cds_service.clinical import codes
 from cds_service.clinical.findings import Finding
 from cds_service.clinical.record import MedicationEntry, PatientRecord
-from cds_service.clinical.rules.common import SOURCE_LABEL, b12_elevated, day, haemoglobin_line, iron_status
+from cds_service.clinical.rules.common import (
+    SOURCE_LABEL,
+    b12_elevated,
+    day,
+    day_after,
+    haemoglobin_line,
+    iron_status,
+)
 
 TOPIC = "iron-deficiency-after-b12"
 SOURCE = f"{SOURCE_LABEL} (Solmaz 2015; BSH 2014; AGA 2020)"
@@ -24,18 +31,17 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     course = record.course(codes.B12_THERAPY)
     if course is None or course.start < record.now - timedelta(days=t.course_unmasking_days):
         return None
-    after = [
-        f for f in record.since("ferritin", course.start) if f.when >= record.now - timedelta(t.latest_days)
-    ]
+    treated = day_after(course.start)
+    after = [f for f in record.since("ferritin", treated) if f.when >= record.now - timedelta(t.latest_days)]
     if not after:
         return None
     status = iron_status(record, after[0])
     if not status.deficient:
         return None
-    before = record.before("ferritin", course.start)
+    before = record.before("ferritin", treated)
     lines = [
-        f"B12 therapy ({', '.join(course.names)}) started on {day(course.start)}. Iron studies taken since "
-        "then show iron deficiency:",
+        f"B12 therapy ({', '.join(course.names)}) started on {day(course.start)}. Iron studies taken after "
+        "that day show iron deficiency:",
         "",
         *status.lines(),
         *haemoglobin_line(record, status.ferritin.when),

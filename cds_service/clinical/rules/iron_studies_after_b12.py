@@ -16,7 +16,8 @@ from cds_service.clinical.rules.common import (
     SOURCE_LABEL,
     b12_deficient,
     day,
-    elevated_latest_b12,
+    day_after,
+    elevated_before_b12,
     fmt,
     iron_studies_cover,
     order_labs,
@@ -36,10 +37,10 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         age = (record.now - course.start).days
         if not t.iron_studies_due_min_days <= age <= t.course_recent_days:
             return None
-        start, names, results_since = course.start, course.names, course.start
+        start, names, results_since = course.start, course.names, day_after(course.start)
         context = (
             f"A B12 course ({', '.join(names)}) started on {day(start)}, {age} days ago; no ferritin with "
-            "transferrin saturation has been resulted, ordered or drafted since."
+            "transferrin saturation has been resulted after that day, or ordered or drafted."
         )
     else:
         drafts, start = starting_b12(record, focus)
@@ -53,7 +54,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         )
         if start < record.now:
             context += f" The current B12 course began on {day(start)}."
-    if elevated_latest_b12(record) is not None:
+    if elevated_before_b12(record, start):
         return None
     covered, missing = iron_studies_cover(record, results_since)
     if covered:
