@@ -218,7 +218,8 @@ class HookHandler:
         if self.run_ahead is None or request.hook == "patient-view":
             return None
         caller = [client.iss, client.tenant] if client else [None, None]
-        material = orjson.dumps([*caller, request.fhir_server, request.prefetch], option=orjson.OPT_SORT_KEYS)
+        data = {key: _search_content(value) for key, value in request.prefetch.items()}
+        material = orjson.dumps([*caller, request.fhir_server, data], option=orjson.OPT_SORT_KEYS)
         digest = hashlib.sha256(material).hexdigest()
         return self.run_ahead.key(request.patient_id, request.encounter_id, request.draft_orders, digest)
 
@@ -391,3 +392,17 @@ def build_handler(
         run_ahead=run_ahead,
         on_cards=on_cards,
     )
+
+
+def _search_content(value: Any) -> Any:
+    """What a prefetch value says about the patient: a searchset Bundle's resources, in order, without its
+    envelope. An EHR runs the prefetch again for order-sign, and servers give every search result a new
+    Bundle ``id``, ``meta.lastUpdated`` and paging links, so hashing the envelope would make every
+    order-sign miss. Any change to a resource still changes the key."""
+    if (
+        isinstance(value, dict)
+        and value.get("resourceType") == "Bundle"
+        and isinstance(value.get("entry"), list)
+    ):
+        return [entry.get("resource") if isinstance(entry, dict) else entry for entry in value["entry"]]
+    return value

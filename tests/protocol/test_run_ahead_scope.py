@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import copy
+
 from cds_service.config import Settings
 from cds_service.observability import CallTrace
 from cds_service.protocol.auth import AuthenticatedClient
 from cds_service.run_ahead import RunAheadCache
 from cds_service.services import build_handler
 from tests.builders import hook_body
+from tests.clinical.builders import obs
 
 EHR_A = AuthenticatedClient(iss="https://ehr-a.example", tenant="t1", fhir_servers=())
 EHR_B = AuthenticatedClient(iss="https://ehr-b.example", tenant="t1", fhir_servers=())
 
 
-def sign_after_select(settings: Settings, select_client, sign_client, **sign_changes) -> CallTrace:
+def sign_after_select(
+    settings: Settings, select_client, sign_client, select_prefetch: dict | None = None, **sign_changes
+) -> CallTrace:
     handler = build_handler(settings, run_ahead=RunAheadCache(settings))
     select = hook_body("order-select")
+    if select_prefetch is not None:
+        select["prefetch"] = copy.deepcopy(select_prefetch)
     handler.handle("b12-iron-order-select", select, select_client)
     sign = hook_body("order-sign")
     sign["prefetch"] = select["prefetch"]
@@ -48,3 +55,41 @@ def test_another_fhir_server_or_other_prefetch_misses(settings: Settings) -> Non
     changed = hook_body("order-sign")["prefetch"]
     changed["patient"]["gender"] = "male"
     assert sign_after_select(settings, None, None, prefetch=changed).run_ahead_hit is False
+
+
+def _searchsets(prefetch: dict) -> list[dict]:
+    return [v for v in prefetch.values() if isinstance(v, dict) and v.get("resourceType") == "Bundle"]
+
+
+B12_RESULT = obs("b12", 1200, 10)
+
+
+def _with_results() -> dict:
+    """The order-sign prefetch with a B12 result in its labs search."""
+    prefetch = copy.deepcopy(hook_body("order-sign")["prefetch"])
+    prefetch["b12IronLabs"]["entry"] = [
+        {"fullUrl": "https://fhir.example.org/Observation/b1", "resource": copy.deepcopy(B12_RESULT)}
+    ]
+    return prefetch
+
+
+def test_the_same_searches_run_again_by_the_ehr_are_answered_from_memory(settings: Settings) -> None:
+    """Servers give each search result a new Bundle id, lastUpdated and links: none of it is patient data."""
+    again = _with_results()
+    for n, bundle in enumerate(_searchsets(again)):
+        bundle["id"] = f"search-{n}-rerun"
+        bundle["meta"] = {"lastUpdated": "2026-01-15T09:00:07.123Z"}
+        bundle["link"] = [{"relation": "self", "url": f"https://fhir.example.org/Observation?_rerun={n}"}]
+    trace = sign_after_select(settings, None, None, select_prefetch=_with_results(), prefetch=again)
+    assert trace.run_ahead_hit is True
+
+
+def test_a_changed_or_added_search_result_misses(settings: Settings) -> None:
+    changed = _with_results()
+    changed["b12IronLabs"]["entry"][0]["resource"]["status"] = "entered-in-error"
+    trace = sign_after_select(settings, None, None, select_prefetch=_with_results(), prefetch=changed)
+    assert trace.run_ahead_hit is False
+    added = _with_results()
+    added["b12IronLabs"]["entry"].append(copy.deepcopy(added["b12IronLabs"]["entry"][0]))
+    trace = sign_after_select(settings, None, None, select_prefetch=_with_results(), prefetch=added)
+    assert trace.run_ahead_hit is False
