@@ -91,12 +91,11 @@ def _item(index: int, raw: dict[str, Any]) -> FeedbackItem:
 def _timestamp(index: int, text: str) -> datetime:
     """The schema checked the shape; this checks the calendar (no 2026-02-30) and normalises to UTC."""
     try:
-        moment = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
-    except ValueError:
+        return datetime.fromisoformat(text.upper().replace("Z", "+00:00")).astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: an offset that moves 9999-12-31 past year 9999
         raise FeedbackError(
             f"feedback[{index}].outcomeTimestamp: {text!r} is not a real date and time"
         ) from None
-    return moment.astimezone(UTC)
 
 
 _JSON_TYPES = {

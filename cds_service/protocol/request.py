@@ -100,13 +100,36 @@ def parse_json_body(raw: bytes) -> Any:
 
 
 def _schema_reason(where: str, errors: list[Any]) -> str:
+    """Where the request breaks the schema and which rule it breaks, never the value found there.
+
+    jsonschema's own messages quote the offending value; a reason is shown to the caller and logged, and
+    the value may be an access token (a malformed ``fhirAuthorization``) or patient data.
+    """
     error = best_match(errors)
     path = "/".join(str(p) for p in error.absolute_path)
     location = f"{where}/{path}" if path else where
-    message = error.message
-    if len(message) > 300:
-        message = message[:297] + "..."
-    return f"Invalid {location}: {message}"
+    return f"Invalid {location}: {_rule(error)}"
+
+
+def _rule(error: Any) -> str:
+    expected = error.validator_value
+    match error.validator:
+        case "required" | "additionalProperties" | "dependentRequired":
+            return error.message  # names only the properties, which come from the schema or are keys
+        case "type":
+            return f"must be of type {' or '.join(expected) if isinstance(expected, list) else expected}"
+        case "enum":
+            return "must be one of " + ", ".join(map(repr, expected))
+        case "const":
+            return f"must be {expected!r}"
+        case "pattern":
+            return f"must match the pattern {expected}"
+        case "minLength" | "minItems" | "minProperties":
+            return f"is too short (at least {expected})"
+        case "maxLength" | "maxItems" | "maxProperties":
+            return f"is too long (at most {expected})"
+        case _:
+            return f"does not satisfy the schema's '{error.validator}' rule"
 
 
 def validate_hook_request(body: Any, expected_hook: str) -> HookRequest:

@@ -78,6 +78,14 @@ def refused(body: object) -> str:
             "feedback[0].outcomeTimestamp: '2026-03-02T25:15:00Z' is not a real date and time",
         ),
         (
+            {"feedback": [item(outcomeTimestamp="9999-12-31T23:59:59-23:59")]},
+            "feedback[0].outcomeTimestamp: '9999-12-31T23:59:59-23:59' is not a real date and time",
+        ),
+        (
+            {"feedback": [item(outcomeTimestamp="2026-03-02T10:15:00Z\n")]},
+            "feedback[0].outcomeTimestamp: must be an RFC 3339 date-time with an offset",
+        ),
+        (
             {"feedback": [item(outcome="accepted")]},
             "feedback[0]: an 'accepted' outcome needs acceptedSuggestions",
         ),

@@ -61,6 +61,54 @@ def test_envelope_violations_name_the_field(field: str, value: object, fragment:
     assert fragment in refused(body).reason
 
 
+SECRET = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0.c2ln"
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [
+        f"Bearer {SECRET}",
+        [SECRET],
+        {
+            "access_token": {"value": SECRET},
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "x",
+            "subject": "s",
+        },
+        {
+            "access_token": SECRET,
+            "token_type": f"MAC {SECRET}",
+            "expires_in": 300,
+            "scope": "x",
+            "subject": "s",
+        },
+    ],
+)
+def test_a_malformed_fhir_authorization_is_refused_without_repeating_the_token(auth: object) -> None:
+    """A reason is shown to the caller and logged: it says what is wrong, never what was sent."""
+    reason = refused(hook_body(fhirServer="https://fhir.example.org", fhirAuthorization=auth)).reason
+    assert "fhirAuthorization" in reason
+    assert "c2VjcmV0" not in reason
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("hookInstance", "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea\n"),
+        ("fhirServer", "https://fhir.example.org\n"),
+    ],
+)
+def test_a_trailing_newline_is_not_part_of_a_valid_value(field: str, value: str) -> None:
+    assert field in refused(hook_body(**{field: value})).reason
+
+
+def test_a_patient_id_with_a_trailing_newline_is_refused() -> None:
+    body = hook_body()
+    body["context"]["patientId"] = "pat-1\n"
+    assert "patientId" in refused(body).reason
+
+
 def test_hook_must_match_the_service() -> None:
     reason = refused(hook_body("order-sign"), "patient-view").reason
     assert "'patient-view'" in reason and "'order-sign'" in reason
