@@ -78,7 +78,10 @@ def build_stages(app: Any, body: bytes) -> dict[str, Callable[[], Any]]:
 
     def prefetch() -> tuple[Any, list[Any]]:
         request = validate()
-        items = (classify(key, template, request.prefetch) for key, template in service.prefetch.items())
+        items = (
+            classify(key, template, request.prefetch, request.patient_id)
+            for key, template in service.prefetch.items()
+        )
         return request, prefetched_resources(items)
 
     def on_patient(step: Callable[..., Any]) -> Any:

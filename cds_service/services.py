@@ -253,7 +253,8 @@ class HookHandler:
     ) -> list[dict]:
         with trace.phase("prefetch"):
             items = {
-                key: classify(key, template, request.prefetch) for key, template in service.prefetch.items()
+                key: classify(key, template, request.prefetch, request.patient_id)
+                for key, template in service.prefetch.items()
             }
             missing = {key: item for key, item in items.items() if item.state.is_missing}
             resources = prefetched_resources(items.values())

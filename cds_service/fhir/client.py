@@ -27,7 +27,13 @@ import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
-from .errors import exception_reason, http_error_reason, is_connection_reset, operation_outcome_text
+from .errors import (
+    exception_reason,
+    http_error_reason,
+    is_connection_reset,
+    is_failed_search,
+    operation_outcome_text,
+)
 from .read import next_link
 from .servers import Origin, fhir_server_allowed, origin_of
 
@@ -150,11 +156,14 @@ def _is_outcome_entry(entry: dict) -> bool:
     return search.get("mode") == "outcome" or resource.get("resourceType") == "OperationOutcome"
 
 
-def _outcome_warnings(page: dict) -> list[str]:
+def _outcome_warnings(page: dict, url: str) -> list[str]:
+    """The server's warnings about a search page; an error or fatal issue fails the key instead."""
     warnings = []
     for entry in page.get("entry") or []:
         if isinstance(entry, dict) and _is_outcome_entry(entry):
             text = operation_outcome_text(entry.get("resource"))
+            if is_failed_search(entry.get("resource")):
+                raise _Failure(f"the search {url} reported an error: {text}")
             if text:
                 warnings.append(f"server said: {text}")
     return warnings
@@ -298,7 +307,7 @@ class FhirClient:
             if first.body.get("resourceType") == "Bundle" and first.body.get("type") == "searchset":
                 pages, truncated = self._follow_pages(call, url, first.body, progress)
                 for page in pages:
-                    warnings += _outcome_warnings(page)
+                    warnings += _outcome_warnings(page, url)
                 if truncated:
                     warnings.append(f"stopped after {self.max_pages} pages; the server has more results")
                 resource = merge_search_pages(pages)

@@ -20,6 +20,15 @@ from .read import array
 TEXT_EXCERPT_CHARS = 200
 
 
+def is_failed_search(outcome: object) -> bool:
+    """An OperationOutcome in a searchset with an error or fatal issue: the search failed and its entries
+    are not the whole answer (warnings and information do not count)."""
+    issues = outcome.get("issue") if isinstance(outcome, dict) else None
+    return any(
+        isinstance(issue, dict) and issue.get("severity") in ("error", "fatal") for issue in array(issues)
+    )
+
+
 def operation_outcome_text(body: object) -> str | None:
     """The human text of an OperationOutcome (``diagnostics``, else ``details.text``), or None."""
     if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":

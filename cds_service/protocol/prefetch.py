@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from cds_service.fhir.read import next_link
+from cds_service.fhir.errors import is_failed_search
+from cds_service.fhir.read import next_link, refers_to
 
 _TOKEN = re.compile(r"\{\{\s*(.*?)\s*\}\}")
 _USER_TOKENS = {
@@ -98,8 +99,12 @@ def _outcome_reason(outcome: Mapping[str, Any]) -> str:
     return "the client sent an OperationOutcome: " + ("; ".join(texts) or "no details")
 
 
-def classify(key: str, template: str, prefetch: Mapping[str, Any]) -> PrefetchItem:
-    """Sort one prefetch key into absent / empty / OperationOutcome / junk / usable."""
+def classify(key: str, template: str, prefetch: Mapping[str, Any], patient_id: str) -> PrefetchItem:
+    """Sort one prefetch key into absent / empty / OperationOutcome / junk / paged / usable.
+
+    A search that reports an error, or that holds another patient's resources, is not an answer: read
+    as data it would tell the rules that nothing is on file for this patient.
+    """
     if key not in prefetch:
         return PrefetchItem(key, PrefetchState.ABSENT, reason="not in the request's prefetch")
     value = prefetch[key]
@@ -111,21 +116,55 @@ def classify(key: str, template: str, prefetch: Mapping[str, Any]) -> PrefetchIt
     if resource_type == "OperationOutcome":
         return PrefetchItem(key, PrefetchState.OUTCOME, reason=_outcome_reason(value))
     wanted, is_search = expected_type(template)
-    if is_search:
-        if resource_type != "Bundle":
-            return PrefetchItem(key, PrefetchState.JUNK, reason=f"expected a Bundle, got {resource_type}")
-        entries = value.get("entry", [])
-        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-            return PrefetchItem(key, PrefetchState.JUNK, reason="Bundle.entry is not a list of entries")
-        if next_link(value) is not None:
-            reason = f"only the first page of a paged search was sent: {len(entries)} entries and a next link"
-            return PrefetchItem(key, PrefetchState.PAGED, reason=reason)
-        if not any(isinstance(e.get("resource"), dict) for e in entries):
-            return PrefetchItem(key, PrefetchState.EMPTY, resource=value)
+    if not is_search:
+        if resource_type != wanted:
+            return PrefetchItem(key, PrefetchState.JUNK, reason=f"expected {wanted}, got {resource_type}")
+        if not _belongs_to(value, patient_id, _own_references(patient_id)):
+            return PrefetchItem(key, PrefetchState.JUNK, reason=f"the {wanted} is not the patient in context")
         return PrefetchItem(key, PrefetchState.USABLE, resource=value)
-    if resource_type != wanted:
-        return PrefetchItem(key, PrefetchState.JUNK, reason=f"expected {wanted}, got {resource_type}")
-    return PrefetchItem(key, PrefetchState.USABLE, resource=value)
+    if resource_type != "Bundle":
+        return PrefetchItem(key, PrefetchState.JUNK, reason=f"expected a Bundle, got {resource_type}")
+    entries = value.get("entry", [])
+    if not isinstance(entries, list):
+        return PrefetchItem(key, PrefetchState.JUNK, reason="Bundle.entry is not a list of entries")
+    own = _own_references(patient_id)
+    found = False
+    for entry in entries:
+        if not isinstance(entry, dict):
+            return PrefetchItem(key, PrefetchState.JUNK, reason="Bundle.entry is not a list of entries")
+        resource = entry.get("resource")
+        if not isinstance(resource, dict):
+            continue
+        if resource.get("resourceType") == "OperationOutcome":
+            if is_failed_search(resource):
+                return PrefetchItem(key, PrefetchState.OUTCOME, reason=_outcome_reason(resource))
+            continue
+        if not _belongs_to(resource, patient_id, own):
+            reason = f"the search holds a resource of another patient ({resource.get('resourceType')})"
+            return PrefetchItem(key, PrefetchState.JUNK, reason=reason)
+        found = True
+    if next_link(value) is not None:
+        reason = f"only the first page of a paged search was sent: {len(entries)} entries and a next link"
+        return PrefetchItem(key, PrefetchState.PAGED, reason=reason)
+    return PrefetchItem(key, PrefetchState.USABLE if found else PrefetchState.EMPTY, resource=value)
+
+
+def _own_references(patient_id: str) -> frozenset[str]:
+    return frozenset({f"Patient/{patient_id}", f"urn:uuid:{patient_id}"})
+
+
+def _belongs_to(resource: Mapping[str, Any], patient_id: str, own: frozenset[str]) -> bool:
+    """False when the resource is, or names as its subject, a patient other than ``patient_id``.
+
+    The common reference (``Patient/<id>``) is a set lookup; only other spellings are parsed.
+    """
+    if resource.get("resourceType") == "Patient":
+        return resource.get("id") == patient_id
+    for element in ("subject", "patient"):
+        reference = resource.get(element)
+        if isinstance(reference, dict) and isinstance(reference.get("reference"), str):
+            return reference["reference"] in own or refers_to(reference, "Patient", patient_id)
+    return True
 
 
 def prefetched_resources(items: Iterable[PrefetchItem]) -> list[Mapping[str, Any]]:

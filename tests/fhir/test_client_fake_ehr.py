@@ -165,3 +165,39 @@ def test_searchset_whose_entry_is_not_a_list_is_refused(fhir_client: FhirClient,
         )["labs"]
     assert outcome.resource is None
     assert outcome.error == f"Bundle.entry from {ehr.base_url}/Observation?patient=1 is not a list"
+
+
+def _searchset_with_outcome(severity: str) -> dict:
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": severity, "diagnostics": "too costly"}],
+    }
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [
+            {"resource": {"resourceType": "Observation", "id": "o1"}},
+            {"search": {"mode": "outcome"}, "resource": outcome},
+        ],
+    }
+
+
+def test_a_search_that_reports_an_error_fails_its_key(fhir_client: FhirClient) -> None:
+    with FakeEhrFhir() as ehr:
+        ehr.add_canned("Observation?patient=1", 200, _searchset_with_outcome("error"))
+        outcome = fhir_client.fetch_all(
+            ehr.base_url, {"labs": "Observation?patient=1"}, authorization=None, budget_ms=500
+        )["labs"]
+    assert outcome.resource is None
+    assert outcome.error == f"the search {ehr.base_url}/Observation?patient=1 reported an error: too costly"
+
+
+def test_a_search_warning_is_passed_on_with_the_results(fhir_client: FhirClient) -> None:
+    with FakeEhrFhir() as ehr:
+        ehr.add_canned("Observation?patient=1", 200, _searchset_with_outcome("warning"))
+        outcome = fhir_client.fetch_all(
+            ehr.base_url, {"labs": "Observation?patient=1"}, authorization=None, budget_ms=500
+        )["labs"]
+    assert outcome.ok
+    assert [e["resource"]["id"] for e in outcome.resource["entry"]] == ["o1"]
+    assert outcome.warnings == ("server said: too costly",)

@@ -88,7 +88,7 @@ def first_page(*resources: dict) -> dict:
     ],
 )
 def test_classification(template: str, prefetch: dict, state: PrefetchState) -> None:
-    item = classify("k", template, prefetch)
+    item = classify("k", template, prefetch, "p1")
     assert item.state is state
     assert item.state.is_missing is (
         state in (PrefetchState.ABSENT, PrefetchState.OUTCOME, PrefetchState.JUNK, PrefetchState.PAGED)
@@ -104,11 +104,11 @@ def test_a_last_page_is_an_answer() -> None:
         {"relation": "self", "url": "https://ehr.example/fhir/Observation?patient=p1"},
         {"relation": "previous", "url": "https://ehr.example/fhir?_getpages=abc&_getpagesoffset=0"},
     ]
-    assert classify("k", SEARCH, {"k": page}).state is PrefetchState.USABLE
+    assert classify("k", SEARCH, {"k": page}, "p1").state is PrefetchState.USABLE
 
 
 def test_paged_reason_says_what_arrived() -> None:
-    item = classify("k", SEARCH, {"k": first_page(OBS, PATIENT)})
+    item = classify("k", SEARCH, {"k": first_page(OBS, PATIENT)}, "p1")
     assert item.resource is None, "a first page is not used as if it were the whole search"
     assert item.reason == "only the first page of a paged search was sent: 2 entries and a next link"
 
@@ -118,7 +118,67 @@ def test_outcome_reason_quotes_the_diagnostics() -> None:
         "resourceType": "OperationOutcome",
         "issue": [{"severity": "error", "details": {"text": "denied"}}],
     }
-    assert "denied" in classify("k", READ, {"k": outcome}).reason
+    assert "denied" in classify("k", READ, {"k": outcome}, "p1").reason
+
+
+def _outcome_entry(severity: str) -> dict:
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": severity, "diagnostics": "too costly"}],
+    }
+    return {"search": {"mode": "outcome"}, "resource": outcome}
+
+
+@pytest.mark.parametrize("severity", ["error", "fatal"])
+def test_a_search_that_reports_an_error_is_a_failed_key_not_an_empty_one(severity: str) -> None:
+    """Read as data it would say "nothing on file" (no supplement, no iron studies)."""
+    for bundle in (searchset(), searchset(OBS)):
+        bundle["entry"].append(_outcome_entry(severity))
+        item = classify("k", SEARCH, {"k": bundle}, "p1")
+        assert item.state is PrefetchState.OUTCOME
+        assert "too costly" in item.reason
+
+
+def test_a_warning_outcome_in_a_search_is_not_a_failure() -> None:
+    bundle = searchset(OBS)
+    bundle["entry"].append(_outcome_entry("warning"))
+    assert classify("k", SEARCH, {"k": bundle}, "p1").state is PrefetchState.USABLE
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        {"reference": "Patient/p1"},
+        {"reference": "urn:uuid:p1"},
+        {"reference": "https://ehr.example/fhir/Patient/p1"},
+        {"display": "no reference"},
+    ],
+)
+def test_the_patients_own_resources_are_usable(subject: dict) -> None:
+    assert (
+        classify("k", SEARCH, {"k": searchset({**OBS, "subject": subject})}, "p1").state
+        is PrefetchState.USABLE
+    )
+
+
+@pytest.mark.parametrize(
+    ("template", "value"),
+    [
+        (SEARCH, searchset({**OBS, "subject": {"reference": "Patient/p2"}})),
+        (
+            SEARCH,
+            searchset(
+                OBS, {**OBS, "id": "o2", "subject": {"reference": "https://ehr.example/fhir/Patient/p2"}}
+            ),
+        ),
+        (SEARCH, searchset({"resourceType": "MedicationRequest", "patient": {"reference": "urn:uuid:p2"}})),
+        (READ, {"resourceType": "Patient", "id": "p2"}),
+    ],
+)
+def test_another_patients_data_is_junk_not_an_empty_record(template: str, value: dict) -> None:
+    item = classify("k", template, {"k": value}, "p1")
+    assert item.state is PrefetchState.JUNK
+    assert "patient" in item.reason
 
 
 def test_resources_of_skips_outcomes_and_junk_entries() -> None:

@@ -61,7 +61,7 @@ def _searchsets(prefetch: dict) -> list[dict]:
     return [v for v in prefetch.values() if isinstance(v, dict) and v.get("resourceType") == "Bundle"]
 
 
-B12_RESULT = obs("b12", 1200, 10)
+B12_RESULT = obs("b12", 1200, 10, pid="pat-1")
 
 
 def _with_results() -> dict:
