@@ -34,7 +34,7 @@ from cds_service.protocol.request import (
     prepare_validators,
 )
 from cds_service.run_ahead import RunAheadCache
-from cds_service.services import build_handler
+from cds_service.services import build_handler, unknown_service
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def create_app(settings: Settings) -> Flask:
         trace = observability.CallTrace(service=service_id)
         try:
             if service_id not in handler.services:
-                raise RequestError(404, f"There is no CDS service with id '{service_id}'.")
+                raise unknown_service(service_id)
             with trace.phase("validation"):
                 body = read_json_body()
             if isinstance(body, dict) and isinstance(body.get("hookInstance"), str):
@@ -163,7 +163,7 @@ def create_app(settings: Settings) -> Flask:
             log.info(
                 "hook call refused (%d): %s",
                 error.status,
-                error.reason,
+                error.log_reason,
                 extra={"hookInstance": trace.hook_instance},
             )
             response = operation_outcome(error.status, error.reason)
@@ -182,18 +182,22 @@ def create_app(settings: Settings) -> Flask:
 
     @app.post("/cds-services/<service_id>/feedback")
     def feedback(service_id: str) -> Response:
-        if service_id not in handler.services:
-            return operation_outcome(404, f"There is no CDS service with id '{service_id}'.")
         try:
+            if service_id not in handler.services:
+                raise unknown_service(service_id)
             items = parse_feedback(read_json_body())
-        except RequestError as error:
-            return operation_outcome(error.status, error.reason)
         except FeedbackError as error:
-            return operation_outcome(400, str(error))
+            return refused_feedback(RequestError(400, str(error)))
+        except RequestError as error:
+            return refused_feedback(error)
         stored = feedback_store.add_feedback(service_id, items)
         for item in items:
             observability.observe_feedback(item.outcome)
         return json_response({"received": len(items), "stored": stored})
+
+    def refused_feedback(error: RequestError) -> Response:
+        log.info("feedback refused (%d): %s", error.status, error.log_reason)
+        return operation_outcome(error.status, error.reason)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:

@@ -38,7 +38,7 @@ from cds_service.protocol.prefetch import (
     render_template,
     resources_of,
 )
-from cds_service.protocol.request import HookRequest, RequestError, validate_hook_request
+from cds_service.protocol.request import HookRequest, RequestError, validate_hook_request, without_identifiers
 from cds_service.run_ahead import RunAheadCache
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ class HookHandler:
         trace = trace or CallTrace(service=service_id)
         service = self.services.get(service_id)
         if service is None:
-            raise RequestError(404, f"There is no CDS service with id '{service_id}'.")
+            raise unknown_service(service_id)
         with trace.phase("validation"):
             request = validate_hook_request(body, service.hook)
         findings = self._cached_findings(request, client, trace)
@@ -281,10 +281,10 @@ class HookHandler:
     ) -> list[dict]:
         why = "; ".join(f"{key} ({item.reason})" for key, item in missing.items())
         if not request.fhir_server:
-            raise RequestError(
-                412,
-                f"Required data is missing from the prefetch and no fhirServer was given to fetch it: {why}.",
+            reason = (
+                f"Required data is missing from the prefetch and no fhirServer was given to fetch it: {why}."
             )
+            raise RequestError(412, reason, without_identifiers(reason, *_identifiers(request)))
         allowed = (
             client.fhir_servers if client and client.fhir_servers else self.settings.allowed_fhir_servers
         )
@@ -309,13 +309,14 @@ class HookHandler:
         trace.fhir_queries += sum(o.requests for o in outcomes.values())
         pages = self.fhir_client.max_pages
         outcomes = {key: _refuse_unsafe_truncation(o, queries[key], pages) for key, o in outcomes.items()}
+        private = _identifiers(request)
         for outcome in outcomes.values():
             observe_fhir_fetch(outcome.elapsed_ms, outcome.ok)
             for warning in outcome.warnings:
                 log.warning(
                     "FHIR fetch for %s: %s",
                     outcome.key,
-                    warning,
+                    without_identifiers(warning, *private),
                     extra={"hookInstance": request.hook_instance},
                 )
         failed = [o for o in outcomes.values() if not o.ok]
@@ -325,17 +326,28 @@ class HookHandler:
                 log.warning(
                     "FHIR fetch for %s failed: %s",
                     outcome.key,
-                    outcome.error,
+                    without_identifiers(outcome.error or "", *private),
                     extra={"hookInstance": request.hook_instance},
                 )
             reasons = "; ".join(f"{o.key}: {o.error}" for o in failed)
-            raise RequestError(
-                412, f"Required data could not be fetched from {request.fhir_server}: {reasons}."
-            )
+            reason = f"Required data could not be fetched from {request.fhir_server}: {reasons}."
+            raise RequestError(412, reason, without_identifiers(reason, *private))
         fetched: list[dict] = []
         for outcome in outcomes.values():
             fetched.extend(resources_of(outcome.resource))
         return fetched
+
+
+def _identifiers(request: HookRequest) -> tuple[str | None, ...]:
+    """The identifiers a reason may carry (in a FHIR URL, a server's diagnostics) that the log must not."""
+    user = request.context.get("userId")
+    return (request.patient_id, request.encounter_id, user if isinstance(user, str) else None)
+
+
+def unknown_service(service_id: str) -> RequestError:
+    """The 404 for a service id that is not ours, quoting at most 100 characters of what was asked for."""
+    shown = service_id if len(service_id) <= 100 else service_id[:100] + "…"
+    return RequestError(404, f"There is no CDS service with id '{shown}'.")
 
 
 def _newest_first(query: str) -> bool:

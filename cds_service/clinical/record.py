@@ -467,7 +467,9 @@ class _UnitProblems:
         self.seen: set[tuple[str, str]] = set()
 
     def add(self, analyte: str, unit: str | None) -> None:
-        self.seen.add((analyte, unit or "(none)"))
+        """Units are the sender's text: at most 40 characters of one reach the log."""
+        shown = unit if unit is None or len(unit) <= 40 else unit[:40] + "…"
+        self.seen.add((analyte, shown or "(none)"))
 
     def report(self) -> None:
         for analyte, unit in sorted(self.seen):

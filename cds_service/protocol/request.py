@@ -27,12 +27,24 @@ def prepare_validators() -> None:
 
 
 class RequestError(Exception):
-    """A request the service refuses; `status` is the HTTP status, `reason` is safe to show the caller."""
+    """A request the service refuses; `status` is the HTTP status, `reason` is safe to show the caller.
 
-    def __init__(self, status: int, reason: str) -> None:
+    `log_reason` is what the service's own log may keep: the caller may see its patient's identifiers
+    (in a FHIR URL, say), the log must not.
+    """
+
+    def __init__(self, status: int, reason: str, log_reason: str | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.log_reason = reason if log_reason is None else log_reason
+
+
+def without_identifiers(text: str, *identifiers: str | None) -> str:
+    """``text`` with each identifier (patient, encounter, user) replaced by a placeholder, for the log."""
+    for identifier in sorted(filter(None, identifiers), key=len, reverse=True):
+        text = text.replace(identifier, "<id>")
+    return text
 
 
 @dataclass(frozen=True)

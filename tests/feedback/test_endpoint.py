@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -75,3 +76,21 @@ def test_feedback_that_is_not_json_is_refused(client: FlaskClient) -> None:
     response = client.post(URL, data="{not json", content_type="application/json")
     assert response.status_code == 400
     assert "not valid JSON" in diagnostics(response)
+
+
+def test_refused_feedback_is_logged_with_its_reason(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="cds_service")
+    client.post(URL, json={"feedback": []})
+    client.post("/cds-services/no-such-service/feedback", json={"feedback": [sandbox_item("c1")]})
+    refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("feedback refused")]
+    assert len(refusals) == 2
+    assert refusals[0].startswith("feedback refused (400): feedback: must not be empty")
+    assert refusals[1] == "feedback refused (404): There is no CDS service with id 'no-such-service'."
+
+
+def test_an_absurdly_long_service_id_is_not_echoed_whole(client: FlaskClient) -> None:
+    response = client.post(f"/cds-services/{'x' * 5000}/feedback", json={"feedback": [sandbox_item("c1")]})
+    assert response.status_code == 404
+    assert len(diagnostics(response)) < 200

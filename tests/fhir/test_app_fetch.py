@@ -463,6 +463,21 @@ def test_server_that_demands_a_token(
     assert TOKEN not in json.dumps([right, without, wrong])
 
 
+def test_a_refusal_names_the_patient_to_the_caller_but_not_in_the_log(
+    token_app: Flask, token_server: tuple[SekmetServer, DelayProxy], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The 412 quotes the failed FHIR URLs (the caller's own data); the INFO log keeps them without ids."""
+    caplog.set_level(logging.INFO)
+    _, proxy = token_server
+    body = _without_prefetch(_example(REPO / "hooks" / "patient-view.json"), proxy.url("/fhir"))
+    patient_id = body["context"]["patientId"]
+    status, refusal = _call(token_app.test_client(), body)
+    assert status == 412
+    assert patient_id in _diagnostics(refusal)
+    assert "HTTP 401" in caplog.text and "<id>" in caplog.text
+    assert patient_id not in caplog.text
+
+
 def test_server_that_is_down_gives_a_quick_412(settings: Settings) -> None:
     down = f"http://127.0.0.1:{free_port()}/fhir"
     application = create_app(settings.with_overrides(allowed_fhir_servers=(down,)))
