@@ -21,12 +21,15 @@ import click
 import orjson
 import requests
 
+from cds_service.devtools.fire import HTTP_URL
 from cds_service.fhir.bundles import resolve_full_urls, stored_as
 from cds_service.fhir.dates import full_date, shift_dates
 from cds_service.fhir.errors import exception_reason, http_error_reason
 
 DEFAULT_FIXTURES = Path("fhir_fixtures")
 TIMEOUT_S = 120
+MAX_SHIFT_DAYS = (date.max - date.min).days
+"""A larger shift moves every date off the calendar (years 1 to 9999), whatever the Bundle holds."""
 
 
 class LoadError(click.ClickException):
@@ -159,7 +162,10 @@ class FixtureLoader:
 
 @click.command("load-fixtures")
 @click.option(
-    "--fhir-server", required=True, help="FHIR base URL to load into, e.g. http://127.0.0.1:8090/fhir"
+    "--fhir-server",
+    type=HTTP_URL,
+    required=True,
+    help="FHIR base URL to load into, e.g. http://127.0.0.1:8090/fhir",
 )
 @click.option(
     "--token", envvar="FHIR_ACCESS_TOKEN", help="bearer token for the server (or $FHIR_ACCESS_TOKEN)"
@@ -169,7 +175,11 @@ class FixtureLoader:
     type=click.DateTime(formats=["%Y-%m-%d"]),
     help="the day the fixture dates were written for (default: each Bundle's timestamp)",
 )
-@click.option("--shift-days", type=int, help="move every date by exactly this many days instead")
+@click.option(
+    "--shift-days",
+    type=click.IntRange(-MAX_SHIFT_DAYS, MAX_SHIFT_DAYS),
+    help="move every date by exactly this many days instead",
+)
 @click.option("--no-shift", is_flag=True, help="load the dates as written")
 @click.argument("bundles", nargs=-1, type=click.Path(path_type=Path))
 def load_fixtures(
@@ -202,6 +212,14 @@ def load_fixtures(
             except LoadError as error:
                 failures += 1
                 click.echo(f"{progress} FAILED {error.message}", err=True)
+                continue
+            except OverflowError:
+                failures += 1
+                click.echo(
+                    f"{progress} FAILED {path}: moving its dates takes one outside the years 1 to 9999; "
+                    "check --shift-days, --reference-day or the Bundle's timestamp",
+                    err=True,
+                )
                 continue
             click.echo(
                 f"{progress} {path.name}: {loaded.resources} resources, dates moved {loaded.days:+d} days",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import time
 import uuid
 from collections.abc import Mapping
@@ -34,12 +35,61 @@ from cds_service.protocol.prefetch import TemplateError, render_template
 
 TOKEN_LIFETIME_S = 300
 MAX_PAGES = 50
+MAX_TIMEOUT_S = 86_400.0
 _EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 _FHIR_HEADERS = {"Accept": "application/fhir+json"}
 
 
 class FireError(click.ClickException):
     """A one-line failure of the simulated EHR call."""
+
+
+class HttpUrl(click.ParamType):
+    """An http(s) URL with a host, checked when the options are read.
+
+    A base URL without a scheme (``localhost:8080``) or with another one would otherwise fail only at the
+    first request, as a library error per call; ``fire`` and ``load-fixtures`` share this so that mistake
+    is one usage error before anything runs.
+    """
+
+    name = "url"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        try:
+            parts = urlsplit(text)
+            usable = (
+                parts.scheme in ("http", "https")
+                and bool(parts.hostname)
+                and (parts.port is None or parts.port > 0)
+            )
+        except ValueError:  # a malformed IPv6 host, or a port that is not a number up to 65535
+            usable = False
+        if not usable:
+            self.fail(f"{text!r} is not an http(s) URL", param, ctx)
+        return text
+
+
+HTTP_URL = HttpUrl()
+
+
+class Seconds(click.FloatRange):
+    """A timeout in seconds: above zero and at most a day.
+
+    requests hands the value to urllib3 and the socket, which refuse zero, negatives, NaN and infinity
+    with a traceback; NaN needs its own check because it passes every range comparison.
+    """
+
+    name = "seconds"
+
+    def __init__(self) -> None:
+        super().__init__(min=0, min_open=True, max=MAX_TIMEOUT_S)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        seconds = super().convert(value, param, ctx)
+        if math.isnan(seconds):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return float(seconds)
 
 
 @dataclass(frozen=True)
@@ -217,24 +267,34 @@ class Ehr:
             raise FireError(f"querying {url} failed: {type(error).__name__}") from None
 
     def prefetch(self, templates: Mapping[str, str], context: Mapping[str, Any]) -> dict[str, Any]:
-        """Run each rendered template like an EHR; keys whose query fails are left out, never sent as junk."""
+        """Run each rendered template like an EHR; keys whose query fails are left out, never sent as junk.
+
+        A read that finds nothing is sent as null, except the read of the context's own patient: the
+        service would answer a missing patient with no cards, which looks like "nothing to say" when
+        the real problem is the --patient id or the FHIR server."""
         values: dict[str, Any] = {}
+        patient = f"Patient/{context['patientId']}" if context.get("patientId") else None
         for key, template in templates.items():
             try:
                 query = render_template(template, context)
             except TemplateError as error:
                 click.echo(f"prefetch {key}: not sent ({error})", err=True)
                 continue
-            found, ok = self._run_query(key, query)
+            found, ok = self._run_query(key, query, patient)
             if ok:
                 values[key] = found
         return values
 
-    def _run_query(self, key: str, query: str) -> tuple[Any, bool]:
+    def _run_query(self, key: str, query: str, patient: str | None = None) -> tuple[Any, bool]:
         url = f"{self.fhir_server}/{query.lstrip('/')}"
         response = self._fhir_get(url)
         is_read = "?" not in query and query.strip("/").count("/") == 1
         if is_read and response.status_code in (404, 410):
+            if patient is not None and query.strip("/") == patient:
+                raise FireError(
+                    f"{patient} does not exist on the FHIR server {self.fhir_server} "
+                    f"(HTTP {response.status_code}): check --patient and --fhir-server"
+                )
             return None, True
         if response.status_code != 200:
             click.echo(f"prefetch {key}: not sent (FHIR server answered {response.status_code})", err=True)
@@ -300,10 +360,17 @@ def _outcome_text(response: requests.Response) -> str:
 
 @click.command("fire")
 @click.option(
-    "--service", "service_url", required=True, help="Base URL of the CDS service (its /cds-services)."
+    "--service",
+    "service_url",
+    type=HTTP_URL,
+    required=True,
+    help="Base URL of the CDS service (its /cds-services).",
 )
 @click.option(
-    "--fhir-server", required=True, help="FHIR base URL the EHR prefetches from (sent as fhirServer)."
+    "--fhir-server",
+    type=HTTP_URL,
+    required=True,
+    help="FHIR base URL the EHR prefetches from (sent as fhirServer).",
 )
 @click.option("--patient", "patient_id", required=True, help="Patient id on that FHIR server.")
 @click.option("--hook", type=click.Choice(HOOKS), default="patient-view", show_default=True)
@@ -329,7 +396,7 @@ def _outcome_text(response: requests.Response) -> str:
 @click.option(
     "--user", "user_id", default="Practitioner/cds-devtools", show_default=True, help="context.userId."
 )
-@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds per HTTP call.")
+@click.option("--timeout", type=Seconds(), default=30.0, show_default=True, help="Seconds per HTTP call.")
 @click.option("--json", "as_json", is_flag=True, help="Print the service response as JSON.")
 def fire(
     service_url: str,
@@ -349,10 +416,6 @@ def fire(
     """Call a running CDS service as an EHR would, with data from a FHIR server, and print the cards."""
     if hook in ORDER_HOOKS and order_file is None:
         raise click.UsageError(f"--hook {hook} needs draft orders: give --order FILE")
-    for option, url in (("--service", service_url), ("--fhir-server", fhir_server)):
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise click.UsageError(f"{option} {url!r} is not an http(s) URL")
     if signing_key is not None and not iss:
         raise click.UsageError("--signing-key needs --iss (the issuer registered with the service)")
     key = load_signing_key(signing_key, iss, kid) if signing_key is not None and iss else None

@@ -1,20 +1,148 @@
-"""`cds-service feedback-report`: the acceptance report from the feedback store, as a table or JSON."""
+"""`cds-service feedback-report`: the acceptance report from the feedback store, as a table or JSON.
+
+A report only reads: it opens the store read-only and never creates the file, the tables or anything
+else the service would, so pointing it at the wrong path or at a store in use changes nothing. A store
+the service has not written to yet (no tables) gives an empty report.
+"""
 
 from __future__ import annotations
 
 import json
+import sqlite3
+from datetime import datetime
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import click
 
 from cds_service.config import load_settings, load_site_config, parse_rfc3339
-from cds_service.feedback.report import format_text, offered_reasons
+from cds_service.feedback.dialects import (
+    BUSY_TIMEOUT_MS,
+    Dialect,
+    PostgresDialect,
+    SQLiteDialect,
+    dialect_for,
+)
+from cds_service.feedback.report import OfferedReasons, build_report, format_text, offered_reasons
 from cds_service.feedback.store import FeedbackStore
 from cds_service.protocol.cards import (
     DEFAULT_OVERRIDE_REASONS,
     OVERRIDE_REASON_SYSTEM,
     parse_override_reasons,
 )
+
+FEEDBACK_TABLES = ("cds_issued_card", "cds_feedback")
+
+
+class ReadOnlySQLite(SQLiteDialect):
+    """A SQLite store opened with `mode=ro`: no file is created, no journal mode or pragma is changed."""
+
+    def connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(
+            f"{self.path.resolve().as_uri()}?mode=ro",
+            uri=True,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+
+
+class ReadOnlyPostgres(PostgresDialect):
+    """A PostgreSQL store whose transactions are all `READ ONLY`."""
+
+    def connect(self) -> Any:
+        conn = super().connect()
+        conn.read_only = True
+        return conn
+
+
+def _store_errors() -> tuple[type[Exception], ...]:
+    """The failures of opening or reading a store; psycopg's only when it is installed."""
+    try:
+        import psycopg
+    except ImportError:
+        return (sqlite3.Error, RuntimeError)
+    return (sqlite3.Error, RuntimeError, psycopg.Error)
+
+
+def _present_tables(dialect: Dialect) -> set[str]:
+    conn = dialect.connect()
+    try:
+        if isinstance(dialect, PostgresDialect):
+            query = "SELECT name FROM unnest(%s::text[]) AS name WHERE to_regclass(name) IS NOT NULL"
+            rows = conn.execute(query, (list(FEEDBACK_TABLES),)).fetchall()
+        else:
+            query = "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN (?, ?)"
+            rows = conn.execute(query, FEEDBACK_TABLES).fetchall()
+    finally:
+        conn.close()
+    return {row[0] for row in rows}
+
+
+def _passwords_in(url: str) -> list[str]:
+    """Every form a password of `url` may be echoed in (psycopg quotes the URI in some errors), longest
+    first: from the user part and from a `password=` query parameter, raw and percent-decoded."""
+    parts = urlsplit(url)
+    raw = [parts.password] if parts.password else []
+    for pair in parts.query.split("&"):
+        name, _, value = pair.partition("=")
+        if unquote(name) == "password" and value:
+            raw.append(value)
+    found = {form for value in raw for form in (value, unquote(value))}
+    return sorted(found, key=len, reverse=True)
+
+
+def _without_passwords(text: str, url: str) -> str:
+    for password in _passwords_in(url):
+        text = text.replace(password, "***")
+    return text
+
+
+def read_report(url: str, since: datetime | None, offered: OfferedReasons) -> dict[str, Any]:
+    """The report from the store at `url`, read without writing; ClickException for any store failure.
+
+    Database errors become one line naming the store (never the password of a postgresql:// URL), so a
+    wrong --db reads as a wrong --db rather than as a traceback."""
+    if "://" not in url and not Path(url).is_file():
+        raise click.ClickException(f"no feedback store at {url} (set CDS_FEEDBACK_DB or pass --db)")
+    dialect: Dialect = ReadOnlySQLite(url)
+    if isinstance(dialect_for(url), PostgresDialect):
+        try:
+            urlsplit(url)
+        except ValueError as error:  # the message names the flaw, never the URL or its password
+            raise click.ClickException(f"the feedback store URL is malformed: {error}") from None
+        dialect = ReadOnlyPostgres(url)
+    try:
+        present = _present_tables(dialect)
+        if not present:
+            return build_report([], [], since=since, offered=offered)
+        if present != set(FEEDBACK_TABLES):
+            missing = ", ".join(sorted(set(FEEDBACK_TABLES) - present))
+            raise click.ClickException(f"{dialect.describe()} is not a complete feedback store: no {missing}")
+        store = FeedbackStore(dialect)
+        try:
+            return store.report(since=since, offered=offered)
+        finally:
+            store.close()
+    except _store_errors() as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise click.ClickException(
+            _without_passwords(f"cannot read the feedback store ({dialect.describe()}): {reason}", url)
+        ) from None
+
+
+def _store_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--db as given, refused at once when empty or of a kind the store cannot open."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise click.BadParameter("empty; give a SQLite path or a postgresql:// URL", ctx, param)
+    try:
+        dialect_for(value)
+    except ValueError as error:
+        raise click.BadParameter(f"{error}; give a SQLite path or a postgresql:// URL", ctx, param) from None
+    return value
 
 
 @click.command("feedback-report")
@@ -27,6 +155,7 @@ from cds_service.protocol.cards import (
 @click.option(
     "--db",
     metavar="PATH_OR_URL",
+    callback=_store_url,
     help="The feedback store (a SQLite path or a postgresql:// URL); default: CDS_FEEDBACK_DB.",
 )
 def feedback_report(as_json: bool, since: str | None, db: str | None) -> None:
@@ -40,12 +169,6 @@ def feedback_report(as_json: bool, since: str | None, db: str | None) -> None:
             offered = [*parse_override_reasons(site["overrideReasons"]), *offered]
     except ValueError as error:  # ConfigError included
         raise click.UsageError(str(error)) from None
-    url = db or settings.feedback_db
-    if "://" not in url and not Path(url).is_file():
-        raise click.ClickException(f"no feedback store at {url} (set CDS_FEEDBACK_DB or pass --db)")
-    store = FeedbackStore.open(url)
-    try:
-        report = store.report(since=start, offered=offered_reasons(offered, OVERRIDE_REASON_SYSTEM))
-    finally:
-        store.close()
+    url = db if db is not None else settings.feedback_db
+    report = read_report(url, start, offered_reasons(offered, OVERRIDE_REASON_SYSTEM))
     click.echo(json.dumps(report, indent=2) if as_json else format_text(report), nl=as_json)

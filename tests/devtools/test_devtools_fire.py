@@ -227,6 +227,21 @@ def test_fire_reports_404_and_connection_refused(fhir_server: SekmetServer, tmp_
     assert "404" in missing.stderr
 
 
+def test_fire_reports_a_patient_the_fhir_server_does_not_have(
+    fhir_server: SekmetServer, tmp_path: Path
+) -> None:
+    """Sent as `patient: null`, a wrong --patient would come back as "no cards" with exit 0."""
+    load_example(fhir_server, "patient-view.json")
+    with serving_service(lambda _: base_settings(tmp_path)) as service:
+        result = fire_for(service, fhir_server, "no-such-patient")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.strip() == (
+        f"Error: Patient/no-such-patient does not exist on the FHIR server {fhir_server.base_url} "
+        "(HTTP 404): check --patient and --fhir-server"
+    )
+
+
 def test_fire_against_a_smart_patient_loaded_by_transaction(
     fhir_server: SekmetServer, tmp_path: Path
 ) -> None:
@@ -306,6 +321,11 @@ def test_fire_with_a_fhir_bearer_token_like_the_smart_launcher(
     ("extra", "message"),
     [
         (["--service", "localhost:8080"], "is not an http(s) URL"),
+        (["--service", "http://127.0.0.1:9", "--fhir-server", "http://:8080/fhir"], "is not an http(s) URL"),
+        (["--service", "http://127.0.0.1:9", "--timeout", "-1"], "'--timeout'"),
+        (["--service", "http://127.0.0.1:9", "--timeout", "0"], "'--timeout'"),
+        (["--service", "http://127.0.0.1:9", "--timeout", "nan"], "'--timeout'"),
+        (["--service", "http://127.0.0.1:9", "--timeout", "inf"], "'--timeout'"),
         (["--service", "http://127.0.0.1:9", "--hook", "order-sign"], "--order"),
         (["--service", "http://127.0.0.1:9", "--signing-key", "k.pem"], "--iss"),
     ],

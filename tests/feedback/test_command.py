@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from cds_service.cli import main
 from cds_service.feedback import FeedbackStore, parse_feedback
+from tests.support.processes import free_port
 
 VIEW = "b12-iron-patient-view"
 SIGN = "b12-iron-order-sign"
@@ -60,9 +63,22 @@ def filled(sqlite_url: str) -> str:
     return sqlite_url
 
 
+def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(main, ["feedback-report", *args], env=env)
+
+
 def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
-    result = CliRunner().invoke(main, ["feedback-report", *args], env=env)
+    result = invoke(*args, env=env)
     return result.exit_code, result.output
+
+
+def error_line(result: Result) -> str:
+    """The one `Error:` line of a refused run; a Python exception instead fails the test."""
+    assert isinstance(result.exception, SystemExit), result.exception
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    assert "Traceback" not in result.output
+    return errors[0]
 
 
 def test_json_report(filled: str) -> None:
@@ -229,3 +245,77 @@ def test_reasons_echoed_in_part_are_counted_as_the_coding_the_cards_offered(
         ("snooze-month", "urn:b12-iron-cds:override-reason"): ("Snooze for a month", 1),
         ("patient-declined", "http://other.example/reasons"): (None, 1),
     }
+
+
+def _not_sqlite(tmp_path: Path) -> str:
+    path = tmp_path / "notes.sqlite3"
+    path.write_text("these are notes, not a database\n")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("store", "status", "says"),
+    [
+        (_not_sqlite, 1, "file is not a database"),
+        (lambda _: f"postgresql://nobody:s3cret-pw@127.0.0.1:{free_port()}/x", 1, "127.0.0.1"),
+        (lambda _: "postgresql://nobody:s3cret-pw@[::1]x/feedback", 1, "PostgreSQL database feedback"),
+        (lambda _: "postgresql://nobody:s3cret-pw@[::1/feedback", 1, "URL is malformed"),
+        (lambda _: "mysql://nobody:s3cret-pw@db/feedback", 2, "unsupported feedback store URL scheme"),
+    ],
+    ids=["not-sqlite", "postgres-refused", "postgres-uri-echoed", "malformed-url", "mysql"],
+)
+def test_a_store_that_cannot_be_read_is_one_line_without_the_password(
+    tmp_path: Path, store: Callable[[Path], str], status: int, says: str
+) -> None:
+    result = invoke("--db", store(tmp_path))
+    assert result.exit_code == status
+    line = error_line(result)
+    assert says in line
+    assert "s3cret-pw" not in result.output
+
+
+def test_an_empty_db_option_is_a_usage_error_not_the_default(filled: str) -> None:
+    result = invoke("--db", "", env={"CDS_FEEDBACK_DB": filled})
+    assert result.exit_code == 2
+    assert "'--db'" in error_line(result)
+
+
+@pytest.mark.parametrize("kind", ["empty-file", "other-tables"])
+def test_the_report_only_reads_a_database_the_service_never_wrote(tmp_path: Path, kind: str) -> None:
+    """No tables, no journal mode change, not a byte written: an empty report from an empty store."""
+    path = tmp_path / "fresh.sqlite3"
+    path.touch()
+    if kind == "other-tables":
+        with sqlite3.connect(path) as conn:
+            conn.execute("CREATE TABLE unrelated (x)")
+        conn.close()
+    before = path.read_bytes()
+    result = invoke("--json", "--db", str(path))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["services"] == {}
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.sqlite3"]
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    conn.close()
+
+
+def test_a_store_with_half_its_tables_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "half.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE cds_feedback (id INTEGER PRIMARY KEY)")
+    conn.close()
+    result = invoke("--db", str(path))
+    assert result.exit_code == 1
+    assert "not a complete feedback store: no cds_issued_card" in error_line(result)
+
+
+def test_postgres_database_without_tables_gives_an_empty_report_and_stays_empty(postgres_url: str) -> None:
+    import psycopg
+
+    result = invoke("--json", "--db", postgres_url)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["services"] == {}
+    with psycopg.connect(postgres_url) as conn:
+        found = conn.execute("SELECT to_regclass('cds_feedback'), to_regclass('cds_issued_card')").fetchone()
+    assert found == (None, None)

@@ -230,3 +230,38 @@ def test_default_is_every_fixture_bundle(fhir_server: SekmetServer, monkeypatch:
             if "id" in resource:
                 stored = _get(fhir_server, f"{resource['resourceType']}/{resource['id']}")
                 assert stored["id"] == resource["id"]
+
+
+@pytest.mark.parametrize("url", ["not-a-url", "ftp://127.0.0.1/fhir", "http:///fhir", "127.0.0.1:8090/fhir"])
+def test_fhir_server_must_be_an_http_url_before_anything_loads(tmp_path: Path, url: str) -> None:
+    path = _dated_collection(tmp_path)
+    result = CliRunner().invoke(main, ["load-fixtures", "--fhir-server", url, str(path), str(path)])
+    assert result.exit_code == 2
+    assert f"Invalid value for '--fhir-server': {url!r} is not an http(s) URL" in result.stderr
+    assert "FAILED" not in result.stderr
+    assert "[1/2]" not in result.stderr
+
+
+def test_shift_days_beyond_the_calendar_is_a_usage_error(tmp_path: Path) -> None:
+    path = _dated_collection(tmp_path)
+    result = CliRunner().invoke(
+        main,
+        ["load-fixtures", "--fhir-server", "http://127.0.0.1:9/fhir", "--shift-days", "99999999", str(path)],
+    )
+    assert result.exit_code == 2
+    assert isinstance(result.exception, SystemExit)
+    assert "Invalid value for '--shift-days': 99999999 is not in the range" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "shift", [["--shift-days", "3000000"], ["--shift-days", "-800000"], ["--reference-day", "9999-12-31"]]
+)
+def test_dates_moved_off_the_calendar_are_a_clear_failure(tmp_path: Path, shift: list[str]) -> None:
+    path = _dated_collection(tmp_path)
+    result = CliRunner().invoke(
+        main, ["load-fixtures", "--fhir-server", "http://127.0.0.1:9/fhir", *shift, str(path)]
+    )
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    assert f"[1/1] FAILED {path}: moving its dates takes one outside the years 1 to 9999" in result.stderr
+    assert "1 of 1 Bundles were not loaded" in result.stderr
