@@ -67,6 +67,18 @@ def operation_outcome(status: int, reason: str) -> Response:
     return Response(orjson.dumps(body), status=status, mimetype="application/fhir+json")
 
 
+def check_configuration(settings: Settings) -> None:
+    """Raise ConfigError for what `create_app` would refuse in the files it reads (clients, site config).
+
+    `serve` calls it once before gunicorn starts: left to the workers, one mistake is reported once per
+    worker among gunicorn's shutdown lines. Nothing is opened or connected here (that stays in the
+    workers, after the fork).
+    """
+    if settings.auth == "required":
+        Authenticator.trusted_clients(settings)
+    build_handler(settings)
+
+
 def create_app(settings: Settings) -> Flask:
     """Build the service. Configuration problems raise ConfigError here, at start, not at the first call."""
     authenticator = Authenticator(settings) if settings.auth == "required" else None

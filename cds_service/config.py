@@ -152,6 +152,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     return Settings(**values)
 
 
+# A misspelt section would otherwise be ignored, and the site would run on defaults it meant to change.
+SITE_SECTIONS = frozenset({"codes", "thresholds", "overrideReasons", "rulesDocUrl"})
+
+
 def load_site_config(path: Path | None) -> dict[str, Any]:
     """The site's own code lists, thresholds and override reasons (`CDS_SITE_CONFIG`), or {} if none.
 
@@ -165,4 +169,10 @@ def load_site_config(path: Path | None) -> dict[str, Any]:
         raise ConfigError(f"CDS_SITE_CONFIG={str(path)!r}: cannot read it as JSON ({error})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"CDS_SITE_CONFIG={str(path)!r}: expected a JSON object")
+    unknown = sorted(set(data) - SITE_SECTIONS)
+    if unknown:
+        raise ConfigError(
+            f"CDS_SITE_CONFIG={str(path)!r}: unknown section {', '.join(map(repr, unknown))}; "
+            f"the sections are {', '.join(sorted(SITE_SECTIONS))}"
+        )
     return data

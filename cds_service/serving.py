@@ -35,14 +35,25 @@ from pathlib import Path
 from typing import Any
 
 import click
-from gunicorn.app.base import BaseApplication
-from gunicorn.errors import HaltServer
-from gunicorn.glogging import Logger as GunicornLogger
+from click.core import ParameterSource
 
 from cds_service.config import ConfigError, Settings, load_settings
 from cds_service.observability import MULTIPROC_ENV
 
+# gunicorn's config module runs int(WEB_CONCURRENCY) when it is imported, so a value that is not a number
+# would crash every cds-service command, --help included. Hidden for that import only, the variable is
+# then read by `serve --workers`, which refuses a bad value with a usage error naming it.
+_web_concurrency = os.environ.pop("WEB_CONCURRENCY", None)
+try:
+    from gunicorn.app.base import BaseApplication
+    from gunicorn.errors import HaltServer
+    from gunicorn.glogging import Logger as GunicornLogger
+finally:
+    if _web_concurrency is not None:
+        os.environ["WEB_CONCURRENCY"] = _web_concurrency
+
 MAX_DEFAULT_WORKERS = 8
+MAX_WORKERS = 64
 DEFAULT_THREADS = 4
 GRACEFUL_TIMEOUT_SECONDS = 25
 KEEPALIVE_SECONDS = 5
@@ -181,12 +192,30 @@ def _fresh_metrics_dir() -> str:
     return tempfile.mkdtemp(prefix="cds-metrics-", dir=parent)
 
 
+def _workers(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """--workers or WEB_CONCURRENCY as a number of workers; an error names whichever was given."""
+    if value is None:
+        return None
+    given = (
+        "WEB_CONCURRENCY"
+        if ctx.get_parameter_source("workers") is ParameterSource.ENVIRONMENT
+        else "--workers"
+    )
+    try:
+        workers = int(value)
+    except ValueError:
+        raise click.BadParameter(f"{given}={value!r} is not a whole number of workers") from None
+    if not 1 <= workers <= MAX_WORKERS:
+        raise click.BadParameter(f"{given}={workers} is outside 1 to {MAX_WORKERS}")
+    return workers
+
+
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
 @click.option(
     "--workers",
-    type=click.IntRange(1, 64),
+    callback=_workers,
     envvar="WEB_CONCURRENCY",
     help=f"Worker processes [default: 2 × CPUs + 1, at most {MAX_DEFAULT_WORKERS}; env WEB_CONCURRENCY].",
 )
@@ -205,9 +234,15 @@ def serve(host: str, port: int, workers: int | None, threads: int) -> None:
         click.echo(f"cds-service: configuration error: {error}", err=True)
         sys.exit(2)
     settings = settings.with_overrides(public_base_url=settings.base_url_for(host, port))
-    os.environ[MULTIPROC_ENV] = metrics_dir = _fresh_metrics_dir()
 
-    from cds_service.app import create_app
+    from cds_service.app import check_configuration, create_app
+
+    try:
+        check_configuration(settings)
+    except ConfigError as error:
+        click.echo(f"cds-service: configuration error: {error}", err=True)
+        sys.exit(2)
+    os.environ[MULTIPROC_ENV] = metrics_dir = _fresh_metrics_dir()
 
     options = gunicorn_options(
         settings,

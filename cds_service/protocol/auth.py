@@ -20,7 +20,7 @@ import requests
 from jwt.exceptions import InvalidJTIError
 
 from cds_service.config import ConfigError, Settings
-from cds_service.protocol.clients import ALLOWED_ALGORITHMS, ClientKeys, load_clients
+from cds_service.protocol.clients import ALLOWED_ALGORITHMS, ClientConfig, ClientKeys, load_clients
 from cds_service.protocol.jti_store import ReplayStoreError, open_replay_store
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,16 @@ class Authenticator:
     """Checks ``Authorization: Bearer <JWT>`` against the trusted clients of ``CDS_CLIENTS``."""
 
     def __init__(self, settings: Settings, *, http: requests.Session | None = None) -> None:
+        clients = self.trusted_clients(settings)
+        self._base_url = settings.public_base_url.rstrip("/")
+        session = http if http is not None else requests.Session()
+        self._keys = {iss: ClientKeys(client, session) for iss, client in clients.items()}
+        self._replay = open_replay_store(settings)
+
+    @staticmethod
+    def trusted_clients(settings: Settings) -> dict[str, ClientConfig]:
+        """The clients of ``CDS_CLIENTS``, or ConfigError when authentication cannot be set up; reads files
+        only, so ``serve`` can check it once before any worker starts."""
         if settings.clients_file is None:
             raise ConfigError(
                 "CDS_AUTH=required needs CDS_CLIENTS, the JSON file of trusted clients "
@@ -76,11 +86,7 @@ class Authenticator:
                 "CDS_PUBLIC_BASE_URL is needed with CDS_AUTH=required: tokens are checked against "
                 "the URL the client called (their 'aud' claim)"
             )
-        self._base_url = settings.public_base_url.rstrip("/")
-        clients = load_clients(settings.clients_file)
-        session = http if http is not None else requests.Session()
-        self._keys = {iss: ClientKeys(client, session) for iss, client in clients.items()}
-        self._replay = open_replay_store(settings)
+        return load_clients(settings.clients_file)
 
     def describe(self) -> str:
         issuers = ", ".join(sorted(self._keys))

@@ -76,6 +76,7 @@ def test_site_reasons_threshold_and_doc_link(settings: Settings, tmp_path: Path)
         {"thresholds": {"b12_elevated": "high"}},
         {"codes": {"no-such-value-set": ["http://loinc.org|2132-9"]}},
         {"rulesDocUrl": "intranet/rules"},
+        {"thresholdz": {"b12_elevated": 1000}},
     ],
 )
 def test_bad_site_config_fails_at_start(settings: Settings, tmp_path: Path, site: object) -> None:

@@ -191,14 +191,24 @@ def test_a_bad_setting_stops_serve_with_one_line_naming_it(variable: str, value:
     assert "Traceback" not in done.stderr
 
 
-def test_a_clients_file_that_does_not_hold_together_stops_serve_without_a_traceback(tmp_path: Path) -> None:
-    """Checked when each worker builds the app: the server stops with one JSON line naming the file."""
-    clients = tmp_path / "clients.json"
-    clients.write_text('{"clients": [{"jwks": {"keys": []}}]}')
+@pytest.mark.parametrize(
+    ("variable", "content"),
+    [
+        ("CDS_CLIENTS", '{"clients": [{"jwks": {"keys": []}}]}'),
+        ("CDS_SITE_CONFIG", '{"thresholdz": {"b12_elevated": 1000}}'),
+    ],
+)
+def test_a_bad_configuration_file_stops_serve_with_one_line_before_any_worker_starts(
+    variable: str, content: str, tmp_path: Path
+) -> None:
+    """Checked once in the master, not once per worker among gunicorn's shutdown lines."""
+    path = tmp_path / "config.json"
+    path.write_text(content)
     done = subprocess.run(
         [COMMAND, "serve", "--port", str(free_port()), "--workers", "2"],
         env=clean_env(
-            CDS_CLIENTS=str(clients),
+            **{variable: str(path)},
+            **({} if variable == "CDS_CLIENTS" else {"CDS_AUTH": "off"}),
             CDS_FEEDBACK_DB=str(tmp_path / "feedback.sqlite3"),
             CDS_STATE_DB=str(tmp_path / "state.sqlite3"),
             PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
@@ -208,9 +218,24 @@ def test_a_clients_file_that_does_not_hold_together_stops_serve_without_a_traceb
         text=True,
         timeout=60,
     )
-    assert done.returncode != 0
-    entries = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]
-    errors = [e for e in entries if e["message"].startswith("configuration error")]
-    assert errors and all("CDS_CLIENTS" in e["message"] for e in errors)
-    assert "Traceback" not in done.stderr
-    assert list((tmp_path / "metrics").iterdir()) == []
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"cds-service: configuration error: {variable}")
+    assert not (tmp_path / "feedback.sqlite3").exists(), "nothing is opened before the check"
+    assert not (tmp_path / "metrics").exists() or list((tmp_path / "metrics").iterdir()) == []
+
+
+@pytest.mark.parametrize(("value", "message"), [("abc", "WEB_CONCURRENCY='abc'"), ("0", "WEB_CONCURRENCY=0")])
+def test_a_bad_web_concurrency_is_a_usage_error_naming_it(value: str, message: str, tmp_path: Path) -> None:
+    """gunicorn reads WEB_CONCURRENCY with int() when imported: it must not crash every command."""
+    env = clean_env(WEB_CONCURRENCY=value)
+    helped = subprocess.run(
+        [COMMAND, "--help"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert helped.returncode == 0, helped.stderr
+    done = subprocess.run(
+        [COMMAND, "serve", "--port", "1"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
