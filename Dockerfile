@@ -2,7 +2,10 @@
 # The B12–iron CDS Hooks service, production image.
 #   docker build -t b12-iron-cds .
 #   docker run --read-only --tmpfs /tmp -v cds-data:/var/lib/cds-service -p 8080:8080 \
+#     -e CDS_PUBLIC_BASE_URL=https://cds.example.org \
 #     -e CDS_CLIENTS=/etc/cds/clients.json -v "$PWD/clients.json:/etc/cds/clients.json:ro" b12-iron-cds
+# CDS_PUBLIC_BASE_URL is the URL the EHR calls: tokens' aud is checked against it, and without it the
+# service would expect http://0.0.0.0:8080 and refuse every signed call.
 # For reproducible builds pin the base by digest as well (python:3.11.13-slim-bookworm@sha256:...).
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 

@@ -239,7 +239,8 @@ class Ehr:
             return
         if status == 401:
             hint = (
-                "the signed JWT was refused: check --iss, --kid and the key in the service's CDS_CLIENTS"
+                "the signed JWT was refused: check --iss, --kid and the key in the service's CDS_CLIENTS, "
+                "and that --service is the URL the service expects as the audience (its CDS_PUBLIC_BASE_URL)"
                 if self.key is not None
                 else "the service requires a signed JWT: give --signing-key PEM --iss ISS"
             )
