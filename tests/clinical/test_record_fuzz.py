@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from cds_service.clinical.engine import evaluate
 from tests.clinical.builders import CONFIG, NOW, PID, RXNORM, ago, condition, draft_b12, draft_lab, med, obs
+from tests.support.json_values import json_values
 
 ROOT = Path(__file__).resolve().parents[2] / "fhir_fixtures"
 
@@ -130,17 +131,7 @@ def test_every_element_replaced_by_every_odd_value(which: int) -> None:
 
 # --- random, deeper changes to the fixture patients ----------------------------------------------------
 
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**53), 2**53)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=3)
-    ),
-    max_leaves=12,
-)
+JSON_VALUES = json_values(max_leaves=12, text_size=20, key_size=10)
 
 
 def _load(path: Path) -> list[dict[str, Any]]:
@@ -162,5 +153,5 @@ def test_any_element_of_a_fixture_patient_replaced_by_anything(data: st.DataObje
     targets = resources + drafts
     target = targets[data.draw(st.integers(0, len(targets) - 1), label="resource")]
     path = data.draw(st.sampled_from(list(_paths(target))), label="path")
-    _replace(target, path, data.draw(json_values, label="value"))
+    _replace(target, path, data.draw(JSON_VALUES, label="value"))
     _evaluate_every_hook(resources, drafts, pid)

@@ -11,18 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.builders import SERVICE_FOR_HOOK, hook_body
+from tests.support.json_values import json_values
 
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**53), 2**53)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=30),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
-    ),
-    max_leaves=25,
-)
+JSON_VALUES = json_values(max_leaves=25)
 
 PATHS = [
     ("hook",),
@@ -58,7 +49,7 @@ def _set(body: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 
 
 @FUZZ
-@given(value=json_values)
+@given(value=JSON_VALUES)
 def test_arbitrary_json_bodies(client: FlaskClient, value: Any) -> None:
     response = client.post(
         "/cds-services/b12-iron-patient-view", data=orjson.dumps(value), content_type="application/json"
@@ -68,7 +59,7 @@ def test_arbitrary_json_bodies(client: FlaskClient, value: Any) -> None:
 
 
 @FUZZ
-@given(hook=st.sampled_from(list(SERVICE_FOR_HOOK)), path=st.sampled_from(PATHS), value=json_values)
+@given(hook=st.sampled_from(list(SERVICE_FOR_HOOK)), path=st.sampled_from(PATHS), value=JSON_VALUES)
 def test_one_field_replaced_by_anything(
     client: FlaskClient, hook: str, path: tuple[str, ...], value: Any
 ) -> None:
@@ -97,7 +88,7 @@ def test_one_field_replaced_by_anything(
                 "clinicalStatus",
             ]
         ),
-        json_values,
+        JSON_VALUES,
         max_size=8,
     )
 )
