@@ -22,6 +22,7 @@ from cds_service.fhir.read import (
     concept_label,
     first_code,
     parse_datetime,
+    patient_references,
     period_end,
     period_start,
     quantity,
@@ -290,10 +291,6 @@ class PatientRecord:
 # --- building -----------------------------------------------------------------------------------------
 
 
-def _own_references(patient_id: str) -> frozenset[str]:
-    return frozenset({f"Patient/{patient_id}", f"urn:uuid:{patient_id}"})
-
-
 def _subject_matches(resource: dict[str, Any], patient_id: str, own: frozenset[str] = frozenset()) -> bool:
     """False only when the resource names a different patient (resources without a subject are kept)."""
     for key in ("subject", "patient"):
@@ -502,7 +499,7 @@ def build_record(
     value_sets = config.value_sets
     analyte_codes = value_sets.analyte_codes
     fromisoformat = datetime.fromisoformat
-    own = _own_references(patient_id)
+    own = patient_references(patient_id)
     units = _UnitProblems()
     medications: dict[str, dict[str, Any]] = {}
     medication_records: list[dict[str, Any]] = []

@@ -129,6 +129,12 @@ def reference_id(reference: Any) -> tuple[str | None, str] | None:
     return (None, parts[-1])
 
 
+def patient_references(patient_id: str) -> frozenset[str]:
+    """The usual spellings of a reference to the patient, for a set lookup before ``refers_to`` parses:
+    ``Patient/<id>``, and ``urn:uuid:<id>`` as transaction Bundles write it."""
+    return frozenset({f"Patient/{patient_id}", f"urn:uuid:{patient_id}"})
+
+
 def refers_to(reference: Any, resource_type: str, resource_id: str) -> bool:
     """True when the reference can point at ``resource_type/resource_id`` (``urn:uuid:`` ids match by id)."""
     target = reference_id(reference)

@@ -19,7 +19,7 @@ from enum import Enum
 from typing import Any
 
 from cds_service.fhir.errors import is_failed_search
-from cds_service.fhir.read import next_link, refers_to
+from cds_service.fhir.read import next_link, patient_references, refers_to
 
 _TOKEN = re.compile(r"\{\{\s*(.*?)\s*\}\}")
 _USER_TOKENS = {
@@ -119,7 +119,7 @@ def classify(key: str, template: str, prefetch: Mapping[str, Any], patient_id: s
     if not is_search:
         if resource_type != wanted:
             return PrefetchItem(key, PrefetchState.JUNK, reason=f"expected {wanted}, got {resource_type}")
-        if not _belongs_to(value, patient_id, _own_references(patient_id)):
+        if not _belongs_to(value, patient_id, patient_references(patient_id)):
             return PrefetchItem(key, PrefetchState.JUNK, reason=f"the {wanted} is not the patient in context")
         return PrefetchItem(key, PrefetchState.USABLE, resource=value)
     if resource_type != "Bundle":
@@ -127,7 +127,7 @@ def classify(key: str, template: str, prefetch: Mapping[str, Any], patient_id: s
     entries = value.get("entry", [])
     if not isinstance(entries, list):
         return PrefetchItem(key, PrefetchState.JUNK, reason="Bundle.entry is not a list of entries")
-    own = _own_references(patient_id)
+    own = patient_references(patient_id)
     found = False
     for entry in entries:
         if not isinstance(entry, dict):
@@ -147,10 +147,6 @@ def classify(key: str, template: str, prefetch: Mapping[str, Any], patient_id: s
         reason = f"only the first page of a paged search was sent: {len(entries)} entries and a next link"
         return PrefetchItem(key, PrefetchState.PAGED, reason=reason)
     return PrefetchItem(key, PrefetchState.USABLE if found else PrefetchState.EMPTY, resource=value)
-
-
-def _own_references(patient_id: str) -> frozenset[str]:
-    return frozenset({f"Patient/{patient_id}", f"urn:uuid:{patient_id}"})
 
 
 def _belongs_to(resource: Mapping[str, Any], patient_id: str, own: frozenset[str]) -> bool:
