@@ -93,7 +93,7 @@ class Result:
         factor = unit_factor(self.analyte, reading[1])
         if factor is None or factor[0] == 1.0:
             return None
-        return f"{number(reading[0])} {reading[1]}"
+        return f"{reading[2] or ''}{number(reading[0])} {reading[1]}"
 
     def lab_flag(self) -> str | None:
         """The lab's own high/low interpretation: "H", "L" or None."""

@@ -373,6 +373,10 @@ def test_converted_values_are_quoted_unrounded_with_what_the_lab_reported() -> N
     )
     assert "199.92 pg/mL (reported as 147.5 pmol/L) on " in finding.detail
     assert "**12 ng/mL on " in finding.detail  # not converted: nothing to add
+    below = by_topic(
+        run(obs("b12", "<110 pmol/L", 5), obs("ferritin", 12, 5)), "combined-b12-iron-deficiency"
+    )
+    assert "<149.09 pg/mL (reported as <110 pmol/L) on " in below.detail
 
 
 def test_lab_orders_carry_no_unverified_category_code() -> None:
