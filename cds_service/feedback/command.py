@@ -17,44 +17,14 @@ from urllib.parse import unquote, urlsplit
 import click
 
 from cds_service.config import load_settings, load_site_config, parse_rfc3339
-from cds_service.feedback.dialects import (
-    BUSY_TIMEOUT_MS,
-    Dialect,
-    PostgresDialect,
-    SQLiteDialect,
-    dialect_for,
-)
+from cds_service.feedback.dialects import dialect_for
 from cds_service.feedback.report import OfferedReasons, build_report, format_text, offered_reasons
-from cds_service.feedback.store import FeedbackStore
+from cds_service.feedback.store import TABLE_NAMES, FeedbackStore
 from cds_service.protocol.cards import (
     DEFAULT_OVERRIDE_REASONS,
     OVERRIDE_REASON_SYSTEM,
     parse_override_reasons,
 )
-
-FEEDBACK_TABLES = ("cds_issued_card", "cds_feedback")
-
-
-class ReadOnlySQLite(SQLiteDialect):
-    """A SQLite store opened with `mode=ro`: no file is created, no journal mode or pragma is changed."""
-
-    def connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(
-            f"{self.path.resolve().as_uri()}?mode=ro",
-            uri=True,
-            timeout=BUSY_TIMEOUT_MS / 1000,
-            isolation_level=None,
-            check_same_thread=False,
-        )
-
-
-class ReadOnlyPostgres(PostgresDialect):
-    """A PostgreSQL store whose transactions are all `READ ONLY`."""
-
-    def connect(self) -> Any:
-        conn = super().connect()
-        conn.read_only = True
-        return conn
 
 
 def _store_errors() -> tuple[type[Exception], ...]:
@@ -64,20 +34,6 @@ def _store_errors() -> tuple[type[Exception], ...]:
     except ImportError:
         return (sqlite3.Error, RuntimeError)
     return (sqlite3.Error, RuntimeError, psycopg.Error)
-
-
-def _present_tables(dialect: Dialect) -> set[str]:
-    conn = dialect.connect()
-    try:
-        if isinstance(dialect, PostgresDialect):
-            query = "SELECT name FROM unnest(%s::text[]) AS name WHERE to_regclass(name) IS NOT NULL"
-            rows = conn.execute(query, (list(FEEDBACK_TABLES),)).fetchall()
-        else:
-            query = "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN (?, ?)"
-            rows = conn.execute(query, FEEDBACK_TABLES).fetchall()
-    finally:
-        conn.close()
-    return {row[0] for row in rows}
 
 
 def _passwords_in(url: str) -> list[str]:
@@ -106,30 +62,26 @@ def read_report(url: str, since: datetime | None, offered: OfferedReasons) -> di
     wrong --db reads as a wrong --db rather than as a traceback."""
     if "://" not in url and not Path(url).is_file():
         raise click.ClickException(f"no feedback store at {url} (set CDS_FEEDBACK_DB or pass --db)")
-    dialect: Dialect = ReadOnlySQLite(url)
-    if isinstance(dialect_for(url), PostgresDialect):
-        try:
-            urlsplit(url)
-        except ValueError as error:  # the message names the flaw, never the URL or its password
-            raise click.ClickException(f"the feedback store URL is malformed: {error}") from None
-        dialect = ReadOnlyPostgres(url)
     try:
-        present = _present_tables(dialect)
+        urlsplit(url)
+    except ValueError as error:  # the message names the flaw, never the URL or its password
+        raise click.ClickException(f"the feedback store URL is malformed: {error}") from None
+    store = FeedbackStore.open_for_reading(url)
+    try:
+        present = store.present_tables()
         if not present:
             return build_report([], [], since=since, offered=offered)
-        if present != set(FEEDBACK_TABLES):
-            missing = ", ".join(sorted(set(FEEDBACK_TABLES) - present))
-            raise click.ClickException(f"{dialect.describe()} is not a complete feedback store: no {missing}")
-        store = FeedbackStore(dialect)
-        try:
-            return store.report(since=since, offered=offered)
-        finally:
-            store.close()
+        if present != set(TABLE_NAMES):
+            missing = ", ".join(sorted(set(TABLE_NAMES) - present))
+            raise click.ClickException(f"{store.describe()} is not a complete feedback store: no {missing}")
+        return store.report(since=since, offered=offered)
     except _store_errors() as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise click.ClickException(
-            _without_passwords(f"cannot read the feedback store ({dialect.describe()}): {reason}", url)
+            _without_passwords(f"cannot read the feedback store ({store.describe()}): {reason}", url)
         ) from None
+    finally:
+        store.close()
 
 
 def _store_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

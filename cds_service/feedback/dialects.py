@@ -9,7 +9,7 @@ strings orders them in time and the same code filters `--since` on either databa
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,6 +39,8 @@ class Dialect(Protocol):
 
     def writable(self, conn: Any) -> bool: ...
 
+    def existing_tables(self, conn: Any, names: Sequence[str]) -> set[str]: ...
+
     def describe(self) -> str: ...
 
 
@@ -50,10 +52,20 @@ class SQLiteDialect:
     name = "sqlite"
     id_column = "INTEGER PRIMARY KEY"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, read_only: bool = False) -> None:
         self.path = Path(path)
+        self.read_only = read_only
 
     def connect(self) -> sqlite3.Connection:
+        if self.read_only:
+            # mode=ro: no file created, no journal mode or other setting changed (a report only reads).
+            return sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
         if str(self.path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(
@@ -96,6 +108,11 @@ class SQLiteDialect:
         conn.execute("ROLLBACK")
         return True
 
+    def existing_tables(self, conn: sqlite3.Connection, names: Sequence[str]) -> set[str]:
+        marks = ", ".join("?" * len(names))
+        query = f"SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ({marks})"  # noqa: S608
+        return {row[0] for row in conn.execute(query, tuple(names)).fetchall()}
+
     def describe(self) -> str:
         return f"SQLite file {self.path}"
 
@@ -107,8 +124,9 @@ class PostgresDialect:
     id_column = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
     _SCHEMA_LOCK_KEY = 0x0B12_F00D
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, read_only: bool = False) -> None:
         self.url = url
+        self.read_only = read_only
 
     def connect(self) -> Any:
         try:
@@ -118,7 +136,9 @@ class PostgresDialect:
                 "CDS_FEEDBACK_DB is a postgresql:// URL but psycopg is not installed; "
                 "install the 'postgres' extra: pip install 'b12-iron-cds[postgres]'"
             ) from None
-        return psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+        conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+        conn.read_only = self.read_only
+        return conn
 
     def sql(self, statement: str) -> str:
         return statement.replace("?", "%s")
@@ -139,6 +159,10 @@ class PostgresDialect:
         row = conn.execute("SHOW transaction_read_only").fetchone()
         return row is not None and row[0] == "off"
 
+    def existing_tables(self, conn: Any, names: Sequence[str]) -> set[str]:
+        query = "SELECT name FROM unnest(%s::text[]) AS name WHERE to_regclass(name) IS NOT NULL"
+        return {row[0] for row in conn.execute(query, (list(names),)).fetchall()}
+
     def describe(self) -> str:
         """Host and database name, never the credentials in the URL."""
         parts = urlsplit(self.url)
@@ -146,10 +170,12 @@ class PostgresDialect:
         return f"PostgreSQL database {parts.path.lstrip('/') or '(default)'} on {host}"
 
 
-def dialect_for(url: str) -> Dialect:
-    """`postgresql://` (or `postgres://`) URLs go to PostgreSQL; anything else is a SQLite path."""
+def dialect_for(url: str, *, read_only: bool = False) -> Dialect:
+    """`postgresql://` (or `postgres://`) URLs go to PostgreSQL; anything else is a SQLite path.
+
+    ``read_only`` connections create and change nothing (the feedback report)."""
     if url.startswith(("postgresql://", "postgres://")):
-        return PostgresDialect(url)
+        return PostgresDialect(url, read_only=read_only)
     if "://" in url:
         raise ValueError(f"unsupported feedback store URL scheme in {url.split('://')[0]!r}")
-    return SQLiteDialect(url)
+    return SQLiteDialect(url, read_only=read_only)

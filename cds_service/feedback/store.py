@@ -29,6 +29,8 @@ T = TypeVar("T")
 IssuedRow = tuple[str, str, str, datetime]
 """(service id, card uuid, topic, issued at)."""
 
+TABLE_NAMES = ("cds_issued_card", "cds_feedback")
+
 _TABLES = (
     """CREATE TABLE IF NOT EXISTS cds_issued_card (
         service_id TEXT NOT NULL,
@@ -116,8 +118,18 @@ class FeedbackStore:
         store._create_tables()
         return store
 
+    @classmethod
+    def open_for_reading(cls, url: str) -> FeedbackStore:
+        """A store that creates nothing and writes nothing: a report must not change the database it
+        reads, nor create one at a mistyped path."""
+        return cls(dialect_for(url, read_only=True))
+
     def describe(self) -> str:
         return self._dialect.describe()
+
+    def present_tables(self) -> set[str]:
+        """Which of the store's tables exist (none in a database the service never wrote to)."""
+        return self._run(lambda cursor: self._dialect.existing_tables(cursor, TABLE_NAMES), write=False)
 
     def add_feedback(self, service_id: str, items: Sequence[FeedbackItem]) -> int:
         """Store the items in one transaction, committed before returning; how many were new."""
