@@ -21,7 +21,7 @@ import click
 import orjson
 import requests
 
-from cds_service.devtools.fire import HTTP_URL
+from cds_service.cli_types import HTTP_URL
 from cds_service.fhir.bundles import resolve_full_urls, stored_as
 from cds_service.fhir.dates import full_date, shift_dates
 from cds_service.fhir.errors import exception_reason, http_error_reason

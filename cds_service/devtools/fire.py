@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import click
 import jwt
@@ -27,6 +26,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from cds_service.cli_types import HTTP_URL
 from cds_service.devtools.bundles import BundleError, load_draft_orders
 from cds_service.devtools.hookrequest import HOOKS, ORDER_HOOKS, hook_context, hook_request, service_for_hook
 from cds_service.devtools.render import render_response
@@ -42,35 +42,6 @@ _FHIR_HEADERS = {"Accept": "application/fhir+json"}
 
 class FireError(click.ClickException):
     """A one-line failure of the simulated EHR call."""
-
-
-class HttpUrl(click.ParamType):
-    """An http(s) URL with a host, checked when the options are read.
-
-    A base URL without a scheme (``localhost:8080``) or with another one would otherwise fail only at the
-    first request, as a library error per call; ``fire`` and ``load-fixtures`` share this so that mistake
-    is one usage error before anything runs.
-    """
-
-    name = "url"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        text = str(value)
-        try:
-            parts = urlsplit(text)
-            usable = (
-                parts.scheme in ("http", "https")
-                and bool(parts.hostname)
-                and (parts.port is None or parts.port > 0)
-            )
-        except ValueError:  # a malformed IPv6 host, or a port that is not a number up to 65535
-            usable = False
-        if not usable:
-            self.fail(f"{text!r} is not an http(s) URL", param, ctx)
-        return text
-
-
-HTTP_URL = HttpUrl()
 
 
 class Seconds(click.FloatRange):

@@ -1,0 +1,37 @@
+"""Click parameter types that more than one `cds-service` command uses."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+
+
+class HttpUrl(click.ParamType):
+    """An http(s) URL with a host, checked when the options are read.
+
+    A base URL without a scheme (``localhost:8080``) or with another one would otherwise fail only at the
+    first request, as a library error per call; ``fire`` and ``load-fixtures`` share this so that mistake
+    is one usage error before anything runs.
+    """
+
+    name = "url"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        try:
+            parts = urlsplit(text)
+            usable = (
+                parts.scheme in ("http", "https")
+                and bool(parts.hostname)
+                and (parts.port is None or parts.port > 0)
+            )
+        except ValueError:  # a malformed IPv6 host, or a port that is not a number up to 65535
+            usable = False
+        if not usable:
+            self.fail(f"{text!r} is not an http(s) URL", param, ctx)
+        return text
+
+
+HTTP_URL = HttpUrl()
