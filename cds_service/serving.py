@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from click.core import ParameterSource
 
 from cds_service.config import ConfigError, Settings, load_settings
 from cds_service.observability import MULTIPROC_ENV
@@ -192,15 +191,7 @@ def _fresh_metrics_dir() -> str:
     return tempfile.mkdtemp(prefix="cds-metrics-", dir=parent)
 
 
-def _workers(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    """--workers or WEB_CONCURRENCY as a number of workers; an error names whichever was given."""
-    if value is None:
-        return None
-    given = (
-        "WEB_CONCURRENCY"
-        if ctx.get_parameter_source("workers") is ParameterSource.ENVIRONMENT
-        else "--workers"
-    )
+def _worker_count(given: str, value: str) -> int:
     try:
         workers = int(value)
     except ValueError:
@@ -210,13 +201,23 @@ def _workers(ctx: click.Context, param: click.Parameter, value: str | None) -> i
     return workers
 
 
+def _workers(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """--workers, else WEB_CONCURRENCY, as a number of workers; an error names whichever was given.
+
+    The variable is read here rather than through click's envvar: click before 8.5 records where a
+    value came from only after its callback has run, so the error could not say which one was wrong."""
+    if value is not None:
+        return _worker_count("--workers", value)
+    from_environment = os.environ.get("WEB_CONCURRENCY")
+    return _worker_count("WEB_CONCURRENCY", from_environment) if from_environment else None
+
+
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
 @click.option(
     "--workers",
     callback=_workers,
-    envvar="WEB_CONCURRENCY",
     help=f"Worker processes [default: 2 × CPUs + 1, at most {MAX_DEFAULT_WORKERS}; env WEB_CONCURRENCY].",
 )
 @click.option(
