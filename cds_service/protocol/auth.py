@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,9 @@ from cds_service.protocol.jti_store import ReplayStoreError, open_replay_store
 log = logging.getLogger(__name__)
 
 LEEWAY_S = 60
+# CDS Hooks: a client sets exp "no more than 5 minutes in the future". A longer-lived token would widen
+# the window in which a stolen one works, and make the replay store keep its jti for as long.
+MAX_LIFETIME_S = 300
 MAX_TOKEN_CHARS = 16 * 1024
 MAX_JTI_CHARS = 256
 REQUIRED_CLAIMS = ("iss", "aud", "exp", "iat", "jti")
@@ -126,6 +130,7 @@ class Authenticator:
 
         audience = self._base_url + "/" + path.lstrip("/")
         claims = _verified_claims(token, verifier, alg, audience.rstrip("/"), client.iss)
+        _check_lifetime(claims)
         tenant = _checked_tenant(claims.get("tenant"), client.tenants, client.iss)
         self._use_once(client.iss, claims)
         log.debug("authenticated %s for %s", client.iss, path)
@@ -188,6 +193,20 @@ def _verified_claims(token: str, key: jwt.PyJWK, alg: str, audience: str, iss: s
             if isinstance(error, kind):
                 raise AuthError(reason) from None
         raise AuthError(f"the token is invalid ({type(error).__name__})") from None
+
+
+def _check_lifetime(claims: dict[str, Any], now: float | None = None) -> None:
+    """exp and iat as JSON numbers, and exp at most MAX_LIFETIME_S (plus the clock leeway) from now.
+
+    PyJWT has already refused an expired or future-issued token, but it also takes ``"exp": "1e12"``
+    (a string) and any expiry however distant."""
+    for claim in ("exp", "iat"):
+        value = claims[claim]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise AuthError(f"{claim} is not a number (NumericDate)")
+    current = time.time() if now is None else now
+    if claims["exp"] > current + MAX_LIFETIME_S + LEEWAY_S:
+        raise AuthError(f"exp lies more than {MAX_LIFETIME_S} seconds ahead: tokens must be short-lived")
 
 
 def _checked_tenant(tenant: object, allowed: tuple[str, ...], iss: str) -> str | None:

@@ -278,3 +278,34 @@ def test_describe_names_clients_and_store(authenticator: Authenticator, ec_signe
     assert ec_signer.iss in text
     assert str(tmp_path / "state.sqlite3") in text
     assert "SQLite" in text
+
+
+def test_a_token_living_longer_than_five_minutes_is_refused(
+    authenticator: Authenticator, ec_signer: Signer
+) -> None:
+    """CDS Hooks caps exp at 5 minutes ahead: a year-long token would work for a year if stolen, and its
+    jti would sit in the replay store for as long."""
+    now = int(time.time())
+    assert "exp lies more than 300 seconds ahead" in refused(
+        authenticator, bearer(ec_signer.token(exp=now + 365 * 86400))
+    )
+    assert "exp lies more than 300 seconds ahead" in refused(
+        authenticator, bearer(ec_signer.token(exp=now + 420))
+    )
+
+
+def test_five_minutes_and_the_clock_leeway_are_accepted(
+    authenticator: Authenticator, ec_signer: Signer
+) -> None:
+    """A client whose clock runs a little ahead still gets through, like the leeway on exp and iat."""
+    now = int(time.time())
+    assert authenticator.authenticate(bearer(ec_signer.token(exp=now + 350)), SIGN_PATH).iss == ec_signer.iss
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat"])
+def test_a_numeric_date_given_as_a_string_is_refused(
+    authenticator: Authenticator, ec_signer: Signer, claim: str
+) -> None:
+    """PyJWT converts ``"exp": "1764000000"`` with int(); the JWT standard says NumericDate is a number."""
+    value = str(int(time.time()) + (200 if claim == "exp" else 0))
+    assert f"{claim} is not a number" in refused(authenticator, bearer(ec_signer.token(**{claim: value})))
