@@ -14,6 +14,7 @@ from cds_service.clinical.rules.common import (
     deficiency_explains_b12,
     ferritin_high,
     fmt,
+    literal_names,
     not_recently_done,
     order_labs,
     starting_b12,
@@ -50,7 +51,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     )
     tsat, _ = tsat_near(record, ferritin.when)
     lines = [
-        f"This order starts B12 ({', '.join(d.name for d in drafts)}), but:",
+        f"This order starts B12 ({literal_names(d.name for d in drafts)}), but:",
         "",
         f"- Vitamin B12 **{b12.quoted()}** is not deficient (compared with {b12_basis}).",
         f"- Ferritin **{ferritin.quoted()}** is high (compared with {basis})"

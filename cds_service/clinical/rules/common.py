@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,6 +34,26 @@ def day(moment: datetime) -> str:
 
 def fmt(value: float) -> str:
     return f"{value:g}"
+
+
+# What opens inline Markdown in running text: links and images, emphasis, code, raw HTML and autolinks,
+# entities, strikethrough and table cells.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>&~|])")
+
+
+def literal(text: str) -> str:
+    """EHR text (a medicine's or a diagnosis's name) as Markdown that shows exactly that text, on one line.
+
+    Names come from the EHR's records and reach the clinician inside a card's Markdown detail. Unescaped,
+    a name holding ``[...](...)`` or ``![](...)`` would render as a link or an image fetched from anywhere,
+    ``<...>`` as HTML, ``*`` or ``_`` as emphasis the service never wrote, and a line break could start a
+    heading or a list item of its own."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(text.split()))
+
+
+def literal_names(names: Iterable[str]) -> str:
+    """Several EHR names for a card's detail, each made literal, comma-separated."""
+    return ", ".join(literal(name) for name in names)
 
 
 def day_after(moment: datetime) -> datetime:
@@ -161,7 +182,7 @@ def deficiency_explains_b12(record: PatientRecord) -> str | None:
     """
     names = record.has_condition(codes.B12_DEFICIENCY, include_controlled=True)
     if names:
-        return f"a recorded diagnosis of {names[0]}"
+        return f"a recorded diagnosis of {literal(names[0])}"
     course = record.course(codes.B12_THERAPY)
     if course is not None and course.ongoing:
         before = record.before("b12", course.start)

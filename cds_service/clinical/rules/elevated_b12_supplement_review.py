@@ -14,6 +14,7 @@ from cds_service.clinical.rules.common import (
     deficiency_explains_b12,
     elevated_latest_b12,
     fmt,
+    literal_names,
     supplement_review_actions,
 )
 
@@ -30,7 +31,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     if not products:
         return None
     t = record.config.thresholds
-    names = ", ".join(p.name for p in products)
+    names = literal_names(p.name for p in products)
     lines = [
         f"Vitamin B12 **{b12.quoted()}** is elevated (compared with {basis}).",
         f"B12 product(s) {'being ordered' if focus is not None else 'on file'}: {names}.",

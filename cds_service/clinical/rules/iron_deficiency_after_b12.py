@@ -18,6 +18,7 @@ from cds_service.clinical.rules.common import (
     day_after,
     haemoglobin_line,
     iron_status,
+    literal_names,
 )
 
 TOPIC = "iron-deficiency-after-b12"
@@ -40,8 +41,8 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         return None
     before = record.before("ferritin", treated)
     lines = [
-        f"B12 therapy ({', '.join(course.names)}) started on {day(course.start)}. Iron studies taken after "
-        "that day show iron deficiency:",
+        f"B12 therapy ({literal_names(course.names)}) started on {day(course.start)}. Iron studies taken "
+        "after that day show iron deficiency:",
         "",
         *status.lines(),
         *haemoglobin_line(record, status.ferritin.when),
@@ -66,7 +67,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     ]
     if iron:
         lines.append(
-            f"- Iron therapy on file: {', '.join(m.name for m in iron)} — check adherence and absorption."
+            f"- Iron therapy on file: {literal_names(m.name for m in iron)} — check adherence and absorption."
         )
     lines += ["", "Sources: Solmaz et al. 2015; BSH 2014 (Devalia); AGA 2020 iron deficiency guideline."]
     return Finding(

@@ -18,6 +18,7 @@ from cds_service.clinical.rules.common import (
     focus_products,
     haemoglobin_line,
     iron_deficiency_near,
+    literal_names,
     not_recently_done,
     order_labs,
     supplement_review_actions,
@@ -78,7 +79,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     elif products:
         lines.append(
             "- B12 product(s): "
-            + ", ".join(p.name for p in products)
+            + literal_names(p.name for p in products)
             + ". Review them: stop if not needed and "
             "re-measure B12 in about 3 months."
         )

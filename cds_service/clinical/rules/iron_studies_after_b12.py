@@ -20,6 +20,7 @@ from cds_service.clinical.rules.common import (
     elevated_before_b12,
     fmt,
     iron_studies_cover,
+    literal_names,
     order_labs,
     starting_b12,
 )
@@ -39,8 +40,8 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
             return None
         start, names, results_since = course.start, course.names, day_after(course.start)
         context = (
-            f"A B12 course ({', '.join(names)}) started on {day(start)}, {age} days ago; no ferritin with "
-            "transferrin saturation has been resulted after that day, or ordered or drafted."
+            f"A B12 course ({literal_names(names)}) started on {day(start)}, {age} days ago; no ferritin "
+            "with transferrin saturation has been resulted after that day, or ordered or drafted."
         )
     else:
         drafts, start = starting_b12(record, focus)
@@ -49,8 +50,8 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         results_since = record.now - timedelta(days=t.iron_studies_fresh_days)
         names = tuple(d.name for d in drafts)
         context = (
-            f"This order starts B12 therapy ({', '.join(names)}); no ferritin with transferrin saturation "
-            f"is drafted, pending, or resulted in the last {t.iron_studies_fresh_days} days."
+            f"This order starts B12 therapy ({literal_names(names)}); no ferritin with transferrin "
+            f"saturation is drafted, pending, or resulted in the last {t.iron_studies_fresh_days} days."
         )
         if start < record.now:
             context += f" The current B12 course began on {day(start)}."
