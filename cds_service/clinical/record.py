@@ -126,11 +126,11 @@ class Result:
         if high is not None:
             return (
                 self.value > high or (self.value == high and self.comparator == ">"),
-                f"the laboratory's upper reference limit of {high:.0f} {self.unit}",
+                f"the laboratory's upper reference limit of {number(high)} {self.unit}",
             )
         return (
             self.value > default or (self.value == default and self.comparator == ">"),
-            f"the default upper limit of {default:.0f} {self.unit}",
+            f"the default upper limit of {number(default)} {self.unit}",
         )
 
     def is_low(self, default: float) -> tuple[bool, str]:
@@ -142,11 +142,11 @@ class Result:
         if low is not None:
             return (
                 self.value < low or (self.value == low and self.comparator == "<"),
-                f"the laboratory's lower reference limit of {low:.0f} {self.unit}",
+                f"the laboratory's lower reference limit of {number(low)} {self.unit}",
             )
         return (
             self.value < default or (self.value == default and self.comparator == "<"),
-            f"the threshold of {default:.0f} {self.unit}",
+            f"the threshold of {number(default)} {self.unit}",
         )
 
 

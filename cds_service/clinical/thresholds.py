@@ -18,8 +18,10 @@ class Thresholds:
     b12_borderline_upper: float = 300.0
     # ARUP and Mayo upper reference limit, used when the lab gives no range of its own.
     b12_elevated: float = 914.0
-    # Arendt & Nexo 2012: > 1000 pmol/L (1355 pg/mL) is strongly associated with liver disease and cancer.
-    b12_very_high: float = 1355.0
+    # Arendt & Nexo 2012: > 1000 pmol/L is strongly associated with liver disease and cancer. 1000 pmol/L is
+    # 1355.37 pg/mL exactly (the units table's factor): rounded to 1355, a result of exactly 1000 pmol/L
+    # would read as above the limit the source sets.
+    b12_very_high: float = 1355.37
     # Ferritin < 30 ng/mL confirms iron deficiency without inflammation (BSH / UK practice; AGA 2020 uses 45).
     ferritin_deficient: float = 30.0
     # With inflammation (CRP above the threshold below), ferritin < 100 ng/mL is compatible with deficiency.

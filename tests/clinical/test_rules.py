@@ -383,3 +383,27 @@ def test_lab_orders_carry_no_unverified_category_code() -> None:
     finding = by_topic(run(med(CYANO, 60)), "iron-studies-after-b12")
     for action in actions(finding):
         assert action.resource["category"] == [{"text": "Laboratory"}]
+
+
+def test_very_high_b12_is_above_1000_pmol_per_litre_as_its_source_says() -> None:
+    """Arendt & Nexo's limit is > 1000 pmol/L; a result of exactly that is high but not very high."""
+    exactly = by_topic(run(obs("b12", 1000, 10, unit="pmol/L")), "elevated-b12-no-supplement")
+    assert exactly.indicator == "info"
+    above = by_topic(run(obs("b12", 1000.5, 10, unit="pmol/L")), "elevated-b12-no-supplement")
+    assert above.indicator == "warning" and "Above 1355.37 pg/mL (1000 pmol/L)" in above.detail
+
+
+def test_a_laboratory_limit_is_quoted_as_the_laboratory_gave_it() -> None:
+    """Rounded to 1246, a limit of 1245.6 would make a result of 1245.8 read as below the limit it exceeds."""
+    ranged = obs("b12", 1245.8, 10, referenceRange=[{"high": {"value": 1245.6, "unit": "pg/mL"}}])
+    finding = by_topic(run(ranged), "elevated-b12-no-supplement")
+    assert "upper reference limit of 1245.6 pg/mL" in finding.detail
+
+
+def test_the_summary_quotes_the_value_unrounded_with_its_comparator() -> None:
+    statement = med(MULTIVITAMIN, 200, kind="MedicationStatement")
+    high = obs("b12", None, 10, valueQuantity={"value": 2000, "comparator": ">", "unit": "pg/mL"})
+    finding = by_topic(run(high, statement), "elevated-b12-supplement-review")
+    assert finding.summary.startswith("B12 is already high (>2000 pg/mL)")
+    precise = by_topic(run(obs("b12", 1250.5, 10), statement), "elevated-b12-supplement-review")
+    assert precise.summary.startswith("B12 is already high (1250.5 pg/mL)")

@@ -8,7 +8,7 @@ pernicious anaemia explains injections: levels are expected to be high then and 
 from __future__ import annotations
 
 from cds_service.clinical.findings import Finding
-from cds_service.clinical.record import MedicationEntry, PatientRecord
+from cds_service.clinical.record import MedicationEntry, PatientRecord, number
 from cds_service.clinical.rules.common import (
     SOURCE_LABEL,
     deficiency_explains_b12,
@@ -55,11 +55,12 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
             "alcohol misuse and cancer (Arendt & Nexo 2012) — consider that if it stays high off supplements."
         )
     lines += ["", "Sources: ARUP and Mayo reference limits; Arendt & Nexo, PLoS One 2012."]
+    shown = f"{b12.comparator or ''}{number(b12.value)} {b12.unit}"
     verb = "reconsider this B12 order" if focus is not None else "review B12 supplements"
     return Finding(
         topic=TOPIC,
         indicator="warning",
-        summary=f"B12 is already high ({b12.value:.0f} pg/mL): {verb}; stop if not needed",
+        summary=f"B12 is already high ({shown}): {verb}; stop if not needed",
         detail="\n".join(lines),
         source_label=SOURCE,
         proposals=proposals,
