@@ -391,6 +391,12 @@ class FhirClient:
                 raw = self._read_body(call, url, response)
             finally:
                 response.close()
+        except requests.exceptions.ConnectTimeout:
+            # The connect timeout is shorter than the budget: a server that never accepts is a different
+            # fault (down, firewalled, overloaded) from one that accepts and then answers too slowly.
+            if call.remaining() <= _MIN_ATTEMPT_S:
+                raise _Failure(call.timeout_reason(url)) from None
+            raise _Failure(f"no connection to {url} within {self.connect_timeout_s * 1000:.0f} ms") from None
         except (requests.exceptions.Timeout, TimeoutError):
             raise _Failure(call.timeout_reason(url)) from None
         except requests.exceptions.RequestException as exc:

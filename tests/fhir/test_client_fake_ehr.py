@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import time
+from collections.abc import Iterator
+
 import pytest
 
 from cds_service.fhir.client import FhirClient
@@ -201,3 +205,48 @@ def test_a_search_warning_is_passed_on_with_the_results(fhir_client: FhirClient)
     assert outcome.ok
     assert [e["resource"]["id"] for e in outcome.resource["entry"]] == ["o1"]
     assert outcome.warnings == ("server said: too costly",)
+
+
+@pytest.fixture
+def unaccepting_server() -> Iterator[str]:
+    """A listener whose accept queue is full, so the kernel drops new SYNs: the connection never opens,
+    as with a server that is down behind a firewall that drops packets, or overloaded."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = [socket.socket() for _ in range(4)]
+    for filler in fillers:
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+    time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/fhir"
+    for sock in (*fillers, listener):
+        sock.close()
+
+
+def test_a_server_that_never_accepts_is_reported_as_unreachable_not_slow(unaccepting_server: str) -> None:
+    """The connect timeout (300 ms here) is shorter than the budget: the reason names it, so an operator
+    looks at the network, not at the FHIR server's speed."""
+    client = FhirClient(connect_timeout_s=0.3)
+    try:
+        started = time.monotonic()
+        outcome = client.fetch_all(
+            unaccepting_server, {"patient": "Patient/p1"}, authorization=None, budget_ms=2000
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        client.close()
+    assert outcome["patient"].error == f"no connection to {unaccepting_server}/Patient/p1 within 300 ms"
+    assert 0.29 <= elapsed < 1.5
+
+
+def test_a_budget_shorter_than_the_connect_timeout_is_reported_as_the_budget(unaccepting_server: str) -> None:
+    client = FhirClient(connect_timeout_s=1.0)
+    try:
+        outcome = client.fetch_all(
+            unaccepting_server, {"patient": "Patient/p1"}, authorization=None, budget_ms=300
+        )
+    finally:
+        client.close()
+    assert outcome["patient"].error.startswith("timeout after 300 ms")
