@@ -411,11 +411,10 @@ def _search_content(value: Any) -> Any:
     """What a prefetch value says about the patient: a searchset Bundle's resources, in order, without its
     envelope. An EHR runs the prefetch again for order-sign, and servers give every search result a new
     Bundle ``id``, ``meta.lastUpdated`` and paging links, so hashing the envelope would make every
-    order-sign miss. Any change to a resource still changes the key."""
-    if (
-        isinstance(value, dict)
-        and value.get("resourceType") == "Bundle"
-        and isinstance(value.get("entry"), list)
-    ):
-        return [entry.get("resource") if isinstance(entry, dict) else entry for entry in value["entry"]]
+    order-sign miss. An empty search has no ``entry`` at all (the common case for administrations or
+    conditions) and reads as no resources. Any change to a resource still changes the key."""
+    if isinstance(value, dict) and value.get("resourceType") == "Bundle":
+        entries = value.get("entry", [])
+        if isinstance(entries, list):
+            return [entry.get("resource") if isinstance(entry, dict) else entry for entry in entries]
     return value

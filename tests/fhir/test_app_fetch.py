@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,10 @@ from cds_service.devtools.bundles import load_patient_bundle
 from cds_service.devtools.offline import OfflineFhirServer
 from cds_service.fhir.client import FhirClient
 from cds_service.loader import to_transaction
+from cds_service.observability import CallTrace
 from cds_service.protocol.prefetch import render_template
 from cds_service.protocol.request import RequestError
+from cds_service.run_ahead import RunAheadCache
 from cds_service.services import build_handler
 from tests.builders import REPO, SERVICE_FOR_HOOK, SMART_PATIENTS, assert_valid_response, cyanocobalamin_draft
 from tests.live import serving
@@ -533,3 +536,67 @@ def test_served_instance_fetches_in_parallel_and_keeps_its_budget(
     assert stalled.status_code == 412
     assert "timeout after 600 ms" in _diagnostics(stalled.json())
     assert 0.6 <= stalled_elapsed < 0.6 + 0.5
+
+
+def _ehr_prefetch(templates: dict[str, str], context: dict[str, Any], fhir_base: str) -> dict[str, Any]:
+    """What an EHR sends: each prefetch template rendered and run against its FHIR server, as answered."""
+    prefetch = {}
+    for key, template in templates.items():
+        answer = requests.get(f"{fhir_base}/{render_template(template, context)}", timeout=30)
+        assert answer.status_code == 200, (key, answer.text[:300])
+        prefetch[key] = answer.json()
+    return prefetch
+
+
+def test_order_sign_after_order_select_is_answered_from_memory_through_a_real_server(
+    settings: Settings, fhir_server: SekmetServer, proxy: DelayProxy, fhir_base: str
+) -> None:
+    """Run-ahead end to end: the EHR runs the prefetch searches against sekmet for order-select and
+    again for order-sign. The server answers the second time with new searchset envelopes; the resources
+    are the same, so order-sign is answered from memory with the cards a fresh evaluation gives. A result
+    added in between is a miss."""
+    record = load_patient_bundle(SUPPLEMENT_FIXTURE)
+    _put_on_server(fhir_server, list(record.resources))
+    at = settings.with_overrides(now=record.timestamp)
+    handler = build_handler(at, run_ahead=RunAheadCache(at))
+    fresh = build_handler(at)
+    templates = {entry["hook"]: entry["prefetch"] for entry in handler.discovery_document()["services"]}
+    select_context = _context("order-select", record.patient_id)
+    sign_context = {k: v for k, v in select_context.items() if k != "selections"}
+
+    def call(hook: str, context: dict[str, Any], on: Any = handler) -> tuple[dict[str, Any], CallTrace, dict]:
+        prefetch = _ehr_prefetch(templates[hook], context, fhir_base)
+        body = {"hook": hook, "hookInstance": str(uuid.uuid4()), "fhirServer": fhir_base, "context": context}
+        trace = CallTrace(service=SERVICE_FOR_HOOK[hook])
+        return on.handle(SERVICE_FOR_HOOK[hook], {**body, "prefetch": prefetch}, trace=trace), trace, prefetch
+
+    selected, _, select_prefetch = call("order-select", select_context)
+    signed, sign_trace, sign_prefetch = call("order-sign", sign_context)
+    expected, _, _ = call("order-sign", sign_context, on=fresh)
+
+    assert _topics(selected["cards"]) == ["elevated-b12-supplement-review"]
+    assert {select_prefetch[k].get("id") for k in ("b12IronLabs", "conditions")}.isdisjoint(
+        {sign_prefetch[k].get("id") for k in ("b12IronLabs", "conditions")}
+    ), "sekmet gives each search a new Bundle id, so the hit below is not a byte-for-byte match"
+    assert sign_trace.run_ahead_hit is True
+    assert _comparable(signed["cards"]) == _comparable(expected["cards"])
+    assert _topics(signed["cards"]) == ["elevated-b12-supplement-review"]
+
+    ferritin = {
+        "resourceType": "Observation",
+        "id": "ferritin-added-after-select",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2276-4"}]},
+        "subject": {"reference": f"Patient/{record.patient_id}"},
+        "effectiveDateTime": (record.timestamp - timedelta(hours=1)).isoformat(),
+        "valueQuantity": {
+            "value": 8,
+            "unit": "ng/mL",
+            "system": "http://unitsofmeasure.org",
+            "code": "ng/mL",
+        },
+    }
+    _put_on_server(fhir_server, [ferritin])
+    changed, changed_trace, _ = call("order-sign", sign_context)
+    assert changed_trace.run_ahead_hit is False
+    assert "iron-deficiency-with-high-b12" in _topics(changed["cards"])

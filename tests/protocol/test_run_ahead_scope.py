@@ -93,3 +93,21 @@ def test_a_changed_or_added_search_result_misses(settings: Settings) -> None:
     added["b12IronLabs"]["entry"].append(copy.deepcopy(added["b12IronLabs"]["entry"][0]))
     trace = sign_after_select(settings, None, None, select_prefetch=_with_results(), prefetch=added)
     assert trace.run_ahead_hit is False
+
+
+def test_an_empty_search_run_again_is_answered_from_memory(settings: Settings) -> None:
+    """A search with no results has no ``entry`` at all, only its envelope, which the server makes anew."""
+
+    def empty_searches(run: str) -> dict:
+        prefetch = _with_results()
+        for n, bundle in enumerate(_searchsets(prefetch)):
+            if bundle is not prefetch["b12IronLabs"]:
+                bundle.pop("entry", None)
+                bundle["id"] = f"search-{n}-{run}"
+                bundle["meta"] = {"lastUpdated": f"2026-01-15T09:00:0{len(run)}Z"}
+        return prefetch
+
+    trace = sign_after_select(
+        settings, None, None, select_prefetch=empty_searches("first"), prefetch=empty_searches("again")
+    )
+    assert trace.run_ahead_hit is True
