@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -16,6 +17,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from cds_service import observability
+from cds_service.clinical.engine import TOPICS
 from cds_service.clinical.rules.common import prepare_proposals
 from cds_service.config import Settings
 from cds_service.feedback import (
@@ -202,10 +204,10 @@ def create_app(settings: Settings) -> Flask:
             return refused_feedback(RequestError(400, str(error)))
         except RequestError as error:
             return refused_feedback(error)
-        stored = feedback_store.add_feedback(service_id, items)
-        for item in items:
-            observability.observe_feedback(item.outcome)
-        return json_response({"received": len(items), "stored": stored})
+        new = feedback_store.add_feedback(service_id, items)
+        for item, is_new in zip(items, new, strict=True):
+            observability.observe_feedback(item.outcome, duplicate=not is_new)
+        return json_response({"received": len(items), "stored": sum(new)})
 
     def refused_feedback(error: RequestError) -> Response:
         log.info("feedback refused (%d): %s", error.status, error.log_reason)
@@ -229,18 +231,20 @@ def create_app(settings: Settings) -> Flask:
         log.exception("unexpected error on %s %s", request.method, request.path)
         return operation_outcome(500, "The service failed to process this request; it has been logged.")
 
-    prepare_for_calls()
+    prepare_for_calls(handler.services)
     return app
 
 
-def prepare_for_calls() -> None:
+def prepare_for_calls(services: Iterable[str]) -> None:
     """Build now what the first calls would otherwise build, inside an EHR's time budget.
 
     Left to first use, schema validators, the metrics and the R4B models that proposals are checked
     against added about 50 ms to each fresh worker's first hook call (benchmarks/bench_first_call.py).
     Done here, in the worker before it accepts calls, they also land in the heap the server freezes.
+    The metrics start with a zero series for each of ``services`` and card topics, so that alerts and
+    dashboards have a series to evaluate before the first event.
     """
     prepare_validators()
     prepare_feedback_validator()
-    observability.prepare_metrics()
+    observability.prepare_metrics(services, TOPICS)
     prepare_proposals()

@@ -23,7 +23,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,6 +38,13 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # prefetch-only path (a few ms) and budget exhaustion.
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 _FEEDBACK_OUTCOMES = frozenset({"accepted", "overridden"})
+# The phases services.py and app.py time with CallTrace.phase.
+_PHASES = ("validation", "prefetch", "fhir", "rules", "render")
+# What a call to one of the services is answered with (app.call_service and the RequestErrors it catches).
+# A 404 is labelled service "unknown"; a 401 is refused before the call reaches a service.
+_HOOK_STATUSES = ("200", "400", "412", "413", "415", "500")
+_UNKNOWN_SERVICE = "unknown"
+_FHIR_OUTCOMES = ("ok", "error")
 _LABEL_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # A label set per path segment an attacker chooses would grow without bound; past this many distinct
 # values per label a process reports "other".
@@ -138,7 +145,7 @@ class _Metrics:
         )
         self.phase_seconds = Histogram(
             "cds_hook_phase_duration_seconds",
-            "Time spent in each phase of a hook call (validation, auth, prefetch, fhir, rules, render).",
+            "Time spent in each phase of a hook call (validation, prefetch, fhir, rules, render).",
             ["phase"],
             buckets=_LATENCY_BUCKETS,
             registry=registry,
@@ -176,12 +183,58 @@ class _Metrics:
             registry=registry,
         )
         self.feedback = Counter(
-            "cds_feedback", "Feedback items received, by outcome.", ["outcome"], registry=registry
+            "cds_feedback",
+            "Feedback items stored, by outcome (an item sent again counts in cds_feedback_duplicates).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.feedback_duplicates = Counter(
+            "cds_feedback_duplicates",
+            "Feedback items the store already held (a client's resend), not counted again by outcome.",
+            registry=registry,
         )
         self.service_label = _BoundedLabel()
         self.topic_label = _BoundedLabel()
         self.phase_label = _BoundedLabel()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def create_known_series(self, services: Iterable[str], topics: Iterable[str]) -> None:
+        """Create, at zero, every series whose label values are known before the first call.
+
+        A series appears only once its labels have been used, so an alert such as
+        ``rate(cds_hook_requests_total{status="500"}[5m]) > 0`` had nothing to evaluate until the first
+        500, and a cards-per-topic dashboard left out the topics that had not fired yet. ``labels()``
+        creates a child at 0; in multiprocess mode that zero is written to this process's mmap file at
+        once, so the ``MultiProcessCollector`` of any worker reports it. Each worker runs this in its own
+        ``create_app``, after the fork, and a dead worker's counter files stay and keep the zeros.
+
+        Only bounded, known values are created: the service catalogue (and ``unknown``, the 404 label),
+        the rules' card topics, the statuses a call is answered with, the phases, and the FHIR fetch and
+        feedback outcomes. Values that are open-ended or learnt only at run time are not: the
+        ``other``/``invalid`` overflow labels, and anything a future label might take from a request (a
+        FHIR server's URL, a client's issuer). Guessing those would add series that mean nothing, and
+        any list of them would be arbitrary. The known service ids and topics are also
+        the first values the bounded labels admit, so callers' junk can never push them out to ``other``.
+        Every (service, topic) pair is created, since which topics a hook can show is decided inside the
+        rules, not declared; a pair a hook never shows stays at 0.
+        """
+        service_ids = [self.service_label(service) for service in services]
+        topic_labels = [self.topic_label(topic) for topic in topics]
+        for service in service_ids:
+            self.child(self.request_seconds, service)
+            self.child(self.run_ahead_hits, service)
+            for status in _HOOK_STATUSES:
+                self.child(self.requests, service, status)
+            for topic in topic_labels:
+                self.child(self.cards, service, topic)
+        self.child(self.request_seconds, _UNKNOWN_SERVICE)
+        self.child(self.requests, _UNKNOWN_SERVICE, "404")
+        for phase in _PHASES:
+            self.child(self.phase_seconds, self.phase_label(phase))
+        for outcome in _FHIR_OUTCOMES:
+            self.child(self.fhir_seconds, outcome)
+        for outcome in sorted(_FEEDBACK_OUTCOMES):
+            self.child(self.feedback, outcome)
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, remembered: prometheus_client checks the labels and takes a lock on
@@ -219,11 +272,12 @@ def _metrics_guard() -> Iterator[None]:
         _log.exception("could not update the metrics")
 
 
-def prepare_metrics() -> None:
-    """Build the metrics at start, in the mode the environment has selected by then: importing
-    prometheus_client and creating them otherwise costs a worker's first hook call about 30 ms."""
+def prepare_metrics(services: Iterable[str], topics: Iterable[str]) -> None:
+    """Build the metrics at start, in the mode the environment has selected by then, with a zero series
+    for every known label value (``_Metrics.create_known_series``): importing prometheus_client and
+    creating them otherwise costs a worker's first hook call about 30 ms."""
     with _metrics_guard():
-        _get_metrics()
+        _get_metrics().create_known_series(services, topics)
 
 
 def finish_call(trace: CallTrace, total_ms: float) -> None:
@@ -231,7 +285,7 @@ def finish_call(trace: CallTrace, total_ms: float) -> None:
     with _metrics_guard():
         metrics = _get_metrics()
         # A 404 names a service that does not exist: whatever path a caller made up, one label.
-        service = "unknown" if trace.status == 404 else metrics.service_label(trace.service)
+        service = _UNKNOWN_SERVICE if trace.status == 404 else metrics.service_label(trace.service)
         metrics.child(metrics.request_seconds, service).observe(total_ms / 1000.0)
         metrics.child(metrics.requests, service, str(trace.status)).inc()
         for name, elapsed_ms in trace.phases_ms.items():
@@ -273,10 +327,21 @@ def observe_auth_rejection() -> None:
         _get_metrics().auth_rejections.inc()
 
 
-def observe_feedback(outcome: str, count: int = 1) -> None:
-    """Count feedback items by outcome (``accepted``, ``overridden``; anything else as ``other``)."""
+def observe_feedback(outcome: str, count: int = 1, *, duplicate: bool = False) -> None:
+    """Count feedback items by outcome (``accepted``, ``overridden``; anything else as ``other``).
+
+    CDS Hooks lets a client send feedback again; the store keeps such an item once and says so. A
+    ``duplicate`` is counted in ``cds_feedback_duplicates_total`` only, not under its outcome: the outcome
+    counts, which acceptance rates are computed from, then count each reported outcome once, and a
+    client that resends a lot is still visible. A separate counter rather than an ``outcome="duplicate"``
+    value, so that summing ``cds_feedback_total`` over its outcomes still counts outcomes."""
     with _metrics_guard():
-        _get_metrics().feedback.labels(outcome if outcome in _FEEDBACK_OUTCOMES else "other").inc(count)
+        metrics = _get_metrics()
+        if duplicate:
+            metrics.feedback_duplicates.inc(count)
+        else:
+            label = outcome if outcome in _FEEDBACK_OUTCOMES else "other"
+            metrics.child(metrics.feedback, label).inc(count)
 
 
 def metrics_response() -> tuple[bytes, str]:

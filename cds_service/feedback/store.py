@@ -131,8 +131,12 @@ class FeedbackStore:
         """Which of the store's tables exist (none in a database the service never wrote to)."""
         return self._run(lambda cursor: self._dialect.existing_tables(cursor, TABLE_NAMES), write=False)
 
-    def add_feedback(self, service_id: str, items: Sequence[FeedbackItem]) -> int:
-        """Store the items in one transaction, committed before returning; how many were new."""
+    def add_feedback(self, service_id: str, items: Sequence[FeedbackItem]) -> list[bool]:
+        """Store the items in one transaction, committed before returning; for each item, whether it was new.
+
+        An item already stored (the same card, outcome, time and suggestions: a client's resend, or a
+        repeat within the batch) is kept once and marked False, so that the caller can count it as a
+        duplicate rather than as another outcome."""
         received = timestamp_text(datetime.now(UTC))
         rows = [
             (
@@ -150,11 +154,11 @@ class FeedbackStore:
         ]
         statement = self._dialect.sql(_INSERT_FEEDBACK)
 
-        def insert(cursor: Any) -> int:
-            new = 0
+        def insert(cursor: Any) -> list[bool]:
+            new = []
             for row in rows:
                 cursor.execute(statement, row)
-                new += max(cursor.rowcount, 0)
+                new.append(cursor.rowcount > 0)
             return new
 
         return self._run(insert, write=True)

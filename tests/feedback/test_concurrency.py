@@ -75,7 +75,7 @@ def test_eight_threads_each_with_its_own_store_count_exactly(store_url: str) -> 
                     }
                     for i in range(BATCH_SIZE)
                 ]
-                new_counts.append(store.add_feedback(SERVICE, parse_feedback({"feedback": entries})))
+                new_counts.append(sum(store.add_feedback(SERVICE, parse_feedback({"feedback": entries}))))
         except BaseException as error:
             errors.append(error)
         finally:

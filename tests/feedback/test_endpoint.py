@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from cds_service import observability
 from cds_service.config import Settings
 from cds_service.feedback import FeedbackStore
 
@@ -42,6 +43,31 @@ def test_feedback_is_committed_and_counted_once(client: FlaskClient, settings: S
     store.close()
     assert (counts["accepted"], counts["overridden"]) == (0, 2)
     assert counts["topics"]["unknown"]["topOverrideReasons"] == [{"code": "patient-declined", "count": 2}]
+
+
+def feedback_counts() -> tuple[float, float, float]:
+    """The process's (accepted, overridden, duplicate) feedback counters."""
+    registry = observability._get_metrics().registry
+    return (
+        registry.get_sample_value("cds_feedback_total", {"outcome": "accepted"}) or 0.0,
+        registry.get_sample_value("cds_feedback_total", {"outcome": "overridden"}) or 0.0,
+        registry.get_sample_value("cds_feedback_duplicates_total") or 0.0,
+    )
+
+
+def test_a_resent_item_counts_as_a_duplicate_not_as_another_outcome(client: FlaskClient) -> None:
+    accepted = {
+        "card": "c9",
+        "outcome": "accepted",
+        "acceptedSuggestions": [{"id": "s-1"}],
+        "outcomeTimestamp": "2026-03-02T10:16:00Z",
+    }
+    before = feedback_counts()
+    assert client.post(URL, json={"feedback": [sandbox_item("c1"), accepted]}).status_code == 200
+    resent = client.post(URL, json={"feedback": [sandbox_item("c1"), sandbox_item("c2"), accepted]})
+    assert resent.get_json() == {"received": 3, "stored": 1}
+    after = feedback_counts()
+    assert tuple(a - b for a, b in zip(after, before, strict=True)) == (1.0, 2.0, 2.0)
 
 
 @pytest.mark.parametrize(

@@ -43,7 +43,7 @@ def overridden(
 
 
 def post(store: FeedbackStore, service: str, *entries: dict[str, Any]) -> int:
-    return store.add_feedback(service, parse_feedback({"feedback": list(entries)}))
+    return sum(store.add_feedback(service, parse_feedback({"feedback": list(entries)})))
 
 
 @pytest.fixture
@@ -63,6 +63,15 @@ def test_the_same_item_sent_again_is_stored_once(store: FeedbackStore) -> None:
     assert post(store, SERVICE, same, same) == 0
     report = store.report()["services"][SERVICE]
     assert (report["accepted"], report["overridden"]) == (1, 1)
+
+
+def test_each_item_is_marked_new_or_already_stored(store: FeedbackStore) -> None:
+    """The endpoint counts an item marked False as a duplicate, not as another outcome."""
+    first = [accepted("c1", T0), overridden("c2", T0)]
+    assert store.add_feedback(SERVICE, parse_feedback({"feedback": first})) == [True, True]
+    # A resend of c2 among a new item, and a new item sent twice in one batch.
+    again = [overridden("c3", T0), overridden("c2", T0), accepted("c4", T0), accepted("c4", T0)]
+    assert store.add_feedback(SERVICE, parse_feedback({"feedback": again})) == [True, False, True, False]
 
 
 def test_items_that_differ_in_any_key_field_are_all_stored(store: FeedbackStore) -> None:

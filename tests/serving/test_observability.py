@@ -137,16 +137,42 @@ def test_fhir_auth_and_feedback_counters() -> None:
     rejections = sample("cds_auth_rejections_total")
     accepted = sample("cds_feedback_total", outcome="accepted")
     other = sample("cds_feedback_total", outcome="other")
+    duplicates = sample("cds_feedback_duplicates_total")
     observability.observe_fhir_fetch(120.0, ok=True)
     observability.observe_fhir_fetch(1500.0, ok=False)
     observability.observe_auth_rejection()
     observability.observe_feedback("accepted", 3)
     observability.observe_feedback("made-up-outcome")
+    observability.observe_feedback("accepted", duplicate=True)
     assert sample("cds_fhir_fetch_errors_total") == errors + 1
     assert sample("cds_fhir_fetch_duration_seconds_count", outcome="ok") == ok_count + 1
     assert sample("cds_auth_rejections_total") == rejections + 1
     assert sample("cds_feedback_total", outcome="accepted") == accepted + 3
     assert sample("cds_feedback_total", outcome="other") == other + 1
+    assert sample("cds_feedback_duplicates_total") == duplicates + 1
+
+
+def test_prepare_metrics_creates_the_known_series_at_zero() -> None:
+    """Present with value 0.0, not merely absent (which ``sample`` would also read as 0.0)."""
+    observability.prepare_metrics(["prepared-service"], ["prepared-topic"])
+    registry = observability._get_metrics().registry
+    fresh = [
+        ("cds_hook_requests_total", {"service": "prepared-service", "status": "500"}),
+        ("cds_cards_total", {"service": "prepared-service", "topic": "prepared-topic"}),
+        ("cds_run_ahead_hits_total", {"service": "prepared-service"}),
+        ("cds_hook_request_duration_seconds_count", {"service": "prepared-service"}),
+    ]
+    assert [registry.get_sample_value(name, labels) for name, labels in fresh] == [0.0] * len(fresh)
+    # Other tests of this process may have counted these already: they must exist, at whatever value.
+    shared = [
+        ("cds_hook_requests_total", {"service": "unknown", "status": "404"}),
+        ("cds_hook_phase_duration_seconds_count", {"phase": "fhir"}),
+        ("cds_fhir_fetch_duration_seconds_count", {"outcome": "error"}),
+        ("cds_feedback_total", {"outcome": "overridden"}),
+    ]
+    assert [registry.get_sample_value(name, labels) is not None for name, labels in shared] == [True] * 4
+    no_such = {"service": "prepared-service", "status": "404"}
+    assert registry.get_sample_value("cds_hook_requests_total", no_such) is None
 
 
 def test_metrics_response_is_the_prometheus_text_format() -> None:
