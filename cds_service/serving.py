@@ -124,7 +124,7 @@ def gunicorn_options(
     options: dict[str, Any] = {
         "bind": [bind],
         "workers": workers,
-        "worker_class": "gthread",
+        "worker_class": "cds_service.gunicorn_worker.JsonErrorWorker",
         "threads": threads,
         "timeout": math.ceil(settings.fhir_budget_ms / 1000) + 30,
         "graceful_timeout": GRACEFUL_TIMEOUT_SECONDS,

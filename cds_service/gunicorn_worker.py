@@ -1,0 +1,144 @@
+"""gunicorn's gthread worker, except that requests gunicorn refuses itself get the service's JSON errors.
+
+A request line or headers gunicorn cannot accept (too long, too many, malformed) never reach the Flask
+app: gunicorn answers them from ``Worker.handle_error`` with an HTML page, and quotes the offending bytes
+in that page and in its log line. EHR integrators parse this service's errors as FHIR OperationOutcomes,
+and those bytes can be an access token or a patient id. This worker answers with the status gunicorn
+would have chosen, in the app's error shape, with a reason that names the problem but quotes nothing
+the client sent; its log line does the same.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from ssl import SSLError
+from typing import Any
+
+import gunicorn
+from gunicorn import util
+from gunicorn.http import errors
+from gunicorn.workers.gthread import ThreadWorker
+
+from cds_service.app import CORS_HEADERS, operation_outcome
+
+INTERNAL_ERROR = "The service failed to process this request; it has been logged."
+_GUNICORN_27 = gunicorn.version_info >= (27,)
+# gunicorn 27 answers an over-long request line with 414; 23 to 26 answered 400.
+LONG_REQUEST_LINE_STATUS = 414 if _GUNICORN_27 else 400
+# Set on a request once the app's response to it has been written (see JsonErrorWorker.handle_request).
+_ANSWERED = "_cds_answered"
+
+
+def _present(*names: str) -> tuple[type[BaseException], ...]:
+    """The named gunicorn errors this gunicorn version defines (the project allows 23 to 27)."""
+    return tuple(getattr(errors, name) for name in names if hasattr(errors, name))
+
+
+# gunicorn 27 blames a malformed chunked body on the client (400). Before, these errors were OSErrors that
+# the gthread worker dropped the connection on, and gunicorn answered 500 for them anywhere else.
+_CHUNK_ERRORS = (
+    _present("InvalidChunkSize", "ChunkMissingTerminator", "InvalidChunkExtension") if _GUNICORN_27 else ()
+)
+# Raised while writing the app's own response: its fault, not the client's, so gunicorn answers 500. They
+# subclass InvalidHeader and InvalidHeaderName, so they are looked for first.
+_APP_FAULTS = _present("InvalidResponseHeader", "InvalidResponseHeaderName")
+# Only gunicorn's own names for the framing headers are quoted: any other name came from the client.
+_FRAMING_HEADERS = {"CONTENT-LENGTH": "Content-Length", "TRANSFER-ENCODING": "Transfer-Encoding"}
+# gunicorn's status for each error it blames on the client, as in its Worker.handle_error.
+_REFUSALS: tuple[tuple[tuple[type[BaseException], ...], int, str], ...] = (
+    (_present("InvalidRequestLine"), 400, "The request line is not a valid HTTP/1.x request line."),
+    (_present("InvalidRequestMethod"), 400, "The request method is not valid."),
+    (_present("InvalidHTTPVersion"), 400, "The request's HTTP version is not supported."),
+    (_present("UnsupportedTransferCoding"), 501, "The request's Transfer-Encoding is not supported."),
+    (_present("ConfigurationProblem"), 500, "The server is not configured to serve this request path."),
+    (_present("ObsoleteFolding"), 400, "A request header field uses obsolete line folding."),
+    (_present("InvalidHeaderName"), 400, "A request header field name is not a valid token."),
+    (_present("ExpectationFailed"), 417, "The request's Expect header cannot be met."),
+    (_present("InvalidProxyLine"), 400, "The PROXY protocol line is not valid."),
+    (_present("ForbiddenProxyRequest"), 403, "PROXY protocol lines are not accepted from this address."),
+    (_present("InvalidSchemeHeaders"), 400, "The request's forwarded-scheme headers contradict each other."),
+    (_CHUNK_ERRORS, 400, "The chunked request body is malformed."),
+    (_present("InvalidH2CPreface"), 400, "The HTTP/2 connection preface is not valid."),
+    ((SSLError,), 403, "The TLS connection failed."),
+)
+
+
+def refusal(exc: BaseException, cfg: Any) -> tuple[int, str] | None:
+    """The status gunicorn would give a request it refused, and a reason that quotes none of the request.
+
+    None for what gunicorn treats as its own or the application's failure (it answers those 500)."""
+    if isinstance(exc, _APP_FAULTS):
+        return None
+    if isinstance(exc, errors.LimitRequestLine):
+        return LONG_REQUEST_LINE_STATUS, f"The request line is longer than {cfg.limit_request_line} bytes."
+    if isinstance(exc, errors.LimitRequestHeaders):
+        return 431, (
+            f"The request's header fields exceed the server's limits: at most {cfg.limit_request_fields}"
+            f" fields of at most {cfg.limit_request_field_size} bytes each."
+        )
+    if isinstance(exc, errors.InvalidHeader):
+        named = _FRAMING_HEADERS.get(getattr(exc, "hdr", None) or "")
+        if named:
+            return 400, f"The request's {named} header is not valid."
+        return 400, "A request header is not valid."
+    for classes, status, reason in _REFUSALS:
+        if isinstance(exc, classes):
+            return status, reason
+    return None
+
+
+def error_response(status: int, reason: str) -> bytes:
+    """A complete HTTP/1.1 response carrying the app's OperationOutcome; the connection closes after it.
+
+    The CORS headers are the app's too, so that a browser-based client can read the reason."""
+    outcome = operation_outcome(status, reason)
+    body = outcome.get_data()
+    headers = {
+        "Connection": "close",
+        "Content-Type": outcome.content_type,
+        "Content-Length": str(len(body)),
+        **CORS_HEADERS,
+    }
+    head = f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n" + "".join(
+        f"{name}: {value}\r\n" for name, value in headers.items()
+    )
+    return (head + "\r\n").encode("latin-1") + body
+
+
+class JsonErrorWorker(ThreadWorker):
+    """The gthread worker, answering the requests gunicorn refuses the way the app answers its own.
+
+    gunicorn's access-log line for such a request is left out: the service's logger has no access log
+    (``serving.ServiceLogger``), and the line would quote the request line."""
+
+    def handle_request(self, req: Any, conn: Any) -> bool:
+        keepalive: bool = super().handle_request(req, conn)
+        setattr(req, _ANSWERED, True)
+        return keepalive
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        ip = (addr or ("", -1))[0]
+        refused = refusal(exc, self.cfg)
+        if getattr(req, _ANSWERED, False):
+            # gunicorn drains a body the app left unread before reusing the connection; a malformed one
+            # fails there, after the app's response has gone out. gunicorn would write a second,
+            # unsolicited response, which a client may read as the answer to its next request. Closing
+            # the connection (gthread does once this returns) is all that is left to do.
+            if refused:
+                self.log.warning("Invalid request from ip=%s after its response: %s", ip, refused[1])
+            else:
+                self.log.exception("Error after answering request %s %s", req.method, req.path)
+            return
+        if refused is None:
+            status, reason = 500, INTERNAL_ERROR
+            if hasattr(req, "method") and hasattr(req, "path"):
+                self.log.exception("Error handling request %s %s", req.method, req.path)
+            else:
+                self.log.exception("Error handling request (no URI read)")
+        else:
+            status, reason = refused
+            self.log.warning("Invalid request from ip=%s: %s (%s)", ip, reason, type(exc).__name__)
+        try:
+            util.write_nonblock(client, error_response(status, reason))
+        except Exception:  # as gunicorn: the client may be gone, and there is nothing more to do
+            self.log.debug("Failed to send error message.")

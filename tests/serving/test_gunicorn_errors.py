@@ -1,0 +1,259 @@
+"""Requests gunicorn refuses before the app sees them: raw bytes to a real `cds-service serve`, each with a
+fresh token where gunicorn's own error page and log line would have quoted it; and, for the errors no
+request can provoke here (TLS, PROXY protocol), the status of gunicorn's own worker beside the project's."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import socket
+import ssl
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+import requests
+from gunicorn.http import errors
+from gunicorn.workers.base import Worker
+from gunicorn.workers.gthread import ThreadWorker
+
+from cds_service.config import Settings
+from cds_service.gunicorn_worker import JsonErrorWorker
+from cds_service.serving import CdsServer, gunicorn_options
+from tests.support.served import HOOKS_NOW, Served, hook_example
+
+OPTIONS = gunicorn_options(Settings(), "127.0.0.1:0", 1, 1)
+LINE_LIMIT, FIELDS_LIMIT, FIELD_LIMIT = (
+    OPTIONS[f"limit_request_{name}"] for name in ("line", "fields", "field_size")
+)
+LINE_REASON = f"The request line is longer than {LINE_LIMIT} bytes."
+HEADERS_REASON = (
+    f"The request's header fields exceed the server's limits: at most {FIELDS_LIMIT} fields of at most"
+    f" {FIELD_LIMIT} bytes each."
+)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def exchange(port: int, request: bytes) -> bytes:
+    """Everything the server sends back until it closes the connection (a timeout fails the test)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def answers(raw: bytes) -> list[Answer]:
+    """The HTTP/1.1 responses in ``raw``, in order, each framed by its Content-Length."""
+    found = []
+    while raw:
+        head, separator, rest = raw.partition(b"\r\n\r\n")
+        assert separator, f"not an HTTP response: {raw[:200]!r}"
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {name.strip().lower(): value.strip() for name, value in (x.split(":", 1) for x in lines)}
+        length = int(headers["content-length"])
+        found.append(Answer(int(status_line.split()[1]), headers, rest[:length]))
+        raw = rest[length:]
+    return found
+
+
+def log_entries(served: Served) -> list[dict[str, object]]:
+    return [json.loads(line) for line in served.log().splitlines() if line.strip()]
+
+
+def logged(served: Served, message: str) -> list[dict[str, object]]:
+    return [entry for entry in log_entries(served) if entry.get("message") == message]
+
+
+def wait_for_more(served: Served, message: str, seen: int, timeout_s: float = 5) -> list[dict[str, object]]:
+    """Log lines with this message, once there are more than ``seen`` (lines are written in batches)."""
+    deadline = time.monotonic() + timeout_s
+    while len(found := logged(served, message)) <= seen and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    server = Served(tmp_path_factory.mktemp("gunicorn-errors"), workers=1, threads=2, CDS_NOW=HOOKS_NOW)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def token() -> str:
+    """Looks like what an EHR would send and must never be echoed."""
+    return f"eyJhbGciOiJSUzM4NCJ9.{uuid.uuid4().hex}"
+
+
+def request_line_too_long(token: str) -> bytes:
+    return f"GET /cds-services?access_token={token}{'a' * LINE_LIMIT} HTTP/1.1\r\nHost: cds\r\n\r\n".encode()
+
+
+def header_too_long(token: str) -> bytes:
+    field = f"Authorization: Bearer {token}{'a' * FIELD_LIMIT}"
+    return f"GET /healthz HTTP/1.1\r\nHost: cds\r\n{field}\r\n\r\n".encode()
+
+
+def too_many_headers(token: str) -> bytes:
+    fields = "".join(f"X-Patient-{n}: {token}\r\n" for n in range(FIELDS_LIMIT))
+    return f"GET /healthz HTTP/1.1\r\nHost: cds\r\n{fields}\r\n".encode()
+
+
+def invalid_header_name(token: str) -> bytes:
+    return f"GET /healthz HTTP/1.1\r\nHost: cds\r\nAuthorization Bearer {token}: x\r\n\r\n".encode()
+
+
+def header_without_colon(token: str) -> bytes:
+    return f"GET /healthz HTTP/1.1\r\nHost: cds\r\nAuthorization Bearer {token}\r\n\r\n".encode()
+
+
+def invalid_content_length(token: str) -> bytes:
+    return f"POST /cds-services/x HTTP/1.1\r\nHost: cds\r\nContent-Length: {token}\r\n\r\n".encode()
+
+
+def garbage_request_line(token: str) -> bytes:
+    return f"Bearer {token}\r\n\r\n".encode()
+
+
+def invalid_method(token: str) -> bytes:
+    return f"G\x01T /cds-services/{token} HTTP/1.1\r\nHost: cds\r\n\r\n".encode()
+
+
+REFUSED = [
+    (request_line_too_long, 414, LINE_REASON, "LimitRequestLine"),
+    (header_too_long, 431, HEADERS_REASON, "LimitRequestHeaders"),
+    (too_many_headers, 431, HEADERS_REASON, "LimitRequestHeaders"),
+    (invalid_header_name, 400, "A request header field name is not a valid token.", "InvalidHeaderName"),
+    (header_without_colon, 400, "A request header is not valid.", "InvalidHeader"),
+    (invalid_content_length, 400, "The request's Content-Length header is not valid.", "InvalidHeader"),
+    (
+        garbage_request_line,
+        400,
+        "The request line is not a valid HTTP/1.x request line.",
+        "InvalidRequestLine",
+    ),
+    (invalid_method, 400, "The request method is not valid.", "InvalidRequestMethod"),
+]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("build", "status", "reason", "error"), REFUSED, ids=[c[0].__name__ for c in REFUSED]
+)
+def test_a_refused_request_gets_gunicorns_status_and_the_apps_json_error_quoting_none_of_it(
+    served: Served, token: str, build: Callable[[str], bytes], status: int, reason: str, error: str
+) -> None:
+    warning = f"Invalid request from ip=127.0.0.1: {reason} ({error})"
+    seen = len(logged(served, warning))
+
+    raw = exchange(served.port, build(token))
+
+    [answer] = answers(raw)  # one response, then the server closed the connection
+    assert answer.status == status
+    assert answer.headers["content-type"] == "application/fhir+json"
+    assert answer.headers["connection"] == "close"
+    assert answer.headers["access-control-allow-origin"] == "*"
+    assert json.loads(answer.body) == {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "invalid", "diagnostics": reason}],
+    }
+    assert token not in raw.decode("latin-1")
+    [*_, line] = wait_for_more(served, warning, seen)
+    assert line["level"] == "WARNING" and line["logger"] == "gunicorn.error"
+    assert token not in served.log()
+
+
+@pytest.mark.integration
+def test_a_malformed_chunked_body_found_after_the_response_closes_the_connection_without_a_second_one(
+    served: Served, token: str
+) -> None:
+    """The app does not read a GET's body; gunicorn drains it before reusing the connection and fails
+    there, after the app's 200 has gone out. gunicorn itself would then write an unsolicited 400."""
+    warning = "Invalid request from ip=127.0.0.1 after its response: The chunked request body is malformed."
+    seen = len(logged(served, warning))
+    request = (
+        "GET /healthz HTTP/1.1\r\nHost: cds\r\nTransfer-Encoding: chunked\r\n\r\n"
+        f"{token}\r\n{{}}\r\n0\r\n\r\n"
+    ).encode()
+
+    raw = exchange(served.port, request)
+
+    [answer] = answers(raw)
+    assert answer.status == 200
+    assert json.loads(answer.body) == {"status": "ok"}
+    assert token not in raw.decode("latin-1")
+    assert len(wait_for_more(served, warning, seen)) == seen + 1
+    assert token not in served.log()
+
+
+@pytest.mark.integration
+def test_the_server_still_answers_calls_after_refusing_requests(served: Served, token: str) -> None:
+    for build, *_ in REFUSED:
+        exchange(served.port, build(token))
+    with requests.Session() as session:
+        assert session.get(f"{served.base}/healthz", timeout=5).json() == {"status": "ok"}
+        call = session.post(
+            f"{served.base}/cds-services/b12-iron-patient-view",
+            json=hook_example("patient-view.json"),
+            timeout=30,
+        )
+    assert call.status_code == 200
+    assert "iron-studies-after-b12" in [card["source"]["topic"]["code"] for card in call.json()["cards"]]
+    booted = [e for e in log_entries(served) if str(e.get("message", "")).startswith("Booting worker")]
+    assert len(booted) == 1, "refusing a request must not cost the worker"
+
+
+def test_gunicorn_runs_the_projects_gthread_worker() -> None:
+    cfg = CdsServer(lambda: None, OPTIONS).cfg
+    assert cfg.worker_class is JsonErrorWorker
+    assert issubclass(JsonErrorWorker, ThreadWorker)
+
+
+def placeholder(error: type[BaseException]) -> BaseException:
+    """An instance with placeholder arguments: gunicorn chooses the status by the error's class alone."""
+    if error is ssl.SSLError:
+        return ssl.SSLError(1, "placeholder")
+    if error.__init__ is Exception.__init__:
+        return error()
+    parameters = inspect.signature(error).parameters.values()
+    required = [p for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty]
+    return error(*["placeholder"] * len(required))
+
+
+GUNICORN_ERRORS = [
+    error
+    for error in vars(errors).values()
+    if inspect.isclass(error) and issubclass(error, BaseException) and error.__module__ == errors.__name__
+] + [ssl.SSLError]
+
+
+def status_written(worker_class: type[Worker], error: BaseException) -> int:
+    cfg = CdsServer(lambda: None, OPTIONS).cfg
+    worker = worker_class(0, os.getpid(), [], None, 30, cfg, logging.getLogger(__name__))
+    server_side, client_side = socket.socketpair()
+    with server_side, client_side:
+        worker.handle_error(None, server_side, ("127.0.0.1", 1), error)
+        worker.tmp.close()
+        return int(client_side.recv(65536).split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize("error", GUNICORN_ERRORS, ids=[e.__name__ for e in GUNICORN_ERRORS])
+def test_every_gunicorn_error_gets_the_status_gunicorns_own_worker_gives_it(
+    error: type[BaseException],
+) -> None:
+    """Against the installed gunicorn's ThreadWorker, so a gunicorn release that answers an error
+    differently shows up here rather than as a silent mismatch."""
+    instance = placeholder(error)
+    assert status_written(JsonErrorWorker, instance) == status_written(ThreadWorker, instance)
