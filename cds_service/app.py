@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from flask import Flask, Response, g, request
+from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from cds_service import observability
@@ -150,14 +151,28 @@ def create_app(settings: Settings) -> Flask:
         if length is not None:
             if length > limit:
                 raise RequestEntityTooLarge()
-            raw = request.input_stream.read(length)
+            raw = read_input(length)
             if len(raw) < length:
                 raise RequestError(400, f"The request body ended after {len(raw)} of {length} bytes.")
             return parse_json_body(raw)
-        raw = request.input_stream.read(limit + 1)
+        raw = read_input(limit + 1)
         if len(raw) > limit:
             raise RequestEntityTooLarge()
         return parse_json_body(raw)
+
+    def read_input(size: int) -> bytes:
+        """Up to ``size`` bytes of the body; a body the server cannot decode is the caller's 400.
+
+        gunicorn decodes a chunked body while the app reads it, and raises on bad framing (a chunk size
+        that is not hex, a missing terminator, a connection closed mid-body). Its message quotes the
+        body's bytes, which may hold an access token, so it goes neither into the reason nor the log."""
+        try:
+            return request.input_stream.read(size)
+        except (ParseException, OSError):
+            raise RequestError(
+                400,
+                "The request body could not be read: its chunked framing is malformed or it ended early.",
+            ) from None
 
     @app.post("/cds-services/<service_id>")
     def call_service(service_id: str) -> Response:

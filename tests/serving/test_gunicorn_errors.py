@@ -199,6 +199,37 @@ def test_a_malformed_chunked_body_found_after_the_response_closes_the_connection
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize(
+    "path", ["/cds-services/b12-iron-patient-view", "/cds-services/b12-iron-patient-view/feedback"]
+)
+def test_a_malformed_chunked_body_the_app_reads_is_a_400_that_quotes_nothing(
+    served: Served, token: str, path: str
+) -> None:
+    """A hook call or feedback whose chunk size is not hex: gunicorn raises while the app reads the body,
+    with the body's bytes in its message. That is the caller's 400, and neither answer nor log quotes it."""
+    refused = "hook call refused (400)" if path.endswith("view") else "feedback refused (400)"
+    before = sum(refused in str(e.get("message")) for e in log_entries(served))
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: cds\r\nContent-Type: application/json\r\n"
+        f"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{token}\r\n{{}}\r\n0\r\n\r\n"
+    ).encode()
+
+    raw = exchange(served.port, request)
+
+    [answer] = answers(raw)
+    assert answer.status == 400, answer.body
+    assert json.loads(answer.body)["issue"][0]["diagnostics"] == (
+        "The request body could not be read: its chunked framing is malformed or it ended early."
+    )
+    assert token not in raw.decode("latin-1")
+    deadline = time.monotonic() + 5
+    while sum(refused in str(e.get("message")) for e in log_entries(served)) <= before:
+        assert time.monotonic() < deadline, "the refusal was not logged"
+        time.sleep(0.05)
+    assert token not in served.log() and "Traceback" not in served.log()
+
+
+@pytest.mark.integration
 def test_the_server_still_answers_calls_after_refusing_requests(served: Served, token: str) -> None:
     for build, *_ in REFUSED:
         exchange(served.port, build(token))

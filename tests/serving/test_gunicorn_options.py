@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from cds_service.config import Settings
+from cds_service.gunicorn_worker import JsonErrorWorker
 from cds_service.serving import (
     MAX_DEFAULT_WORKERS,
     CdsServer,
@@ -28,7 +29,7 @@ def test_gunicorn_accepts_every_option_as_configured() -> None:
     options = gunicorn_options(Settings(log_level="WARNING"), "127.0.0.1:0", 3, 6, metrics_dir="/tmp/m")
     server = CdsServer(lambda: None, options)
     cfg = server.cfg
-    assert cfg.worker_class_str == "gthread"
+    assert cfg.worker_class is JsonErrorWorker  # gthread, answering its own refusals in the app's shape
     assert (cfg.workers, cfg.threads) == (3, 6)
     assert cfg.graceful_timeout <= 25  # inside Kubernetes' default 30 s termination grace period
     assert cfg.preload_app is False
