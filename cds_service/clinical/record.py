@@ -20,6 +20,7 @@ from cds_service.fhir.read import (
     codings,
     comparator_string,
     concept_label,
+    concept_text,
     first_code,
     parse_datetime,
     patient_references,
@@ -197,6 +198,8 @@ class PatientRecord:
     results: dict[str, list[Result]] = field(default_factory=dict)
     tested: dict[str, list[datetime]] = field(default_factory=dict)
     medications: list[MedicationEntry] = field(default_factory=list)
+    # Medication records that name no medicine the service can read (see `medication_entry`).
+    unidentified_medications: list[MedicationEntry] = field(default_factory=list)
     drafts: list[MedicationEntry] = field(default_factory=list)
     draft_order_resources: list[dict[str, Any]] = field(default_factory=list)
     orders: list[Order] = field(default_factory=list)
@@ -419,7 +422,11 @@ def _medication_span(resource: dict[str, Any], kind: str) -> tuple[datetime | No
 def medication_entry(
     resource: dict[str, Any], config: ClinicalConfig, medications: dict[str, dict[str, Any]], *, draft: bool
 ) -> MedicationEntry | None:
-    """A medication record of a class we track, or None for any other medicine or a void record."""
+    """A medication record of a class we track, or None for any other medicine or a void record.
+
+    A record that names no medicine at all (no text, no display, no code we know: typically a
+    ``medicationReference`` to a Medication the EHR did not send) comes back with no classes. It could be
+    a B12 product, so a rule that concludes "none on file" must not ignore it."""
     kind = resource.get("resourceType")
     status = resource.get("status") if isinstance(resource.get("status"), str) else "unknown"
     if kind not in MEDICATION_TYPES:
@@ -428,7 +435,7 @@ def medication_entry(
         return None
     concepts, name = _medication_concepts(resource, medications)
     classes = config.value_sets.medication_classes(concepts)
-    if not classes:
+    if not classes and (name is not None or _names_anything(concepts)):
         return None
     start, end = _medication_span(resource, kind)
     active = draft or status in ACTIVE_MEDICATION.get(kind, ())
@@ -444,6 +451,11 @@ def medication_entry(
         active=active,
         resource=resource,
     )
+
+
+def _names_anything(concepts: list[Any]) -> bool:
+    """Whether the concepts give the medicine a name a person could read (text or a coding's display)."""
+    return any((isinstance(c, str) and c.strip()) or bool(concept_text(c)) for c in concepts)
 
 
 def _coded_name(concepts: list[Any]) -> str:
@@ -607,7 +619,7 @@ def build_record(
     for resource in medication_records:
         entry = medication_entry(resource, config, medications, draft=False)
         if entry is not None:
-            record.medications.append(entry)
+            (record.medications if entry.classes else record.unidentified_medications).append(entry)
     for resource in draft_orders:
         if not isinstance(resource, dict):
             continue
@@ -621,7 +633,7 @@ def build_record(
                 record.orders.append(Order(frozenset(analytes), _service_request_time(resource), True))
         elif kind in MEDICATION_TYPES:
             entry = medication_entry(resource, config, medications, draft=True)
-            if entry is not None:
+            if entry is not None and entry.classes:
                 record.drafts.append(entry)
     units.report()
     return record

@@ -12,6 +12,8 @@ from tests.clinical.builders import (
     CYANO,
     NOW,
     PID,
+    RXNORM,
+    ago,
     by_topic,
     condition,
     draft_b12,
@@ -407,3 +409,42 @@ def test_the_summary_quotes_the_value_unrounded_with_its_comparator() -> None:
     assert finding.summary.startswith("B12 is already high (>2000 pg/mL)")
     precise = by_topic(run(obs("b12", 1250.5, 10), statement), "elevated-b12-supplement-review")
     assert precise.summary.startswith("B12 is already high (1250.5 pg/mL)")
+
+
+def _referencing(target: str, **extra: object) -> dict:
+    """A medication order naming its medicine only by a reference, as many EHRs write them."""
+    order = med(None, 30, medicationReference={"reference": target})
+    order.update(extra)
+    return order
+
+
+def test_a_medicine_the_service_cannot_identify_is_not_read_as_no_supplement() -> None:
+    """A reference to a Medication the EHR did not send could be a B12 injection: the card still asks
+    about liver disease, but says first that the medication list holds something it could not read."""
+    finding = by_topic(
+        run(obs("b12", 1600, 10), _referencing("Medication/not-sent")), "elevated-b12-no-supplement"
+    )
+    assert "No B12 product or B12-containing supplement is identified" in finding.detail
+    assert "**Check the medication list first:** 1 medication record(s)" in finding.detail
+    assert "(an unnamed medicine;" in finding.detail
+    coded = med({"coding": [{"system": RXNORM, "code": "1234567"}]}, 30)
+    assert (
+        "(RxNorm 1234567;" in by_topic(run(obs("b12", 1600, 10), coded), "elevated-b12-no-supplement").detail
+    )
+
+
+def test_the_referenced_medication_when_sent_decides() -> None:
+    b12 = {"resourceType": "Medication", "id": "inj", "code": CYANO}
+    shown = topics(run(obs("b12", 1600, 10), _referencing("Medication/inj"), b12))
+    assert "elevated-b12-supplement-review" in shown and "elevated-b12-no-supplement" not in shown
+
+
+def test_named_or_old_medicines_leave_the_card_as_it_was() -> None:
+    named = med({"text": "Paracetamol 500 mg tablet"}, 30)
+    old = _referencing("Medication/not-sent", status="completed", authoredOn=ago(3 * 365))
+    displayed = med(
+        None, 30, medicationReference={"reference": "Medication/x", "display": "Omeprazole 20 mg"}
+    )
+    for other in (named, old, displayed):
+        finding = by_topic(run(obs("b12", 1600, 10), other), "elevated-b12-no-supplement")
+        assert "Check the medication list" not in finding.detail and "is on file" in finding.detail

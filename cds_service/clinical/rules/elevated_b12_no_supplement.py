@@ -18,6 +18,7 @@ from cds_service.clinical.rules.common import (
     elevated_latest_b12,
     ferritin_high,
     fmt,
+    literal_names,
     not_recently_done,
     order_labs,
     suggested_tests_line,
@@ -51,12 +52,26 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     proposals = order_labs(
         record, "Order liver enzymes and CRP", wanted, "High B12 without supplements: look for liver disease"
     )
+    unknown = [
+        m
+        for m in record.unidentified_medications
+        if m.active or m.start is None or (m.end or m.start) >= exposure_window
+    ]
     lines = [
         f"Vitamin B12 **{b12.quoted()}** is elevated (compared with {basis}). No B12 product or "
-        f"B12-containing supplement is on file or was taken in the {t.recent_days} days before the test, "
-        "and no recorded liver disease, kidney disease or myeloproliferative neoplasm explains it.",
+        f"B12-containing supplement is {'identified' if unknown else 'on file'} or was taken in the "
+        f"{t.recent_days} days before the test, and no recorded liver disease, kidney disease or "
+        "myeloproliferative neoplasm explains it.",
         "",
     ]
+    if unknown:
+        lines += [
+            f"**Check the medication list first:** {len(unknown)} medication record(s) of that time name no "
+            f"medicine the service can read ({literal_names(sorted({m.name for m in unknown}))}; usually a "
+            "reference to a Medication the EHR did not send). If one is a B12 product or a multivitamin, it "
+            "explains the high B12 and this card does not apply.",
+            "",
+        ]
     ferritin = record.latest("ferritin")
     if ferritin is not None:
         is_high, fbasis = ferritin_high(record, ferritin)
