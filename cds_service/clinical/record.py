@@ -15,8 +15,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cds_service.clinical.config import ClinicalConfig
+from cds_service.clinical.markdown import literal
 from cds_service.fhir.read import (
+    COMPARATORS,
     array,
+    clean_label,
     codings,
     comparator_string,
     concept_label,
@@ -94,7 +97,7 @@ class Result:
         factor = unit_factor(self.analyte, reading[1])
         if factor is None or factor[0] == 1.0:
             return None
-        return f"{reading[2] or ''}{number(reading[0])} {reading[1]}"
+        return f"{reading[2] or ''}{number(reading[0])} {literal(reading[1])}"
 
     def lab_flag(self) -> str | None:
         """The lab's own high/low interpretation: "H", "L" or None."""
@@ -355,7 +358,8 @@ def _medication_concepts(
     if not isinstance(ref, dict):
         return ([], None)
     found: list[Any] = []
-    display = ref.get("display") if isinstance(ref.get("display"), str) else None
+    raw_display = ref.get("display")
+    display = (clean_label(raw_display) or None) if isinstance(raw_display, str) else None
     if display:
         found.append(display.lower())
     target = reference_id(ref)
@@ -569,6 +573,8 @@ def build_record(
                 number = value_quantity["value"]
                 unit = value_quantity.get("code") or value_quantity.get("unit")
                 comparator = value_quantity.get("comparator")
+                if comparator is not None and (type(comparator) is not str or comparator not in COMPARATORS):
+                    continue
             else:
                 reading = _observation_value(resource)
                 if reading is None:

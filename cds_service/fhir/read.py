@@ -11,8 +11,15 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-# Zero-width characters appear in real display strings (the SMART sandbox has them).
-_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), None)
+# Zero-width characters appear in real display strings (the SMART sandbox has them); direction controls
+# (embeddings, overrides, isolates, marks) would reorder whatever a card writes after a name.
+_INVISIBLE = dict.fromkeys(
+    map(
+        ord,
+        "\u200b\u200c\u200d\u2060\ufeff\u00ad\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f",
+    ),
+    None,
+)
 _SPACES = re.compile(r"\s+")
 
 
@@ -68,14 +75,21 @@ def concept_label(concept: Any) -> str | None:
     if not isinstance(concept, dict):
         return None
     text = concept.get("text")
-    if isinstance(text, str) and text.strip():
-        return _SPACES.sub(" ", text.translate(_INVISIBLE)).strip()
+    if isinstance(text, str) and (label := clean_label(text)):
+        return label
     items = concept.get("coding")
     if isinstance(items, list):
         for coding in items:
-            if isinstance(coding, dict) and isinstance(coding.get("display"), str) and coding["display"]:
-                return _SPACES.sub(" ", coding["display"].translate(_INVISIBLE)).strip()
+            if isinstance(coding, dict) and isinstance(coding.get("display"), str):
+                label = clean_label(coding["display"])
+                if label:
+                    return label
     return None
+
+
+def clean_label(text: str) -> str:
+    """A display string on one line, without invisible characters or direction controls ("" if none left)."""
+    return _SPACES.sub(" ", text.translate(_INVISIBLE)).strip()
 
 
 def parse_datetime(value: Any) -> datetime | None:
@@ -153,8 +167,14 @@ def next_link(bundle: Any) -> str | None:
     return None
 
 
+# Quantity.comparator's code set in R4. Anything else makes the number meaningless (is "1" a digit to put
+# before it?), and it would reach the card verbatim.
+COMPARATORS = frozenset({"<", "<=", ">=", ">"})
+
+
 def quantity(value: Any) -> tuple[float, str | None, str | None] | None:
-    """(value, UCUM code or unit text, comparator) of a Quantity; None when it has no numeric value."""
+    """(value, UCUM code or unit text, comparator) of a Quantity; None when it has no numeric value, or a
+    comparator outside R4's four."""
     if not isinstance(value, dict):
         return None
     number = value.get("value")
@@ -164,7 +184,9 @@ def quantity(value: Any) -> tuple[float, str | None, str | None] | None:
     if not isinstance(unit, str) or not unit:
         unit = value.get("unit") if isinstance(value.get("unit"), str) else None
     comparator = value.get("comparator")
-    return (float(number), unit, comparator if isinstance(comparator, str) else None)
+    if comparator is not None and (not isinstance(comparator, str) or comparator not in COMPARATORS):
+        return None
+    return (float(number), unit, comparator)
 
 
 _COMPARATOR_STRING = re.compile(r"^\s*(<=|>=|<|>)?\s*(\d+(?:\.\d+)?)\s*([^\d\s].*)?$")

@@ -448,3 +448,20 @@ def test_named_or_old_medicines_leave_the_card_as_it_was() -> None:
     for other in (named, old, displayed):
         finding = by_topic(run(obs("b12", 1600, 10), other), "elevated-b12-no-supplement")
         assert "Check the medication list" not in finding.detail and "is on file" in finding.detail
+
+
+def test_a_b12_reported_as_more_than_1000_pmol_per_litre_is_very_high_in_both_elevated_cards() -> None:
+    above = obs("b12", None, 10, valueQuantity={"value": 1000, "comparator": ">", "unit": "pmol/L"})
+    alone = by_topic(run(above), "elevated-b12-no-supplement")
+    assert alone.indicator == "warning" and "Arendt" in alone.detail
+    statement = med(MULTIVITAMIN, 200, kind="MedicationStatement")
+    review = by_topic(run(above, statement), "elevated-b12-supplement-review")
+    assert "Above 1355.37 pg/mL (1000 pmol/L)" in review.detail
+
+
+def test_direction_controls_leave_plain_text_names_too() -> None:
+    """Suggestion labels and action descriptions are plain text: a right-to-left override in the name
+    would reverse what follows it there as well."""
+    statement = med({"text": "Multi\u202evitamin tablet"}, 200, kind="MedicationStatement")
+    review = by_topic(run(obs("b12", 1250, 10), statement), "elevated-b12-supplement-review")
+    assert "Stop Multivitamin tablet" in [a.description for a in actions(review)]

@@ -7,6 +7,7 @@ inflammation, liver disease or haemochromatosis, and prescribing it may delay fi
 from __future__ import annotations
 
 from cds_service.clinical.findings import Finding
+from cds_service.clinical.markdown import literal_names
 from cds_service.clinical.record import MedicationEntry, PatientRecord
 from cds_service.clinical.rules.common import (
     SOURCE_LABEL,
@@ -14,7 +15,6 @@ from cds_service.clinical.rules.common import (
     deficiency_explains_b12,
     ferritin_high,
     fmt,
-    literal_names,
     not_recently_done,
     order_labs,
     starting_b12,

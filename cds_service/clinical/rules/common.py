@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,6 +19,7 @@ from pydantic import ValidationError
 from cds_service.clinical import codes
 from cds_service.clinical.config import ClinicalConfig
 from cds_service.clinical.findings import Proposal, ProposedAction
+from cds_service.clinical.markdown import literal
 from cds_service.clinical.record import MedicationEntry, PatientRecord, Result
 
 log = logging.getLogger(__name__)
@@ -34,26 +34,6 @@ def day(moment: datetime) -> str:
 
 def fmt(value: float) -> str:
     return f"{value:g}"
-
-
-# What opens inline Markdown in running text: links and images, emphasis, code, raw HTML and autolinks,
-# entities, strikethrough and table cells.
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>&~|])")
-
-
-def literal(text: str) -> str:
-    """EHR text (a medicine's or a diagnosis's name) as Markdown that shows exactly that text, on one line.
-
-    Names come from the EHR's records and reach the clinician inside a card's Markdown detail. Unescaped,
-    a name holding ``[...](...)`` or ``![](...)`` would render as a link or an image fetched from anywhere,
-    ``<...>`` as HTML, ``*`` or ``_`` as emphasis the service never wrote, and a line break could start a
-    heading or a list item of its own."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(text.split()))
-
-
-def literal_names(names: Iterable[str]) -> str:
-    """Several EHR names for a card's detail, each made literal, comma-separated."""
-    return ", ".join(literal(name) for name in names)
 
 
 def day_after(moment: datetime) -> datetime:
@@ -166,6 +146,12 @@ def b12_deficient(record: PatientRecord, b12: Result) -> tuple[bool, str]:
 
 def b12_elevated(record: PatientRecord, b12: Result) -> tuple[bool, str]:
     return b12.is_high(record.config.thresholds.b12_elevated)
+
+
+def b12_very_high(record: PatientRecord, b12: Result) -> bool:
+    """Above Arendt & Nexo's 1000 pmol/L, or reported as more than exactly that (">1000 pmol/L")."""
+    limit = record.config.thresholds.b12_very_high
+    return b12.value > limit or (b12.value == limit and b12.comparator == ">")
 
 
 def ferritin_high(record: PatientRecord, ferritin: Result) -> tuple[bool, str]:

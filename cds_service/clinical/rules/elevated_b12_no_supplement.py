@@ -11,14 +11,15 @@ from datetime import timedelta
 
 from cds_service.clinical import codes
 from cds_service.clinical.findings import Finding
+from cds_service.clinical.markdown import literal_names
 from cds_service.clinical.record import MedicationEntry, PatientRecord
 from cds_service.clinical.rules.common import (
     B12_PRODUCTS,
     SOURCE_LABEL,
+    b12_very_high,
     elevated_latest_b12,
     ferritin_high,
     fmt,
-    literal_names,
     not_recently_done,
     order_labs,
     suggested_tests_line,
@@ -47,7 +48,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     for cls in (*EXPLAINING, codes.B12_DEFICIENCY):
         if record.has_condition(cls, include_controlled=cls == codes.B12_DEFICIENCY):
             return None
-    very_high = b12.value > t.b12_very_high or (b12.value == t.b12_very_high and b12.comparator == ">")
+    very_high = b12_very_high(record, b12)
     wanted = not_recently_done(record, ["alt", "ast", "crp"], t.recent_days)
     proposals = order_labs(
         record, "Order liver enzymes and CRP", wanted, "High B12 without supplements: look for liver disease"

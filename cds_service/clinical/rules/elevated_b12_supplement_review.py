@@ -8,13 +8,14 @@ pernicious anaemia explains injections: levels are expected to be high then and 
 from __future__ import annotations
 
 from cds_service.clinical.findings import Finding
+from cds_service.clinical.markdown import literal_names
 from cds_service.clinical.record import MedicationEntry, PatientRecord, number
 from cds_service.clinical.rules.common import (
     SOURCE_LABEL,
+    b12_very_high,
     deficiency_explains_b12,
     elevated_latest_b12,
     fmt,
-    literal_names,
     supplement_review_actions,
 )
 
@@ -48,7 +49,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         "- No diagnosis of B12 deficiency or pernicious anaemia is recorded (if there is one, injections "
         "should continue: high levels are expected on treatment).",
     ]
-    if b12.value > t.b12_very_high:
+    if b12_very_high(record, b12):
         lines.append(
             f"- Above {fmt(t.b12_very_high)} pg/mL (1000 pmol/L), a B12 is strongly associated with "
             f"liver disease, "

@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from cds_service.clinical import codes
 from cds_service.clinical.findings import Finding
+from cds_service.clinical.markdown import literal_names
 from cds_service.clinical.record import MedicationEntry, PatientRecord
 from cds_service.clinical.rules.common import (
     SOURCE_LABEL,
@@ -18,7 +19,6 @@ from cds_service.clinical.rules.common import (
     day_after,
     haemoglobin_line,
     iron_status,
-    literal_names,
 )
 
 TOPIC = "iron-deficiency-after-b12"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from cds_service.clinical import codes
 from cds_service.clinical.findings import Finding, Proposal
+from cds_service.clinical.markdown import literal_names
 from cds_service.clinical.record import MedicationEntry, PatientRecord
 from cds_service.clinical.rules.common import (
     B12_PRODUCTS,
@@ -18,7 +19,6 @@ from cds_service.clinical.rules.common import (
     focus_products,
     haemoglobin_line,
     iron_deficiency_near,
-    literal_names,
     not_recently_done,
     order_labs,
     supplement_review_actions,

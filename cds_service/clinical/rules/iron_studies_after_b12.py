@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 
 from cds_service.clinical import codes
 from cds_service.clinical.findings import Finding
+from cds_service.clinical.markdown import literal_names
 from cds_service.clinical.record import MedicationEntry, PatientRecord
 from cds_service.clinical.rules.common import (
     SOURCE_LABEL,
@@ -20,7 +21,6 @@ from cds_service.clinical.rules.common import (
     elevated_before_b12,
     fmt,
     iron_studies_cover,
-    literal_names,
     order_labs,
     starting_b12,
 )
