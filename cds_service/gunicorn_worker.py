@@ -10,11 +10,11 @@ the client sent; its log line does the same.
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 from ssl import SSLError
 from typing import Any
 
-import gunicorn
 from gunicorn import util
 from gunicorn.http import errors
 from gunicorn.workers.gthread import ThreadWorker
@@ -22,43 +22,31 @@ from gunicorn.workers.gthread import ThreadWorker
 from cds_service.app import CORS_HEADERS, operation_outcome
 
 INTERNAL_ERROR = "The service failed to process this request; it has been logged."
-_GUNICORN_27 = gunicorn.version_info >= (27,)
-# gunicorn 27 answers an over-long request line with 414; 23 to 26 answered 400.
-LONG_REQUEST_LINE_STATUS = 414 if _GUNICORN_27 else 400
 # Set on a request once the app's response to it has been written (see JsonErrorWorker.handle_request).
 _ANSWERED = "_cds_answered"
-
-
-def _present(*names: str) -> tuple[type[BaseException], ...]:
-    """The named gunicorn errors this gunicorn version defines (the project allows 23 to 27)."""
-    return tuple(getattr(errors, name) for name in names if hasattr(errors, name))
-
-
-# gunicorn 27 blames a malformed chunked body on the client (400). Before, these errors were OSErrors that
-# the gthread worker dropped the connection on, and gunicorn answered 500 for them anywhere else.
-_CHUNK_ERRORS = (
-    _present("InvalidChunkSize", "ChunkMissingTerminator", "InvalidChunkExtension") if _GUNICORN_27 else ()
-)
+# gunicorn 27 blames a malformed chunked body on the client (400); 23 to 26 dropped the connection and
+# logged the body's bytes, one reason the project requires 27.
+_CHUNK_ERRORS = (errors.InvalidChunkSize, errors.ChunkMissingTerminator, errors.InvalidChunkExtension)
 # Raised while writing the app's own response: its fault, not the client's, so gunicorn answers 500. They
 # subclass InvalidHeader and InvalidHeaderName, so they are looked for first.
-_APP_FAULTS = _present("InvalidResponseHeader", "InvalidResponseHeaderName")
+_APP_FAULTS = (errors.InvalidResponseHeader, errors.InvalidResponseHeaderName)
 # Only gunicorn's own names for the framing headers are quoted: any other name came from the client.
 _FRAMING_HEADERS = {"CONTENT-LENGTH": "Content-Length", "TRANSFER-ENCODING": "Transfer-Encoding"}
 # gunicorn's status for each error it blames on the client, as in its Worker.handle_error.
 _REFUSALS: tuple[tuple[tuple[type[BaseException], ...], int, str], ...] = (
-    (_present("InvalidRequestLine"), 400, "The request line is not a valid HTTP/1.x request line."),
-    (_present("InvalidRequestMethod"), 400, "The request method is not valid."),
-    (_present("InvalidHTTPVersion"), 400, "The request's HTTP version is not supported."),
-    (_present("UnsupportedTransferCoding"), 501, "The request's Transfer-Encoding is not supported."),
-    (_present("ConfigurationProblem"), 500, "The server is not configured to serve this request path."),
-    (_present("ObsoleteFolding"), 400, "A request header field uses obsolete line folding."),
-    (_present("InvalidHeaderName"), 400, "A request header field name is not a valid token."),
-    (_present("ExpectationFailed"), 417, "The request's Expect header cannot be met."),
-    (_present("InvalidProxyLine"), 400, "The PROXY protocol line is not valid."),
-    (_present("ForbiddenProxyRequest"), 403, "PROXY protocol lines are not accepted from this address."),
-    (_present("InvalidSchemeHeaders"), 400, "The request's forwarded-scheme headers contradict each other."),
+    ((errors.InvalidRequestLine,), 400, "The request line is not a valid HTTP/1.x request line."),
+    ((errors.InvalidRequestMethod,), 400, "The request method is not valid."),
+    ((errors.InvalidHTTPVersion,), 400, "The request's HTTP version is not supported."),
+    ((errors.UnsupportedTransferCoding,), 501, "The request's Transfer-Encoding is not supported."),
+    ((errors.ConfigurationProblem,), 500, "The server is not configured to serve this request path."),
+    ((errors.ObsoleteFolding,), 400, "A request header field uses obsolete line folding."),
+    ((errors.InvalidHeaderName,), 400, "A request header field name is not a valid token."),
+    ((errors.ExpectationFailed,), 417, "The request's Expect header cannot be met."),
+    ((errors.InvalidProxyLine,), 400, "The PROXY protocol line is not valid."),
+    ((errors.ForbiddenProxyRequest,), 403, "PROXY protocol lines are not accepted from this address."),
+    ((errors.InvalidSchemeHeaders,), 400, "The request's forwarded-scheme headers contradict each other."),
     (_CHUNK_ERRORS, 400, "The chunked request body is malformed."),
-    (_present("InvalidH2CPreface"), 400, "The HTTP/2 connection preface is not valid."),
+    ((errors.InvalidH2CPreface,), 400, "The HTTP/2 connection preface is not valid."),
     ((SSLError,), 403, "The TLS connection failed."),
 )
 
@@ -70,7 +58,7 @@ def refusal(exc: BaseException, cfg: Any) -> tuple[int, str] | None:
     if isinstance(exc, _APP_FAULTS):
         return None
     if isinstance(exc, errors.LimitRequestLine):
-        return LONG_REQUEST_LINE_STATUS, f"The request line is longer than {cfg.limit_request_line} bytes."
+        return 414, f"The request line is longer than {cfg.limit_request_line} bytes."
     if isinstance(exc, errors.LimitRequestHeaders):
         return 431, (
             f"The request's header fields exceed the server's limits: at most {cfg.limit_request_fields}"
@@ -85,6 +73,19 @@ def refusal(exc: BaseException, cfg: Any) -> tuple[int, str] | None:
         if isinstance(exc, classes):
             return status, reason
     return None
+
+
+class WithoutRequestBytes(logging.Filter):
+    """Keeps only the class name of an exception passed to one of gunicorn's log lines.
+
+    gunicorn's debug lines format exceptions whose text quotes what the client sent: a client that hangs
+    up mid-request logs "Ignored premature client disconnection. No more data after: b'…Authorization:
+    Bearer …'". The class name still says what happened."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, BaseException) for a in record.args):
+            record.args = tuple(type(a).__name__ if isinstance(a, BaseException) else a for a in record.args)
+        return True
 
 
 def error_response(status: int, reason: str) -> bytes:

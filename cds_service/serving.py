@@ -97,6 +97,7 @@ def _log_config(level: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": "cds_service.observability.JsonFormatter"}},
+        "filters": {"without_request_bytes": {"()": "cds_service.gunicorn_worker.WithoutRequestBytes"}},
         "handlers": {
             "stderr": {
                 "class": "cds_service.batched_log.BatchingStreamHandler",
@@ -106,7 +107,12 @@ def _log_config(level: str) -> dict[str, Any]:
         },
         "root": {"level": level, "handlers": ["stderr"]},
         "loggers": {
-            "gunicorn.error": {"level": level, "handlers": [], "propagate": True},
+            "gunicorn.error": {
+                "level": level,
+                "handlers": [],
+                "propagate": True,
+                "filters": ["without_request_bytes"],
+            },
         },
     }
 

@@ -288,3 +288,25 @@ def test_every_gunicorn_error_gets_the_status_gunicorns_own_worker_gives_it(
     differently shows up here rather than as a silent mismatch."""
     instance = placeholder(error)
     assert status_written(JsonErrorWorker, instance) == status_written(ThreadWorker, instance)
+
+
+@pytest.fixture(scope="module")
+def served_at_debug(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    server = Served(tmp_path_factory.mktemp("gunicorn-debug"), workers=1, threads=2, CDS_LOG_LEVEL="DEBUG")
+    yield server
+    server.stop()
+
+
+@pytest.mark.integration
+def test_a_client_hanging_up_mid_request_is_logged_without_its_bytes(
+    served_at_debug: Served, token: str
+) -> None:
+    """gunicorn logs the half-read request at DEBUG ("No more data after: b'…'"): the class name is kept."""
+    message = "Ignored premature client disconnection. NoMoreData"
+    seen = len(logged(served_at_debug, message))
+    with socket.create_connection(("127.0.0.1", served_at_debug.port), timeout=10) as sock:
+        sock.sendall(
+            f"POST /cds-services/b12-iron-patient-view HTTP/1.1\r\nAuthorization: Bearer {token}".encode()
+        )
+    assert len(wait_for_more(served_at_debug, message, seen)) == seen + 1
+    assert token not in served_at_debug.log()
