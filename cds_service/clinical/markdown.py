@@ -14,19 +14,20 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from cds_service.fhir.read import clean_label
+
 # What opens inline Markdown in running text: links and images, emphasis, code, raw HTML and autolinks,
 # entities, strikethrough and table cells.
 _SPECIAL = re.compile(r"([\\`*_\[\]<>&~|])")
 # GitHub's extended autolinks, which ignore the escapes above: a backslash before the ":" of a scheme or
 # the "." after "www" is the escape GitHub's renderer honours.
 _AUTOLINK = re.compile(r"(?i)(https?|ftp)(:)|(www)(\.)")
-# Bidirectional embeddings, overrides and isolates, and the marks: they reorder what follows them.
-_BIDI = dict.fromkeys(map(ord, "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f"), None)
 
 
 def literal(text: str) -> str:
-    """``text`` as Markdown that shows exactly that text, on one line."""
-    escaped = _SPECIAL.sub(r"\\\1", " ".join(text.translate(_BIDI).split()))
+    """``text`` as Markdown that shows exactly that text, on one line (``clean_label``: without invisible
+    or direction-control characters)."""
+    escaped = _SPECIAL.sub(r"\\\1", clean_label(text))
     return _AUTOLINK.sub(lambda m: f"{m[1] or m[3]}\\{m[2] or m[4]}", escaped)
 
 
