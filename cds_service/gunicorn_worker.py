@@ -33,21 +33,21 @@ _APP_FAULTS = (errors.InvalidResponseHeader, errors.InvalidResponseHeaderName)
 # Only gunicorn's own names for the framing headers are quoted: any other name came from the client.
 _FRAMING_HEADERS = {"CONTENT-LENGTH": "Content-Length", "TRANSFER-ENCODING": "Transfer-Encoding"}
 # gunicorn's status for each error it blames on the client, as in its Worker.handle_error.
-_REFUSALS: tuple[tuple[tuple[type[BaseException], ...], int, str], ...] = (
-    ((errors.InvalidRequestLine,), 400, "The request line is not a valid HTTP/1.x request line."),
-    ((errors.InvalidRequestMethod,), 400, "The request method is not valid."),
-    ((errors.InvalidHTTPVersion,), 400, "The request's HTTP version is not supported."),
-    ((errors.UnsupportedTransferCoding,), 501, "The request's Transfer-Encoding is not supported."),
-    ((errors.ConfigurationProblem,), 500, "The server is not configured to serve this request path."),
-    ((errors.ObsoleteFolding,), 400, "A request header field uses obsolete line folding."),
-    ((errors.InvalidHeaderName,), 400, "A request header field name is not a valid token."),
-    ((errors.ExpectationFailed,), 417, "The request's Expect header cannot be met."),
-    ((errors.InvalidProxyLine,), 400, "The PROXY protocol line is not valid."),
-    ((errors.ForbiddenProxyRequest,), 403, "PROXY protocol lines are not accepted from this address."),
-    ((errors.InvalidSchemeHeaders,), 400, "The request's forwarded-scheme headers contradict each other."),
+_REFUSALS: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int, str], ...] = (
+    (errors.InvalidRequestLine, 400, "The request line is not a valid HTTP/1.x request line."),
+    (errors.InvalidRequestMethod, 400, "The request method is not valid."),
+    (errors.InvalidHTTPVersion, 400, "The request's HTTP version is not supported."),
+    (errors.UnsupportedTransferCoding, 501, "The request's Transfer-Encoding is not supported."),
+    (errors.ConfigurationProblem, 500, "The server is not configured to serve this request path."),
+    (errors.ObsoleteFolding, 400, "A request header field uses obsolete line folding."),
+    (errors.InvalidHeaderName, 400, "A request header field name is not a valid token."),
+    (errors.ExpectationFailed, 417, "The request's Expect header cannot be met."),
+    (errors.InvalidProxyLine, 400, "The PROXY protocol line is not valid."),
+    (errors.ForbiddenProxyRequest, 403, "PROXY protocol lines are not accepted from this address."),
+    (errors.InvalidSchemeHeaders, 400, "The request's forwarded-scheme headers contradict each other."),
     (_CHUNK_ERRORS, 400, "The chunked request body is malformed."),
-    ((errors.InvalidH2CPreface,), 400, "The HTTP/2 connection preface is not valid."),
-    ((SSLError,), 403, "The TLS connection failed."),
+    (errors.InvalidH2CPreface, 400, "The HTTP/2 connection preface is not valid."),
+    (SSLError, 403, "The TLS connection failed."),
 )
 
 
