@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from cds_service.clinical.engine import ClinicalConfig, evaluate, load_clinical_
 from cds_service.clinical.findings import Finding, findings_from_json, findings_to_json
 from cds_service.config import ConfigError, Settings, load_site_config
 from cds_service.fhir.client import FetchOutcome, FhirClient, fhir_server_allowed
+from cds_service.fhir.medications import MAX_IDS, dangling_medication_ids, medication_queries
 from cds_service.observability import CallTrace, observe_fhir_fetch
 from cds_service.protocol.auth import AuthenticatedClient
 from cds_service.protocol.cards import (
@@ -44,6 +46,8 @@ from cds_service.run_ahead import RunAheadCache
 log = logging.getLogger(__name__)
 
 LOINC = "http://loinc.org"
+# Below this, following medication references would only add a timeout to the call.
+MIN_MEDICATION_BUDGET_MS = 100
 
 
 @dataclass(frozen=True)
@@ -258,6 +262,7 @@ class HookHandler:
             }
             missing = {key: item for key, item in items.items() if item.state.is_missing}
             resources = prefetched_resources(items.values())
+        started = time.monotonic()
         if missing:
             for item in missing.values():
                 log.info(
@@ -269,7 +274,23 @@ class HookHandler:
                 )
             with trace.phase("fhir"):
                 resources.extend(self._fetch_missing(service, request, client, missing, trace))
+        dangling = (
+            dangling_medication_ids([*resources, *request.draft_orders], request.fhir_server)
+            if request.fhir_server
+            else None
+        )
+        if dangling:
+            spent_ms = (time.monotonic() - started) * 1000.0
+            with trace.phase("fhir"):
+                resources.extend(self._fetch_medications(request, client, dangling, trace, spent_ms))
         return resources
+
+    def _may_query(self, request: HookRequest, client: AuthenticatedClient | None) -> bool:
+        """Whether the request's fhirServer is one this client (or, failing that, the site) allows."""
+        allowed = (
+            client.fhir_servers if client and client.fhir_servers else self.settings.allowed_fhir_servers
+        )
+        return bool(request.fhir_server) and fhir_server_allowed(request.fhir_server, allowed)
 
     def _fetch_missing(
         self,
@@ -285,10 +306,7 @@ class HookHandler:
                 f"Required data is missing from the prefetch and no fhirServer was given to fetch it: {why}."
             )
             raise RequestError(412, reason, without_identifiers(reason, *_identifiers(request)))
-        allowed = (
-            client.fhir_servers if client and client.fhir_servers else self.settings.allowed_fhir_servers
-        )
-        if not fhir_server_allowed(request.fhir_server, allowed):
+        if not self._may_query(request, client):
             raise RequestError(
                 412,
                 f"Required data is missing from the prefetch ({why}) and the fhirServer "
@@ -300,42 +318,102 @@ class HookHandler:
             raise RequestError(
                 400, f"Cannot fill the prefetch templates from the context: {error}."
             ) from None
-        outcomes = self.fhir_client.fetch_all(
-            request.fhir_server,
-            queries,
-            authorization=request.authorization_header,
-            budget_ms=self.settings.fhir_budget_ms,
-        )
-        trace.fhir_queries += sum(o.requests for o in outcomes.values())
+        outcomes = self._fetch(request, queries, trace, self.settings.fhir_budget_ms)
         pages = self.fhir_client.max_pages
         outcomes = {key: _refuse_unsafe_truncation(o, queries[key], pages) for key, o in outcomes.items()}
-        private = _identifiers(request)
-        for outcome in outcomes.values():
-            observe_fhir_fetch(outcome.elapsed_ms, outcome.ok)
-            for warning in outcome.warnings:
-                log.warning(
-                    "FHIR fetch for %s: %s",
-                    outcome.key,
-                    without_identifiers(warning, *private),
-                    extra={"hookInstance": request.hook_instance},
-                )
-        failed = [o for o in outcomes.values() if not o.ok]
-        trace.fhir_errors += len(failed)
+        failed = self._note_failures(request, outcomes, trace)
         if failed:
-            for outcome in failed:
-                log.warning(
-                    "FHIR fetch for %s failed: %s",
-                    outcome.key,
-                    without_identifiers(outcome.error or "", *private),
-                    extra={"hookInstance": request.hook_instance},
-                )
             reasons = "; ".join(f"{o.key}: {o.error}" for o in failed)
             reason = f"Required data could not be fetched from {request.fhir_server}: {reasons}."
-            raise RequestError(412, reason, without_identifiers(reason, *private))
+            raise RequestError(412, reason, without_identifiers(reason, *_identifiers(request)))
         fetched: list[dict] = []
         for outcome in outcomes.values():
             fetched.extend(resources_of(outcome.resource))
         return fetched
+
+    def _fetch_medications(
+        self,
+        request: HookRequest,
+        client: AuthenticatedClient | None,
+        ids: list[str],
+        trace: CallTrace,
+        spent_ms: float,
+    ) -> list[dict]:
+        """The Medications that medication records refer to and nobody sent, from the request's server.
+
+        Unlike a missing prefetch key this never refuses the call: a record whose product cannot be read
+        stays "unidentified", which the rules already treat with care (no card claims there is no B12 on
+        file while one is). So a server that is not allowed, slow or failing costs only a log line."""
+        extra = {"hookInstance": request.hook_instance}
+        if not self._may_query(request, client):
+            log.info(
+                "%d medication reference(s) name a Medication that is not in the request, and the "
+                "fhirServer is not one this service may query: those records stay unidentified",
+                len(ids),
+                extra=extra,
+            )
+            return []
+        budget_ms = int(self.settings.fhir_budget_ms - spent_ms)
+        if budget_ms < MIN_MEDICATION_BUDGET_MS:
+            log.warning(
+                "%d medication reference(s) not followed: %d ms of the FHIR budget left",
+                len(ids),
+                max(budget_ms, 0),
+                extra=extra,
+            )
+            return []
+        if len(ids) > MAX_IDS:
+            log.warning(
+                "%d medication references to follow; only the first %d are, the rest stay unidentified",
+                len(ids),
+                MAX_IDS,
+                extra=extra,
+            )
+        outcomes = self._fetch(request, medication_queries(ids), trace, budget_ms)
+        self._note_failures(request, outcomes, trace)
+        wanted = set(ids)
+        return [
+            resource
+            for outcome in outcomes.values()
+            if outcome.ok
+            for resource in resources_of(outcome.resource)
+            if resource.get("resourceType") == "Medication" and resource.get("id") in wanted
+        ]
+
+    def _fetch(
+        self, request: HookRequest, queries: dict[str, str], trace: CallTrace, budget_ms: int
+    ) -> dict[str, FetchOutcome]:
+        outcomes = self.fhir_client.fetch_all(
+            request.fhir_server,
+            queries,
+            authorization=request.authorization_header,
+            budget_ms=budget_ms,
+        )
+        trace.fhir_queries += sum(o.requests for o in outcomes.values())
+        return outcomes
+
+    def _note_failures(
+        self, request: HookRequest, outcomes: Mapping[str, FetchOutcome], trace: CallTrace
+    ) -> list[FetchOutcome]:
+        """Metrics and log lines (identifiers removed) for every outcome; returns the failed ones."""
+        private = _identifiers(request)
+        extra = {"hookInstance": request.hook_instance}
+        for outcome in outcomes.values():
+            observe_fhir_fetch(outcome.elapsed_ms, outcome.ok)
+            for warning in outcome.warnings:
+                log.warning(
+                    "FHIR fetch for %s: %s", outcome.key, without_identifiers(warning, *private), extra=extra
+                )
+        failed = [o for o in outcomes.values() if not o.ok]
+        trace.fhir_errors += len(failed)
+        for outcome in failed:
+            log.warning(
+                "FHIR fetch for %s failed: %s",
+                outcome.key,
+                without_identifiers(outcome.error or "", *private),
+                extra=extra,
+            )
+        return failed
 
 
 def _identifiers(request: HookRequest) -> tuple[str | None, ...]:

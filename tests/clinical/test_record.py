@@ -155,6 +155,19 @@ def test_medication_reference_to_contained_and_bundled_medication() -> None:
     assert [m.classes for m in rec.medications] == [frozenset({codes.B12_THERAPY})] * 2
 
 
+def test_a_draft_order_reads_the_medication_that_travels_beside_it_in_the_draft_orders() -> None:
+    product = {"resourceType": "Medication", "id": "draft-med", "code": CYANO}
+    order = draft_b12()
+    del order["medicationCodeableConcept"]
+    order["medicationReference"] = {"reference": "Medication/draft-med"}
+
+    with_product = record(drafts=(order, product))
+    without_product = record(drafts=(order,))
+
+    assert [d.classes for d in with_product.drafts] == [frozenset({codes.B12_THERAPY})]
+    assert without_product.drafts == []
+
+
 def test_void_medication_records_are_ignored() -> None:
     rec = record(med(CYANO, 30, status="entered-in-error"), med(CYANO, 30, status="cancelled"))
     assert rec.medications == []

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 import requests
@@ -600,3 +601,157 @@ def test_order_sign_after_order_select_is_answered_from_memory_through_a_real_se
     changed, changed_trace, _ = call("order-sign", sign_context)
     assert changed_trace.run_ahead_hit is False
     assert "iron-deficiency-with-high-b12" in _topics(changed["cards"])
+
+
+# Medications the prefetch only refers to: EHRs that keep products as Medication resources send orders
+# with a medicationReference, and may fill the prefetch without the Medications themselves.
+
+MEDICATION_EXAMPLES = [
+    path
+    for path in HOOK_EXAMPLES
+    if any(
+        r["resourceType"].startswith("Medication") for r in _prefetch_resources(_example(path)["prefetch"])
+    )
+    or _example(path)["hook"] != "patient-view"
+]
+
+
+def _products_by_reference(body: dict[str, Any]) -> tuple[dict[str, Any], list[dict]]:
+    """The request with every medication record's product moved into a Medication that is not sent (no
+    display either, so nothing but the Medication names it), and those Medications."""
+    changed = copy.deepcopy(body)
+    changed["hookInstance"] = str(uuid.uuid4())
+    records = _prefetch_resources(changed["prefetch"]) + [
+        entry["resource"] for entry in changed["context"].get("draftOrders", {}).get("entry", [])
+    ]
+    products = []
+    for n, resource in enumerate(r for r in records if "medicationCodeableConcept" in r):
+        products.append(
+            {
+                "resourceType": "Medication",
+                "id": f"product-{n}",
+                "code": resource.pop("medicationCodeableConcept"),
+            }
+        )
+        resource["medicationReference"] = {"reference": f"Medication/product-{n}"}
+    assert products, "the example has a medication record to move"
+    return changed, products
+
+
+def _card_text(cards: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """What a clinician reads. Suggestions are left out: a "stop" suggestion copies the EHR's own order,
+    which now names its product by reference."""
+    return [(c["summary"], c["indicator"], c["detail"]) for c in cards]
+
+
+@pytest.mark.parametrize("path", MEDICATION_EXAMPLES, ids=[p.stem for p in MEDICATION_EXAMPLES])
+def test_a_medication_the_prefetch_only_refers_to_is_fetched_and_read(
+    path: Path, client: FlaskClient, fhir_server: SekmetServer, proxy: DelayProxy, fhir_base: str
+) -> None:
+    original = _example(path)
+    body, products = _products_by_reference(original)
+    _put_on_server(fhir_server, products)
+
+    _, expected = _call(client, original)
+    status_blind, blind = _call(client, body)
+    status, fetched = _call(client, {**body, "fhirServer": fhir_base})
+
+    assert (status_blind, status) == (200, 200), fetched
+    _assert_cards_response(fetched)
+    assert _card_text(fetched["cards"]) == _card_text(expected["cards"])
+    assert _card_text(blind["cards"]) != _card_text(expected["cards"]), (
+        "without the Medications the product is unknown, so the comparison above means something"
+    )
+    [request] = proxy.seen
+    path_part, _, query = request.path.partition("?")
+    assert path_part == "/fhir/Medication"
+    assert parse_qs(query)["_id"] == [",".join(p["id"] for p in products)]
+
+
+def test_a_failed_medication_fetch_leaves_the_product_unidentified_and_still_answers(
+    client: FlaskClient,
+    fhir_server: SekmetServer,
+    proxy: DelayProxy,
+    fhir_base: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The prefetch was complete, so the call is answered as if no server had been given, with a log
+    line (no patient id in it) that says which fetch failed."""
+    original = _example(REPO / "hooks" / "patient-view-iron-deficiency-after-b12.json")
+    body, products = _products_by_reference(original)
+    _put_on_server(fhir_server, products)
+    _, blind = _call(client, body)
+
+    proxy.reset_next(4)
+    with caplog.at_level(logging.WARNING, logger="cds_service.services"):
+        status, answer = _call(client, {**body, "fhirServer": fhir_base})
+
+    assert status == 200, answer
+    assert _card_text(answer["cards"]) == _card_text(blind["cards"])
+    assert proxy.seen and all(r.path.startswith("/fhir/Medication?") for r in proxy.seen)
+    failures = [r.getMessage() for r in caplog.records if "medications-1 failed" in r.getMessage()]
+    assert failures, [r.getMessage() for r in caplog.records]
+    assert all(body["context"]["patientId"] not in line for line in failures)
+
+
+def test_a_medication_on_a_server_that_is_not_allowed_is_not_fetched(
+    client: FlaskClient, fhir_server: SekmetServer, proxy: DelayProxy
+) -> None:
+    body, products = _products_by_reference(_example(REPO / "hooks" / "patient-view.json"))
+    _put_on_server(fhir_server, products)
+    status, answer = _call(client, _with_token({**body, "fhirServer": proxy.url("/other-fhir")}, TOKEN))
+    assert status == 200, answer
+    assert proxy.seen == []
+
+
+@pytest.mark.parametrize(
+    ("name", "medication_searches"),
+    [("patient-view-iron-deficiency-after-b12", 0), ("patient-view-elevated-b12-supplement", 1)],
+)
+def test_without_prefetch_products_come_with_their_orders_or_in_one_more_search(
+    name: str,
+    medication_searches: int,
+    client: FlaskClient,
+    fhir_server: SekmetServer,
+    proxy: DelayProxy,
+    fhir_base: str,
+) -> None:
+    """The MedicationRequest search brings its Medications with ``_include``; statements and
+    administrations are searched without one, so their products take one search more."""
+    original = _example(REPO / "hooks" / f"{name}.json")
+    body, products = _products_by_reference(original)
+    _put_on_server(fhir_server, _prefetch_resources(body["prefetch"]) + products)
+
+    _, expected = _call(client, original)
+    status, fetched = _call(client, _without_prefetch(body, fhir_base))
+
+    assert status == 200, fetched
+    assert _card_text(fetched["cards"]) == _card_text(expected["cards"])
+    searched = [r.path.split("?")[0] for r in proxy.seen]
+    assert len(searched) == len(PREFETCH_KEYS) + medication_searches
+    assert searched.count("/fhir/Medication") == medication_searches
+
+
+def test_following_medication_references_stays_inside_the_fhir_budget(
+    settings: Settings, fhir_server: SekmetServer, proxy: DelayProxy, fhir_base: str
+) -> None:
+    """The second round gets what the first left of the budget: behind a slow server the products stay
+    unidentified, and the call still answers on time."""
+    original = _example(REPO / "hooks" / "patient-view-elevated-b12-supplement.json")
+    body, products = _products_by_reference(original)
+    _put_on_server(fhir_server, _prefetch_resources(body["prefetch"]) + products)
+    application = create_app(settings.with_overrides(fhir_budget_ms=1000))
+    try:
+        client = application.test_client()
+        _, blind = _call(client, body)
+        proxy.delay_s = 0.7
+        started = time.monotonic()
+        status, answer = _call(client, _without_prefetch(body, fhir_base))
+        elapsed = time.monotonic() - started
+    finally:
+        application.extensions["cds"]["recorder"].close()
+        application.extensions["cds"]["feedback"].close()
+
+    assert status == 200, answer
+    assert _card_text(answer["cards"]) == _card_text(blind["cards"])
+    assert elapsed < 1.0 + 0.3
