@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cds_service.fhir.medications import (
     IDS_PER_QUERY,
@@ -14,6 +17,7 @@ from cds_service.fhir.medications import (
     local_medication_id,
     medication_queries,
 )
+from tests.support.json_values import json_values
 
 SERVER = "https://ehr.example.org/fhir"
 
@@ -102,3 +106,28 @@ def test_queries_ask_for_each_id_once_in_pages_that_need_no_second_page() -> Non
 
 def test_no_ids_no_queries() -> None:
     assert medication_queries([]) == {}
+
+
+REFERENCES = st.one_of(
+    json_values(max_leaves=6),
+    st.builds(lambda text: {"reference": text}, st.text(max_size=80)),
+    st.builds(lambda text: {"reference": f"Medication/{text}"}, st.text(max_size=80)),
+    st.builds(lambda text: {"reference": f"{SERVER}/Medication/{text}/_history/1"}, st.text(max_size=80)),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(REFERENCES, max_size=6), st.lists(json_values(max_leaves=6), max_size=3))
+def test_any_json_reads_without_error_and_yields_only_valid_ids(
+    references: list[Any], junk: list[Any]
+) -> None:
+    """Odd shapes anywhere (a reference that is a number, a record that is a list) read as nothing to
+    follow; what is followed is always an id that can go into a URL unquoted."""
+    resources = [
+        {"resourceType": "MedicationStatement", "id": f"s{n}", "medicationReference": reference}
+        for n, reference in enumerate(references)
+    ] + junk
+    for ident in dangling_medication_ids(resources, SERVER):
+        assert re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", ident)
+        [query] = medication_queries([ident]).values()
+        assert parse_qs(query.partition("?")[2]) == {"_id": [ident], "_count": ["1"]}
