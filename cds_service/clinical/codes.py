@@ -240,14 +240,6 @@ class ValueSets:
         value = self._memo[key] = compute()
         return value
 
-    def analyte_of(self, concept: Any) -> str | None:
-        """The analyte a lab concept measures, or None (most Observations are none of ours)."""
-        for pair in codings(concept):
-            analyte = self.analyte_codes.get(pair)
-            if analyte is not None:
-                return analyte
-        return None
-
     def order_analytes(self, concept: Any) -> set[str]:
         """The analytes a ServiceRequest's code orders, by code and, failing that, by its text."""
         found = {self.analyte_codes[pair] for pair in codings(concept) if pair in self.analyte_codes}

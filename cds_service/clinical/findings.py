@@ -6,7 +6,7 @@ the FHIR resources it proposes, but no card uuid, no JSON shape and nothing of t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 Indicator = Literal["info", "warning", "critical"]
@@ -44,7 +44,6 @@ class Finding:
     source_url: str | None = None
     proposals: tuple[Proposal, ...] = ()
     selection_behavior: Literal["at-most-one", "any"] = "any"
-    evidence: tuple[str, ...] = field(default=())
 
 
 def findings_to_json(findings: list[Finding]) -> list[dict[str, Any]]:
@@ -64,5 +63,5 @@ def findings_from_json(items: list[dict[str, Any]]) -> list[Finding]:
             )
             for p in item["proposals"]
         )
-        findings.append(Finding(**{**item, "proposals": proposals, "evidence": tuple(item["evidence"])}))
+        findings.append(Finding(**{**item, "proposals": proposals}))
     return findings

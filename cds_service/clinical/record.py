@@ -624,9 +624,12 @@ def build_record(
         times.sort(reverse=True)
     # A draft order may name a Medication that travels beside it in the draftOrders Bundle.
     for resource in draft_orders:
-        if isinstance(resource, dict) and resource.get("resourceType") == "Medication":
-            if isinstance(resource.get("id"), str):
-                medications.setdefault(resource["id"], resource)
+        if (
+            isinstance(resource, dict)
+            and resource.get("resourceType") == "Medication"
+            and isinstance(resource.get("id"), str)
+        ):
+            medications.setdefault(resource["id"], resource)
     for resource in medication_records:
         entry = medication_entry(resource, config, medications, draft=False)
         if entry is not None:

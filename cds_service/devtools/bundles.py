@@ -98,13 +98,6 @@ def read_json(path: Path) -> Any:
         raise BundleError(f"{path}: not valid JSON ({reason})") from None
 
 
-def load_bundle(path: Path) -> dict[str, Any]:
-    """A Bundle of one of the types that carry a record; anything else is refused by name."""
-    data = read_json(path)
-    check_bundle(data, str(path))
-    return data
-
-
 def check_bundle(data: Any, where: str) -> None:
     """Raise BundleError unless ``data`` is a Bundle whose entries hold resources."""
     if not isinstance(data, dict):
