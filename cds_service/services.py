@@ -20,7 +20,7 @@ import orjson
 
 from cds_service.clinical import codes
 from cds_service.clinical.engine import ClinicalConfig, evaluate, load_clinical_config
-from cds_service.clinical.findings import Finding, findings_from_json, findings_to_json
+from cds_service.clinical.findings import JSON_FORMAT, Finding, findings_from_json, findings_to_json
 from cds_service.config import ConfigError, Settings, load_site_config
 from cds_service.fhir.client import FetchOutcome, FhirClient, fhir_server_allowed
 from cds_service.fhir.medications import MAX_IDS, dangling_medication_ids, medication_queries
@@ -223,7 +223,9 @@ class HookHandler:
             return None
         caller = [client.iss, client.tenant] if client else [None, None]
         data = {key: _search_content(value) for key, value in request.prefetch.items()}
-        material = orjson.dumps([*caller, request.fhir_server, data], option=orjson.OPT_SORT_KEYS)
+        material = orjson.dumps(
+            [*caller, request.fhir_server, JSON_FORMAT, data], option=orjson.OPT_SORT_KEYS
+        )
         digest = hashlib.sha256(material).hexdigest()
         return self.run_ahead.key(request.patient_id, request.encounter_id, request.draft_orders, digest)
 
@@ -243,8 +245,17 @@ class HookHandler:
         cached = self.run_ahead.get(key) if key is not None else None
         if cached is None:
             return None
+        try:
+            findings = findings_from_json(cached)
+        except (KeyError, TypeError, ValueError) as error:
+            log.warning(
+                "run-ahead entry unreadable (%s); evaluating afresh",
+                type(error).__name__,
+                extra={"hookInstance": request.hook_instance},
+            )
+            return None
         trace.run_ahead_hit = True
-        return findings_from_json(cached)
+        return findings
 
     # Patient data: prefetch first, the FHIR server for what is missing, 412 when neither has it.
 

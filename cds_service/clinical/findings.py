@@ -6,7 +6,7 @@ the FHIR resources it proposes, but no card uuid, no JSON shape and nothing of t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 Indicator = Literal["info", "warning", "critical"]
@@ -46,13 +46,21 @@ class Finding:
     selection_behavior: Literal["at-most-one", "any"] = "any"
 
 
+# The shape `findings_to_json` writes. Replicas of two builds share run-ahead entries in Redis during a
+# rolling upgrade, and the version number need not change between builds; the shape is part of the key,
+# so one build never reads the other's findings.
+JSON_FORMAT: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
+    (cls.__name__, tuple(f.name for f in fields(cls))) for cls in (Finding, Proposal, ProposedAction)
+)
+
+
 def findings_to_json(findings: list[Finding]) -> list[dict[str, Any]]:
     """Plain JSON for caching findings between hooks (run-ahead); card uuids are made fresh on render."""
     return [asdict(finding) for finding in findings]
 
 
 def findings_from_json(items: list[dict[str, Any]]) -> list[Finding]:
-    """The inverse of `findings_to_json`."""
+    """The inverse of `findings_to_json`; KeyError, TypeError or ValueError for anything it did not write."""
     findings = []
     for item in items:
         proposals = tuple(

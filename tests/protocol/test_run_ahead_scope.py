@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import copy
+import logging
+from collections.abc import Callable
 
+import pytest
+
+from cds_service import services
 from cds_service.config import Settings
 from cds_service.observability import CallTrace
 from cds_service.protocol.auth import AuthenticatedClient
 from cds_service.run_ahead import RunAheadCache
-from cds_service.services import build_handler
+from cds_service.services import HookHandler, build_handler
 from tests.builders import hook_body
 from tests.clinical.builders import obs
 
@@ -111,3 +116,47 @@ def test_an_empty_search_run_again_is_answered_from_memory(settings: Settings) -
         settings, None, None, select_prefetch=empty_searches("first"), prefetch=empty_searches("again")
     )
     assert trace.run_ahead_hit is True
+
+
+def _select_then_sign(
+    handler: HookHandler, between: Callable[[], object] = lambda: None
+) -> tuple[dict, CallTrace]:
+    select = hook_body("order-select")
+    select["prefetch"] = _with_results()
+    handler.handle("b12-iron-order-select", select)
+    between()
+    sign = hook_body("order-sign")
+    sign["prefetch"] = _with_results()
+    trace = CallTrace(service="b12-iron-order-sign")
+    return handler.handle("b12-iron-order-sign", sign, None, trace), trace
+
+
+def test_findings_of_another_shape_are_evaluated_afresh_not_a_500(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An entry another build wrote (here: one more field) reads as a miss, with a warning."""
+    cache = RunAheadCache(settings)
+    stored = cache.get
+    monkeypatch.setattr(
+        cache, "get", lambda key: [{**f, "added_by_another_build": 1} for f in stored(key) or []]
+    )
+
+    with caplog.at_level(logging.WARNING, logger="cds_service.services"):
+        answer, trace = _select_then_sign(build_handler(settings, run_ahead=cache))
+    fresh, _ = _select_then_sign(build_handler(settings))
+
+    assert trace.run_ahead_hit is False
+    assert [c["summary"] for c in answer["cards"]] == [c["summary"] for c in fresh["cards"]]
+    assert answer["cards"], "the scenario has a card, so the comparison means something"
+    assert any("run-ahead entry unreadable (TypeError)" in r.getMessage() for r in caplog.records)
+
+
+def test_the_shape_of_stored_findings_is_part_of_the_key(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def another_build() -> None:
+        monkeypatch.setattr(services, "JSON_FORMAT", (*services.JSON_FORMAT, ("Finding", ("new_field",))))
+
+    _, same = _select_then_sign(build_handler(settings, run_ahead=RunAheadCache(settings)))
+    _, other = _select_then_sign(build_handler(settings, run_ahead=RunAheadCache(settings)), another_build)
+    assert (same.run_ahead_hit, other.run_ahead_hit) == (True, False)
