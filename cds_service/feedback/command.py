@@ -12,7 +12,7 @@ import sqlite3
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import click
 
@@ -25,6 +25,7 @@ from cds_service.protocol.cards import (
     OVERRIDE_REASON_SYSTEM,
     parse_override_reasons,
 )
+from cds_service.redaction import without_passwords
 
 
 def _store_errors() -> tuple[type[Exception], ...]:
@@ -34,25 +35,6 @@ def _store_errors() -> tuple[type[Exception], ...]:
     except ImportError:
         return (sqlite3.Error, RuntimeError)
     return (sqlite3.Error, RuntimeError, psycopg.Error)
-
-
-def _passwords_in(url: str) -> list[str]:
-    """Every form a password of `url` may be echoed in (psycopg quotes the URI in some errors), longest
-    first: from the user part and from a `password=` query parameter, raw and percent-decoded."""
-    parts = urlsplit(url)
-    raw = [parts.password] if parts.password else []
-    for pair in parts.query.split("&"):
-        name, _, value = pair.partition("=")
-        if unquote(name) == "password" and value:
-            raw.append(value)
-    found = {form for value in raw for form in (value, unquote(value))}
-    return sorted(found, key=len, reverse=True)
-
-
-def _without_passwords(text: str, url: str) -> str:
-    for password in _passwords_in(url):
-        text = text.replace(password, "***")
-    return text
 
 
 def read_report(url: str, since: datetime | None, offered: OfferedReasons) -> dict[str, Any]:
@@ -78,7 +60,7 @@ def read_report(url: str, since: datetime | None, offered: OfferedReasons) -> di
     except _store_errors() as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise click.ClickException(
-            _without_passwords(f"cannot read the feedback store ({store.describe()}): {reason}", url)
+            without_passwords(f"cannot read the feedback store ({store.describe()}): {reason}", url)
         ) from None
     finally:
         store.close()
