@@ -36,6 +36,7 @@ from cds_service.protocol.request import (
     parse_json_body,
     prepare_validators,
 )
+from cds_service.redis_client import redis_client
 from cds_service.run_ahead import RunAheadCache
 from cds_service.services import build_handler, unknown_service
 
@@ -75,11 +76,14 @@ def check_configuration(settings: Settings) -> None:
 
     `serve` calls it once before gunicorn starts: left to the workers, one mistake is reported once per
     worker among gunicorn's shutdown lines. Nothing is opened or connected here (that stays in the
-    workers, after the fork).
+    workers, after the fork). Redis's URL and package are checked too, not whether its server answers:
+    a Redis that is down when the service starts only keeps it from being ready.
     """
     if settings.auth == "required":
         Authenticator.trusted_clients(settings)
     build_handler(settings)
+    if settings.redis_url:
+        redis_client(settings.redis_url, timeout_s=1.0)  # built to check the URL; it connects nothing
 
 
 def create_app(settings: Settings) -> Flask:
@@ -125,8 +129,13 @@ def create_app(settings: Settings) -> Flask:
 
     @app.get("/readyz")
     def readyz() -> Response:
+        """Ready once every store has been reached since start, and while the feedback store is writable."""
+        problems = [authenticator.unready()] if authenticator is not None else []
         if not feedback_store.writable():
-            return json_response({"status": "not ready", "reason": "feedback store is not writable"}, 503)
+            problems.append(f"the feedback store ({feedback_store.describe()}) is not writable")
+        reason = "; ".join(problem for problem in problems if problem)
+        if reason:
+            return json_response({"status": "not ready", "reason": reason}, 503)
         return json_response({"status": "ready"})
 
     @app.get("/metrics")

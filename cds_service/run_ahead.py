@@ -7,8 +7,8 @@ same, so order-sign can answer from what order-select computed instead of fetchi
 Entries live for ``run_ahead_seconds`` (0 turns the cache off). One process keeps them in memory; several
 replicas share them through Redis when ``redis_url`` is set, because the EHR's two calls may reach
 different replicas. Either way values are stored as JSON, so a hit is a fresh copy that the caller may
-change freely, and both backends behave alike. The cache is an optimisation: a Redis outage is logged and
-treated as a miss, never as a failed hook call.
+change freely, and both backends behave alike. The cache is an optimisation: a Redis outage, even one at the
+worker's start, is logged and treated as a miss, never as a failed hook call.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
 from cds_service import __version__
 from cds_service.config import Settings
+from cds_service.redaction import address
+from cds_service.redis_client import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +80,11 @@ class _RedisStore:
     """Entries shared by every replica; Redis expires them itself."""
 
     def __init__(self, url: str, ttl_seconds: int) -> None:
-        import redis
-
         self._ttl = ttl_seconds
-        self._client = redis.Redis.from_url(
-            url, socket_timeout=_REDIS_TIMEOUT_SECONDS, socket_connect_timeout=_REDIS_TIMEOUT_SECONDS
-        )
+        # No connection yet: a Redis that cannot be reached at start is a miss like any other.
+        self._client = redis_client(url, timeout_s=_REDIS_TIMEOUT_SECONDS)
+        import redis  # present: redis_client has checked
+
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 
     def get(self, key: str) -> bytes | None:
@@ -160,9 +160,5 @@ class RunAheadCache:
         if self._store is None:
             return "run-ahead cache off (CDS_RUN_AHEAD_SECONDS=0)"
         if isinstance(self._store, _RedisStore):
-            parts = urlsplit(self._redis_url or "")
-            where = (
-                f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
-            )
-            return f"run-ahead cache in Redis at {where}, {self._ttl} s"
+            return f"run-ahead cache in Redis at {address(self._redis_url or '')}, {self._ttl} s"
         return f"run-ahead cache in process memory, {self._ttl} s, at most {self._store.max_entries} entries"

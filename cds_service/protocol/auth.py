@@ -99,6 +99,10 @@ class Authenticator:
             f"audience base {self._base_url}; jti replay store: {self._replay.describe()}"
         )
 
+    def unready(self) -> str | None:
+        """For /readyz: the replay store when it has not been reached since start (else None)."""
+        return self._replay.unready()
+
     def authenticate(self, authorization: str | None, path: str) -> AuthenticatedClient:
         """The verified caller of ``path``, or AuthError saying why the call is refused."""
         token = _bearer_token(authorization)

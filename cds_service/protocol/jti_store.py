@@ -16,9 +16,11 @@ import threading
 import time
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlsplit
 
 from cds_service.config import ConfigError, Settings
+from cds_service.deferred_start import DeferredStart
+from cds_service.redaction import address
+from cds_service.redis_client import redis_client
 from cds_service.sqlite_cache import CACHE_SIZE_PRAGMA
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,11 @@ class ReplayStore(Protocol):
 
     def describe(self) -> str:
         """One line for the start-up log: which store, where."""
+        ...
+
+    def unready(self) -> str | None:
+        """For /readyz: None once the store has been reached since the worker started (trying now if it
+        has not); else which store cannot be reached, and where (never a password)."""
         ...
 
 
@@ -110,40 +117,50 @@ class SQLiteReplayStore:
     def describe(self) -> str:
         return f"SQLite file {self.path} (WAL; shared by the workers of this machine only)"
 
+    def unready(self) -> str | None:
+        """A local file, opened at start or the worker did not start: never waiting for a server."""
+        return None
+
 
 class RedisReplayStore:
-    """Redis, shared by every replica that points at the same server."""
+    """Redis, shared by every replica that points at the same server.
+
+    A Redis that cannot be reached at start does not stop the worker (a Redis restart would otherwise
+    stop every replica); the store then fails closed, as during any Redis outage, until it is reached.
+    Credentials Redis refuses are a configuration error and do stop it."""
 
     PREFIX = "cds:jti:"
 
     def __init__(self, url: str) -> None:
-        try:
-            import redis  # the optional extra: needed only when CDS_REDIS_URL is set
-        except ImportError:
-            raise ConfigError(
-                "CDS_REDIS_URL is set but the 'redis' package is missing: pip install 'b12-iron-cds[redis]'"
-            ) from None
+        self._redis = redis_client(url, timeout_s=2.0)
+        import redis  # present: redis_client has checked
+
         self._errors = (redis.RedisError,)
-        parts = urlsplit(url)
-        # The URL may carry a password: show only where the server is.
-        self._where = (
-            f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
-        )
+        self._where = address(url)
+        self._start = DeferredStart(f"the JWT replay store (Redis at {self._where})", self._redis.ping)
         try:
-            self._redis = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
-            self._redis.ping()
-        except (redis.RedisError, ValueError) as error:
-            raise ConfigError(f"CDS_REDIS_URL ({self._where}): cannot reach Redis ({error})") from None
+            self._start.complete()
+        except redis.AuthenticationError as error:
+            raise ConfigError(
+                f"CDS_REDIS_URL ({self._where}): Redis refused the credentials ({error})"
+            ) from None
+        except redis.RedisError as error:
+            self._start.defer(str(error))
 
     def claim(self, key: str, expires_at: float) -> bool:
         ttl_ms = max(1, int((expires_at - time.time()) * 1000))
         try:
+            if not self._start.done:
+                self._start.complete()
             return bool(self._redis.set(self.PREFIX + key, b"1", nx=True, px=ttl_ms))
         except self._errors as error:
             raise ReplayStoreError(f"Redis replay store {self._where}: {error}") from None
 
     def describe(self) -> str:
         return f"Redis at {self._where} (shared by every replica using it)"
+
+    def unready(self) -> str | None:
+        return None if self._start.ready() else f"{self._start.store} cannot be reached"
 
 
 def open_replay_store(settings: Settings) -> ReplayStore:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing
+import re
 import sqlite3
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -171,8 +173,47 @@ def test_redis_across_real_processes(
     assert [sum(i in worker for worker in accepted) for i in range(len(tokens))] == [1] * len(tokens)
 
 
-def test_unreachable_redis_fails_at_start_without_showing_the_password(tmp_path: Path) -> None:
-    url = f"redis://:hidden-pass@127.0.0.1:{free_port()}/0"
-    with pytest.raises(ConfigError, match="cannot reach Redis") as caught:
+def test_a_redis_down_at_start_fails_closed_until_it_is_reached(
+    tmp_path: Path, clients_file: Path, ec_signer: Signer
+) -> None:
+    """A Redis restart must not stop the worker: the Authenticator is built, says the store cannot be
+    reached (never the password), refuses tokens as in any Redis outage, and uses Redis once it is back."""
+    port = free_port()
+    authenticator = Authenticator(
+        auth_settings(tmp_path, clients_file, redis_url=f"redis://:hidden-pass@127.0.0.1:{port}/0")
+    )
+    expected = f"the JWT replay store (Redis at redis://127.0.0.1:{port}/0) cannot be reached"
+    assert authenticator.unready() == expected
+    with pytest.raises(AuthError, match="cannot check jti for replay") as refused:
+        authenticator.authenticate(bearer(ec_signer.token()), SIGN_PATH)
+    assert "hidden-pass" not in str(refused.value)
+    with running_redis(tmp_path, "hidden-pass", port=port):
+        token = ec_signer.token()
+        assert authenticator.authenticate(bearer(token), SIGN_PATH).iss == ec_signer.iss
+        with pytest.raises(AuthError, match="already used"):
+            authenticator.authenticate(bearer(token), SIGN_PATH)
+        assert authenticator.unready() is None
+
+
+def test_credentials_redis_refuses_stop_the_start(tmp_path: Path, redis_url: str) -> None:
+    """Unlike an unreachable server, a refused password will not pass by itself."""
+    wrong = redis_url.replace("s3cret-pass", "wrong-pass")
+    with pytest.raises(ConfigError, match="Redis refused the credentials") as caught:
+        RedisReplayStore(wrong)
+    assert "wrong-pass" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://:hidden-pass@127.0.0.1:not-a-port/0", "http://:hidden-pass@127.0.0.1/0"]
+)
+def test_a_malformed_redis_url_stops_the_start_without_showing_the_password(tmp_path: Path, url: str) -> None:
+    with pytest.raises(ConfigError, match="CDS_REDIS_URL is not a valid Redis URL") as caught:
         open_replay_store(auth_settings(tmp_path, tmp_path / "unused.json", redis_url=url))
     assert "hidden-pass" not in str(caught.value)
+
+
+def test_a_missing_redis_package_stops_the_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)  # what `import redis` meets without the extra
+    url = "redis://127.0.0.1:6379/0"
+    with pytest.raises(ConfigError, match=re.escape("pip install 'b12-iron-cds[redis]'")):
+        open_replay_store(auth_settings(tmp_path, tmp_path / "unused.json", redis_url=url))

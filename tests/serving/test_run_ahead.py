@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -164,8 +165,13 @@ def test_redis_expires_entries_after_their_lifetime(redis_url: str) -> None:
     assert cache.get("short-lived") is None
 
 
-def test_an_unreachable_redis_is_a_miss_not_an_error() -> None:
+def test_an_unreachable_redis_is_a_miss_not_an_error_and_is_used_once_it_is_back(tmp_path: Path) -> None:
+    """Down when the worker starts too: the cache is built without reaching Redis, and uses it later."""
     pytest.importorskip("redis", reason="the optional 'redis' extra is not installed")
-    cache = RunAheadCache(Settings(run_ahead_seconds=30, redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    port = free_port()
+    cache = RunAheadCache(Settings(run_ahead_seconds=30, redis_url=f"redis://:pass@127.0.0.1:{port}/0"))
     cache.put("k", FINDINGS)
     assert cache.get("k") is None
+    with running_redis(tmp_path, "pass", port=port):
+        cache.put("k", FINDINGS)
+        assert cache.get("k") == FINDINGS

@@ -21,13 +21,14 @@ START_TIMEOUT_S = 10
 
 
 @contextmanager
-def running_redis(directory: Path, password: str) -> Iterator[str]:
-    """A password-protected redis-server keeping nothing on disk; yields its ``redis://`` URL."""
+def running_redis(directory: Path, password: str, port: int | None = None) -> Iterator[str]:
+    """A password-protected redis-server keeping nothing on disk, on ``port`` or a free one; yields its
+    ``redis://`` URL."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed (apt-get install -y redis-server); Redis untested")
     redis = pytest.importorskip("redis", reason="the optional 'redis' extra is not installed")
-    port = free_port()
+    port = port or free_port()
     command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     command += ["--dir", str(directory), "--requirepass", password]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,0 +1,114 @@
+"""Deferred start-up work: done once, by one thread at a time, retried until it succeeds, then never again."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from cds_service.deferred_start import DeferredStart
+
+
+class Store:
+    """Start-up work that fails while the store is "down" and counts how often it ran and overlapped."""
+
+    def __init__(self, up: bool) -> None:
+        self.up = up
+        self.attempts = 0
+        self.successes = 0
+        self.running = 0
+        self.overlaps = 0
+        self._lock = threading.Lock()
+
+    def start_up(self) -> None:
+        with self._lock:
+            self.attempts += 1
+            self.running += 1
+            self.overlaps += self.running > 1
+        time.sleep(0.02)  # long enough for every other thread to arrive meanwhile
+        with self._lock:
+            self.running -= 1
+        if not self.up:
+            raise ConnectionError("connection refused")
+        self.successes += 1
+
+
+def test_threads_arriving_together_run_the_work_once() -> None:
+    store = Store(up=True)
+    start = DeferredStart("the test store", store.start_up)
+    barrier = threading.Barrier(8)
+
+    def use() -> None:
+        barrier.wait()
+        start.complete()
+
+    with ThreadPoolExecutor(8) as pool:
+        for future in [pool.submit(use) for _ in range(8)]:
+            future.result()
+    assert (store.attempts, store.successes, store.overlaps) == (1, 1, 0)
+    assert start.done
+
+
+def test_failed_work_stays_pending_and_is_retried_until_it_succeeds_then_never_again() -> None:
+    store = Store(up=False)
+    start = DeferredStart("the test store", store.start_up)
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            start.complete()
+    assert not start.done
+    assert start.ready() is False, "the readiness probe tries too, and does not raise"
+    store.up = True
+    assert start.ready() is True
+    start.complete()
+    assert (store.attempts, store.successes) == (4, 1)
+
+
+def test_threads_racing_while_the_store_comes_back_never_overlap_and_succeed_once() -> None:
+    store = Store(up=False)
+    start = DeferredStart("the test store", store.start_up)
+    outcomes: list[bool] = []
+
+    def use() -> None:
+        for _ in range(20):
+            try:
+                start.complete()
+            except ConnectionError:
+                continue
+            outcomes.append(True)
+            return
+        outcomes.append(False)
+
+    threads = [threading.Thread(target=use) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.1)
+    store.up = True
+    for thread in threads:
+        thread.join(timeout=10)
+    assert outcomes == [True] * 4
+    assert (store.successes, store.overlaps) == (1, 0)
+
+
+def test_a_deferred_start_is_one_warning_and_its_completion_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = Store(up=False)
+    start = DeferredStart("the test store (at test://here)", store.start_up)
+    caplog.set_level(logging.INFO, logger="cds_service.deferred_start")
+    with pytest.raises(ConnectionError) as refused:
+        start.complete()
+    start.defer(str(refused.value))
+    store.up = True
+    start.complete()
+    start.complete()
+    assert [(record.levelname, record.getMessage()) for record in caplog.records] == [
+        (
+            "WARNING",
+            "the test store (at test://here) cannot be reached (connection refused); the worker starts "
+            "without it and is not ready until it is reached",
+        ),
+        ("INFO", "the test store (at test://here) is reachable now: its start-up work is done"),
+    ]

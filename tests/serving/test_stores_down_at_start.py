@@ -1,0 +1,121 @@
+"""`cds-service serve` started while its Redis is down, as after a Redis restart.
+
+The service must start (not exit, which under Kubernetes puts every replica in CrashLoopBackOff), say
+once in its log which store it cannot reach, answer /readyz as not ready, answer calls that need the
+store as during any outage of it, and become ready by itself once the store is back. A store URL that
+is malformed still stops it at start.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.auth.auth_support import BASE_URL, Signer, ec_p384_key, write_clients
+from tests.support.processes import free_port
+from tests.support.redis_server import running_redis
+from tests.support.served import COMMAND, HOOKS_NOW, Served, clean_env, hook_example
+
+pytestmark = pytest.mark.integration
+
+SECRET = "never-shown-7f3a"
+VIEW = "/cds-services/b12-iron-patient-view"
+
+
+def readiness(base: str) -> tuple[int, dict[str, Any]]:
+    answer = requests.get(f"{base}/readyz", timeout=15)
+    return answer.status_code, answer.json()
+
+
+def log_entries(server: Served) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+
+
+def messages_with(server: Served, text: str) -> list[str]:
+    return [entry["message"] for entry in log_entries(server) if text in entry["message"]]
+
+
+def test_redis_down_at_start_fails_closed_until_it_is_back_then_recovers_without_a_restart(
+    tmp_path: Path,
+) -> None:
+    """Client JWTs required, so every call needs the replay store in Redis."""
+    signer = Signer(iss="https://ehr.example.test", kid="k1", alg="ES384", private_key=ec_p384_key())
+    clients = write_clients(tmp_path, [{"iss": signer.iss, "jwks": {"keys": [signer.public_jwk()]}}])
+    port = free_port()  # nothing listens there yet
+    server = Served(
+        tmp_path,
+        workers=1,
+        CDS_AUTH="required",
+        CDS_CLIENTS=str(clients),
+        CDS_PUBLIC_BASE_URL=BASE_URL,
+        CDS_REDIS_URL=f"redis://:{SECRET}@127.0.0.1:{port}/0",
+        CDS_NOW=HOOKS_NOW,
+    )
+
+    def call(token: str) -> requests.Response:
+        headers = {"Authorization": f"Bearer {token}"}
+        return requests.post(
+            server.base + VIEW, json=hook_example("patient-view.json"), headers=headers, timeout=30
+        )
+
+    try:
+        assert requests.get(f"{server.base}/healthz", timeout=5).json() == {"status": "ok"}
+        assert readiness(server.base) == (
+            503,
+            {
+                "status": "not ready",
+                "reason": f"the JWT replay store (Redis at redis://127.0.0.1:{port}/0) cannot be reached",
+            },
+        )
+        refused = call(signer.token(VIEW))
+        assert (refused.status_code, refused.text) == (401, ""), "fails closed, as in any Redis outage"
+
+        with running_redis(tmp_path, SECRET, port=port):
+            token = signer.token(VIEW)
+            answer = call(token)  # the first use after Redis is back, before any readiness probe
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["cards"], "the example patient has a card"
+            assert call(token).status_code == 401, "the jti is in Redis now: the replay is refused"
+            assert readiness(server.base) == (200, {"status": "ready"})
+    finally:
+        server.stop()
+    unreachable = messages_with(server, "cannot be reached")
+    assert len(unreachable) == 1, unreachable
+    assert f"Redis at redis://127.0.0.1:{port}/0" in unreachable[0]
+    assert len(messages_with(server, "Booting worker")) == 1, "the worker was never restarted"
+    assert SECRET not in server.log()
+    assert "Traceback" not in server.log()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CDS_REDIS_URL", f"redis://:{SECRET}@127.0.0.1:not-a-port/0"),
+    ],
+)
+def test_a_malformed_store_url_still_stops_serve_with_one_line_naming_it(
+    variable: str, value: str, tmp_path: Path
+) -> None:
+    settings = {
+        "CDS_AUTH": "off",
+        "CDS_FEEDBACK_DB": str(tmp_path / "feedback.sqlite3"),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+    }
+    done = subprocess.run(
+        [COMMAND, "serve", "--port", str(free_port()), "--workers", "1"],
+        env=clean_env(**(settings | {variable: value})),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"cds-service: configuration error: {variable}")
+    assert SECRET not in done.stderr
