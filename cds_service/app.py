@@ -25,6 +25,7 @@ from cds_service.feedback import (
     FeedbackError,
     FeedbackStore,
     IssuedCardRecorder,
+    StoreUnavailable,
     parse_feedback,
     prepare_feedback_validator,
 )
@@ -57,7 +58,14 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 def operation_outcome(status: int, reason: str) -> Response:
     """A FHIR OperationOutcome carrying the reason, the shape EHR integrators look for in errors."""
-    code = {404: "not-found", 405: "not-supported", 412: "not-found", 413: "too-long", 415: "not-supported"}
+    code = {
+        404: "not-found",
+        405: "not-supported",
+        412: "not-found",
+        413: "too-long",
+        415: "not-supported",
+        503: "transient",
+    }
     body = {
         "resourceType": "OperationOutcome",
         "issue": [
@@ -76,14 +84,15 @@ def check_configuration(settings: Settings) -> None:
 
     `serve` calls it once before gunicorn starts: left to the workers, one mistake is reported once per
     worker among gunicorn's shutdown lines. Nothing is opened or connected here (that stays in the
-    workers, after the fork). Redis's URL and package are checked too, not whether its server answers:
-    a Redis that is down when the service starts only keeps it from being ready.
+    workers, after the fork). The stores' URLs and packages are checked too, not whether their servers
+    answer: a store that is down when the service starts only keeps it from being ready.
     """
     if settings.auth == "required":
         Authenticator.trusted_clients(settings)
     build_handler(settings)
     if settings.redis_url:
         redis_client(settings.redis_url, timeout_s=1.0)  # built to check the URL; it connects nothing
+    FeedbackStore.check_url(settings.feedback_db)
 
 
 def create_app(settings: Settings) -> Flask:
@@ -93,7 +102,7 @@ def create_app(settings: Settings) -> Flask:
         log.warning("CDS_AUTH=off: every caller is trusted. Use this only for local testing.")
     else:
         log.info("client authentication: %s", authenticator.describe())
-    feedback_store = FeedbackStore.open(settings.feedback_db)
+    feedback_store = FeedbackStore.open_for_service(settings.feedback_db)
     recorder = IssuedCardRecorder(settings.feedback_db)
     run_ahead = RunAheadCache(settings)
     log.info("run-ahead cache: %s", run_ahead.describe())
@@ -228,7 +237,13 @@ def create_app(settings: Settings) -> Flask:
             return refused_feedback(RequestError(400, str(error)))
         except RequestError as error:
             return refused_feedback(error)
-        new = feedback_store.add_feedback(service_id, items)
+        try:
+            new = feedback_store.add_feedback(service_id, items)
+        except StoreUnavailable as error:
+            log.warning("feedback not stored: %s is unavailable (%s)", feedback_store.describe(), error)
+            return operation_outcome(
+                503, "The feedback store is unavailable right now; nothing was stored. Send it again later."
+            )
         for item, is_new in zip(items, new, strict=True):
             observability.observe_feedback(item.outcome, duplicate=not is_new)
         return json_response({"received": len(items), "stored": sum(new)})

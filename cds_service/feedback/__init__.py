@@ -8,7 +8,7 @@ from cds_service.feedback.schema import (
     parse_feedback,
     prepare_feedback_validator,
 )
-from cds_service.feedback.store import FeedbackStore
+from cds_service.feedback.store import FeedbackStore, StoreUnavailable
 
 __all__ = [
     "FeedbackError",
@@ -16,6 +16,7 @@ __all__ = [
     "FeedbackStore",
     "IssuedCardRecorder",
     "OverrideReason",
+    "StoreUnavailable",
     "parse_feedback",
     "prepare_feedback_validator",
 ]

@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 
 import click
 
-from cds_service.config import load_settings, load_site_config, parse_rfc3339
+from cds_service.config import ConfigError, load_settings, load_site_config, parse_rfc3339
 from cds_service.feedback.dialects import dialect_for
 from cds_service.feedback.report import OfferedReasons, build_report, format_text, offered_reasons
-from cds_service.feedback.store import TABLE_NAMES, FeedbackStore
+from cds_service.feedback.store import TABLE_NAMES, FeedbackStore, StoreUnavailable
 from cds_service.protocol.cards import (
     DEFAULT_OVERRIDE_REASONS,
     OVERRIDE_REASON_SYSTEM,
@@ -33,8 +33,8 @@ def _store_errors() -> tuple[type[Exception], ...]:
     try:
         import psycopg
     except ImportError:
-        return (sqlite3.Error, RuntimeError)
-    return (sqlite3.Error, RuntimeError, psycopg.Error)
+        return (sqlite3.Error, ConfigError, StoreUnavailable)
+    return (sqlite3.Error, ConfigError, StoreUnavailable, psycopg.Error)
 
 
 def read_report(url: str, since: datetime | None, offered: OfferedReasons) -> dict[str, Any]:

@@ -9,12 +9,15 @@ strings orders them in time and the same code filters `--since` on either databa
 from __future__ import annotations
 
 import sqlite3
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
+from cds_service.config import ConfigError
+from cds_service.redaction import without_passwords
 from cds_service.sqlite_cache import CACHE_SIZE_PRAGMA
 
 BUSY_TIMEOUT_MS = 15_000
@@ -42,6 +45,12 @@ class Dialect(Protocol):
     def existing_tables(self, conn: Any, names: Sequence[str]) -> set[str]: ...
 
     def describe(self) -> str: ...
+
+    def check(self) -> None: ...
+
+    def is_transient(self, error: Exception) -> bool: ...
+
+    def reason(self, error: Exception) -> str: ...
 
 
 class SQLiteDialect:
@@ -116,6 +125,16 @@ class SQLiteDialect:
     def describe(self) -> str:
         return f"SQLite file {self.path}"
 
+    def check(self) -> None:
+        """Nothing to check before opening: any path is a valid name."""
+
+    def is_transient(self, error: Exception) -> bool:
+        """A local file has no server to wait for: its errors are never waited out."""
+        return False
+
+    def reason(self, error: Exception) -> str:
+        return str(error)
+
 
 class PostgresDialect:
     """Several replicas share one server; each connection runs its own transactions."""
@@ -129,13 +148,7 @@ class PostgresDialect:
         self.read_only = read_only
 
     def connect(self) -> Any:
-        try:
-            import psycopg
-        except ImportError:
-            raise RuntimeError(
-                "CDS_FEEDBACK_DB is a postgresql:// URL but psycopg is not installed; "
-                "install the 'postgres' extra: pip install 'b12-iron-cds[postgres]'"
-            ) from None
+        psycopg = _psycopg()
         conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
         conn.read_only = self.read_only
         return conn
@@ -168,6 +181,43 @@ class PostgresDialect:
         parts = urlsplit(self.url)
         host = parts.hostname or parse_qs(parts.query).get("host", ["the local socket"])[0]
         return f"PostgreSQL database {parts.path.lstrip('/') or '(default)'} on {host}"
+
+    def check(self) -> None:
+        """ConfigError for what is wrong without asking the server: psycopg missing, a URL libpq cannot
+        parse, a port that is not a number (libpq would report it as a host it cannot reach)."""
+        psycopg = _psycopg()
+        try:
+            options = psycopg.conninfo.conninfo_to_dict(self.url)
+        except psycopg.ProgrammingError as error:
+            reason = self.reason(error)
+            raise ConfigError(f"CDS_FEEDBACK_DB is not a valid PostgreSQL URL: {reason}") from None
+        ports = str(options.get("port") or "5432").split(",")
+        if not all(port.isdigit() and 0 < int(port) < 65536 for port in ports):
+            raise ConfigError(f"CDS_FEEDBACK_DB: the port {options['port']!r} is not a TCP port number")
+
+    def is_transient(self, error: Exception) -> bool:
+        """The server cannot serve now: not reachable, connection lost, shutting down or starting up.
+
+        libpq reports every failure to connect alike, without an error code, so a refused password or a
+        missing database counts here too; the reason, logged, tells them apart."""
+        psycopg = sys.modules.get("psycopg")  # not imported: the error cannot be one of its own
+        return psycopg is not None and isinstance(error, psycopg.OperationalError)
+
+    def reason(self, error: Exception) -> str:
+        """The first line of the error, without the URL's passwords (psycopg quotes some URLs)."""
+        lines = str(error).strip().splitlines()
+        return without_passwords(lines[0] if lines else type(error).__name__, self.url)
+
+
+def _psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError:
+        raise ConfigError(
+            "CDS_FEEDBACK_DB is a postgresql:// URL but psycopg is not installed; "
+            "install the 'postgres' extra: pip install 'b12-iron-cds[postgres]'"
+        ) from None
+    return psycopg
 
 
 def dialect_for(url: str, *, read_only: bool = False) -> Dialect:

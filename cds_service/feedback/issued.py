@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from cds_service.feedback.store import FeedbackStore, IssuedRow
+from cds_service.feedback.store import FeedbackStore, IssuedRow, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +110,12 @@ class IssuedCardRecorder:
                         store = FeedbackStore.open(self._url)
                     store.record_issued_rows(batch)
                     self.written += len(batch)
-                except Exception:
+                except Exception as error:
                     self.failed += len(batch)
-                    log.exception("could not record %d issued cards", len(batch))
+                    if isinstance(error, StoreUnavailable):  # an outage, not a bug: the reason, no trace
+                        log.warning("could not record %d issued cards: %s", len(batch), error)
+                    else:
+                        log.exception("could not record %d issued cards", len(batch))
                     if not stopping:
                         break
         if store is not None:

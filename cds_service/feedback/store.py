@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from cds_service.deferred_start import DeferredStart
 from cds_service.feedback.dialects import Dialect, dialect_for
 from cds_service.feedback.report import IssuedCount, OfferedReasons, OutcomeCount, build_report
 from cds_service.feedback.schema import FeedbackItem
@@ -89,6 +90,11 @@ _OUTCOME_COUNTS = """WITH ranked AS (
     GROUP BY r.service_id, i.topic, r.outcome, r.reason_system, r.reason_code"""
 
 
+class StoreUnavailable(Exception):
+    """The database cannot serve right now (unreachable, connection lost, shutting down); nothing was
+    written, and the same call may succeed later. The message is the database's reason, without secrets."""
+
+
 def timestamp_text(moment: datetime) -> str:
     """Fixed-width UTC text, so that string order is time order on every database."""
     if moment.tzinfo is None:
@@ -110,13 +116,34 @@ class FeedbackStore:
         self._conn: Any = None
         self._pid = 0
         self._inherited: list[Any] = []
+        # Every write first makes sure the tables exist; after that, the check is one attribute read.
+        self._tables = DeferredStart(f"the feedback store ({dialect.describe()})", self._create_tables)
 
     @classmethod
     def open(cls, url: str) -> FeedbackStore:
         """A store on a SQLite path or a postgresql:// URL, with its tables created if missing."""
         store = cls(dialect_for(url))
-        store._create_tables()
+        store._tables.complete()
         return store
+
+    @classmethod
+    def open_for_service(cls, url: str) -> FeedbackStore:
+        """Like `open`, except that a PostgreSQL server that cannot be reached now does not stop the worker:
+        the tables are then created on the first write or readiness check that reaches it. What is wrong
+        whether or not the server answers (psycopg missing, a malformed URL) raises ConfigError."""
+        cls.check_url(url)
+        store = cls(dialect_for(url))
+        try:
+            store._tables.complete()
+        except StoreUnavailable as error:
+            store._tables.defer(str(error))
+        return store
+
+    @staticmethod
+    def check_url(url: str) -> None:
+        """ConfigError for what is wrong with `url` whether or not its server answers (psycopg missing, a
+        malformed postgresql:// URL); opens nothing, so `serve` can check it before any worker starts."""
+        dialect_for(url).check()
 
     @classmethod
     def open_for_reading(cls, url: str) -> FeedbackStore:
@@ -161,6 +188,7 @@ class FeedbackStore:
                 new.append(cursor.rowcount > 0)
             return new
 
+        self._tables.complete()
         return self._run(insert, write=True)
 
     def record_issued(self, service_id: str, cards: Sequence[tuple[str, str]], at: datetime) -> None:
@@ -179,6 +207,7 @@ class FeedbackStore:
                 [(service_id, uuid, topic, timestamp_text(at)) for service_id, uuid, topic, at in rows],
             )
 
+        self._tables.complete()
         self._run(insert, write=True)
 
     def report(self, since: datetime | None = None, offered: OfferedReasons | None = None) -> dict[str, Any]:
@@ -197,12 +226,15 @@ class FeedbackStore:
         return build_report(issued, outcomes, since=since, offered=offered)
 
     def writable(self) -> bool:
-        """Whether a write could be made now (readiness); never raises."""
+        """Whether a write could be made now (readiness), creating the tables first if they still wait for
+        the server; never raises."""
         try:
+            self._tables.complete()
             with self._lock:
                 return self._dialect.writable(self._connection())
         except Exception as error:
-            log.warning("feedback store (%s) is not writable: %s", self.describe(), error)
+            reason = self._dialect.reason(error)
+            log.warning("feedback store (%s) is not writable: %s", self.describe(), reason)
             return False
 
     def close(self) -> None:
@@ -220,6 +252,15 @@ class FeedbackStore:
         self._run(create, write=True)
 
     def _run(self, work: Callable[[Any], T], write: bool) -> T:
+        """Run `work` in one transaction; StoreUnavailable when the database cannot serve right now."""
+        try:
+            return self._run_reconnecting(work, write)
+        except Exception as error:
+            if not self._dialect.is_transient(error):
+                raise
+            raise StoreUnavailable(self._dialect.reason(error)) from None
+
+    def _run_reconnecting(self, work: Callable[[Any], T], write: bool) -> T:
         """Run `work` in one transaction. A connection the server dropped (a PostgreSQL restart or
         failover) is replaced and the work run once more: safe, because every write is idempotent."""
         with self._lock:

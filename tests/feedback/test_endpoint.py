@@ -9,8 +9,10 @@ import pytest
 from flask.testing import FlaskClient
 
 from cds_service import observability
+from cds_service.app import create_app
 from cds_service.config import Settings
 from cds_service.feedback import FeedbackStore
+from tests.support.postgres_server import PostgresCluster
 
 SERVICE = "b12-iron-order-select"
 URL = f"/cds-services/{SERVICE}/feedback"
@@ -120,3 +122,34 @@ def test_an_absurdly_long_service_id_is_not_echoed_whole(client: FlaskClient) ->
     response = client.post(f"/cds-services/{'x' * 5000}/feedback", json={"feedback": [sandbox_item("c1")]})
     assert response.status_code == 404
     assert len(diagnostics(response)) < 200
+
+
+def test_a_postgres_outage_is_a_503_to_send_again_not_a_500(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same answer whether the server went away after start or was away at start (see
+    tests/serving/test_stores_down_at_start.py): nothing stored, and a warning rather than a stack trace."""
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        app = create_app(settings.with_overrides(feedback_db=cluster.url("postgres")))
+        client = app.test_client()
+        assert client.post(URL, json={"feedback": [sandbox_item("before")]}).status_code == 200
+        cluster.stop()
+        caplog.set_level(logging.WARNING, logger="cds_service")
+        during = client.post(URL, json={"feedback": [sandbox_item("during")]})
+        assert during.status_code == 503
+        assert during.get_json(force=True)["issue"][0]["code"] == "transient"
+        assert "nothing was stored" in diagnostics(during)
+        assert [r.exc_info for r in caplog.records if r.getMessage().startswith("feedback not stored")] == [
+            None
+        ]
+        cluster.start()
+        assert client.post(URL, json={"feedback": [sandbox_item("during")]}).get_json() == {
+            "received": 1,
+            "stored": 1,
+        }
+        app.extensions["cds"]["recorder"].close()
+        app.extensions["cds"]["feedback"].close()
+    finally:
+        cluster.remove()

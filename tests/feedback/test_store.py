@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
+import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cds_service.feedback import FeedbackStore, parse_feedback
+from cds_service.config import ConfigError
+from cds_service.feedback import FeedbackStore, StoreUnavailable, parse_feedback
 from cds_service.feedback.dialects import PostgresDialect, SQLiteDialect
 from cds_service.sqlite_cache import CACHE_KIB
+from tests.support.postgres_server import PostgresCluster
 
 SERVICE = "b12-iron-patient-view"
 OTHER = "b12-iron-order-sign"
@@ -218,6 +223,54 @@ def test_an_unreachable_store_is_not_writable_and_does_not_raise(tmp_path: Path)
     assert FeedbackStore(SQLiteDialect(str(blocker / "feedback.sqlite3"))).writable() is False
     gone = PostgresDialect(f"postgresql://postgres@/feedback?host={tmp_path / 'no-server'}&port=5432")
     assert FeedbackStore(gone).writable() is False
+
+
+def test_a_postgres_server_down_at_start_gets_its_tables_from_the_first_writes_once_back() -> None:
+    """The worker's store opens without the server; writes fail as in any outage (nothing half-done, no
+    password in the reason); once the server is up, threads writing together create the tables once."""
+    cluster = PostgresCluster()  # initialised, not running
+    try:
+        store = FeedbackStore.open_for_service(cluster.url("postgres", password="hidden-pass"))
+        assert store.writable() is False
+        with pytest.raises(StoreUnavailable, match="connection") as refused:
+            post(store, SERVICE, accepted("early", T0))
+        assert "hidden-pass" not in str(refused.value)
+        cluster.start()
+        barrier = threading.Barrier(6)
+
+        def write(number: int) -> int:
+            barrier.wait()
+            return post(store, SERVICE, accepted(f"c{number}", T0))
+
+        with ThreadPoolExecutor(6) as pool:
+            assert list(pool.map(write, range(6))) == [1] * 6
+        assert store.writable() is True
+        assert store.present_tables() == {"cds_feedback", "cds_issued_card"}
+        assert store.report()["services"][SERVICE]["accepted"] == 6
+        store.close()
+    finally:
+        cluster.remove()
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgresql://cds:hidden-pass@[::1/cds", "not a valid PostgreSQL URL"),
+        ("postgresql://cds:hidden-pass@db.internal:not-a-port/cds", "is not a TCP port number"),
+        ("postgresql://cds:hidden-pass@db.internal/cds?no_such_option=1", "not a valid PostgreSQL URL"),
+    ],
+)
+def test_a_malformed_postgres_url_still_stops_the_start(url: str, says: str) -> None:
+    pytest.importorskip("psycopg", reason="psycopg is not installed: pip install -e '.[test,postgres]'")
+    with pytest.raises(ConfigError, match=says) as caught:
+        FeedbackStore.open_for_service(url)
+    assert "hidden-pass" not in str(caught.value)
+
+
+def test_a_missing_psycopg_stops_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # what `import psycopg` meets without the extra
+    with pytest.raises(ConfigError, match=re.escape("pip install 'b12-iron-cds[postgres]'")):
+        FeedbackStore.open_for_service("postgresql://cds@db.internal/cds")
 
 
 def test_an_unknown_url_scheme_is_refused() -> None:

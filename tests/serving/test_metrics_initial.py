@@ -121,7 +121,9 @@ def test_every_status_a_call_is_answered_with_has_a_zero_series() -> None:
     source = "\n".join(path.read_text() for path in PACKAGE.rglob("*.py"))
     literal = set(re.findall(r"(?:RequestError|operation_outcome)\(\s*(\d{3})\b", source))
     assert literal, "the pattern no longer finds the statuses"
-    assert literal - {"404"} <= set(observability._HOOK_STATUSES)
+    # 404 is labelled service="unknown"; 503 is answered only by the feedback endpoint (its store cannot
+    # be reached), which has no status metric: a hook call never waits for a store that way.
+    assert literal - {"404", "503"} <= set(observability._HOOK_STATUSES)
 
 
 def test_every_phase_a_call_is_timed_in_has_a_zero_series() -> None:

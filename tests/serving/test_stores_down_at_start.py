@@ -1,9 +1,9 @@
-"""`cds-service serve` started while its Redis is down, as after a Redis restart.
+"""`cds-service serve` started while its Redis or PostgreSQL is down, as after a restart of either.
 
 The service must start (not exit, which under Kubernetes puts every replica in CrashLoopBackOff), say
 once in its log which store it cannot reach, answer /readyz as not ready, answer calls that need the
-store as during any outage of it, and become ready by itself once the store is back. A store URL that
-is malformed still stops it at start.
+store as during any outage of it, and become ready by itself once the store is back, with the start-up
+work it skipped (the PostgreSQL tables) done then. A store URL that is malformed still stops it at start.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from tests.auth.auth_support import BASE_URL, Signer, ec_p384_key, write_clients
+from tests.support.postgres_server import PostgresCluster
 from tests.support.processes import free_port
 from tests.support.redis_server import running_redis
 from tests.support.served import COMMAND, HOOKS_NOW, Served, clean_env, hook_example
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.integration
 
 SECRET = "never-shown-7f3a"
 VIEW = "/cds-services/b12-iron-patient-view"
+FEEDBACK = f"{VIEW}/feedback"
 
 
 def readiness(base: str) -> tuple[int, dict[str, Any]]:
@@ -38,6 +40,10 @@ def log_entries(server: Served) -> list[dict[str, Any]]:
 
 def messages_with(server: Served, text: str) -> list[str]:
     return [entry["message"] for entry in log_entries(server) if text in entry["message"]]
+
+
+def feedback_item(card: str) -> dict[str, Any]:
+    return {"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-01-15T09:05:00Z"}
 
 
 def test_redis_down_at_start_fails_closed_until_it_is_back_then_recovers_without_a_restart(
@@ -92,10 +98,75 @@ def test_redis_down_at_start_fails_closed_until_it_is_back_then_recovers_without
     assert "Traceback" not in server.log()
 
 
+def test_postgres_down_at_start_refuses_feedback_then_creates_its_tables_when_back(tmp_path: Path) -> None:
+    cluster = PostgresCluster()  # initialised, not running
+    try:
+        server = Served(
+            tmp_path, workers=1, CDS_FEEDBACK_DB=cluster.url("postgres", password=SECRET), CDS_NOW=HOOKS_NOW
+        )
+        try:
+            assert requests.get(f"{server.base}/healthz", timeout=5).json() == {"status": "ok"}
+            status, body = readiness(server.base)
+            assert (status, body["status"]) == (503, "not ready")
+            assert body["reason"] == (
+                f"the feedback store (PostgreSQL database postgres on {cluster.base}) is not writable"
+            )
+
+            refused = requests.post(
+                server.base + FEEDBACK, json={"feedback": [feedback_item("early")]}, timeout=30
+            )
+            assert refused.status_code == 503
+            (issue,) = refused.json()["issue"]
+            assert (issue["severity"], issue["code"]) == ("error", "transient")
+            assert "nothing was stored" in issue["diagnostics"]
+
+            # Hook calls do not wait for the store; the issued-card record they leave is lost, and logged.
+            hook = requests.post(server.base + VIEW, json=hook_example("patient-view.json"), timeout=30)
+            assert hook.status_code == 200 and hook.json()["cards"]
+            server.wait_for_log("could not record")
+            assert messages_with(server, "could not record 1 issued cards")
+
+            cluster.start()
+            assert tables(cluster) == set(), "nothing has reached the server yet"
+            stored = requests.post(
+                server.base + FEEDBACK, json={"feedback": [feedback_item("after")]}, timeout=30
+            )
+            assert stored.json() == {"received": 1, "stored": 1}, stored.text
+            assert tables(cluster) == {"cds_feedback", "cds_issued_card"}
+            assert readiness(server.base) == (200, {"status": "ready"})
+            assert feedback_cards(cluster) == ["after"]
+        finally:
+            server.stop()
+    finally:
+        cluster.remove()
+    unreachable = messages_with(server, "cannot be reached")
+    assert len(unreachable) == 1, unreachable
+    assert f"PostgreSQL database postgres on {cluster.base}" in unreachable[0]
+    assert len(messages_with(server, "Booting worker")) == 1, "the worker was never restarted"
+    assert SECRET not in server.log()
+    assert "Traceback" not in server.log()
+
+
+def tables(cluster: PostgresCluster) -> set[str]:
+    import psycopg
+
+    query = "SELECT tablename FROM pg_tables WHERE tablename LIKE 'cds_%'"
+    with psycopg.connect(cluster.url("postgres")) as conn:
+        return {row[0] for row in conn.execute(query).fetchall()}
+
+
+def feedback_cards(cluster: PostgresCluster) -> list[str]:
+    import psycopg
+
+    with psycopg.connect(cluster.url("postgres")) as conn:
+        return [row[0] for row in conn.execute("SELECT card_uuid FROM cds_feedback").fetchall()]
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
         ("CDS_REDIS_URL", f"redis://:{SECRET}@127.0.0.1:not-a-port/0"),
+        ("CDS_FEEDBACK_DB", f"postgresql://cds:{SECRET}@[::1/cds"),
     ],
 )
 def test_a_malformed_store_url_still_stops_serve_with_one_line_naming_it(
