@@ -23,10 +23,12 @@ log = logging.getLogger(__name__)
 class DeferredStart:
     """The start-up work of one store (``work``), run at most once successfully, by one thread at a time."""
 
-    def __init__(self, store: str, work: Callable[[], None]) -> None:
-        """``store`` names the store and where it is, never a password: it appears in logs and /readyz."""
+    def __init__(self, store: str, work: Callable[[], None], unavailable: Callable[[str], Exception]) -> None:
+        """``store`` names the store and where it is, never a password: it appears in logs and /readyz.
+        ``unavailable`` makes the error the store's callers already handle as an outage."""
         self.store = store
         self._work = work
+        self._unavailable = unavailable
         self._lock = threading.Lock()
         self._deferred = False
         self.done = False
@@ -34,15 +36,24 @@ class DeferredStart:
     def complete(self) -> None:
         """Run the work unless it has succeeded already; its errors reach the caller and leave it pending.
 
-        Threads that arrive while another runs it wait for that attempt, then return at once if it
-        succeeded: gunicorn's threads must not each repeat the work."""
+        A thread that arrives while another runs the work waits for that attempt and does not start one of
+        its own: if the attempt failed it gets the ``unavailable`` error at once. Otherwise gunicorn's
+        threads would queue behind each other's connection timeouts, each waiting for all before it."""
         if self.done:
             return
-        with self._lock:
+        if not self._lock.acquire(blocking=False):
+            with self._lock:
+                pass
+            if self.done:
+                return
+            raise self._unavailable(f"{self.store} could not be reached by the attempt just made")
+        try:
             if self.done:
                 return
             self._work()
             self.done = True
+        finally:
+            self._lock.release()
         if self._deferred:
             log.info("%s is reachable now: its start-up work is done", self.store)
 

@@ -117,7 +117,9 @@ class FeedbackStore:
         self._pid = 0
         self._inherited: list[Any] = []
         # Every write first makes sure the tables exist; after that, the check is one attribute read.
-        self._tables = DeferredStart(f"the feedback store ({dialect.describe()})", self._create_tables)
+        self._tables = DeferredStart(
+            f"the feedback store ({dialect.describe()})", self._create_tables, StoreUnavailable
+        )
 
     @classmethod
     def open(cls, url: str) -> FeedbackStore:

@@ -137,7 +137,9 @@ class RedisReplayStore:
 
         self._errors = (redis.RedisError,)
         self._where = address(url)
-        self._start = DeferredStart(f"the JWT replay store (Redis at {self._where})", self._redis.ping)
+        self._start = DeferredStart(
+            f"the JWT replay store (Redis at {self._where})", self._redis.ping, redis.ConnectionError
+        )
         try:
             self._start.complete()
         except redis.AuthenticationError as error:
