@@ -7,6 +7,10 @@ own connection. Request threads never wake that thread: in a busy worker a wake-
 `put` notifying a waiting `get`) cost more CPU than the insert, in thread switches and GIL hand-offs. If
 the list is full (the database is stalled) new records are dropped and counted rather than slowing
 clinicians down; the report then shows feedback for those cards under the topic `unknown`.
+
+While the database is unavailable (a PostgreSQL restart) the records wait in that list and the writer
+tries again, less and less often, so an outage of minutes loses nothing; only a full list or a process
+that stops before the database is back loses records, and both are counted.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ QUEUE_LIMIT = 50_000
 FLUSH_INTERVAL_S = 0.25
 # Rows per transaction when a backlog has built up (after the database was locked, say).
 BATCH_LIMIT = 5_000
+# While the database is unavailable, the wait between attempts doubles up to this.
+RETRY_LIMIT_S = 5.0
 
 
 class IssuedCardRecorder:
@@ -46,6 +52,7 @@ class IssuedCardRecorder:
         self.dropped = 0
         self.failed = 0
         self.written = 0
+        self._retry_s = 0.0
         atexit.register(self.close)
 
     def submit(self, service_id: str, cards: Sequence[tuple[str, str]]) -> None:
@@ -102,24 +109,48 @@ class IssuedCardRecorder:
     def _run(self) -> None:
         store: FeedbackStore | None = None
         stopping = False
+        wait_s = FLUSH_INTERVAL_S
         while not stopping:
-            stopping = self._stop.wait(FLUSH_INTERVAL_S)
+            stopping = self._stop.wait(wait_s)
+            wait_s = FLUSH_INTERVAL_S
             while batch := self._take(BATCH_LIMIT):
                 try:
                     if store is None:
                         store = FeedbackStore.open(self._url)
                     store.record_issued_rows(batch)
-                    self.written += len(batch)
-                except Exception as error:
+                except StoreUnavailable as error:  # an outage, not a bug: keep the rows and wait
+                    if stopping:
+                        lost = len(batch)
+                        while rest := self._take(BATCH_LIMIT):
+                            lost += len(rest)
+                        self.failed += lost
+                        log.warning("could not record %d issued cards before stopping: %s", lost, error)
+                        break
+                    self._pending.appendleft(batch)
+                    wait_s = self._waiting(error)
+                    break
+                except Exception:
                     self.failed += len(batch)
-                    if isinstance(error, StoreUnavailable):  # an outage, not a bug: the reason, no trace
-                        log.warning("could not record %d issued cards: %s", len(batch), error)
-                    else:
-                        log.exception("could not record %d issued cards", len(batch))
+                    log.exception("could not record %d issued cards", len(batch))
                     if not stopping:
                         break
+                else:
+                    self.written += len(batch)
+                    self._recovered()
         if store is not None:
             store.close()
+
+    def _waiting(self, error: StoreUnavailable) -> float:
+        """The wait before the next attempt; one warning when an outage begins."""
+        if self._retry_s == 0:
+            log.warning("issued-card records wait for the database, which is unavailable: %s", error)
+        self._retry_s = min(RETRY_LIMIT_S, max(FLUSH_INTERVAL_S, self._retry_s * 2))
+        return self._retry_s
+
+    def _recovered(self) -> None:
+        if self._retry_s:
+            log.info("the database is available again: waiting issued-card records are being written")
+            self._retry_s = 0.0
 
     def _take(self, limit: int) -> list[IssuedRow]:
         """Up to about `limit` pending rows, oldest first (popleft is atomic beside concurrent appends)."""

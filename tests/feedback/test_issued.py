@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from cds_service.feedback import FeedbackStore, IssuedCardRecorder, parse_feedback
 from cds_service.feedback import issued as issued_module
+from tests.support.postgres_server import PostgresCluster
 
 SERVICE = "b12-iron-patient-view"
 
@@ -127,3 +131,54 @@ def test_submit_after_close_is_ignored(sqlite_url: str) -> None:
     recorder.submit(SERVICE, [("c2", "iron-after-b12")])
     recorder.close()
     assert issued_counts(sqlite_url) == {f"{SERVICE}/iron-after-b12": 1}
+
+
+def _wait_until(condition: Callable[[], bool], timeout_s: float = 20) -> bool:
+    give_up = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > give_up:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_records_wait_through_a_database_outage_and_are_written_when_it_is_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A PostgreSQL restart loses no card record: the writer keeps them and tries again."""
+    cluster = PostgresCluster()  # initialised, not running
+    recorder = IssuedCardRecorder(cluster.url("postgres"))
+    try:
+        with caplog.at_level(logging.INFO, logger="cds_service.feedback.issued"):
+            for call in range(3):
+                recorder.submit(SERVICE, [(f"card-{call}", "iron-after-b12")])
+            assert _wait_until(lambda: any("wait for the database" in r.getMessage() for r in caplog.records))
+            cluster.start()
+            assert _wait_until(lambda: recorder.written == 3), (recorder.written, recorder.failed)
+        recorder.close()
+        assert (recorder.written, recorder.dropped, recorder.failed) == (3, 0, 0)
+        assert issued_counts(cluster.url("postgres")) == {f"{SERVICE}/iron-after-b12": 3}
+        waiting = [r for r in caplog.records if "wait for the database" in r.getMessage()]
+        assert len(waiting) == 1, "one warning per outage, not one per attempt"
+        assert any("available again" in r.getMessage() for r in caplog.records)
+    finally:
+        recorder.close()
+        cluster.remove()
+
+
+def test_records_still_waiting_when_the_process_stops_are_counted_as_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cluster = PostgresCluster()
+    recorder = IssuedCardRecorder(cluster.url("postgres"))
+    try:
+        for call in range(3):
+            recorder.submit(SERVICE, [(f"card-{call}", "iron-after-b12")])
+        with caplog.at_level(logging.WARNING, logger="cds_service.feedback.issued"):
+            recorder.close(timeout_s=30)
+        assert (recorder.written, recorder.failed) == (0, 3)
+        assert any(
+            "could not record 3 issued cards before stopping" in r.getMessage() for r in caplog.records
+        )
+    finally:
+        cluster.remove()

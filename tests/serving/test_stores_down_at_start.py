@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -120,14 +121,18 @@ def test_postgres_down_at_start_refuses_feedback_then_creates_its_tables_when_ba
             assert (issue["severity"], issue["code"]) == ("error", "transient")
             assert "nothing was stored" in issue["diagnostics"]
 
-            # Hook calls do not wait for the store; the issued-card record they leave is lost, and logged.
+            # Hook calls do not wait for the store; the issued-card record they leave waits for it.
             hook = requests.post(server.base + VIEW, json=hook_example("patient-view.json"), timeout=30)
             assert hook.status_code == 200 and hook.json()["cards"]
-            server.wait_for_log("could not record")
-            assert messages_with(server, "could not record 1 issued cards")
+            server.wait_for_log("issued-card records wait for the database")
+            assert messages_with(server, "issued-card records wait for the database")
 
             cluster.start()
-            assert tables(cluster) == set(), "nothing has reached the server yet"
+            issued = [card["uuid"] for card in hook.json()["cards"]]
+            give_up = time.monotonic() + 30
+            while issued_cards(cluster) != issued and time.monotonic() < give_up:
+                time.sleep(0.1)
+            assert issued_cards(cluster) == issued, "the card issued during the outage is recorded after it"
             stored = requests.post(
                 server.base + FEEDBACK, json={"feedback": [feedback_item("after")]}, timeout=30
             )
@@ -153,6 +158,17 @@ def tables(cluster: PostgresCluster) -> set[str]:
     query = "SELECT tablename FROM pg_tables WHERE tablename LIKE 'cds_%'"
     with psycopg.connect(cluster.url("postgres")) as conn:
         return {row[0] for row in conn.execute(query).fetchall()}
+
+
+def issued_cards(cluster: PostgresCluster) -> list[str]:
+    import psycopg
+
+    query = "SELECT card_uuid FROM cds_issued_card"
+    try:
+        with psycopg.connect(cluster.url("postgres")) as conn:
+            return [row[0] for row in conn.execute(query).fetchall()]
+    except psycopg.errors.UndefinedTable:
+        return []
 
 
 def feedback_cards(cluster: PostgresCluster) -> list[str]:
