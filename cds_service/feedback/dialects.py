@@ -21,6 +21,18 @@ from cds_service.redaction import without_passwords
 from cds_service.sqlite_cache import CACHE_SIZE_PRAGMA
 
 BUSY_TIMEOUT_MS = 15_000
+# libpq leaves timing to the operating system: a server whose packets are dropped holds a connect for
+# minutes, and a query on a connection whose peer vanished waits until TCP gives up. Each attempt must end
+# well before the next readiness probe (every 5 s), or probes pile up in a worker's threads until none is
+# left for /healthz. Settings in CDS_FEEDBACK_DB's own URL win over these.
+CONNECTION_DEFAULTS = {
+    "connect_timeout": "3",
+    "tcp_user_timeout": "5000",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "2",
+}
 
 
 class Dialect(Protocol):
@@ -149,7 +161,8 @@ class PostgresDialect:
 
     def connect(self) -> Any:
         psycopg = _psycopg()
-        conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+        options = {**CONNECTION_DEFAULTS, **psycopg.conninfo.conninfo_to_dict(self.url)}
+        conn = psycopg.connect(autocommit=True, **options)
         conn.read_only = self.read_only
         return conn
 

@@ -7,6 +7,7 @@ import re
 import sqlite3
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ from cds_service.feedback import FeedbackStore, StoreUnavailable, parse_feedback
 from cds_service.feedback.dialects import PostgresDialect, SQLiteDialect
 from cds_service.sqlite_cache import CACHE_KIB
 from tests.support.postgres_server import PostgresCluster
+from tests.support.unaccepting import unaccepting_port
 
 SERVICE = "b12-iron-patient-view"
 OTHER = "b12-iron-order-sign"
@@ -315,3 +317,23 @@ def test_a_forked_worker_opens_its_own_connection(sqlite_url: str) -> None:
     post(store, SERVICE, accepted("after-fork", T0))
     assert store.report()["services"][SERVICE]["accepted"] == 3
     store.close()
+
+
+@pytest.mark.parametrize(("query", "limit_s"), [("", 3), ("?connect_timeout=1", 1)])
+def test_a_postgres_server_that_never_answers_costs_seconds_not_minutes(query: str, limit_s: float) -> None:
+    """libpq alone would wait for the operating system (minutes) on a server whose packets are dropped,
+    and readiness probes every 5 s would queue up behind it. Its own URL's setting wins."""
+    pytest.importorskip("psycopg")
+    with unaccepting_port() as port:
+        url = f"postgresql://postgres@127.0.0.1:{port}/postgres{query}"
+        started = time.monotonic()
+        store = FeedbackStore.open_for_service(url)
+        opened_s = time.monotonic() - started
+        try:
+            started = time.monotonic()
+            assert store.writable() is False
+            probed_s = time.monotonic() - started
+        finally:
+            store.close()
+    assert limit_s - 0.5 < opened_s < limit_s + 1.5
+    assert probed_s < limit_s + 1.5

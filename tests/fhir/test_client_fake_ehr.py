@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import sys
 import time
 from collections.abc import Iterator
 
@@ -11,6 +9,7 @@ import pytest
 
 from cds_service.fhir.client import FhirClient
 from tests.support.fake_ehr_fhir import SMART_LAUNCHER_401_TEXT, FakeEhrFhir
+from tests.support.unaccepting import unaccepting_port
 
 pytestmark = pytest.mark.integration
 
@@ -210,22 +209,8 @@ def test_a_search_warning_is_passed_on_with_the_results(fhir_client: FhirClient)
 
 @pytest.fixture
 def unaccepting_server() -> Iterator[str]:
-    """A listener whose accept queue is full, so the kernel drops new SYNs: the connection never opens,
-    as with a server that is down behind a firewall that drops packets, or overloaded."""
-    if not sys.platform.startswith("linux"):
-        pytest.skip("relies on Linux dropping SYNs to a listener whose accept queue is full")
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers = [socket.socket() for _ in range(4)]
-    for filler in fillers:
-        filler.setblocking(False)
-        filler.connect_ex(("127.0.0.1", port))
-    time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/fhir"
-    for sock in (*fillers, listener):
-        sock.close()
+    with unaccepting_port() as port:
+        yield f"http://127.0.0.1:{port}/fhir"
 
 
 def test_a_server_that_never_accepts_is_reported_as_unreachable_not_slow(unaccepting_server: str) -> None:
