@@ -43,6 +43,16 @@ def messages_with(server: Served, text: str) -> list[str]:
     return [entry["message"] for entry in log_entries(server) if text in entry["message"]]
 
 
+def assert_one_warning_and_no_restart(server: Served, store: str) -> None:
+    """One "cannot be reached" line naming the store, one worker boot, no password, no traceback."""
+    unreachable = messages_with(server, "cannot be reached")
+    assert len(unreachable) == 1, unreachable
+    assert store in unreachable[0]
+    assert len(messages_with(server, "Booting worker")) == 1, "the worker was never restarted"
+    assert SECRET not in server.log()
+    assert "Traceback" not in server.log()
+
+
 def feedback_item(card: str) -> dict[str, Any]:
     return {"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-01-15T09:05:00Z"}
 
@@ -91,12 +101,7 @@ def test_redis_down_at_start_fails_closed_until_it_is_back_then_recovers_without
             assert readiness(server.base) == (200, {"status": "ready"})
     finally:
         server.stop()
-    unreachable = messages_with(server, "cannot be reached")
-    assert len(unreachable) == 1, unreachable
-    assert f"Redis at redis://127.0.0.1:{port}/0" in unreachable[0]
-    assert len(messages_with(server, "Booting worker")) == 1, "the worker was never restarted"
-    assert SECRET not in server.log()
-    assert "Traceback" not in server.log()
+    assert_one_warning_and_no_restart(server, f"Redis at redis://127.0.0.1:{port}/0")
 
 
 def test_postgres_down_at_start_refuses_feedback_then_creates_its_tables_when_back(tmp_path: Path) -> None:
@@ -144,12 +149,7 @@ def test_postgres_down_at_start_refuses_feedback_then_creates_its_tables_when_ba
             server.stop()
     finally:
         cluster.remove()
-    unreachable = messages_with(server, "cannot be reached")
-    assert len(unreachable) == 1, unreachable
-    assert f"PostgreSQL database postgres on {cluster.base}" in unreachable[0]
-    assert len(messages_with(server, "Booting worker")) == 1, "the worker was never restarted"
-    assert SECRET not in server.log()
-    assert "Traceback" not in server.log()
+    assert_one_warning_and_no_restart(server, f"PostgreSQL database postgres on {cluster.base}")
 
 
 def tables(cluster: PostgresCluster) -> set[str]:
