@@ -285,12 +285,9 @@ class HookHandler:
                 )
             with trace.phase("fhir"):
                 resources.extend(self._fetch_missing(service, request, client, missing, trace))
-        dangling = (
-            dangling_medication_ids([*resources, *request.draft_orders], request.fhir_server)
-            if request.fhir_server
-            else None
-        )
-        if dangling:
+        if request.fhir_server and (
+            dangling := dangling_medication_ids([*resources, *request.draft_orders], request.fhir_server)
+        ):
             spent_ms = (time.monotonic() - started) * 1000.0
             with trace.phase("fhir"):
                 resources.extend(self._fetch_medications(request, client, dangling, trace, spent_ms))

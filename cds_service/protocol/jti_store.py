@@ -152,8 +152,7 @@ class RedisReplayStore:
     def claim(self, key: str, expires_at: float) -> bool:
         ttl_ms = max(1, int((expires_at - time.time()) * 1000))
         try:
-            if not self._start.done:
-                self._start.complete()
+            self._start.complete()
             return bool(self._redis.set(self.PREFIX + key, b"1", nx=True, px=ttl_ms))
         except self._errors as error:
             raise ReplayStoreError(f"Redis replay store {self._where}: {error}") from None
