@@ -140,8 +140,9 @@ def create_app(settings: Settings) -> Flask:
     def readyz() -> Response:
         """Ready once every store has been reached since start, and while the feedback store is writable."""
         problems = [authenticator.unready()] if authenticator is not None else []
-        if not feedback_store.writable():
-            problems.append(f"the feedback store ({feedback_store.describe()}) is not writable")
+        why_not = feedback_store.unwritable()
+        if why_not:
+            problems.append(f"the feedback store ({feedback_store.describe()}) is not writable ({why_not})")
         reason = "; ".join(problem for problem in problems if problem)
         if reason:
             return json_response({"status": "not ready", "reason": reason}, 503)

@@ -66,10 +66,11 @@ class DeferredStart:
             reason,
         )
 
-    def ready(self) -> bool:
-        """Whether the work is done, trying it now if not (the readiness probe); never raises."""
+    def unready(self) -> Exception | None:
+        """None once the work is done, trying it now if not (the readiness probe); else why it failed, so
+        the probe can tell an operator more than "not ready". Never raises."""
         try:
             self.complete()
-        except Exception:
-            return False
-        return True
+        except Exception as error:
+            return error
+        return None

@@ -227,17 +227,20 @@ class FeedbackStore:
         issued, outcomes = self._run(read, write=False)
         return build_report(issued, outcomes, since=since, offered=offered)
 
-    def writable(self) -> bool:
-        """Whether a write could be made now (readiness), creating the tables first if they still wait for
-        the server; never raises."""
+    def unwritable(self) -> str | None:
+        """None if a write could be made now (readiness), creating the tables first if they still wait for
+        the server; else why not, in the database's words without passwords (a database that does not
+        exist or a password refused reads differently from a server that is down). Never raises."""
         try:
             self._tables.complete()
             with self._lock:
-                return self._dialect.writable(self._connection())
+                if self._dialect.writable(self._connection()):
+                    return None
+            reason = "the database accepts only reads"
         except Exception as error:
             reason = self._dialect.reason(error)
-            log.warning("feedback store (%s) is not writable: %s", self.describe(), reason)
-            return False
+        log.warning("feedback store (%s) is not writable: %s", self.describe(), reason)
+        return reason
 
     def close(self) -> None:
         with self._lock:

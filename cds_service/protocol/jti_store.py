@@ -19,7 +19,7 @@ from typing import Protocol
 
 from cds_service.config import ConfigError, Settings
 from cds_service.deferred_start import DeferredStart
-from cds_service.redaction import address
+from cds_service.redaction import address, without_passwords
 from cds_service.redis_client import redis_client
 from cds_service.sqlite_cache import CACHE_SIZE_PRAGMA
 
@@ -136,6 +136,8 @@ class RedisReplayStore:
         import redis  # present: redis_client has checked
 
         self._errors = (redis.RedisError,)
+        self._refused = redis.AuthenticationError
+        self._url = url
         self._where = address(url)
         self._start = DeferredStart(
             f"the JWT replay store (Redis at {self._where})", self._redis.ping, redis.ConnectionError
@@ -161,7 +163,15 @@ class RedisReplayStore:
         return f"Redis at {self._where} (shared by every replica using it)"
 
     def unready(self) -> str | None:
-        return None if self._start.ready() else f"{self._start.store} cannot be reached"
+        """Says whether Redis refused the credentials or could not be reached, and Redis's words: a Redis
+        first reached after start may be one whose password has changed, which no retry will fix."""
+        error = self._start.unready()
+        if error is None:
+            return None
+        words = without_passwords(str(error), self._url)
+        if isinstance(error, self._refused):
+            return f"{self._start.store}: Redis refused the credentials ({words})"
+        return f"{self._start.store} cannot be reached ({words})"
 
 
 def open_replay_store(settings: Settings) -> ReplayStore:

@@ -182,7 +182,10 @@ def test_a_redis_down_at_start_fails_closed_until_it_is_reached(
     authenticator = Authenticator(
         auth_settings(tmp_path, clients_file, redis_url=f"redis://:hidden-pass@127.0.0.1:{port}/0")
     )
-    expected = f"the JWT replay store (Redis at redis://127.0.0.1:{port}/0) cannot be reached"
+    expected = (
+        f"the JWT replay store (Redis at redis://127.0.0.1:{port}/0) cannot be reached "
+        f"(Error 111 connecting to 127.0.0.1:{port}. Connection refused.)"
+    )
     assert authenticator.unready() == expected
     with pytest.raises(AuthError, match="cannot check jti for replay") as refused:
         authenticator.authenticate(bearer(ec_signer.token()), SIGN_PATH)
@@ -193,6 +196,22 @@ def test_a_redis_down_at_start_fails_closed_until_it_is_reached(
         with pytest.raises(AuthError, match="already used"):
             authenticator.authenticate(bearer(token), SIGN_PATH)
         assert authenticator.unready() is None
+
+
+def test_a_redis_first_reached_after_start_that_refuses_the_credentials_is_named_so(
+    tmp_path: Path, clients_file: Path
+) -> None:
+    """No retry fixes a changed password: readiness must not call that "cannot be reached"."""
+    port = free_port()
+    authenticator = Authenticator(
+        auth_settings(tmp_path, clients_file, redis_url=f"redis://:old-pass@127.0.0.1:{port}/0")
+    )
+    with running_redis(tmp_path, "new-pass", port=port):
+        reason = authenticator.unready()
+    assert reason == (
+        f"the JWT replay store (Redis at redis://127.0.0.1:{port}/0): Redis refused the credentials "
+        "(invalid username-password pair or user is disabled.)"
+    )
 
 
 def test_credentials_redis_refuses_stop_the_start(tmp_path: Path, redis_url: str) -> None:

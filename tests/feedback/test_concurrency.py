@@ -120,7 +120,7 @@ def test_every_committed_batch_survives_sigkill(sqlite_url: str) -> None:
     assert min(len(batches) for batches in committed.values()) >= 20, "writers made too little progress"
 
     store = FeedbackStore.open(sqlite_url)
-    assert store.writable()
+    assert store.unwritable() is None
     promised = sum(len(batches) for batches in committed.values()) * BATCH_SIZE
     counts = store.report()["services"][SERVICE]
     stored = counts["accepted"] + counts["overridden"]

@@ -166,7 +166,7 @@ def test_an_empty_store_reports_no_services(store: FeedbackStore) -> None:
 
 def test_a_store_is_writable_and_reopening_keeps_the_data(store_url: str) -> None:
     first = FeedbackStore.open(store_url)
-    assert first.writable()
+    assert first.unwritable() is None
     post(first, SERVICE, accepted("c1", T0))
     first.close()
     second = FeedbackStore.open(store_url)
@@ -219,12 +219,30 @@ def test_sqlite_connections_keep_a_small_page_cache(tmp_path: Path) -> None:
         conn.close()
 
 
-def test_an_unreachable_store_is_not_writable_and_does_not_raise(tmp_path: Path) -> None:
+def test_an_unreachable_store_is_not_writable_and_says_why_without_raising(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    assert FeedbackStore(SQLiteDialect(str(blocker / "feedback.sqlite3"))).writable() is False
+    unopenable = FeedbackStore(SQLiteDialect(str(blocker / "feedback.sqlite3")))
+    reason = unopenable.unwritable()
+    assert reason is not None and "File exists" in reason and "a-file" in reason, reason
+    pytest.importorskip("psycopg")
     gone = PostgresDialect(f"postgresql://postgres@/feedback?host={tmp_path / 'no-server'}&port=5432")
-    assert FeedbackStore(gone).writable() is False
+    reason = FeedbackStore(gone).unwritable()
+    assert reason is not None and "No such file or directory" in reason, reason
+
+
+def test_a_database_that_does_not_exist_reads_differently_from_a_server_that_is_down() -> None:
+    """libpq gives no code that tells them apart, so readiness passes PostgreSQL's own words on."""
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        store = FeedbackStore.open_for_service(cluster.url("no_such_db", password="hidden-pass"))
+        reason = store.unwritable()
+        assert reason is not None and 'database "no_such_db" does not exist' in reason, reason
+        assert "hidden-pass" not in reason
+        store.close()
+    finally:
+        cluster.remove()
 
 
 def test_a_postgres_server_down_at_start_gets_its_tables_from_the_first_writes_once_back() -> None:
@@ -233,7 +251,8 @@ def test_a_postgres_server_down_at_start_gets_its_tables_from_the_first_writes_o
     cluster = PostgresCluster()  # initialised, not running
     try:
         store = FeedbackStore.open_for_service(cluster.url("postgres", password="hidden-pass"))
-        assert store.writable() is False
+        reason = store.unwritable()
+        assert reason is not None and "connection" in reason and "hidden-pass" not in reason, reason
         with pytest.raises(StoreUnavailable, match="connection") as refused:
             post(store, SERVICE, accepted("early", T0))
         assert "hidden-pass" not in str(refused.value)
@@ -246,7 +265,7 @@ def test_a_postgres_server_down_at_start_gets_its_tables_from_the_first_writes_o
 
         with ThreadPoolExecutor(6) as pool:
             assert list(pool.map(write, range(6))) == [1] * 6
-        assert store.writable() is True
+        assert store.unwritable() is None
         assert store.present_tables() == {"cds_feedback", "cds_issued_card"}
         assert store.report()["services"][SERVICE]["accepted"] == 6
         store.close()
@@ -331,7 +350,7 @@ def test_a_postgres_server_that_never_answers_costs_seconds_not_minutes(query: s
         opened_s = time.monotonic() - started
         try:
             started = time.monotonic()
-            assert store.writable() is False
+            assert store.unwritable() is not None
             probed_s = time.monotonic() - started
         finally:
             store.close()
