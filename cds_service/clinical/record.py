@@ -128,14 +128,8 @@ class Result:
             return (flag == "H", "the laboratory's own high flag" if flag == "H" else "the laboratory's flag")
         high = self.reference_range()[1]
         if high is not None:
-            return (
-                self.value > high or (self.value == high and self.comparator == ">"),
-                f"the laboratory's upper reference limit of {number(high)} {self.unit}",
-            )
-        return (
-            self.value > default or (self.value == default and self.comparator == ">"),
-            f"the default upper limit of {number(default)} {self.unit}",
-        )
+            return (self.above(high), f"the laboratory's upper reference limit of {number(high)} {self.unit}")
+        return (self.above(default), f"the default upper limit of {number(default)} {self.unit}")
 
     def is_low(self, default: float) -> tuple[bool, str]:
         """Low by the lab's flag, else its range, else ``default``; with the basis for the card."""
@@ -144,14 +138,29 @@ class Result:
             return (flag == "L", "the laboratory's own low flag" if flag == "L" else "the laboratory's flag")
         low = self.reference_range()[0]
         if low is not None:
-            return (
-                self.value < low or (self.value == low and self.comparator == "<"),
-                f"the laboratory's lower reference limit of {number(low)} {self.unit}",
-            )
-        return (
-            self.value < default or (self.value == default and self.comparator == "<"),
-            f"the threshold of {number(default)} {self.unit}",
-        )
+            return (self.below(low), f"the laboratory's lower reference limit of {number(low)} {self.unit}")
+        return (self.below(default), f"the threshold of {number(default)} {self.unit}")
+
+    def above(self, limit: float) -> bool:
+        """Whether the true value is certainly above ``limit`` (in the canonical unit).
+
+        A comparator bounds the value on one side only: ``<2000`` says the value is below 2000, which never
+        proves it high; ``>n`` proves it above ``limit`` when n is at least the limit, ``>=n`` when n is
+        above it.
+        """
+        if self.comparator in ("<", "<="):
+            return False
+        if self.comparator == ">":
+            return self.value >= limit
+        return self.value > limit
+
+    def below(self, limit: float) -> bool:
+        """Whether the true value is certainly below ``limit``: ``>100`` never proves a value low."""
+        if self.comparator in (">", ">="):
+            return False
+        if self.comparator == "<":
+            return self.value <= limit
+        return self.value < limit
 
 
 @dataclass(slots=True)

@@ -36,7 +36,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     if b12 is None or ferritin is None:
         return None
     low, b12_basis = b12_deficient(record, b12)
-    if low or b12.comparator == "<":
+    if low or b12.comparator in ("<", "<="):
         return None
     t = record.config.thresholds
     high, basis = ferritin_high(record, ferritin)
@@ -57,7 +57,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         f"- Ferritin **{ferritin.quoted()}** is high (compared with {basis})"
         + (
             f", above {fmt(t.ferritin_very_high)} ng/mL: very high."
-            if ferritin.value > t.ferritin_very_high
+            if ferritin.above(t.ferritin_very_high)
             else "."
         ),
     ]
@@ -72,7 +72,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         f"overload — haemochromatosis is likely when transferrin saturation is above {fmt(t.tsat_high)} % "
         "(EASL 2022).",
     ]
-    if tsat is not None and tsat.value > t.tsat_high:
+    if tsat is not None and tsat.above(t.tsat_high):
         lines.append(
             f"- Transferrin saturation is above {fmt(t.tsat_high)} %: consider HFE genotyping (EASL 2022)."
         )

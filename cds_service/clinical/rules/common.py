@@ -49,12 +49,15 @@ def day_after(moment: datetime) -> datetime:
 
 
 def derived_tsat(record: PatientRecord, when: datetime) -> Result | None:
-    """TSAT from serum iron and TIBC of one draw (same day), when no TSAT result was reported."""
+    """TSAT from serum iron and TIBC of one draw (same day), when no TSAT result was reported.
+
+    Only from exact values: the ratio of a censored iron or TIBC (``<10``, ``>450``) is not a number.
+    """
     iron = record.near("iron", when)
-    if iron is None:
+    if iron is None or iron.comparator is not None:
         return None
     for tibc in record.results.get("tibc", ()):
-        if tibc.when.date() == iron.when.date() and tibc.value > 0:
+        if tibc.when.date() == iron.when.date() and tibc.value > 0 and tibc.comparator is None:
             return Result("tsat", iron.value / tibc.value * 100.0, None, iron.when, {})
     return None
 
@@ -93,17 +96,18 @@ def iron_status(record: PatientRecord, ferritin: Result) -> IronStatus:
     """Iron deficiency by ferritin, read with CRP and TSAT taken at about the same time.
 
     Ferritin < 30 ng/mL (or the lab's low flag); < 100 with inflammation (CRP > 5 mg/L); 30–100 with
-    TSAT < 20 %. A ferritin reported as ``>n`` is never deficient.
+    TSAT < 20 %. A ferritin reported as ``>n`` or ``>=n`` is never deficient; a censored CRP or TSAT counts
+    only for what its bound proves (``<=10`` mg/L is not inflammation).
     """
     t = record.config.thresholds
     tsat, derived = tsat_near(record, ferritin.when)
     crp = record.near("crp", ferritin.when)
-    inflamed = crp is not None and crp.value > t.crp_inflammation and crp.comparator != "<"
+    inflamed = crp is not None and crp.above(t.crp_inflammation)
     value = ferritin.value
     reason = ""
-    if ferritin.comparator == ">":
+    if ferritin.comparator in (">", ">="):
         deficient = False
-    elif value < t.ferritin_deficient:
+    elif ferritin.below(t.ferritin_deficient):
         deficient = True
         reason = (
             f"ferritin below {fmt(t.ferritin_deficient)} ng/mL confirms iron deficiency "
@@ -112,13 +116,13 @@ def iron_status(record: PatientRecord, ferritin: Result) -> IronStatus:
     elif ferritin.lab_flag() == "L":
         deficient = True
         reason = "the laboratory flags this ferritin as low, which indicates iron deficiency"
-    elif inflamed and value < t.ferritin_deficient_inflamed:
+    elif inflamed and ferritin.below(t.ferritin_deficient_inflamed):
         deficient = True
         reason = (
             f"with inflammation (CRP above {fmt(t.crp_inflammation)} mg/L) a ferritin below "
             f"{fmt(t.ferritin_deficient_inflamed)} ng/mL is compatible with iron deficiency (UK practice)"
         )
-    elif value <= t.ferritin_deficient_inflamed and tsat is not None and tsat.value < t.tsat_low:
+    elif value <= t.ferritin_deficient_inflamed and tsat is not None and tsat.below(t.tsat_low):
         deficient = True
         reason = (
             f"an equivocal ferritin ({fmt(t.ferritin_deficient)}–{fmt(t.ferritin_deficient_inflamed)} ng/mL) "
@@ -149,9 +153,8 @@ def b12_elevated(record: PatientRecord, b12: Result) -> tuple[bool, str]:
 
 
 def b12_very_high(record: PatientRecord, b12: Result) -> bool:
-    """Above Arendt & Nexo's 1000 pmol/L, or reported as more than exactly that (">1000 pmol/L")."""
-    limit = record.config.thresholds.b12_very_high
-    return b12.value > limit or (b12.value == limit and b12.comparator == ">")
+    """Certainly above Arendt & Nexo's 1000 pmol/L: ``>1000 pmol/L`` is, ``<2000 pg/mL`` is not."""
+    return b12.above(record.config.thresholds.b12_very_high)
 
 
 def ferritin_high(record: PatientRecord, ferritin: Result) -> tuple[bool, str]:

@@ -24,7 +24,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     if not t.ferritin_deficient <= ferritin.value <= t.ferritin_deficient_inflamed:
         return None
     crp = record.near("crp", ferritin.when)
-    if crp is None or crp.value <= t.crp_inflammation or crp.comparator == "<":
+    if crp is None or not crp.above(t.crp_inflammation):
         return None
     if tsat_near(record, ferritin.when)[0] is not None or record.ordered("tsat") is not None:
         return None

@@ -68,9 +68,13 @@ def _finding(record: PatientRecord, start: datetime, missing: list[str], context
     mcv = record.latest("mcv")
     b12 = record.latest("b12")
     ferritin = record.latest("ferritin")
-    macrocytic = mcv is not None and mcv.value > t.mcv_macrocytosis
+    macrocytic = mcv is not None and mcv.above(t.mcv_macrocytosis)
     deficient = b12 is not None and b12_deficient(record, b12)[0]
-    high_ferritin = ferritin is not None and ferritin.value >= t.ferritin_deficient_inflamed
+    high_ferritin = (
+        ferritin is not None
+        and ferritin.comparator not in ("<", "<=")
+        and ferritin.value >= t.ferritin_deficient_inflamed
+    )
     warning = (macrocytic or deficient) and high_ferritin
     followup = start + timedelta(days=t.iron_studies_followup_days)
     recent_ferritin = record.latest("ferritin", within_days=t.recent_days)
