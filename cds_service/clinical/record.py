@@ -589,6 +589,10 @@ def build_record(
                 if reading is None:
                     continue
                 number, unit, comparator = reading
+            if not 0 <= number < _INFINITY:
+                # Below zero (or not a number) is a data error or an interface's placeholder, not a level:
+                # a B12 of -1 is no deficiency. The test was still done (``tested`` above).
+                continue
             found = unit_factor(analyte, unit) if isinstance(unit, str) else None
             if found is None or (found[1] and number > 1.0):
                 units.add(analyte, unit if isinstance(unit, str) else None)
@@ -666,6 +670,7 @@ def _by_time(result: Result) -> datetime:
     return result.when
 
 
+_INFINITY = float("inf")
 _NUMERIC_ANALYTES = frozenset(
     {"b12", "ferritin", "tsat", "iron", "tibc", "transferrin", "crp", "mcv", "hb", "mma", "alt", "ast"}
 )

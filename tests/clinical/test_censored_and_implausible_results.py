@@ -1,7 +1,8 @@
-"""Censored results ("<n", ">=n"): read only for what they prove.
+"""Censored results ("<n", ">=n") and impossible values: read only for what they prove.
 
 A comparator bounds the true value on one side only. "<2000 pg/mL" says the B12 is below 2000, which proves
-nothing about it being high; ">100 pg/mL" proves nothing about it being low.
+nothing about it being high; ">100 pg/mL" proves nothing about it being low. A negative concentration is a
+data error, not a deficiency.
 """
 
 from __future__ import annotations
@@ -99,3 +100,22 @@ def test_a_tsat_is_not_calculated_from_a_censored_iron_or_tibc() -> None:
     assert derived_tsat(rec, rec.results["iron"][0].when) is None
     rec = record(obs("iron", 60, 5), obs("tibc", 300, 5))
     assert derived_tsat(rec, rec.results["iron"][0].when).value == pytest.approx(20.0)
+
+
+# --- impossible values ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("analyte", ["b12", "ferritin", "tsat", "crp"])
+def test_a_negative_value_is_not_used_but_counts_as_tested(analyte: str) -> None:
+    rec = record(obs(analyte, -5, 5))
+    assert rec.results.get(analyte) is None
+    assert rec.tested[analyte]
+
+
+def test_a_negative_b12_and_ferritin_make_no_deficiency_card() -> None:
+    assert run(obs("b12", -1, 5), obs("ferritin", -1, 5)) == []
+
+
+def test_a_zero_is_a_value() -> None:
+    """CRP is commonly reported as 0; only a value below zero is impossible."""
+    assert record(obs("crp", 0, 5)).results["crp"][0].value == 0
