@@ -41,6 +41,9 @@ ACTIVE_CONDITION = frozenset({"active", "recurrence", "relapse"})
 # A B12 deficiency kept in remission by injections still explains injections (and a high B12).
 CONTROLLED_CONDITION = frozenset({"remission"})
 REFUTED_CONDITION = frozenset({"refuted", "entered-in-error"})
+# A suspicion, not a diagnosis: it must not silence the tests that would confirm it (gastric antibodies for
+# a suspected pernicious anaemia) nor explain a result away (a provisional cirrhosis and a high B12).
+UNCONFIRMED_CONDITION = frozenset({"unconfirmed", "provisional", "differential"})
 OPEN_ORDER = frozenset({"draft", "active", "on-hold"})
 ACTIVE_MEDICATION = {
     "MedicationRequest": frozenset({"active", "on-hold"}),
@@ -678,7 +681,7 @@ _NUMERIC_ANALYTES = frozenset(
 
 def _add_condition(record: PatientRecord, resource: dict[str, Any]) -> None:
     verification = first_code(resource.get("verificationStatus"))
-    if verification in REFUTED_CONDITION:
+    if verification in REFUTED_CONDITION or verification in UNCONFIRMED_CONDITION:
         return
     clinical = first_code(resource.get("clinicalStatus"))
     if clinical is None:

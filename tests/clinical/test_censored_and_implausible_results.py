@@ -1,8 +1,9 @@
-"""Censored results ("<n", ">=n") and impossible values: read only for what they prove.
+"""Censored results ("<n", ">=n"), impossible values and unconfirmed diagnoses: read only for what they prove.
 
 A comparator bounds the true value on one side only. "<2000 pg/mL" says the B12 is below 2000, which proves
 nothing about it being high; ">100 pg/mL" proves nothing about it being low. A negative concentration is a
-data error, not a deficiency.
+data error, not a deficiency. A diagnosis recorded as unconfirmed, provisional or differential is a
+suspicion: it must not silence the tests that would confirm it, nor explain away a finding.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from cds_service.clinical import codes
 from cds_service.clinical.rules.common import b12_very_high, derived_tsat, iron_status
-from tests.clinical.builders import by_topic, draft_b12, med, obs, record, run, topics
+from tests.clinical.builders import by_topic, condition, draft_b12, med, obs, record, run, topics
 
 
 def _quantity(analyte: str, value: float, unit: str, comparator: str, days: float) -> dict[str, Any]:
@@ -119,3 +121,46 @@ def test_a_negative_b12_and_ferritin_make_no_deficiency_card() -> None:
 def test_a_zero_is_a_value() -> None:
     """CRP is commonly reported as 0; only a value below zero is impossible."""
     assert record(obs("crp", 0, 5)).results["crp"][0].value == 0
+
+
+# --- suspected diagnoses --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("verification", ["unconfirmed", "provisional", "differential"])
+def test_an_unconfirmed_diagnosis_is_not_a_known_condition(verification: str) -> None:
+    rec = record(
+        condition("84027009", verification=verification), condition("19943007", verification=verification)
+    )
+    assert not rec.has_condition(codes.PERNICIOUS_ANAEMIA, include_controlled=True)
+    assert not rec.has_condition(codes.B12_DEFICIENCY, include_controlled=True)
+    assert not rec.has_condition(codes.LIVER_DISEASE)
+
+
+def test_suspected_pernicious_anaemia_does_not_silence_the_antibody_tests() -> None:
+    findings = run(
+        obs("b12", 150, 5), obs("ferritin", 10, 5), condition("84027009", verification="unconfirmed")
+    )
+    card = by_topic(findings, "combined-b12-iron-deficiency")
+    ordered = {a.resource["code"]["coding"][0]["code"] for p in card.proposals for a in p.actions}
+    assert {"31444-3", "40960-7", "2333-3"} <= ordered
+
+
+def test_suspected_cirrhosis_does_not_explain_a_high_b12() -> None:
+    findings = run(obs("b12", 1600, 5), condition("19943007", verification="provisional"))
+    assert topics(findings) == ["elevated-b12-no-supplement"]
+
+
+def test_a_differential_diagnosis_of_b12_deficiency_does_not_silence_the_supplement_review() -> None:
+    findings = run(
+        obs("b12", 1600, 5),
+        med({"text": "multivitamin"}, 30, kind="MedicationStatement"),
+        condition("84027009", verification="differential"),
+    )
+    assert topics(findings) == ["elevated-b12-supplement-review"]
+
+
+def test_a_confirmed_or_unstated_verification_still_counts() -> None:
+    unstated = condition("84027009")
+    del unstated["verificationStatus"]
+    for item in (condition("84027009"), unstated):
+        assert record(item).has_condition(codes.PERNICIOUS_ANAEMIA)
