@@ -349,6 +349,18 @@ def test_a_baseline_drawn_on_the_day_b12_starts_is_not_a_result_of_treatment() -
     assert "iron-deficiency-after-b12" in topics(run(course, *baseline, *after))
 
 
+def test_a_deficient_b12_drawn_on_the_morning_b12_starts_explains_the_injections() -> None:
+    """The course starts on a date alone (midnight): the B12 drawn that morning is the one it treats.
+
+    Missing it made the supplement review propose stopping the injections of a deficient patient.
+    """
+    start = NOW.date().fromordinal(NOW.date().toordinal() - 90).isoformat()
+    baseline = obs("b12", 140, 90, effectiveDateTime=f"{start}T08:00:00Z")
+    injections = med(CYANO, 90, authoredOn=start)
+    findings = run(baseline, injections, obs("b12", 1500, 30))
+    assert "elevated-b12-supplement-review" not in topics(findings)
+
+
 def test_the_reason_names_the_labs_low_flag_when_the_value_is_above_30() -> None:
     flagged = obs("ferritin", 45, 10, interpretation=[{"coding": [{"code": "L"}]}])
     finding = by_topic(run(med(CYANO, 120), flagged, obs("tsat", 25, 10)), "iron-deficiency-after-b12")

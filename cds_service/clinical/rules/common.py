@@ -166,15 +166,18 @@ def deficiency_explains_b12(record: PatientRecord) -> str | None:
     """Why B12 treatment is expected for this patient (a diagnosis, or a deficient B12 before the course).
 
     High B12 levels are expected on injections for a true deficiency, and levels do not monitor them. A
-    deficient result explains only the course it preceded while that course runs: once it has ended, a
-    high B12 comes from something else (a supplement), and an old deficiency must not silence the review.
+    deficient result (drawn before the course or on its first day) explains only the course it preceded
+    while that course runs: once it has ended, a high B12 comes from something else (a supplement), and an
+    old deficiency must not silence the review.
     """
     names = record.has_condition(codes.B12_DEFICIENCY, include_controlled=True)
     if names:
         return f"a recorded diagnosis of {literal(names[0])}"
     course = record.course(codes.B12_THERAPY)
     if course is not None and course.ongoing:
-        before = record.before("b12", course.start)
+        # Up to the end of the start day: a start is often a date alone (midnight), and the B12 drawn that
+        # morning is the very result the course treats.
+        before = record.before("b12", day_after(course.start))
         if before is not None and b12_deficient(record, before)[0]:
             return f"a deficient B12 of {before.quoted()}, before B12 therapy started"
     return None
