@@ -187,7 +187,11 @@ class MedicationEntry:
 
 @dataclass(slots=True)
 class Order:
-    """An open lab order: the analytes it covers and when it was written or is due."""
+    """An open lab order: the analytes it covers and when it was written or is due.
+
+    ``draft`` marks a draft of this hook call (``draftOrders``): it counts however it is dated. An order on
+    file, a draft included, counts within the pending window (see `PatientRecord.ordered`).
+    """
 
     analytes: frozenset[str]
     when: datetime | None
@@ -262,7 +266,12 @@ class PatientRecord:
     # --- orders -----------------------------------------------------------------------------------------
 
     def ordered(self, analyte: str) -> Order | None:
-        """A draft or still-open order covering the analyte (drafts of this hook included)."""
+        """A draft of this hook, or an open order on file (draft, active, on hold) written within
+        ``pending_order_days`` or due ahead, covering the analyte.
+
+        A draft on file is held to the same window as an active order: one abandoned on the server years
+        ago proves nothing is pending, and counting it would silence a reminder for good.
+        """
         horizon = self.now - timedelta(days=self.config.thresholds.pending_order_days)
         for order in self.orders:
             if analyte in order.analytes and (order.draft or order.when is None or order.when >= horizon):
@@ -625,13 +634,7 @@ def build_record(
             if isinstance(status, str) and status in OPEN_ORDER and resource.get("intent") != "proposal":
                 analytes = value_sets.order_analytes(resource.get("code"))
                 if analytes:
-                    record.orders.append(
-                        Order(
-                            frozenset(analytes),
-                            _service_request_time(resource),
-                            resource.get("status") == "draft",
-                        )
-                    )
+                    record.orders.append(Order(frozenset(analytes), _service_request_time(resource), False))
         elif kind == "Patient" and resource.get("id") == patient_id:
             record.female = resource.get("gender") == "female"
     for items in results.values():

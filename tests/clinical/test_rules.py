@@ -108,6 +108,21 @@ def test_pending_iron_studies_suppress() -> None:
     assert topics(run(med(CYANO, 60), *pending)) == []
 
 
+def test_a_draft_abandoned_on_the_server_long_ago_does_not_suppress() -> None:
+    """A draft on file is held to the 180-day window of any open order; only this hook's drafts are not.
+
+    A draft ferritin and TSAT left on the server three years ago silenced the reminder for good.
+    """
+    course = (obs("b12", 150, 60), obs("mcv", 110, 60), med(CYANO, 56))
+    abandoned = [draft_lab(a, authoredOn=ago(1100)) for a in ("ferritin", "tsat")]
+    recent = [draft_lab(a, authoredOn=ago(20)) for a in ("ferritin", "tsat")]
+    assert topics(run(*course, *abandoned)) == ["iron-studies-after-b12"]
+    assert topics(run(*course, *recent)) == []
+    # This hook's own drafts carry no date and still count.
+    hook_drafts = (draft_b12(), draft_lab("ferritin"), draft_lab("tsat"))
+    assert topics(run(*course, drafts=hook_drafts, hook="order-sign")) == []
+
+
 def test_renewal_of_long_maintenance_is_not_a_start() -> None:
     assert topics(run(med(CYANO, 3000), drafts=(draft_b12(),), hook="order-select")) == []
 
