@@ -108,7 +108,9 @@ class Authenticator:
         token = _bearer_token(authorization)
         header, unverified = _unverified_parts(token)
         alg, kid = header.get("alg"), header.get("kid")
-        if alg not in ALLOWED_ALGORITHMS:
+        # A JSON array or object as alg is unhashable: tested for membership as it is, it raised TypeError
+        # (a 500) instead of a refusal.
+        if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
             raise AuthError(f"alg {_shown(alg)} is not allowed; only asymmetric signatures are accepted")
         if not isinstance(kid, str) or not kid:
             raise AuthError("the token header has no kid")

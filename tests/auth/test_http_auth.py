@@ -16,7 +16,7 @@ import requests
 from flask import Flask
 
 from cds_service.app import create_app
-from tests.auth.auth_support import JwksServer, Signer, auth_settings, write_clients
+from tests.auth.auth_support import JwksServer, Signer, auth_settings, unsigned_parts, write_clients
 from tests.builders import FIXED_NOW, SERVICE_FOR_HOOK, hook_body
 from tests.live import serving
 from tests.support.fhir_server import SekmetServer, sekmet_factory
@@ -97,6 +97,16 @@ def test_with_a_bad_token_every_endpoint_is_a_bare_401(
         response = call(client, path, authorization)
         assert response.status_code == 401, authorization
         assert response.data == b""
+
+
+@pytest.mark.parametrize("alg", [[], ["ES384"], {"ES384": 1}, 384, None, True])
+def test_a_token_whose_alg_is_not_a_string_is_a_bare_401(app: Flask, ec_signer: Signer, alg: object) -> None:
+    """A JSON array or object as ``alg`` was tested for membership in a set as it was: a TypeError and
+    a 500 for anyone who could reach the service, no signature needed."""
+    token = unsigned_parts({"alg": alg, "kid": ec_signer.kid, "typ": "JWT"}, ec_signer.claims()) + ".c2ln"
+    response = call(app.test_client(), SERVICE_PATHS[0], "Bearer " + token)
+    assert response.status_code == 401
+    assert response.data == b""
 
 
 @pytest.mark.parametrize("path", ALL_PATHS)
