@@ -222,8 +222,14 @@ def test_iron_deficiency_with_high_b12_replaces_both_elevated_cards() -> None:
     kinds = {a.type for a in actions(findings[0])}
     assert kinds == {"update", "create"}
     assert "31017-7" in ordered_codes(findings[0])
-    assert topics(run(obs("b12", 1150, 10), obs("ferritin", 14, 10))) == ["iron-deficiency-with-high-b12"]
+    assert "in someone taking B12" in findings[0].detail
+    assert "ask about over-the-counter" not in findings[0].detail
     assert_card_quality(findings[0])
+    (unexplained,) = run(obs("b12", 1150, 10), obs("ferritin", 14, 10))
+    assert unexplained.topic == "iron-deficiency-with-high-b12"
+    assert "No B12 product is on file: ask about over-the-counter vitamins" in unexplained.detail
+    assert "taking B12" not in unexplained.detail, "no intake on file to reason from"
+    assert_card_quality(unexplained)
 
 
 # --- deficiencies ------------------------------------------------------------------------------------

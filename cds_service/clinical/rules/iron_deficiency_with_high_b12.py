@@ -83,10 +83,18 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
             + ". Review them: stop if not needed and "
             "re-measure B12 in about 3 months."
         )
-    lines.append(
-        "- Iron deficiency despite a good vitamin intake suggests ongoing blood loss or malabsorption "
-        "(coeliac disease, autoimmune gastritis, IBD, bariatric surgery): investigate the cause (AGA 2020)."
-    )
+    if explained is None and not products:
+        # Nothing on file shows an intake, so the card cannot reason from one: it asks for it instead.
+        lines += [
+            "- No B12 product is on file: ask about over-the-counter vitamins and supplements.",
+            "- Investigate the cause of the iron deficiency: ongoing blood loss or malabsorption (coeliac "
+            "disease, autoimmune gastritis, IBD, bariatric surgery) (AGA 2020).",
+        ]
+    else:
+        lines.append(
+            "- Iron deficiency in someone taking B12 suggests ongoing blood loss or malabsorption (coeliac "
+            "disease, autoimmune gastritis, IBD, bariatric surgery): investigate the cause (AGA 2020)."
+        )
     lines += ["", "Sources: AGA 2020 iron deficiency guideline; BSH 2014 (Devalia)."]
     return Finding(
         topic=TOPIC,
