@@ -13,8 +13,10 @@ followed, and nothing here logs a header.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -26,6 +28,8 @@ from urllib.parse import urljoin, urlsplit
 import orjson
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from .errors import (
     exception_reason,
@@ -90,10 +94,87 @@ class _Retryable(Exception):
 @dataclass
 class _Progress:
     """Shared between a worker and the waiting caller, so a key cut off by the budget still reports
-    how many requests it made."""
+    how many requests it made, and so the caller can cut off the worker's connection when the budget
+    ends (``abort``)."""
 
     requests: int = 0
     status: int | None = None
+    aborted: bool = False
+    _socket: socket.socket | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def watch(self, sock: socket.socket | None) -> None:
+        """Note the socket the worker waits on now (None when it waits on none); shut it at once if the
+        key was already cut off."""
+        with self._lock:
+            self._socket = sock
+            if not self.aborted or sock is None:
+                return
+        _shut(sock)
+
+    def abort(self) -> None:
+        """End the worker's wait now. The read timeout bounds each ``recv``, not the whole answer: a
+        server sending a byte now and then (headers or body) kept a pool thread for as long as it liked,
+        and 16 such keys left every later call of the worker timing out in the queue.
+
+        Only the socket of the request in flight is shut. In the instant after its answer was read and
+        before the worker notes so, that socket may already be back in the pool and taken by another
+        fetch, which then sees a reset connection and retries once."""
+        with self._lock:
+            self.aborted = True
+            sock = self._socket
+        if sock is not None:
+            _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    """Shut a socket another thread may be blocked on (its ``recv`` returns at once); never ``close`` it
+    here, which could close a descriptor number already reused by another connection."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+# The key a pool thread is fetching, for the connections below to report their sockets to.
+_fetching = threading.local()
+
+
+class _WatchedConnection(HTTPConnection):
+    """A connection that hands its socket to the ``_Progress`` of the key being fetched on this thread,
+    whether the socket is new (``_new_conn``, before any TLS handshake) or reused from the pool."""
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _watch(sock)
+        return sock
+
+    def request(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+        if self.sock is not None:
+            _watch(self.sock)
+        super().request(*args, **kwargs)  # type: ignore[arg-type]
+
+
+class _WatchedHTTPSConnection(_WatchedConnection, HTTPSConnection):
+    pass
+
+
+class _WatchedPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+def _watch(sock: socket.socket) -> None:
+    progress = getattr(_fetching, "progress", None)
+    if progress is not None:
+        progress.watch(sock)
+
+
+class _WatchedAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+        super().init_poolmanager(*args, **kwargs)  # type: ignore[arg-type]
+        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedPool, "https": _WatchedHTTPSPool}
 
 
 @dataclass(frozen=True)
@@ -227,7 +308,7 @@ class FhirClient:
         # goes or what is sent; cookies from one EHR must not ride along to the next call.
         session.trust_env = False
         session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-        adapter = HTTPAdapter(pool_connections=8, pool_maxsize=self.max_workers, max_retries=0)
+        adapter = _WatchedAdapter(pool_connections=8, pool_maxsize=self.max_workers, max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         session.headers.update({"Accept": FHIR_JSON, "User-Agent": "b12-iron-cds"})
@@ -279,6 +360,7 @@ class FhirClient:
                 outcomes[key] = future.result()
                 continue
             future.cancel()
+            progress.abort()
             elapsed = (time.monotonic() - started) * 1000
             outcomes[key] = FetchOutcome(
                 key, url, None, call.timeout_reason(url), progress.status, progress.requests, elapsed
@@ -379,6 +461,7 @@ class FhirClient:
         if remaining < _MIN_ATTEMPT_S:
             raise _Failure(call.timeout_reason(url))
         progress.requests += 1
+        _fetching.progress = progress
         try:
             response = session.get(
                 url,
@@ -405,6 +488,9 @@ class FhirClient:
             if not retrying and is_connection_reset(exc):
                 raise _Retryable from exc
             raise _Failure(exception_reason(exc, url)) from None
+        finally:
+            _fetching.progress = None
+            progress.watch(None)
         progress.status = response.status_code
         return self._interpret(url, response, raw)
 
