@@ -263,8 +263,8 @@ def scenarios() -> list[tuple[str, Scenario, dict[str, Any]]]:
         "order-b12-megaloblastic.json",
         s,
         ["iron-studies-after-b12"],
-        "A B12 order for a deficient B12 with macrocytosis and ferritin 260: iron studies now and in 8 weeks "
-        "(warning).",
+        "A B12 order for a deficient B12 with macrocytosis and ferritin 260: iron studies 8 weeks after the "
+        "start (warning); no baseline now, since that ferritin is 20 days old.",
         hook="order-select",
         order="orders/b12-draft.json",
     )
@@ -298,7 +298,7 @@ def scenarios() -> list[tuple[str, Scenario, dict[str, Any]]]:
         "iron-deficiency-after-b12.json",
         s,
         ["iron-deficiency-after-b12"],
-        "Ferritin 165 before B12, 18 with TSAT 12 % four months after starting it: unmasked iron deficiency.",
+        "Ferritin 165 before B12, 18 with TSAT 12 % 110 days after starting it: unmasked iron deficiency.",
     )
 
     s = Scenario("after-b12-iron-fine")
