@@ -1,6 +1,7 @@
 """Reading FHIR Bundles and draft orders from files for the developer tools.
 
-Fixtures and real exports arrive as transaction, collection or searchset Bundles. A transaction Bundle
+Fixtures and real exports arrive as Bundles of any type that carries resources (transaction, batch,
+collection, searchset, document or message). A transaction Bundle
 links its entries with ``urn:uuid:`` full URLs that only a FHIR server would turn into ``Type/id``
 references; the offline replay has no server, so it does that rewriting itself, by the same rule as the
 fixture loader (``cds_service.fhir.bundles``). Every problem with a file becomes a ``BundleError`` whose

@@ -360,7 +360,8 @@ def _outcome_text(response: requests.Response) -> str:
 @click.option(
     "--fhir-token",
     envvar="FHIR_ACCESS_TOKEN",
-    help="Bearer token for the FHIR server, also sent to the service as fhirAuthorization.",
+    help="Bearer token for the FHIR server, also sent to the service as fhirAuthorization "
+    "(or $FHIR_ACCESS_TOKEN).",
 )
 @click.option(
     "--prefetch/--no-prefetch", default=True, show_default=True, help="Send the prefetch, or none at all."

@@ -164,9 +164,9 @@ def replay(
 ) -> None:
     """Run a hook offline over FHIR R4 Bundles (files or folders) and print the cards.
 
-    Each Bundle (transaction, collection or searchset) must hold one Patient; a hooks/ request file
-    works too (its prefetch is the record). The prefetch sent to the service is what its templates
-    return over that record; draft orders are re-pointed at the patient.
+    Each Bundle (transaction, batch, collection, searchset, document or message) must hold one Patient;
+    a hooks/ request file works too (its prefetch is the record). The prefetch sent to the service is
+    what its templates return over that record; draft orders are re-pointed at the patient.
     """
     try:
         replayer = Replayer(_settings(now))
