@@ -516,10 +516,15 @@ class _UnitProblems:
 
 
 def _service_request_time(resource: dict[str, Any]) -> datetime | None:
+    """When the order is due, else when it was written, else when the server last changed it: an open
+    order on file with no date of its own would otherwise count as pending for ever and silence reminders.
+    """
+    meta = resource.get("meta")
     return (
         parse_datetime(resource.get("occurrenceDateTime"))
         or period_start(resource.get("occurrencePeriod"))
         or parse_datetime(resource.get("authoredOn"))
+        or (parse_datetime(meta.get("lastUpdated")) if isinstance(meta, dict) else None)
     )
 
 

@@ -123,6 +123,14 @@ def test_a_draft_abandoned_on_the_server_long_ago_does_not_suppress() -> None:
     assert topics(run(*course, drafts=hook_drafts, hook="order-sign")) == []
 
 
+def test_an_undated_order_on_file_is_dated_by_when_the_server_last_changed_it() -> None:
+    course = (obs("b12", 150, 60), obs("mcv", 110, 60), med(CYANO, 56))
+    stale = [draft_lab(a, meta={"lastUpdated": ago(900)}) for a in ("ferritin", "tsat")]
+    fresh = [draft_lab(a, meta={"lastUpdated": ago(5)}) for a in ("ferritin", "tsat")]
+    assert topics(run(*course, *stale)) == ["iron-studies-after-b12"]
+    assert topics(run(*course, *fresh)) == []
+
+
 def test_renewal_of_long_maintenance_is_not_a_start() -> None:
     assert topics(run(med(CYANO, 3000), drafts=(draft_b12(),), hook="order-select")) == []
 
