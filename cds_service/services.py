@@ -329,6 +329,9 @@ class HookHandler:
         outcomes = self._fetch(request, queries, trace, self.settings.fhir_budget_ms)
         pages = self.fhir_client.max_pages
         outcomes = {key: _refuse_unsafe_truncation(o, queries[key], pages) for key, o in outcomes.items()}
+        outcomes = {
+            key: _refuse_unusable(o, service.prefetch[key], request.patient_id) for key, o in outcomes.items()
+        }
         failed = self._note_failures(request, outcomes, trace)
         if failed:
             reasons = "; ".join(f"{o.key}: {o.error}" for o in failed)
@@ -453,6 +456,19 @@ def _refuse_unsafe_truncation(outcome: FetchOutcome, query: str, pages: int) -> 
         error=f"more results than the {pages} pages read, in no date order, so the newest may be among "
         "those not read",
     )
+
+
+def _refuse_unusable(outcome: FetchOutcome, template: str, patient_id: str) -> FetchOutcome:
+    """What the FHIR server sent is held to the rules the prefetch is held to (``classify``): a resource
+    of a patient other than the one in context fails the key. Read as data, it was dropped by the
+    patient record without a word, so a server that ignored ``patient=`` (or answered a read with
+    another Patient) made the call a 200 that had looked at nothing of this patient's."""
+    if not outcome.ok:
+        return outcome
+    item = classify(outcome.key, template, {outcome.key: outcome.resource}, patient_id)
+    if not item.state.is_missing:
+        return outcome
+    return replace(outcome, resource=None, error=f"the server's answer is not usable: {item.reason}")
 
 
 def card_style_from_site(site: Mapping[str, Any]) -> CardStyle:

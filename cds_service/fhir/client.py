@@ -251,10 +251,16 @@ def _outcome_warnings(page: dict, url: str) -> list[str]:
 
 
 def _check_entries(page: dict, url: str) -> None:
-    """A page whose ``entry`` is not a list is refused: read as "no entries", it would tell the rules that
-    nothing is on file."""
-    if not isinstance(page.get("entry", []), list):
+    """A page whose ``entry`` is not a list, or holds an entry that is not a FHIR resource (``null``, a
+    string, an object without a ``resourceType``), is refused: merging skipped such entries, so a page
+    of them read as "no entries" and told the rules that nothing is on file."""
+    entries = page.get("entry", [])
+    if not isinstance(entries, list):
         raise _Failure(f"Bundle.entry from {url} is not a list")
+    for entry in entries:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            raise _Failure(f"Bundle.entry from {url} holds an entry that is not a FHIR resource")
 
 
 def _is_search_query(query: str) -> bool:

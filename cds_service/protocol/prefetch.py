@@ -133,8 +133,9 @@ def classify(key: str, template: str, prefetch: Mapping[str, Any], patient_id: s
         if not isinstance(entry, dict):
             return PrefetchItem(key, PrefetchState.JUNK, reason="Bundle.entry is not a list of entries")
         resource = entry.get("resource")
-        if not isinstance(resource, dict):
-            continue
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            # Skipped, such entries made a search of nothing but junk read as "nothing on file".
+            return PrefetchItem(key, PrefetchState.JUNK, reason="a Bundle entry is not a FHIR resource")
         if resource.get("resourceType") == "OperationOutcome":
             if is_failed_search(resource):
                 return PrefetchItem(key, PrefetchState.OUTCOME, reason=_outcome_reason(resource))

@@ -83,6 +83,19 @@ def first_page(*resources: dict) -> dict:
         (READ, {"k": searchset(PATIENT)}, PrefetchState.JUNK),
         (SEARCH, {"k": {"resourceType": "Bundle", "entry": "nope"}}, PrefetchState.JUNK),
         (SEARCH, {"k": {"resourceType": "Bundle", "entry": [1, 2]}}, PrefetchState.JUNK),
+        # Entries that are not resources were skipped, and a search of nothing else read as empty.
+        (SEARCH, {"k": {"resourceType": "Bundle", "entry": [{"resource": "<html>"}]}}, PrefetchState.JUNK),
+        (
+            SEARCH,
+            {"k": {"resourceType": "Bundle", "entry": [{"resource": {"id": "o1"}}]}},
+            PrefetchState.JUNK,
+        ),
+        (SEARCH, {"k": {"resourceType": "Bundle", "entry": [{"fullUrl": "urn:uuid:1"}]}}, PrefetchState.JUNK),
+        (
+            SEARCH,
+            {"k": {**searchset(OBS), "entry": [{"resource": OBS}, {"resource": None}]}},
+            PrefetchState.JUNK,
+        ),
         (SEARCH, {"k": first_page(OBS)}, PrefetchState.PAGED),
         (SEARCH, {"k": first_page()}, PrefetchState.PAGED),
     ],
