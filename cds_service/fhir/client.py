@@ -171,6 +171,14 @@ def _watch(sock: socket.socket) -> None:
         progress.watch(sock)
 
 
+class _Session(requests.Session):
+    def get_redirect_target(self, resp: requests.Response) -> str | None:
+        """None: redirects are never followed (``_interpret`` reports them). With ``allow_redirects``
+        off, requests still prepared the next request from every 3xx's Location, and a malformed one
+        ("http://[::1/x") raised ValueError out of ``get``."""
+        return None
+
+
 class _WatchedAdapter(HTTPAdapter):
     def init_poolmanager(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
         super().init_poolmanager(*args, **kwargs)  # type: ignore[arg-type]
@@ -309,7 +317,7 @@ class FhirClient:
             return self._session, self._pool
 
     def _new_session(self) -> requests.Session:
-        session = requests.Session()
+        session = _Session()
         # Proxies and credentials from the environment or ~/.netrc must not change where patient data
         # goes or what is sent; cookies from one EHR must not ride along to the next call.
         session.trust_env = False
@@ -434,9 +442,12 @@ class FhirClient:
         fetched = {first_url}
         current_url = first_url
         while (link := next_link(pages[-1])) is not None:
-            next_url = urljoin(current_url, link)
-            if origin_of(next_url) != call.origin:
+            try:
+                next_url = urljoin(current_url, link)
                 where = urlsplit(next_url)
+            except ValueError:  # "http://[::1", say: the link is the server's to write
+                raise _Failure(f"next link of {first_url} is not a valid URL") from None
+            if origin_of(next_url) != call.origin:
                 raise _Failure(
                     f"next link to another origin ({where.scheme}://{where.netloc}) not followed "
                     f"while paging {first_url}"
@@ -520,12 +531,12 @@ class FhirClient:
             parsed = None
         if 300 <= status < 400:
             location = response.headers.get("Location", "")
-            target = urlsplit(urljoin(url, location))
-            raise _Failure(
-                f"HTTP {status} from {url}: redirect to {target.scheme}://{target.netloc}{target.path} "
-                "not followed",
-                status,
-            )
+            try:
+                target = urlsplit(urljoin(url, location))
+                shown = f"{target.scheme}://{target.netloc}{target.path}"
+            except ValueError:
+                shown = "a malformed Location"
+            raise _Failure(f"HTTP {status} from {url}: redirect to {shown} not followed", status)
         if status >= 400 or status < 200:
             raise _Failure(http_error_reason(status, url, parsed, raw), status)
         if parsed is None:

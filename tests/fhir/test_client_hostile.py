@@ -84,3 +84,33 @@ def test_a_dripping_server_holds_no_pool_thread_past_the_budget(prefix: bytes) -
             assert len(held) == 2 and max(held) < 1.0, held
     finally:
         client.close()
+
+
+def test_a_next_link_that_is_not_a_url_fails_its_key_without_a_stack_trace(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``urljoin`` raises ValueError on "http://[::1": it reached the catch-all, which logged a stack
+    trace and gave the integrator "unexpected error … ValueError"."""
+    page = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "link": [{"relation": "next", "url": "http://[::1"}],
+    }
+    client = FhirClient()
+    try:
+        with FakeEhrFhir() as ehr:
+            ehr.add_canned("Observation?patient=p1", 200, page)
+            ehr.add_canned("Patient/p1", 302, b"", "text/plain", headers=(("Location", "http://[::1/x"),))
+            outcomes = client.fetch_all(
+                ehr.base_url,
+                {"labs": "Observation?patient=p1", "patient": "Patient/p1"},
+                authorization=None,
+                budget_ms=3000,
+            )
+    finally:
+        client.close()
+    assert outcomes["labs"].error == f"next link of {ehr.base_url}/Observation?patient=p1 is not a valid URL"
+    assert outcomes["patient"].error == (
+        f"HTTP 302 from {ehr.base_url}/Patient/p1: redirect to a malformed Location not followed"
+    )
+    assert not [record for record in caplog.records if record.exc_info]
