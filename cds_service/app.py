@@ -7,6 +7,7 @@ nothing internal while the log gets the details tied to the request's hookInstan
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -44,6 +45,8 @@ from cds_service.services import build_handler, unknown_service
 log = logging.getLogger(__name__)
 
 UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Longest wait for the next bytes of a request body under gunicorn (nginx's client_body_timeout, shorter).
+BODY_IDLE_TIMEOUT_S = 10.0
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
@@ -184,14 +187,31 @@ def create_app(settings: Settings) -> Flask:
 
         gunicorn decodes a chunked body while the app reads it, and raises on bad framing (a chunk size
         that is not hex, a missing terminator, a connection closed mid-body). Its message quotes the
-        body's bytes, which may hold an access token, so it goes neither into the reason nor the log."""
+        body's bytes, which may hold an access token, so it goes neither into the reason nor the log.
+
+        gunicorn's sockets block without a timeout while the app reads: a client that sent its headers
+        and then part of the body, or nothing more, held the thread until it hung up (slowloris; a
+        worker has 4). So the socket waits at most BODY_IDLE_TIMEOUT_S for each next piece: a 400, like a
+        body that ended early."""
+        sock = request.environ.get("gunicorn.socket")
+        previous = sock.gettimeout() if sock is not None else None
         try:
+            if sock is not None:
+                sock.settimeout(BODY_IDLE_TIMEOUT_S)
             return request.input_stream.read(size)
+        except TimeoutError:
+            raise RequestError(
+                400, f"The request body stopped arriving: nothing came for {BODY_IDLE_TIMEOUT_S:g} s."
+            ) from None
         except (ParseException, OSError):
             raise RequestError(
                 400,
                 "The request body could not be read: its chunked framing is malformed or it ended early.",
             ) from None
+        finally:
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.settimeout(previous)
 
     @app.post("/cds-services/<service_id>")
     def call_service(service_id: str) -> Response:
