@@ -93,6 +93,22 @@ def test_a_malformed_fhir_authorization_is_refused_without_repeating_the_token(a
 
 
 @pytest.mark.parametrize(
+    "token",
+    ["abc\r\nX-Injected: 1", "tok€n", "tok\x00en", "two words", "c2VjcmV0\n", "ünïcode"],
+    ids=["crlf", "euro", "nul", "space", "trailing-newline", "latin-1"],
+)
+def test_an_access_token_that_cannot_be_a_header_value_is_a_400(token: str) -> None:
+    """It is sent as ``Authorization: Bearer <token>``. A line break failed every fetch as an invalid
+    header (a 412 blaming the data), a character outside Latin-1 raised UnicodeEncodeError in the fetch
+    (logged with a stack trace), a NUL or a space went to the server as it was."""
+    auth = {"access_token": token, "token_type": "Bearer", "expires_in": 300, "scope": "x", "subject": "s"}
+    error = refused(hook_body(fhirServer="https://fhir.example.org", fhirAuthorization=auth))
+    assert error.status == 400
+    assert "fhirAuthorization/access_token" in error.reason
+    assert token not in error.reason
+
+
+@pytest.mark.parametrize(
     ("field", "value"),
     [
         ("hookInstance", "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea\n"),
