@@ -211,7 +211,10 @@ def _check_lifetime(claims: dict[str, Any]) -> None:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise AuthError(f"{claim} is not a number (NumericDate)")
     if claims["exp"] > time.time() + MAX_LIFETIME_S + LEEWAY_S:
-        raise AuthError(f"exp lies more than {MAX_LIFETIME_S} seconds ahead: tokens must be short-lived")
+        raise AuthError(
+            f"exp lies more than {MAX_LIFETIME_S + LEEWAY_S} seconds ahead ({MAX_LIFETIME_S} s and "
+            f"{LEEWAY_S} s of clock skew): tokens must be short-lived"
+        )
 
 
 def _checked_tenant(tenant: object, allowed: tuple[str, ...], iss: str) -> str | None:
