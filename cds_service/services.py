@@ -154,9 +154,12 @@ class HookHandler:
         fhir_client: FhirClient | None = None,
         run_ahead: RunAheadCache | None = None,
         on_cards: Callable[[str, Sequence[tuple[str, str]]], None] | None = None,
+        site_digest: str = "",
     ) -> None:
+        """``site_digest`` names the site's codes and thresholds in the run-ahead key (`build_handler`)."""
         self.settings = settings
         self.clinical_config = clinical_config
+        self.site_digest = site_digest
         self.services = build_services(clinical_config)
         self.card_style = card_style or CardStyle()
         self.fhir_client = fhir_client or FhirClient()
@@ -218,13 +221,15 @@ class HookHandler:
 
     def _run_ahead_key(self, request: HookRequest, client: AuthenticatedClient | None) -> str | None:
         """Who asks (client, tenant, FHIR server) is part of the key with the prefetch: one EHR's data must
-        never answer another's order-sign for a patient id that happens to be the same."""
+        never answer another's order-sign for a patient id that happens to be the same. So are the site's
+        codes and thresholds: replicas sharing Redis while a changed site config rolls out must not answer
+        with findings reached under the old one."""
         if self.run_ahead is None or request.hook == "patient-view":
             return None
         caller = [client.iss, client.tenant] if client else [None, None]
         data = {key: _search_content(value) for key, value in request.prefetch.items()}
         material = orjson.dumps(
-            [*caller, request.fhir_server, JSON_FORMAT, data], option=orjson.OPT_SORT_KEYS
+            [*caller, request.fhir_server, JSON_FORMAT, self.site_digest, data], option=orjson.OPT_SORT_KEYS
         )
         digest = hashlib.sha256(material).hexdigest()
         return self.run_ahead.key(request.patient_id, request.encounter_id, request.draft_orders, digest)
@@ -499,6 +504,7 @@ def build_handler(
         clinical_config = load_clinical_config(site)
     except ValueError as error:
         raise ConfigError(f"CDS_SITE_CONFIG: {error}") from None
+    clinical_sections = {section: site.get(section) for section in ("codes", "thresholds")}
     return HookHandler(
         settings,
         clinical_config,
@@ -506,6 +512,7 @@ def build_handler(
         fhir_client=fhir_client,
         run_ahead=run_ahead,
         on_cards=on_cards,
+        site_digest=hashlib.sha256(orjson.dumps(clinical_sections, option=orjson.OPT_SORT_KEYS)).hexdigest(),
     )
 
 

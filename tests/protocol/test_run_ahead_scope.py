@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -160,3 +162,31 @@ def test_the_shape_of_stored_findings_is_part_of_the_key(
     _, same = _select_then_sign(build_handler(settings, run_ahead=RunAheadCache(settings)))
     _, other = _select_then_sign(build_handler(settings, run_ahead=RunAheadCache(settings)), another_build)
     assert (same.run_ahead_hit, other.run_ahead_hit) == (True, False)
+
+
+def test_the_sites_codes_and_thresholds_are_part_of_the_key(settings: Settings, tmp_path: Path) -> None:
+    """Two replicas sharing one cache while a changed site config rolls out: only the same config hits."""
+    cache = RunAheadCache(settings)
+
+    def with_site(site: dict) -> Settings:
+        path = tmp_path / f"site-{len(site)}-{len(str(site))}.json"
+        path.write_text(json.dumps(site))
+        return settings.with_overrides(site_config=path)
+
+    old = build_handler(with_site({"thresholds": {"b12_very_high": 2000}}), run_ahead=cache)
+    same = build_handler(
+        with_site({"thresholds": {"b12_very_high": 2000}, "rulesDocUrl": "https://x.org"}), run_ahead=cache
+    )
+    new = build_handler(with_site({"thresholds": {"b12_very_high": 1800}}), run_ahead=cache)
+    select = hook_body("order-select")
+    select["prefetch"] = _with_results()
+    old.handle("b12-iron-order-select", select)
+
+    def sign_on(handler: HookHandler) -> bool | None:
+        sign = hook_body("order-sign")
+        sign["prefetch"] = _with_results()
+        trace = CallTrace(service="b12-iron-order-sign")
+        handler.handle("b12-iron-order-sign", sign, None, trace)
+        return trace.run_ahead_hit
+
+    assert (sign_on(same), sign_on(new)) == (True, False)
