@@ -96,10 +96,15 @@ class StoreUnavailable(Exception):
 
 
 def timestamp_text(moment: datetime) -> str:
-    """Fixed-width UTC text, so that string order is time order on every database."""
+    """Fixed-width UTC text, so that string order is time order on every database.
+
+    The year is padded here, not by strftime's `%Y`, which glibc leaves unpadded below 1000: a client's
+    `0026-03-02T09:05:00Z` (a two-digit year) became `26-03-02...`, which sorts after every `2026-...`,
+    so that item counted as the card's latest outcome and fell inside every --since."""
     if moment.tzinfo is None:
         raise ValueError("timestamps must carry a UTC offset")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    utc = moment.astimezone(UTC)
+    return f"{utc.year:04d}-" + utc.strftime("%m-%dT%H:%M:%S.%fZ")
 
 
 class FeedbackStore:

@@ -160,6 +160,21 @@ def test_since_filters_issue_and_outcome_times(store: FeedbackStore) -> None:
     assert store.report(since=T0 + timedelta(days=1))["services"] == {}
 
 
+def test_a_timestamp_before_year_1000_is_older_not_newer(store: FeedbackStore) -> None:
+    """A two-digit year sent padded (`0026-...`, a client's date-format slip) is an old outcome: it neither
+    outranks the card's real later outcome nor falls inside a --since window. Its year used to be stored
+    unpadded (`26-...`), which sorts after every `2026-...`."""
+    store.record_issued(SERVICE, [("c1", "iron-after-b12")], T0)
+    slip = overridden("c1", T0, "not-now")
+    slip["outcomeTimestamp"] = "0026-03-02T09:05:00Z"
+    post(store, SERVICE, slip, accepted("c1", T0))
+    counts = store.report()["services"][SERVICE]
+    assert (counts["accepted"], counts["overridden"]) == (1, 0)
+    post(store, SERVICE, {**slip, "card": "c2"})
+    recent = store.report(since=T0 - timedelta(days=1))["services"][SERVICE]
+    assert (recent["accepted"], recent["overridden"]) == (1, 0)
+
+
 def test_an_empty_store_reports_no_services(store: FeedbackStore) -> None:
     assert store.report() == {"since": None, "services": {}}
 
