@@ -75,6 +75,11 @@ def _item(index: int, raw: dict[str, Any]) -> FeedbackItem:
     accepted = raw["outcome"] == "accepted"
     suggestions = tuple(sorted({s["id"] for s in raw.get("acceptedSuggestions", ())})) if accepted else ()
     reason = (raw.get("overrideReason") or {}).get("reason")
+    _no_nul(f"feedback[{index}].card", raw["card"])
+    for position, suggestion in enumerate(raw.get("acceptedSuggestions", ()) if accepted else ()):
+        _no_nul(f"feedback[{index}].acceptedSuggestions[{position}].id", suggestion["id"])
+    for field in ("code", "system", "display") if reason and not accepted else ():
+        _no_nul(f"feedback[{index}].overrideReason.reason.{field}", reason.get(field))
     return FeedbackItem(
         card=raw["card"],
         outcome=raw["outcome"],
@@ -86,6 +91,13 @@ def _item(index: int, raw: dict[str, Any]) -> FeedbackItem:
             else None
         ),
     )
+
+
+def _no_nul(where: str, value: str | None) -> None:
+    """PostgreSQL text cannot hold U+0000: a kept value with one was a 500 there (and stored on SQLite),
+    so the same body got different answers from the two stores. It is the client's mistake: a 400."""
+    if value is not None and "\x00" in value:
+        raise FeedbackError(f"{where}: must not contain the NUL character (U+0000)")
 
 
 def _timestamp(index: int, text: str) -> datetime:

@@ -153,3 +153,15 @@ def test_a_postgres_outage_is_a_503_to_send_again_not_a_500(
         app.extensions["cds"]["feedback"].close()
     finally:
         cluster.remove()
+
+
+def test_a_nul_character_is_a_400_on_postgres_too(settings: Settings, postgres_url: str) -> None:
+    """PostgreSQL text cannot hold U+0000: such a card uuid was a 500 there and stored on SQLite."""
+    app = create_app(settings.with_overrides(feedback_db=postgres_url))
+    try:
+        response = app.test_client().post(URL, json={"feedback": [sandbox_item("c1\u0000")]})
+        assert response.status_code == 400
+        assert diagnostics(response) == "feedback[0].card: must not contain the NUL character (U+0000)"
+    finally:
+        app.extensions["cds"]["recorder"].close()
+        app.extensions["cds"]["feedback"].close()

@@ -134,6 +134,18 @@ def refused(body: object) -> str:
             "feedback[0].overrideReason.userComment: expected a string, got a list",
         ),
         ({"feedback": [item()] * 1001}, "feedback: at most 1000 entries are accepted in one request"),
+        (
+            {"feedback": [item(), item(card="9a6c\u0000")]},
+            "feedback[1].card: must not contain the NUL character (U+0000)",
+        ),
+        (
+            {"feedback": [item(outcome="accepted", acceptedSuggestions=[{"id": "a"}, {"id": "b\u0000"}])]},
+            "feedback[0].acceptedSuggestions[1].id: must not contain the NUL character (U+0000)",
+        ),
+        (
+            {"feedback": [item(overrideReason={"reason": {"code": "x", "display": "Declined\u0000"}})]},
+            "feedback[0].overrideReason.reason.display: must not contain the NUL character (U+0000)",
+        ),
     ],
 )
 def test_each_invalid_body_gets_a_specific_reason(body: object, reason: str) -> None:
