@@ -10,7 +10,7 @@ Definitions, stated once so the numbers can be trusted:
 - topOverrideReasons: the most frequent override reason codes among the overridden cards. Clients may
   send a reason without its `display` (the CDS Hooks Sandbox does) or without its `system`; a reason
   the cards offered (the site's or the default override reasons) is counted once under the Coding the
-  cards offered, with its display filled in for the reader.
+  cards offered, display included, whatever display the client echoed.
 """
 
 from __future__ import annotations
@@ -58,12 +58,15 @@ def offered_reasons(
     """The lookup for `build_report` from override reason Codings as the cards offer them.
 
     A reason offered without a system, or with the service's own, is found under either: clients echo
-    the Coding back with or without the system, and both are the same reason.
+    the Coding back with or without the system, and both are the same reason. A reason offered under
+    another system (a site's own) is found by its code alone too, the first offered with that code
+    winning (a site's reasons come before the defaults): else a client that echoed only the code split
+    it in two, one half without its display.
     """
     lookup: dict[tuple[str | None, str], Mapping[str, str]] = {}
     for reason in offered:
         system = reason.get("system")
-        systems = {None, own_system} if system in (None, own_system) else {system}
+        systems = {None, own_system} if system in (None, own_system) else {None, system}
         for each in systems:
             lookup.setdefault((each, reason["code"]), reason)
     return lookup
@@ -93,10 +96,12 @@ def build_report(
             system = coding.get("system", row.reason_system)
             tally = reasons.setdefault((row.service_id, topic), {}).setdefault(
                 (system, row.reason_code),
-                {"system": system, "code": row.reason_code, "display": None, "count": 0},
+                {"system": system, "code": row.reason_code, "display": coding.get("display"), "count": 0},
             )
             tally["count"] += row.count
-            tally["display"] = tally["display"] or row.reason_display or coding.get("display")
+            if row.reason_display and not coding:
+                tally.setdefault("displays", {}).setdefault(row.reason_display, 0)
+                tally["displays"][row.reason_display] += row.count
 
     for service_id, service in services.items():
         for topic, counts in service["topics"].items():
@@ -118,6 +123,12 @@ def _reason_order(reason: dict[str, Any]) -> tuple[int, str, str]:
 
 
 def _without_nulls(reason: dict[str, Any]) -> dict[str, Any]:
+    """The reason as reported. A reason the cards did not offer is named by the display clients sent
+    most often (ties: the first in code-point order), so the name does not depend on the order in which
+    a database returns rows, nor on its collation: SQLite and PostgreSQL give the same report."""
+    displays = reason.pop("displays", {})
+    if displays and reason["display"] is None:
+        reason["display"] = min(displays, key=lambda display: (-displays[display], display))
     return {key: value for key, value in reason.items() if value is not None}
 
 

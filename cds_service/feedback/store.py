@@ -73,7 +73,8 @@ _ISSUED_COUNTS = """SELECT service_id, topic, COUNT(*) FROM cds_issued_card
 
 # A card may be reported more than once (a clinician overrides, then reconsiders); each card counts once,
 # with its latest outcome. Ties on the timestamp go to the item received last. A card with no issued
-# record has a NULL topic.
+# record has a NULL topic. Displays are grouped, not MAX()ed: which one names a reason is chosen in
+# report.py, since MAX follows the database's collation and SQLite and PostgreSQL would differ.
 _OUTCOME_COUNTS = """WITH ranked AS (
         SELECT service_id, card_uuid, outcome, reason_system, reason_code, reason_display,
                ROW_NUMBER() OVER (
@@ -83,11 +84,11 @@ _OUTCOME_COUNTS = """WITH ranked AS (
         WHERE outcome_at >= ?
     )
     SELECT r.service_id, i.topic, r.outcome,
-           r.reason_system, r.reason_code, MAX(r.reason_display), COUNT(*)
+           r.reason_system, r.reason_code, r.reason_display, COUNT(*)
     FROM ranked r
     LEFT JOIN cds_issued_card i ON i.service_id = r.service_id AND i.card_uuid = r.card_uuid
     WHERE r.position = 1
-    GROUP BY r.service_id, i.topic, r.outcome, r.reason_system, r.reason_code"""
+    GROUP BY r.service_id, i.topic, r.outcome, r.reason_system, r.reason_code, r.reason_display"""
 
 
 class StoreUnavailable(Exception):

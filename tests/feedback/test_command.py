@@ -16,6 +16,8 @@ from click.testing import CliRunner, Result
 
 from cds_service.cli import main
 from cds_service.feedback import FeedbackStore, parse_feedback
+from cds_service.feedback.report import OutcomeCount, build_report, offered_reasons
+from cds_service.protocol.cards import DEFAULT_OVERRIDE_REASONS, OVERRIDE_REASON_SYSTEM
 from tests.support.processes import free_port
 
 VIEW = "b12-iron-patient-view"
@@ -319,3 +321,58 @@ def test_postgres_database_without_tables_gives_an_empty_report_and_stays_empty(
     with psycopg.connect(postgres_url) as conn:
         found = conn.execute("SELECT to_regclass('cds_feedback'), to_regclass('cds_issued_card')").fetchone()
     assert found == (None, None)
+
+
+def test_a_reason_is_named_by_the_coding_offered_whatever_the_row_order() -> None:
+    """An echo with the client's own display and one by code only are the reason the cards offered: its
+    display names it, not whichever row the database returned first."""
+    offered = offered_reasons(DEFAULT_OVERRIDE_REASONS, OVERRIDE_REASON_SYSTEM)
+    rows = [
+        OutcomeCount(VIEW, "t", "overridden", OVERRIDE_REASON_SYSTEM, "patient-declined", "Pt said no", 1),
+        OutcomeCount(VIEW, "t", "overridden", None, "patient-declined", None, 1),
+    ]
+    named = [
+        build_report([], order, offered=offered)["services"][VIEW]["topics"]["t"]["topOverrideReasons"]
+        for order in (rows, rows[::-1])
+    ]
+    assert (
+        named[0]
+        == named[1]
+        == [
+            {
+                "system": OVERRIDE_REASON_SYSTEM,
+                "code": "patient-declined",
+                "display": "Patient declined",
+                "count": 2,
+            }
+        ]
+    )
+
+
+def test_a_site_reason_under_its_own_system_echoed_by_code_only_is_counted_once(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    site = tmp_path / "site.json"
+    reason = {
+        "system": "urn:example-hospital:reasons",
+        "code": "snooze-month",
+        "display": "Snooze for a month",
+    }
+    site.write_text(json.dumps({"overrideReasons": [reason]}))
+    store = FeedbackStore.open(sqlite_url)
+    echoes = [reason, {"code": "snooze-month"}, {"code": "snooze-month", "system": reason["system"]}]
+    entries = [
+        {
+            "card": f"c{i}",
+            "outcome": "overridden",
+            "outcomeTimestamp": "2026-03-02T09:00:00Z",
+            "overrideReason": {"reason": echo},
+        }
+        for i, echo in enumerate(echoes)
+    ]
+    store.add_feedback(VIEW, parse_feedback({"feedback": entries}))
+    store.close()
+    code, output = run("--json", "--db", sqlite_url, env={"CDS_SITE_CONFIG": str(site)})
+    assert code == 0, output
+    reasons = json.loads(output)["services"][VIEW]["topics"]["unknown"]["topOverrideReasons"]
+    assert reasons == [{**reason, "count": 3}]

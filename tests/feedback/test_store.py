@@ -371,3 +371,38 @@ def test_a_postgres_server_that_never_answers_costs_seconds_not_minutes(query: s
             store.close()
     assert limit_s - 0.5 < opened_s < limit_s + 1.5
     assert probed_s < limit_s + 1.5
+
+
+def test_sqlite_and_a_postgres_with_a_linguistic_collation_name_reasons_alike(
+    sqlite_url: str, postgres_cluster: str
+) -> None:
+    """Which display names a reason the cards did not offer must not follow the database's collation:
+    MAX() of 'Not now' and 'not now' is the second on SQLite (bytes) and the first under ICU."""
+    import psycopg
+
+    name = f"feedback_icu_{os.getpid()}"
+    with psycopg.connect(postgres_cluster.format(database="postgres"), autocommit=True) as conn:
+        conn.execute(
+            f"CREATE DATABASE \"{name}\" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'und' LOCALE 'C'"
+        )
+    reports = []
+    for url in (sqlite_url, postgres_cluster.format(database=name)):
+        store = FeedbackStore.open(url)
+        try:
+            post(
+                store,
+                SERVICE,
+                overridden("c1", T0, "not-now", "not now"),
+                overridden("c2", T0, "not-now", "Not now"),
+                overridden("c3", T0, "later", "Later"),
+                overridden("c4", T0, "later", "later"),
+                overridden("c5", T0, "later", "later"),
+            )
+            reports.append(store.report())
+        finally:
+            store.close()
+    assert reports[0] == reports[1]
+    assert reports[0]["services"][SERVICE]["topics"]["unknown"]["topOverrideReasons"] == [
+        {"system": REASON_SYSTEM, "code": "later", "display": "later", "count": 3},
+        {"system": REASON_SYSTEM, "code": "not-now", "display": "Not now", "count": 2},
+    ]
