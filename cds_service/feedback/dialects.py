@@ -141,8 +141,16 @@ class SQLiteDialect:
         """Nothing to check before opening: any path is a valid name."""
 
     def is_transient(self, error: Exception) -> bool:
-        """A local file has no server to wait for: its errors are never waited out."""
-        return False
+        """A lock another connection held past the busy timeout (a long write, an operator's VACUUM or open
+        transaction) passes like a server restart: the work was rolled back and may be tried again, so
+        the recorder keeps its batch and the endpoint answers 503. Other errors of a local file (corrupt,
+        unreadable, disk full) are not waited out."""
+        code = getattr(error, "sqlite_errorcode", None)
+        return (
+            isinstance(error, sqlite3.OperationalError)
+            and code is not None
+            and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+        )
 
     def reason(self, error: Exception) -> str:
         return str(error)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from flask.testing import FlaskClient
 from cds_service import observability
 from cds_service.app import create_app
 from cds_service.config import Settings
-from cds_service.feedback import FeedbackStore
+from cds_service.feedback import FeedbackStore, dialects
 from tests.support.postgres_server import PostgresCluster
 
 SERVICE = "b12-iron-order-select"
@@ -163,5 +164,27 @@ def test_a_nul_character_is_a_400_on_postgres_too(settings: Settings, postgres_u
         assert response.status_code == 400
         assert diagnostics(response) == "feedback[0].card: must not contain the NUL character (U+0000)"
     finally:
+        app.extensions["cds"]["recorder"].close()
+        app.extensions["cds"]["feedback"].close()
+
+
+def test_a_sqlite_lock_held_past_the_busy_timeout_is_a_503_to_send_again(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing was stored (the transaction never began), so the answer says so, as for a PostgreSQL
+    outage, instead of a 500 with a stack trace."""
+    monkeypatch.setattr(dialects, "BUSY_TIMEOUT_MS", 100)
+    app = create_app(settings)
+    blocker = sqlite3.connect(settings.feedback_db, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        during = app.test_client().post(URL, json={"feedback": [sandbox_item("c1")]})
+        assert during.status_code == 503
+        assert "nothing was stored" in diagnostics(during)
+        blocker.execute("ROLLBACK")
+        after = app.test_client().post(URL, json={"feedback": [sandbox_item("c1")]})
+        assert after.get_json() == {"received": 1, "stored": 1}
+    finally:
+        blocker.close()
         app.extensions["cds"]["recorder"].close()
         app.extensions["cds"]["feedback"].close()

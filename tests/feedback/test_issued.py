@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cds_service.feedback import FeedbackStore, IssuedCardRecorder, parse_feedback
+from cds_service.feedback import FeedbackStore, IssuedCardRecorder, dialects, parse_feedback
 from cds_service.feedback import issued as issued_module
 from tests.support.postgres_server import PostgresCluster
 
@@ -93,6 +93,28 @@ def test_submit_returns_while_the_database_is_locked(sqlite_url: str) -> None:
     recorder.close(timeout_s=30)
     assert recorder.written == 200
     assert issued_counts(sqlite_url) == {f"{SERVICE}/iron-after-b12": 200}
+
+
+def test_a_lock_held_past_the_busy_timeout_is_waited_out_not_a_lost_batch(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's "database is locked" after the busy timeout is an outage like a PostgreSQL restart: the
+    records wait and are written once the lock is released, instead of being counted as failed."""
+    monkeypatch.setattr(dialects, "BUSY_TIMEOUT_MS", 100)
+    FeedbackStore.open(sqlite_url).close()
+    blocker = sqlite3.connect(sqlite_url, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    recorder = IssuedCardRecorder(sqlite_url)
+    try:
+        recorder.submit(SERVICE, [("card-1", "iron-after-b12")])
+        assert _wait_until(lambda: recorder._retry_s > 0 or recorder.failed > 0, timeout_s=10)
+        recorder.submit(SERVICE, [("card-2", "iron-after-b12")])
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    recorder.close(timeout_s=30)
+    assert (recorder.written, recorder.failed) == (2, 0)
+    assert issued_counts(sqlite_url) == {f"{SERVICE}/iron-after-b12": 2}
 
 
 def test_a_full_queue_drops_and_counts_instead_of_blocking(
