@@ -9,7 +9,7 @@ accepted but not kept: it may name the patient, and the store holds no patient d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
@@ -50,6 +50,9 @@ def _validator() -> Draft202012Validator:
     schema = load_schema("feedback")
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema)
+
+
+FUTURE_ALLOWANCE = timedelta(days=1)
 
 
 def prepare_feedback_validator() -> None:
@@ -101,13 +104,22 @@ def _no_nul(where: str, value: str | None) -> None:
 
 
 def _timestamp(index: int, text: str) -> datetime:
-    """The schema checked the shape; this checks the calendar (no 2026-02-30) and normalises to UTC."""
+    """The schema checked the shape; this checks the calendar (no 2026-02-30), normalises to UTC, and
+    refuses a time more than FUTURE_ALLOWANCE ahead: a card's latest outcome is the one with the latest
+    time, so a mistyped 2062 would have stood for that card's outcome for ever. The allowance covers a
+    clock that is off, or local time sent as UTC (at most 14 hours ahead)."""
     try:
-        return datetime.fromisoformat(text.upper().replace("Z", "+00:00")).astimezone(UTC)
+        moment = datetime.fromisoformat(text.upper().replace("Z", "+00:00")).astimezone(UTC)
     except (ValueError, OverflowError):  # OverflowError: an offset that moves 9999-12-31 past year 9999
         raise FeedbackError(
             f"feedback[{index}].outcomeTimestamp: {text!r} is not a real date and time"
         ) from None
+    if moment > datetime.now(UTC) + FUTURE_ALLOWANCE:
+        raise FeedbackError(
+            f"feedback[{index}].outcomeTimestamp: {text!r} lies more than a day in the future: an outcome "
+            "is reported after it happens"
+        )
+    return moment
 
 
 _JSON_TYPES = {

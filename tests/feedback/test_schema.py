@@ -236,3 +236,16 @@ def test_an_override_reason_on_an_accepted_card_is_not_kept() -> None:
         ]
     }
     assert parse_feedback(body)[0].override_reason is None
+
+
+def test_an_outcome_more_than_a_day_ahead_is_refused_and_local_time_sent_as_utc_is_not() -> None:
+    """A mistyped year would stand for the card's latest outcome for ever; a clock off by hours must not
+    lose feedback."""
+    ahead = (datetime.now(UTC) + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert refused({"feedback": [item(outcomeTimestamp=ahead)]}) == (
+        f"feedback[0].outcomeTimestamp: {ahead!r} lies more than a day in the future: an outcome is "
+        "reported after it happens"
+    )
+    soon = datetime.now(UTC) + timedelta(hours=14)
+    (parsed,) = parse_feedback({"feedback": [item(outcomeTimestamp=soon.strftime("%Y-%m-%dT%H:%M:%SZ"))]})
+    assert parsed.outcome_timestamp == soon.replace(microsecond=0)
