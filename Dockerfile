@@ -13,9 +13,11 @@ ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md image-constraints.txt ./
 COPY cds_service ./cds_service
-RUN pip wheel --wheel-dir /wheels '.[redis,postgres]'
+# Every dependency at the version pinned in image-constraints.txt (pip-compile; see docs/operations.md):
+# a rebuild installs what was tested, not whatever the index holds that day.
+RUN pip wheel --constraint image-constraints.txt --wheel-dir /wheels '.[redis,postgres]'
 
 # --- runtime: only the installed wheels; no compiler, no source tree, no wheel files left behind ------
 FROM ${PYTHON_IMAGE}
@@ -28,6 +30,8 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PROMETHEUS_MULTIPROC_DIR=/tmp/cds-metrics
 # The wheels are bind-mounted from the builder for this one step, so they never become an image layer;
 # pip compiles the bytecode here, which is why the service can run with a read-only root file system.
+# Only the builder's wheels can be installed (--no-index), and those were pinned by image-constraints.txt.
+# hadolint ignore=DL3013
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-index --find-links=/wheels 'b12-iron-cds[redis,postgres]' \
  && groupadd --system --gid 10001 cds \
