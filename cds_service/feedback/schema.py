@@ -109,7 +109,9 @@ def _timestamp(index: int, text: str) -> datetime:
     time, so a mistyped 2062 would have stood for that card's outcome for ever. The allowance covers a
     clock that is off, or local time sent as UTC (at most 14 hours ahead)."""
     try:
-        moment = datetime.fromisoformat(text.upper().replace("Z", "+00:00")).astimezone(UTC)
+        moment = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
+        # CDS Hooks 2.0 calls the field a timestamp "in UTC": one without an offset is UTC, not server time.
+        moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
     except (ValueError, OverflowError):  # OverflowError: an offset that moves 9999-12-31 past year 9999
         raise FeedbackError(
             f"feedback[{index}].outcomeTimestamp: {text!r} is not a real date and time"

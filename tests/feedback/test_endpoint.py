@@ -83,7 +83,7 @@ def test_a_resent_item_counts_as_a_duplicate_not_as_another_outcome(client: Flas
         ),
         (
             {"feedback": [{**sandbox_item("c1"), "outcomeTimestamp": "2026-03-02 10:15"}]},
-            "feedback[0].outcomeTimestamp: must be an RFC 3339 date-time",
+            "feedback[0].outcomeTimestamp: must be an ISO 8601 date-time",
         ),
         ([sandbox_item("c1")], "the body: expected an object, got a list"),
     ],

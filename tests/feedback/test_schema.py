@@ -10,6 +10,10 @@ import pytest
 from cds_service.feedback import FeedbackError, FeedbackItem, OverrideReason, parse_feedback
 
 WHEN = "2026-03-02T10:15:00Z"
+NOT_A_TIME = (
+    "feedback[0].outcomeTimestamp: must be an ISO 8601 date-time such as 2026-01-31T09:00:00Z "
+    "(UTC when it has no offset)"
+)
 
 
 def item(**fields: Any) -> dict[str, Any]:
@@ -55,19 +59,15 @@ def refused(body: object) -> str:
         ({"feedback": [item(outcomeTimestamp=...)]}, "feedback[0]: 'outcomeTimestamp' is missing"),
         (
             {"feedback": [item(outcomeTimestamp="yesterday")]},
-            "feedback[0].outcomeTimestamp: must be an RFC 3339 date-time with an offset",
-        ),
-        (
-            {"feedback": [item(outcomeTimestamp="2026-03-02T10:15:00")]},
-            "feedback[0].outcomeTimestamp: must be an RFC 3339 date-time with an offset",
+            NOT_A_TIME,
         ),
         (
             {"feedback": [item(outcomeTimestamp="2026-03-02")]},
-            "feedback[0].outcomeTimestamp: must be an RFC 3339 date-time with an offset",
+            NOT_A_TIME,
         ),
         (
             {"feedback": [item(outcomeTimestamp=1767225600)]},
-            "feedback[0].outcomeTimestamp: must be an RFC 3339 date-time with an offset",
+            NOT_A_TIME,
         ),
         (
             {"feedback": [item(outcomeTimestamp="2026-02-30T10:15:00Z")]},
@@ -83,7 +83,7 @@ def refused(body: object) -> str:
         ),
         (
             {"feedback": [item(outcomeTimestamp="2026-03-02T10:15:00Z\n")]},
-            "feedback[0].outcomeTimestamp: must be an RFC 3339 date-time with an offset",
+            NOT_A_TIME,
         ),
         (
             {"feedback": [item(outcome="accepted")]},
@@ -198,6 +198,12 @@ def test_an_accepted_item_keeps_its_suggestion_ids_sorted_and_once() -> None:
     [parsed] = parse_feedback(body)
     assert parsed.accepted_suggestions == ("a", "b")
     assert parsed.override_reason is None
+
+
+def test_a_timestamp_without_an_offset_is_utc_as_cds_hooks_2_defines_it() -> None:
+    """Clients that write datetime.utcnow().isoformat() send no offset; refused, their feedback was lost."""
+    [parsed] = parse_feedback({"feedback": [item(outcomeTimestamp="2026-03-02T10:15:00")]})
+    assert parsed.outcome_timestamp == datetime(2026, 3, 2, 10, 15, tzinfo=UTC)
 
 
 def test_offsets_are_normalised_to_utc() -> None:
