@@ -328,8 +328,10 @@ class HookHandler:
         try:
             queries = {key: render_template(service.prefetch[key], request.context) for key in missing}
         except TemplateError as error:
+            # The request is valid (an optional field such as encounterId may be absent; the EHR then
+            # leaves that key out too): it is the data that cannot be had, so a 412, not a 400.
             raise RequestError(
-                400, f"Cannot fill the prefetch templates from the context: {error}."
+                412, f"Required data is missing from the prefetch and cannot be fetched: {error}."
             ) from None
         outcomes = self._fetch(request, queries, trace, self.settings.fhir_budget_ms)
         pages = self.fhir_client.max_pages

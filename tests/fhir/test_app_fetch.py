@@ -8,6 +8,7 @@ service and sekmet counts what reached the server and can slow or stall it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import time
@@ -480,6 +481,34 @@ def test_a_refusal_names_the_patient_to_the_caller_but_not_in_the_log(
     assert patient_id in _diagnostics(refusal)
     assert "HTTP 401" in caplog.text and "<id>" in caplog.text
     assert patient_id not in caplog.text
+
+
+def test_a_template_needing_an_absent_optional_field_is_a_412_not_a_400(settings: Settings) -> None:
+    """encounterId is optional in order-select: a request without it is valid, and a key whose template
+    needs it can be neither prefetched by the EHR nor fetched here, which is a 412 naming the token."""
+    handler = build_handler(settings.with_overrides(allowed_fhir_servers=("https://fhir.example.org",)))
+    service = handler.services["b12-iron-order-select"]
+    handler.services["b12-iron-order-select"] = dataclasses.replace(
+        service, prefetch={**service.prefetch, "encounter": "Encounter/{{context.encounterId}}"}
+    )
+    body = _example(REPO / "hooks" / "order-select-cyanocobalamin.json")
+    body["context"].pop("encounterId", None)
+    body.pop("prefetch", None)
+    body["fhirServer"] = "https://fhir.example.org"
+    body["fhirAuthorization"] = {
+        "access_token": "t",
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "patient/*.read",
+        "subject": "cds",
+    }
+    try:
+        with pytest.raises(RequestError) as refused:
+            handler.handle("b12-iron-order-select", body)
+    finally:
+        handler.fhir_client.close()
+    assert refused.value.status == 412
+    assert "{{context.encounterId}} needs a primitive context field 'encounterId'" in refused.value.reason
 
 
 def test_server_that_is_down_gives_a_quick_412(settings: Settings) -> None:
