@@ -6,7 +6,8 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -79,17 +80,11 @@ def test_many_request_threads_lose_nothing(sqlite_url: str) -> None:
 
 def test_submit_returns_while_the_database_is_locked(sqlite_url: str) -> None:
     """Another process holds the write lock: requests go on, the records wait and are written after."""
-    FeedbackStore.open(sqlite_url).close()
-    blocker = sqlite3.connect(sqlite_url, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")
-    recorder = IssuedCardRecorder(sqlite_url)
-    try:
+    with _write_locked(sqlite_url):
+        recorder = IssuedCardRecorder(sqlite_url)
         for call in range(200):
             recorder.submit(SERVICE, [(f"card-{call}", "iron-after-b12")])
         assert recorder.written == 0
-    finally:
-        blocker.execute("ROLLBACK")
-        blocker.close()
     recorder.close(timeout_s=30)
     assert recorder.written == 200
     assert issued_counts(sqlite_url) == {f"{SERVICE}/iron-after-b12": 200}
@@ -101,17 +96,11 @@ def test_a_lock_held_past_the_busy_timeout_is_waited_out_not_a_lost_batch(
     """SQLite's "database is locked" after the busy timeout is an outage like a PostgreSQL restart: the
     records wait and are written once the lock is released, instead of being counted as failed."""
     monkeypatch.setattr(dialects, "BUSY_TIMEOUT_MS", 100)
-    FeedbackStore.open(sqlite_url).close()
-    blocker = sqlite3.connect(sqlite_url, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")
-    recorder = IssuedCardRecorder(sqlite_url)
-    try:
+    with _write_locked(sqlite_url):
+        recorder = IssuedCardRecorder(sqlite_url)
         recorder.submit(SERVICE, [("card-1", "iron-after-b12")])
         assert _wait_until(lambda: recorder._retry_s > 0 or recorder.failed > 0, timeout_s=10)
         recorder.submit(SERVICE, [("card-2", "iron-after-b12")])
-    finally:
-        blocker.execute("ROLLBACK")
-        blocker.close()
     recorder.close(timeout_s=30)
     assert (recorder.written, recorder.failed) == (2, 0)
     assert issued_counts(sqlite_url) == {f"{SERVICE}/iron-after-b12": 2}
@@ -121,16 +110,10 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(issued_module, "QUEUE_LIMIT", 10)
-    FeedbackStore.open(sqlite_url).close()
-    blocker = sqlite3.connect(sqlite_url, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")
-    recorder = IssuedCardRecorder(sqlite_url)
-    try:
+    with _write_locked(sqlite_url):
+        recorder = IssuedCardRecorder(sqlite_url)
         for call in range(50):
             recorder.submit(SERVICE, [(f"card-{call}", "iron-after-b12")])
-    finally:
-        blocker.execute("ROLLBACK")
-        blocker.close()
     recorder.close(timeout_s=30)
     assert recorder.dropped > 0
     assert recorder.written + recorder.dropped == 50
@@ -153,6 +136,20 @@ def test_submit_after_close_is_ignored(sqlite_url: str) -> None:
     recorder.submit(SERVICE, [("c2", "iron-after-b12")])
     recorder.close()
     assert issued_counts(sqlite_url) == {f"{SERVICE}/iron-after-b12": 1}
+
+
+@contextmanager
+def _write_locked(sqlite_url: str) -> Iterator[None]:
+    """The store's tables created, then its write lock held by another connection (another process, an
+    operator's open transaction) until the block ends."""
+    FeedbackStore.open(sqlite_url).close()
+    blocker = sqlite3.connect(sqlite_url, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
 
 
 def _wait_until(condition: Callable[[], bool], timeout_s: float = 20) -> bool:

@@ -14,23 +14,24 @@ import time
 
 import pytest
 from flask import Flask
+from werkzeug.test import TestResponse
 
 from cds_service import app as app_module
 
 PATH = "/cds-services/b12-iron-patient-view"
 
 
-@pytest.mark.parametrize("path", [PATH, f"{PATH}/feedback"])
-def test_a_body_that_stops_arriving_is_a_400_within_the_idle_timeout(
-    app: Flask, monkeypatch: pytest.MonkeyPatch, path: str
-) -> None:
-    monkeypatch.setattr(app_module, "BODY_IDLE_TIMEOUT_S", 0.3)
+def post_over_a_socket(
+    app: Flask, path: str, sent: bytes, length: int
+) -> tuple[TestResponse, float, float | None]:
+    """POST ``sent`` as the first bytes of a ``length``-byte body, read from a real socket as gunicorn gives
+    it; the response, the seconds it took, and the socket's timeout afterwards. The client hangs up after
+    5 s, which is what ends a read that has no timeout."""
     server_side, client_side = socket.socketpair()
-    # Without the timeout the read waits for the client; hanging up after 5 s ends it.
     hang_up = threading.Timer(5.0, client_side.close)
     hang_up.start()
     try:
-        client_side.sendall(b'{"hook": "patient-view", ')
+        client_side.sendall(sent)
         started = time.monotonic()
         response = app.test_client().post(
             path,
@@ -38,14 +39,22 @@ def test_a_body_that_stops_arriving_is_a_400_within_the_idle_timeout(
             environ_overrides={
                 "wsgi.input": server_side.makefile("rb"),
                 "gunicorn.socket": server_side,
-                "CONTENT_LENGTH": "1000",
+                "CONTENT_LENGTH": str(length),
             },
         )
-        elapsed = time.monotonic() - started
+        return response, time.monotonic() - started, server_side.gettimeout()
     finally:
         hang_up.cancel()
         client_side.close()
         server_side.close()
+
+
+@pytest.mark.parametrize("path", [PATH, f"{PATH}/feedback"])
+def test_a_body_that_stops_arriving_is_a_400_within_the_idle_timeout(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    monkeypatch.setattr(app_module, "BODY_IDLE_TIMEOUT_S", 0.3)
+    response, elapsed, _ = post_over_a_socket(app, path, b'{"hook": "patient-view", ', 1000)
     assert response.status_code == 400
     assert "stopped arriving" in response.get_json()["issue"][0]["diagnostics"]
     assert elapsed < 2.0
@@ -53,20 +62,6 @@ def test_a_body_that_stops_arriving_is_a_400_within_the_idle_timeout(
 
 def test_the_socket_gets_its_own_timeout_back_after_the_body_is_read(app: Flask) -> None:
     """gunicorn goes on using the socket (the response, keep-alive), as it set it."""
-    server_side, client_side = socket.socketpair()
-    try:
-        client_side.sendall(b"[]")
-        response = app.test_client().post(
-            PATH,
-            content_type="application/json",
-            environ_overrides={
-                "wsgi.input": server_side.makefile("rb"),
-                "gunicorn.socket": server_side,
-                "CONTENT_LENGTH": "2",
-            },
-        )
-        assert response.status_code == 400
-        assert server_side.gettimeout() is None
-    finally:
-        client_side.close()
-        server_side.close()
+    response, _, timeout_after = post_over_a_socket(app, PATH, b"[]", 2)
+    assert response.status_code == 400
+    assert timeout_after is None
