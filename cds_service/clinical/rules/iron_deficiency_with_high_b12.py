@@ -67,22 +67,26 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         "",
         "**Reasoning**",
         f"- {status.reason[0].upper()}{status.reason[1:]}.",
-        "- Iron deficiency does not raise B12. A high B12 beside iron deficiency usually reflects "
-        "supplements.",
     ]
     if explained is not None:
+        lines += [
+            f"- Iron deficiency does not raise B12; here the B12 treatment does, for {explained}. A high "
+            "level is expected on injections and does not guide their dose: keep B12 therapy.",
+            "- Autoimmune gastritis also impairs iron absorption; intravenous iron works better than oral "
+            "iron there.",
+        ]
+    else:
         lines.append(
-            f"- The high B12 is expected on treatment for {explained}; keep B12 therapy. Autoimmune "
-            f"gastritis "
-            "also impairs iron absorption, and intravenous iron works better than oral iron there."
+            "- Iron deficiency does not raise B12. A high B12 beside iron deficiency usually reflects "
+            "supplements."
         )
-    elif products:
-        lines.append(
-            "- B12 product(s): "
-            + literal_names(p.name for p in products)
-            + ". Review them: stop if not needed and "
-            "re-measure B12 in about 3 months."
-        )
+        if products:
+            lines.append(
+                "- B12 product(s): "
+                + literal_names(p.name for p in products)
+                + ". Review them: stop if not needed and "
+                "re-measure B12 in about 3 months."
+            )
     if explained is None and not products:
         # Nothing on file shows an intake, so the card cannot reason from one: it asks for it instead.
         lines += [
@@ -100,7 +104,10 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         topic=TOPIC,
         indicator="warning",
         summary=(
-            "Iron deficient with a high B12: review B12 supplements and investigate blood "
+            "Iron deficient on B12 treatment: keep B12; treat the iron deficiency and look for blood loss "
+            "or malabsorption"
+            if explained is not None
+            else "Iron deficient with a high B12: review B12 supplements and investigate blood "
             "loss or malabsorption"
         ),
         detail="\n".join(lines),

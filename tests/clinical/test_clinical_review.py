@@ -1,0 +1,40 @@
+"""Findings of the clinical review of the cards: each test is a patient whose card said something wrong."""
+
+from __future__ import annotations
+
+from tests.clinical.builders import CYANO, by_topic, condition, draft_b12, med, obs, run
+
+PERNICIOUS_ANAEMIA = "84027009"
+
+
+# --- iron-deficiency-with-high-b12 when B12 treatment is explained --------------------------------------
+
+
+def test_iron_deficiency_on_injections_for_pernicious_anaemia_does_not_ask_to_review_b12() -> None:
+    """A high B12 on injections for pernicious anaemia is expected. The card said 'review B12
+    supplements' in its summary while its detail said 'keep B12 therapy': a clinician reading the summary
+    could stop the injections of a patient who needs them for life."""
+    labs = (obs("b12", 1500, 10), obs("ferritin", 12, 10))
+    treated = (med(CYANO, 3000), condition(PERNICIOUS_ANAEMIA))
+    for hook, drafts in (("patient-view", ()), ("order-select", (draft_b12(),))):
+        finding = by_topic(run(*labs, *treated, drafts=drafts, hook=hook), "iron-deficiency-with-high-b12")
+        assert "review B12" not in finding.summary
+        assert "keep B12" in finding.summary
+        assert len(finding.summary) < 140
+        assert "usually reflects supplements" not in finding.detail
+        assert "keep B12 therapy" in finding.detail
+        assert not [a for p in finding.proposals for a in p.actions if a.type in ("update", "delete")]
+    # Without an explanation the supplement review stays the card's message.
+    (unexplained,) = run(*labs, med({"text": "Multivitamin tablet"}, 200, kind="MedicationStatement"))
+    assert "review B12 supplements" in unexplained.summary
+
+
+def test_an_uncoded_diagnosis_label_still_says_which_diagnosis_explains_the_b12() -> None:
+    labs = (obs("b12", 1500, 10), obs("ferritin", 12, 10))
+    finding = by_topic(
+        run(*labs, med(CYANO, 3000), condition(PERNICIOUS_ANAEMIA)), "iron-deficiency-with-high-b12"
+    )
+    assert "a coded condition" not in finding.detail
+    assert "B12 deficiency or pernicious anaemia" in finding.detail
+    named = run(*labs, med(CYANO, 3000), condition(PERNICIOUS_ANAEMIA, text="Pernicious anemia"))
+    assert "pernicious anaemia (Pernicious anemia)" in by_topic(named, "iron-deficiency-with-high-b12").detail
