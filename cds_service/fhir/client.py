@@ -39,7 +39,7 @@ from .errors import (
     operation_outcome_text,
 )
 from .read import next_link
-from .servers import Origin, fhir_server_allowed, origin_of
+from .servers import Target, fhir_server_allowed, target_of
 
 __all__ = [
     "FetchOutcome",
@@ -188,7 +188,7 @@ class _WatchedAdapter(HTTPAdapter):
 @dataclass(frozen=True)
 class _Call:
     base: str
-    origin: Origin
+    target: Target
     headers: Mapping[str, str]
     deadline: float
     budget_ms: int
@@ -355,12 +355,12 @@ class FhirClient:
         """
         started = time.monotonic()
         base = base_url.rstrip("/")
-        origin = origin_of(base)
-        if origin is None:
+        target = target_of(base)
+        if target is None:
             reason = f"FHIR server {base_url!r} is not an absolute http(s) URL"
             return {key: FetchOutcome(key, q, None, reason, None, 0, 0.0) for key, q in queries.items()}
         headers = {"Authorization": authorization} if authorization else {}
-        call = _Call(base, origin, headers, started + budget_ms / 1000, budget_ms)
+        call = _Call(base, target, headers, started + budget_ms / 1000, budget_ms)
         _session, pool = self._resources()
         running: dict[str, tuple[str, _Progress, Future[FetchOutcome]]] = {}
         for key, query in queries.items():
@@ -397,7 +397,7 @@ class FhirClient:
         resource: dict | None = None
         error: str | None = None
         try:
-            if origin_of(url) != call.origin:
+            if target_of(url) != call.target:
                 raise _Failure(f"query {query!r} does not stay on {call.base}")
             first = self._get(call, url, progress)
             if first.body.get("resourceType") == "Bundle" and first.body.get("type") == "searchset":
@@ -447,7 +447,12 @@ class FhirClient:
                 where = urlsplit(next_url)
             except ValueError:  # "http://[::1", say: the link is the server's to write
                 raise _Failure(f"next link of {first_url} is not a valid URL") from None
-            if origin_of(next_url) != call.origin:
+            target = target_of(next_url)
+            if target is None:
+                # Userinfo, a backslash, whitespace: read as this server by one parser and as another
+                # by the one that connects (``http://OTHER\\@EHR/``), the page and its token went to OTHER.
+                raise _Failure(f"next link of {first_url} is not a plain http(s) URL; not followed")
+            if target != call.target:
                 raise _Failure(
                     f"next link to another origin ({where.scheme}://{where.netloc}) not followed "
                     f"while paging {first_url}"

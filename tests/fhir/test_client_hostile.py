@@ -114,3 +114,46 @@ def test_a_next_link_that_is_not_a_url_fails_its_key_without_a_stack_trace(
         f"HTTP 302 from {ehr.base_url}/Patient/p1: redirect to a malformed Location not followed"
     )
     assert not [record for record in caplog.records if record.exc_info]
+
+
+def _search_page_with_next(url: str) -> dict:
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": {"resourceType": "Observation", "id": "o1", "status": "final"}}],
+        "link": [{"relation": "next", "url": url}],
+    }
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "http://127.0.0.1:{other}\\@127.0.0.1:{ehr}/baseR4?page=2",
+        "http://127.0.0.1:{other}\\\\@127.0.0.1:{ehr}/baseR4?page=2",
+        "http://127.0.0.1:{other}\\x@127.0.0.1:{ehr}/baseR4?page=2",
+    ],
+)
+def test_a_next_link_that_parses_as_this_origin_but_connects_elsewhere_gets_no_token(shape: str) -> None:
+    """Python's urlsplit ends the authority at the first '/', '?' or '#', and reads the host after the
+    last '@': ``http://OTHER\\@EHR/...`` is EHR to it. urllib3 (what requests connects with) also ends
+    the authority at a backslash: the same link is OTHER to it. The origin check used urlsplit, so such a
+    next link passed it and the page request, with the EHR's access token, went to OTHER."""
+    client = FhirClient()
+    try:
+        with FakeEhrFhir() as elsewhere, FakeEhrFhir() as ehr:
+            link = shape.format(other=elsewhere.port, ehr=ehr.port)
+            ehr.add_canned("Observation?patient=p1", 200, _search_page_with_next(link))
+            outcome = client.fetch_all(
+                ehr.base_url,
+                {"labs": "Observation?patient=p1"},
+                authorization="Bearer secret-ehr-token",
+                budget_ms=3000,
+            )["labs"]
+            reached_elsewhere = elsewhere.seen
+            reached_ehr = ehr.seen
+    finally:
+        client.close()
+    assert reached_elsewhere == []
+    assert [seen.authorization for seen in reached_ehr] == ["Bearer secret-ehr-token"]
+    assert outcome.resource is None
+    assert outcome.error is not None and "not followed" in outcome.error
