@@ -38,3 +38,39 @@ def test_an_uncoded_diagnosis_label_still_says_which_diagnosis_explains_the_b12(
     assert "B12 deficiency or pernicious anaemia" in finding.detail
     named = run(*labs, med(CYANO, 3000), condition(PERNICIOUS_ANAEMIA, text="Pernicious anemia"))
     assert "pernicious anaemia (Pernicious anemia)" in by_topic(named, "iron-deficiency-with-high-b12").detail
+
+
+# --- b12-not-for-high-ferritin: what the B12 is ----------------------------------------------------------
+
+
+def test_a_borderline_b12_is_not_called_normal_when_b12_is_ordered_for_a_high_ferritin() -> None:
+    """200–300 pg/mL neither confirms nor excludes deficiency; with macrocytosis a tissue deficiency
+    (which B12 would treat) is quite possible. The card called it 'a normal B12'."""
+    labs = (obs("b12", 240, 10), obs("mcv", 112, 10), obs("ferritin", 600, 10))
+    finding = by_topic(run(*labs, drafts=(draft_b12(),), hook="order-select"), "b12-not-for-high-ferritin")
+    assert "normal B12" not in finding.detail
+    assert "borderline" in finding.detail and "methylmalonic acid" in finding.detail
+    assert "will not lower" not in finding.summary and "MMA" in finding.summary
+    assert len(finding.summary) < 140
+    offered = [a.resource["code"]["coding"][0]["code"] for p in finding.proposals for a in p.actions]
+    assert "13964-2" in offered
+    done = run(*labs, obs("mma", 250, 5), drafts=(draft_b12(),), hook="order-select")
+    assert "13964-2" not in [
+        a.resource["code"]["coding"][0]["code"]
+        for p in by_topic(done, "b12-not-for-high-ferritin").proposals
+        for a in p.actions
+    ]
+
+
+def test_a_high_b12_is_not_called_normal_when_b12_is_ordered_for_a_high_ferritin() -> None:
+    labs = (obs("b12", 1600, 10), obs("ferritin", 600, 10))
+    finding = by_topic(run(*labs, drafts=(draft_b12(),), hook="order-select"), "b12-not-for-high-ferritin")
+    assert "normal B12" not in finding.detail and "not deficient" not in finding.detail
+    assert "1600 pg/mL on 2026-01-05** is already high" in finding.detail
+
+
+def test_a_b12_in_the_reference_range_is_still_read_as_not_low() -> None:
+    labs = (obs("b12", 480, 10), obs("ferritin", 600, 10))
+    finding = by_topic(run(*labs, drafts=(draft_b12(),), hook="order-select"), "b12-not-for-high-ferritin")
+    assert "480 pg/mL on 2026-01-05** is not deficient" in finding.detail
+    assert "borderline" not in finding.detail

@@ -12,6 +12,7 @@ from cds_service.clinical.record import MedicationEntry, PatientRecord
 from cds_service.clinical.rules.common import (
     SOURCE_LABEL,
     b12_deficient,
+    b12_elevated,
     deficiency_explains_b12,
     ferritin_high,
     fmt,
@@ -50,10 +51,32 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         "High ferritin: look for its cause",
     )
     tsat, _ = tsat_near(record, ferritin.when)
+    elevated, elevated_basis = b12_elevated(record, b12)
+    borderline = b12.comparator is None and t.b12_deficient <= b12.value <= t.b12_borderline_upper
+    if borderline and record.tested_since("mma", b12.when) is None and record.ordered("mma") is None:
+        proposals += order_labs(
+            record, "Order methylmalonic acid", ["mma"], "Borderline vitamin B12", recommended=False
+        )
+    if elevated:
+        b12_line = f"- Vitamin B12 **{b12.quoted()}** is already high (compared with {elevated_basis})."
+        b12_reason = "with B12 already high, more B12 will not bring this ferritin down."
+    elif borderline:
+        b12_line = (
+            f"- Vitamin B12 **{b12.quoted()}** is borderline ({fmt(t.b12_deficient)}–"
+            f"{fmt(t.b12_borderline_upper)} pg/mL): not deficient by the threshold of "
+            f"{fmt(t.b12_deficient)} pg/mL, but a tissue deficiency is not excluded."
+        )
+        b12_reason = (
+            "a borderline B12 makes that unlikely but does not exclude it: a raised methylmalonic acid would "
+            "show a tissue deficiency that B12 treats (BSH 2014)."
+        )
+    else:
+        b12_line = f"- Vitamin B12 **{b12.quoted()}** is not deficient (compared with {b12_basis})."
+        b12_reason = "with a B12 that is not low it will not bring this ferritin down."
     lines = [
         f"This order starts B12 ({literal_names(d.name for d in drafts)}), but:",
         "",
-        f"- Vitamin B12 **{b12.quoted()}** is not deficient (compared with {b12_basis}).",
+        b12_line,
         f"- Ferritin **{ferritin.quoted()}** is high (compared with {basis})"
         + (
             f", above {fmt(t.ferritin_very_high)} ng/mL: very high."
@@ -66,8 +89,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     lines += [
         "",
         "**Reasoning**",
-        "- B12 lowers ferritin only when B12-deficient megaloblastic anaemia raised it; with a normal B12 it "
-        "will not bring this ferritin down.",
+        f"- B12 lowers ferritin only when B12-deficient megaloblastic anaemia raised it; {b12_reason}",
         "- Look for the real cause: inflammation (CRP), liver disease (ALT/AST), metabolic syndrome, or iron "
         f"overload — haemochromatosis is likely when transferrin saturation is above {fmt(t.tsat_high)} % "
         "(EASL 2022).",
@@ -81,7 +103,10 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         topic=TOPIC,
         indicator="warning",
         summary=(
-            "B12 will not lower this high ferritin (B12 not low): look for inflammation, "
+            "B12 unlikely to lower this high ferritin (B12 borderline): check MMA; look for inflammation, "
+            "liver disease, iron overload"
+            if borderline
+            else "B12 will not lower this high ferritin (B12 not low): look for inflammation, "
             "liver disease or iron overload"
         ),
         detail="\n".join(lines),
