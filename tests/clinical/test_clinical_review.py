@@ -74,3 +74,24 @@ def test_a_b12_in_the_reference_range_is_still_read_as_not_low() -> None:
     finding = by_topic(run(*labs, drafts=(draft_b12(),), hook="order-select"), "b12-not-for-high-ferritin")
     assert "480 pg/mL on 2026-01-05** is not deficient" in finding.detail
     assert "borderline" not in finding.detail
+
+
+# --- iron-studies-after-b12: the picture B12 was started for ---------------------------------------------
+
+
+def test_the_megaloblastic_picture_is_read_before_treatment_not_from_results_on_it() -> None:
+    """Injections raise B12 and bring the MCV down within weeks. Read on treatment, a deficient,
+    ferritin-180 patient looked non-megaloblastic and the reminder dropped to 'info'."""
+    before = (obs("b12", 150, 60), obs("mcv", 96, 60), obs("ferritin", 180, 60))
+    on_treatment = (obs("b12", 600, 10), obs("mcv", 92, 10))
+    finding = by_topic(run(*before, med(CYANO, 56), *on_treatment), "iron-studies-after-b12")
+    assert finding.indicator == "warning"
+    assert "150 pg/mL on 2025-11-16" in finding.detail
+    assert "600 pg/mL on 2026-01-05" in finding.detail and "on treatment" in finding.detail
+    # A macrocytosis before the start counts too, though the MCV has since come down.
+    macrocytic = (obs("b12", 260, 60), obs("mcv", 108, 60), obs("ferritin", 180, 60))
+    finding = by_topic(run(*macrocytic, med(CYANO, 56), obs("mcv", 95, 10)), "iron-studies-after-b12")
+    assert finding.indicator == "warning"
+    # Nothing megaloblastic before the start: still info.
+    plain = (obs("b12", 260, 60), obs("mcv", 90, 60), obs("ferritin", 180, 60))
+    assert by_topic(run(*plain, med(CYANO, 56)), "iron-studies-after-b12").indicator == "info"

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from cds_service.clinical import codes
 from cds_service.clinical.findings import Finding
 from cds_service.clinical.markdown import literal_names
-from cds_service.clinical.record import MedicationEntry, PatientRecord
+from cds_service.clinical.record import MedicationEntry, PatientRecord, Result
 from cds_service.clinical.rules.common import (
     SOURCE_LABEL,
     b12_deficient,
@@ -65,8 +65,10 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
 
 def _finding(record: PatientRecord, start: datetime, missing: list[str], context: str) -> Finding:
     t = record.config.thresholds
-    mcv = record.latest("mcv")
-    b12 = record.latest("b12")
+    # The picture B12 was started for: injections raise B12 and bring the MCV down within weeks, so
+    # results taken on treatment say nothing about it (up to the start day: the baseline drawn that morning).
+    mcv = _before_treatment(record, "mcv", start)
+    b12 = _before_treatment(record, "b12", start)
     ferritin = record.latest("ferritin")
     macrocytic = mcv is not None and mcv.above(t.mcv_macrocytosis)
     deficient = b12 is not None and b12_deficient(record, b12)[0]
@@ -89,8 +91,19 @@ def _finding(record: PatientRecord, start: datetime, missing: list[str], context
     else:
         proposals.extend(order_labs(record, "Order ferritin and transferrin saturation now", missing, reason))
     lines = [context, "", "**Values considered**"]
-    for label, result in (("MCV", mcv), ("Vitamin B12", b12), ("Ferritin", ferritin)):
-        lines.append(f"- {label}: " + (f"**{result.quoted()}**" if result else "no result in the last year"))
+    for label, result, analyte in (
+        ("MCV", mcv, "mcv"),
+        ("Vitamin B12", b12, "b12"),
+        ("Ferritin", ferritin, None),
+    ):
+        line = f"- {label}: " + (f"**{result.quoted()}**" if result else "no result in the last year")
+        if analyte is not None:
+            if result is not None:
+                line += " (before B12 was started)" if start < record.now else ""
+            later = record.latest(analyte)
+            if later is not None and later is not result:
+                line += f"; on treatment **{later.quoted()}**"
+        lines.append(line)
     lines += [
         "",
         "**Reasoning**",
@@ -125,3 +138,11 @@ def _finding(record: PatientRecord, start: datetime, missing: list[str], context
         proposals=tuple(proposals),
         selection_behavior="any",
     )
+
+
+def _before_treatment(record: PatientRecord, analyte: str, start: datetime) -> Result | None:
+    """The latest result taken before the course (or on its first day), within the "latest" window."""
+    result = record.before(analyte, day_after(start))
+    if result is None or result.when < record.now - timedelta(days=record.config.thresholds.latest_days):
+        return None
+    return result
