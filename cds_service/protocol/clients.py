@@ -77,6 +77,12 @@ def parse_verification_key(jwk: object) -> VerificationKey:
             f"key {kid!r} has use={jwk.get('use')!r}; only signing keys ('sig') are accepted"
         )
     key_ops = jwk.get("key_ops")
+    # A list of strings (RFC 7517, 4.3). Tested as it came, a number raised TypeError (a fetched set was
+    # lost whole, and the call was a 500) and a string passed on a substring ("unverify").
+    if key_ops is not None and (
+        not isinstance(key_ops, list) or not all(isinstance(op, str) for op in key_ops)
+    ):
+        raise UnusableKeyError(f"key {kid!r} has key_ops that is not a list of strings")
     if key_ops is not None and "verify" not in key_ops:
         raise UnusableKeyError(f"key {kid!r} has key_ops without 'verify'")
     kty = jwk.get("kty")
