@@ -95,3 +95,21 @@ def test_the_megaloblastic_picture_is_read_before_treatment_not_from_results_on_
     # Nothing megaloblastic before the start: still info.
     plain = (obs("b12", 260, 60), obs("mcv", 90, 60), obs("ferritin", 180, 60))
     assert by_topic(run(*plain, med(CYANO, 56)), "iron-studies-after-b12").indicator == "info"
+
+
+# --- combined-b12-iron-deficiency once B12 has been started ----------------------------------------------
+
+
+def test_combined_deficiency_does_not_say_replace_b12_first_when_b12_was_started() -> None:
+    """B12 started after the deficient result: 'replace B12 first' is done; the iron is what is left."""
+    labs = (obs("b12", 140, 40), obs("ferritin", 12, 40))
+    started = by_topic(run(*labs, med(CYANO, 38)), "combined-b12-iron-deficiency")
+    assert "Replace B12 first" not in started.detail and "replace B12 first" not in started.summary
+    assert "B12 therapy started on 2025-12-08" in started.detail
+    assert "iron" in started.summary and len(started.summary) < 140
+    # On B12 since long before a result that is still deficient: adherence and absorption.
+    failing = by_topic(run(*labs, med(CYANO, 400)), "combined-b12-iron-deficiency")
+    assert "Replace B12 first" not in failing.detail
+    assert "adherence" in failing.detail
+    untreated = by_topic(run(*labs), "combined-b12-iron-deficiency")
+    assert "Replace B12 first" in untreated.detail and "replace B12 first" in untreated.summary

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from cds_service.clinical import codes
 from cds_service.clinical.findings import Finding
+from cds_service.clinical.markdown import literal_names
 from cds_service.clinical.record import MedicationEntry, PatientRecord
 from cds_service.clinical.rules.common import (
     SOURCE_LABEL,
     b12_deficient,
+    day,
     haemoglobin_line,
     iron_deficiency_near,
     not_recently_done,
@@ -50,6 +52,34 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         wanted,
         "Combined B12 and iron deficiency",
     )
+    course = record.course(codes.B12_THERAPY)
+    iv_iron = (
+        "In autoimmune gastritis intravenous iron corrects iron deficiency more reliably than oral iron."
+    )
+    if course is None or not course.ongoing:
+        treatment_line = f"- Replace B12 first. {iv_iron}"
+        summary = (
+            "B12 and iron deficient together: replace B12 first; test for autoimmune gastritis and "
+            "coeliac disease"
+        )
+    else:
+        # B12 is already being replaced: what is left to do is the iron (and, if the B12 was measured on
+        # the course, whether the B12 is taken and absorbed).
+        names = literal_names(course.names)
+        if course.start.date() >= b12.when.date():
+            treatment_line = (
+                f"- B12 therapy started on {day(course.start)} ({names}): treat the iron deficiency too."
+            )
+        else:
+            treatment_line = (
+                f"- B12 therapy has been on file since {day(course.start)} ({names}), yet this B12 is "
+                "deficient: check adherence, and absorption if it is oral. Treat the iron deficiency too."
+            )
+        treatment_line += f" {iv_iron}"
+        summary = (
+            "B12 and iron deficient, on B12: treat iron too; test for autoimmune gastritis and "
+            "coeliac disease"
+        )
     lines = [
         f"Vitamin B12 **{b12.quoted()}** is deficient (compared with {basis}), and iron studies at the same "
         "time show iron deficiency:",
@@ -61,9 +91,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         f"- {status.reason[0].upper()}{status.reason[1:]}.",
         "- Both deficiencies together suggest a shared cause of malabsorption: autoimmune gastritis "
         "(pernicious anaemia), coeliac disease, inflammatory bowel disease or bariatric surgery.",
-        "- Replace B12 first. In autoimmune gastritis intravenous iron corrects iron deficiency "
-        "more reliably "
-        "than oral iron.",
+        treatment_line,
     ]
     if gastritis_known:
         lines.append(
@@ -75,10 +103,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     return Finding(
         topic=TOPIC,
         indicator="warning",
-        summary=(
-            "B12 and iron deficient together: replace B12 first; test for autoimmune "
-            "gastritis and coeliac disease"
-        ),
+        summary=summary,
         detail="\n".join(lines),
         source_label=SOURCE,
         proposals=proposals,
