@@ -35,6 +35,21 @@ CONNECTION_DEFAULTS = {
 }
 
 
+# SQLite result codes (primary, the low byte) that mean the file cannot serve now rather than a bug.
+_UNAVAILABLE_FILE_CODES = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_NOTADB,
+    }
+)
+
+
 class Dialect(Protocol):
     """What the store needs to know about a database."""
 
@@ -141,15 +156,18 @@ class SQLiteDialect:
         """Nothing to check before opening: any path is a valid name."""
 
     def is_transient(self, error: Exception) -> bool:
-        """A lock another connection held past the busy timeout (a long write, an operator's VACUUM or open
-        transaction) passes like a server restart: the work was rolled back and may be tried again, so
-        the recorder keeps its batch and the endpoint answers 503. Other errors of a local file (corrupt,
-        unreadable, disk full) are not waited out."""
+        """The file cannot take the work now, and the work was rolled back, so it may be tried again.
+
+        A lock another connection held past the busy timeout (a long write, an operator's VACUUM or open
+        transaction) passes like a server restart. A full disk, a file system turned read-only, an I/O
+        error, a file that cannot be opened or is damaged pass only when an operator acts, but for the
+        caller they are the same outage: nothing was written, the endpoint answers 503 (not a 500 with a
+        stack trace) and the recorder keeps its batch and waits (its queue is bounded)."""
         code = getattr(error, "sqlite_errorcode", None)
         return (
-            isinstance(error, sqlite3.OperationalError)
+            isinstance(error, sqlite3.DatabaseError)
             and code is not None
-            and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            and code & 0xFF in _UNAVAILABLE_FILE_CODES
         )
 
     def reason(self, error: Exception) -> str:

