@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 import requests
 from jwt import PyJWK
 from jwt.exceptions import PyJWTError
@@ -311,7 +312,9 @@ class ClientKeys:
             body = response.raw.read(MAX_JWKS_BYTES + 1, decode_content=True)
         if len(body) > MAX_JWKS_BYTES:
             raise ValueError("JWK Set too large")
-        document = json.loads(body)
+        # orjson refuses nesting deeper than 1024 levels with a ValueError; json.loads raised RecursionError
+        # (200 KB of '[' fits the size limit), which went out of authenticate() as a 500.
+        document = orjson.loads(body)
         if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
             raise ValueError("not a JWK Set")
         return document

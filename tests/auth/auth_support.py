@@ -119,10 +119,12 @@ def auth_settings(directory: Path, clients_file: Path | None, **overrides: Any) 
 
 @dataclass
 class JwksServer:
-    """A loopback HTTP server publishing JSON documents; it counts requests by path and keeps any
-    Authorization header it receives (to prove a token did, or did not, reach it)."""
+    """A loopback HTTP server publishing JSON documents (or ``raw`` bodies, served as they are); it
+    counts requests by path and keeps any Authorization header it receives (to prove a token did, or did
+    not, reach it)."""
 
     documents: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, bytes] = field(default_factory=dict)
     hits: Counter[str] = field(default_factory=Counter)
     authorizations: list[str] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
@@ -137,6 +139,8 @@ class JwksServer:
                     owner.authorizations.append(self.headers["Authorization"])
                 document = owner.documents.get(self.path)
                 body = json.dumps(document).encode() if document is not None else b"{}"
+                if self.path in owner.raw:
+                    document, body = True, owner.raw[self.path]
                 self.send_response(200 if document is not None else 404)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

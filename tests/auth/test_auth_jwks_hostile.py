@@ -54,3 +54,16 @@ def test_an_inline_key_whose_key_ops_list_verify_is_accepted(tmp_path: Path, ec_
     jwk = ec_signer.public_jwk() | {"key_ops": ["verify"]}
     path = write_clients(tmp_path, [{"iss": ec_signer.iss, "jwks": {"keys": [jwk]}}])
     assert set(load_clients(path)[ec_signer.iss].inline_keys) == {ec_signer.kid}
+
+
+def test_a_deeply_nested_jwks_document_is_a_refusal_not_a_crash(
+    make_authenticator, jwks_server: JwksServer, rsa_signer: Signer
+) -> None:
+    """200 KB of '[' is within the size limit and made json.loads raise RecursionError, which is not a
+    ValueError: it left ``authenticate`` as a 500."""
+    jwks_server.raw["/jwks.json"] = b"[" * 200_000
+    authenticator: Authenticator = make_authenticator(
+        [{"iss": rsa_signer.iss, "jwks_url": jwks_server.url("/jwks.json")}]
+    )
+    with pytest.raises(AuthError, match="is not a known key"):
+        authenticator.authenticate(bearer(rsa_signer.token()), SIGN_PATH)
