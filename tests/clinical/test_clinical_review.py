@@ -113,3 +113,33 @@ def test_combined_deficiency_does_not_say_replace_b12_first_when_b12_was_started
     assert "adherence" in failing.detail
     untreated = by_topic(run(*labs), "combined-b12-iron-deficiency")
     assert "Replace B12 first" in untreated.detail and "replace B12 first" in untreated.summary
+
+
+# --- "unmasked" iron deficiency that was never hidden ----------------------------------------------------
+
+
+def test_iron_deficiency_present_before_b12_is_not_called_unmasked() -> None:
+    """Ferritin 12 before B12 and 10 after: nothing was hidden. The card explained the result by B12
+    unmasking a deficiency, which points away from the long-standing loss or malabsorption to look for."""
+    findings = run(obs("ferritin", 12, 40), med(CYANO, 38), obs("ferritin", 10, 10), obs("tsat", 8, 10))
+    finding = by_topic(findings, "iron-deficiency-after-b12")
+    assert "becomes visible" not in finding.detail
+    assert "already" in finding.detail and "12 ng/mL on 2025-12-06" in finding.detail
+    # Ferritin 165 before, 18 after: that is the unmasking the card is about.
+    unmasked = run(obs("ferritin", 165, 130), med(CYANO, 120), obs("ferritin", 18, 10), obs("tsat", 12, 10))
+    assert "becomes visible" in by_topic(unmasked, "iron-deficiency-after-b12").detail
+
+
+def test_the_iron_studies_reminder_does_not_promise_to_unmask_a_deficiency_already_shown() -> None:
+    known = (obs("b12", 140, 60), obs("ferritin", 12, 60))
+    for findings in (
+        run(*known, med(CYANO, 56)),
+        run(obs("b12", 140, 7), obs("ferritin", 12, 7), drafts=(draft_b12(),), hook="order-select"),
+    ):
+        finding = by_topic(findings, "iron-studies-after-b12")
+        assert "unmasked" not in finding.summary and len(finding.summary) < 140
+        assert "already shows iron deficiency" in finding.detail
+    plain = by_topic(
+        run(obs("b12", 140, 60), obs("ferritin", 180, 60), med(CYANO, 56)), "iron-studies-after-b12"
+    )
+    assert "unmasked" in plain.summary and "already shows iron deficiency" not in plain.detail

@@ -40,6 +40,8 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     if not status.deficient:
         return None
     before = record.before("ferritin", treated)
+    # Deficient before the course too: nothing was hidden, and the cause has been at work all along.
+    known_before = before is not None and iron_status(record, before).deficient
     lines = [
         f"B12 therapy ({literal_names(course.names)}) started on {day(course.start)}. Iron studies taken "
         "after that day show iron deficiency:",
@@ -60,8 +62,13 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         "",
         "**Reasoning**",
         f"- {status.reason[0].upper()}{status.reason[1:]}.",
-        "- B12 restarts red-cell production, which consumes stored iron; a deficiency hidden by the "
-        "megaloblastic state becomes visible (Solmaz et al. 2015).",
+        (
+            f"- Iron deficiency was already present before B12 was started (ferritin {before.quoted()}) "
+            "and persists: B12 did not unmask it. It needs iron replacement and a search for its cause."
+            if known_before and before is not None
+            else "- B12 restarts red-cell production, which consumes stored iron; a deficiency hidden by the "
+            "megaloblastic state becomes visible (Solmaz et al. 2015)."
+        ),
         "- Replace iron, and look for a cause as for any iron deficiency: blood loss, or malabsorption "
         "(autoimmune gastritis, coeliac disease) — the conditions that also cause B12 deficiency (AGA 2020).",
     ]

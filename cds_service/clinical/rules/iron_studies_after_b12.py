@@ -20,6 +20,7 @@ from cds_service.clinical.rules.common import (
     day_after,
     elevated_before_b12,
     fmt,
+    iron_status,
     iron_studies_cover,
     order_labs,
     starting_b12,
@@ -70,6 +71,11 @@ def _finding(record: PatientRecord, start: datetime, missing: list[str], context
     mcv = _before_treatment(record, "mcv", start)
     b12 = _before_treatment(record, "b12", start)
     ferritin = record.latest("ferritin")
+    # Iron deficiency shown before the course is not something B12 will unmask: it is there to treat.
+    pre_ferritin = _before_treatment(record, "ferritin", start)
+    known = iron_status(record, pre_ferritin) if pre_ferritin is not None else None
+    if known is not None and not known.deficient:
+        known = None
     macrocytic = mcv is not None and mcv.above(t.mcv_macrocytosis)
     deficient = b12 is not None and b12_deficient(record, b12)[0]
     high_ferritin = (
@@ -107,9 +113,16 @@ def _finding(record: PatientRecord, start: datetime, missing: list[str], context
     lines += [
         "",
         "**Reasoning**",
-        "- Starting B12 restarts red-cell production, which uses stored iron: ferritin falls and an iron "
-        "deficiency hidden by the B12 deficiency can appear (Solmaz et al., Indian J Hematol Blood Transfus "
-        "2015: ferritin fell from about 190 to about 45 ng/mL and iron deficiency rose from 9 % to 49 %).",
+        (
+            f"- The ferritin before B12 ({known.ferritin.quoted()}) already shows iron deficiency: "
+            f"{known.reason}. Treat it now: B12 will draw on the little stored iron as red-cell production "
+            "restarts (Solmaz et al. 2015), and iron studies after the start show how the stores respond."
+            if known is not None
+            else "- Starting B12 restarts red-cell production, which uses stored iron: ferritin falls and an "
+            "iron deficiency hidden by the B12 deficiency can appear (Solmaz et al., Indian J Hematol Blood "
+            "Transfus 2015: ferritin fell from about 190 to about 45 ng/mL and iron deficiency rose from 9 % "
+            "to 49 %)."
+        ),
         f"- Iron studies are due 4–8 weeks after the start: {day(followup)} "
         f"({t.iron_studies_followup_days} days after {day(start)})"
         + (
@@ -127,7 +140,10 @@ def _finding(record: PatientRecord, start: datetime, missing: list[str], context
         )
     lines += ["", "Sources: Solmaz et al. 2015; BSH guideline on cobalamin and folate (Devalia 2014)."]
     summary = (
-        "B12 therapy started: order ferritin and transferrin saturation to catch unmasked iron deficiency"
+        "B12 started in iron deficiency: treat the iron; recheck ferritin and transferrin saturation"
+        if known is not None
+        else "B12 therapy started: order ferritin and transferrin saturation to catch unmasked iron "
+        "deficiency"
     )
     return Finding(
         topic=TOPIC,
