@@ -39,7 +39,11 @@ MIN_RSA_BITS = 2048
 KEYS_LIFETIME_S = 3600.0
 REFRESH_INTERVAL_S = 30.0
 FETCH_TIMEOUT_S = (3.05, 5.0)
+# The whole fetch (connect, headers, body): the read timeout bounds each recv only, so a server sending a
+# byte every few seconds held the fetch, and with it the client's key lock, for as long as it liked.
+FETCH_DEADLINE_S = 8.0
 MAX_JWKS_BYTES = 256 * 1024
+_READ_CHUNK_BYTES = 16 * 1024
 
 _CLIENT_FIELDS = frozenset({"iss", "jwks_url", "jwks", "tenants", "fhir_servers"})
 _PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
@@ -252,6 +256,7 @@ class ClientKeys:
         self._clock = clock
         self._lock = threading.Lock()
         self._fetched = _Fetched()
+        self._downloader: threading.Thread | None = None
 
     def find(self, kid: str) -> VerificationKey | None:
         """The key with this id; fetches the JWK Set when it is stale or does not know the id yet."""
@@ -278,7 +283,7 @@ class ClientKeys:
     def _refresh(self, url: str, now: float) -> None:
         self._fetched.attempted_at = now
         try:
-            document = self._download(url)
+            document = self._download_within_deadline(url)
         except (requests.RequestException, ValueError) as error:
             log.warning(
                 "could not fetch the JWK Set of %s from %s (%s); keeping %d cached key(s)",
@@ -299,7 +304,38 @@ class ClientKeys:
         self._fetched = _Fetched(keys=keys, fetched_at=now, attempted_at=now)
         log.info("fetched %d key(s) for %s from %s", len(keys), self.client.iss, url)
 
-    def _download(self, url: str) -> dict[str, Any]:
+    def _download_within_deadline(self, url: str) -> dict[str, Any]:
+        """``_download`` on a helper thread, given up after FETCH_DEADLINE_S so that the lock (and every
+        call of this client waiting on it) is released in time whatever the server does.
+
+        A helper given up on stops at its next chunk of body; one stuck in the headers stays until the
+        server lets go. So at most one helper per client may exist: while it does, a refresh fails at
+        once instead of starting another."""
+        previous = self._downloader
+        if previous is not None and previous.is_alive():
+            raise ValueError("an earlier fetch is still waiting for the server")
+        stop = threading.Event()
+        outcome: list[dict[str, Any] | BaseException] = []
+
+        def run() -> None:
+            try:
+                outcome.append(self._download(url, stop))
+            except BaseException as error:  # handed to the waiting thread, which raises it
+                outcome.append(error)
+
+        helper = threading.Thread(target=run, name="jwks-fetch", daemon=True)
+        self._downloader = helper
+        helper.start()
+        helper.join(FETCH_DEADLINE_S)
+        if helper.is_alive():
+            stop.set()
+            raise ValueError(f"no complete answer within {FETCH_DEADLINE_S:g} s")
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _download(self, url: str, stop: threading.Event) -> dict[str, Any]:
         with self._http.get(
             url,
             timeout=FETCH_TIMEOUT_S,
@@ -309,7 +345,7 @@ class ClientKeys:
         ) as response:
             if response.status_code != 200:
                 raise ValueError(f"HTTP {response.status_code}")
-            body = response.raw.read(MAX_JWKS_BYTES + 1, decode_content=True)
+            body = _read_limited(response.raw, stop)
         if len(body) > MAX_JWKS_BYTES:
             raise ValueError("JWK Set too large")
         # orjson refuses nesting deeper than 1024 levels with a ValueError; json.loads raised RecursionError
@@ -318,3 +354,22 @@ class ClientKeys:
         if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
             raise ValueError("not a JWK Set")
         return document
+
+
+def _read_limited(raw: Any, stop: threading.Event) -> bytes:
+    """Up to MAX_JWKS_BYTES + 1 bytes of body (decoded), in chunks as they arrive, until ``stop`` is set.
+
+    ``read1`` returns what has arrived; ``read(n)`` waits for all n bytes, which a dripping server made
+    last for ever."""
+    read = getattr(raw, "read1", raw.read)
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_JWKS_BYTES:
+        if stop.is_set():
+            raise ValueError("given up")
+        chunk = read(min(_READ_CHUNK_BYTES, MAX_JWKS_BYTES + 1 - size), decode_content=True)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)

@@ -9,11 +9,17 @@ for as long as the server likes.
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from cds_service.config import ConfigError
+from cds_service.protocol import clients as clients_module
 from cds_service.protocol.auth import Authenticator, AuthError
 from cds_service.protocol.clients import load_clients
 from tests.auth.auth_support import SIGN_PATH, JwksServer, Signer, write_clients
@@ -21,6 +27,25 @@ from tests.auth.auth_support import SIGN_PATH, JwksServer, Signer, write_clients
 
 def bearer(token: str) -> str:
     return f"Bearer {token}"
+
+
+def outcome_within(seconds: float, call) -> tuple[float, object]:
+    """Run ``call`` in a thread; (how long it took, its result or exception). Fails if it is still
+    running after ``seconds`` (the thread is left behind, a daemon)."""
+    box: list[object] = []
+
+    def run() -> None:
+        try:
+            box.append(call())
+        except BaseException as error:  # reported to the test, whatever it is
+            box.append(error)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s"
+    return time.monotonic() - started, box[0]
 
 
 def test_a_fetched_key_with_malformed_key_ops_is_skipped_and_the_others_work(
@@ -67,3 +92,64 @@ def test_a_deeply_nested_jwks_document_is_a_refusal_not_a_crash(
     )
     with pytest.raises(AuthError, match="is not a known key"):
         authenticator.authenticate(bearer(rsa_signer.token()), SIGN_PATH)
+
+
+HEADERS_DRIP = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 400
+BODY_DRIP = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+
+
+@contextmanager
+def dripping_jwks(prefix: bytes, *, every_s: float = 0.1) -> Iterator[str]:
+    """A JWK Set URL that answers ``prefix`` and then one byte per ``every_s``, each within the read
+    timeout, for up to a minute."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip(conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(prefix[:20])
+                for byte in [prefix[i : i + 1] for i in range(20, len(prefix))] + [b" "] * 600:
+                    if stop.wait(every_s):
+                        return
+                    conn.sendall(byte)
+            except OSError:
+                return
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/jwks.json"
+    finally:
+        stop.set()
+        listener.close()
+
+
+@pytest.mark.parametrize("prefix", [HEADERS_DRIP, BODY_DRIP], ids=["headers", "body"])
+def test_a_dripping_jwks_url_is_given_up_at_the_fetch_deadline(
+    make_authenticator, rsa_signer: Signer, monkeypatch: pytest.MonkeyPatch, prefix: bytes
+) -> None:
+    """The read timeout bounds each recv, not the answer: a server sending a byte now and then held the
+    fetch, and the client's key lock with it, for a minute here (for ever in general), and every call of
+    that client waited behind it."""
+    monkeypatch.setattr(clients_module, "FETCH_DEADLINE_S", 0.5)
+    with dripping_jwks(prefix) as url:
+        authenticator: Authenticator = make_authenticator([{"iss": rsa_signer.iss, "jwks_url": url}])
+        took, outcome = outcome_within(
+            10, lambda: authenticator.authenticate(bearer(rsa_signer.token()), SIGN_PATH)
+        )
+        assert isinstance(outcome, AuthError) and "is not a known key" in str(outcome), outcome
+        assert took < 1.5
+        # The lock is free again: the next call (rate-limited, so no fetch) is refused at once.
+        took, outcome = outcome_within(
+            10, lambda: authenticator.authenticate(bearer(rsa_signer.token()), SIGN_PATH)
+        )
+        assert isinstance(outcome, AuthError) and took < 0.5
