@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from cds_service.clinical.findings import Finding
 from cds_service.clinical.record import MedicationEntry, PatientRecord
-from cds_service.clinical.rules.common import SOURCE_LABEL, b12_deficient, fmt, order_labs
+from cds_service.clinical.rules.common import SOURCE_LABEL, b12_deficient, b12_pmol, fmt, order_labs
 
 TOPIC = "borderline-b12-check-mma"
 SOURCE = f"{SOURCE_LABEL} (BSH 2014)"
@@ -27,7 +27,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         return None
     lines = [
         f"- Vitamin B12 **{b12.quoted()}**: borderline ({fmt(t.b12_deficient)}–{fmt(t.b12_borderline_upper)} "
-        "pg/mL, 148–221 pmol/L)",
+        f"pg/mL, {b12_pmol(t.b12_deficient)}–{b12_pmol(t.b12_borderline_upper)} pmol/L)",
         "- No methylmalonic acid resulted since then",
         "",
         "**Reasoning**",

@@ -21,6 +21,7 @@ from cds_service.clinical.config import ClinicalConfig
 from cds_service.clinical.findings import Proposal, ProposedAction
 from cds_service.clinical.markdown import literal
 from cds_service.clinical.record import MedicationEntry, PatientRecord, Result
+from cds_service.fhir.units import unit_factor
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,12 @@ def day(moment: datetime) -> str:
 
 def fmt(value: float) -> str:
     return f"{value:g}"
+
+
+def b12_pmol(value: float) -> str:
+    """A B12 threshold in pg/mL as pmol/L, to the whole number, for quoting beside it (200 → 148)."""
+    factor = unit_factor("b12", "pmol/L")
+    return f"{round(value / factor[0]):g}" if factor else "?"
 
 
 def day_after(moment: datetime) -> datetime:

@@ -16,6 +16,7 @@ from cds_service.clinical.record import MedicationEntry, PatientRecord
 from cds_service.clinical.rules.common import (
     B12_PRODUCTS,
     SOURCE_LABEL,
+    b12_pmol,
     b12_very_high,
     elevated_latest_b12,
     ferritin_high,
@@ -98,8 +99,8 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     ]
     if very_high:
         lines.append(
-            f"- Above {fmt(t.b12_very_high)} pg/mL (1000 pmol/L) the association with liver disease, alcohol "
-            "misuse and cancer is strong (Arendt & Nexo, PLoS One 2012)."
+            f"- Above {fmt(t.b12_very_high)} pg/mL ({b12_pmol(t.b12_very_high)} pmol/L) the association with "
+            "liver disease, alcohol misuse and cancer is strong (Arendt & Nexo, PLoS One 2012)."
         )
     lines += suggested_tests_line(wanted, t.recent_days)
     lines += ["", "Sources: Arendt & Nexo, PLoS One 2012; ARUP and Mayo reference limits."]

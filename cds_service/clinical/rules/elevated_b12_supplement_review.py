@@ -12,6 +12,7 @@ from cds_service.clinical.markdown import literal_names
 from cds_service.clinical.record import MedicationEntry, PatientRecord, number
 from cds_service.clinical.rules.common import (
     SOURCE_LABEL,
+    b12_pmol,
     b12_very_high,
     deficiency_explains_b12,
     elevated_latest_b12,
@@ -51,9 +52,9 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     ]
     if b12_very_high(record, b12):
         lines.append(
-            f"- Above {fmt(t.b12_very_high)} pg/mL (1000 pmol/L), a B12 is strongly associated with "
-            f"liver disease, "
-            "alcohol misuse and cancer (Arendt & Nexo 2012) — consider that if it stays high off supplements."
+            f"- Above {fmt(t.b12_very_high)} pg/mL ({b12_pmol(t.b12_very_high)} pmol/L), a B12 is strongly "
+            "associated with liver disease, alcohol misuse and cancer (Arendt & Nexo 2012) — consider that "
+            "if it stays high off supplements."
         )
     lines += ["", "Sources: ARUP and Mayo reference limits; Arendt & Nexo, PLoS One 2012."]
     shown = f"{b12.comparator or ''}{number(b12.value)} {b12.unit}"
