@@ -81,6 +81,7 @@ class _RedisStore:
 
     def __init__(self, url: str, ttl_seconds: int) -> None:
         self._ttl = ttl_seconds
+        self._where = address(url)
         # No connection yet: a Redis that cannot be reached at start is a miss like any other.
         self._client = redis_client(url, timeout_s=_REDIS_TIMEOUT_SECONDS)
         import redis  # present: redis_client has checked
@@ -92,7 +93,10 @@ class _RedisStore:
             return self._client.get(KEY_PREFIX + key)
         except self._errors as error:
             log.warning(
-                "run-ahead cache read failed; computing afresh", extra={"error": type(error).__name__}
+                "run-ahead cache read failed (Redis at %s: %s); computing afresh",
+                self._where,
+                type(error).__name__,
+                extra={"error": type(error).__name__},
             )
             return None
 
@@ -100,7 +104,12 @@ class _RedisStore:
         try:
             self._client.set(KEY_PREFIX + key, payload, ex=self._ttl)
         except self._errors as error:
-            log.warning("run-ahead cache write failed", extra={"error": type(error).__name__})
+            log.warning(
+                "run-ahead cache write failed (Redis at %s: %s)",
+                self._where,
+                type(error).__name__,
+                extra={"error": type(error).__name__},
+            )
 
 
 class RunAheadCache:

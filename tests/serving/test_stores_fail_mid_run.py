@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.auth.auth_support import Signer, ec_p384_key, write_clients
+from tests.auth.auth_support import BASE_URL, Signer, ec_p384_key, write_clients
 from tests.support.processes import free_port
 from tests.support.served import HOOKS_NOW, Served, hook_example
 
@@ -181,6 +182,78 @@ def timed_post(base: str, path: str, body: Any, token: str | None = None) -> tup
 
 
 # --- Redis -----------------------------------------------------------------------------------------------
+
+
+def test_redis_stopped_between_order_select_and_order_sign_costs_the_run_ahead_hit_only(
+    tmp_path: Path,
+) -> None:
+    """Without client JWTs Redis holds only the run-ahead cache, an optimisation: order-sign is computed
+    afresh with the same cards, the log names the Redis it could not use, and the pod stays ready."""
+    select, sign = select_and_sign_bodies()
+    with redis_process(tmp_path) as redis_server:
+        where = f"Redis at redis://127.0.0.1:{redis_server.port}/0"
+        server = Served(tmp_path, workers=1, CDS_REDIS_URL=redis_server.url, CDS_NOW=HOOKS_NOW)
+        try:
+            selected, _ = timed_post(server.base, SELECT, select)
+            assert selected.status_code == 200 and topics(selected)
+            redis_server.stop()
+            signed, took = timed_post(server.base, SIGN, sign)
+            assert signed.status_code == 200, signed.text
+            assert topics(signed) == topics(selected)
+            assert took < 1.5
+            assert call_lines(server, sign["hookInstance"])[-1]["run_ahead_hit"] is False
+            assert readiness(server.base)[:2] == (200, {"status": "ready"}), (
+                "run-ahead never makes a pod unready"
+            )
+
+            redis_server.start()
+            assert timed_post(server.base, SELECT, select)[0].status_code == 200
+            sign["hookInstance"] = "1e8a4d63-7b5c-4a2f-9d3e-0c6b8f7a5d4e"
+            signed, _ = timed_post(server.base, SIGN, sign)
+            assert topics(signed) == topics(selected)
+            assert call_lines(server, sign["hookInstance"])[-1]["run_ahead_hit"] is True, "Redis used again"
+        finally:
+            server.stop()
+    failures = messages(server, "run-ahead cache")
+    failures = [message for message in failures if "failed" in message]
+    assert failures and all(where in message for message in failures), failures
+    assert_clean_log(server)
+
+
+@pytest.mark.parametrize("auth", ["required", "off"])
+def test_redis_killed_while_calls_are_in_flight(tmp_path: Path, auth: str) -> None:
+    """SIGKILL under a stream of concurrent calls: each is answered, quickly, with cards (200) or, where a
+    JWT must be checked, with a bare 401; none is a 500."""
+    signer, clients = signer_and_clients(tmp_path)
+    select, sign = select_and_sign_bodies()
+    with redis_process(tmp_path) as redis_server:
+        settings = {"CDS_REDIS_URL": redis_server.url, "CDS_NOW": HOOKS_NOW, "CDS_AUTH": auth}
+        if auth == "required":
+            settings |= {"CDS_CLIENTS": str(clients), "CDS_PUBLIC_BASE_URL": BASE_URL}
+        server = Served(tmp_path, workers=2, **settings)
+
+        def one(index: int) -> tuple[int, float, bool]:
+            path, body = (SELECT, select) if index % 2 else (SIGN, sign)
+            token = signer.token(path) if auth == "required" else None
+            answer, took = timed_post(server.base, path, body, token)
+            return answer.status_code, took, bool(answer.status_code == 200 and topics(answer))
+
+        try:
+            with ThreadPoolExecutor(max_workers=6) as pool:
+                futures = [pool.submit(one, index) for index in range(120)]
+                time.sleep(0.3)
+                redis_server.stop(signal.SIGKILL)
+                results = [future.result() for future in futures]
+            after = [one(index) for index in range(4)]
+        finally:
+            server.stop()
+    allowed = {200} if auth == "off" else {200, 401}
+    assert {status for status, _, _ in results} <= allowed, results
+    assert all(with_cards for status, _, with_cards in results if status == 200)
+    assert max(took for _, took, _ in results) < 5, results
+    expected = 200 if auth == "off" else 401
+    assert [status for status, _, _ in after] == [expected] * 4
+    assert_clean_log(server)
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------------------
