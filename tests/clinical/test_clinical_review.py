@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cds_service.clinical.engine import load_clinical_config
-from tests.clinical.builders import CYANO, by_topic, condition, draft_b12, med, obs, run
+from tests.clinical.builders import CYANO, by_topic, condition, draft_b12, draft_lab, med, obs, run
 
 PERNICIOUS_ANAEMIA = "84027009"
 
@@ -169,3 +169,19 @@ def test_molar_equivalents_quoted_beside_thresholds_follow_a_sites_thresholds() 
         "Above 1355.37 pg/mL (1000 pmol/L)"
         in by_topic(run(obs("b12", 1600, 10)), "elevated-b12-no-supplement").detail
     )
+
+
+# --- suggestion labels name what they order ------------------------------------------------------------
+
+
+def test_iron_studies_suggestion_labels_name_only_the_tests_they_order() -> None:
+    """With a ferritin already drafted, the suggestions ordered only a TSAT but were labelled 'Order ferritin
+    and transferrin saturation ...': the clinician cannot tell what accepting them does."""
+    findings = run(drafts=(draft_b12(), draft_lab("ferritin")), hook="order-sign")
+    finding = by_topic(findings, "iron-studies-after-b12")
+    assert finding.proposals
+    for proposal in finding.proposals:
+        assert [a.resource["code"]["coding"][0]["code"] for a in proposal.actions] == ["2502-3"]
+        assert "ferritin" not in proposal.label.lower() and "transferrin saturation" in proposal.label
+    both = by_topic(run(drafts=(draft_b12(),), hook="order-select"), "iron-studies-after-b12")
+    assert all("ferritin and transferrin saturation" in p.label for p in both.proposals)

@@ -88,14 +88,16 @@ def _finding(record: PatientRecord, start: datetime, missing: list[str], context
     recent_ferritin = record.latest("ferritin", within_days=t.recent_days)
     proposals = []
     reason = "Iron studies after starting B12 therapy (iron deficiency may be unmasked)"
+    # The labels name only what the suggestion orders (a ferritin already drafted is not ordered again).
+    tests = " and ".join(codes.ANALYTE_NAMES[a] for a in missing)
     if followup > record.now:
-        label = f"Order ferritin and transferrin saturation for {day(followup)} (8 weeks after B12 start)"
+        label = f"Order {tests} for {day(followup)} (8 weeks after B12 start)"
         proposals.extend(order_labs(record, label, missing, reason, when=followup))
         if recent_ferritin is None:
-            label = "Order baseline ferritin and transferrin saturation now"
+            label = f"Order baseline {tests} now"
             proposals.extend(order_labs(record, label, missing, reason, recommended=False))
     else:
-        proposals.extend(order_labs(record, "Order ferritin and transferrin saturation now", missing, reason))
+        proposals.extend(order_labs(record, f"Order {tests} now", missing, reason))
     lines = [context, "", "**Values considered**"]
     for label, result, analyte in (
         ("MCV", mcv, "mcv"),
