@@ -3,11 +3,19 @@
 ``CDS_REDIS_URL`` and ``CDS_FEEDBACK_DB`` may carry credentials, and the libraries that use them quote the
 URL in some of their errors (psycopg does, for a URL it cannot parse). Whatever the service prints about a
 store goes through here first.
+
+A password holding an unencoded '/', '?' or '#' (generated passwords often hold a '/') ends the URL's
+authority early for every parser: ``redis://:Ab3/xYz@host`` is host '' with port 'Ab3' and path
+'/xYz@host', and the libraries quote those pieces in their errors. So every piece of such a misplaced
+password is redacted too.
 """
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote, urlsplit
+
+_DELIMITERS = re.compile(r"[/?#]")
 
 
 def address(url: str) -> str:
@@ -17,21 +25,31 @@ def address(url: str) -> str:
         port = f":{parts.port}" if parts.port else ""
     except ValueError:  # a malformed host or port: say no more than the scheme
         return f"{url.partition('://')[0]}://(malformed)"
+    if "@" in parts.path:  # a password with a '/' in it, read as the start of the path
+        return f"{parts.scheme}://(malformed)"
     return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
 
 
 def passwords_in(url: str) -> list[str]:
     """Every form a password of ``url`` may be echoed in, longest first: from the user part and from a
     ``password=`` query parameter, raw and percent-decoded. Read by hand rather than with urlsplit, which
-    refuses the malformed URLs whose errors quote them."""
+    refuses the malformed URLs whose errors quote them.
+
+    When the authority (up to the first '/', '?' or '#') holds no '@' but the rest of the URL does, the
+    text before that '@' is read as a user part whose password held a delimiter, and each piece of that
+    password between delimiters counts as well. A URL whose query has an '@' in a value
+    (``?user=me@corp``) may so lose its port or database name to redaction: the lesser harm."""
     rest = url.partition("://")[2]
-    authority, _, query = rest.partition("?")
-    userinfo, at, _ = authority.split("/", 1)[0].rpartition("@")
+    authority = _DELIMITERS.split(rest, maxsplit=1)[0]
+    userinfo, at, _ = authority.rpartition("@")
     raw = [userinfo.partition(":")[2]] if at and ":" in userinfo else []
-    for pair in query.split("&"):
+    if not at and "@" in rest:
+        misplaced = rest.rpartition("@")[0].partition(":")[2]
+        raw += [misplaced, *_DELIMITERS.split(misplaced)]
+    for pair in rest.partition("?")[2].split("&"):
         name, _, value = pair.partition("=")
         if unquote(name) == "password" and value:
-            raw.append(value)
+            raw += [value, *_DELIMITERS.split(value)]
     found = {form for value in raw if value for form in (value, unquote(value))}
     return sorted(found, key=len, reverse=True)
 

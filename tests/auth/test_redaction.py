@@ -1,0 +1,72 @@
+"""Store URLs in what the service prints: no part of a password may show, however the URL is written.
+
+Generated passwords often hold '/', and sometimes '?' or '#'. Left unencoded in ``CDS_REDIS_URL`` (a
+common slip), they end the URL's authority early for every URL parser: the part of the password before
+them is read as the port, and Redis's URL parser quotes it in its error.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from cds_service.config import ConfigError
+from cds_service.redaction import address, passwords_in, without_passwords
+from cds_service.redis_client import redis_client
+
+SECRET_PARTS = ("Ab3", "xYz9")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:Ab3/xYz9@localhost:6379/0",
+        "redis://cds:Ab3?xYz9@localhost:6379/0",
+        "redis://cds:Ab3#xYz9@localhost:6379/0",
+    ],
+)
+def test_a_password_with_an_unencoded_delimiter_is_not_quoted_by_the_redis_url_error(url: str) -> None:
+    pytest.importorskip("redis")
+    with pytest.raises(ConfigError) as refused:
+        redis_client(url, timeout_s=1.0)
+    message = str(refused.value)
+    assert "CDS_REDIS_URL is not a valid Redis URL" in message
+    assert not [part for part in SECRET_PARTS if part in message], message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:12/xYz9@localhost:6379/0",
+        "redis://:Ab3/xYz9@localhost:6379/0",
+        "postgresql://cds:12?xYz9@db.internal/feedback",
+    ],
+)
+def test_address_never_shows_a_password_read_as_a_path(url: str) -> None:
+    """``redis://:12/xYz9@localhost:6379/0`` parses as host '' port 12 and path '/xYz9@localhost…':
+    the address printed at start (``describe``) showed the password's end in that path."""
+    shown = address(url)
+    assert "xYz9" not in shown and "Ab3" not in shown, shown
+
+
+@pytest.mark.parametrize(
+    ("url", "text"),
+    [
+        ("redis://:Ab3/xYz9@localhost:6379/0", "Port could not be cast to integer value as 'Ab3'"),
+        ("redis://cds:12/xYz9@localhost:6379/0", "Error connecting to cds:12. db '/xYz9@localhost:6379/0'"),
+        ("redis://cds:Ab3#xYz9@localhost/0", "port 'Ab3', fragment 'xYz9@localhost/0'"),
+    ],
+)
+def test_every_piece_of_a_misplaced_password_is_redacted(url: str, text: str) -> None:
+    redacted = without_passwords(text, url)
+    assert not [part for part in SECRET_PARTS if part in redacted], redacted
+    assert "12" not in redacted.replace("6379", "")
+
+
+def test_well_formed_urls_keep_their_usual_redaction() -> None:
+    assert passwords_in("redis://:s%2Fecret@cache:6379/0") == ["s%2Fecret", "s/ecret"]
+    assert passwords_in("postgresql://cds:pw@db/feedback?password=other") == ["other", "pw"]
+    assert passwords_in("redis://cache:6379/0") == []
+    assert address("redis://:pw@cache:6379/0") == "redis://cache:6379/0"
+    assert without_passwords("could not connect to cache:6379", "redis://:pw@cache:6379/0") == (
+        "could not connect to cache:6379"
+    )
