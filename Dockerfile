@@ -45,9 +45,11 @@ WORKDIR /var/lib/cds-service
 USER 10001:10001
 EXPOSE 8080
 # slim images have no curl: ask Python. /healthz is unauthenticated and touches no dependency.
-# It assumes port 8080: change it here too if you pass another --port.
+# It assumes port 8080: change it here too if you pass another --port. It goes straight to 127.0.0.1,
+# never through http_proxy/HTTP_PROXY (Docker puts them in every container when the client's config.json
+# names a proxy): urlopen would send the check to the proxy, and the container would never be healthy.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status != 200)"]
+    CMD ["python", "-c", "import sys, urllib.request as u; sys.exit(u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:8080/healthz', timeout=2).status != 200)"]
 # Exec form: gunicorn's master is PID 1 and receives SIGTERM itself for a graceful shutdown.
 ENTRYPOINT ["cds-service", "serve", "--host", "0.0.0.0"]
 CMD ["--port", "8080"]

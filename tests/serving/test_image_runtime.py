@@ -233,16 +233,21 @@ def test_the_image_serves_and_writes_only_to_its_volume_and_tmp(image: Image, tm
         )
         program, *args = _healthcheck(image.instructions)
         assert program == "python", "the health check is expected to ask the image's Python"
-        health = subprocess.run(
-            [sys.executable, *(arg.replace(f":{IMAGE_PORT}/", f":{port}/") for arg in args)],
-            env=env,
-            cwd=image.cwd,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        assert health.returncode == 0, health.stderr
+        # Docker puts the client's proxy settings into every container's environment; the check must
+        # still go straight to the service (here the "proxy" is a loopback port nothing listens on).
+        dead_proxy = f"http://127.0.0.1:{free_port()}"
+        proxied = {"http_proxy": dead_proxy, "HTTP_PROXY": dead_proxy, "no_proxy": "", "NO_PROXY": ""}
+        for check_env in (env, env | proxied):
+            health = subprocess.run(
+                [sys.executable, *(arg.replace(f":{IMAGE_PORT}/", f":{port}/") for arg in args)],
+                env=check_env,
+                cwd=image.cwd,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            assert health.returncode == 0, health.stderr
         assert requests.get(f"{base}/readyz", timeout=10).status_code == 200
         token = signer.token(view)
         answer = requests.post(
