@@ -4,8 +4,12 @@
 #   docker run --read-only --tmpfs /tmp -v cds-data:/var/lib/cds-service -p 8080:8080 \
 #     -e CDS_PUBLIC_BASE_URL=https://cds.example.org \
 #     -e CDS_CLIENTS=/etc/cds/clients.json -v "$PWD/clients.json:/etc/cds/clients.json:ro" b12-iron-cds
+# The build needs BuildKit (RUN --mount), Docker's builder by default since 23.0. Docker 20.10 (Debian
+# 12's docker.io) still uses the legacy builder, which stops with "the --mount option requires
+# BuildKit": there, run DOCKER_BUILDKIT=1 docker build -t b12-iron-cds .
 # CDS_PUBLIC_BASE_URL is the URL the EHR calls: tokens' aud is checked against it, and without it the
-# service would expect http://0.0.0.0:8080 and refuse every signed call.
+# service would expect http://0.0.0.0:8080 and refuse every signed call. The clients file must be readable
+# by the image's user, uid 10001 (a mode 0600 file owned by someone else stops the service at start).
 # For reproducible builds pin the base by digest as well (python:3.11.13-slim-bookworm@sha256:...).
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
