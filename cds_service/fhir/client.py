@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.cookiejar import DefaultCookiePolicy
 from urllib.parse import urljoin, urlsplit
 
@@ -192,6 +192,8 @@ class _Call:
     headers: Mapping[str, str]
     deadline: float
     budget_ms: int
+    # The credential of the Authorization header, kept out of every reason (see ``_without_secret``).
+    secret: bytes | None = None
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -281,6 +283,39 @@ def _read_type(query: str) -> str:
     return query.split("?", 1)[0].strip("/").split("/", 1)[0]
 
 
+# Shorter credentials are not looked for in reasons: they would be ordinary words ("expired") as often as
+# echoed tokens. Real access tokens are far longer.
+_MIN_SECRET_CHARS = 8
+
+
+def _credential(authorization: str | None) -> bytes | None:
+    """The token of an Authorization header value (``Bearer abc`` → ``abc``), if long enough to look for."""
+    if not authorization:
+        return None
+    token = authorization.strip().partition(" ")[2].strip() or authorization.strip()
+    return token.encode("latin-1", "replace") if len(token) >= _MIN_SECRET_CHARS else None
+
+
+def _without_secret(outcome: FetchOutcome, secret: bytes) -> FetchOutcome:
+    """The outcome with the access token replaced by ``***`` in its reason and warnings.
+
+    They quote the server's own words (an OperationOutcome's diagnostics, the start of a text body), end
+    up in the service log and in the 412, and a server may echo the token it was sent ("token eyJ… is not
+    valid"). Error bodies are cleaned before they are quoted (``_attempt``); this catches the rest."""
+    token = secret.decode("latin-1")
+
+    def clean(text: str) -> str:
+        return text.replace(token, "***")
+
+    if outcome.error is None and not any(token in warning for warning in outcome.warnings):
+        return outcome
+    return replace(
+        outcome,
+        error=clean(outcome.error) if outcome.error is not None else None,
+        warnings=tuple(clean(warning) for warning in outcome.warnings),
+    )
+
+
 class FhirClient:
     """One per worker process: a pooled requests.Session, shared across threads."""
 
@@ -360,7 +395,8 @@ class FhirClient:
             reason = f"FHIR server {base_url!r} is not an absolute http(s) URL"
             return {key: FetchOutcome(key, q, None, reason, None, 0, 0.0) for key, q in queries.items()}
         headers = {"Authorization": authorization} if authorization else {}
-        call = _Call(base, target, headers, started + budget_ms / 1000, budget_ms)
+        secret = _credential(authorization)
+        call = _Call(base, target, headers, started + budget_ms / 1000, budget_ms, secret)
         _session, pool = self._resources()
         running: dict[str, tuple[str, _Progress, Future[FetchOutcome]]] = {}
         for key, query in queries.items():
@@ -379,6 +415,8 @@ class FhirClient:
             outcomes[key] = FetchOutcome(
                 key, url, None, call.timeout_reason(url), progress.status, progress.requests, elapsed
             )
+        if secret is not None:
+            outcomes = {key: _without_secret(outcome, secret) for key, outcome in outcomes.items()}
         for outcome in outcomes.values():
             log.debug(
                 "FHIR fetch %s %s: %s after %d request(s), %.0f ms",
@@ -514,6 +552,8 @@ class FhirClient:
             _fetching.progress = None
             progress.watch(None)
         progress.status = response.status_code
+        if call.secret is not None and not 200 <= response.status_code < 300:
+            raw = raw.replace(call.secret, b"***")  # before the reason quotes it, maybe cut short
         return self._interpret(url, response, raw)
 
     def _read_body(self, call: _Call, url: str, response: requests.Response) -> bytes:

@@ -157,3 +157,55 @@ def test_a_next_link_that_parses_as_this_origin_but_connects_elsewhere_gets_no_t
     assert [seen.authorization for seen in reached_ehr] == ["Bearer secret-ehr-token"]
     assert outcome.resource is None
     assert outcome.error is not None and "not followed" in outcome.error
+
+
+TOKEN = "eyJhbGciOiJSUzI1NiJ9.secret-access-token.c2lnbmF0dXJl"
+
+
+def _echoing_outcome(severity: str) -> dict:
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {"severity": severity, "code": "security", "diagnostics": f"token {TOKEN} is not valid here"}
+        ],
+    }
+
+
+def test_a_fhir_server_quoting_the_access_token_does_not_put_it_in_the_reason() -> None:
+    """A server's error text is quoted in the reason, which is logged and sent back in the 412: a server
+    that echoes the bearer token it was sent (in an OperationOutcome or a text body) put the token in the
+    service log."""
+    search = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": _echoing_outcome("warning"), "search": {"mode": "outcome"}}],
+    }
+    client = FhirClient()
+    try:
+        with FakeEhrFhir() as ehr:
+            ehr.add_canned("Patient/p1", 401, _echoing_outcome("error"))
+            ehr.add_canned("Condition/c1", 403, f"Forbidden: Bearer {TOKEN}".encode(), "text/plain")
+            # The reason quotes the first 200 characters: here the cut falls inside the token.
+            padded = f"Forbidden: {'.' * 162} Bearer {TOKEN}".encode()
+            ehr.add_canned("Condition/c2", 403, padded, "text/plain")
+            ehr.add_canned("Observation?patient=p1", 200, search)
+            outcomes = client.fetch_all(
+                ehr.base_url,
+                {
+                    "patient": "Patient/p1",
+                    "condition": "Condition/c1",
+                    "cut": "Condition/c2",
+                    "labs": "Observation?patient=p1",
+                },
+                authorization=f"Bearer {TOKEN}",
+                budget_ms=3000,
+            )
+            assert {seen.authorization for seen in ehr.seen} == {f"Bearer {TOKEN}"}
+    finally:
+        client.close()
+    assert outcomes["patient"].error.startswith(f"HTTP 401 from {ehr.base_url}/Patient/p1: OperationOutcome")
+    assert outcomes["condition"].error.startswith(f"HTTP 403 from {ehr.base_url}/Condition/c1: Forbidden")
+    assert outcomes["labs"].ok and outcomes["labs"].warnings
+    assert outcomes["cut"].error.startswith(f"HTTP 403 from {ehr.base_url}/Condition/c2: Forbidden")
+    texts = [outcomes[key].error for key in ("patient", "condition", "cut")] + [*outcomes["labs"].warnings]
+    assert not [text for text in texts if "secret-access-token" in text or "eyJhbGciOiJSUzI1NiJ9" in text]
