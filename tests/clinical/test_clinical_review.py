@@ -185,3 +185,33 @@ def test_iron_studies_suggestion_labels_name_only_the_tests_they_order() -> None
         assert "ferritin" not in proposal.label.lower() and "transferrin saturation" in proposal.label
     both = by_topic(run(drafts=(draft_b12(),), hook="order-select"), "iron-studies-after-b12")
     assert all("ferritin and transferrin saturation" in p.label for p in both.proposals)
+
+
+# --- a high B12 on prescribed B12 therapy with no recorded indication -------------------------------------
+
+
+def _stop_proposal(finding):
+    return next(p for p in finding.proposals if any(a.type == "update" for a in p.actions))
+
+
+def test_b12_injections_without_a_recorded_indication_are_not_recommended_for_stopping() -> None:
+    """Decades of B12 injections are given for pernicious anaemia or malabsorption far more often than
+    the diagnosis is coded. On a high B12 (expected on injections) the card recommended stopping them as
+    'supplement not needed', which for pernicious anaemia risks irreversible neurological damage."""
+    labs = obs("b12", 1200, 10)
+    finding = by_topic(run(labs, med(CYANO, 3000)), "elevated-b12-supplement-review")
+    assert "review B12 supplements" not in finding.summary and len(finding.summary) < 140
+    assert "indication" in finding.summary
+    assert "why" in finding.detail and "pernicious anaemia" in finding.detail
+    stop = _stop_proposal(finding)
+    assert not stop.is_recommended
+    update = next(a for a in stop.actions if a.type == "update")
+    assert "supplement not needed" not in update.resource["statusReason"]["text"]
+    # With the iron deficiency beside it, the same caution.
+    both = by_topic(run(labs, obs("ferritin", 12, 10), med(CYANO, 3000)), "iron-deficiency-with-high-b12")
+    assert not _stop_proposal(both).is_recommended and "why" in both.detail
+    assert "review B12 supplements" not in both.summary and len(both.summary) < 140
+    # A multivitamin is a supplement: the review stays as it was.
+    multi = med({"text": "Multivitamin tablet"}, 200, kind="MedicationStatement")
+    supplement = by_topic(run(labs, multi), "elevated-b12-supplement-review")
+    assert "review B12 supplements" in supplement.summary and _stop_proposal(supplement).is_recommended

@@ -479,20 +479,56 @@ def iron_deficiency_near(record: PatientRecord, b12: Result) -> IronStatus | Non
     return status if status.deficient else None
 
 
+def unexplained_b12_therapy(
+    record: PatientRecord, focus: list[MedicationEntry] | None, products: list[MedicationEntry]
+) -> list[MedicationEntry]:
+    """The B12 therapy (not supplements) among ``products`` that a patient is already being given.
+
+    Called only when no diagnosis explains B12 treatment. Long courses of B12 injections are given for
+    pernicious anaemia or malabsorption far more often than the diagnosis is coded, and a high level is
+    expected on them, so stopping them is not the obvious step it is for a multivitamin: at patient-view
+    every B12 therapy on file; at order hooks a B12 therapy draft that continues a running course.
+    """
+    therapy = [p for p in products if codes.B12_THERAPY in p.classes]
+    if focus is not None:
+        course = record.course(codes.B12_THERAPY)
+        if course is None or not course.ongoing:
+            return []
+    return therapy
+
+
 def supplement_review_actions(
     record: PatientRecord, focus: list[MedicationEntry] | None
 ) -> tuple[list[MedicationEntry], tuple[Proposal, ...]]:
     """The B12 products to review and the proposal: delete the drafts (order hooks) or stop what is on file
-    and re-measure B12 in about 3 months (patient-view)."""
+    and re-measure B12 in about 3 months (patient-view). Stopping B12 therapy a patient is already on is
+    offered but not recommended (see `unexplained_b12_therapy`)."""
     if focus is not None:
         drafts = focus_products(focus, B12_PRODUCTS)
         actions = tuple(a for a in (delete_action(d) for d in drafts) if a is not None)
-        proposals = (Proposal(label="Remove the B12 draft order", actions=actions, is_recommended=True),)
+        continuing = bool(unexplained_b12_therapy(record, focus, drafts))
+        label = (
+            "If no indication is found: remove the B12 draft order"
+            if continuing
+            else "Remove the B12 draft order"
+        )
+        proposals = (Proposal(label=label, actions=actions, is_recommended=not continuing),)
         return (drafts, proposals if actions else ())
     products = record.products_on_file(B12_PRODUCTS)
-    reason = "B12 level above the reference range; supplement not needed"
-    stops = [a for a in (stop_action(p, reason) for p in products) if a is not None]
+    therapy = unexplained_b12_therapy(record, focus, products)
+    stops = []
+    for product in products:
+        reason = (
+            "B12 level above the reference range; no indication for B12 therapy found"
+            if product in therapy
+            else "B12 level above the reference range; supplement not needed"
+        )
+        action = stop_action(product, reason)
+        if action is not None:
+            stops.append(action)
     recheck = record.now + timedelta(days=record.config.thresholds.b12_recheck_days)
     actions = (*stops, *lab_actions(record, ["b12"], recheck, "Re-measure B12 off supplements"))
     label = "Stop the B12 product(s) and re-check B12 on " + day(recheck)
-    return (products, (Proposal(label=label, actions=actions, is_recommended=True),))
+    if therapy:
+        label = "If no indication is found: " + label[0].lower() + label[1:]
+    return (products, (Proposal(label=label, actions=actions, is_recommended=not therapy),))

@@ -18,6 +18,7 @@ from cds_service.clinical.rules.common import (
     elevated_latest_b12,
     fmt,
     supplement_review_actions,
+    unexplained_b12_therapy,
 )
 
 TOPIC = "elevated-b12-supplement-review"
@@ -34,6 +35,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         return None
     t = record.config.thresholds
     names = literal_names(p.name for p in products)
+    therapy = unexplained_b12_therapy(record, focus, products)
     lines = [
         f"Vitamin B12 **{b12.quoted()}** is elevated (compared with {basis}).",
         f"B12 product(s) {'being ordered' if focus is not None else 'on file'}: {names}.",
@@ -50,6 +52,14 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         "- No diagnosis of B12 deficiency or pernicious anaemia is recorded (if there is one, injections "
         "should continue: high levels are expected on treatment).",
     ]
+    if therapy:
+        lines.insert(
+            lines.index("**Reasoning**") + 1,
+            f"- {literal_names(p.name for p in therapy)} is B12 therapy, not a supplement: find out why it "
+            "was started before stopping it. For pernicious anaemia or malabsorption it is lifelong, a high "
+            "level on it is expected, and stopping it risks irreversible neurological damage; if so, record "
+            "the diagnosis.",
+        )
     if b12_very_high(record, b12):
         lines.append(
             f"- Above {fmt(t.b12_very_high)} pg/mL ({b12_pmol(t.b12_very_high)} pmol/L), a B12 is strongly "
@@ -59,10 +69,15 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     lines += ["", "Sources: ARUP and Mayo reference limits; Arendt & Nexo, PLoS One 2012."]
     shown = f"{b12.comparator or ''}{number(b12.value)} {b12.unit}"
     verb = "reconsider this B12 order" if focus is not None else "review B12 supplements"
+    summary = f"B12 is already high ({shown}): {verb}; stop if not needed"
+    if therapy:
+        summary = (
+            f"B12 is high ({shown}) on B12 therapy with no recorded indication: confirm why before stopping"
+        )
     return Finding(
         topic=TOPIC,
         indicator="warning",
-        summary=f"B12 is already high ({shown}): {verb}; stop if not needed",
+        summary=summary,
         detail="\n".join(lines),
         source_label=SOURCE,
         proposals=proposals,

@@ -22,6 +22,7 @@ from cds_service.clinical.rules.common import (
     not_recently_done,
     order_labs,
     supplement_review_actions,
+    unexplained_b12_therapy,
 )
 
 TOPIC = "iron-deficiency-with-high-b12"
@@ -41,6 +42,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     explained = deficiency_explains_b12(record)
     proposals: list[Proposal] = []
     products: list[MedicationEntry] = []
+    therapy: list[MedicationEntry] = []
     if explained is None:
         products, review = supplement_review_actions(record, focus)
         proposals.extend(review)
@@ -87,6 +89,13 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
                 + ". Review them: stop if not needed and "
                 "re-measure B12 in about 3 months."
             )
+        therapy = unexplained_b12_therapy(record, focus, products)
+        if therapy:
+            lines.append(
+                f"- {literal_names(p.name for p in therapy)} is B12 therapy, not a supplement: find out why "
+                "it was started before stopping it (lifelong in pernicious anaemia or malabsorption, where a "
+                "high level is expected)."
+            )
     if explained is None and not products:
         # Nothing on file shows an intake, so the card cannot reason from one: it asks for it instead.
         lines += [
@@ -107,6 +116,9 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
             "Iron deficient on B12 treatment: keep B12; treat the iron deficiency and look for blood loss "
             "or malabsorption"
             if explained is not None
+            else "Iron deficient with a high B12 on B12 therapy: confirm its indication; investigate blood "
+            "loss or malabsorption"
+            if therapy
             else "Iron deficient with a high B12: review B12 supplements and investigate blood "
             "loss or malabsorption"
         ),
