@@ -26,6 +26,10 @@ from cds_service.sqlite_cache import CACHE_SIZE_PRAGMA
 log = logging.getLogger(__name__)
 
 PURGE_INTERVAL_S = 60.0
+# A SET NX takes well under a millisecond. Redis that has not answered in half a second is one that cannot
+# serve (hung, or a stalled network): each hook call waits this long at most before its token is refused,
+# and the readiness probe says why within the kubelet's 2 s timeout instead of being cut off.
+REDIS_TIMEOUT_S = 0.5
 
 
 class ReplayStoreError(Exception):
@@ -42,8 +46,8 @@ class ReplayStore(Protocol):
         ...
 
     def unready(self) -> str | None:
-        """For /readyz: None once the store has been reached since the worker started (trying now if it
-        has not); else which store cannot be reached, and where (never a password)."""
+        """For /readyz: None while the store can be used now (asking it, if it is a server); else which
+        store cannot be reached, and where (never a password)."""
         ...
 
 
@@ -127,18 +131,24 @@ class RedisReplayStore:
 
     A Redis that cannot be reached at start does not stop the worker (a Redis restart would otherwise
     stop every replica); the store then fails closed, as during any Redis outage, until it is reached.
-    Credentials Redis refuses are a configuration error and do stop it."""
+    Credentials Redis refuses are a configuration error and do stop it.
+
+    Readiness asks Redis at every probe, not only until it is first reached: without it every call is
+    refused (fail closed), so a pod that cannot reach it has nothing to serve, and the load balancer's
+    503 tells an EHR the truth where the pod's 401 would blame its credentials. A Redis that only one
+    pod cannot reach (its node's network) then costs that pod's share of calls, not a share of refusals."""
 
     PREFIX = "cds:jti:"
 
     def __init__(self, url: str) -> None:
-        self._redis = redis_client(url, timeout_s=2.0)
+        self._redis = redis_client(url, timeout_s=REDIS_TIMEOUT_S)
         import redis  # present: redis_client has checked
 
         self._errors = (redis.RedisError,)
         self._refused = redis.AuthenticationError
         self._url = url
         self._where = address(url)
+        self._away = False  # since the last probe found Redis away (one warning per outage)
         self._start = DeferredStart(
             f"the JWT replay store (Redis at {self._where})", self._redis.ping, redis.ConnectionError
         )
@@ -162,10 +172,31 @@ class RedisReplayStore:
     def describe(self) -> str:
         return f"Redis at {self._where} (shared by every replica using it)"
 
+    def _ping(self) -> Exception | None:
+        """None if Redis answers now; else the error, with one warning when an outage begins and one line
+        when it ends (the probe runs every few seconds)."""
+        try:
+            self._redis.ping()
+        except self._errors as error:
+            if not self._away:
+                self._away = True
+                log.warning(
+                    "%s stopped answering (%s): client JWTs are refused and the worker is not ready "
+                    "until it answers",
+                    self._start.store,
+                    without_passwords(str(error), self._url),
+                )
+            return error
+        if self._away:
+            self._away = False
+            log.info("%s answers again: the worker is ready", self._start.store)
+        return None
+
     def unready(self) -> str | None:
-        """Says whether Redis refused the credentials or could not be reached, and Redis's words: a Redis
-        first reached after start may be one whose password has changed, which no retry will fix."""
-        error = self._start.unready()
+        """Asks Redis now. Says whether Redis refused the credentials or could not be reached, and Redis's
+        words: a Redis first reached after start may be one whose password has changed, which no retry
+        will fix."""
+        error = self._start.unready() if not self._start.done else self._ping()
         if error is None:
             return None
         words = without_passwords(str(error), self._url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import re
 import sqlite3
@@ -236,3 +237,32 @@ def test_a_missing_redis_package_stops_the_start(tmp_path: Path, monkeypatch: py
     url = "redis://127.0.0.1:6379/0"
     with pytest.raises(ConfigError, match=re.escape("pip install 'b12-iron-cds[redis]'")):
         open_replay_store(auth_settings(tmp_path, tmp_path / "unused.json", redis_url=url))
+
+
+def test_readiness_asks_redis_at_every_probe_not_only_until_it_was_first_reached(
+    tmp_path: Path, clients_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without Redis every call is refused (fail closed): a pod that cannot reach it has nothing to serve,
+    so it leaves the load balancer until Redis answers again. One warning per outage, not per probe."""
+    port = free_port()
+    authenticator = Authenticator(
+        auth_settings(tmp_path, clients_file, redis_url=f"redis://:probe-pass@127.0.0.1:{port}/0")
+    )
+    with running_redis(tmp_path, "probe-pass", port=port):
+        assert authenticator.unready() is None
+    with caplog.at_level(logging.INFO, logger="cds_service.protocol.jti_store"):
+        for _ in range(3):
+            assert authenticator.unready() == (
+                f"the JWT replay store (Redis at redis://127.0.0.1:{port}/0) cannot be reached "
+                f"(Error 111 connecting to 127.0.0.1:{port}. Connection refused.)"
+            )
+        with running_redis(tmp_path, "probe-pass", port=port):
+            assert authenticator.unready() is None
+    lines = [record.getMessage() for record in caplog.records]
+    assert [line for line in lines if "stopped answering" in line] == [
+        f"the JWT replay store (Redis at redis://127.0.0.1:{port}/0) stopped answering (Error 111 connecting "
+        f"to 127.0.0.1:{port}. Connection refused.): client JWTs are refused and the worker is not ready "
+        "until it answers"
+    ]
+    assert [line for line in lines if "answers again" in line]
+    assert "probe-pass" not in caplog.text

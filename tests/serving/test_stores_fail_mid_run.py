@@ -256,6 +256,51 @@ def test_redis_killed_while_calls_are_in_flight(tmp_path: Path, auth: str) -> No
     assert_clean_log(server)
 
 
+def test_a_redis_that_accepts_connections_but_never_answers_costs_a_bounded_time(tmp_path: Path) -> None:
+    """A hung Redis (or one behind a stalled network): calls needing the replay store are refused within
+    a second, the run-ahead cache costs a fraction of one, and /readyz answers within the probe's 2 s
+    timeout, naming the store, rather than being cut off by the kubelet without a reason."""
+    signer, clients = signer_and_clients(tmp_path)
+    select, sign = select_and_sign_bodies()
+    with redis_process(tmp_path) as redis_server:
+        where = f"Redis at redis://127.0.0.1:{redis_server.port}/0"
+        common = {"CDS_REDIS_URL": redis_server.url, "CDS_NOW": HOOKS_NOW}
+        (tmp_path / "secured").mkdir()
+        (tmp_path / "open").mkdir()
+        secured = Served(
+            tmp_path / "secured",
+            workers=1,
+            CDS_AUTH="required",
+            CDS_CLIENTS=str(clients),
+            CDS_PUBLIC_BASE_URL=BASE_URL,
+            **common,
+        )
+        open_server = Served(tmp_path / "open", workers=1, **common)
+        try:
+            assert timed_post(open_server.base, SELECT, select)[0].status_code == 200
+            redis_server.stop()
+            with silent_listener(redis_server.port) as accepted:
+                refused, took = timed_post(secured.base, SIGN, sign, signer.token(SIGN))
+                assert (refused.status_code, refused.text) == (401, "")
+                assert took < 1.0, f"the replay store waited {took:.2f} s for a Redis that never answers"
+                assert accepted, "the service did reach the silent listener"
+
+                status, body, took = readiness(secured.base)
+                assert status == 503, body
+                assert body["reason"].startswith(f"the JWT replay store ({where}) cannot be reached ("), body
+                assert took < 2.0, f"/readyz took {took:.2f} s: the kubelet gives up after 2 s"
+
+                signed, took = timed_post(open_server.base, SIGN, sign)
+                assert signed.status_code == 200 and topics(signed)
+                assert took < 1.0, f"the run-ahead cache cost {took:.2f} s"
+                assert readiness(open_server.base)[:2] == (200, {"status": "ready"})
+        finally:
+            secured.stop()
+            open_server.stop()
+    assert_clean_log(secured)
+    assert_clean_log(open_server)
+
+
 # --- PostgreSQL ------------------------------------------------------------------------------------------
 
 
