@@ -145,7 +145,7 @@ class Authenticator:
     def _use_once(self, iss: str, claims: dict[str, Any]) -> None:
         """Record the jti until the token could no longer pass; refuse it if it was seen before."""
         jti = claims["jti"]
-        if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_CHARS:
+        if not _is_text(jti) or not 0 < len(jti) <= MAX_JTI_CHARS:
             raise AuthError(f"jti must be a string of 1 to {MAX_JTI_CHARS} characters")
         key = hashlib.sha256(f"{iss}\x00{jti}".encode()).hexdigest()
         try:
@@ -220,4 +220,19 @@ def _check_lifetime(claims: dict[str, Any]) -> None:
 def _checked_tenant(tenant: object, allowed: tuple[str, ...], iss: str) -> str | None:
     if allowed and tenant not in allowed:
         raise AuthError(f"tenant {_shown(tenant)} is not one listed for {iss}")
+    if isinstance(tenant, str) and not _is_text(tenant):
+        raise AuthError(f"tenant {_shown(tenant)} is not valid Unicode text")
     return tenant if isinstance(tenant, str) else None
+
+
+def _is_text(value: object) -> bool:
+    """A str that is valid Unicode text. JSON can escape a lone UTF-16 surrogate ("\\ud800"), which json
+    decodes into a str that no UTF-8 encoder takes: as a jti it raised UnicodeEncodeError out of
+    authenticate(), as a tenant it broke the run-ahead key later on (both 500s)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
