@@ -45,13 +45,19 @@ def passwords_in(url: str) -> list[str]:
     raw = [userinfo.partition(":")[2]] if at and ":" in userinfo else []
     if not at and "@" in rest:
         misplaced = rest.rpartition("@")[0].partition(":")[2]
-        raw += [misplaced, *_DELIMITERS.split(misplaced)]
+        raw += [misplaced, *_pieces(misplaced)]
     for pair in rest.partition("?")[2].split("&"):
         name, _, value = pair.partition("=")
         if unquote(name) == "password" and value:
-            raw += [value, *_DELIMITERS.split(value)]
+            raw += [value, *_pieces(value)]
     found = {form for value in raw if value for form in (value, unquote(value))}
     return sorted(found, key=len, reverse=True)
+
+
+def _pieces(password: str) -> list[str]:
+    """The parts of a password between '/', '?' and '#', as parsers cut it up. A single character is left
+    out: replacing every '0' of a message would leave nothing readable, for one character of secret."""
+    return [piece for piece in _DELIMITERS.split(password) if len(piece) > 1]
 
 
 def without_passwords(text: str, url: str) -> str:

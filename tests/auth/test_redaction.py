@@ -70,3 +70,11 @@ def test_well_formed_urls_keep_their_usual_redaction() -> None:
     assert without_passwords("could not connect to cache:6379", "redis://:pw@cache:6379/0") == (
         "could not connect to cache:6379"
     )
+
+
+def test_single_characters_are_not_redacted_everywhere() -> None:
+    """An '@' in a query value makes the URL look like one with a misplaced password; its one-character
+    pieces ('0', the database) would otherwise be starred out of every message."""
+    url = "redis://cache:6379/0?password=a@b"
+    assert "0" not in passwords_in(url)
+    assert without_passwords("Error 111 connecting to cache:6379/0.", url).endswith("/0.")
