@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # The B12–iron CDS Hooks service, production image.
 #   docker build -t b12-iron-cds .
-#   docker run --read-only --tmpfs /tmp -v cds-data:/var/lib/cds-service -p 8080:8080 \
+#   docker run --read-only --tmpfs /tmp -v cds-data:/var/lib/cds-service -p 8080:8080 --stop-timeout 30 \
 #     -e CDS_PUBLIC_BASE_URL=https://cds.example.org \
 #     -e CDS_CLIENTS=/etc/cds/clients.json -v "$PWD/clients.json:/etc/cds/clients.json:ro" b12-iron-cds
 # The build needs BuildKit (RUN --mount), Docker's builder by default since 23.0. Docker 20.10 (Debian
@@ -10,6 +10,8 @@
 # CDS_PUBLIC_BASE_URL is the URL the EHR calls: tokens' aud is checked against it, and without it the
 # service would expect http://0.0.0.0:8080 and refuse every signed call. The clients file must be readable
 # by the image's user, uid 10001 (a mode 0600 file owned by someone else stops the service at start).
+# --stop-timeout 30: on SIGTERM gunicorn lets calls in flight finish for up to 25 s, but docker stop sends
+# SIGKILL after 10 s unless told otherwise (Kubernetes: terminationGracePeriodSeconds in deploy/).
 # For reproducible builds pin the base by digest as well (python:3.11.13-slim-bookworm@sha256:...).
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
