@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cds_service.clinical.engine import load_clinical_config
-from tests.clinical.builders import CYANO, by_topic, condition, draft_b12, draft_lab, med, obs, run
+from tests.clinical.builders import CYANO, ago, by_topic, condition, draft_b12, draft_lab, med, obs, run
 
 PERNICIOUS_ANAEMIA = "84027009"
 
@@ -215,3 +215,31 @@ def test_b12_injections_without_a_recorded_indication_are_not_recommended_for_st
     multi = med({"text": "Multivitamin tablet"}, 200, kind="MedicationStatement")
     supplement = by_topic(run(labs, multi), "elevated-b12-supplement-review")
     assert "review B12 supplements" in supplement.summary and _stop_proposal(supplement).is_recommended
+
+
+# --- a supplement started after the high B12 was measured -------------------------------------------------
+
+
+def test_a_supplement_started_after_the_high_b12_does_not_explain_it() -> None:
+    """B12 1600 pg/mL in June, a multivitamin started in December: the supplement review blamed the
+    multivitamin, and the work-up for liver disease or cancer (Arendt & Nexo) was silenced."""
+    high = obs("b12", 1600, 200)
+    later = med({"text": "Multivitamin tablet"}, 30, kind="MedicationStatement")
+    findings = run(high, later)
+    assert "elevated-b12-supplement-review" not in [f.topic for f in findings]
+    finding = by_topic(findings, "elevated-b12-no-supplement")
+    assert finding.indicator == "warning"
+    assert "Multivitamin tablet" in finding.detail and "after" in finding.detail
+    assert "is on file" not in finding.detail
+    # Taken before the test: the supplement review, as before.
+    earlier = med({"text": "Multivitamin tablet"}, 300, kind="MedicationStatement")
+    assert [f.topic for f in run(high, earlier)] == ["elevated-b12-supplement-review"]
+    # A renewal written after the test of a course running since before it still counts.
+    first = med(
+        CYANO,
+        250,
+        status="completed",
+        dispenseRequest={"validityPeriod": {"start": ago(250), "end": ago(40)}},
+    )
+    renewed = (first, med(CYANO, 30))
+    assert "elevated-b12-no-supplement" not in [f.topic for f in run(high, *renewed)]

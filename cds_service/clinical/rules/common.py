@@ -479,6 +479,31 @@ def iron_deficiency_near(record: PatientRecord, b12: Result) -> IronStatus | Non
     return status if status.deficient else None
 
 
+def b12_products_by_test_time(
+    record: PatientRecord, b12: Result
+) -> tuple[list[MedicationEntry], list[MedicationEntry]]:
+    """B12 products on file split into those that were being taken when ``b12`` was drawn and those first
+    started after it, which cannot explain it.
+
+    Taken: no known start, a start up to the test day, or part of a continuous course (of its class) that
+    began by then, so a renewal written after the test of a course running before it still counts.
+    """
+    cutoff = day_after(b12.when)
+    taken: list[MedicationEntry] = []
+    later: list[MedicationEntry] = []
+    for product in record.products_on_file(B12_PRODUCTS):
+        courses = [record.course(cls) for cls in sorted(product.classes & B12_PRODUCTS)]
+        if (
+            product.start is None
+            or product.start < cutoff
+            or any(c is not None and c.start < cutoff for c in courses)
+        ):
+            taken.append(product)
+        else:
+            later.append(product)
+    return (taken, later)
+
+
 def unexplained_b12_therapy(
     record: PatientRecord, focus: list[MedicationEntry] | None, products: list[MedicationEntry]
 ) -> list[MedicationEntry]:
@@ -498,11 +523,12 @@ def unexplained_b12_therapy(
 
 
 def supplement_review_actions(
-    record: PatientRecord, focus: list[MedicationEntry] | None
+    record: PatientRecord, focus: list[MedicationEntry] | None, b12: Result
 ) -> tuple[list[MedicationEntry], tuple[Proposal, ...]]:
     """The B12 products to review and the proposal: delete the drafts (order hooks) or stop what is on file
-    and re-measure B12 in about 3 months (patient-view). Stopping B12 therapy a patient is already on is
-    offered but not recommended (see `unexplained_b12_therapy`)."""
+    and was being taken when ``b12`` was drawn, and re-measure B12 in about 3 months (patient-view).
+    Stopping B12 therapy a patient is already on is offered but not recommended (see
+    `unexplained_b12_therapy`)."""
     if focus is not None:
         drafts = focus_products(focus, B12_PRODUCTS)
         actions = tuple(a for a in (delete_action(d) for d in drafts) if a is not None)
@@ -514,7 +540,9 @@ def supplement_review_actions(
         )
         proposals = (Proposal(label=label, actions=actions, is_recommended=not continuing),)
         return (drafts, proposals if actions else ())
-    products = record.products_on_file(B12_PRODUCTS)
+    products = b12_products_by_test_time(record, b12)[0]
+    if not products:
+        return ([], ())
     therapy = unexplained_b12_therapy(record, focus, products)
     stops = []
     for product in products:

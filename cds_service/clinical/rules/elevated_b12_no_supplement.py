@@ -11,13 +11,16 @@ from datetime import timedelta
 
 from cds_service.clinical import codes
 from cds_service.clinical.findings import Finding
-from cds_service.clinical.markdown import literal_names
+from cds_service.clinical.markdown import literal, literal_names
 from cds_service.clinical.record import MedicationEntry, PatientRecord
 from cds_service.clinical.rules.common import (
     B12_PRODUCTS,
     SOURCE_LABEL,
     b12_pmol,
+    b12_products_by_test_time,
     b12_very_high,
+    day,
+    day_after,
     elevated_latest_b12,
     ferritin_high,
     fmt,
@@ -39,12 +42,24 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         return None
     b12, basis = high
     t = record.config.thresholds
-    if record.products_on_file(B12_PRODUCTS):
+    # Only a product taken when the B12 was drawn, or in the weeks before, can explain it: one started
+    # afterwards cannot, and must not silence the work-up.
+    taken, later = b12_products_by_test_time(record, b12)
+    if taken:
         return None
     exposure_window = b12.when - timedelta(days=t.recent_days)
+    drawn = day_after(b12.when)
     for cls in B12_PRODUCTS:
         course = record.course(cls)
-        if course is not None and course.end >= exposure_window:
+        if course is not None and course.start < drawn and course.end >= exposure_window:
+            return None
+    for entry in record.medications:
+        if (
+            entry.classes & B12_PRODUCTS
+            and entry.start is not None
+            and entry.start < drawn
+            and (entry.end or entry.start) >= exposure_window
+        ):
             return None
     for cls in (*EXPLAINING, codes.B12_DEFICIENCY):
         if record.has_condition(cls, include_controlled=cls == codes.B12_DEFICIENCY):
@@ -63,6 +78,11 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         f"Vitamin B12 **{b12.quoted()}** is elevated (compared with {basis}). No B12 product or "
         f"B12-containing supplement is {'identified' if unknown else 'on file'} or was taken in the "
         f"{t.recent_days} days before the test, and no recorded liver disease, kidney disease or "
+        "myeloproliferative neoplasm explains it."
+        if not later
+        else f"Vitamin B12 **{b12.quoted()}** is elevated (compared with {basis}). No B12 product or "
+        f"B12-containing supplement {'identified' if unknown else 'on file'} was being taken then or in "
+        f"the {t.recent_days} days before, and no recorded liver disease, kidney disease or "
         "myeloproliferative neoplasm explains it.",
         "",
     ]
@@ -73,6 +93,14 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
             "reference to a Medication the EHR did not send). If one is a B12 product or a multivitamin, it "
             "explains the high B12 and this card does not apply.",
             "",
+        ]
+    if later:
+        lines += [
+            "- Started after this B12 was measured, so not its cause: "
+            + "; ".join(
+                f"{literal(m.name)} (from {day(m.start)})" if m.start else literal(m.name) for m in later
+            )
+            + ".",
         ]
     ferritin = record.latest("ferritin")
     if ferritin is not None:

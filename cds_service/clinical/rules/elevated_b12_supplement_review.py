@@ -30,7 +30,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     if high is None or deficiency_explains_b12(record) is not None:
         return None
     b12, basis = high
-    products, proposals = supplement_review_actions(record, focus)
+    products, proposals = supplement_review_actions(record, focus, b12)
     if not products:
         return None
     t = record.config.thresholds

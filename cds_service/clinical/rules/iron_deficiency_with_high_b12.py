@@ -44,7 +44,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     products: list[MedicationEntry] = []
     therapy: list[MedicationEntry] = []
     if explained is None:
-        products, review = supplement_review_actions(record, focus)
+        products, review = supplement_review_actions(record, focus, b12)
         proposals.extend(review)
     coeliac_known = record.has_condition(codes.COELIAC)
     ttg = (
