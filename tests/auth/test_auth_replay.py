@@ -266,3 +266,67 @@ def test_readiness_asks_redis_at_every_probe_not_only_until_it_was_first_reached
     ]
     assert [line for line in lines if "answers again" in line]
     assert "probe-pass" not in caplog.text
+
+
+def test_a_redis_restarted_without_its_ids_does_not_let_a_used_token_be_replayed(
+    tmp_path: Path, clients_file: Path, ec_signer: Signer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis kept in memory only (as deploy/redis.yaml runs it) forgets every jti when it restarts. A
+    token used before the restart is refused after it, by the replica that notices and by every other
+    one, new ones included, until such a token could no longer pass; a token certainly issued after the
+    restart (exp the longest allowed) is accepted."""
+    port = free_port()
+    url = f"redis://:loss-pass@127.0.0.1:{port}/0"
+    replica_a = Authenticator(auth_settings(tmp_path, clients_file, redis_url=url))
+    replica_b = Authenticator(auth_settings(tmp_path, clients_file, redis_url=url))
+    used_on_a, used_on_b = ec_signer.token(), ec_signer.token()
+    with running_redis(tmp_path, "loss-pass", port=port):
+        replica_a.authenticate(bearer(used_on_a), SIGN_PATH)
+        replica_b.authenticate(bearer(used_on_b), SIGN_PATH)
+    with running_redis(tmp_path, "loss-pass", port=port), caplog.at_level(logging.ERROR):
+        time.sleep(1.1)  # Redis counts its uptime in whole seconds
+        with pytest.raises(AuthError, match="lost the ids of tokens used before"):
+            replica_a.authenticate(bearer(used_on_a), SIGN_PATH)
+        started_after = Authenticator(
+            auth_settings(tmp_path, clients_file, redis_url=url, state_db=str(tmp_path / "c.sqlite3"))
+        )
+        with pytest.raises(AuthError, match="lost the ids of tokens used before"):
+            started_after.authenticate(bearer(used_on_b), SIGN_PATH)
+        with pytest.raises(AuthError, match="lost the ids"):
+            replica_b.authenticate(bearer(ec_signer.token()), SIGN_PATH)  # exp 300 s: may predate it
+        fresh = ec_signer.token(exp=int(time.time()) + 360)
+        assert started_after.authenticate(bearer(fresh), SIGN_PATH).iss == ec_signer.iss
+        with pytest.raises(AuthError, match="already used"):
+            replica_b.authenticate(bearer(fresh), SIGN_PATH)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2, "one line from each replica that had used the lost ids, none from the new one"
+    assert errors[0] == errors[1]
+    assert errors[0].startswith(
+        f"the JWT replay store (Redis at redis://127.0.0.1:{port}/0) lost the ids of tokens already used"
+    )
+
+
+def test_a_redis_flushed_while_running_does_not_let_a_used_token_be_replayed(
+    tmp_path: Path, clients_file: Path, ec_signer: Signer
+) -> None:
+    """No restart, so Redis's uptime says nothing of when the ids went: refused from the moment it is
+    noticed, the safe bound."""
+    import redis
+
+    with running_redis(tmp_path, "flush-pass") as url:
+        authenticator = Authenticator(auth_settings(tmp_path, clients_file, redis_url=url))
+        used = ec_signer.token()
+        authenticator.authenticate(bearer(used), SIGN_PATH)
+        redis.Redis.from_url(url).flushall()
+        with pytest.raises(AuthError, match="lost the ids"):
+            authenticator.authenticate(bearer(used), SIGN_PATH)
+        time.sleep(1.1)
+        fresh = ec_signer.token(exp=int(time.time()) + 360)
+        assert authenticator.authenticate(bearer(fresh), SIGN_PATH).iss == ec_signer.iss
+
+
+def test_the_loss_window_covers_the_longest_token_auth_accepts() -> None:
+    """A token used at L carries exp + LEEWAY_S at most MAX_LIFETIME_S + 2 * LEEWAY_S after L."""
+    from cds_service.protocol.auth import LEEWAY_S, MAX_LIFETIME_S
+
+    assert jti_store.LOSS_WINDOW_S == MAX_LIFETIME_S + 2 * LEEWAY_S

@@ -184,6 +184,67 @@ def timed_post(base: str, path: str, body: Any, token: str | None = None) -> tup
 # --- Redis -----------------------------------------------------------------------------------------------
 
 
+def test_redis_restarted_between_order_select_and_order_sign_with_jwts_required(tmp_path: Path) -> None:
+    """Redis holds both the replay store and the run-ahead cache. While it is down, calls fail closed
+    (401) at once and /readyz says why; once it is back, calls work without a restart of the service, the
+    run-ahead entry lost with Redis is computed afresh, and a token used before the restart is refused
+    although the restarted Redis no longer holds its jti."""
+    signer, clients = signer_and_clients(tmp_path)
+    select, sign = select_and_sign_bodies()
+    with redis_process(tmp_path) as redis_server:
+        where = f"Redis at redis://127.0.0.1:{redis_server.port}/0"
+        server = Served(
+            tmp_path,
+            workers=1,
+            CDS_AUTH="required",
+            CDS_CLIENTS=str(clients),
+            CDS_PUBLIC_BASE_URL=BASE_URL,
+            CDS_REDIS_URL=redis_server.url,
+            CDS_NOW=HOOKS_NOW,
+        )
+        try:
+            used = signer.token(VIEW)
+            assert (
+                timed_post(server.base, VIEW, hook_example("patient-view.json"), used)[0].status_code == 200
+            )
+            selected, _ = timed_post(server.base, SELECT, select, signer.token(SELECT))
+            assert selected.status_code == 200 and topics(selected), selected.text
+            assert redis_server.keys("cds:run-ahead:*"), "order-select left its result in Redis"
+
+            redis_server.stop()
+            refused, took = timed_post(server.base, SIGN, sign, signer.token(SIGN))
+            assert (refused.status_code, refused.text) == (401, ""), "fails closed while Redis is down"
+            assert took < 1.5, f"a refused connection costs milliseconds, not seconds ({took:.2f} s)"
+            status, body, _ = readiness(server.base)
+            assert status == 503, body
+            assert body["reason"].startswith(f"the JWT replay store ({where}) cannot be reached ("), body
+            assert requests.get(f"{server.base}/healthz", timeout=5).json() == {"status": "ok"}
+
+            redis_server.start()  # the same port, and empty: every jti and run-ahead entry is gone
+            time.sleep(2)  # Redis's uptime is counted in whole seconds
+            assert readiness(server.base)[:2] == (200, {"status": "ready"})
+
+            replayed, _ = timed_post(server.base, VIEW, hook_example("patient-view.json"), used)
+            assert replayed.status_code == 401, "a token used before Redis lost its jti is still refused"
+            # A fresh token that could have been issued before the restart is refused as well, for as long
+            # as such a token can live (exp up to 360 s ahead): here its exp is only 300 s ahead.
+            assert timed_post(server.base, SIGN, sign, signer.token(SIGN))[0].status_code == 401
+            # One with the longest lifetime accepted was certainly issued after the restart.
+            fresh = signer.token(SIGN, exp=int(time.time()) + 360)
+            signed, _ = timed_post(server.base, SIGN, sign, fresh)
+            assert signed.status_code == 200, signed.text
+            assert topics(signed) == topics(selected), "computed afresh, the same cards"
+            assert call_lines(server, sign["hookInstance"])[-1]["run_ahead_hit"] is False
+            assert timed_post(server.base, SIGN, sign, fresh)[0].status_code == 401, "and used once"
+        finally:
+            server.stop()
+    refusals = messages(server, "cannot check jti for replay")
+    assert refusals and all(where.removeprefix("Redis at ") in message for message in refusals), refusals
+    lost = messages(server, "lost the ids of tokens", level="ERROR")
+    assert len(lost) == 1 and where in lost[0], lost
+    assert_clean_log(server)
+
+
 def test_redis_stopped_between_order_select_and_order_sign_costs_the_run_ahead_hit_only(
     tmp_path: Path,
 ) -> None:
