@@ -1,4 +1,4 @@
-"""Store URLs without their passwords, for log lines, error messages and /readyz.
+"""URLs without their passwords (store URLs, a caller's fhirServer), for logs, error messages and /readyz.
 
 ``CDS_REDIS_URL`` and ``CDS_FEEDBACK_DB`` may carry credentials, and the libraries that use them quote the
 URL in some of their errors (psycopg does, for a URL it cannot parse). Whatever the service prints about a

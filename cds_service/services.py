@@ -41,6 +41,7 @@ from cds_service.protocol.prefetch import (
     resources_of,
 )
 from cds_service.protocol.request import HookRequest, RequestError, validate_hook_request, without_identifiers
+from cds_service.redaction import address
 from cds_service.run_ahead import RunAheadCache
 
 log = logging.getLogger(__name__)
@@ -323,7 +324,7 @@ class HookHandler:
             raise RequestError(
                 412,
                 f"Required data is missing from the prefetch ({why}) and the fhirServer "
-                f"{request.fhir_server} is not one this service is allowed to query.",
+                f"{address(request.fhir_server)} is not one this service is allowed to query.",
             )
         try:
             queries = {key: render_template(service.prefetch[key], request.context) for key in missing}
@@ -342,7 +343,7 @@ class HookHandler:
         failed = self._note_failures(request, outcomes, trace)
         if failed:
             reasons = "; ".join(f"{o.key}: {o.error}" for o in failed)
-            reason = f"Required data could not be fetched from {request.fhir_server}: {reasons}."
+            reason = f"Required data could not be fetched from {address(request.fhir_server)}: {reasons}."
             raise RequestError(412, reason, without_identifiers(reason, *_identifiers(request)))
         fetched: list[dict] = []
         for outcome in outcomes.values():

@@ -536,6 +536,23 @@ def test_server_not_allowed_is_never_contacted(client: FlaskClient, proxy: Delay
     assert proxy.seen == []
 
 
+def test_credentials_in_a_refused_fhir_server_are_neither_echoed_nor_logged(
+    client: FlaskClient, proxy: DelayProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The request schema lets a fhirServer carry ``user:password@``; the allowlist refuses it, and the
+    refusal names the server by where it is, so the password reaches neither the log nor the answer."""
+    caplog.set_level(logging.INFO)
+    body = _with_token(_example(REPO / "hooks" / "patient-view.json"), TOKEN)
+    with_password = proxy.url("/fhir").replace("http://", "http://ehr-user:S3cret-pw@")
+    status, answer = _call(client, _without_prefetch(body, with_password))
+    assert status == 412
+    assert "not one this service is allowed to query" in _diagnostics(answer)
+    assert proxy.url("/fhir") in _diagnostics(answer)
+    assert "S3cret-pw" not in json.dumps(answer)
+    assert "S3cret-pw" not in caplog.text and "ehr-user" not in caplog.text
+    assert proxy.seen == []
+
+
 def test_served_instance_fetches_in_parallel_and_keeps_its_budget(
     settings: Settings, fhir_server: SekmetServer, proxy: DelayProxy, fhir_base: str
 ) -> None:
