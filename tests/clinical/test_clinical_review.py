@@ -243,3 +243,19 @@ def test_a_supplement_started_after_the_high_b12_does_not_explain_it() -> None:
     )
     renewed = (first, med(CYANO, 30))
     assert "elevated-b12-no-supplement" not in [f.topic for f in run(high, *renewed)]
+
+
+# --- no stale "before" value -----------------------------------------------------------------------------
+
+
+def test_a_ferritin_years_before_the_course_is_not_quoted_as_its_baseline() -> None:
+    """The 'ferritin before B12 was started' had no age limit: a ferritin of 2017 was shown as the trend
+    of a course started last month, and read as iron deficiency present before the course."""
+    findings = run(obs("ferritin", 12, 3000), med(CYANO, 38), obs("ferritin", 10, 10), obs("tsat", 8, 10))
+    finding = by_topic(findings, "iron-deficiency-after-b12")
+    assert "before B12 was started" not in finding.detail and "already present" not in finding.detail
+    assert "becomes visible" in finding.detail
+    recent = run(obs("ferritin", 165, 300), med(CYANO, 38), obs("ferritin", 10, 10), obs("tsat", 8, 10))
+    assert (
+        "Ferritin before B12 was started: **165 ng/mL" in by_topic(recent, "iron-deficiency-after-b12").detail
+    )

@@ -40,6 +40,9 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     if not status.deficient:
         return None
     before = record.before("ferritin", treated)
+    # A baseline only if it was current when B12 was started ("latest" then), never a years-old value.
+    if before is not None and before.when < course.start - timedelta(days=t.latest_days):
+        before = None
     # Deficient before the course too: nothing was hidden, and the cause has been at work all along.
     known_before = before is not None and iron_status(record, before).deficient
     lines = [
