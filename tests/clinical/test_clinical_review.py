@@ -259,3 +259,21 @@ def test_a_ferritin_years_before_the_course_is_not_quoted_as_its_baseline() -> N
     assert (
         "Ferritin before B12 was started: **165 ng/mL" in by_topic(recent, "iron-deficiency-after-b12").detail
     )
+
+
+# --- borderline B12 measured on B12 therapy ---------------------------------------------------------------
+
+
+def test_a_borderline_b12_on_b12_therapy_is_not_framed_as_a_diagnostic_question() -> None:
+    """On injections for pernicious anaemia the deficiency is not in doubt: 'order MMA to confirm or exclude
+    B12 deficiency' invites doubting the diagnosis; the question is whether the treatment is enough."""
+    on_therapy = (med(CYANO, 3000), condition(PERNICIOUS_ANAEMIA), obs("b12", 250, 20))
+    finding = by_topic(run(*on_therapy), "borderline-b12-check-mma")
+    assert "confirm or exclude" not in finding.summary and "confirm or exclude" not in finding.detail
+    assert "on B12 therapy" in finding.summary and len(finding.summary) < 140
+    assert "adherence" in finding.detail
+    assert [a.resource["code"]["coding"][0]["code"] for p in finding.proposals for a in p.actions] == [
+        "13964-2"
+    ]
+    untreated = by_topic(run(obs("b12", 250, 20)), "borderline-b12-check-mma")
+    assert "confirm or exclude B12 deficiency" in untreated.summary
