@@ -337,6 +337,20 @@ def scenarios() -> list[tuple[str, Scenario, dict[str, Any]]]:
         "High B12 on injections for pernicious anaemia is expected: no supplement review, no work-up.",
     )
 
+    s = Scenario("iron-deficient-on-b12-for-pernicious-anaemia")
+    s.lab("b12", 1500, -10)
+    s.lab("ferritin", 12, -10)
+    s.condition("84027009", "Pernicious anemia", -3000)
+    s.medication_request(CYANOCOBALAMIN, -2900)
+    add(
+        "iron-deficiency-on-b12-for-pernicious-anaemia.json",
+        s,
+        ["iron-deficiency-with-high-b12"],
+        "Ferritin 12 beside a B12 of 1500 on injections for pernicious anaemia: the card says keep B12 "
+        "(the high level is expected) and proposes nothing to stop; it asks for the cause of the iron "
+        "deficiency.",
+    )
+
     s = Scenario("high-b12-orders-more-b12")
     s.lab("b12", 1100, -40)
     add(

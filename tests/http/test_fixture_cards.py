@@ -123,3 +123,16 @@ def test_accepting_the_suggestion_does_not_loop_at_order_sign(base: str, discove
 
     without_acceptance = call(base, discovery, fixture, "order-sign", order)
     assert "iron-studies-after-b12" in topics(without_acceptance), "control: order-sign alone does fire"
+
+
+def test_iron_deficiency_on_injections_for_pernicious_anaemia_says_keep_b12(
+    base: str, discovery: dict
+) -> None:
+    """The clinician reads the summary first: it must not ask to review B12 for a patient who needs it for
+    life, and nothing on the card may stop the injections."""
+    body = call(base, discovery, "iron-deficiency-on-b12-for-pernicious-anaemia.json", "patient-view", None)
+    (card,) = body["cards"]
+    assert "keep B12" in card["summary"] and "review B12" not in card["summary"]
+    assert "keep B12 therapy" in card["detail"] and "usually reflects supplements" not in card["detail"]
+    kinds = {a["type"] for s in card.get("suggestions", ()) for a in s["actions"]}
+    assert kinds <= {"create"}
