@@ -63,6 +63,9 @@ _INSERT_FEEDBACK = """INSERT INTO cds_feedback
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT DO NOTHING"""
 
+_RECEIVED_AT = """SELECT received_at FROM cds_feedback
+    WHERE service_id = ? AND card_uuid = ? AND outcome = ? AND outcome_at = ? AND accepted_suggestions = ?"""
+
 _INSERT_ISSUED = """INSERT INTO cds_issued_card (service_id, card_uuid, topic, issued_at)
     VALUES (?, ?, ?, ?)
     ON CONFLICT DO NOTHING"""
@@ -171,7 +174,9 @@ class FeedbackStore:
 
         An item already stored (the same card, outcome, time and suggestions: a client's resend, or a
         repeat within the batch) is kept once and marked False, so that the caller can count it as a
-        duplicate rather than as another outcome."""
+        duplicate rather than as another outcome. An item stored by this call's own first attempt, whose
+        commit succeeded but whose connection dropped before the answer, is new: the retry knows it by
+        the time received, which is this call's."""
         received = timestamp_text(datetime.now(UTC))
         rows = [
             (
@@ -188,12 +193,28 @@ class FeedbackStore:
             for item in items
         ]
         statement = self._dialect.sql(_INSERT_FEEDBACK)
+        stored_when = self._dialect.sql(_RECEIVED_AT)
+        attempts = 0
 
         def insert(cursor: Any) -> list[bool]:
+            nonlocal attempts
+            attempts += 1
             new = []
+            seen: set[tuple[Any, ...]] = set()
             for row in rows:
                 cursor.execute(statement, row)
-                new.append(cursor.rowcount > 0)
+                key = row[:5]
+                if cursor.rowcount > 0:
+                    new.append(True)
+                elif attempts == 1 or key in seen:
+                    new.append(False)
+                else:
+                    # Run again because the connection dropped (see _run_reconnecting), maybe after the
+                    # first attempt committed: a row received at this call's own time was stored by it.
+                    cursor.execute(stored_when, key)
+                    found = cursor.fetchone()
+                    new.append(found is not None and found[0] == received)
+                seen.add(key)
             return new
 
         self._tables.complete()

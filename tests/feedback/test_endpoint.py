@@ -188,3 +188,29 @@ def test_a_sqlite_lock_held_past_the_busy_timeout_is_a_503_to_send_again(
         blocker.close()
         app.extensions["cds"]["recorder"].close()
         app.extensions["cds"]["feedback"].close()
+
+
+def test_feedback_whose_commit_answer_was_lost_answers_what_it_stored(
+    settings: Settings, postgres_url: str
+) -> None:
+    """A connection dropped between the commit and its answer: the retry finds the items; the client is
+    told they were stored by this call, as they were, not `"stored": 0`, which reads as a resend."""
+    from pathlib import Path
+    from urllib.parse import parse_qs, urlsplit
+
+    from tests.feedback.commit_cutter import CommitCutter
+
+    parts = urlsplit(postgres_url)
+    with CommitCutter(Path(parse_qs(parts.query)["host"][0])) as cutter:
+        app = create_app(settings.with_overrides(feedback_db=cutter.url(parts.path.lstrip("/"))))
+        try:
+            client = app.test_client()
+            cutter.arm()
+            answer = client.post(URL, json={"feedback": [sandbox_item("a"), sandbox_item("b")]})
+            assert cutter.cuts == 1
+            assert answer.get_json() == {"received": 2, "stored": 2}
+            resent = client.post(URL, json={"feedback": [sandbox_item("a")]})
+            assert resent.get_json() == {"received": 1, "stored": 0}
+        finally:
+            app.extensions["cds"]["recorder"].close()
+            app.extensions["cds"]["feedback"].close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sqlite3
@@ -406,3 +407,32 @@ def test_sqlite_and_a_postgres_with_a_linguistic_collation_name_reasons_alike(
         {"system": REASON_SYSTEM, "code": "later", "display": "later", "count": 3},
         {"system": REASON_SYSTEM, "code": "not-now", "display": "Not now", "count": 2},
     ]
+
+
+def test_items_committed_by_an_attempt_whose_answer_was_lost_still_count_as_new(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The connection drops after the server committed and before the store heard so; the store tries
+    again on a new connection and finds the items there. They were new to this call, which must say so
+    ("stored" counts new items; counting them as resends hid real outcomes from the metrics). A repeat
+    within the batch, and a later resend, are still duplicates."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from tests.feedback.commit_cutter import CommitCutter
+
+    parts = urlsplit(postgres_url)
+    with CommitCutter(Path(parse_qs(parts.query)["host"][0])) as cutter:
+        store = FeedbackStore.open(cutter.url(parts.path.lstrip("/")))
+        try:
+            cutter.arm()
+            items = [accepted("c1", T0), overridden("c2", T0), accepted("c1", T0)]
+            batch = parse_feedback({"feedback": items})
+            with caplog.at_level(logging.WARNING, logger="cds_service.feedback.store"):
+                new = store.add_feedback(SERVICE, batch)
+            assert cutter.cuts == 1, "the answer to the COMMIT was lost"
+            assert "reconnecting once" in caplog.text
+            assert new == [True, True, False]
+            assert store.add_feedback(SERVICE, batch[:2]) == [False, False], "a resend is a duplicate"
+            assert store.report()["services"][SERVICE]["accepted"] == 1
+        finally:
+            store.close()
