@@ -277,3 +277,12 @@ def test_a_borderline_b12_on_b12_therapy_is_not_framed_as_a_diagnostic_question(
     ]
     untreated = by_topic(run(obs("b12", 250, 20)), "borderline-b12-check-mma")
     assert "confirm or exclude B12 deficiency" in untreated.summary
+
+
+def test_iron_studies_weeks_into_a_course_are_not_called_a_baseline() -> None:
+    """40 days after B12 started, iron studies now are not a pre-treatment baseline."""
+    finding = by_topic(run(med(CYANO, 40)), "iron-studies-after-b12")
+    labels = [p.label for p in finding.proposals]
+    assert len(labels) == 2 and not any("baseline" in label for label in labels)
+    new_order = by_topic(run(drafts=(draft_b12(),), hook="order-select"), "iron-studies-after-b12")
+    assert any("baseline" in p.label for p in new_order.proposals)

@@ -94,7 +94,8 @@ def _finding(record: PatientRecord, start: datetime, missing: list[str], context
         label = f"Order {tests} for {day(followup)} (8 weeks after B12 start)"
         proposals.extend(order_labs(record, label, missing, reason, when=followup))
         if recent_ferritin is None:
-            label = f"Order baseline {tests} now"
+            # A baseline only before treatment: weeks into a course it is simply a result now.
+            label = f"Order baseline {tests} now" if start >= record.now else f"Order {tests} now"
             proposals.extend(order_labs(record, label, missing, reason, recommended=False))
     else:
         proposals.extend(order_labs(record, f"Order {tests} now", missing, reason))
