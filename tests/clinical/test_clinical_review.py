@@ -286,3 +286,14 @@ def test_iron_studies_weeks_into_a_course_are_not_called_a_baseline() -> None:
     assert len(labels) == 2 and not any("baseline" in label for label in labels)
     new_order = by_topic(run(drafts=(draft_b12(),), hook="order-select"), "iron-studies-after-b12")
     assert any("baseline" in p.label for p in new_order.proposals)
+
+
+def test_iron_deficiency_with_high_b12_names_a_recorded_condition_that_raises_b12() -> None:
+    """With cirrhosis on the problem list and no supplement, the card put the high B12 down to supplements
+    and said nothing of the liver disease that explains it (and that bleeds)."""
+    findings = run(
+        obs("b12", 1500, 10), obs("ferritin", 12, 10), condition("19943007", text="Cirrhosis of liver")
+    )
+    finding = by_topic(findings, "iron-deficiency-with-high-b12")
+    assert "Cirrhosis of liver" in finding.detail
+    assert "usually reflects supplements" not in finding.detail

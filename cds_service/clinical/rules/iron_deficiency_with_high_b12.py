@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from cds_service.clinical import codes
 from cds_service.clinical.findings import Finding, Proposal
-from cds_service.clinical.markdown import literal_names
+from cds_service.clinical.markdown import literal, literal_names
 from cds_service.clinical.record import MedicationEntry, PatientRecord
 from cds_service.clinical.rules.common import (
     B12_PRODUCTS,
@@ -40,6 +40,11 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     if focus is not None and not focus_products(focus, B12_PRODUCTS):
         return None
     explained = deficiency_explains_b12(record)
+    raising = [
+        name
+        for cls in (codes.LIVER_DISEASE, codes.LIVER_CANCER, codes.CKD, codes.MPN)
+        for name in record.has_condition(cls)
+    ]
     proposals: list[Proposal] = []
     products: list[MedicationEntry] = []
     therapy: list[MedicationEntry] = []
@@ -77,6 +82,12 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
             "- Autoimmune gastritis also impairs iron absorption; intravenous iron works better than oral "
             "iron there.",
         ]
+    elif raising and not products:
+        # No supplement, but a recorded condition that raises B12 itself (Arendt & Nexo 2012).
+        lines.append(
+            f"- Iron deficiency does not raise B12, but the recorded {literal(raising[0])} can: liver "
+            "disease, kidney disease and myeloproliferative disorders raise B12 (Arendt & Nexo 2012)."
+        )
     else:
         lines.append(
             "- Iron deficiency does not raise B12. A high B12 beside iron deficiency usually reflects "
