@@ -297,3 +297,13 @@ def test_iron_deficiency_with_high_b12_names_a_recorded_condition_that_raises_b1
     finding = by_topic(findings, "iron-deficiency-with-high-b12")
     assert "Cirrhosis of liver" in finding.detail
     assert "usually reflects supplements" not in finding.detail
+
+
+def test_a_high_ferritin_months_from_the_high_b12_is_not_read_together_with_it() -> None:
+    """'Together they point to liver disease or inflammation' was said of a ferritin ten months older than
+    the B12; values are read together only within 30 days of each other."""
+    apart = run(obs("b12", 1600, 10), obs("ferritin", 450, 300), gender="male")
+    finding = by_topic(apart, "elevated-b12-no-supplement")
+    assert "450 ng/mL" in finding.detail and "together they point" not in finding.detail
+    close = run(obs("b12", 1600, 10), obs("ferritin", 450, 12), gender="male")
+    assert "together they point" in by_topic(close, "elevated-b12-no-supplement").detail

@@ -105,15 +105,21 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     ferritin = record.latest("ferritin")
     if ferritin is not None:
         is_high, fbasis = ferritin_high(record, ferritin)
-        lines.append(
-            f"- Ferritin **{ferritin.quoted()}**"
-            + (
+        # Read together with the B12 only when taken at about the same time.
+        together = abs(ferritin.when - b12.when) <= timedelta(days=t.same_time_days)
+        if is_high and together:
+            comment = (
                 f": also high (compared with {fbasis}) — together they point to liver disease or "
-                f"inflammation."
-                if is_high
-                else "."
+                "inflammation."
             )
-        )
+        elif is_high:
+            comment = (
+                f": high (compared with {fbasis}), but more than {t.same_time_days} days from the B12, so "
+                "not read together with it."
+            )
+        else:
+            comment = "."
+        lines.append(f"- Ferritin **{ferritin.quoted()}**{comment}")
     for analyte, label in (("alt", "ALT"), ("ast", "AST"), ("crp", "CRP")):
         result = record.latest(analyte, within_days=t.recent_days)
         if result is not None:
