@@ -141,15 +141,19 @@ def create_app(settings: Settings) -> Flask:
 
     @app.get("/readyz")
     def readyz() -> Response:
-        """Ready once every store has been reached since start, and while the feedback store is writable."""
+        """Ready while the replay store answers (JWTs required) and the feedback store is writable, except
+        that a shared feedback database already found writable only degrades: cards do not need it
+        (docs/operations.md, "PostgreSQL going away while the service runs")."""
         problems = [authenticator.unready()] if authenticator is not None else []
+        degraded = []
         why_not = feedback_store.unwritable()
         if why_not:
-            problems.append(f"the feedback store ({feedback_store.describe()}) is not writable ({why_not})")
+            problem = f"the feedback store ({feedback_store.describe()}) is not writable ({why_not})"
+            (degraded if feedback_store.outage_spares_readiness() else problems).append(problem)
         reason = "; ".join(problem for problem in problems if problem)
         if reason:
             return json_response({"status": "not ready", "reason": reason}, 503)
-        return json_response({"status": "ready"})
+        return json_response({"status": "ready", "degraded": degraded} if degraded else {"status": "ready"})
 
     @app.get("/metrics")
     def metrics() -> Response:

@@ -125,6 +125,7 @@ class FeedbackStore:
         self._conn: Any = None
         self._pid = 0
         self._inherited: list[Any] = []
+        self._was_writable = False  # written to, or found writable, since this worker started
         # Every write first makes sure the tables exist; after that, the check is one attribute read.
         self._tables = DeferredStart(
             f"the feedback store ({dialect.describe()})", self._create_tables, StoreUnavailable
@@ -262,12 +263,23 @@ class FeedbackStore:
             self._tables.complete()
             with self._lock:
                 if self._dialect.writable(self._connection()):
+                    self._was_writable = True
                     return None
             reason = "the database accepts only reads"
         except Exception as error:
             reason = self._dialect.reason(error)
         log.warning("feedback store (%s) is not writable: %s", self.describe(), reason)
         return reason
+
+    def outage_spares_readiness(self) -> bool:
+        """Whether the store being unwritable now should leave the worker ready (readiness says so in its
+        body instead): true for a database every replica shares (PostgreSQL) once this worker has written
+        to it or found it writable. Its outage stops feedback, not cards; failing readiness would take
+        every replica out of the load balancer at once, and clinicians would lose their cards for the sake
+        of feedback. Until then the worker stays unready, so a new release whose feedback database is
+        misconfigured stalls its rollout while the old pods serve. A SQLite file is the pod's own disk:
+        when it fails, only this pod leaves."""
+        return self._dialect.name == "postgresql" and self._was_writable
 
     def close(self) -> None:
         with self._lock:
@@ -286,7 +298,9 @@ class FeedbackStore:
     def _run(self, work: Callable[[Any], T], write: bool) -> T:
         """Run `work` in one transaction; StoreUnavailable when the database cannot serve right now."""
         try:
-            return self._run_reconnecting(work, write)
+            result = self._run_reconnecting(work, write)
+            self._was_writable = self._was_writable or write
+            return result
         except Exception as error:
             if not self._dialect.is_transient(error):
                 raise

@@ -27,6 +27,7 @@ import pytest
 import requests
 
 from tests.auth.auth_support import BASE_URL, Signer, ec_p384_key, write_clients
+from tests.support.postgres_server import PostgresCluster
 from tests.support.processes import free_port
 from tests.support.served import HOOKS_NOW, Served, hook_example
 
@@ -367,6 +368,51 @@ def test_a_redis_that_accepts_connections_but_never_answers_costs_a_bounded_time
 
 def feedback_item(card: str) -> dict[str, Any]:
     return {"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-01-15T09:05:00Z"}
+
+
+def test_postgres_restarted_between_feedback_posts(tmp_path: Path) -> None:
+    """Feedback during the outage is a 503 OperationOutcome saying nothing was stored; the same items sent
+    again afterwards are stored, on a new connection, without a restart of the service. Hook calls
+    keep their cards throughout and the pod stays in the load balancer: feedback is not what clinicians
+    wait for, and every replica shares the one database."""
+    cluster = PostgresCluster()
+    cluster.start()
+    try:
+        server = Served(
+            tmp_path, workers=1, CDS_FEEDBACK_DB=cluster.url("postgres", password=SECRET), CDS_NOW=HOOKS_NOW
+        )
+        where = f"PostgreSQL database postgres on {cluster.base}"
+        try:
+            first, _ = timed_post(server.base, FEEDBACK, {"feedback": [feedback_item("before")]})
+            assert first.json() == {"received": 1, "stored": 1}, first.text
+
+            cluster.stop()
+            during, took = timed_post(server.base, FEEDBACK, {"feedback": [feedback_item("during")]})
+            assert during.status_code == 503, during.text
+            assert during.headers["Content-Type"].startswith("application/fhir+json")
+            (issue,) = during.json()["issue"]
+            assert (issue["severity"], issue["code"]) == ("error", "transient")
+            assert "nothing was stored" in issue["diagnostics"]
+            assert took < 5
+            hook, _ = timed_post(server.base, VIEW, hook_example("patient-view.json"))
+            assert hook.status_code == 200 and hook.json()["cards"], "cards do not wait for feedback"
+            status, body, _ = readiness(server.base)
+            assert status == 200, body
+            assert body["status"] == "ready"
+            assert body["degraded"][0].startswith(f"the feedback store ({where}) is not writable ("), body
+
+            cluster.start()
+            again, _ = timed_post(server.base, FEEDBACK, {"feedback": [feedback_item("during")]})
+            assert again.json() == {"received": 1, "stored": 1}, again.text
+            resent, _ = timed_post(server.base, FEEDBACK, {"feedback": [feedback_item("before")]})
+            assert resent.json() == {"received": 1, "stored": 0}
+            assert readiness(server.base)[:2] == (200, {"status": "ready"})
+        finally:
+            server.stop()
+    finally:
+        cluster.remove()
+    assert messages(server, f"feedback not stored: {where} is unavailable")
+    assert_clean_log(server)
 
 
 # --- SQLite on a disk that fills up or turns read-only ----------------------------------------------------
