@@ -68,6 +68,7 @@ def test_a_high_b12_is_not_called_normal_when_b12_is_ordered_for_a_high_ferritin
     finding = by_topic(run(*labs, drafts=(draft_b12(),), hook="order-select"), "b12-not-for-high-ferritin")
     assert "normal B12" not in finding.detail and "not deficient" not in finding.detail
     assert "1600 pg/mL on 2026-01-05** is already high" in finding.detail
+    assert "(B12 already high)" in finding.summary and len(finding.summary) < 140
 
 
 def test_a_b12_in_the_reference_range_is_still_read_as_not_low() -> None:

@@ -106,8 +106,8 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
             "B12 unlikely to lower this high ferritin (B12 borderline): check MMA; look for inflammation, "
             "liver disease, iron overload"
             if borderline
-            else "B12 will not lower this high ferritin (B12 not low): look for inflammation, "
-            "liver disease or iron overload"
+            else f"B12 will not lower this high ferritin (B12 {'already high' if elevated else 'not low'}): "
+            "look for inflammation, liver disease or iron overload"
         ),
         detail="\n".join(lines),
         source_label=SOURCE,
