@@ -53,7 +53,9 @@ REPLACES: dict[str, frozenset[str]] = {
             elevated_b12_no_supplement.TOPIC,
         }
     ),
-    b12_not_for_high_ferritin.TOPIC: frozenset({iron_studies_after_b12.TOPIC}),
+    b12_not_for_high_ferritin.TOPIC: frozenset(
+        {iron_studies_after_b12.TOPIC, elevated_b12_supplement_review.TOPIC}
+    ),
     iron_deficiency_with_high_b12.TOPIC: frozenset(
         {elevated_b12_supplement_review.TOPIC, elevated_b12_no_supplement.TOPIC}
     ),

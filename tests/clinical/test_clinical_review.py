@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 from cds_service.clinical.engine import load_clinical_config
-from tests.clinical.builders import CYANO, ago, by_topic, condition, draft_b12, draft_lab, med, obs, run
+from tests.clinical.builders import (
+    CYANO,
+    ago,
+    by_topic,
+    condition,
+    draft_b12,
+    draft_lab,
+    med,
+    obs,
+    run,
+    topics,
+)
 
 PERNICIOUS_ANAEMIA = "84027009"
 
@@ -68,7 +79,30 @@ def test_a_high_b12_is_not_called_normal_when_b12_is_ordered_for_a_high_ferritin
     finding = by_topic(run(*labs, drafts=(draft_b12(),), hook="order-select"), "b12-not-for-high-ferritin")
     assert "normal B12" not in finding.detail and "not deficient" not in finding.detail
     assert "1600 pg/mL on 2026-01-05** is already high" in finding.detail
-    assert "(B12 already high)" in finding.summary and len(finding.summary) < 140
+    assert finding.summary.startswith("B12 already high") and len(finding.summary) < 140
+
+
+def test_a_b12_order_for_a_patient_with_b12_and_ferritin_both_high_gets_one_card() -> None:
+    """Both high (liver disease raises both): the order got two warnings about the same draft, one that B12
+    will not lower the ferritin and the supplement review asking to reconsider it. One card now says
+    both and offers the work-up and removing the draft."""
+    labs = (obs("b12", 1600, 10), obs("ferritin", 600, 10))
+    for hook in ("order-select", "order-sign"):
+        findings = run(*labs, drafts=(draft_b12(),), hook=hook)
+        assert topics(findings) == ["b12-not-for-high-ferritin"]
+        (finding,) = findings
+        assert "reconsider" in finding.summary and len(finding.summary) < 140
+        removals = [p for p in finding.proposals if any(a.type == "delete" for a in p.actions)]
+        assert [p.label for p in removals] == ["Remove the B12 draft order"]
+        assert removals[0].is_recommended
+        assert [a.resource_id for a in removals[0].actions] == ["MedicationRequest/draft-b12"]
+        assert finding.selection_behavior == "any"
+        assert "pernicious anaemia" in finding.detail
+    # A B12 that is not high: no removal offered here (B12 may still be wanted for something else).
+    (not_high,) = run(
+        obs("b12", 480, 10), obs("ferritin", 600, 10), drafts=(draft_b12(),), hook="order-select"
+    )
+    assert not [a for p in not_high.proposals for a in p.actions if a.type == "delete"]
 
 
 def test_a_b12_in_the_reference_range_is_still_read_as_not_low() -> None:

@@ -2,6 +2,10 @@
 
 B12 lowers ferritin only when a megaloblastic anaemia raised it. It does nothing for a ferritin raised by
 inflammation, liver disease or haemochromatosis, and prescribing it may delay finding the real cause.
+
+With B12 already high as well (liver disease raises both) the supplement review would warn about the same
+draft; this card replaces it (engine.REPLACES), so it carries that review's reasoning and its offer to
+remove the draft.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from cds_service.clinical.rules.common import (
     not_recently_done,
     order_labs,
     starting_b12,
+    supplement_review_actions,
     tsat_near,
 )
 
@@ -59,7 +64,12 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         )
     if elevated:
         b12_line = f"- Vitamin B12 **{b12.quoted()}** is already high (compared with {elevated_basis})."
-        b12_reason = "with B12 already high, more B12 will not bring this ferritin down."
+        b12_reason = (
+            "with B12 already high, more B12 will not bring this ferritin down, and a new B12 product adds "
+            "nothing unless a deficiency is documented. No diagnosis of B12 deficiency or pernicious "
+            "anaemia is recorded (if there is one, B12 should continue: high levels are expected on it)."
+        )
+        proposals += supplement_review_actions(record, focus, b12)[1]
     elif borderline:
         b12_line = (
             f"- Vitamin B12 **{b12.quoted()}** is borderline ({fmt(t.b12_deficient)}–"
@@ -99,16 +109,25 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
             f"- Transferrin saturation is above {fmt(t.tsat_high)} %: consider HFE genotyping (EASL 2022)."
         )
     lines += ["", "Sources: EASL 2022 haemochromatosis guideline; BSH 2014 (Devalia)."]
+    if borderline:
+        summary = (
+            "B12 unlikely to lower this high ferritin (B12 borderline): check MMA; look for inflammation, "
+            "liver disease, iron overload"
+        )
+    elif elevated:
+        summary = (
+            "B12 already high and will not lower this high ferritin: reconsider the order; look for "
+            "inflammation, liver disease, iron overload"
+        )
+    else:
+        summary = (
+            "B12 will not lower this high ferritin (B12 not low): look for inflammation, liver disease or "
+            "iron overload"
+        )
     return Finding(
         topic=TOPIC,
         indicator="warning",
-        summary=(
-            "B12 unlikely to lower this high ferritin (B12 borderline): check MMA; look for inflammation, "
-            "liver disease, iron overload"
-            if borderline
-            else f"B12 will not lower this high ferritin (B12 {'already high' if elevated else 'not low'}): "
-            "look for inflammation, liver disease or iron overload"
-        ),
+        summary=summary,
         detail="\n".join(lines),
         source_label=SOURCE,
         proposals=proposals,
