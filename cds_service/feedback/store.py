@@ -27,6 +27,9 @@ from cds_service.feedback.schema import FeedbackItem
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# The longest a readiness check waits for the database (the kubelet's probe timeout is 2 s).
+READINESS_WAIT_S = 1.0
+
 IssuedRow = tuple[str, str, str, datetime]
 """(service id, card uuid, topic, issued at)."""
 
@@ -126,6 +129,9 @@ class FeedbackStore:
         self._pid = 0
         self._inherited: list[Any] = []
         self._was_writable = False  # written to, or found writable, since this worker started
+        self._check_lock = threading.Lock()
+        self._check: threading.Thread | None = None  # the readiness check running or last run
+        self._checked: str | None = None  # what it found
         # Every write first makes sure the tables exist; after that, the check is one attribute read.
         self._tables = DeferredStart(
             f"the feedback store ({dialect.describe()})", self._create_tables, StoreUnavailable
@@ -258,18 +264,40 @@ class FeedbackStore:
     def unwritable(self) -> str | None:
         """None if a write could be made now (readiness), creating the tables first if they still wait for
         the server; else why not, in the database's words without passwords (a database that does not
-        exist or a password refused reads differently from a server that is down). Never raises."""
+        exist or a password refused reads differently from a server that is down). Never raises.
+
+        Waits at most READINESS_WAIT_S: libpq may wait 3 s to connect and 5 s for an answer from a server
+        that stopped answering, and a write in progress holds the connection meanwhile, while the kubelet
+        cuts a probe off after 2 s without a reason (and counts it failed, even where an outage should
+        only degrade the pod). A check still running then is reported as such, and later probes wait for
+        that same check rather than starting one each."""
+        with self._check_lock:
+            check = self._check
+            if check is None or not check.is_alive():
+                check = self._check = threading.Thread(
+                    target=self._check_writable, name="feedback-readiness", daemon=True
+                )
+                self._checked = None
+                check.start()
+        check.join(READINESS_WAIT_S)
+        if check.is_alive():
+            log.warning("feedback store (%s) did not answer within %g s", self.describe(), READINESS_WAIT_S)
+            return f"no answer within {READINESS_WAIT_S:g} s"
+        return self._checked
+
+    def _check_writable(self) -> None:
         try:
             self._tables.complete()
             with self._lock:
                 if self._dialect.writable(self._connection()):
                     self._was_writable = True
-                    return None
+                    self._checked = None
+                    return
             reason = "the database accepts only reads"
         except Exception as error:
             reason = self._dialect.reason(error)
         log.warning("feedback store (%s) is not writable: %s", self.describe(), reason)
-        return reason
+        self._checked = reason
 
     def outage_spares_readiness(self) -> bool:
         """Whether the store being unwritable now should leave the worker ready (readiness says so in its

@@ -4,6 +4,10 @@ Armed, it forwards the server's answer to the next COMMIT to nobody: it closes b
 after the server has committed. That is a connection dropped between the commit and its acknowledgement
 (a failover, a network cut, a server killed at that moment), made on demand with a real server. Each
 arming cuts one COMMIT; connections opened after it pass everything.
+
+Stalled, it forwards nothing in either direction, on open connections and new ones alike (which it still
+accepts): a server that has stopped answering without closing anything, as behind a stalled network.
+`release` ends the stall by closing every connection.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import socket
 import tempfile
 import threading
+import time
 from pathlib import Path
 from types import TracebackType
 
@@ -28,6 +33,7 @@ class CommitCutter:
         self._listener.bind(str(self.directory / PG_SOCKET))
         self._listener.listen(16)
         self._armed = threading.Event()
+        self._stalled = threading.Event()
         self.cuts = 0
         self._sockets: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
@@ -38,6 +44,16 @@ class CommitCutter:
     def arm(self) -> None:
         """Lose the server's answer to the next COMMIT that passes."""
         self._armed.set()
+
+    def stall(self) -> None:
+        self._stalled.set()
+
+    def release(self) -> None:
+        """End a stall: every connection is closed, so whoever waited on one gets an error at once."""
+        self._stalled.clear()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def _accept(self) -> None:
         while True:
@@ -54,6 +70,8 @@ class CommitCutter:
     def _pipe(self, source: socket.socket, sink: socket.socket, from_server: bool) -> None:
         try:
             while data := source.recv(65536):
+                while self._stalled.is_set():
+                    time.sleep(0.01)
                 if from_server and COMMIT_DONE in data and self._armed.is_set():
                     self._armed.clear()
                     self.cuts += 1

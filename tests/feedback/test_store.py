@@ -436,3 +436,37 @@ def test_items_committed_by_an_attempt_whose_answer_was_lost_still_count_as_new(
             assert store.report()["services"][SERVICE]["accepted"] == 1
         finally:
             store.close()
+
+
+def test_the_readiness_check_of_a_server_that_stopped_answering_takes_a_second_not_the_probe(
+    postgres_url: str,
+) -> None:
+    """A PostgreSQL that holds connections without answering (a stalled network, a hung server): libpq
+    waits up to 3 s to connect and 5 s for a query on TCP, longer than the kubelet's 2 s probe timeout, so
+    the probe would be cut off without a reason and the pod made unready even where an outage only
+    degrades it. The check answers within a second, and probes meanwhile share the one check running."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from tests.feedback.commit_cutter import CommitCutter
+
+    parts = urlsplit(postgres_url)
+    with CommitCutter(Path(parse_qs(parts.query)["host"][0])) as cutter:
+        store = FeedbackStore.open(cutter.url(parts.path.lstrip("/")))
+        try:
+            assert store.unwritable() is None
+            cutter.stall()
+            before = threading.active_count()
+            for _ in range(3):
+                started = time.monotonic()
+                assert store.unwritable() == "no answer within 1 s"
+                assert time.monotonic() - started < 1.5
+            assert threading.active_count() <= before + 1, "one check at a time, not one per probe"
+            assert store.outage_spares_readiness()
+            cutter.release()
+            deadline = time.monotonic() + 10
+            while store.unwritable() is not None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert store.unwritable() is None, "writable again once the server answers"
+        finally:
+            cutter.release()
+            store.close()
