@@ -49,6 +49,12 @@ _UNAVAILABLE_FILE_CODES = frozenset(
     }
 )
 
+# The service writes a few rows per statement. One still running after 5 s waits for a lock (an operator's
+# migration, VACUUM FULL or open transaction) or a server in trouble: without a limit it held the request's
+# thread and the store's connection, and so every later feedback post, until the lock went. The server
+# cancels it (an outage: 503, the issued-card writer waits). The report, which reads, has no limit.
+STATEMENT_TIMEOUT_MS = 5000
+
 
 class Dialect(Protocol):
     """What the store needs to know about a database."""
@@ -187,7 +193,12 @@ class PostgresDialect:
 
     def connect(self) -> Any:
         psycopg = _psycopg()
-        options = {**CONNECTION_DEFAULTS, **psycopg.conninfo.conninfo_to_dict(self.url)}
+        given = psycopg.conninfo.conninfo_to_dict(self.url)
+        options = {**CONNECTION_DEFAULTS, **given}
+        if not self.read_only:
+            # Before the URL's own options, so that a statement_timeout there wins.
+            limit = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+            options["options"] = f"{limit} {given.get('options', '')}".strip()
         conn = psycopg.connect(autocommit=True, **options)
         conn.read_only = self.read_only
         return conn

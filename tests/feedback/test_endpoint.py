@@ -214,3 +214,39 @@ def test_feedback_whose_commit_answer_was_lost_answers_what_it_stored(
         finally:
             app.extensions["cds"]["recorder"].close()
             app.extensions["cds"]["feedback"].close()
+
+
+def test_feedback_blocked_by_a_lock_on_postgres_is_a_503_within_seconds(
+    settings: Settings, postgres_url: str
+) -> None:
+    """An operator's migration or VACUUM FULL holds a lock on the table: the insert waited for it without
+    end, holding the request's thread and the store's connection (so every later feedback post queued
+    behind it) until the lock went. The server now cancels the statement after 5 s: a 503, nothing stored."""
+    import threading
+
+    import psycopg
+
+    app = create_app(settings.with_overrides(feedback_db=postgres_url))
+    client = app.test_client()
+    answers: list[Any] = []
+    try:
+        assert client.post(URL, json={"feedback": [sandbox_item("before")]}).status_code == 200
+        with psycopg.connect(postgres_url) as operator:
+            operator.execute("LOCK TABLE cds_feedback IN ACCESS EXCLUSIVE MODE")
+            poster = threading.Thread(
+                target=lambda: answers.append(client.post(URL, json={"feedback": [sandbox_item("held")]})),
+                daemon=True,
+            )
+            poster.start()
+            poster.join(15)
+            assert not poster.is_alive(), "still waiting for the lock after 15 s"
+            operator.rollback()
+        (answer,) = answers
+        assert answer.status_code == 503
+        assert answer.get_json(force=True)["issue"][0]["code"] == "transient"
+        assert "nothing was stored" in diagnostics(answer)
+        again = client.post(URL, json={"feedback": [sandbox_item("held")]})
+        assert again.get_json() == {"received": 1, "stored": 1}
+    finally:
+        app.extensions["cds"]["recorder"].close()
+        app.extensions["cds"]["feedback"].close()

@@ -470,3 +470,21 @@ def test_the_readiness_check_of_a_server_that_stopped_answering_takes_a_second_n
         finally:
             cutter.release()
             store.close()
+
+
+def test_service_connections_limit_statements_and_the_url_may_change_the_limit(postgres_url: str) -> None:
+    def statement_timeout(store: FeedbackStore) -> str:
+        with store._lock:
+            return store._connection().execute("SHOW statement_timeout").fetchone()[0]
+
+    service = FeedbackStore.open(postgres_url)
+    options = "-c%20statement_timeout%3D9s%20-c%20search_path%3Dpublic"
+    own = FeedbackStore.open(f"{postgres_url}&options={options}")
+    report = FeedbackStore.open_for_reading(postgres_url)
+    try:
+        assert statement_timeout(service) == "5s"
+        assert statement_timeout(own) == "9s"
+        assert statement_timeout(report) == "0", "a report may take its time"
+    finally:
+        for store in (service, own, report):
+            store.close()
