@@ -15,7 +15,8 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -29,6 +30,9 @@ T = TypeVar("T")
 
 # The longest a readiness check waits for the database (the kubelet's probe timeout is 2 s).
 READINESS_WAIT_S = 1.0
+# The longest a call waits for another's use of the connection: more than a statement may take (5 s,
+# dialects.STATEMENT_TIMEOUT_MS), less than an EHR or a probe waits for anything.
+LOCK_WAIT_S = 6.0
 
 IssuedRow = tuple[str, str, str, datetime]
 """(service id, card uuid, topic, issued at)."""
@@ -288,7 +292,7 @@ class FeedbackStore:
     def _check_writable(self) -> None:
         try:
             self._tables.complete()
-            with self._lock:
+            with self._locked():
                 if self._dialect.writable(self._connection()):
                     self._was_writable = True
                     self._checked = None
@@ -310,10 +314,32 @@ class FeedbackStore:
         return self._dialect.name == "postgresql" and self._was_writable
 
     def close(self) -> None:
-        with self._lock:
+        """Close the connection, unless a statement still waits on it (then the process's exit does)."""
+        if not self._lock.acquire(timeout=LOCK_WAIT_S):
+            log.warning("feedback store (%s): a statement still waits for the database", self.describe())
+            return
+        try:
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
             self._conn = None
+        finally:
+            self._lock.release()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The connection, for one thread at a time; StoreUnavailable if another has held it for
+        LOCK_WAIT_S, so that threads do not queue without end behind a statement that waits for a server
+        which stopped answering (a hung disk on the server: the kernel still acknowledges, so neither TCP
+        timeouts nor statement_timeout end that wait)."""
+        if not self._lock.acquire(timeout=LOCK_WAIT_S):
+            raise StoreUnavailable(
+                f"a statement has waited more than {LOCK_WAIT_S:g} s for the database and still holds "
+                "the connection"
+            )
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def _create_tables(self) -> None:
         def create(cursor: Any) -> None:
@@ -337,7 +363,7 @@ class FeedbackStore:
     def _run_reconnecting(self, work: Callable[[Any], T], write: bool) -> T:
         """Run `work` in one transaction. A connection the server dropped (a PostgreSQL restart or
         failover) is replaced and the work run once more: safe, because every write is idempotent."""
-        with self._lock:
+        with self._locked():
             conn = self._connection()
             try:
                 with self._dialect.transaction(conn, write) as cursor:

@@ -250,3 +250,68 @@ def test_feedback_blocked_by_a_lock_on_postgres_is_a_503_within_seconds(
     finally:
         app.extensions["cds"]["recorder"].close()
         app.extensions["cds"]["feedback"].close()
+
+
+def _postgres_processes(cluster: PostgresCluster) -> list[int]:
+    """The postmaster of ``cluster`` and its children (backends, checkpointer, ...)."""
+    from pathlib import Path
+
+    postmaster = int((cluster.base / "data" / "postmaster.pid").read_text().split()[0])
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster:
+            children.append(int(stat.parent.name))
+    return [postmaster, *children]
+
+
+def test_a_postgres_that_stops_answering_holds_one_feedback_post_not_every_thread(settings: Settings) -> None:
+    """Every process of the server stopped (as when its disk hangs: the kernel still acknowledges, so
+    neither TCP timeouts nor statement_timeout end the wait). The post that holds the store's connection
+    waits; the others must not queue behind it for ever, each holding one of the worker's few threads,
+    until none is left for hook calls: they get the 503 within seconds."""
+    import os
+    import signal
+    import threading
+    import time
+
+    cluster = PostgresCluster()
+    cluster.start()
+    app = create_app(settings.with_overrides(feedback_db=cluster.url("postgres")))
+    stopped: list[int] = []
+    answers: list[Any] = []
+    try:
+        assert app.test_client().post(URL, json={"feedback": [sandbox_item("before")]}).status_code == 200
+        stopped = _postgres_processes(cluster)
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        held = threading.Thread(
+            target=lambda: app.test_client().post(URL, json={"feedback": [sandbox_item("held")]}), daemon=True
+        )
+        held.start()
+        time.sleep(0.5)
+        posters = [
+            threading.Thread(
+                target=lambda n=n: answers.append(
+                    app.test_client().post(URL, json={"feedback": [sandbox_item(f"queued-{n}")]})
+                ),
+                daemon=True,
+            )
+            for n in range(3)
+        ]
+        for poster in posters:
+            poster.start()
+        for poster in posters:
+            poster.join(15)
+        assert not any(poster.is_alive() for poster in posters), "queued behind the held post"
+        assert [answer.status_code for answer in answers] == [503] * 3
+        assert all("nothing was stored" in diagnostics(answer) for answer in answers)
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        app.extensions["cds"]["recorder"].close()
+        app.extensions["cds"]["feedback"].close()
+        cluster.remove()
