@@ -45,8 +45,10 @@ TOPICS: tuple[str, ...] = tuple(topic for topic, _ in RULES)
 
 # A topic that fires silences these: one card tells the story instead of two that half-repeat it.
 REPLACES: dict[str, frozenset[str]] = {
+    # With a deficient B12 beside the ferritin it carries the combined card's work-up (see its module).
     iron_deficiency_after_b12.TOPIC: frozenset(
         {
+            combined_b12_iron_deficiency.TOPIC,
             iron_deficiency_with_high_b12.TOPIC,
             iron_studies_after_b12.TOPIC,
             elevated_b12_supplement_review.TOPIC,

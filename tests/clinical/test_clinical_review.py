@@ -342,3 +342,45 @@ def test_a_high_ferritin_months_from_the_high_b12_is_not_read_together_with_it()
     assert "450 ng/mL" in finding.detail and "together they point" not in finding.detail
     close = run(obs("b12", 1600, 10), obs("ferritin", 450, 12), gender="male")
     assert "together they point" in by_topic(close, "elevated-b12-no-supplement").detail
+
+
+# --- one card for a combined deficiency found after B12 was started --------------------------------------
+
+
+def _ordered(finding) -> list[str]:
+    return [a.resource["code"]["coding"][0]["code"] for p in finding.proposals for a in p.actions]
+
+
+def test_combined_deficiency_found_after_starting_b12_is_one_card_that_keeps_the_gastric_work_up() -> None:
+    """B12 140 pg/mL with a ferritin of 12, B12 started, then a ferritin of 10 after the start: the combined
+    card and the after-B12 card both fired, each saying 'treat the iron; look for malabsorption'.
+    iron-deficiency-after-b12 now tells the story alone and carries what only the combined card offered:
+    the deficient B12, the shared causes and the tests for autoimmune gastritis and coeliac disease."""
+    before = (obs("b12", 140, 40), obs("ferritin", 12, 40))
+    after = (obs("ferritin", 10, 15), obs("tsat", 8, 15))
+    findings = run(*before, med(CYANO, 38), *after)
+    assert topics(findings) == ["iron-deficiency-after-b12"]
+    (finding,) = findings
+    assert _ordered(finding) == ["31444-3", "40960-7", "2333-3", "31017-7"]
+    assert "140 pg/mL on 2025-12-06** is deficient" in finding.detail
+    assert "autoimmune gastritis" in finding.summary and len(finding.summary) < 140
+    assert "intravenous iron" in finding.detail and "already present" in finding.detail
+    assert "adherence" not in finding.detail
+    # Pernicious anaemia recorded: no gastric antibodies, only the coeliac screen.
+    known = by_topic(
+        run(*before, med(CYANO, 38), *after, condition(PERNICIOUS_ANAEMIA)), "iron-deficiency-after-b12"
+    )
+    assert _ordered(known) == ["31017-7"] and "already recorded" in known.detail
+    assert "test for autoimmune gastritis" not in known.summary and "coeliac" in known.summary
+    untreated = by_topic(run(*before, condition(PERNICIOUS_ANAEMIA)), "combined-b12-iron-deficiency")
+    assert untreated.summary.endswith("screen for coeliac disease")
+    # A B12 measured on the course and still deficient: adherence and absorption, as the combined card says.
+    failing = run(obs("ferritin", 165, 130), med(CYANO, 120), obs("b12", 150, 10), obs("ferritin", 12, 10))
+    assert topics(failing) == ["iron-deficiency-after-b12"]
+    assert "adherence" in failing[0].detail and _ordered(failing[0])
+    # Without a deficient B12 beside the ferritin, the after-B12 card is as it was: no gastric work-up.
+    plain = by_topic(
+        run(obs("ferritin", 165, 130), med(CYANO, 120), obs("ferritin", 18, 10), obs("tsat", 12, 10)),
+        "iron-deficiency-after-b12",
+    )
+    assert not plain.proposals and "autoimmune gastritis" not in plain.summary

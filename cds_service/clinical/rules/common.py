@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from cds_service.clinical import codes
 from cds_service.clinical.config import ClinicalConfig
 from cds_service.clinical.findings import Proposal, ProposedAction
-from cds_service.clinical.markdown import literal
+from cds_service.clinical.markdown import literal, literal_names
 from cds_service.clinical.record import MedicationEntry, PatientRecord, Result
 from cds_service.fhir.units import unit_factor
 
@@ -477,6 +477,98 @@ def iron_deficiency_near(record: PatientRecord, b12: Result) -> IronStatus | Non
         return None
     status = iron_status(record, ferritin)
     return status if status.deficient else None
+
+
+GASTRITIS_TESTS = ("intrinsic-factor-ab", "parietal-cell-ab", "gastrin")
+
+
+def combined_deficiency(record: PatientRecord) -> tuple[Result, str, IronStatus] | None:
+    """The latest B12 when it is deficient (with the basis of that call), and the iron deficiency shown by
+    the latest ferritin taken at about the same time: a combined B12 and iron deficiency."""
+    b12 = record.latest("b12")
+    if b12 is None:
+        return None
+    low, basis = b12_deficient(record, b12)
+    if not low:
+        return None
+    status = iron_deficiency_near(record, b12)
+    return None if status is None else (b12, basis, status)
+
+
+@dataclass(frozen=True)
+class SharedCauseWorkup:
+    """What a combined B12 and iron deficiency asks for: tests for autoimmune gastritis and coeliac disease
+    (those not known, resulted or ordered), and how B12 replacement stands."""
+
+    lines: list[str]
+    proposals: tuple[Proposal, ...]
+    todo: str
+    on_b12: bool
+
+
+def shared_cause_workup(record: PatientRecord, b12: Result) -> SharedCauseWorkup:
+    """The reasoning, suggestions and summary clause every card about a combined deficiency carries.
+
+    Gastric tests unless autoimmune gastritis or pernicious anaemia is recorded, tTG IgA unless coeliac
+    disease is, each only if not resulted or ordered in the "latest" window. "Replace B12 first" only when
+    no B12 course is running; on one, the iron is what is left (and, for a B12 measured after the course
+    began, whether B12 is taken and absorbed).
+    """
+    t = record.config.thresholds
+    gastritis_known = bool(
+        record.has_condition(codes.AUTOIMMUNE_GASTRITIS)
+        or record.has_condition(codes.PERNICIOUS_ANAEMIA, include_controlled=True)
+    )
+    gastric = [] if gastritis_known else not_recently_done(record, GASTRITIS_TESTS, t.latest_days)
+    ttg = [] if record.has_condition(codes.COELIAC) else not_recently_done(record, ["ttg-iga"], t.latest_days)
+    wanted = gastric + ttg
+    todo = (
+        "test for autoimmune gastritis and coeliac disease"
+        if gastric and ttg
+        else "test for autoimmune gastritis"
+        if gastric
+        else "screen for coeliac disease"
+        if ttg
+        else "look for blood loss or malabsorption"
+    )
+    proposals = order_labs(
+        record,
+        "Test for autoimmune gastritis and coeliac disease",
+        wanted,
+        "Combined B12 and iron deficiency",
+    )
+    iv_iron = (
+        "In autoimmune gastritis intravenous iron corrects iron deficiency more reliably than oral iron."
+    )
+    course = record.course(codes.B12_THERAPY)
+    on_b12 = course is not None and course.ongoing
+    if course is None or not course.ongoing:
+        treatment = f"- Replace B12 first. {iv_iron}"
+    elif course.start.date() >= b12.when.date():
+        names = literal_names(course.names)
+        treatment = (
+            f"- B12 therapy started on {day(course.start)} ({names}): treat the iron deficiency too. "
+            + iv_iron
+        )
+    else:
+        names = literal_names(course.names)
+        treatment = (
+            f"- B12 therapy has been on file since {day(course.start)} ({names}), yet this B12 is "
+            "deficient: check adherence, and absorption if it is oral. Treat the iron deficiency too. "
+            + iv_iron
+        )
+    lines = [
+        "- Both deficiencies together suggest a shared cause of malabsorption: autoimmune gastritis "
+        "(pernicious anaemia), coeliac disease, inflammatory bowel disease or bariatric surgery.",
+        treatment,
+    ]
+    if gastritis_known:
+        lines.append(
+            "- Autoimmune gastritis or pernicious anaemia is already recorded: no gastric antibody "
+            "tests suggested."
+        )
+    lines += suggested_tests_line(wanted, t.latest_days)
+    return SharedCauseWorkup(lines, proposals, todo, on_b12)
 
 
 def b12_products_by_test_time(

@@ -2,6 +2,10 @@
 
 Once B12 restores erythropoiesis, stored iron is used up and a deficiency masked by the megaloblastic
 state appears (Solmaz 2015). It needs iron replacement and, like any iron deficiency, a cause.
+
+When the B12 is deficient at about the time of that ferritin, this is also a combined deficiency: this card
+replaces combined-b12-iron-deficiency (engine.REPLACES), so it carries that card's deficient B12, its shared
+causes and its tests for autoimmune gastritis and coeliac disease.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from cds_service.clinical.record import MedicationEntry, PatientRecord
 from cds_service.clinical.rules.common import (
     SOURCE_LABEL,
     b12_elevated,
+    combined_deficiency,
     day,
     day_after,
     haemoglobin_line,
     iron_status,
+    shared_cause_workup,
 )
 
 TOPIC = "iron-deficiency-after-b12"
@@ -54,8 +60,13 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     ]
     if before is not None:
         lines.append(f"- Ferritin before B12 was started: **{before.quoted()}** (trend before → after)")
+    combined = combined_deficiency(record)
+    if combined is not None and combined[2].ferritin is not status.ferritin:
+        combined = None
     b12 = record.latest("b12")
-    if b12 is not None:
+    if combined is not None:
+        lines.append(f"- Vitamin B12 **{combined[0].quoted()}** is deficient (compared with {combined[1]})")
+    elif b12 is not None:
         lines.append(
             f"- Vitamin B12 **{b12.quoted()}**"
             + (" (high on treatment)" if b12_elevated(record, b12)[0] else "")
@@ -75,6 +86,9 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         "- Replace iron, and look for a cause as for any iron deficiency: blood loss, or malabsorption "
         "(autoimmune gastritis, coeliac disease) — the conditions that also cause B12 deficiency (AGA 2020).",
     ]
+    workup = shared_cause_workup(record, combined[0]) if combined is not None else None
+    if workup is not None:
+        lines += workup.lines
     if iron:
         lines.append(
             f"- Iron therapy on file: {literal_names(m.name for m in iron)} — check adherence and absorption."
@@ -84,9 +98,13 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         topic=TOPIC,
         indicator="warning",
         summary=(
-            "Iron deficiency after starting B12: start iron replacement and look for blood "
+            f"Iron and B12 deficient after starting B12: treat the iron; {workup.todo}"
+            if workup is not None
+            else "Iron deficiency after starting B12: start iron replacement and look for blood "
             "loss or malabsorption"
         ),
         detail="\n".join(lines),
         source_label=SOURCE,
+        proposals=workup.proposals if workup is not None else (),
+        selection_behavior="any",
     )
