@@ -469,7 +469,7 @@ def medication_entry(
         resource_type=kind,
         resource_id=ident,
         classes=classes,
-        name=name or _coded_name(concepts),
+        name=name or coded_name(concepts, "an unnamed medicine"),
         status=status,
         start=start,
         end=end,
@@ -483,15 +483,25 @@ def _names_anything(concepts: list[Any]) -> bool:
     return any((isinstance(c, str) and c.strip()) or bool(concept_text(c)) for c in concepts)
 
 
-def _coded_name(concepts: list[Any]) -> str:
-    """A name for a medicine known only by code, e.g. ``RxNorm 309594``."""
+def coded_name(concepts: Iterable[Any], unnamed: str) -> str:
+    """A name for something known only by code, e.g. ``RxNorm 309594`` or ``SNOMED CT 84027009``: the first
+    coding of a system a clinician knows by name, else the first coding (``code LIV7``), else ``unnamed``."""
+    first: str | None = None
     for concept in concepts:
         for system, code in codings(concept):
-            return f"{SYSTEM_NAMES.get(system, 'code')} {code}"
-    return "an unnamed medicine"
+            if system in SYSTEM_NAMES:
+                return f"{SYSTEM_NAMES[system]} {code}"
+            first = first or f"code {code}"
+    return first or unnamed
 
 
-SYSTEM_NAMES = {"http://www.nlm.nih.gov/research/umls/rxnorm": "RxNorm", "http://www.whocc.no/atc": "ATC"}
+SYSTEM_NAMES = {
+    "http://www.nlm.nih.gov/research/umls/rxnorm": "RxNorm",
+    "http://www.whocc.no/atc": "ATC",
+    "http://snomed.info/sct": "SNOMED CT",
+    "http://hl7.org/fhir/sid/icd-10-cm": "ICD-10-CM",
+    "http://hl7.org/fhir/sid/icd-10": "ICD-10",
+}
 
 
 class _UnitProblems:
@@ -700,7 +710,11 @@ def _add_condition(record: PatientRecord, resource: dict[str, Any]) -> None:
         target = record.controlled_conditions
     else:
         return
-    classes = record.config.value_sets.condition_classes(resource.get("code"))
-    label = concept_label(resource.get("code")) or "a coded condition"
+    concept = resource.get("code")
+    classes = record.config.value_sets.condition_classes(concept)
+    if not classes:
+        return
+    # Named as a medicine is: its text or a display, else its code and system (classes come from one).
+    label = concept_label(concept) or coded_name([concept], "an unnamed condition")
     for cls in classes:
         target.setdefault(cls, []).append(label)

@@ -384,3 +384,15 @@ def test_combined_deficiency_found_after_starting_b12_is_one_card_that_keeps_the
         "iron-deficiency-after-b12",
     )
     assert not plain.proposals and "autoimmune gastritis" not in plain.summary
+
+
+def test_a_condition_known_only_by_code_is_named_by_its_code_on_the_card() -> None:
+    """A cirrhosis coded without text was quoted as 'the recorded a coded condition'."""
+    findings = run(obs("b12", 1500, 10), obs("ferritin", 12, 10), condition("19943007"))
+    detail = by_topic(findings, "iron-deficiency-with-high-b12").detail
+    assert "a coded condition" not in detail and "recorded SNOMED CT 19943007" in detail
+    treated = run(
+        obs("b12", 1500, 10), obs("ferritin", 12, 10), med(CYANO, 3000), condition(PERNICIOUS_ANAEMIA)
+    )
+    detail = by_topic(treated, "iron-deficiency-with-high-b12").detail
+    assert "B12 deficiency or pernicious anaemia (SNOMED CT 84027009)" in detail

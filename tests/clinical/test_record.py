@@ -187,6 +187,36 @@ def test_conditions_active_only_and_not_refuted() -> None:
     assert rec.has_condition(codes.B12_DEFICIENCY, include_controlled=True)
 
 
+def test_a_condition_is_named_by_its_text_else_a_display_else_its_code_and_system() -> None:
+    """A Condition with a code but no text was named "a coded condition", which tells the clinician
+    nothing; it is named as a medicine known only by code is ("RxNorm 309594"), by system and code."""
+    icd = "http://hl7.org/fhir/sid/icd-10-cm"
+    displayed = condition("84027009")
+    displayed["code"]["coding"][0]["display"] = "Pernicious anemia"
+    local_first = condition("19943007")
+    local_first["code"]["coding"].insert(
+        0, {"system": "http://hospital.example.org/problems", "code": "LIV7"}
+    )
+    rec = record(
+        condition("84027009"),
+        condition("D51.0", system=icd),
+        displayed,
+        condition("709044004", text="CKD stage 3"),
+        local_first,
+    )
+    assert rec.has_condition(codes.B12_DEFICIENCY) == [
+        "SNOMED CT 84027009",
+        "ICD-10-CM D51.0",
+        "Pernicious anemia",
+    ]
+    assert rec.has_condition(codes.CKD) == ["CKD stage 3"]
+    # The coding from a system a clinician knows names it, not a local code that comes first.
+    assert rec.has_condition(codes.LIVER_DISEASE) == ["SNOMED CT 19943007"]
+    # A medicine is named the same way.
+    local_med = {"coding": [{"system": "http://hospital.example.org/drugs", "code": "X1"}, *CYANO["coding"]]}
+    assert [m.name for m in record(med(local_med, 30)).medications] == ["RxNorm 309594"]
+
+
 def test_drafts_are_kept_apart_from_medications_on_file() -> None:
     draft = draft_b12()
     rec = record(draft, drafts=(draft,))

@@ -27,8 +27,6 @@ log = logging.getLogger(__name__)
 
 B12_PRODUCTS = frozenset({codes.B12_THERAPY, codes.B12_SUPPLEMENT})
 SOURCE_LABEL = "B12–iron CDS rules"
-# The name `record` gives a Condition that has a code but neither text nor display.
-UNNAMED_CONDITION = "a coded condition"
 
 
 def day(moment: datetime) -> str:
@@ -181,10 +179,8 @@ def deficiency_explains_b12(record: PatientRecord) -> str | None:
     """
     names = record.has_condition(codes.B12_DEFICIENCY, include_controlled=True)
     if names:
-        # Say which class of diagnosis it is: the record names a condition that has a code but no text
-        # "a coded condition", which alone tells the clinician nothing.
-        named = "" if names[0] == UNNAMED_CONDITION else f" ({literal(names[0])})"
-        return f"a recorded diagnosis of B12 deficiency or pernicious anaemia{named}"
+        # The class of diagnosis, and the condition as recorded (its text, display, or code and system).
+        return f"a recorded diagnosis of B12 deficiency or pernicious anaemia ({literal(names[0])})"
     course = record.course(codes.B12_THERAPY)
     if course is not None and course.ongoing:
         # Up to the end of the start day: a start is often a date alone (midnight), and the B12 drawn that
