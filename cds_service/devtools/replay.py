@@ -90,7 +90,12 @@ class Replayer:
         drafts = load_draft_orders(order_file, record.patient_id) if order_file else record.draft_orders
         if hook in ORDER_HOOKS and drafts is None:
             raise ReplayError(f"{path}: the {hook} hook needs draft orders: give --order FILE")
-        service_id = service_for_hook(handler.services, hook)
+        try:
+            service_id = service_for_hook(handler.services, hook)
+        except LookupError:
+            raise ReplayError(
+                f"{path}: the hook {hook!r} is not one this service answers ({', '.join(HOOKS)})"
+            ) from None
         context = hook_context(hook, record.patient_id, drafts)
         server = OfflineFhirServer(record.resources)
         try:

@@ -282,3 +282,17 @@ def test_without_now_a_fixture_is_replayed_as_of_its_bundle_timestamp() -> None:
     shown = run(*args, "--json")
     topics = {card["source"]["topic"]["code"] for card in orjson.loads(shown.stdout)["cards"]}
     assert set(expected["topics"]) <= topics
+
+
+def test_a_hook_request_file_for_a_hook_the_service_does_not_answer(tmp_path: Path) -> None:
+    """The hook comes from the file, not from --hook's choices: an unknown one was a LookupError traceback."""
+    path = tmp_path / "request.json"
+    patient = {"resourceType": "Patient", "id": "p1"}
+    path.write_text(
+        json.dumps(
+            {"hook": "encounter-start", "context": {"patientId": "p1"}, "prefetch": {"patient": patient}}
+        )
+    )
+    result = run(str(path), "--now", NOW)
+    assert_clean_failure(result, mentions="encounter-start")
+    assert "patient-view, order-select, order-sign" in result.stderr
