@@ -31,6 +31,7 @@ from cds_service.devtools.bundles import BundleError, load_draft_orders
 from cds_service.devtools.hookrequest import HOOKS, ORDER_HOOKS, hook_context, hook_request, service_for_hook
 from cds_service.devtools.render import render_response
 from cds_service.fhir.read import next_link
+from cds_service.protocol.clients import MIN_RSA_BITS
 from cds_service.protocol.prefetch import TemplateError, render_template
 
 TOKEN_LIFETIME_S = 300
@@ -132,6 +133,12 @@ def load_signing_key(path: Path, iss: str, kid: str | None) -> SigningKey:
     except (ValueError, TypeError):
         raise FireError(f"{path} is not an unencrypted PEM private key") from None
     algorithm = signing_algorithm(private_key)
+    if isinstance(private_key, rsa.RSAPrivateKey) and private_key.key_size < MIN_RSA_BITS:
+        # Smaller keys sign tokens every service refuses (a 512-bit one cannot even hold an RS384 signature).
+        raise FireError(
+            f"{path} is a {private_key.key_size}-bit RSA key; "
+            f"CDS Hooks services need at least {MIN_RSA_BITS} bits"
+        )
     return SigningKey(private_key, algorithm, kid or public_jwk(private_key)["kid"], iss)
 
 

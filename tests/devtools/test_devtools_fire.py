@@ -383,3 +383,22 @@ def test_fire_against_cds_service_serve_with_a_signed_jwt(fhir_server: SekmetSer
     assert topics(fired_response(signed)) == expected
     assert topics(fired_response(fetched)) == expected
     assert unsigned.exit_code != 0 and "401 Unauthorized" in unsigned.stderr
+
+
+def test_fire_refuses_an_rsa_key_the_service_would_not_accept(tmp_path: Path) -> None:
+    """A 512-bit key made jwt.encode raise (a traceback); 1024 bits signed tokens every service refuses."""
+    pem = tmp_path / "small.pem"
+    pem.write_bytes(
+        rsa.generate_private_key(65537, 1024).private_bytes(  # noqa: S505 (the point of the test)
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    result = fire(
+        "--service", "http://127.0.0.1:9", "--fhir-server", "http://127.0.0.1:9/fhir", "--patient", "p",
+        "--signing-key", str(pem), "--iss", ISS,
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert (
+        result.stderr.strip()
+        == f"Error: {pem} is a 1024-bit RSA key; CDS Hooks services need at least 2048 bits"
+    )
