@@ -283,28 +283,45 @@ class PatientRecord:
     def products_on_file(self, classes: frozenset[str]) -> list[MedicationEntry]:
         return [m for m in self.medications if m.active and m.classes & classes]
 
-    def course(self, cls: str) -> Course | None:
-        """The most recent continuous course of a therapy class (gaps shorter than ``course_gap_days``)."""
+    def courses(self, cls: str) -> list[Course]:
+        """Every continuous course of a therapy class (records with gaps shorter than ``course_gap_days``),
+        oldest first. A record with no date belongs to none; an active one runs until now."""
         gap = timedelta(days=self.config.thresholds.course_gap_days)
         spans = sorted(
             (m.start, m.end or m.start, m.active, m.name)
             for m in self.medications
             if cls in m.classes and m.start is not None
         )
-        current: list[Any] | None = None
+        runs: list[list[Any]] = []
         for start, end, active, name in spans:
             end = self.now if active else max(end, start)
+            current = runs[-1] if runs else None
             if current is not None and start <= current[1] + gap:
                 current[1] = max(current[1], end)
                 current[2] = current[2] or active
                 if name not in current[3]:
                     current[3].append(name)
             else:
-                current = [start, end, active, [name]]
-        if current is None:
-            return None
-        ongoing = current[2] or current[1] >= self.now - gap
-        return Course(start=current[0], end=current[1], ongoing=ongoing, names=tuple(current[3]))
+                runs.append([start, end, active, [name]])
+        return [
+            Course(start=start, end=end, ongoing=active or end >= self.now - gap, names=tuple(names))
+            for start, end, active, names in runs
+        ]
+
+    def course(self, cls: str) -> Course | None:
+        """The most recent continuous course of a therapy class (see `courses`)."""
+        found = self.courses(cls)
+        return found[-1] if found else None
+
+    def taking(self, classes: frozenset[str], start: datetime, end: datetime) -> Course | None:
+        """A course of one of ``classes`` that ran at some time from ``start`` up to (not including) ``end``:
+        whether the patient was taking it then, by courses rather than single records, since a course
+        covers the gaps between its records."""
+        for cls in sorted(classes):
+            for found in self.courses(cls):
+                if found.start < end and found.end >= start:
+                    return found
+        return None
 
     # --- conditions -----------------------------------------------------------------------------------
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from cds_service.clinical.engine import load_clinical_config
 from tests.clinical.builders import (
     CYANO,
+    NOW,
     ago,
     by_topic,
     condition,
@@ -12,6 +15,7 @@ from tests.clinical.builders import (
     draft_lab,
     med,
     obs,
+    record,
     run,
     topics,
 )
@@ -396,3 +400,27 @@ def test_a_condition_known_only_by_code_is_named_by_its_code_on_the_card() -> No
     )
     detail = by_topic(treated, "iron-deficiency-with-high-b12").detail
     assert "B12 deficiency or pernicious anaemia (SNOMED CT 84027009)" in detail
+
+
+# --- "was the patient taking B12 when this test was drawn?" asks about every course ------------------------
+
+
+def test_a_high_b12_drawn_during_an_earlier_course_is_not_called_unexplained() -> None:
+    """Prescriptions 310 and 211 days ago (one continuous course: gaps under 100 days), a B12 of 1600 drawn
+    212 days ago, and a new course since. The rule asked only about the most recent course and about single
+    records within 90 days of the test, so it said no B12 was being taken and asked for a liver work-up."""
+    earlier = (med(CYANO, 310, status="completed"), med(CYANO, 211, status="completed"))
+    findings = run(obs("b12", 1600, 212), *earlier, med(CYANO, 30))
+    assert "elevated-b12-no-supplement" not in topics(findings)
+    rec = record(*earlier, med(CYANO, 30))
+    assert [(c.start.date().isoformat(), c.ongoing) for c in rec.courses("b12-therapy")] == [
+        ("2025-03-11", False),
+        ("2025-12-16", True),
+    ]
+    assert rec.course("b12-therapy") == rec.courses("b12-therapy")[-1]
+    drawn, therapy = NOW - timedelta(days=212), frozenset({"b12-therapy"})
+    assert rec.taking(therapy, drawn - timedelta(days=90), drawn) is not None
+    assert rec.taking(therapy, NOW - timedelta(days=150), NOW - timedelta(days=100)) is None
+    # A course that ended more than 90 days before the test still does not explain it.
+    ended = run(obs("b12", 1600, 100), med(CYANO, 300, status="completed"), med(CYANO, 30))
+    assert "elevated-b12-no-supplement" in topics(ended)

@@ -47,20 +47,10 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     taken, later = b12_products_by_test_time(record, b12)
     if taken:
         return None
+    # Nor one taken in the weeks before it: any course (not only the latest) running in that time.
     exposure_window = b12.when - timedelta(days=t.recent_days)
-    drawn = day_after(b12.when)
-    for cls in B12_PRODUCTS:
-        course = record.course(cls)
-        if course is not None and course.start < drawn and course.end >= exposure_window:
-            return None
-    for entry in record.medications:
-        if (
-            entry.classes & B12_PRODUCTS
-            and entry.start is not None
-            and entry.start < drawn
-            and (entry.end or entry.start) >= exposure_window
-        ):
-            return None
+    if record.taking(B12_PRODUCTS, exposure_window, day_after(b12.when)) is not None:
+        return None
     for cls in (*EXPLAINING, codes.B12_DEFICIENCY):
         if record.has_condition(cls, include_controlled=cls == codes.B12_DEFICIENCY):
             return None
