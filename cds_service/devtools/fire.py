@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
+import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -62,6 +63,31 @@ class Seconds(click.FloatRange):
         if math.isnan(seconds):
             self.fail(f"{value!r} is not a number of seconds", param, ctx)
         return float(seconds)
+
+
+# The request schema's patterns (protocol/schemas/defs.json): a value outside them is a 400 from the service,
+# after fire has already put it into the FHIR query paths (Patient/../../metadata).
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_USER_REFERENCE = re.compile(r"(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}")
+
+
+def _patient_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not _FHIR_ID.fullmatch(value):
+        raise click.BadParameter(
+            f"{value!r} is not a FHIR id (1 to 64 letters, digits, '-' or '.')", ctx, param
+        )
+    return value
+
+
+def _user_reference(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not _USER_REFERENCE.fullmatch(value):
+        raise click.BadParameter(
+            f"{value!r} is not a reference such as Practitioner/123 "
+            "(Practitioner, PractitionerRole, Patient or RelatedPerson)",
+            ctx,
+            param,
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -351,7 +377,9 @@ def _outcome_text(response: requests.Response) -> str:
     required=True,
     help="FHIR base URL the EHR prefetches from (sent as fhirServer).",
 )
-@click.option("--patient", "patient_id", required=True, help="Patient id on that FHIR server.")
+@click.option(
+    "--patient", "patient_id", required=True, callback=_patient_id, help="Patient id on that FHIR server."
+)
 @click.option("--hook", type=click.Choice(HOOKS), default="patient-view", show_default=True)
 @click.option(
     "--order",
@@ -374,7 +402,12 @@ def _outcome_text(response: requests.Response) -> str:
     "--prefetch/--no-prefetch", default=True, show_default=True, help="Send the prefetch, or none at all."
 )
 @click.option(
-    "--user", "user_id", default="Practitioner/cds-devtools", show_default=True, help="context.userId."
+    "--user",
+    "user_id",
+    default="Practitioner/cds-devtools",
+    show_default=True,
+    callback=_user_reference,
+    help="context.userId.",
 )
 @click.option("--timeout", type=Seconds(), default=30.0, show_default=True, help="Seconds per HTTP call.")
 @click.option("--json", "as_json", is_flag=True, help="Print the service response as JSON.")

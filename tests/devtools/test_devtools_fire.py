@@ -328,12 +328,19 @@ def test_fire_with_a_fhir_bearer_token_like_the_smart_launcher(
         (["--service", "http://127.0.0.1:9", "--timeout", "inf"], "'--timeout'"),
         (["--service", "http://127.0.0.1:9", "--hook", "order-sign"], "--order"),
         (["--service", "http://127.0.0.1:9", "--signing-key", "k.pem"], "--iss"),
+        (["--service", "http://127.0.0.1:9", "--patient", "../../metadata"], "'--patient'"),
+        (["--service", "http://127.0.0.1:9", "--patient", ""], "'--patient'"),
+        (["--service", "http://127.0.0.1:9", "--patient", "a b?x=1"], "not a FHIR id"),
+        (["--service", "http://127.0.0.1:9", "--user", "dr-who"], "'--user'"),
     ],
 )
 def test_fire_refuses_bad_options(extra: list[str], message: str) -> None:
+    """Refused before any request: a --patient that is not a FHIR id was sent into FHIR query paths
+    (Patient/../../metadata) and then refused by the service as a 400."""
     result = fire("--fhir-server", "http://127.0.0.1:9/fhir", "--patient", "p", *extra)
     assert result.exit_code == 2
     assert message in result.stderr
+    assert "Traceback" not in result.output
 
 
 def test_fire_refuses_a_key_that_is_not_a_private_key(tmp_path: Path) -> None:
