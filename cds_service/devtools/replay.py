@@ -119,12 +119,16 @@ class Replayer:
 
 
 def _settings(now: str | None) -> Settings:
+    """The settings a replay runs under; a malformed --now is a usage error (exit 2), as --since is."""
+    try:
+        clock: datetime | None = parse_rfc3339("--now", now) if now is not None else None
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from None
     try:
         settings = load_settings()
-        clock: datetime | None = parse_rfc3339("--now", now) if now else settings.now
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
-    return settings.with_overrides(now=clock, auth="off")
+    return settings.with_overrides(now=clock or settings.now, auth="off")
 
 
 def _collect(paths: Sequence[Path]) -> list[tuple[Path, bool]]:

@@ -225,9 +225,14 @@ def test_bad_order_file(tmp_path: Path) -> None:
     )
 
 
-def test_bad_now() -> None:
+@pytest.mark.parametrize("now", ["yesterday", "2026-01-15T09:00:00", "2026-02-30", ""])
+def test_bad_now_is_a_usage_error(now: str) -> None:
+    """Like feedback-report's --since: a malformed option is click's usage error, exit 2 (it was 1)."""
     bundle = sorted(SMART_PATIENTS.glob("*.json"))[0]
-    assert_clean_failure(run(str(bundle), "--now", "yesterday"), mentions="RFC 3339")
+    result = run(str(bundle), "--now", now)
+    assert result.exit_code == 2, result.stderr
+    assert "Traceback" not in result.output
+    assert f"--now={now!r}" in result.stderr
 
 
 def test_order_hook_without_orders() -> None:
