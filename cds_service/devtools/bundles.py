@@ -40,6 +40,12 @@ ORDER_TYPES = frozenset(
 )
 
 
+# The largest file a replay reads (a Synthea record of a long life is tens of MB; parsed, a file takes about
+# ten times its size in memory). Reading stops one byte past it, so /dev/zero or a multi-GB export is
+# refused at once instead of being read until memory runs out.
+MAX_FILE_BYTES = 256 * 1024 * 1024
+
+
 class BundleError(ValueError):
     """A file cannot be used as asked; the message is one line and names the file."""
 
@@ -85,7 +91,9 @@ class DraftOrders:
 def read_json(path: Path) -> Any:
     """Parse a JSON file, turning every failure into a one-line BundleError."""
     try:
-        data = path.read_bytes()
+        data = read_at_most(path, MAX_FILE_BYTES)
+    except FileTooLargeError as error:
+        raise BundleError(f"{path}: larger than {size_text(error.limit)}; not read") from None
     except FileNotFoundError:
         raise BundleError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -97,6 +105,31 @@ def read_json(path: Path) -> Any:
     except orjson.JSONDecodeError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else "invalid JSON"
         raise BundleError(f"{path}: not valid JSON ({reason})") from None
+
+
+class FileTooLargeError(OSError):
+    """A file (or device, or pipe) holds more than the reader's limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"more than {limit} bytes")
+        self.limit = limit
+
+
+def read_at_most(path: Path, limit: int) -> bytes:
+    """The file's bytes, or FileTooLargeError once more than ``limit`` of them have been read."""
+    with path.open("rb") as stream:
+        data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise FileTooLargeError(limit)
+    return data
+
+
+def size_text(count: int) -> str:
+    """A byte count as a person reads it: 256 MiB, 64 KiB, 1000 bytes."""
+    for unit, size in (("MiB", 1024 * 1024), ("KiB", 1024)):
+        if count >= size:
+            return f"{count / size:g} {unit}"
+    return f"{count} bytes"
 
 
 def check_bundle(data: Any, where: str) -> None:

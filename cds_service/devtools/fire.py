@@ -28,7 +28,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from cds_service.cli_types import HTTP_URL
-from cds_service.devtools.bundles import BundleError, load_draft_orders
+from cds_service.devtools.bundles import (
+    BundleError,
+    FileTooLargeError,
+    load_draft_orders,
+    read_at_most,
+    size_text,
+)
 from cds_service.devtools.hookrequest import HOOKS, ORDER_HOOKS, hook_context, hook_request, service_for_hook
 from cds_service.devtools.render import render_response
 from cds_service.fhir.read import next_link
@@ -38,6 +44,7 @@ from cds_service.protocol.prefetch import TemplateError, render_template
 TOKEN_LIFETIME_S = 300
 MAX_PAGES = 50
 MAX_TIMEOUT_S = 86_400.0
+MAX_KEY_BYTES = 64 * 1024  # a PEM RSA 16384-bit key is about 13 KB
 _EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 _FHIR_HEADERS = {"Accept": "application/fhir+json"}
 
@@ -151,7 +158,9 @@ def signing_algorithm(private_key: Any) -> str:
 def load_signing_key(path: Path, iss: str, kid: str | None) -> SigningKey:
     """Read a PEM private key; the error never shows the file's content."""
     try:
-        data = path.read_bytes()
+        data = read_at_most(path, MAX_KEY_BYTES)
+    except FileTooLargeError:
+        raise FireError(f"{path}: larger than {size_text(MAX_KEY_BYTES)}, not a PEM private key") from None
     except OSError as error:
         raise FireError(f"cannot read the signing key {path}: {error.strerror or error}") from None
     try:

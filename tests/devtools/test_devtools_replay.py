@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cds_service.cli import main
+from cds_service.devtools import bundles as bundles_module
 from tests.builders import FIXED_NOW, REPO, SMART_PATIENTS
 from tests.devtools.checks import assert_spec_response
 
@@ -301,3 +302,30 @@ def test_a_hook_request_file_for_a_hook_the_service_does_not_answer(tmp_path: Pa
     result = run(str(path), "--now", NOW)
     assert_clean_failure(result, mentions="encounter-start")
     assert "patient-view, order-select, order-sign" in result.stderr
+
+
+@pytest.mark.parametrize("source", ["/dev/zero", "file"])
+def test_a_file_past_the_size_limit_is_refused_without_reading_it_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    """/dev/zero was read to the end of memory (MemoryError traceback, or the OOM killer)."""
+    monkeypatch.setattr(bundles_module, "MAX_FILE_BYTES", 1000)
+    path = Path(source)
+    if source == "file":
+        path = tmp_path / "big.json"
+        path.write_text(json.dumps({"resourceType": "Bundle", "type": "collection", "note": "x" * 2000}))
+    result = run(str(path), "--now", NOW)
+    assert_clean_failure(result, mentions=f"{path}: larger than")
+    for option in ("--order",):
+        order = run(str(sorted(SMART_PATIENTS.glob("*.json"))[0]), "--hook", "order-sign", option, str(path))
+        assert_clean_failure(order, mentions=f"{path}: larger than")
+
+
+def test_dev_zero_as_a_signing_key_is_refused(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main,
+        ["fire", "--service", "http://127.0.0.1:9", "--fhir-server", "http://127.0.0.1:9/fhir",
+         "--patient", "p", "--signing-key", "/dev/zero", "--iss", "https://ehr.example"],
+    )  # fmt: skip
+    assert_clean_failure(result, mentions="/dev/zero")
+    assert "larger than" in result.stderr
