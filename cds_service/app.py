@@ -35,6 +35,7 @@ from cds_service.protocol.auth import Authenticator, AuthError
 from cds_service.protocol.request import (
     RequestError,
     is_json_content_type,
+    nesting_refusal,
     parse_json_body,
     prepare_validators,
 )
@@ -221,6 +222,7 @@ def create_app(settings: Settings) -> Flask:
     def call_service(service_id: str) -> Response:
         started = time.perf_counter()
         trace = observability.CallTrace(service=service_id)
+        body = None
         try:
             if service_id not in handler.services:
                 raise unknown_service(service_id)
@@ -232,36 +234,50 @@ def create_app(settings: Settings) -> Flask:
             trace.topics = [card["source"]["topic"]["code"] for card in answer["cards"]]
             response = json_response(answer)
         except RequestError as error:
-            log.info(
-                "hook call refused (%d): %s",
-                error.status,
-                error.log_reason,
-                extra={"hookInstance": trace.hook_instance},
-            )
-            response = operation_outcome(error.status, error.reason)
+            response = refused_call(error, trace)
         except RequestEntityTooLarge:
             response = operation_outcome(
                 413, f"The request body is larger than {settings.max_body_bytes} bytes."
             )
-        except Exception:
-            log.exception("hook call failed", extra={"hookInstance": trace.hook_instance})
-            response = operation_outcome(
-                500, "The service failed to process this request; it has been logged."
-            )
+        except Exception as error:
+            too_deep = nesting_refusal(error, body)
+            if too_deep is not None:
+                response = refused_call(too_deep, trace)
+            else:
+                log.exception("hook call failed", extra={"hookInstance": trace.hook_instance})
+                response = operation_outcome(
+                    500, "The service failed to process this request; it has been logged."
+                )
         trace.status = response.status_code
         observability.finish_call(trace, (time.perf_counter() - started) * 1000.0)
         return response
 
+    def refused_call(error: RequestError, trace: observability.CallTrace) -> Response:
+        log.info(
+            "hook call refused (%d): %s",
+            error.status,
+            error.log_reason,
+            extra={"hookInstance": trace.hook_instance},
+        )
+        return operation_outcome(error.status, error.reason)
+
     @app.post("/cds-services/<service_id>/feedback")
     def feedback(service_id: str) -> Response:
+        body = None
         try:
             if service_id not in handler.services:
                 raise unknown_service(service_id)
-            items = parse_feedback(read_json_body())
+            body = read_json_body()
+            items = parse_feedback(body)
         except FeedbackError as error:
             return refused_feedback(RequestError(400, str(error)))
         except RequestError as error:
             return refused_feedback(error)
+        except RecursionError as error:
+            too_deep = nesting_refusal(error, body)
+            if too_deep is None:
+                raise
+            return refused_feedback(too_deep)
         try:
             new = feedback_store.add_feedback(service_id, items)
         except StoreUnavailable as error:

@@ -16,6 +16,9 @@ from jsonschema.exceptions import best_match
 from cds_service.protocol.schemas import validator
 
 HOOKS = ("patient-view", "order-select", "order-sign")
+# Deepest nesting of a request body the service is sure to process (orjson writes at most 254 levels, and
+# the service wraps parts of a request in a few more); FHIR resources need fewer than 20.
+MAX_NESTING = 200
 
 
 def prepare_validators() -> None:
@@ -99,6 +102,36 @@ def is_json_content_type(content_type: str | None) -> bool:
         return False
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def nesting_refusal(error: BaseException, body: Any) -> RequestError | None:
+    """The 400 for a body nested too deeply to process, when that is why processing it failed; else None.
+
+    orjson reads JSON nested up to 1024 levels but writes back at most 254 (the run-ahead key and the
+    responses are written with it), and jsonschema quotes an invalid value with ``repr``, which Python's
+    recursion limit stops near 1000 levels: a body nested that deep made a 500 with a stack trace of a
+    thousand frames. Looking for the depth only once such an error has happened costs a normal call
+    nothing; an error that a body of ordinary depth provokes stays the service's own (None)."""
+    if isinstance(error, RecursionError | orjson.JSONEncodeError) and nested_deeper_than(body, MAX_NESTING):
+        return RequestError(
+            400,
+            f"The request body nests JSON more than {MAX_NESTING} levels deep; this service refuses that.",
+        )
+    return None
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` holds objects or arrays nested more than ``limit`` levels deep (the outermost is
+    level 1). Iterative, so any depth can be measured."""
+    stack = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
 
 
 def parse_json_body(raw: bytes) -> Any:
