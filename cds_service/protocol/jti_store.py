@@ -216,12 +216,14 @@ class RedisReplayStore:
                 return None
             now = time.time()
             try:
-                started = now - float(self._redis.info("server")["uptime_in_seconds"])
+                # Whole seconds between two whole-second clock readings: the start lies within a second
+                # either side; the latest is the safe bound.
+                started = now - float(self._redis.info("server")["uptime_in_seconds"]) + 1
             except (*self._errors, KeyError, ValueError):
                 started = 0.0
             # Restarted since this process last saw the old epoch: the ids were lost when it started.
             # Otherwise (flushed, a failover) at some moment up to now, which is the safe bound.
-            lost_at = started if started > last_seen else now
+            lost_at = min(started, now) if started > last_seen else now
             remaining = lost_at + LOSS_WINDOW_S - now
             consequence = (
                 f"a token that may have been used before {_utc(lost_at)} is refused until "
