@@ -7,6 +7,8 @@ from urllib.parse import urlsplit
 
 import click
 
+from cds_service.redaction import without_passwords
+
 
 class HttpUrl(click.ParamType):
     """An http(s) URL with a host, checked when the options are read.
@@ -30,7 +32,7 @@ class HttpUrl(click.ParamType):
         except ValueError:  # a malformed IPv6 host, or a port that is not a number up to 65535
             usable = False
         if not usable:
-            self.fail(f"{text!r} is not an http(s) URL", param, ctx)
+            self.fail(f"{without_passwords(text, text)!r} is not an http(s) URL", param, ctx)
         return text
 
 

@@ -40,6 +40,7 @@ from cds_service.devtools.render import render_response
 from cds_service.fhir.read import next_link
 from cds_service.protocol.clients import MIN_RSA_BITS
 from cds_service.protocol.prefetch import TemplateError, render_template
+from cds_service.redaction import without_passwords
 
 TOKEN_LIFETIME_S = 300
 MAX_PAGES = 50
@@ -436,6 +437,29 @@ def fire(
     as_json: bool,
 ) -> None:
     """Call a running CDS service as an EHR would, with data from a FHIR server, and print the cards."""
+    try:
+        _fire(**locals())
+    except FireError as error:
+        # Messages quote the URLs called; a user:password@ in --service or --fhir-server stays out.
+        error.message = without_passwords(without_passwords(error.message, service_url), fhir_server)
+        raise
+
+
+def _fire(
+    service_url: str,
+    fhir_server: str,
+    patient_id: str,
+    hook: str,
+    order_file: Path | None,
+    signing_key: Path | None,
+    iss: str | None,
+    kid: str | None,
+    fhir_token: str | None,
+    prefetch: bool,
+    user_id: str,
+    timeout: float,
+    as_json: bool,
+) -> None:
     if hook in ORDER_HOOKS and order_file is None:
         raise click.UsageError(f"--hook {hook} needs draft orders: give --order FILE")
     if signing_key is not None and not iss:

@@ -409,3 +409,27 @@ def test_fire_refuses_an_rsa_key_the_service_would_not_accept(tmp_path: Path) ->
         result.stderr.strip()
         == f"Error: {pem} is a 1024-bit RSA key; CDS Hooks services need at least 2048 bits"
     )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--service", "http://dev:pw-S3cret@127.0.0.1:{closed}", "--fhir-server", "http://127.0.0.1:9/fhir"],
+        ["--service", "{service}", "--fhir-server", "http://dev:pw-S3cret@127.0.0.1:{closed}/fhir"],
+        ["--service", "http://dev:pw-S3cret@[::1", "--fhir-server", "http://127.0.0.1:9/fhir"],
+        ["--service", "{service}", "--fhir-server", "ftp://dev:pw-S3cret@127.0.0.1/fhir"],
+    ],
+    ids=["service-down", "fhir-server-down", "malformed-service-url", "not-http"],
+)
+def test_fire_never_prints_the_password_of_a_url(tmp_path: Path, args: list[str]) -> None:
+    """A URL's user:password@ was quoted whole in 'cannot connect' and 'is not an http(s) URL' errors."""
+    closed = free_port()
+    with serving_service(lambda _: base_settings(tmp_path)) as service:
+        filled = [a.format(closed=closed, service=service) for a in args]
+        result = fire(*filled, "--patient", "p")
+    assert result.exit_code in (1, 2)
+    assert "Traceback" not in result.output
+    assert "pw-S3cret" not in result.output
+    assert (
+        "dev:***@" in result.output or "malformed" in result.output or "not an http(s) URL" in result.output
+    )
