@@ -37,6 +37,7 @@ from cds_service.devtools.bundles import (
 )
 from cds_service.devtools.hookrequest import HOOKS, ORDER_HOOKS, hook_context, hook_request, service_for_hook
 from cds_service.devtools.render import render_response
+from cds_service.fhir.errors import exception_reason
 from cds_service.fhir.read import next_link
 from cds_service.protocol.clients import MIN_RSA_BITS
 from cds_service.protocol.prefetch import TemplateError, render_template
@@ -214,14 +215,12 @@ class Ehr:
             return self.session.request(
                 method, url, data=orjson.dumps(body), headers=headers, timeout=self.timeout
             )
-        except requests.ConnectionError:
-            raise FireError(
-                f"cannot connect to the CDS service at {url} (is it running? connection refused)"
-            ) from None
-        except requests.Timeout:
+        except requests.Timeout:  # before ConnectionError: a connect timeout is both
             raise FireError(f"the CDS service at {url} did not answer within {self.timeout:g} s") from None
         except requests.RequestException as error:
-            raise FireError(f"calling {url} failed: {type(error).__name__}") from None
+            reason = exception_reason(error, url)
+            hint = " (is it running?)" if reason.startswith("connection refused") else ""
+            raise FireError(f"cannot connect to the CDS service: {reason}{hint}") from None
 
     def discovery(self) -> list[dict[str, Any]]:
         url = f"{self.service_base}/cds-services"
@@ -274,12 +273,10 @@ class Ehr:
             headers["Authorization"] = f"Bearer {self.fhir_token}"
         try:
             return self.session.get(url, headers=headers, timeout=self.timeout)
-        except requests.ConnectionError:
-            raise FireError(f"cannot connect to the FHIR server at {url} (connection refused?)") from None
-        except requests.Timeout:
+        except requests.Timeout:  # before ConnectionError: a connect timeout is both
             raise FireError(f"the FHIR server did not answer {url} within {self.timeout:g} s") from None
         except requests.RequestException as error:
-            raise FireError(f"querying {url} failed: {type(error).__name__}") from None
+            raise FireError(f"cannot query the FHIR server: {exception_reason(error, url)}") from None
 
     def prefetch(self, templates: Mapping[str, str], context: Mapping[str, Any]) -> dict[str, Any]:
         """Run each rendered template like an EHR; keys whose query fails are left out, never sent as junk.

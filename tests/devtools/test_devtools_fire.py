@@ -433,3 +433,25 @@ def test_fire_never_prints_the_password_of_a_url(tmp_path: Path, args: list[str]
     assert (
         "dev:***@" in result.output or "malformed" in result.output or "not an http(s) URL" in result.output
     )
+
+
+def test_fire_names_the_network_failure_instead_of_saying_connection_refused(
+    fhir_server: SekmetServer, tmp_path: Path
+) -> None:
+    """An unknown host and https to an http port were both reported as 'connection refused'."""
+    with serving_service(lambda _: base_settings(tmp_path)) as service:
+        unknown = fire("--service", "http://no-such-host.invalid", "--fhir-server", fhir_server.base_url,
+                       "--patient", "p")  # fmt: skip
+        tls = fire("--service", service.replace("http://", "https://"), "--fhir-server", fhir_server.base_url,
+                   "--patient", "p")  # fmt: skip
+        fhir_tls = fire("--service", service, "--fhir-server", fhir_server.base_url.replace("http://", "https://"),
+                        "--patient", "p")  # fmt: skip
+    for result, says in (
+        (unknown, "host name of http://no-such-host.invalid/cds-services could not be resolved"),
+        (tls, "TLS handshake with"),
+        (fhir_tls, "TLS handshake with"),
+    ):
+        assert result.exit_code == 1
+        assert says in result.stderr
+        assert "refused" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
