@@ -335,8 +335,10 @@ class PatientRecord:
 # --- building -----------------------------------------------------------------------------------------
 
 
-def _subject_matches(resource: dict[str, Any], patient_id: str, own: frozenset[str] = frozenset()) -> bool:
-    """False only when the resource names a different patient (resources without a subject are kept)."""
+def _names_patient(resource: dict[str, Any], patient_id: str, own: frozenset[str]) -> bool | None:
+    """Whether the resource's ``subject`` (or ``patient``) reference is this patient: True; False for a
+    reference to anyone or anything else, or one that cannot be read; None when it names no patient at all
+    (no such element, or one without a reference, such as a display alone)."""
     for key in ("subject", "patient"):
         ref = resource.get(key)
         if isinstance(ref, dict) and "reference" in ref:
@@ -344,7 +346,18 @@ def _subject_matches(resource: dict[str, Any], patient_id: str, own: frozenset[s
                 return True
             target = reference_id(ref)
             return target is not None and target[1] == patient_id and target[0] in (None, "Patient")
-    return True
+    return None
+
+
+def _subject_matches(resource: dict[str, Any], patient_id: str, own: frozenset[str] = frozenset()) -> bool:
+    """False only when the resource names a different patient.
+
+    A medicine, diagnosis or order that names no patient is kept: it came from a patient-scoped search
+    (a prefetch key or the service's own query), and these records mostly silence cards (a diagnosis of
+    pernicious anaemia explains injections; a pending order is not ordered again), so dropping them would
+    make cards say that nothing is on file. An Observation naming no patient is handled in `build_record`.
+    """
+    return _names_patient(resource, patient_id, own) is not False
 
 
 def _analyte(concept: Any, analyte_codes: Any) -> str | None:
@@ -522,10 +535,15 @@ SYSTEM_NAMES = {
 
 
 class _UnitProblems:
-    """Collects unconvertible units during one build and logs each (analyte, unit) once — no patient data."""
+    """Collects the results one build does not use — unconvertible units, each (analyte, unit) once, and
+    results naming no patient, counted by analyte — and logs them: no patient data."""
 
     def __init__(self) -> None:
         self.seen: set[tuple[str, str]] = set()
+        self.unattributed: dict[str, int] = {}
+
+    def no_patient(self, analyte: str) -> None:
+        self.unattributed[analyte] = self.unattributed.get(analyte, 0) + 1
 
     def add(self, analyte: str, unit: str | None) -> None:
         """Units are the sender's text: at most 40 characters of one reach the log."""
@@ -533,6 +551,12 @@ class _UnitProblems:
         self.seen.add((analyte, shown or "(none)"))
 
     def report(self) -> None:
+        for analyte, count in sorted(self.unattributed.items()):
+            log.warning(
+                "%d %s result(s) name no patient (no subject reference): counted as done, not read as values",
+                count,
+                analyte,
+            )
         for analyte, unit in sorted(self.seen):
             log.warning(
                 "%s result with unit %r not used: the unit cannot be converted to %s",
@@ -601,10 +625,11 @@ def build_record(
                 continue
             subject = resource.get("subject")
             reference = subject.get("reference") if type(subject) is dict else None
-            if (type(reference) is not str or reference not in own) and not _subject_matches(
-                resource, patient_id, own
-            ):
-                continue
+            attributed: bool | None = True
+            if type(reference) is not str or reference not in own:
+                attributed = _names_patient(resource, patient_id, own)
+                if attributed is False:
+                    continue
             stamp = resource.get("effectiveDateTime")
             when = None
             if type(stamp) is str and len(stamp) > 10:
@@ -619,6 +644,12 @@ def build_record(
             if when is None or when > latest_allowed:
                 continue
             tested.setdefault(analyte, []).append(when)
+            if attributed is None:
+                # Nothing shows this result is the patient's: it makes no card (one read from someone
+                # else's result would be about the wrong person), but the test counts as done, and the log
+                # says it was not used, as for a unit that cannot be converted.
+                units.no_patient(analyte)
+                continue
             if analyte not in _NUMERIC_ANALYTES:
                 continue
             value_quantity = resource.get("valueQuantity")

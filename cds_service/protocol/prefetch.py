@@ -153,7 +153,9 @@ def classify(key: str, template: str, prefetch: Mapping[str, Any], patient_id: s
 def _belongs_to(resource: Mapping[str, Any], patient_id: str, own: frozenset[str]) -> bool:
     """False when the resource is, or names as its subject, a patient other than ``patient_id``.
 
-    The common reference (``Patient/<id>``) is a set lookup; only other spellings are parsed.
+    The common reference (``Patient/<id>``) is a set lookup; only other spellings are parsed. A resource that
+    names no patient does not make the search junk: the search is still an answer, and the clinical record
+    decides what such a resource may be used for (an Observation naming no patient is not read as a value).
     """
     if resource.get("resourceType") == "Patient":
         return resource.get("id") == patient_id

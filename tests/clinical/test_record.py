@@ -115,6 +115,37 @@ def test_other_patients_resources_are_ignored_and_urn_uuid_is_the_same_patient()
     assert [r.value for r in rec.results["b12"]] == [1400]
 
 
+def test_a_result_naming_no_patient_counts_as_done_but_is_not_read_and_is_logged(caplog) -> None:
+    """An Observation without a subject reference cannot be shown to be this patient's: it makes no card
+    (a deficiency read from it could be someone else's), but the test counts as done, as for a unit that
+    cannot be converted, and the log says so (no patient data)."""
+    caplog.set_level(logging.INFO)
+    bare = obs("b12", 140, 3)
+    del bare["subject"]
+    display_only = obs("ferritin", 12, 3)
+    display_only["subject"] = {"display": "Jane Doe"}
+    rec = record(bare, display_only)
+    assert rec.results == {} and rec.latest("b12") is None
+    assert rec.tested_since("b12", NOW - timedelta(days=5)) is not None
+    assert rec.tested_since("ferritin", NOW - timedelta(days=5)) is not None
+    cards = evaluate([patient(), bare, display_only], patient_id=PID, now=NOW, config=CONFIG)
+    assert cards == []
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("b12" in m and "no patient" in m for m in messages)
+    assert any("ferritin" in m and "no patient" in m for m in messages)
+    assert not any(PID in m or "Jane" in m for m in messages)
+    # Its own results still count, and a medicine, diagnosis or order without a subject is still kept: the
+    # patient-scoped search asserts it, and dropping a diagnosis of pernicious anaemia would invite
+    # stopping the injections it explains.
+    pa = condition("84027009")
+    del pa["subject"]
+    cyano = med(CYANO, 30)
+    del cyano["subject"]
+    kept = record(obs("b12", 1500, 3), pa, cyano)
+    assert kept.latest("b12").value == 1500
+    assert kept.has_condition(codes.B12_DEFICIENCY) and kept.course(codes.B12_THERAPY) is not None
+
+
 def test_course_start_is_the_earliest_record_of_the_continuous_course() -> None:
     old = med(CYANO, 700, status="completed")
     renewal_1 = med(
