@@ -38,7 +38,7 @@ from cds_service.devtools.bundles import (
 from cds_service.devtools.hookrequest import HOOKS, ORDER_HOOKS, hook_context, hook_request, service_for_hook
 from cds_service.devtools.render import render_response
 from cds_service.fhir.errors import exception_reason
-from cds_service.fhir.read import next_link
+from cds_service.fhir.read import array, next_link
 from cds_service.protocol.clients import MIN_RSA_BITS
 from cds_service.protocol.prefetch import TemplateError, render_template
 from cds_service.redaction import without_passwords
@@ -281,9 +281,11 @@ class Ehr:
     def prefetch(self, templates: Mapping[str, str], context: Mapping[str, Any]) -> dict[str, Any]:
         """Run each rendered template like an EHR; keys whose query fails are left out, never sent as junk.
 
-        A read that finds nothing is sent as null, except the read of the context's own patient: the
-        service would answer a missing patient with no cards, which looks like "nothing to say" when
-        the real problem is the --patient id or the FHIR server."""
+        Each query and what it found is one line on stderr, then which keys are sent, so a developer sees
+        what the EHR side did (stdout keeps only the cards). A read that finds nothing is sent as null,
+        except the read of the context's own patient: the service would answer a missing patient with no
+        cards, which looks like "nothing to say" when the real problem is the --patient id or the FHIR
+        server."""
         values: dict[str, Any] = {}
         patient = f"Patient/{context['patientId']}" if context.get("patientId") else None
         for key, template in templates.items():
@@ -295,13 +297,20 @@ class Ehr:
             found, ok = self._run_query(key, query, patient)
             if ok:
                 values[key] = found
+        left_out = [key for key in templates if key not in values]
+        summary = f"prefetched {len(values)} of {len(templates)} keys from {self.fhir_server}"
+        if left_out:
+            summary += f"; not sent: {', '.join(left_out)} (the service fetches these itself if it may)"
+        click.echo(summary, err=True)
         return values
 
     def _run_query(self, key: str, query: str, patient: str | None = None) -> tuple[Any, bool]:
         url = f"{self.fhir_server}/{query.lstrip('/')}"
+        shown = f"prefetch {key}: GET {query.lstrip('/')} -> "
         response = self._fhir_get(url)
         is_read = "?" not in query and query.strip("/").count("/") == 1
         if is_read and response.status_code in (404, 410):
+            click.echo(f"{shown}{response.status_code}, sent as null (not found)", err=True)
             if patient is not None and query.strip("/") == patient:
                 raise FireError(
                     f"{patient} does not exist on the FHIR server {self.fhir_server} "
@@ -309,24 +318,49 @@ class Ehr:
                 )
             return None, True
         if response.status_code != 200:
-            click.echo(f"prefetch {key}: not sent (FHIR server answered {response.status_code})", err=True)
+            click.echo(f"{shown}not sent (FHIR server answered {self._status_reason(response)})", err=True)
             return None, False
         try:
             found = response.json()
         except ValueError:
-            click.echo(f"prefetch {key}: not sent (the FHIR server's answer is not JSON)", err=True)
+            kind = response.headers.get("Content-Type", "no Content-Type").split(";")[0]
+            click.echo(
+                f"{shown}not sent (the FHIR server's answer is not JSON but {kind}: "
+                "is --fhir-server the FHIR base URL?)",
+                err=True,
+            )
             return None, False
-        if not is_read and isinstance(found, dict) and found.get("resourceType") == "Bundle":
-            found = self._all_pages(found)
+        if not isinstance(found, dict) or not isinstance(found.get("resourceType"), str):
+            click.echo(f"{shown}not sent (the FHIR server's answer is not a FHIR resource)", err=True)
+            return None, False
+        pages = 1
+        if not is_read and found["resourceType"] == "Bundle":
+            found, pages = self._all_pages(found)
+        click.echo(f"{shown}200, {_found_text(found, pages)}", err=True)
         return found, True
 
-    def _all_pages(self, bundle: dict[str, Any]) -> dict[str, Any]:
+    def _status_reason(self, response: requests.Response) -> str:
+        """The status, the OperationOutcome's words if there are any, and what to check for a 401/403."""
+        text = str(response.status_code)
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
+            text += f": {_outcome_text(response)}"
+        if self.fhir_token:  # a server that quotes the token it refused must not have it printed
+            text = text.replace(self.fhir_token, "***")
+        if response.status_code in (401, 403):
+            text += "; check --fhir-token" if self.fhir_token else "; it wants a token: give --fhir-token"
+        return text
+
+    def _all_pages(self, bundle: dict[str, Any]) -> tuple[dict[str, Any], int]:
         """Follow ``next`` links (opaque URLs, used as given) and merge their entries into one Bundle.
 
         When paging stops early, the merged Bundle keeps the ``next`` link it did not follow, so the
         service sees a partial search as partial (and fetches that key itself) rather than as complete."""
         merged = dict(bundle)
-        entries = list(bundle.get("entry", []))
+        entries = list(array(bundle.get("entry")))
         page = bundle
         pages = 1
         while (next_url := next_link(page)) is not None:
@@ -347,13 +381,34 @@ class Ehr:
                 break
             page = next_page
             pages += 1
-            entries.extend(page.get("entry", []))
-        merged["link"] = [link for link in bundle.get("link", []) if link.get("relation") == "self"]
+            entries.extend(array(page.get("entry")))
+        merged["link"] = [
+            link
+            for link in array(bundle.get("link"))
+            if isinstance(link, dict) and link.get("relation") == "self"
+        ]
         if next_url is not None:
             merged["link"].append({"relation": "next", "url": next_url})
         if entries:
             merged["entry"] = entries
-        return merged
+        return merged, pages
+
+
+def _found_text(found: Mapping[str, Any], pages: int) -> str:
+    """What a query brought back, for the prefetch log: a resource, or a search's entries and pages."""
+    if found.get("resourceType") != "Bundle":
+        return (
+            f"{found['resourceType']}/{found.get('id')}"
+            if isinstance(found.get("id"), str)
+            else found["resourceType"]
+        )
+    entries = array(found.get("entry"))
+    text = f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
+    if pages > 1:
+        text += f" in {pages} pages"
+    if next_link(found) is not None:
+        text += ", sent as partial (paging stopped)"
+    return text
 
 
 def _outcome_text(response: requests.Response) -> str:

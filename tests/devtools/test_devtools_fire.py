@@ -10,6 +10,7 @@ from pathlib import Path
 import jwt
 import orjson
 import pytest
+import requests
 from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -236,7 +237,9 @@ def test_fire_reports_a_patient_the_fhir_server_does_not_have(
         result = fire_for(service, fhir_server, "no-such-patient")
     assert result.exit_code == 1
     assert result.stdout == ""
-    assert result.stderr.strip() == (
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == "prefetch patient: GET Patient/no-such-patient -> 404, sent as null (not found)"
+    assert lines[-1] == (
         f"Error: Patient/no-such-patient does not exist on the FHIR server {fhir_server.base_url} "
         "(HTTP 404): check --patient and --fhir-server"
     )
@@ -455,3 +458,54 @@ def test_fire_names_the_network_failure_instead_of_saying_connection_refused(
         assert says in result.stderr
         assert "refused" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_fire_says_which_queries_it_made_and_which_keys_it_sent(
+    fhir_server: SekmetServer, tmp_path: Path
+) -> None:
+    """stderr said nothing on success: a developer could not tell what the EHR side had queried or sent."""
+    record = load_example(fhir_server, "patient-view.json")
+    with serving_service(lambda _: base_settings(tmp_path)) as service:
+        result = fire_for(service, fhir_server, record.patient_id, "--json")
+        templates = requests.get(f"{service}/cds-services", timeout=10).json()["services"]
+    response = fired_response(result)
+    keys = next(s["prefetch"] for s in templates if s["hook"] == "patient-view")
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == len(keys) + 1
+    for key, line in zip(keys, lines, strict=False):
+        assert line.startswith(f"prefetch {key}: GET "), line
+        assert " -> 200, " in line
+    assert f"prefetch patient: GET Patient/{record.patient_id} -> 200, Patient/{record.patient_id}" in lines
+    assert any(
+        line.startswith(f"prefetch b12IronLabs: GET Observation?patient={record.patient_id}&")
+        for line in lines
+    )
+    assert lines[-1] == f"prefetched {len(keys)} of {len(keys)} keys from {fhir_server.base_url}"
+    assert topics(response)
+
+
+def test_the_prefetch_log_counts_pages_and_says_why_a_key_was_left_out(
+    sekmet_factory: Callable[..., SekmetServer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    secured = sekmet_factory(tokens=["launch-token-1"])
+    record = load_example(secured, "patient-view-iron-deficiency-after-b12.json")
+    templates = {
+        "labs": "Observation?patient={{context.patientId}}&_count=2",
+        "patient": "Patient/{{context.patientId}}",
+    }
+    with_token = Ehr(
+        "http://127.0.0.1:9", secured.base_url, key=None, fhir_token="launch-token-1", timeout=10
+    )
+    with_token.prefetch(templates, {"patientId": record.patient_id})
+    logged = capsys.readouterr().err
+    observations = [r for r in record.resources if r["resourceType"] == "Observation"]
+    pages = -(-len(observations) // 2)
+    assert f"-> 200, {len(observations)} entries in {pages} pages" in logged
+    without = Ehr("http://127.0.0.1:9", secured.base_url, key=None, fhir_token=None, timeout=10)
+    assert without.prefetch(templates, {"patientId": record.patient_id}) == {}
+    logged = capsys.readouterr().err
+    assert (
+        "not sent (FHIR server answered 401: Authentication required; it wants a token: give --fhir-token)"
+        in logged
+    )
+    assert "prefetched 0 of 2 keys" in logged and "not sent: labs, patient" in logged
