@@ -173,6 +173,16 @@ def create_app(settings: Settings) -> Flask:
         reads 64 KB at a time and copied a 220 KB body about three times as often as needed."""
         if not is_json_content_type(request.content_type):
             raise RequestError(415, "Send the request as JSON with Content-Type: application/json.")
+        environ = request.environ
+        coding = environ.get("HTTP_CONTENT_ENCODING")
+        if coding is not None and coding.strip(" \t").lower() not in ("", "identity"):
+            # The body was read as JSON whatever its coding: a gzip body was a 400 whose reason blamed its
+            # UTF-8, and a body labelled gzip but sent plain was answered as if nothing were wrong.
+            raise RequestError(
+                415,
+                "The request body's Content-Encoding is not supported; send it without one (identity).",
+                headers={"Accept-Encoding": "identity"},
+            )
         limit = settings.max_body_bytes
         length = request.content_length
         if length is not None:
@@ -259,7 +269,13 @@ def create_app(settings: Settings) -> Flask:
             error.log_reason,
             extra={"hookInstance": trace.hook_instance},
         )
-        return operation_outcome(error.status, error.reason)
+        return refusal(error)
+
+    def refusal(error: RequestError) -> Response:
+        response = operation_outcome(error.status, error.reason)
+        if error.headers:
+            response.headers.update(error.headers)
+        return response
 
     @app.post("/cds-services/<service_id>/feedback")
     def feedback(service_id: str) -> Response:
@@ -291,7 +307,7 @@ def create_app(settings: Settings) -> Flask:
 
     def refused_feedback(error: RequestError) -> Response:
         log.info("feedback refused (%d): %s", error.status, error.log_reason)
-        return operation_outcome(error.status, error.reason)
+        return refusal(error)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:

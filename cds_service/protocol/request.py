@@ -33,14 +33,22 @@ class RequestError(Exception):
     """A request the service refuses; `status` is the HTTP status, `reason` is safe to show the caller.
 
     `log_reason` is what the service's own log may keep: the caller may see its patient's identifiers
-    (in a FHIR URL, say), the log must not.
+    (in a FHIR URL, say), the log must not. `headers` go into the answer (Accept-Encoding with a 415 for a
+    content coding, as RFC 9110 asks).
     """
 
-    def __init__(self, status: int, reason: str, log_reason: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        log_reason: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.log_reason = reason if log_reason is None else log_reason
+        self.headers = headers
 
 
 def without_identifiers(text: str, *identifiers: str | None) -> str:

@@ -1,0 +1,144 @@
+"""Raw HTTP against a real `cds-service serve`: request framing, codings and charsets, and what is logged.
+
+Every answer must be one clear, spec-shaped status with the service's OperationOutcome, read the body as
+the client meant it or refuse it, and leave the worker running: after each test the server's log gains no
+stack trace, no ERROR line and no new worker.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import orjson
+import pytest
+
+from tests.support.served import HOOKS_NOW, Served, hook_example
+
+pytestmark = pytest.mark.integration
+
+HOOK_PATH = "/cds-services/b12-iron-patient-view"
+FEEDBACK_PATH = f"{HOOK_PATH}/feedback"
+BODY = orjson.dumps(hook_example("patient-view.json"))
+FEEDBACK = orjson.dumps(
+    {
+        "feedback": [
+            {
+                "card": "7c2b3f4e-1d5a-4b6c-8e9f-0a1b2c3d4e5f",
+                "outcome": "overridden",
+                "outcomeTimestamp": "2026-01-15T09:00:00Z",
+            }
+        ]
+    }
+)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def reason(self) -> str:
+        outcome = json.loads(self.body)
+        assert outcome["resourceType"] == "OperationOutcome", outcome
+        return outcome["issue"][0]["diagnostics"]
+
+
+def exchange(port: int, request: bytes, *, timeout_s: float = 10) -> bytes:
+    """Send ``request``, close the sending side (so a keep-alive server answers and then sees the end),
+    and return everything the server sends until it closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def answers(raw: bytes) -> list[Answer]:
+    """The responses in ``raw``, in order, each framed by its Content-Length (1xx have no body)."""
+    found = []
+    while raw:
+        head, separator, rest = raw.partition(b"\r\n\r\n")
+        assert separator, f"not an HTTP response: {raw[:200]!r}"
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        assert status_line.startswith("HTTP/1."), status_line
+        headers = {name.strip().lower(): value.strip() for name, value in (x.split(":", 1) for x in lines)}
+        status = int(status_line.split()[1])
+        length = 0 if status < 200 else int(headers["content-length"])
+        found.append(Answer(status, headers, rest[:length]))
+        raw = rest[length:]
+    return found
+
+
+def one_answer(port: int, request: bytes) -> Answer:
+    [answer] = [a for a in answers(exchange(port, request)) if a.status >= 200]
+    return answer
+
+
+def post(path: str, body: bytes, *headers: str) -> bytes:
+    head = [f"POST {path} HTTP/1.1", "Host: cds", *headers]
+    if not any(h.lower().startswith(("content-type:", "transfer-encoding:")) for h in headers):
+        head.append("Content-Type: application/json")
+    if not any(h.lower().startswith("transfer-encoding:") for h in headers):
+        head.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+
+
+def chunked(body: bytes) -> bytes:
+    return b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+
+
+def log_entries(served: Served) -> list[dict[str, object]]:
+    return [json.loads(line) for line in served.log().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    server = Served(tmp_path_factory.mktemp("http-attacks"), workers=1, threads=2, CDS_NOW=HOOKS_NOW)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def worker_unharmed(served: Served) -> Iterator[None]:
+    """Nothing a test sends may cost a stack trace, an ERROR line or the worker (its lines are batched)."""
+    seen = len(log_entries(served))
+    yield
+    time.sleep(0.3)
+    new = log_entries(served)[seen:]
+    assert not [e for e in new if "exception" in e or e["level"] in ("ERROR", "CRITICAL")], new
+    booted = [e for e in log_entries(served) if str(e.get("message", "")).startswith("Booting worker")]
+    assert len(booted) == 1, "a worker was restarted"
+
+
+@pytest.mark.parametrize(("path", "body"), [(HOOK_PATH, BODY), (FEEDBACK_PATH, FEEDBACK)])
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "x-unknown", "gzip, identity"])
+def test_a_body_in_a_content_coding_is_a_415_naming_it_and_offering_identity(
+    served: Served, path: str, body: bytes, coding: str
+) -> None:
+    """Before, the body was read as JSON whatever its coding: gzip was a 400 blaming its UTF-8."""
+    coded = gzip.compress(body) if coding.startswith("gzip") else body
+    answer = one_answer(served.port, post(path, coded, f"Content-Encoding: {coding}"))
+    assert answer.status == 415
+    assert "Content-Encoding" in answer.reason()
+    assert answer.headers["accept-encoding"] == "identity"
+
+
+def test_a_plain_body_labelled_gzip_is_refused_not_read_as_if_plain(served: Served) -> None:
+    """The misread: a body that says it is gzip but is not was answered 200 with cards."""
+    answer = one_answer(served.port, post(HOOK_PATH, BODY, "Content-Encoding: gzip"))
+    assert answer.status == 415
+
+
+@pytest.mark.parametrize("coding", ["identity", "Identity", ""])
+def test_the_identity_content_coding_is_read_as_it_is(served: Served, coding: str) -> None:
+    answer = one_answer(served.port, post(HOOK_PATH, BODY, f"Content-Encoding: {coding}"))
+    assert answer.status == 200
+    assert json.loads(answer.body)["cards"]
