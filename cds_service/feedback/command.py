@@ -52,6 +52,12 @@ def read_report(url: str, since: datetime | None, offered: OfferedReasons) -> di
     try:
         present = store.present_tables()
         if not present:
+            others = _other_sqlite_tables(url)
+            if others:
+                raise click.ClickException(
+                    f"{store.describe()} is not a feedback store: it holds other tables "
+                    f"({', '.join(others)}); check --db or CDS_FEEDBACK_DB"
+                )
             return build_report([], [], since=since, offered=offered)
         if present != set(TABLE_NAMES):
             missing = ", ".join(sorted(set(TABLE_NAMES) - present))
@@ -64,6 +70,27 @@ def read_report(url: str, since: datetime | None, offered: OfferedReasons) -> di
         ) from None
     finally:
         store.close()
+
+
+def _other_sqlite_tables(url: str) -> list[str]:
+    """The tables of a SQLite file that holds none of the store's, at most five of them.
+
+    The service creates its tables as soon as it opens a SQLite store, so such a file is another program's
+    database (cds-state.sqlite3, say), not a store the service has yet to write to. A PostgreSQL database
+    may be shared with other applications and the service creates its tables there only once it reaches
+    it, so it is not judged this way."""
+    if "://" in url:
+        return []
+    conn = dialect_for(url, read_only=True).connect()
+    try:
+        rows = conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+            "ORDER BY name LIMIT 6"
+        ).fetchall()
+    finally:
+        conn.close()
+    names = [row[0] for row in rows]
+    return [*names[:5], "..."] if len(names) > 5 else names
 
 
 def _store_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

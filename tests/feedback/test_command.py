@@ -284,17 +284,29 @@ def test_an_empty_db_option_is_a_usage_error_not_the_default(filled: str) -> Non
 
 @pytest.mark.parametrize("kind", ["empty-file", "other-tables"])
 def test_the_report_only_reads_a_database_the_service_never_wrote(tmp_path: Path, kind: str) -> None:
-    """No tables, no journal mode change, not a byte written: an empty report from an empty store."""
+    """No tables, no journal mode change, not a byte written: an empty report from an empty store.
+
+    A SQLite file with tables but none of the store's is another program's database (the service creates
+    its tables when it opens a SQLite store): --db cds-state.sqlite3 said 'No cards issued and no feedback
+    received', exit 0, and an operator read that as no feedback."""
     path = tmp_path / "fresh.sqlite3"
     path.touch()
     if kind == "other-tables":
         with sqlite3.connect(path) as conn:
             conn.execute("CREATE TABLE unrelated (x)")
+            conn.execute("CREATE TABLE jti (x)")
         conn.close()
     before = path.read_bytes()
     result = invoke("--json", "--db", str(path))
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["services"] == {}
+    if kind == "other-tables":
+        assert result.exit_code == 1
+        assert error_line(result) == (
+            f"Error: SQLite file {path} is not a feedback store: it holds other tables (jti, unrelated); "
+            "check --db or CDS_FEEDBACK_DB"
+        )
+    else:
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["services"] == {}
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.sqlite3"]
     conn = sqlite3.connect(path)
