@@ -53,13 +53,20 @@ REPLACES: dict[str, frozenset[str]] = {
             iron_studies_after_b12.TOPIC,
             elevated_b12_supplement_review.TOPIC,
             elevated_b12_no_supplement.TOPIC,
+            ferritin_inflammation_check_tsat.TOPIC,
         }
     ),
+    # Each card that calls an inflamed ferritin iron deficiency carries the TSAT that would confirm it.
+    combined_b12_iron_deficiency.TOPIC: frozenset({ferritin_inflammation_check_tsat.TOPIC}),
     b12_not_for_high_ferritin.TOPIC: frozenset(
         {iron_studies_after_b12.TOPIC, elevated_b12_supplement_review.TOPIC}
     ),
     iron_deficiency_with_high_b12.TOPIC: frozenset(
-        {elevated_b12_supplement_review.TOPIC, elevated_b12_no_supplement.TOPIC}
+        {
+            elevated_b12_supplement_review.TOPIC,
+            elevated_b12_no_supplement.TOPIC,
+            ferritin_inflammation_check_tsat.TOPIC,
+        }
     ),
 }
 _INDICATOR_RANK = {"critical": 0, "warning": 1, "info": 2}

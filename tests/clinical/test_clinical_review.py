@@ -424,3 +424,36 @@ def test_a_high_b12_drawn_during_an_earlier_course_is_not_called_unexplained() -
     # A course that ended more than 90 days before the test still does not explain it.
     ended = run(obs("b12", 1600, 100), med(CYANO, 300, status="completed"), med(CYANO, 30))
     assert "elevated-b12-no-supplement" in topics(ended)
+
+
+# --- an iron deficiency read through inflammation, and the card asking to check it -------------------------
+
+
+def test_a_deficiency_card_on_an_inflamed_ferritin_carries_the_tsat_check_instead_of_contradicting_it() -> (
+    None
+):
+    """Ferritin 60 with a CRP of 20: the deficiency cards call it iron deficiency (below 100 with
+    inflammation) while ferritin-inflammation-check-tsat, on the same two values, called it equivocal and
+    asked for a TSAT. One card now: the deficiency card, which says the reading is uncertain and offers the
+    transferrin saturation that would support it."""
+    inflamed = (obs("ferritin", 60, 10), obs("crp", 20, 10))
+    cases = {
+        "combined-b12-iron-deficiency": run(obs("b12", 150, 10), *inflamed),
+        "iron-deficiency-with-high-b12": run(obs("b12", 1200, 10), *inflamed),
+        "iron-deficiency-after-b12": run(med(CYANO, 38), *inflamed),
+    }
+    for topic, findings in cases.items():
+        assert topics(findings) == [topic]
+        (finding,) = findings
+        assert "2502-3" in _ordered(finding), topic
+        assert "transferrin saturation below 20 %" in finding.detail and "uncertain" in finding.detail
+    # With a TSAT beside the ferritin there is nothing to check, and no TSAT suggested.
+    with_tsat = run(obs("b12", 150, 10), *inflamed, obs("tsat", 15, 10))
+    assert "2502-3" not in _ordered(by_topic(with_tsat, "combined-b12-iron-deficiency"))
+    # A ferritin below 30 needs no TSAT to call it deficient.
+    low = by_topic(
+        run(obs("b12", 150, 10), obs("ferritin", 20, 10), obs("crp", 20, 10)), "combined-b12-iron-deficiency"
+    )
+    assert "2502-3" not in _ordered(low)
+    # Without a deficiency card the TSAT card is as it was.
+    assert topics(run(*inflamed)) == ["ferritin-inflammation-check-tsat"]

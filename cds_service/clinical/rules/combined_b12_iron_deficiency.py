@@ -13,6 +13,7 @@ from cds_service.clinical.rules.common import (
     combined_deficiency,
     haemoglobin_line,
     shared_cause_workup,
+    tsat_check,
 )
 
 TOPIC = "combined-b12-iron-deficiency"
@@ -27,6 +28,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         return None
     b12, basis, status = found
     workup = shared_cause_workup(record, b12)
+    tsat_lines, tsat_proposals = tsat_check(record, status)
     summary = (
         f"B12 and iron deficient, on B12: treat iron too; {workup.todo}"
         if workup.on_b12
@@ -41,6 +43,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         "",
         "**Reasoning**",
         f"- {status.reason[0].upper()}{status.reason[1:]}.",
+        *tsat_lines,
         *workup.lines,
         "",
         "Sources: BSH 2014 (Devalia); AGA 2020 iron deficiency guideline.",
@@ -51,6 +54,6 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         summary=summary,
         detail="\n".join(lines),
         source_label=SOURCE,
-        proposals=workup.proposals,
+        proposals=workup.proposals + tsat_proposals,
         selection_behavior="any",
     )

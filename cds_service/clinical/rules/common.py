@@ -140,6 +140,48 @@ def iron_status(record: PatientRecord, ferritin: Result) -> IronStatus:
     return IronStatus(ferritin, deficient, tsat, derived, crp, inflamed, reason)
 
 
+def tsat_would_settle(record: PatientRecord, ferritin: Result) -> Result | None:
+    """The CRP that leaves ``ferritin`` equivocal, when no transferrin saturation settles it; else None.
+
+    A ferritin of 30–100 ng/mL (no comparator) with a CRP above 5 mg/L within 30 days of it, and no TSAT
+    (reported, or calculable from iron/TIBC) within 30 days of it, resulted since, or ordered.
+    """
+    t = record.config.thresholds
+    if ferritin.comparator is not None:
+        return None
+    if not t.ferritin_deficient <= ferritin.value <= t.ferritin_deficient_inflamed:
+        return None
+    crp = record.near("crp", ferritin.when)
+    if crp is None or not crp.above(t.crp_inflammation):
+        return None
+    if tsat_near(record, ferritin.when)[0] is not None or record.ordered("tsat") is not None:
+        return None
+    if record.tested_since("tsat", ferritin.when) is not None:
+        return None
+    return crp
+
+
+def tsat_check(record: PatientRecord, status: IronStatus) -> tuple[list[str], tuple[Proposal, ...]]:
+    """What a card calling ``status`` iron deficiency adds when inflammation leaves its ferritin equivocal
+    and no TSAT settles it: the uncertainty, and a transferrin saturation to order. Such a card replaces
+    ferritin-inflammation-check-tsat (engine.REPLACES), which would ask the same of the same ferritin."""
+    if tsat_would_settle(record, status.ferritin) is None:
+        return ([], ())
+    t = record.config.thresholds
+    line = (
+        "- Inflammation raises ferritin, so this reading is uncertain: a transferrin saturation below "
+        f"{fmt(t.tsat_low)} % would support iron deficiency, and none was taken within "
+        f"{t.same_time_days} days of this ferritin (WHO 2020; AGA 2020)."
+    )
+    proposals = order_labs(
+        record,
+        "Order transferrin saturation to confirm the iron deficiency",
+        ["tsat"],
+        "Equivocal ferritin with inflammation",
+    )
+    return ([line], proposals)
+
+
 def haemoglobin_line(record: PatientRecord, when: datetime) -> list[str]:
     """A bullet quoting the haemoglobin taken at about ``when``, and whether it is anaemic (WHO)."""
     hb = record.near("hb", when)

@@ -2,13 +2,16 @@
 
 Ferritin rises with inflammation, so 30–100 ng/mL with a raised CRP neither proves nor excludes iron
 deficiency; a transferrin saturation below 20 % supports it (WHO 2020; AGA 2020).
+
+A card that calls the same ferritin iron deficiency (combined-b12-iron-deficiency, iron-deficiency-after-b12,
+iron-deficiency-with-high-b12) replaces this one and carries its suggestion (common.tsat_check).
 """
 
 from __future__ import annotations
 
 from cds_service.clinical.findings import Finding
 from cds_service.clinical.record import MedicationEntry, PatientRecord
-from cds_service.clinical.rules.common import SOURCE_LABEL, fmt, order_labs, tsat_near
+from cds_service.clinical.rules.common import SOURCE_LABEL, fmt, order_labs, tsat_would_settle
 
 TOPIC = "ferritin-inflammation-check-tsat"
 SOURCE = f"{SOURCE_LABEL} (WHO 2020; AGA 2020)"
@@ -19,16 +22,10 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         return None
     t = record.config.thresholds
     ferritin = record.latest("ferritin")
-    if ferritin is None or ferritin.comparator is not None:
+    if ferritin is None:
         return None
-    if not t.ferritin_deficient <= ferritin.value <= t.ferritin_deficient_inflamed:
-        return None
-    crp = record.near("crp", ferritin.when)
-    if crp is None or not crp.above(t.crp_inflammation):
-        return None
-    if tsat_near(record, ferritin.when)[0] is not None or record.ordered("tsat") is not None:
-        return None
-    if record.tested_since("tsat", ferritin.when) is not None:
+    crp = tsat_would_settle(record, ferritin)
+    if crp is None:
         return None
     lines = [
         f"- Ferritin **{ferritin.quoted()}** (equivocal band {fmt(t.ferritin_deficient)}–"

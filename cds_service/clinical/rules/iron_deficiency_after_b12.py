@@ -25,6 +25,7 @@ from cds_service.clinical.rules.common import (
     haemoglobin_line,
     iron_status,
     shared_cause_workup,
+    tsat_check,
 )
 
 TOPIC = "iron-deficiency-after-b12"
@@ -72,10 +73,12 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
             + (" (high on treatment)" if b12_elevated(record, b12)[0] else "")
         )
     iron = record.products_on_file(frozenset({codes.IRON_THERAPY}))
+    tsat_lines, tsat_proposals = tsat_check(record, status)
     lines += [
         "",
         "**Reasoning**",
         f"- {status.reason[0].upper()}{status.reason[1:]}.",
+        *tsat_lines,
         (
             f"- Iron deficiency was already present before B12 was started (ferritin {before.quoted()}) "
             "and persists: B12 did not unmask it. It needs iron replacement and a search for its cause."
@@ -105,6 +108,6 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         ),
         detail="\n".join(lines),
         source_label=SOURCE,
-        proposals=workup.proposals if workup is not None else (),
+        proposals=(workup.proposals if workup is not None else ()) + tsat_proposals,
         selection_behavior="any",
     )

@@ -22,6 +22,7 @@ from cds_service.clinical.rules.common import (
     not_recently_done,
     order_labs,
     supplement_review_actions,
+    tsat_check,
     unexplained_b12_therapy,
 )
 
@@ -55,6 +56,9 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     ttg = (
         [] if coeliac_known else not_recently_done(record, ["ttg-iga"], record.config.thresholds.latest_days)
     )
+    # The TSAT card is a patient-view card: only there is its question this card's to carry.
+    tsat_lines, tsat_proposals = tsat_check(record, status) if focus is None else ([], ())
+    proposals.extend(tsat_proposals)
     if focus is None:
         proposals.extend(
             order_labs(
@@ -74,6 +78,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         "",
         "**Reasoning**",
         f"- {status.reason[0].upper()}{status.reason[1:]}.",
+        *tsat_lines,
     ]
     if explained is not None:
         lines += [
