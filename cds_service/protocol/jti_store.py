@@ -37,6 +37,7 @@ REDIS_TIMEOUT_S = 0.5
 # used again while it lives. The epoch is written once and never expires, so its absence (or a new value)
 # says the keys were lost; the second key says since when tokens may be replays, for as long as it matters.
 EPOCH_KEY = "cds:jti-epoch"
+PROBE_KEY = "cds:jti-probe"  # written by readiness checks
 LOST_KEY = "cds:jti-lost-at"
 # How long after a loss a token used before it can still be presented, counted on the expiry a claim
 # carries (exp + 60 s of skew): auth accepts exp at most 360 s after the token's use (300 s and 60 s of
@@ -158,6 +159,7 @@ class RedisReplayStore:
 
         self._errors = (redis.RedisError,)
         self._refused = redis.AuthenticationError
+        self._refuses_writes = redis.ResponseError  # OOM under noeviction, READONLY on a replica
         self._url = url
         self._where = address(url)
         self._away = False  # since the last probe found Redis away (one warning per outage)
@@ -246,10 +248,12 @@ class RedisReplayStore:
         return f"Redis at {self._where} (shared by every replica using it)"
 
     def _ping(self) -> Exception | None:
-        """None if Redis answers now; else the error, with one warning when an outage begins and one line
-        when it ends (the probe runs every few seconds)."""
+        """None if Redis takes a write now; else the error, with one warning when an outage begins and one
+        line when it ends (the probe runs every few seconds)."""
         try:
-            self._redis.ping()
+            # A write, as a claim is: a Redis full under noeviction, or a replica after a failover, answers
+            # PING but refuses every claim.
+            self._redis.set(PROBE_KEY, b"1", px=60_000)
         except self._errors as error:
             if not self._away:
                 self._away = True
@@ -275,6 +279,8 @@ class RedisReplayStore:
         words = without_passwords(str(error), self._url)
         if isinstance(error, self._refused):
             return f"{self._start.store}: Redis refused the credentials ({words})"
+        if isinstance(error, self._refuses_writes):
+            return f"{self._start.store} refuses to record token ids ({words})"
         return f"{self._start.store} cannot be reached ({words})"
 
 

@@ -330,3 +330,29 @@ def test_the_loss_window_covers_the_longest_token_auth_accepts() -> None:
     from cds_service.protocol.auth import LEEWAY_S, MAX_LIFETIME_S
 
     assert jti_store.LOSS_WINDOW_S == MAX_LIFETIME_S + 2 * LEEWAY_S
+
+
+def test_readiness_fails_when_redis_answers_but_cannot_record_a_jti(
+    tmp_path: Path, clients_file: Path, ec_signer: Signer
+) -> None:
+    """A Redis that answers PING but refuses writes (full under noeviction, as deploy/redis.yaml runs it;
+    a replica after a failover) refuses every claim: the pod has nothing to serve and must say so."""
+    import redis
+
+    with running_redis(tmp_path, "full-pass") as url:
+        authenticator = Authenticator(auth_settings(tmp_path, clients_file, redis_url=url))
+        assert authenticator.unready() is None
+        admin = redis.Redis.from_url(url)
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", "1")
+        try:
+            with pytest.raises(AuthError, match="cannot check jti for replay"):
+                authenticator.authenticate(bearer(ec_signer.token()), SIGN_PATH)
+            reason = authenticator.unready()
+            assert reason is not None and reason.startswith(
+                "the JWT replay store (Redis at redis://127.0.0.1:"
+            )
+            assert "command not allowed when used memory" in reason, reason
+        finally:
+            admin.config_set("maxmemory", "0")
+        assert authenticator.unready() is None
