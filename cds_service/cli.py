@@ -1,25 +1,68 @@
-"""The `cds-service` command. Each subcommand lives in the module that owns its work."""
+"""The `cds-service` command. Each subcommand lives in the module that owns its work.
+
+Subcommands are imported when they are run (or listed by --help), not with this module: together they
+pull in requests, jwt, gunicorn and the JSON schemas, about 0.2 s during which a Ctrl-C came before click
+could catch it and printed a traceback.
+"""
 
 from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
 
 import click
 
 from cds_service import __version__
-from cds_service.devtools.fire import fire
-from cds_service.devtools.replay import replay
-from cds_service.feedback.command import feedback_report
-from cds_service.loader import load_fixtures
-from cds_service.serving import serve
+
+# name -> (module, attribute)
+_COMMANDS = {
+    "feedback-report": ("cds_service.feedback.command", "feedback_report"),
+    "fire": ("cds_service.devtools.fire", "fire"),
+    "load-fixtures": ("cds_service.loader", "load_fixtures"),
+    "replay": ("cds_service.devtools.replay", "replay"),
+    "serve": ("cds_service.serving", "serve"),
+}
+INTERRUPTED_STATUS = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The subcommands, imported on use; Ctrl-C and a closed output pipe end them with one line."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = _COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, attribute = target
+        command: click.Command = getattr(importlib.import_module(module), attribute)
+        return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            _say("Error: interrupted (Ctrl-C)")
+            ctx.exit(INTERRUPTED_STATUS)
+        except BrokenPipeError:
+            # `cds-service replay dir/ | head -1`: the reader has gone. Later writes (and the flush at exit)
+            # would fail again, so stdout is pacified as click does; the message goes to stderr.
+            sys.stdout = click.utils.PacifyFlushWrapper(sys.stdout)  # type: ignore[assignment]
+            _say("Error: the output was closed before the command finished (broken pipe)")
+            ctx.exit(1)
+
+
+def _say(message: str) -> None:
+    """One line on stderr, unless stderr has gone too (`2>&1 | head -1`)."""
+    try:
+        click.echo(message, err=True)
+    except OSError:
+        sys.stderr = click.utils.PacifyFlushWrapper(sys.stderr)  # type: ignore[assignment]
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cds-service")
 def main() -> None:
     """B12–iron CDS Hooks 2.0 service: serve it, replay fixtures, load test data, report feedback."""
-
-
-main.add_command(feedback_report)
-main.add_command(load_fixtures)
-main.add_command(replay)
-main.add_command(fire)
-main.add_command(serve)

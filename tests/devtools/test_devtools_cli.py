@@ -1,0 +1,76 @@
+"""The `cds-service` command as a shell runs it: a closed output pipe, Ctrl-C, and how fast it starts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.builders import FIXED_NOW, SMART_PATIENTS
+
+NOW = FIXED_NOW.isoformat().replace("+00:00", "Z")
+COMMAND = str(Path(sys.executable).with_name("cds-service"))
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
+    env["CDS_FEEDBACK_DB"] = str(tmp_path / "feedback.sqlite3")
+    env["CDS_STATE_DB"] = str(tmp_path / "state.sqlite3")
+    return env
+
+
+def test_output_to_a_closed_pipe_ends_with_one_line_saying_so(tmp_path: Path) -> None:
+    """`cds-service replay folder/ | head -1`: click left with status 1 and said nothing, so a replay cut
+    short looked like one that had failed on a Bundle, without a word."""
+    process = subprocess.Popen(
+        [COMMAND, "replay", str(SMART_PATIENTS), "--json", "--now", NOW],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(tmp_path),
+    )
+    assert process.stdout is not None
+    process.stdout.close()  # the reader has gone, as after `| head -1`
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 1
+    lines = [line for line in err.decode().splitlines() if not line.startswith("[")]
+    assert "Traceback" not in err.decode()
+    assert lines == ["Error: the output was closed before the command finished (broken pipe)"]
+
+
+def test_ctrl_c_ends_with_one_line_and_status_130(tmp_path: Path) -> None:
+    """Ctrl-C printed click's bare 'Aborted!' with status 1, the status of a failed replay."""
+    process = subprocess.Popen(
+        [COMMAND, "replay", *[str(SMART_PATIENTS)] * 10, "--now", NOW],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=_env(tmp_path),
+    )
+    assert process.stderr is not None
+    first = process.stderr.readline()  # the first progress line: the replay is under way
+    assert first.startswith(b"[1/320]"), first
+    process.send_signal(signal.SIGINT)
+    rest = process.stderr.read().decode()
+    process.wait(timeout=60)
+    assert process.returncode == 130
+    assert "Traceback" not in rest
+    assert [line for line in rest.splitlines() if not line.startswith("[")] == ["Error: interrupted (Ctrl-C)"]
+
+
+def test_the_command_module_imports_no_subcommand(tmp_path: Path) -> None:
+    """Importing cds_service.cli pulled in every subcommand (requests, jwt, gunicorn, the schemas): a
+    Ctrl-C in those 0.2 s, before click had started, printed a traceback; --version paid for it too."""
+    code = (
+        "import sys, cds_service.cli; "
+        "print(sorted(m for m in sys.modules if m.startswith(('cds_service.', 'requests', 'gunicorn'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.strip() == "['cds_service.cli']"
