@@ -488,7 +488,23 @@ def fire(
     timeout: float,
     as_json: bool,
 ) -> None:
-    """Call a running CDS service as an EHR would, with data from a FHIR server, and print the cards."""
+    """Call a running CDS service as an EHR would, with data from a FHIR server, and print the cards.
+
+    Reads discovery, runs the service's prefetch queries against --fhir-server (one line per query on
+    stderr), signs a fresh JWT per call when given --signing-key, sends the hook and prints the cards.
+
+    \b
+    Examples:
+      cds-service fire --service http://127.0.0.1:8080 --fhir-server http://127.0.0.1:8090/fhir \\
+          --patient fx-b12-started-8-weeks-ago
+      cds-service fire --service http://127.0.0.1:8080 --fhir-server http://127.0.0.1:8090/fhir \\
+          --patient ID --hook order-select --order hooks/order-select-cyanocobalamin.json
+      cds-service fire --service https://cds.example.org --fhir-server https://hapi.fhir.org/baseR4 \\
+          --patient ID --signing-key client.pem --iss https://ehr.example.org --kid key-1
+
+    A FHIR server that wants a token (the SMART launcher): --fhir-token or $FHIR_ACCESS_TOKEN. Step by
+    step for HAPI, SMART and the CDS Hooks Sandbox: docs/testing-with-sandboxes.md.
+    """
     try:
         _fire(**locals())
     except FireError as error:

@@ -176,6 +176,18 @@ def replay(
     Each Bundle (transaction, batch, collection, searchset, document or message) must hold one Patient;
     a hooks/ request file works too (its prefetch is the record). The prefetch sent to the service is
     what its templates return over that record; draft orders are re-pointed at the patient.
+
+    \b
+    Examples:
+      cds-service replay fhir_fixtures/ --now 2026-01-15T09:00:00Z
+      cds-service replay hooks/patient-view.json --now 2026-01-15T09:00:00Z
+      cds-service replay tests/data/smart-sandbox-r4/Abdul_Koepp_*.json \\
+          --hook order-select --order hooks/order-select-cyanocobalamin.json
+      cds-service replay tests/data/smart-sandbox-r4/ --json > responses.jsonl
+
+    One Bundle prints its cards; several print one line per patient, with progress and a tally on
+    stderr; --json prints the response (JSON Lines of {"file", "patientId", "response"} for several).
+    Exit status: 0 when every Bundle replayed, 1 when one could not, 2 for a usage error.
     """
     try:
         replayer = Replayer(_settings(now))

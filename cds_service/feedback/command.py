@@ -117,10 +117,20 @@ def _store_url(ctx: click.Context, param: click.Parameter, value: str | None) ->
     "--db",
     metavar="PATH_OR_URL",
     callback=_store_url,
-    help="The feedback store (a SQLite path or a postgresql:// URL); default: CDS_FEEDBACK_DB.",
+    help="The feedback store (a SQLite path or a postgresql:// URL); "
+    "default: CDS_FEEDBACK_DB, else cds-feedback.sqlite3.",
 )
 def feedback_report(as_json: bool, since: str | None, db: str | None) -> None:
-    """Per service and topic: cards issued, accepted, overridden, acceptance rate, top override reasons."""
+    """Per service and topic: cards issued, accepted, overridden, acceptance rate, top override reasons.
+
+    \b
+    Examples:
+      cds-service feedback-report --since 2026-03-01
+      cds-service feedback-report --db /var/lib/cds/cds-feedback.sqlite3 --json
+      cds-service feedback-report --db postgresql://reader@db.internal/cds --since 2026-03-01T00:00:00Z
+
+    The report only reads the store. What each number means: docs/feedback.md.
+    """
     try:
         start = parse_rfc3339("--since", since) if since else None
         settings = load_settings()
