@@ -13,6 +13,7 @@ accepts): a server that has stopped answering without closing anything, as behin
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import tempfile
 import threading
@@ -88,6 +89,7 @@ class CommitCutter:
         self._listener.close()
         for sock in self._sockets:
             sock.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
     def __enter__(self) -> CommitCutter:
         return self
