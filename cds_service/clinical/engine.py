@@ -57,7 +57,10 @@ REPLACES: dict[str, frozenset[str]] = {
         }
     ),
     # Each card that calls an inflamed ferritin iron deficiency carries the TSAT that would confirm it.
-    combined_b12_iron_deficiency.TOPIC: frozenset({ferritin_inflammation_check_tsat.TOPIC}),
+    # A card that shows the iron deficiency carries the iron-studies recheck (iron_studies_after_b12.carried).
+    combined_b12_iron_deficiency.TOPIC: frozenset(
+        {ferritin_inflammation_check_tsat.TOPIC, iron_studies_after_b12.TOPIC}
+    ),
     b12_not_for_high_ferritin.TOPIC: frozenset(
         {iron_studies_after_b12.TOPIC, elevated_b12_supplement_review.TOPIC}
     ),
@@ -66,8 +69,10 @@ REPLACES: dict[str, frozenset[str]] = {
             elevated_b12_supplement_review.TOPIC,
             elevated_b12_no_supplement.TOPIC,
             ferritin_inflammation_check_tsat.TOPIC,
+            iron_studies_after_b12.TOPIC,
         }
     ),
+    iron_studies_after_b12.TOPIC: frozenset({ferritin_inflammation_check_tsat.TOPIC}),
 }
 _INDICATOR_RANK = {"critical": 0, "warning": 1, "info": 2}
 

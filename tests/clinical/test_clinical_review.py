@@ -171,9 +171,10 @@ def test_iron_deficiency_present_before_b12_is_not_called_unmasked() -> None:
 
 
 def test_the_iron_studies_reminder_does_not_promise_to_unmask_a_deficiency_already_shown() -> None:
-    known = (obs("b12", 140, 60), obs("ferritin", 12, 60))
+    # (At patient-view a deficient B12 beside it makes the combined card, which carries the reminder: a
+    # borderline B12 shows the reminder itself.)
     for findings in (
-        run(*known, med(CYANO, 56)),
+        run(obs("b12", 250, 60), obs("ferritin", 12, 60), med(CYANO, 56)),
         run(obs("b12", 140, 7), obs("ferritin", 12, 7), drafts=(draft_b12(),), hook="order-select"),
     ):
         finding = by_topic(findings, "iron-studies-after-b12")
@@ -352,7 +353,12 @@ def test_a_high_ferritin_months_from_the_high_b12_is_not_read_together_with_it()
 
 
 def _ordered(finding) -> list[str]:
-    return [a.resource["code"]["coding"][0]["code"] for p in finding.proposals for a in p.actions]
+    return [
+        a.resource["code"]["coding"][0]["code"]
+        for p in finding.proposals
+        for a in p.actions
+        if a.type == "create"
+    ]
 
 
 def test_combined_deficiency_found_after_starting_b12_is_one_card_that_keeps_the_gastric_work_up() -> None:
@@ -457,3 +463,44 @@ def test_a_deficiency_card_on_an_inflamed_ferritin_carries_the_tsat_check_instea
     assert "2502-3" not in _ordered(low)
     # Without a deficiency card the TSAT card is as it was.
     assert topics(run(*inflamed)) == ["ferritin-inflammation-check-tsat"]
+
+
+# --- the iron-studies reminder beside a card that already shows the iron deficiency ------------------------
+
+
+def test_a_card_showing_the_iron_deficiency_carries_the_iron_studies_recheck_instead_of_a_second_card() -> (
+    None
+):
+    """B12 and ferritin both low before a course started 38 days ago: the combined card said 'treat iron too'
+    and the iron-studies reminder 'treat the iron; recheck ferritin and TSAT'. At an order hook, a high B12
+    on treatment beside a ferritin of 12 got iron-deficiency-with-high-b12 and a reminder to order TSAT 'to
+    catch unmasked iron deficiency' that was already shown. One card now, carrying the recheck."""
+    combined = run(obs("b12", 150, 60), obs("ferritin", 12, 60), med(CYANO, 38))
+    assert topics(combined) == ["combined-b12-iron-deficiency"]
+    assert [c for c in _ordered(combined[0]) if c in ("2276-4", "2502-3")] == ["2276-4", "2502-3"]
+    assert "2026-02-02" in combined[0].detail
+    for hook in ("order-select", "order-sign"):
+        high = run(
+            obs("b12", 1200, 10), obs("ferritin", 12, 10), med(CYANO, 38), drafts=(draft_b12(),), hook=hook
+        )
+        assert topics(high) == ["iron-deficiency-with-high-b12"]
+        assert "2502-3" in _ordered(high[0]) and "unmasked" not in high[0].detail
+    at_view = run(obs("ferritin", 12, 40), med(CYANO, 38), obs("b12", 1200, 20))
+    assert topics(at_view) == ["iron-deficiency-with-high-b12"] and "2276-4" in _ordered(at_view[0])
+
+
+def test_the_iron_studies_reminder_carries_the_tsat_check_of_an_inflamed_ferritin() -> None:
+    """A ferritin of 60 with a CRP of 20 before B12 was started: the reminder read it as iron deficiency
+    already present, the TSAT card as equivocal. The reminder now says it is uncertain and offers a TSAT
+    now, beside the iron studies after the start."""
+    findings = run(obs("ferritin", 60, 60), obs("crp", 20, 60), med(CYANO, 38))
+    assert topics(findings) == ["iron-studies-after-b12"]
+    (finding,) = findings
+    assert "uncertain" in finding.detail
+    now = [
+        a.resource["code"]["coding"][0]["code"]
+        for p in finding.proposals
+        for a in p.actions
+        if "occurrenceDateTime" not in a.resource
+    ]
+    assert now == ["2502-3"]

@@ -370,10 +370,13 @@ def test_a_baseline_drawn_on_the_day_b12_starts_is_not_a_result_of_treatment() -
     authored = NOW.date().fromordinal(start).isoformat()  # a date alone: read as midnight
     course = med(CYANO, 40, authoredOn=authored)
     baseline = (obs("b12", 150, 39.6), obs("ferritin", 12, 39.6), obs("tsat", 9, 39.6))
-    findings = topics(run(course, *baseline))
-    assert "iron-deficiency-after-b12" not in findings
-    # ... so it does not count as the follow-up either: the 4–8 week iron studies are still due.
-    assert "iron-studies-after-b12" in findings
+    findings = run(course, *baseline)
+    assert "iron-deficiency-after-b12" not in topics(findings)
+    # ... so it does not count as the follow-up either: the 4–8 week iron studies are still due (carried by
+    # the combined-deficiency card, which replaces the reminder).
+    assert topics(findings) == ["combined-b12-iron-deficiency"]
+    carried = [a.resource["code"]["coding"][0]["code"] for p in findings[0].proposals for a in p.actions]
+    assert "2276-4" in carried and "2502-3" in carried
     after = (obs("ferritin", 14, 5), obs("tsat", 10, 5))
     assert "iron-deficiency-after-b12" in topics(run(course, *baseline, *after))
 

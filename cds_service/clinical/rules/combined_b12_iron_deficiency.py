@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from cds_service.clinical.findings import Finding
 from cds_service.clinical.record import MedicationEntry, PatientRecord
+from cds_service.clinical.rules import iron_studies_after_b12
 from cds_service.clinical.rules.common import (
     SOURCE_LABEL,
     combined_deficiency,
@@ -28,7 +29,9 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         return None
     b12, basis, status = found
     workup = shared_cause_workup(record, b12)
-    tsat_lines, tsat_proposals = tsat_check(record, status)
+    tsat_lines, tsat_proposals = tsat_check(record, status.ferritin)
+    # This card replaces the iron-studies reminder (the deficiency is shown): it carries the recheck.
+    recheck_lines, recheck = iron_studies_after_b12.carried(record, focus)
     summary = (
         f"B12 and iron deficient, on B12: treat iron too; {workup.todo}"
         if workup.on_b12
@@ -45,6 +48,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         f"- {status.reason[0].upper()}{status.reason[1:]}.",
         *tsat_lines,
         *workup.lines,
+        *recheck_lines,
         "",
         "Sources: BSH 2014 (Devalia); AGA 2020 iron deficiency guideline.",
     ]
@@ -54,6 +58,6 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         summary=summary,
         detail="\n".join(lines),
         source_label=SOURCE,
-        proposals=workup.proposals + tsat_proposals,
+        proposals=workup.proposals + tsat_proposals + recheck,
         selection_behavior="any",
     )

@@ -161,11 +161,11 @@ def tsat_would_settle(record: PatientRecord, ferritin: Result) -> Result | None:
     return crp
 
 
-def tsat_check(record: PatientRecord, status: IronStatus) -> tuple[list[str], tuple[Proposal, ...]]:
-    """What a card calling ``status`` iron deficiency adds when inflammation leaves its ferritin equivocal
-    and no TSAT settles it: the uncertainty, and a transferrin saturation to order. Such a card replaces
+def tsat_check(record: PatientRecord, ferritin: Result) -> tuple[list[str], tuple[Proposal, ...]]:
+    """What a card reading ``ferritin`` (as iron deficiency) adds when inflammation leaves it equivocal and no
+    TSAT settles it: the uncertainty, and a transferrin saturation to order. Such a card replaces
     ferritin-inflammation-check-tsat (engine.REPLACES), which would ask the same of the same ferritin."""
-    if tsat_would_settle(record, status.ferritin) is None:
+    if tsat_would_settle(record, ferritin) is None:
         return ([], ())
     t = record.config.thresholds
     line = (

@@ -73,7 +73,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
             + (" (high on treatment)" if b12_elevated(record, b12)[0] else "")
         )
     iron = record.products_on_file(frozenset({codes.IRON_THERAPY}))
-    tsat_lines, tsat_proposals = tsat_check(record, status)
+    tsat_lines, tsat_proposals = tsat_check(record, status.ferritin)
     lines += [
         "",
         "**Reasoning**",

@@ -11,6 +11,7 @@ from cds_service.clinical import codes
 from cds_service.clinical.findings import Finding, Proposal
 from cds_service.clinical.markdown import literal, literal_names
 from cds_service.clinical.record import MedicationEntry, PatientRecord
+from cds_service.clinical.rules import iron_studies_after_b12
 from cds_service.clinical.rules.common import (
     B12_PRODUCTS,
     SOURCE_LABEL,
@@ -57,7 +58,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         [] if coeliac_known else not_recently_done(record, ["ttg-iga"], record.config.thresholds.latest_days)
     )
     # The TSAT card is a patient-view card: only there is its question this card's to carry.
-    tsat_lines, tsat_proposals = tsat_check(record, status) if focus is None else ([], ())
+    tsat_lines, tsat_proposals = tsat_check(record, status.ferritin) if focus is None else ([], ())
     proposals.extend(tsat_proposals)
     if focus is None:
         proposals.extend(
@@ -124,6 +125,10 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
             "- Iron deficiency in someone taking B12 suggests ongoing blood loss or malabsorption (coeliac "
             "disease, autoimmune gastritis, IBD, bariatric surgery): investigate the cause (AGA 2020)."
         )
+    # This card replaces the iron-studies reminder (the deficiency is shown): it carries the recheck.
+    recheck_lines, recheck = iron_studies_after_b12.carried(record, focus)
+    lines += recheck_lines
+    proposals.extend(recheck)
     lines += ["", "Sources: AGA 2020 iron deficiency guideline; BSH 2014 (Devalia)."]
     return Finding(
         topic=TOPIC,

@@ -3,6 +3,10 @@
 B12 restarts effective red-cell production, which draws on stored iron: ferritin falls and an iron
 deficiency hidden by the megaloblastic state appears (Solmaz et al. 2015: ferritin ~190 → ~45 ng/mL,
 iron deficiency 9 % → 49 % of patients after B12). Iron studies at the start and 4–8 weeks later catch it.
+
+A card that already shows an iron deficiency (combined-b12-iron-deficiency, iron-deficiency-with-high-b12)
+replaces this one and carries its suggestions (`carried`); this one replaces ferritin-inflammation-check-tsat
+and carries its question about an inflamed ferritin.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from cds_service.clinical import codes
-from cds_service.clinical.findings import Finding
+from cds_service.clinical.findings import Finding, Proposal
 from cds_service.clinical.markdown import literal_names
 from cds_service.clinical.record import MedicationEntry, PatientRecord, Result
 from cds_service.clinical.rules.common import (
@@ -24,6 +28,7 @@ from cds_service.clinical.rules.common import (
     iron_studies_cover,
     order_labs,
     starting_b12,
+    tsat_check,
 )
 
 TOPIC = "iron-studies-after-b12"
@@ -64,6 +69,22 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     return _finding(record, start, missing, context)
 
 
+def carried(
+    record: PatientRecord, focus: list[MedicationEntry] | None
+) -> tuple[list[str], tuple[Proposal, ...]]:
+    """What a card replacing this one (engine.REPLACES) carries of it when it would fire: a line and the
+    suggestions to check iron studies after the B12 start."""
+    finding = check(record, focus)
+    if finding is None or not finding.proposals:
+        return ([], ())
+    labels = "; ".join(p.label[0].lower() + p.label[1:] for p in finding.proposals)
+    line = (
+        "- B12 therapy draws on the iron stores as red-cell production restarts, so check them after the "
+        f"start (Solmaz et al. 2015): {labels}."
+    )
+    return ([line], finding.proposals)
+
+
 def _finding(record: PatientRecord, start: datetime, missing: list[str], context: str) -> Finding:
     t = record.config.thresholds
     # The picture B12 was started for: injections raise B12 and bring the MCV down within weeks, so
@@ -99,6 +120,18 @@ def _finding(record: PatientRecord, start: datetime, missing: list[str], context
             proposals.extend(order_labs(record, label, missing, reason, recommended=False))
     else:
         proposals.extend(order_labs(record, f"Order {tests} now", missing, reason))
+    # The question ferritin-inflammation-check-tsat (which this card replaces) asks of an inflamed ferritin:
+    # a TSAT now, unless one is already suggested for now.
+    tsat_lines, tsat_now = tsat_check(record, ferritin) if ferritin is not None else ([], ())
+    if any(
+        a.resource is not None
+        and "occurrenceDateTime" not in a.resource
+        and a.resource["code"]["coding"][0]["code"] == codes.ORDER_CODES["tsat"]
+        for p in proposals
+        for a in p.actions
+    ):
+        tsat_now = ()
+    proposals.extend(tsat_now)
     lines = [context, "", "**Values considered**"]
     for label, result, analyte in (
         ("MCV", mcv, "mcv"),
@@ -134,6 +167,7 @@ def _finding(record: PatientRecord, start: datetime, missing: list[str], context
             else ", so they are due now."
         ),
     ]
+    lines += tsat_lines
     if warning:
         lines.append(
             f"- Megaloblastic picture (MCV above {fmt(t.mcv_macrocytosis)} fL or B12 below "
