@@ -183,6 +183,10 @@ def create_app(settings: Settings) -> Flask:
                 "The request body's Content-Encoding is not supported; send it without one (identity).",
                 headers={"Accept-Encoding": "identity"},
             )
+        framing = environ.get("HTTP_TRANSFER_ENCODING")
+        if framing is not None and framing.lower() != "chunked" and not only_chunked(framing):
+            # gunicorn takes the chunks off a "gzip, chunked" body and leaves the gzip to the application.
+            raise RequestError(501, "The request's Transfer-Encoding is not supported.")
         limit = settings.max_body_bytes
         length = request.content_length
         if length is not None:
@@ -196,6 +200,10 @@ def create_app(settings: Settings) -> Flask:
         if len(raw) > limit:
             raise RequestEntityTooLarge()
         return parse_json_body(raw)
+
+    def only_chunked(framing: str) -> bool:
+        """Whether a Transfer-Encoding names no coding but chunked (and identity, which changes nothing)."""
+        return all(coding.strip(" \t").lower() in ("chunked", "identity") for coding in framing.split(","))
 
     def read_input(size: int) -> bytes:
         """Up to ``size`` bytes of the body; a body the server cannot decode is the caller's 400.

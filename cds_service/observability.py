@@ -42,7 +42,7 @@ _FEEDBACK_OUTCOMES = frozenset({"accepted", "overridden"})
 _PHASES = ("validation", "prefetch", "fhir", "rules", "render")
 # What a call to one of the services is answered with (app.call_service and the RequestErrors it catches).
 # A 404 is labelled service "unknown"; a 401 is refused before the call reaches a service.
-_HOOK_STATUSES = ("200", "400", "412", "413", "415", "500")
+_HOOK_STATUSES = ("200", "400", "412", "413", "415", "500", "501")
 _UNKNOWN_SERVICE = "unknown"
 _FHIR_OUTCOMES = ("ok", "error")
 _LABEL_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
