@@ -132,10 +132,18 @@ def size_text(count: int) -> str:
     return f"{count} bytes"
 
 
+def json_kind(value: Any) -> str:
+    """What a parsed JSON value is, in JSON's words (not Python's 'NoneType' or 'str')."""
+    if value is None:
+        return "null"
+    kinds = ((bool, "a boolean"), (int | float, "a number"), (str, "a string"), (list, "an array"))
+    return next((name for kind, name in kinds if isinstance(value, kind)), "an object")
+
+
 def check_bundle(data: Any, where: str) -> None:
     """Raise BundleError unless ``data`` is a Bundle whose entries hold resources."""
     if not isinstance(data, dict):
-        raise BundleError(f"{where}: not a FHIR Bundle (the JSON is a {type(data).__name__}, not an object)")
+        raise BundleError(f"{where}: not a FHIR Bundle (the JSON is {json_kind(data)}, not an object)")
     kind = data.get("resourceType")
     if kind != "Bundle":
         shown = f"a {kind}" if isinstance(kind, str) else "no resourceType"

@@ -178,9 +178,11 @@ def test_every_hooks_example_replays_with_its_own_hook_and_orders() -> None:
     [
         ("{ this is not json", "not valid JSON"),
         (json.dumps({"resourceType": "Patient", "id": "x"}), "not a FHIR Bundle"),
-        ("[1, 2]", "not a FHIR Bundle"),
+        ("[1, 2]", "not a FHIR Bundle (the JSON is an array, not an object)"),
+        ("null", "not a FHIR Bundle (the JSON is null, not an object)"),
+        ('"Bundle"', "not a FHIR Bundle (the JSON is a string, not an object)"),
     ],
-    ids=["not-json", "a-patient", "a-json-array"],
+    ids=["not-json", "a-patient", "a-json-array", "null", "a-string"],
 )
 def test_a_file_that_is_not_a_bundle(tmp_path: Path, content: str, mentions: str) -> None:
     path = tmp_path / "input.json"
