@@ -504,3 +504,23 @@ def test_the_iron_studies_reminder_carries_the_tsat_check_of_an_inflamed_ferriti
         if "occurrenceDateTime" not in a.resource
     ]
     assert now == ["2502-3"]
+
+
+def test_the_reminder_at_an_order_hook_does_not_promise_to_catch_a_deficiency_shown_on_treatment() -> None:
+    """A renewal 38 days into a course, with a ferritin of 12 taken on treatment: the reminder quoted the
+    ferritin without a word and said 'order ferritin and TSAT to catch unmasked iron deficiency'. (At
+    patient-view iron-deficiency-after-b12 speaks instead.)"""
+    findings = run(
+        obs("b12", 600, 10),
+        obs("ferritin", 12, 10),
+        med(CYANO, 38),
+        drafts=(draft_b12(),),
+        hook="order-select",
+    )
+    finding = by_topic(findings, "iron-studies-after-b12")
+    assert "unmasked" not in finding.summary and len(finding.summary) < 140
+    assert "12 ng/mL on 2026-01-05" in finding.detail and "already shows iron deficiency" in finding.detail
+    assert "treat" in finding.summary
+    assert topics(run(obs("b12", 600, 10), obs("ferritin", 12, 10), med(CYANO, 38))) == [
+        "iron-deficiency-after-b12"
+    ]

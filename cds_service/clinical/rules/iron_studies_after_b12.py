@@ -97,6 +97,13 @@ def _finding(record: PatientRecord, start: datetime, missing: list[str], context
     known = iron_status(record, pre_ferritin) if pre_ferritin is not None else None
     if known is not None and not known.deficient:
         known = None
+    # Or shown by a ferritin taken on the course (after its first day): nothing is left to unmask either. At
+    # patient-view iron-deficiency-after-b12 says so in this card's place; at an order hook it is this card's.
+    shown = None
+    if known is None and ferritin is not None and ferritin.when >= day_after(start):
+        shown = iron_status(record, ferritin)
+        if not shown.deficient:
+            shown = None
     macrocytic = mcv is not None and mcv.above(t.mcv_macrocytosis)
     deficient = b12 is not None and b12_deficient(record, b12)[0]
     high_ferritin = (
@@ -154,6 +161,10 @@ def _finding(record: PatientRecord, start: datetime, missing: list[str], context
             f"{known.reason}. Treat it now: B12 will draw on the little stored iron as red-cell production "
             "restarts (Solmaz et al. 2015), and iron studies after the start show how the stores respond."
             if known is not None
+            else f"- The ferritin taken on B12 ({shown.ferritin.quoted()}) already shows iron deficiency: "
+            f"{shown.reason}. Treat it and look for its cause (blood loss, malabsorption; AGA 2020); iron "
+            "studies after the start show how the stores respond."
+            if shown is not None
             else "- Starting B12 restarts red-cell production, which uses stored iron: ferritin falls and an "
             "iron deficiency hidden by the B12 deficiency can appear (Solmaz et al., Indian J Hematol Blood "
             "Transfus 2015: ferritin fell from about 190 to about 45 ng/mL and iron deficiency rose from 9 % "
@@ -179,6 +190,9 @@ def _finding(record: PatientRecord, start: datetime, missing: list[str], context
     summary = (
         "B12 started in iron deficiency: treat the iron; recheck ferritin and transferrin saturation"
         if known is not None
+        else "Iron deficiency shown on B12 treatment: treat the iron; recheck ferritin and transferrin "
+        "saturation"
+        if shown is not None
         else "B12 therapy started: order ferritin and transferrin saturation to catch unmasked iron "
         "deficiency"
     )
