@@ -530,6 +530,11 @@ def _fire(
 ) -> None:
     if hook in ORDER_HOOKS and order_file is None:
         raise click.UsageError(f"--hook {hook} needs draft orders: give --order FILE")
+    if hook not in ORDER_HOOKS and order_file is not None:
+        raise click.UsageError(
+            f"--order is for the order-select and order-sign hooks; give --hook order-select or order-sign "
+            f"(with --hook {hook} the orders would be unused)"
+        )
     if signing_key is not None and not iss:
         raise click.UsageError("--signing-key needs --iss (the issuer registered with the service)")
     key = load_signing_key(signing_key, iss, kid) if signing_key is not None and iss else None

@@ -189,6 +189,11 @@ def replay(
     stderr; --json prints the response (JSON Lines of {"file", "patientId", "response"} for several).
     Exit status: 0 when every Bundle replayed, 1 when one could not, 2 for a usage error.
     """
+    if order_file is not None and hook not in ORDER_HOOKS:
+        raise click.UsageError(
+            f"--order is for the order-select and order-sign hooks; give --hook order-select or order-sign "
+            f"(without it the replay would be {hook or 'patient-view'} and the orders unused)"
+        )
     try:
         replayer = Replayer(_settings(now))
         if order_file is not None:

@@ -335,6 +335,10 @@ def test_fire_with_a_fhir_bearer_token_like_the_smart_launcher(
         (["--service", "http://127.0.0.1:9", "--patient", ""], "'--patient'"),
         (["--service", "http://127.0.0.1:9", "--patient", "a b?x=1"], "not a FHIR id"),
         (["--service", "http://127.0.0.1:9", "--user", "dr-who"], "'--user'"),
+        (
+            ["--service", "http://127.0.0.1:9", "--order", "o.json"],
+            "--order is for the order-select and order-sign",
+        ),
     ],
 )
 def test_fire_refuses_bad_options(extra: list[str], message: str) -> None:

@@ -331,3 +331,12 @@ def test_dev_zero_as_a_signing_key_is_refused(tmp_path: Path) -> None:
     )  # fmt: skip
     assert_clean_failure(result, mentions="/dev/zero")
     assert "larger than" in result.stderr
+
+
+@pytest.mark.parametrize("hook", [[], ["--hook", "patient-view"]], ids=["no-hook", "patient-view"])
+def test_an_order_file_for_the_patient_view_hook_is_a_usage_error(hook: list[str]) -> None:
+    """--order without an order hook was ignored: the replay ran patient-view and said nothing about it."""
+    bundle = sorted(SMART_PATIENTS.glob("*.json"))[0]
+    result = run(str(bundle), *hook, "--order", str(HOOKS / "order-select-cyanocobalamin.json"), "--now", NOW)
+    assert result.exit_code == 2
+    assert "--order is for the order-select and order-sign hooks" in result.stderr
