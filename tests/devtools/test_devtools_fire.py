@@ -513,3 +513,21 @@ def test_the_prefetch_log_counts_pages_and_says_why_a_key_was_left_out(
         in logged
     )
     assert "prefetched 0 of 2 keys" in logged and "not sent: labs, patient" in logged
+
+
+@pytest.mark.parametrize("token", ["s3cret tok\u20acn", "s3cret token", "s3cret\ntoken"])
+def test_a_fhir_token_that_cannot_be_a_bearer_token_is_a_usage_error_that_does_not_quote_it(
+    token: str,
+) -> None:
+    """A non-Latin-1 character made requests raise UnicodeEncodeError (a traceback); a space or a newline
+    reached the FHIR server or the service and came back as an InvalidHeader or a 400."""
+    for given in (["--fhir-token", token], []):
+        result = CliRunner(env={"FHIR_ACCESS_TOKEN": token}).invoke(
+            main,
+            ["fire", "--service", "http://127.0.0.1:9", "--fhir-server", "http://127.0.0.1:9/fhir",
+             "--patient", "p", *given],
+        )  # fmt: skip
+        assert result.exit_code == 2, result.output
+        assert "'--fhir-token'" in result.stderr
+        assert "visible ASCII" in result.stderr
+        assert "s3cret" not in result.output
