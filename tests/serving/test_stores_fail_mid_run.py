@@ -415,7 +415,7 @@ def test_postgres_restarted_between_feedback_posts(tmp_path: Path) -> None:
     assert_clean_log(server)
 
 
-# --- SQLite on a disk that fills up or turns read-only ----------------------------------------------------
+# --- SQLite on a disk that fills up -------------------------------------------------------------------------
 
 
 @contextmanager
