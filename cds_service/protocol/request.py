@@ -149,7 +149,22 @@ def parse_json_body(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as error:
-        raise RequestError(400, f"The request body is not valid JSON: {error}") from None
+        raise RequestError(400, _not_json_reason(raw, error)) from None
+
+
+def _not_json_reason(raw: bytes, error: orjson.JSONDecodeError) -> str:
+    """Why the body is not JSON. orjson reports bytes that are not UTF-8 (Latin-1 text, UTF-16) as "str is
+    not valid UTF-8: surrogates not allowed" at column 1, wherever they are; the reason says where instead.
+    JSON is exchanged as UTF-8 whatever charset the Content-Type names (RFC 8259 8.1 and 11)."""
+    not_utf8 = "The request body is not valid JSON: it is not UTF-8 text ({}); JSON must be sent as UTF-8,"
+    not_utf8 += " whatever charset the Content-Type names."
+    if b"\x00" in raw[:4]:  # how RFC 4627 told UTF-16 and UTF-32 from UTF-8: ASCII text has no NUL
+        return not_utf8.format("UTF-16 or UTF-32, it seems")
+    try:
+        raw.decode()
+    except UnicodeDecodeError as bad:
+        return not_utf8.format(f"byte {bad.start} is not UTF-8")
+    return f"The request body is not valid JSON: {error}"
 
 
 def _schema_reason(where: str, errors: list[Any]) -> str:

@@ -177,3 +177,51 @@ def test_a_chunked_body_is_read_whole(served: Served, framed: bytes, codings: st
     )
     assert answer.status == 200, answer.body
     assert json.loads(answer.body)["cards"]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json; charset=utf-8",
+        "application/json;charset=UTF-8",
+        'application/json; charset="utf-8"',
+        "application/fhir+json; charset=utf-8",
+        # RFC 8259 11: no charset is defined for JSON and one "has no effect on compliant recipients"
+        "application/json; charset=iso-8859-1",
+    ],
+)
+def test_json_is_read_as_utf8_whatever_charset_is_named(served: Served, content_type: str) -> None:
+    body = hook_example("patient-view.json")
+    body["context"]["userId"] = "Practitioner/ärztin-ø"  # non-ASCII, in UTF-8
+    answer = one_answer(served.port, post(HOOK_PATH, orjson.dumps(body), f"Content-Type: {content_type}"))
+    assert answer.status in (200, 400), answer.body
+    assert answer.status == 200 or "userId" in answer.reason()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "raw", "why"),
+    [
+        (
+            "application/json; charset=iso-8859-1",
+            BODY.replace(b'"patient-view"', b'"patient-vi\xe9w"'),
+            "is not UTF-8",
+        ),
+        ("application/json; charset=utf-16", BODY.decode().encode("utf-16"), "UTF-16 or UTF-32"),
+        ("application/json", BODY.decode().encode("utf-16-le"), "UTF-16 or UTF-32"),
+        ("application/json", BODY.replace(b"{", b"{\xff", 1), "byte 1 is not UTF-8"),
+    ],
+    ids=["latin-1", "utf-16-with-bom", "utf-16-le", "stray-byte"],
+)
+def test_a_body_that_is_not_utf8_is_a_400_saying_so(
+    served: Served, content_type: str, raw: bytes, why: str
+) -> None:
+    """orjson's own message said "surrogates not allowed" at column 1, whatever and wherever the bytes."""
+    answer = one_answer(served.port, post(HOOK_PATH, raw, f"Content-Type: {content_type}"))
+    assert answer.status == 400
+    assert "is not UTF-8 text" in answer.reason() and why in answer.reason()
+
+
+def test_a_utf8_byte_order_mark_is_a_400_naming_it(served: Served) -> None:
+    answer = one_answer(served.port, post(HOOK_PATH, b"\xef\xbb\xbf" + BODY))
+    assert answer.status == 400
+    assert "byte order mark" in answer.reason()
