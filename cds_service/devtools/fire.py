@@ -263,6 +263,18 @@ class Ehr:
             raise FireError(f"{url} answered 200 but not with JSON") from None
         if not isinstance(answer, dict) or not isinstance(answer.get("cards"), list):
             raise FireError(f"{url} answered 200 without a 'cards' list")
+        # fire is how an integrator checks a service: a response an EHR could not show is reported as such
+        # (the first problem, where it is), not rendered into a traceback.
+        from cds_service.protocol.schemas import validator
+
+        problems = sorted(validator("response").iter_errors(answer), key=lambda e: list(e.absolute_path))
+        if problems:
+            where = "/".join(str(part) for part in problems[0].absolute_path) or "(the response)"
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise FireError(
+                f"{url} answered 200 with a response that is not a valid CDS Hooks response "
+                f"(as checked by protocol/schemas/response.json): {where}: {problems[0].message[:200]}{more}"
+            )
         return answer
 
     def _raise_for_service(self, response: requests.Response, url: str) -> None:
@@ -308,6 +320,9 @@ class Ehr:
         values: dict[str, Any] = {}
         patient = f"Patient/{context['patientId']}" if context.get("patientId") else None
         for key, template in templates.items():
+            if not isinstance(template, str):
+                click.echo(f"prefetch {key}: not sent (the template is not a string)", err=True)
+                continue
             try:
                 query = render_template(template, context)
             except TemplateError as error:
@@ -571,6 +586,10 @@ def _fire(
         raise FireError(f"the service at {ehr.service_base} offers no service for the {hook} hook") from None
     context = hook_context(hook, patient_id, drafts, user_id)
     templates = services[service_id].get("prefetch") or {}
+    if not isinstance(templates, dict):
+        raise FireError(
+            f"the prefetch of {service_id} in its discovery is not an object of named query templates"
+        )
     values = ehr.prefetch(templates, context) if prefetch else None
     authorization = None
     if fhir_token:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import requests
 from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from werkzeug.serving import make_server
 
 from cds_service.cli import main
 from cds_service.config import Settings
@@ -531,3 +533,68 @@ def test_a_fhir_token_that_cannot_be_a_bearer_token_is_a_usage_error_that_does_n
         assert "'--fhir-token'" in result.stderr
         assert "visible ASCII" in result.stderr
         assert "s3cret" not in result.output
+
+
+class _OddService:
+    """A CDS service that does not follow the standard: its discovery and its answer are set per test."""
+
+    def __init__(self, discovery: dict, answer: object) -> None:
+        self.discovery, self.answer = discovery, answer
+
+    def __call__(self, environ: dict, start_response: Callable) -> list[bytes]:
+        body = self.discovery if environ["REQUEST_METHOD"] == "GET" else self.answer
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(body).encode()]
+
+
+_VALID_PREFETCH = {"patient": "Patient/{{context.patientId}}"}
+_VALID_CARD = {
+    "uuid": "8f0b4a5e-2f7c-4c9e-9d7c-3a1b2c3d4e5f",
+    "summary": "s",
+    "indicator": "info",
+    "source": {"label": "l"},
+}
+
+
+@pytest.mark.parametrize(
+    ("prefetch", "answer", "says"),
+    [
+        (
+            ["Patient/{{context.patientId}}"],
+            {"cards": []},
+            "prefetch of b12-view in its discovery is not an object",
+        ),
+        ({"patient": 5}, {"cards": []}, None),
+        (
+            _VALID_PREFETCH,
+            {"cards": [{**_VALID_CARD, "suggestions": "abc"}]},
+            "not a valid CDS Hooks response",
+        ),
+        (_VALID_PREFETCH, {"cards": [7]}, "not a valid CDS Hooks response"),
+        (_VALID_PREFETCH, {"cards": [{**_VALID_CARD, "indicator": None}]}, "cards/0/indicator"),
+    ],
+    ids=["prefetch-a-list", "template-a-number", "suggestions-a-string", "card-a-number", "indicator-null"],
+)
+def test_fire_at_a_service_that_breaks_the_standard_says_what_is_wrong(
+    fhir_server: SekmetServer, prefetch: object, answer: object, says: str | None
+) -> None:
+    """fire is how an integrator checks a service: a discovery prefetch that is not an object of strings
+    or cards of the wrong shape ended in AttributeError or TypeError tracebacks."""
+    record = load_example(fhir_server, "patient-view.json")
+    discovery = {"services": [{"id": "b12-view", "hook": "patient-view", "prefetch": prefetch}]}
+    server = make_server("127.0.0.1", 0, _OddService(discovery, answer), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        result = fire_for(f"http://127.0.0.1:{server.server_port}", fhir_server, record.patient_id)
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    if says is None:  # the key is left out, the call still made
+        assert result.exit_code == 0, result.output
+        assert "prefetch patient: not sent (the template is not a string)" in result.stderr
+    else:
+        assert result.exit_code == 1
+        assert says in result.stderr.strip().splitlines()[-1]
