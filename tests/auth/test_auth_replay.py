@@ -271,7 +271,7 @@ def test_readiness_asks_redis_at_every_probe_not_only_until_it_was_first_reached
 def test_a_redis_restarted_without_its_ids_does_not_let_a_used_token_be_replayed(
     tmp_path: Path, clients_file: Path, ec_signer: Signer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Redis kept in memory only (as deploy/redis.yaml runs it) forgets every jti when it restarts. A
+    """Redis kept in memory only (or deploy/redis.yaml's moved to another node) forgets every jti. A
     token used before the restart is refused after it, by the replica that notices and by every other
     one, new ones included, until such a token could no longer pass; a token certainly issued after the
     restart (exp the longest allowed) is accepted."""
@@ -304,6 +304,25 @@ def test_a_redis_restarted_without_its_ids_does_not_let_a_used_token_be_replayed
     assert errors[0].startswith(
         f"the JWT replay store (Redis at redis://127.0.0.1:{port}/0) lost the ids of tokens already used"
     )
+
+
+def test_a_redis_run_as_deployed_keeps_the_used_ids_through_a_crash(
+    tmp_path: Path, clients_file: Path, ec_signer: Signer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """deploy/redis.yaml fsyncs its append-only file before each reply: after a SIGKILL and a restart on
+    the same directory a used token is still refused as used, nothing is declared lost, and a token
+    issued before the crash but not yet used is accepted (no refusal window)."""
+    port = free_port()
+    url = f"redis://:aof-pass@127.0.0.1:{port}/0"
+    authenticator = Authenticator(auth_settings(tmp_path, clients_file, redis_url=url))
+    used, unused = ec_signer.token(), ec_signer.token()
+    with running_redis(tmp_path, "aof-pass", port=port, as_deployed=True):
+        authenticator.authenticate(bearer(used), SIGN_PATH)
+    with running_redis(tmp_path, "aof-pass", port=port, as_deployed=True), caplog.at_level(logging.ERROR):
+        with pytest.raises(AuthError, match="already used"):
+            authenticator.authenticate(bearer(used), SIGN_PATH)
+        assert authenticator.authenticate(bearer(unused), SIGN_PATH).iss == ec_signer.iss
+    assert not [r for r in caplog.records if r.levelno == logging.ERROR]
 
 
 def test_a_redis_flushed_while_running_does_not_let_a_used_token_be_replayed(

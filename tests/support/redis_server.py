@@ -21,15 +21,23 @@ START_TIMEOUT_S = 10
 
 
 @contextmanager
-def running_redis(directory: Path, password: str, port: int | None = None) -> Iterator[str]:
-    """A password-protected redis-server keeping nothing on disk, on ``port`` or a free one; yields its
-    ``redis://`` URL."""
+def running_redis(
+    directory: Path, password: str, port: int | None = None, *, as_deployed: bool = False
+) -> Iterator[str]:
+    """A password-protected redis-server on ``port`` or a free one; yields its ``redis://`` URL.
+
+    It keeps nothing on disk, unless ``as_deployed``: then it persists as deploy/redis.yaml runs it (an
+    append-only file in ``directory``, fsynced before each reply) and is killed with SIGKILL at the end,
+    as a crash would stop it, so that what survives is only what the file holds."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed (apt-get install -y redis-server); Redis untested")
     redis = pytest.importorskip("redis", reason="the optional 'redis' extra is not installed")
     port = port or free_port()
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    persistence = (
+        ["--appendonly", "yes", "--appendfsync", "always"] if as_deployed else ["--appendonly", "no"]
+    )
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *persistence]
     command += ["--dir", str(directory), "--requirepass", password]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://:{password}@127.0.0.1:{port}/0"
@@ -47,4 +55,7 @@ def running_redis(directory: Path, password: str, port: int | None = None) -> It
         yield url
     finally:
         client.close()
+        if as_deployed:
+            process.kill()
+            process.wait(timeout=10)
         stop(process, grace_s=10)
