@@ -243,7 +243,8 @@ class PostgresDialect:
             raise ConfigError(f"CDS_FEEDBACK_DB is not a valid PostgreSQL URL: {reason}") from None
         ports = str(options.get("port") or "5432").split(",")
         if not all(port.isdigit() and 0 < int(port) < 65536 for port in ports):
-            raise ConfigError(f"CDS_FEEDBACK_DB: the port {options['port']!r} is not a TCP port number")
+            port = without_passwords(repr(options["port"]), self.url)
+            raise ConfigError(f"CDS_FEEDBACK_DB: the port {port} is not a TCP port number")
 
     def is_transient(self, error: Exception) -> bool:
         """The server cannot serve now: not reachable, connection lost, shutting down or starting up.

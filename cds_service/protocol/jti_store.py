@@ -173,7 +173,8 @@ class RedisReplayStore:
             self._start.complete()
         except redis.AuthenticationError as error:
             raise ConfigError(
-                f"CDS_REDIS_URL ({self._where}): Redis refused the credentials ({error})"
+                f"CDS_REDIS_URL ({self._where}): Redis refused the credentials "
+                f"({without_passwords(str(error), url)})"
             ) from None
         except redis.RedisError as error:
             self._start.defer(str(error))
