@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import click
 import jwt
@@ -39,6 +40,7 @@ from cds_service.devtools.hookrequest import HOOKS, ORDER_HOOKS, hook_context, h
 from cds_service.devtools.render import render_response
 from cds_service.fhir.errors import exception_reason
 from cds_service.fhir.read import array, next_link
+from cds_service.fhir.servers import target_of
 from cds_service.protocol.clients import MIN_RSA_BITS
 from cds_service.protocol.prefetch import TemplateError, render_template
 from cds_service.redaction import without_passwords
@@ -369,7 +371,7 @@ class Ehr:
             return None, False
         pages = 1
         if not is_read and found["resourceType"] == "Bundle":
-            found, pages = self._all_pages(found)
+            found, pages = self._all_pages(found, url)
         click.echo(f"{shown}200, {_found_text(found, pages)}", err=True)
         return found, True
 
@@ -388,18 +390,39 @@ class Ehr:
             text += "; check --fhir-token" if self.fhir_token else "; it wants a token: give --fhir-token"
         return text
 
-    def _all_pages(self, bundle: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        """Follow ``next`` links (opaque URLs, used as given) and merge their entries into one Bundle.
+    def _all_pages(self, bundle: dict[str, Any], url: str) -> tuple[dict[str, Any], int]:
+        """Follow ``next`` links (opaque URLs, relative ones read against the page they came from) and
+        merge their entries into one Bundle.
 
-        When paging stops early, the merged Bundle keeps the ``next`` link it did not follow, so the
-        service sees a partial search as partial (and fetches that key itself) rather than as complete."""
+        Only links to the --fhir-server's own origin are followed, as the service itself does: the
+        requests carry the --fhir-token, which must not go to a host a server's answer names. When paging
+        stops early, the merged Bundle keeps the ``next`` link it did not follow, so the service sees a
+        partial search as partial (and fetches that key itself) rather than as complete."""
         merged = dict(bundle)
         entries = list(array(bundle.get("entry")))
         page = bundle
         pages = 1
-        while (next_url := next_link(page)) is not None:
+        fetched = {url}
+        home = target_of(self.fhir_server)
+        while (link := next_link(page)) is not None:
+            try:
+                next_url = urljoin(url, link)
+            except ValueError:
+                next_url = link
             if pages >= MAX_PAGES:
                 click.echo(f"paging stopped after {MAX_PAGES} pages; the search is sent as partial", err=True)
+                break
+            target = target_of(next_url)
+            if target is None or target != home:
+                where = "not a plain http(s) URL" if target is None else "to another origin"
+                click.echo(
+                    f"paging stopped: the next link is {where}, not followed (it would carry the "
+                    "FHIR token); the search is sent as partial",
+                    err=True,
+                )
+                break
+            if next_url in fetched:
+                click.echo("paging stopped: the next link repeats an earlier page", err=True)
                 break
             response = self._fhir_get(next_url)
             if response.status_code != 200:
@@ -415,7 +438,11 @@ class Ehr:
                 break
             page = next_page
             pages += 1
+            fetched.add(next_url)
+            url = next_url
             entries.extend(array(page.get("entry")))
+        else:
+            next_url = None
         merged["link"] = [
             link
             for link in array(bundle.get("link"))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import jwt
@@ -598,3 +599,51 @@ def test_fire_at_a_service_that_breaks_the_standard_says_what_is_wrong(
     else:
         assert result.exit_code == 1
         assert says in result.stderr.strip().splitlines()[-1]
+
+
+class _PagingFhir:
+    """A FHIR server whose searches answer one page and a next link given per test; records every call."""
+
+    def __init__(self) -> None:
+        self.next_url: str | None = None
+        self.seen: list[tuple[str, str | None]] = []
+
+    def __call__(self, environ: dict, start_response: Callable) -> list[bytes]:
+        self.seen.append(
+            (environ["PATH_INFO"] + "?" + environ["QUERY_STRING"], environ.get("HTTP_AUTHORIZATION"))
+        )
+        entry = {"resource": {"resourceType": "Observation", "id": f"o{len(self.seen)}", "status": "final"}}
+        bundle: dict = {"resourceType": "Bundle", "type": "searchset", "entry": [entry]}
+        if self.next_url and environ["QUERY_STRING"] != "page=2":
+            bundle["link"] = [{"relation": "next", "url": self.next_url}]
+        start_response("200 OK", [("Content-Type", "application/fhir+json")])
+        return [json.dumps(bundle).encode()]
+
+
+@contextmanager
+def _serving(app: Callable) -> Iterator[str]:
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+
+
+def test_paging_never_carries_the_fhir_token_to_another_origin(capsys: pytest.CaptureFixture[str]) -> None:
+    """fire followed any next link with the Authorization header of --fhir-token (the service itself
+    refuses to), and a relative next link ended the whole run as a MissingSchema 'cannot query' error."""
+    ehr_side, elsewhere = _PagingFhir(), _PagingFhir()
+    with _serving(ehr_side) as base, _serving(elsewhere) as other:
+        ehr = Ehr("http://127.0.0.1:9", f"{base}/fhir", key=None, fhir_token="launch-token-1", timeout=10)
+        ehr_side.next_url = f"{other}/fhir/Observation?page=2"
+        away = ehr.prefetch({"labs": "Observation?patient=p"}, {"patientId": "p"})
+        ehr_side.next_url = "Observation?page=2"
+        relative = ehr.prefetch({"labs": "Observation?patient=p"}, {"patientId": "p"})
+    assert elsewhere.seen == []
+    assert "paging stopped: the next link is to another origin, not followed" in capsys.readouterr().err
+    assert [link["relation"] for link in away["labs"]["link"]] == ["next"]  # sent as partial
+    assert len(relative["labs"]["entry"]) == 2
+    assert ehr_side.seen[-1] == ("/fhir/Observation?page=2", "Bearer launch-token-1")
