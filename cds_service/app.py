@@ -112,7 +112,11 @@ def create_app(settings: Settings) -> Flask:
     log.info("run-ahead cache: %s", run_ahead.describe())
     handler = build_handler(settings, fhir_client=FhirClient(), run_ahead=run_ahead, on_cards=recorder.submit)
 
-    app = Flask(__name__)
+    # No static route, and no redirect for a path with "//": werkzeug answered POST
+    # /cds-services//<id> with an HTML 308 to a URL built from the Host header, which an EHR's client
+    # follows with the same body (fhirAuthorization's token included) to wherever Host pointed.
+    app = Flask(__name__, static_folder=None)
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["cds"] = {"handler": handler, "feedback": feedback_store, "recorder": recorder}
 

@@ -225,3 +225,28 @@ def test_a_utf8_byte_order_mark_is_a_400_naming_it(served: Served) -> None:
     answer = one_answer(served.port, post(HOOK_PATH, b"\xef\xbb\xbf" + BODY))
     assert answer.status == 400
     assert "byte order mark" in answer.reason()
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/cds-services//b12-iron-patient-view"),
+        ("POST", "/cds-services//b12-iron-patient-view/feedback"),
+        ("POST", "/cds-services/b12-iron-patient-view//feedback"),
+        ("GET", "/cds-services//"),
+        ("GET", "/static//x"),
+    ],
+)
+def test_a_path_with_doubled_slashes_is_a_404_not_a_redirect_to_the_host_header(
+    served: Served, method: str, path: str
+) -> None:
+    """werkzeug merged the slashes with an HTML 308 to http://<Host header>/cds-services/…, which an EHR
+    client follows with the same body, fhirAuthorization's access token included. (Leading slashes are
+    another matter: werkzeug reads "//cds-services" as "/cds-services", without a redirect.)"""
+    request = post(path, BODY, "Host: evil.example") if method == "POST" else b""
+    if method == "GET":
+        request = f"GET {path} HTTP/1.1\r\nHost: evil.example\r\n\r\n".encode()
+    answer = one_answer(served.port, request.replace(b"Host: cds\r\n", b""))
+    assert answer.status == 404
+    assert "location" not in answer.headers
+    assert answer.reason().startswith("Nothing is served at")
