@@ -101,6 +101,7 @@ def _user_reference(ctx: click.Context, param: click.Parameter, value: str) -> s
     return value
 
 
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
 
 
@@ -293,12 +294,19 @@ class Ehr:
             raise FireError(f"401 Unauthorized from {url}: {hint}")
         if status == 404:
             raise FireError(f"404 Not Found from {url}: check the --service base URL and the service id")
-        reason = _outcome_text(response)
+        reason = self._scrub(_outcome_text(response))
         if status == 412:
             raise FireError(f"412 from {url}: the service could not get the data it needs: {reason}")
         raise FireError(f"HTTP {status} from {url}: {reason}")
 
     # --- the FHIR server ------------------------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        """A server's words without the --fhir-token or anything shaped like a JWT: a FHIR server's 401 may
+        quote the token it refused, and the service's 412 quotes the FHIR server."""
+        if self.fhir_token:
+            text = text.replace(self.fhir_token, "***")
+        return _JWT.sub("[a JWT]", text)
 
     def _fhir_get(self, url: str) -> requests.Response:
         headers = dict(_FHIR_HEADERS)
@@ -383,9 +391,7 @@ class Ehr:
         except ValueError:
             body = None
         if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
-            text += f": {_outcome_text(response)}"
-        if self.fhir_token:  # a server that quotes the token it refused must not have it printed
-            text = text.replace(self.fhir_token, "***")
+            text += f": {self._scrub(_outcome_text(response))}"
         if response.status_code in (401, 403):
             text += "; check --fhir-token" if self.fhir_token else "; it wants a token: give --fhir-token"
         return text
@@ -480,7 +486,9 @@ def _outcome_text(response: requests.Response) -> str:
         return text.splitlines()[0][:300] if text else (response.reason or "no details")
     if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
         texts = [
-            str(i.get("diagnostics") or i.get("code")) for i in body.get("issue", []) if isinstance(i, dict)
+            str(i.get("diagnostics") or i.get("code"))
+            for i in array(body.get("issue"))
+            if isinstance(i, dict)
         ]
         return "; ".join(texts)[:500] or "no details"
     return str(body)[:300]

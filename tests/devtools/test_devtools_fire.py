@@ -647,3 +647,42 @@ def test_paging_never_carries_the_fhir_token_to_another_origin(capsys: pytest.Ca
     assert [link["relation"] for link in away["labs"]["link"]] == ["next"]  # sent as partial
     assert len(relative["labs"]["entry"]) == 2
     assert ehr_side.seen[-1] == ("/fhir/Observation?page=2", "Bearer launch-token-1")
+
+
+_A_JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJkci13aG8ifQ.c2lnbmF0dXJlLWJ5dGVz"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "processing",
+         "diagnostics": f"HTTP 401 from the FHIR server: token {_A_JWT} expired; sent launch-token-1"}]},
+        f"upstream said: Bearer launch-token-1 and {_A_JWT} refused",
+        {"resourceType": "OperationOutcome", "issue": 5},
+    ],
+    ids=["operation-outcome", "plain-text", "issue-not-a-list"],
+)  # fmt: skip
+def test_an_error_from_the_service_is_printed_without_tokens_or_jwts(answer: object) -> None:
+    """The service's 412 quotes what the FHIR server said, and a FHIR server's 401 body may quote the token
+    it refused: fire printed that, --fhir-token and any JWT included. An 'issue' that is not a list was a
+    TypeError traceback."""
+
+    def service(environ: dict, start_response: Callable) -> list[bytes]:
+        if environ["REQUEST_METHOD"] == "GET":
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [json.dumps({"services": [{"id": "v", "hook": "patient-view"}]}).encode()]
+        text = isinstance(answer, str)
+        start_response(
+            "412 Precondition Failed", [("Content-Type", "text/plain" if text else "application/json")]
+        )
+        return [answer.encode() if isinstance(answer, str) else json.dumps(answer).encode()]
+
+    with _serving(service) as base:
+        result = fire("--service", base, "--fhir-server", "http://127.0.0.1:9/fhir", "--patient", "p",
+                      "--no-prefetch", "--fhir-token", "launch-token-1")  # fmt: skip
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "launch-token-1" not in result.output
+    assert "eyJ" not in result.output
+    assert result.stderr.startswith("Error: 412 from")
