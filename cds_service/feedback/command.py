@@ -93,6 +93,10 @@ def _other_sqlite_tables(url: str) -> list[str]:
     return [*names[:5], "..."] if len(names) > 5 else names
 
 
+class _ConfigurationError(click.ClickException):
+    exit_code = 2
+
+
 def _store_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """--db as given, refused at once when empty or of a kind the store cannot open."""
     if value is None:
@@ -133,13 +137,20 @@ def feedback_report(as_json: bool, since: str | None, db: str | None) -> None:
     """
     try:
         start = parse_rfc3339("--since", since) if since else None
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from None
+    try:
         settings = load_settings()
         site = load_site_config(settings.site_config)
         offered = list(DEFAULT_OVERRIDE_REASONS)
         if "overrideReasons" in site:
-            offered = [*parse_override_reasons(site["overrideReasons"]), *offered]
+            try:
+                offered = [*parse_override_reasons(site["overrideReasons"]), *offered]
+            except ValueError as error:
+                raise ConfigError(f"CDS_SITE_CONFIG={str(settings.site_config)!r}: {error}") from None
     except ValueError as error:  # ConfigError included
-        raise click.UsageError(str(error)) from None
+        # The environment, not the command line: no usage banner; status 2 as `serve` gives it.
+        raise _ConfigurationError(f"configuration error: {error}") from None
     url = db if db is not None else settings.feedback_db
     report = read_report(url, start, offered_reasons(offered, OVERRIDE_REASON_SYSTEM))
     click.echo(json.dumps(report, indent=2) if as_json else format_text(report), nl=as_json)

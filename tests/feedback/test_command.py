@@ -388,3 +388,28 @@ def test_a_site_reason_under_its_own_system_echoed_by_code_only_is_counted_once(
     assert code == 0, output
     reasons = json.loads(output)["services"][VIEW]["topics"]["unknown"]["topOverrideReasons"]
     assert reasons == [{**reason, "count": 3}]
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"CDS_FHIR_BUDGET_MS": "abc"}, "configuration error: CDS_FHIR_BUDGET_MS='abc'"),
+        (
+            {"CDS_SITE_CONFIG": "{site}"},
+            "configuration error: CDS_SITE_CONFIG='{site}': overrideReasons must be",
+        ),
+    ],
+    ids=["malformed-setting", "bad-site-override-reasons"],
+)
+def test_a_configuration_error_is_not_shown_as_a_usage_error(
+    filled: str, tmp_path: Path, env: dict[str, str], says: str
+) -> None:
+    """A bad CDS_* setting came with 'Usage: ... Try --help', as if the command line were wrong, and a site
+    file's bad overrideReasons did not say which file."""
+    site = tmp_path / "site.json"
+    site.write_text(json.dumps({"overrideReasons": 5}))
+    filled_env = {name: value.format(site=site) for name, value in env.items()}
+    result = invoke("--db", filled, env=filled_env)
+    assert result.exit_code == 2
+    assert "Usage:" not in result.output
+    assert says.format(site=site) in error_line(result)
