@@ -7,6 +7,7 @@ so a replay exercises the same code paths as a call whose prefetch was complete.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -237,7 +238,8 @@ def _print(result: ReplayResult, several: bool, as_json: bool) -> None:
     name = f"{result.bundle.display_name} (Patient/{result.bundle.patient_id})"
     if as_json and several:
         line = {
-            "file": str(result.bundle.path),
+            # A name that is not UTF-8 holds surrogates, which JSON cannot carry: its odd bytes as \xNN.
+            "file": os.fsencode(result.bundle.path).decode("utf-8", "backslashreplace"),
             "patientId": result.bundle.patient_id,
             "response": result.response,
         }

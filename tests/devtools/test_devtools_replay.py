@@ -340,3 +340,15 @@ def test_an_order_file_for_the_patient_view_hook_is_a_usage_error(hook: list[str
     result = run(str(bundle), *hook, "--order", str(HOOKS / "order-select-cyanocobalamin.json"), "--now", NOW)
     assert result.exit_code == 2
     assert "--order is for the order-select and order-sign hooks" in result.stderr
+
+
+def test_json_lines_name_a_file_whose_name_is_not_utf8(tmp_path: Path) -> None:
+    """orjson refuses the surrogates Python uses for such a name: a TypeError traceback mid-run."""
+    source = sorted(SMART_PATIENTS.glob("*.json"))[0].read_bytes()
+    (tmp_path / "plain.json").write_bytes(source)
+    with open(os.path.join(os.fsencode(tmp_path), b"caf\xe9.json"), "wb") as odd:
+        odd.write(source)
+    result = run(str(tmp_path), "--now", NOW, "--json")
+    assert result.exit_code == 0, result.output
+    lines = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert sorted(Path(line["file"]).name for line in lines) == ["caf\\xe9.json", "plain.json"]
