@@ -46,6 +46,8 @@ from cds_service.services import build_handler, unknown_service
 log = logging.getLogger(__name__)
 
 UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# How much of a request's path a log line quotes (the service ids are 21 characters).
+LOGGED_PATH_CHARS = 100
 # Longest wait for the next bytes of a request body under gunicorn (nginx's client_body_timeout, shorter).
 BODY_IDLE_TIMEOUT_S = 10.0
 CORS_HEADERS = {
@@ -81,6 +83,16 @@ def operation_outcome(status: int, reason: str) -> Response:
         ],
     }
     return Response(orjson.dumps(body), status=status, mimetype="application/fhir+json")
+
+
+def logged_path(path: str | None = None) -> str:
+    """A request's path (this request's by default) for a log line, at most LOGGED_PATH_CHARS of it.
+
+    Any caller chooses it, up to gunicorn's 8190-byte request line: logged whole, every refused request
+    could add 8 KB to a WARNING line (written at once, not batched), and a client that puts identifiers
+    in the URL would have them all kept."""
+    path = request.path if path is None else path
+    return path if len(path) <= LOGGED_PATH_CHARS else path[:LOGGED_PATH_CHARS] + "…"
 
 
 def check_configuration(settings: Settings) -> None:
@@ -131,7 +143,7 @@ def create_app(settings: Settings) -> Flask:
             g.client = authenticator.authenticate(request.headers.get("Authorization"), request.path)
         except AuthError as error:
             observability.observe_auth_rejection()
-            log.warning("authentication refused for %s %s: %s", request.method, request.path, error)
+            log.warning("authentication refused for %s %s: %s", request.method, logged_path(), error)
             return Response(status=401, headers={"WWW-Authenticate": "Bearer"})
         return None
 
@@ -336,7 +348,7 @@ def create_app(settings: Settings) -> Flask:
 
     @app.errorhandler(Exception)
     def unexpected_error(error: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.path)
+        log.exception("unexpected error on %s %s", request.method, logged_path())
         return operation_outcome(500, "The service failed to process this request; it has been logged.")
 
     prepare_for_calls(handler.services)

@@ -19,7 +19,7 @@ from gunicorn import util
 from gunicorn.http import errors
 from gunicorn.workers.gthread import ThreadWorker
 
-from cds_service.app import CORS_HEADERS, operation_outcome
+from cds_service.app import CORS_HEADERS, logged_path, operation_outcome
 
 INTERNAL_ERROR = "The service failed to process this request; it has been logged."
 # Set on a request once the app's response to it has been written (see JsonErrorWorker.handle_request).
@@ -128,12 +128,12 @@ class JsonErrorWorker(ThreadWorker):
             if refused:
                 self.log.warning("Invalid request from ip=%s after its response: %s", ip, refused[1])
             else:
-                self.log.exception("Error after answering request %s %s", req.method, req.path)
+                self.log.exception("Error after answering request %s %s", req.method, logged_path(req.path))
             return
         if refused is None:
             status, reason = 500, INTERNAL_ERROR
             if hasattr(req, "method") and hasattr(req, "path"):
-                self.log.exception("Error handling request %s %s", req.method, req.path)
+                self.log.exception("Error handling request %s %s", req.method, logged_path(req.path))
             else:
                 self.log.exception("Error handling request (no URI read)")
         else:
