@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -31,7 +32,7 @@ from cds_service.feedback import (
     prepare_feedback_validator,
 )
 from cds_service.fhir.client import FhirClient
-from cds_service.protocol.auth import Authenticator, AuthError
+from cds_service.protocol.auth import Authenticator, AuthError, ReplayCheckUnavailable
 from cds_service.protocol.request import (
     RequestError,
     is_json_content_type,
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 # How much of a request's path a log line quotes (the service ids are 21 characters).
 LOGGED_PATH_CHARS = 100
+# A hookInstance as the request schema requires it: only such a value is logged with a refused call.
+HOOK_INSTANCE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # Longest wait for the next bytes of a request body under gunicorn (nginx's client_body_timeout, shorter).
 BODY_IDLE_TIMEOUT_S = 10.0
 CORS_HEADERS = {
@@ -141,6 +144,14 @@ def create_app(settings: Settings) -> Flask:
             return None
         try:
             g.client = authenticator.authenticate(request.headers.get("Authorization"), request.path)
+        except ReplayCheckUnavailable as error:
+            observability.observe_auth_rejection()
+            log.warning("authentication refused for %s %s: %s", request.method, logged_path(), error)
+            return operation_outcome(
+                503,
+                "The service cannot check this token for reuse right now (its replay store is unavailable); "
+                "nothing was processed. Send the call again shortly, with a new token.",
+            )
         except AuthError as error:
             observability.observe_auth_rejection()
             log.warning("authentication refused for %s %s: %s", request.method, logged_path(), error)
@@ -278,6 +289,7 @@ def create_app(settings: Settings) -> Flask:
             if too_deep is not None:
                 response = refused_call(too_deep, trace)
             else:
+                keep_hook_instance_if_valid(trace)
                 log.exception("hook call failed", extra={"hookInstance": trace.hook_instance})
                 response = operation_outcome(
                     500, "The service failed to process this request; it has been logged."
@@ -286,7 +298,15 @@ def create_app(settings: Settings) -> Flask:
         observability.finish_call(trace, (time.perf_counter() - started) * 1000.0)
         return response
 
+    def keep_hook_instance_if_valid(trace: observability.CallTrace) -> None:
+        """A refused or failed call, which may not have passed validation, logs the hookInstance only if
+        it is a UUID: any other string (up to 64 characters) was the caller's free text in the service's
+        log, a patient's identifier for a client that put one there. Checked only for such calls."""
+        if trace.hook_instance is not None and not HOOK_INSTANCE.fullmatch(trace.hook_instance):
+            trace.hook_instance = None
+
     def refused_call(error: RequestError, trace: observability.CallTrace) -> Response:
+        keep_hook_instance_if_valid(trace)
         log.info(
             "hook call refused (%d): %s",
             error.status,

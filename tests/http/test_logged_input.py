@@ -1,4 +1,5 @@
-"""What a caller controls reaches the log bounded: the request path in the refusal and error lines.
+"""What a caller controls reaches the log bounded: the request path in the refusal and error lines, and
+the hookInstance of a refused call.
 
 The path can be as long as gunicorn's request line (8190 bytes); logged whole, each unauthenticated request
 added that much to a WARNING line, which is written at once rather than batched.
@@ -10,15 +11,18 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cds_service import observability
-from cds_service.app import LOGGED_PATH_CHARS, create_app
+from cds_service.app import HOOK_INSTANCE, LOGGED_PATH_CHARS, create_app
 from cds_service.config import Settings
 from tests.auth.auth_support import Signer, auth_settings, ec_p384_key, write_clients
+from tests.builders import hook_body
 
 # What a logged path may add to the line's fixed text: the kept characters and the ellipsis.
 MOST = LOGGED_PATH_CHARS + 1
@@ -85,3 +89,42 @@ def test_an_unexpected_error_logs_at_most_the_start_of_a_long_path(
     assert response.status_code == 500
     [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("unexpected error")]
     assert line == f"unexpected error on POST {path[:LOGGED_PATH_CHARS]}…"
+
+
+def call_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage() == "hook call" or "hook call refused" in r.msg]
+
+
+@LOG
+@given(hook_instance=st.text(max_size=80) | st.uuids().map(str))
+def test_a_refused_call_logs_its_hook_instance_only_when_it_is_a_uuid(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture, hook_instance: str
+) -> None:
+    """Before, the first 64 characters of whatever the caller sent were logged with a refused call."""
+    body = hook_body()
+    body["hookInstance"] = hook_instance
+    del body["context"]["patientId"]  # refused whatever the hookInstance
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        response = client.post(
+            "/cds-services/b12-iron-patient-view", data=orjson.dumps(body), content_type="application/json"
+        )
+    assert response.status_code == 400
+    lines = call_lines(caplog)
+    assert len(lines) == 2  # the refusal and the call line
+    valid = HOOK_INSTANCE.fullmatch(hook_instance) is not None
+    assert [getattr(r, "hookInstance", None) for r in lines] == [hook_instance if valid else None] * 2
+
+
+def test_a_patient_identifier_sent_as_hook_instance_is_not_logged(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = hook_body()
+    body["hookInstance"] = "MRN 00471142 Jane Smith"
+    with caplog.at_level(logging.INFO):
+        response = client.post(
+            "/cds-services/b12-iron-patient-view", data=orjson.dumps(body), content_type="application/json"
+        )
+    assert response.status_code == 400
+    assert "hookInstance" in response.get_json()["issue"][0]["diagnostics"]
+    assert "00471142" not in caplog.text
