@@ -60,6 +60,12 @@ class AuthError(Exception):
     """The call is not authenticated. ``str(e)`` is the reason for the log; it never holds the token."""
 
 
+class ReplayCheckUnavailable(AuthError):
+    """A correctly signed token whose jti cannot be checked: the replay store is away or has lost the ids
+    it held. The token is refused (fail closed), but the fault is the service's, not the caller's
+    credentials: a 503 says so, where a 401 sent the EHR's integrators after their keys."""
+
+
 def _shown(value: object, limit: int = 80) -> str:
     """A caller-supplied value made safe for one log line (escaped, shortened)."""
     text = ascii(value)
@@ -151,7 +157,7 @@ class Authenticator:
         try:
             first_use = self._replay.claim(key, float(claims["exp"]) + LEEWAY_S)
         except ReplayStoreError as error:
-            raise AuthError(f"cannot check jti for replay, refusing: {error}") from None
+            raise ReplayCheckUnavailable(f"cannot check jti for replay, refusing: {error}") from None
         if not first_use:
             raise AuthError(f"jti {_shown(jti)} of {iss} was already used (replay)")
 
