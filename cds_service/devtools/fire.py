@@ -48,6 +48,7 @@ from cds_service.redaction import without_passwords
 TOKEN_LIFETIME_S = 300
 MAX_PAGES = 50
 MAX_TIMEOUT_S = 86_400.0
+MAX_RESPONSE_BYTES = 256 * 1024 * 1024  # as for a Bundle file (bundles.MAX_FILE_BYTES)
 MAX_KEY_BYTES = 64 * 1024  # a PEM RSA 16384-bit key is about 13 KB
 _EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 _FHIR_HEADERS = {"Accept": "application/fhir+json"}
@@ -55,6 +56,14 @@ _FHIR_HEADERS = {"Accept": "application/fhir+json"}
 
 class FireError(click.ClickException):
     """A one-line failure of the simulated EHR call."""
+
+
+class _TooSlow(Exception):
+    """The whole of one HTTP call took longer than --timeout."""
+
+
+class _TooLarge(Exception):
+    """An answer held more than MAX_RESPONSE_BYTES."""
 
 
 class Seconds(click.FloatRange):
@@ -228,16 +237,42 @@ class Ehr:
             headers["Authorization"] = f"Bearer {self.key.token(url)}"
         return headers
 
+    def _send(self, method: str, url: str, **options: Any) -> requests.Response:
+        """One HTTP call, its whole answer read within --timeout.
+
+        requests applies a timeout to the connection and to each read, so a server sending a byte at a
+        time held a call for as long as it kept sending; the body is read here against one deadline, and
+        no further than MAX_RESPONSE_BYTES."""
+        deadline = time.monotonic() + self.timeout
+        response = self.session.request(method, url, timeout=self.timeout, stream=True, **options)
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            # read1 returns what has arrived (iter_content would wait for a whole chunk of 64 KiB).
+            while chunk := response.raw.read1(64 * 1024, decode_content=True):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_RESPONSE_BYTES:
+                    raise _TooLarge
+                if time.monotonic() > deadline:
+                    raise _TooSlow
+        finally:
+            response.close()
+        response._content = b"".join(chunks)  # what response.content would have read
+        return response
+
     def _service_call(self, method: str, url: str, body: Any = None) -> requests.Response:
         headers = self._service_headers(url)
         try:
             if body is None:
-                return self.session.request(method, url, headers=headers, timeout=self.timeout)
+                return self._send(method, url, headers=headers)
             headers["Content-Type"] = "application/json"
-            return self.session.request(
-                method, url, data=orjson.dumps(body), headers=headers, timeout=self.timeout
-            )
-        except requests.Timeout:  # before ConnectionError: a connect timeout is both
+            return self._send(method, url, data=orjson.dumps(body), headers=headers)
+        except _TooLarge:
+            raise FireError(
+                f"the CDS service at {url} answered more than {size_text(MAX_RESPONSE_BYTES)}"
+            ) from None
+        except (requests.Timeout, _TooSlow):  # before ConnectionError: a connect timeout is both
             raise FireError(f"the CDS service at {url} did not answer within {self.timeout:g} s") from None
         except requests.RequestException as error:
             reason = exception_reason(error, url)
@@ -313,8 +348,12 @@ class Ehr:
         if self.fhir_token:
             headers["Authorization"] = f"Bearer {self.fhir_token}"
         try:
-            return self.session.get(url, headers=headers, timeout=self.timeout)
-        except requests.Timeout:  # before ConnectionError: a connect timeout is both
+            return self._send("GET", url, headers=headers)
+        except _TooLarge:
+            raise FireError(
+                f"the FHIR server answered {url} with more than {size_text(MAX_RESPONSE_BYTES)}"
+            ) from None
+        except (requests.Timeout, _TooSlow):  # before ConnectionError: a connect timeout is both
             raise FireError(f"the FHIR server did not answer {url} within {self.timeout:g} s") from None
         except requests.RequestException as error:
             raise FireError(f"cannot query the FHIR server: {exception_reason(error, url)}") from None

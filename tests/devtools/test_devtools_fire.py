@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -686,3 +687,24 @@ def test_an_error_from_the_service_is_printed_without_tokens_or_jwts(answer: obj
     assert "launch-token-1" not in result.output
     assert "eyJ" not in result.output
     assert result.stderr.startswith("Error: 412 from")
+
+
+def test_timeout_bounds_a_whole_call_not_each_read(capsys: pytest.CaptureFixture[str]) -> None:
+    """--timeout was handed to requests, which applies it to each socket read: a FHIR server sending a
+    byte every 0.2 s kept a '--timeout 1' call going for as long as it liked (minutes per query)."""
+
+    def dripping(environ: dict, start_response: Callable) -> Iterator[bytes]:
+        body = json.dumps({"resourceType": "Patient", "id": "p"}).encode() + b" " * 40
+        start_response(
+            "200 OK", [("Content-Type", "application/fhir+json"), ("Content-Length", str(len(body)))]
+        )
+        for byte in body:
+            time.sleep(0.2)
+            yield bytes([byte])
+
+    with _serving(dripping) as base:
+        ehr = Ehr("http://127.0.0.1:9", f"{base}/fhir", key=None, fhir_token=None, timeout=1)
+        started = time.monotonic()
+        with pytest.raises(fire_module.FireError, match=r"did not answer .* within 1 s"):
+            ehr.prefetch({"patient": "Patient/{{context.patientId}}"}, {"patientId": "p"})
+        assert time.monotonic() - started < 3
