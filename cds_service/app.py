@@ -18,6 +18,7 @@ import orjson
 from flask import Flask, Response, g, request
 from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.routing import WebsocketMismatch
 
 from cds_service import observability
 from cds_service.clinical.engine import TOPICS
@@ -361,6 +362,8 @@ def create_app(settings: Settings) -> Flask:
             405: f"{request.method} is not allowed on {request.path}.",
             413: f"The request body is larger than {settings.max_body_bytes} bytes.",
         }
+        if isinstance(error, WebsocketMismatch):  # werkzeug's text blamed "the browser (or proxy)"
+            reasons[400] = "WebSocket upgrades are not served; send the request without 'Upgrade: websocket'."
         response = operation_outcome(status, reasons.get(status, error.description or error.name))
         if status == 405 and isinstance(error.valid_methods, list | tuple | set):
             response.headers["Allow"] = ", ".join(sorted(error.valid_methods))

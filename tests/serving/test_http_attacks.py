@@ -250,3 +250,18 @@ def test_a_path_with_doubled_slashes_is_a_404_not_a_redirect_to_the_host_header(
     assert answer.status == 404
     assert "location" not in answer.headers
     assert answer.reason().startswith("Nothing is served at")
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/healthz"), ("POST", HOOK_PATH)])
+def test_a_websocket_upgrade_is_a_400_saying_so(served: Served, method: str, path: str) -> None:
+    """werkzeug refuses it with "The browser (or proxy) sent a request that this server could not
+    understand", which pointed an integrator nowhere."""
+    headers = ("Connection: Upgrade", "Upgrade: websocket", "Sec-WebSocket-Version: 13")
+    request = (
+        post(path, BODY, *headers)
+        if method == "POST"
+        else ("\r\n".join([f"GET {path} HTTP/1.1", "Host: cds", *headers]) + "\r\n\r\n").encode()
+    )
+    answer = one_answer(served.port, request)
+    assert answer.status == 400
+    assert "WebSocket upgrades are not served" in answer.reason()
