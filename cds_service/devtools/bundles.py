@@ -44,6 +44,9 @@ ORDER_TYPES = frozenset(
 # ten times its size in memory). Reading stops one byte past it, so /dev/zero or a multi-GB export is
 # refused at once instead of being read until memory runs out.
 MAX_FILE_BYTES = 256 * 1024 * 1024
+# orjson reads JSON nested up to 1024 levels, but copying and answering it recurses (Python stops near 1000
+# frames, orjson writes at most 254 levels): refused by name rather than as a RecursionError traceback.
+MAX_NESTING = 200
 
 
 class BundleError(ValueError):
@@ -101,10 +104,29 @@ def read_json(path: Path) -> Any:
     except OSError as exc:
         raise BundleError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     try:
-        return orjson.loads(data)
+        parsed = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else "invalid JSON"
         raise BundleError(f"{path}: not valid JSON ({reason})") from None
+    if nested_deeper_than(parsed, MAX_NESTING):
+        raise BundleError(
+            f"{path}: JSON nested more than {MAX_NESTING} levels deep; FHIR resources need fewer than 20"
+        )
+    return parsed
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` holds objects or arrays nested more than ``limit`` levels (iterative, any depth)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 class FileTooLargeError(OSError):

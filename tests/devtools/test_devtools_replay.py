@@ -352,3 +352,19 @@ def test_json_lines_name_a_file_whose_name_is_not_utf8(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     lines = [orjson.loads(line) for line in result.stdout.splitlines()]
     assert sorted(Path(line["file"]).name for line in lines) == ["caf\\xe9.json", "plain.json"]
+
+
+@pytest.mark.parametrize("as_option", [False, True], ids=["bundle", "order"])
+def test_json_nested_too_deep_is_refused_by_name(tmp_path: Path, as_option: bool) -> None:
+    """orjson reads 1024 levels, but copying a resource 600 levels deep hit Python's recursion limit: a
+    RecursionError traceback that ended a folder replay."""
+    kind = "MedicationRequest" if as_option else "Patient"
+    nested = '{"url": "http://example.org/x", "extension": [' * 300 + "{}" + "]}" * 300  # 600 levels
+    resource = f'{{"resourceType": "{kind}", "id": "a", "extension": [{nested}]}}'
+    path = tmp_path / "deep.json"
+    path.write_text(
+        f'{{"resourceType": "Bundle", "type": "collection", "entry": [{{"resource": {resource}}}]}}'
+    )
+    bundle = sorted(SMART_PATIENTS.glob("*.json"))[0]
+    args = [str(bundle), "--hook", "order-sign", "--order", str(path)] if as_option else [str(path)]
+    assert_clean_failure(run(*args, "--now", NOW), mentions=f"{path}: JSON nested more than 200 levels deep")
