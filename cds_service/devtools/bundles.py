@@ -103,8 +103,10 @@ def read_json(path: Path) -> Any:
         raise BundleError(f"{path}: is a directory, expected a JSON file") from None
     except OSError as exc:
         raise BundleError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise BundleError(f"{path}: UTF-16 text; FHIR JSON is UTF-8 (save the file as UTF-8)")
     try:
-        parsed = orjson.loads(data)
+        parsed = orjson.loads(data.removeprefix(b"\xef\xbb\xbf"))  # a byte order mark, as editors leave
     except orjson.JSONDecodeError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else "invalid JSON"
         raise BundleError(f"{path}: not valid JSON ({reason})") from None

@@ -368,3 +368,16 @@ def test_json_nested_too_deep_is_refused_by_name(tmp_path: Path, as_option: bool
     bundle = sorted(SMART_PATIENTS.glob("*.json"))[0]
     args = [str(bundle), "--hook", "order-sign", "--order", str(path)] if as_option else [str(path)]
     assert_clean_failure(run(*args, "--now", NOW), mentions=f"{path}: JSON nested more than 200 levels deep")
+
+
+def test_encodings_a_windows_editor_leaves(tmp_path: Path) -> None:
+    """A UTF-8 byte order mark was refused ('not valid JSON (UTF-8 byte order mark (BOM) is not
+    supported)'), and UTF-16 was reported as 'str is not valid UTF-8: surrogates not allowed'."""
+    text = sorted(SMART_PATIENTS.glob("*.json"))[0].read_text(encoding="utf-8")
+    with_bom = tmp_path / "bom.json"
+    with_bom.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    result = run(str(with_bom), "--now", NOW)
+    assert result.exit_code == 0, result.output
+    utf16 = tmp_path / "utf16.json"
+    utf16.write_bytes(text.encode("utf-16"))
+    assert_clean_failure(run(str(utf16), "--now", NOW), mentions=f"{utf16}: UTF-16 text; FHIR JSON is UTF-8")
