@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from cds_service.services import HookHandler
 
 
+CLOCK_YEARS = (1900, 2999)
+
+
 class ReplayError(Exception):
     """One Bundle could not be replayed; the message is one line."""
 
@@ -125,6 +128,12 @@ def _settings(now: str | None) -> Settings:
         clock: datetime | None = parse_rfc3339("--now", now) if now is not None else None
     except ConfigError as error:
         raise click.UsageError(str(error)) from None
+    if clock is not None and not CLOCK_YEARS[0] <= clock.year <= CLOCK_YEARS[1]:
+        # The rules reach years around "now" (a course's start, a result's age): near the ends of the
+        # calendar those dates do not exist, and the failure looked like a bug the Bundle exposed.
+        raise click.UsageError(
+            f"--now={now!r}: give a clinical 'now' between {CLOCK_YEARS[0]} and {CLOCK_YEARS[1]}"
+        )
     try:
         settings = load_settings()
     except ConfigError as error:

@@ -381,3 +381,12 @@ def test_encodings_a_windows_editor_leaves(tmp_path: Path) -> None:
     utf16 = tmp_path / "utf16.json"
     utf16.write_bytes(text.encode("utf-16"))
     assert_clean_failure(run(str(utf16), "--now", NOW), mentions=f"{utf16}: UTF-16 text; FHIR JSON is UTF-8")
+
+
+@pytest.mark.parametrize("now", ["9999-12-31", "0001-01-01", "9999-12-31T23:59:59-23:59", "1850-06-01"])
+def test_a_now_no_clinical_clock_can_use_is_a_usage_error(now: str) -> None:
+    """A --now near the ends of the calendar made the engine's date windows overflow, reported as an
+    'internal error in the service ... the Bundle exposes a bug'."""
+    result = run(str(HOOKS / "patient-view.json"), "--now", now)
+    assert result.exit_code == 2, result.output
+    assert f"--now={now!r}" in result.stderr and "between 1900 and 2999" in result.stderr
