@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -137,8 +137,12 @@ def feedback_report(as_json: bool, since: str | None, db: str | None) -> None:
     """
     try:
         start = parse_rfc3339("--since", since) if since else None
+        if start is not None:
+            start.astimezone(UTC)  # the store compares UTC instants
     except ConfigError as error:
         raise click.UsageError(str(error)) from None
+    except OverflowError:
+        raise click.UsageError(f"--since={since!r}: in UTC that is outside the years 1 to 9999") from None
     try:
         settings = load_settings()
         site = load_site_config(settings.site_config)

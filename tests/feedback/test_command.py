@@ -413,3 +413,11 @@ def test_a_configuration_error_is_not_shown_as_a_usage_error(
     assert result.exit_code == 2
     assert "Usage:" not in result.output
     assert says.format(site=site) in error_line(result)
+
+
+@pytest.mark.parametrize("since", ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59"])
+def test_a_since_off_the_calendar_in_utc_is_a_usage_error(filled: str, since: str) -> None:
+    """Valid RFC 3339 whose UTC instant falls outside the years 1 to 9999: an OverflowError traceback."""
+    result = invoke("--db", filled, "--since", since)
+    assert result.exit_code == 2
+    assert f"--since={since!r}" in error_line(result)
