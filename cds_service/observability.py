@@ -51,6 +51,15 @@ _LABEL_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _MAX_LABEL_VALUES = 64
 
 _LOG_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# Characters JSON may carry unescaped that end a line for Unicode-aware readers (NEL, LINE and PARAGRAPH
+# SEPARATOR: Python's str.splitlines, JavaScript before ES2019) or that terminals may act on (DEL, the C1
+# controls): orjson escapes only what JSON requires (below U+0020), so a caller's path or hookInstance could
+# split one log line into several. Written as \uXXXX escapes instead, which read back the same.
+_UNSAFE_IN_LOG_LINE = re.compile("[\x7f-\x9f\u2028\u2029]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -70,7 +79,8 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return orjson.dumps(entry, default=str).decode()
+        line = orjson.dumps(entry, default=str).decode()
+        return _UNSAFE_IN_LOG_LINE.sub(_escaped, line) if _UNSAFE_IN_LOG_LINE.search(line) else line
 
 
 def configure_logging(level: str) -> None:

@@ -8,6 +8,8 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cds_service import observability
 from cds_service.observability import CallTrace, JsonFormatter, finish_call
@@ -226,3 +228,22 @@ def test_a_metrics_failure_never_fails_the_call(
     observability.observe_auth_rejection()
     observability.observe_feedback("accepted")
     assert json.loads(call_log.getvalue())["hookInstance"] == "h-3"
+
+
+@settings(max_examples=200, deadline=None)
+@given(message=st.text(max_size=40), field=st.text(max_size=40))
+def test_a_log_line_is_one_line_whatever_text_it_carries(message: str, field: str) -> None:
+    """orjson leaves NEL, LINE SEPARATOR and PARAGRAPH SEPARATOR raw, which split a line for Python's
+    splitlines and other Unicode-aware readers; a caller's path reached the log that way."""
+    record = logging.makeLogRecord({"name": "cds_service.test", "levelname": "INFO", "msg": message})
+    record.service = field
+    line = JsonFormatter().format(record)
+    assert line.splitlines() == [line]
+    assert not set(line) & {"\x85", "\u2028", "\u2029", "\x7f", "\x9b"}
+    entry = json.loads(line)
+    assert (entry["message"], entry["service"]) == (message, field)
+
+
+def test_line_breaks_beyond_ascii_are_written_as_escapes() -> None:
+    record = logging.makeLogRecord({"name": "x", "levelname": "INFO", "msg": "a\x85b\u2028c\u2029d"})
+    assert '"message":"a\\u0085b\\u2028c\\u2029d"' in JsonFormatter().format(record)
