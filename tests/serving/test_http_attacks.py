@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.support.served import HOOKS_NOW, Served, hook_example
 
@@ -71,7 +73,7 @@ def answers(raw: bytes) -> list[Answer]:
         assert status_line.startswith("HTTP/1."), status_line
         headers = {name.strip().lower(): value.strip() for name, value in (x.split(":", 1) for x in lines)}
         status = int(status_line.split()[1])
-        length = 0 if status < 200 else int(headers["content-length"])
+        length = 0 if status < 200 or status in (204, 304) else int(headers["content-length"])
         found.append(Answer(status, headers, rest[:length]))
         raw = rest[length:]
     return found
@@ -265,3 +267,150 @@ def test_a_websocket_upgrade_is_a_400_saying_so(served: Served, method: str, pat
     answer = one_answer(served.port, request)
     assert answer.status == 400
     assert "WebSocket upgrades are not served" in answer.reason()
+
+
+def test_a_deeply_nested_draft_order_is_a_400_on_the_served_instance(served: Served) -> None:
+    """A worker thread's stack is not pytest's: the same refusal, not a 500, under gunicorn too."""
+    sign = hook_example("order-select-cyanocobalamin.json") | {"hook": "order-sign"}
+    del sign["context"]["selections"]
+    sign["context"]["draftOrders"]["entry"][0]["resource"]["note"] = "__nested__"
+    raw = orjson.dumps(sign).replace(b'"__nested__"', b"[" * 1000 + b"]" * 1000)
+    answer = one_answer(served.port, post("/cds-services/b12-iron-order-sign", raw))
+    assert answer.status == 400
+    assert "levels deep" in answer.reason()
+
+
+def test_requests_pipelined_after_refusals_are_each_answered_in_order(served: Served) -> None:
+    """A refused request whose body was read (or drained) leaves the connection usable for the next."""
+    requests = [
+        post(HOOK_PATH, b"{not json"),
+        b"GET /healthz HTTP/1.1\r\nHost: cds\r\n\r\n",
+        post(HOOK_PATH, BODY, "Content-Type: text/plain"),
+        post("/cds-services/nope", BODY),
+        post(HOOK_PATH, BODY, "Content-Encoding: gzip"),
+        b"PUT " + HOOK_PATH.encode() + b" HTTP/1.1\r\nHost: cds\r\nContent-Length: 5\r\n\r\nabcde",
+        post(FEEDBACK_PATH, b'{"feedback": 1}'),
+        post(HOOK_PATH, chunked(b"[1, 2]"), "Transfer-Encoding: chunked"),
+        post(HOOK_PATH, BODY, "Expect: 100-continue"),
+        post(HOOK_PATH, BODY),
+    ]
+    replies = [a for a in answers(exchange(served.port, b"".join(requests))) if a.status >= 200]
+    assert [a.status for a in replies] == [400, 200, 415, 404, 415, 405, 400, 400, 200, 200]
+    assert all(json.loads(a.body) for a in replies)
+
+
+def test_a_request_whose_framing_is_broken_ends_the_connection_after_its_answer(served: Served) -> None:
+    """Where the next request would start is unknown, so nothing after it is read as a request."""
+    broken = b"POST " + HOOK_PATH.encode() + b" HTTP/1.1\r\nHost: cds\r\nContent-Type: application/json\r\n"
+    broken += b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"
+    smuggled = b"GET /metrics HTTP/1.1\r\nHost: cds\r\n\r\n"
+    replies = answers(exchange(served.port, broken + smuggled))
+    assert [a.status for a in replies] == [400]
+
+
+# The statuses a clear refusal may have; never 500, never an HTML page, never silence.
+CLEAR = {200, 204, 400, 404, 405, 412, 413, 414, 415, 417, 431, 501}
+METHODS = [
+    "GET",
+    "POST",
+    "PUT",
+    "DELETE",
+    "PATCH",
+    "OPTIONS",
+    "TRACE",
+    "CONNECT",
+    "FOO",
+    "get",
+    "pOST",
+    "G\tT",
+]
+TARGETS = [
+    "/healthz",
+    "/cds-services",
+    HOOK_PATH,
+    FEEDBACK_PATH,
+    "/cds-services/b12-iron-order-sign",
+    "/cds-services/nope",
+    "/cds-services/%ff%fe%00",
+    "/cds-services/%2e%2e/%2e%2e/etc/passwd",
+    "//cds-services",
+    "/cds-services//x",
+    "*",
+    "http://evil.example/cds-services",
+    "cds-services",
+    "/x?" + "q" * 300,
+    "/" + "p" * 9000,
+    "",
+]
+VERSIONS = ["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.1x", "http/1.1", "HTTP/0.9", ""]
+FIELDS = [
+    "Content-Type: application/json",
+    "Content-Type: text/plain",
+    "Content-Type: application/json; charset=utf-16",
+    "Content-Length: 2",
+    "Transfer-Encoding: chunked",
+    "Transfer-Encoding: gzip, chunked",
+    "Content-Encoding: gzip",
+    "Expect: 100-continue",
+    "Connection: close",
+    "Connection: Upgrade",
+    "Upgrade: websocket",
+    "Upgrade: h2c",
+    "Authorization: Bearer eyJhbGciOiJSUzM4NCJ9.secret-token-for-fuzz.sig",
+]
+# Each alone makes gunicorn refuse the request.
+BAD_FIELDS = [
+    "Content-Length: 2\r\nContent-Length: 2",
+    "Content-Length: 3\r\nTransfer-Encoding: chunked",
+    "Content-Length: -1",
+    "Content-Length: 99999999999999999999",
+    "Transfer-Encoding: xchunked",
+    "Expect: teapot",
+    "Host: other",
+    "X-Folded: a\r\n b",
+    "No colon here",
+    "Bad Name: x",
+    "X-Long: " + "l" * 9000,
+    "X-Nul: a\x00b",
+]
+BODIES = [b"", b"{}", b"{not json", BODY, chunked(BODY), b"zz\r\n{}\r\n0\r\n\r\n", b"\xff\xfe\x00", FEEDBACK]
+
+
+@st.composite
+def raw_requests(draw: st.DrawFn) -> bytes:
+    """Mostly well-formed requests with one odd part, sometimes several; the body's Content-Length is
+    usually right."""
+
+    def usually(common: list[str], odd: list[str]) -> str:
+        return draw(st.sampled_from(odd if draw(st.integers(0, 4)) == 0 else common))
+
+    method = usually(["GET", "POST", "POST"], METHODS)
+    target = usually([HOOK_PATH, FEEDBACK_PATH, "/healthz"], TARGETS)
+    version = usually(["HTTP/1.1"], VERSIONS)
+    body = draw(st.sampled_from([BODY, FEEDBACK]) | st.sampled_from(BODIES))
+    fields = ["Host: cds", *draw(st.lists(st.sampled_from(FIELDS), max_size=4, unique=True))]
+    if "Transfer-Encoding" not in " ".join(fields) and draw(st.integers(0, 4)):
+        fields.append(f"Content-Length: {len(body)}")
+    if draw(st.integers(0, 3)) == 0:
+        fields.append(draw(st.sampled_from(BAD_FIELDS)))
+    if draw(st.integers(0, 7)) == 0:
+        fields += [f"X-Many-{n}: {n}" for n in range(draw(st.integers(90, 110)))]
+    line = " ".join(part for part in (method, target, version) if part)
+    return (line + "\r\n" + "".join(f"{field}\r\n" for field in fields) + "\r\n").encode("latin-1") + body
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pipeline=st.lists(raw_requests(), min_size=1, max_size=3))
+def test_any_request_gets_a_clear_status_and_the_services_json_error(
+    served: Served, pipeline: list[bytes]
+) -> None:
+    started = time.monotonic()
+    raw = exchange(served.port, b"".join(pipeline))
+    assert time.monotonic() - started < 12, "the server held the connection"
+    replies = [a for a in answers(raw) if a.status >= 200]
+    assert replies, "no answer"
+    for reply in replies:
+        assert reply.status in CLEAR, reply
+        if reply.status >= 400:
+            assert reply.reason(), reply
+    assert b"secret-token-for-fuzz" not in raw
