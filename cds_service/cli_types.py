@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,3 +38,17 @@ class HttpUrl(click.ParamType):
 
 
 HTTP_URL = HttpUrl()
+
+
+# Settings whose value may carry a password; config.py quotes a malformed value as given.
+_SECRET_BEARING_SETTINGS = ("CDS_FEEDBACK_DB", "CDS_REDIS_URL", "CDS_PUBLIC_BASE_URL")
+
+
+def config_message(error: Exception) -> str:
+    """A configuration error's message with the passwords of the store URLs in the environment starred."""
+    text = str(error)
+    for name in _SECRET_BEARING_SETTINGS:
+        value = os.environ.get(name)
+        if value:
+            text = without_passwords(text, value)
+    return text

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import orjson
 
+from cds_service.cli_types import config_message
 from cds_service.config import ConfigError, Settings, load_settings, parse_rfc3339
 from cds_service.devtools.bundles import (
     BundleError,
@@ -137,7 +138,7 @@ def _settings(now: str | None) -> Settings:
     try:
         settings = load_settings()
     except ConfigError as error:
-        raise click.ClickException(str(error)) from None
+        raise click.ClickException(config_message(error)) from None
     return settings.with_overrides(now=clock or settings.now, auth="off")
 
 
@@ -208,7 +209,9 @@ def replay(
         replayer = Replayer(_settings(now))
         if order_file is not None:
             load_draft_orders(order_file, "order-file-check")
-    except (ConfigError, BundleError) as error:
+    except ConfigError as error:
+        raise click.ClickException(config_message(error)) from None
+    except BundleError as error:
         raise click.ClickException(str(error)) from None
     files = _collect(bundles)
     several = len(files) > 1
@@ -228,7 +231,7 @@ def replay(
             continue
         except (BundleError, ReplayError, ConfigError) as error:
             failures += 1
-            click.echo(f"error: {error}", err=True)
+            click.echo(f"error: {config_message(error)}", err=True)
             continue
         topics.update(card_topic(card) for card in result.response["cards"])
         _print(result, several, as_json)

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import click
 
+from cds_service.cli_types import config_message
 from cds_service.config import ConfigError, load_settings, load_site_config, parse_rfc3339
 from cds_service.feedback.dialects import dialect_for
 from cds_service.feedback.report import OfferedReasons, build_report, format_text, offered_reasons
@@ -154,7 +155,7 @@ def feedback_report(as_json: bool, since: str | None, db: str | None) -> None:
                 raise ConfigError(f"CDS_SITE_CONFIG={str(settings.site_config)!r}: {error}") from None
     except ValueError as error:  # ConfigError included
         # The environment, not the command line: no usage banner; status 2 as `serve` gives it.
-        raise _ConfigurationError(f"configuration error: {error}") from None
+        raise _ConfigurationError(f"configuration error: {config_message(error)}") from None
     url = db if db is not None else settings.feedback_db
     report = read_report(url, start, offered_reasons(offered, OVERRIDE_REASON_SYSTEM))
     click.echo(json.dumps(report, indent=2) if as_json else format_text(report), nl=as_json)

@@ -390,3 +390,11 @@ def test_a_now_no_clinical_clock_can_use_is_a_usage_error(now: str) -> None:
     result = run(str(HOOKS / "patient-view.json"), "--now", now)
     assert result.exit_code == 2, result.output
     assert f"--now={now!r}" in result.stderr and "between 1900 and 2999" in result.stderr
+
+
+def test_a_configuration_error_does_not_quote_a_store_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    """config.py quotes a malformed CDS_FEEDBACK_DB as given, password included, and replay printed it."""
+    monkeypatch.setenv("CDS_FEEDBACK_DB", "mysql://reporter:pw-S3cret@db.internal/cds")
+    result = run(str(HOOKS / "patient-view.json"), "--now", NOW)
+    assert_clean_failure(result, mentions="CDS_FEEDBACK_DB=")
+    assert "pw-S3cret" not in result.output

@@ -421,3 +421,11 @@ def test_a_since_off_the_calendar_in_utc_is_a_usage_error(filled: str, since: st
     result = invoke("--db", filled, "--since", since)
     assert result.exit_code == 2
     assert f"--since={since!r}" in error_line(result)
+
+
+def test_a_configuration_error_does_not_quote_a_store_password(filled: str) -> None:
+    """config.py quotes a malformed CDS_FEEDBACK_DB as given, password included."""
+    result = invoke(env={"CDS_FEEDBACK_DB": "mysql://reporter:pw-S3cret@db.internal/cds"})
+    assert result.exit_code == 2
+    assert "CDS_FEEDBACK_DB=" in error_line(result)
+    assert "pw-S3cret" not in result.output
