@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import click
@@ -26,19 +27,42 @@ _COMMANDS = {
 INTERRUPTED_STATUS = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 
+class _LazyCommands(MutableMapping[str, click.Command]):
+    """``Group.commands`` whose every name is known at once and whose command is imported when looked up."""
+
+    def __init__(self, targets: dict[str, tuple[str, str]]) -> None:
+        self._targets: dict[str, tuple[str, str] | None] = dict(targets)
+        self._loaded: dict[str, click.Command] = {}
+
+    def __getitem__(self, name: str) -> click.Command:
+        if name not in self._loaded:
+            target = self._targets[name]  # KeyError for an unknown name, as a dict gives
+            if target is None:
+                raise KeyError(name)
+            self._loaded[name] = getattr(importlib.import_module(target[0]), target[1])
+        return self._loaded[name]
+
+    def __setitem__(self, name: str, command: click.Command) -> None:
+        self._loaded[name] = command
+        self._targets.setdefault(name, None)
+
+    def __delitem__(self, name: str) -> None:
+        del self._targets[name]
+        self._loaded.pop(name, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._targets)
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+
 class _Commands(click.Group):
     """The subcommands, imported on use; Ctrl-C and a closed output pipe end them with one line."""
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(_COMMANDS)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = _COMMANDS.get(cmd_name)
-        if target is None:
-            return None
-        module, attribute = target
-        command: click.Command = getattr(importlib.import_module(module), attribute)
-        return command
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands = _LazyCommands(_COMMANDS)  # type: ignore[assignment]
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -74,3 +74,13 @@ def test_the_command_module_imports_no_subcommand(tmp_path: Path) -> None:
         check=True,
     )
     assert done.stdout.strip() == "['cds_service.cli']"
+
+
+def test_every_command_is_registered_by_name() -> None:
+    """`main.commands` must still name them all (tests/feedback/test_served.py skips itself on it), and
+    each resolves to its command object."""
+    from cds_service.cli import main
+
+    assert sorted(main.commands) == ["feedback-report", "fire", "load-fixtures", "replay", "serve"]
+    assert "serve" in main.commands
+    assert all(main.commands[name].name == name for name in main.commands)
