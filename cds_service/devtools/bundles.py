@@ -264,7 +264,7 @@ def _load_hook_request(path: Path, request: dict[str, Any]) -> PatientBundle:
         raise BundleError(f"{path}: the prefetch holds no Patient/{context['patientId']}")
     drafts = None
     if isinstance(context.get("draftOrders"), dict):
-        drafts = load_draft_orders(path, context["patientId"])
+        drafts = load_draft_orders(path, context["patientId"], request)
     hook = request["hook"] if isinstance(request["hook"], str) else None
     return PatientBundle(path, patient, tuple(unique.values()), hook=hook, draft_orders=drafts)
 
@@ -298,13 +298,15 @@ def iter_bundle_files(paths: list[Path]) -> Iterator[tuple[Path, bool]]:
             yield path, True
 
 
-def load_draft_orders(path: Path, patient_id: str) -> DraftOrders:
+def load_draft_orders(path: Path, patient_id: str, data: Any = None) -> DraftOrders:
     """Draft orders from a resource file, a Bundle, or a hook request file (its context.draftOrders).
 
     The orders are re-pointed at ``patient_id`` so that one example order can be replayed against any
-    patient; resources without an id get one, as an EHR's draft orders always have ids.
+    patient; resources without an id get one, as an EHR's draft orders always have ids. ``data`` is the
+    file's parsed JSON when it has been read already: a pipe (``--order <(...)``) can be read only once.
     """
-    data = read_json(path)
+    if data is None:
+        data = read_json(path)
     if not isinstance(data, dict):
         raise BundleError(f"{path}: expected a FHIR resource, a Bundle or a hook request object")
     requested: list[str] | None = None

@@ -28,6 +28,7 @@ from cds_service.devtools.bundles import (
     iter_bundle_files,
     load_draft_orders,
     load_patient_bundle,
+    read_json,
 )
 from cds_service.devtools.hookrequest import HOOKS, ORDER_HOOKS, hook_context, hook_request, service_for_hook
 from cds_service.devtools.offline import OfflineFhirServer, OfflineQueryError
@@ -83,16 +84,21 @@ class Replayer:
             self._handlers[now] = build_handler(self.settings.with_overrides(now=now))
         return self._handlers[now]
 
-    def replay(self, path: Path, hook: str | None, order_file: Path | None) -> ReplayResult:
+    def replay(
+        self, path: Path, hook: str | None, order_file: Path | None, orders: Any = None
+    ) -> ReplayResult:
         """Replay one Bundle; every expected failure becomes a one-line ReplayError or BundleError.
 
         A hook request file brings its own hook and draft orders; ``hook`` and ``order_file`` win.
+        ``orders`` is the order file's parsed JSON, read once for the whole run.
         """
         record = load_patient_bundle(path)
         now = self.settings.now or record.timestamp
         handler = self.handler(now)
         hook = hook or record.hook or "patient-view"
-        drafts = load_draft_orders(order_file, record.patient_id) if order_file else record.draft_orders
+        drafts = (
+            load_draft_orders(order_file, record.patient_id, orders) if order_file else record.draft_orders
+        )
         if hook in ORDER_HOOKS and drafts is None:
             raise ReplayError(f"{path}: the {hook} hook needs draft orders: give --order FILE")
         try:
@@ -207,8 +213,10 @@ def replay(
         )
     try:
         replayer = Replayer(_settings(now))
-        if order_file is not None:
-            load_draft_orders(order_file, "order-file-check")
+        orders = None
+        if order_file is not None:  # read once: a pipe (--order <(...)) has nothing left a second time
+            orders = read_json(order_file)
+            load_draft_orders(order_file, "order-file-check", orders)
     except ConfigError as error:
         raise click.ClickException(config_message(error)) from None
     except BundleError as error:
@@ -221,7 +229,7 @@ def replay(
         if several:
             _progress(index, len(files), path)
         try:
-            result = replayer.replay(path, hook, order_file)
+            result = replayer.replay(path, hook, order_file, orders)
         except NotABundleError as error:
             if not explicit:
                 passed_over += 1

@@ -398,3 +398,25 @@ def test_a_configuration_error_does_not_quote_a_store_password(monkeypatch: pyte
     result = run(str(HOOKS / "patient-view.json"), "--now", NOW)
     assert_clean_failure(result, mentions="CDS_FEEDBACK_DB=")
     assert "pw-S3cret" not in result.output
+
+
+def test_an_order_file_that_can_be_read_once_serves_every_bundle() -> None:
+    """`--order <(...)` or `--order /dev/stdin` is a pipe: the file was read once to check it and again
+    for each Bundle, so every Bundle failed with 'zero-length, empty document'."""
+    fixtures = _fixture_expectations().get("fixtures", {})
+    ordered = [
+        (name, e) for name, e in fixtures.items() if e.get("hook") == "order-select" and e.get("order")
+    ]
+    if len(ordered) < 2:
+        pytest.skip("fewer than two order-select fixtures")
+    order = (FIXTURES / ordered[0][1]["order"]).read_bytes()
+    read_end, write_end = os.pipe()
+    os.write(write_end, order)
+    os.close(write_end)
+    try:
+        bundles = [str(FIXTURES / name) for name, _ in ordered[:2]]
+        result = run(*bundles, "--hook", "order-select", "--order", f"/proc/self/fd/{read_end}", "--now", NOW)
+    finally:
+        os.close(read_end)
+    assert result.exit_code == 0, result.stderr
+    assert "replayed 2 of 2 Bundle(s)" in result.stderr
