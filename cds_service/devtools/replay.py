@@ -155,13 +155,25 @@ def _collect(paths: Sequence[Path]) -> list[tuple[Path, bool]]:
     return files
 
 
+def _stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+_CLEAR_LINE = "\r\x1b[K"
+
+
 def _progress(index: int, total: int, path: Path) -> None:
     """One step per Bundle on stderr: rewritten in place on a terminal, one line each otherwise."""
-    if sys.stderr.isatty():
-        end = "\n" if index == total else ""
-        click.echo(f"\r[{index}/{total}] {path.name[:60]:<60}{end}", err=True, nl=False)
+    if _stderr_is_terminal():
+        click.echo(f"{_CLEAR_LINE}[{index}/{total}] {path.name[:60]}", err=True, nl=False)
     else:
         click.echo(f"[{index}/{total}] {path}", err=True)
+
+
+def _clear_progress(several: bool) -> None:
+    """On a terminal, take the progress line away before a result or an error is printed in its place."""
+    if several and _stderr_is_terminal():
+        click.echo(_CLEAR_LINE, err=True, nl=False)
 
 
 @click.command("replay")
@@ -235,14 +247,18 @@ def replay(
                 passed_over += 1
                 continue
             failures += 1
+            _clear_progress(several)
             click.echo(f"error: {error}", err=True)
             continue
         except (BundleError, ReplayError, ConfigError) as error:
             failures += 1
+            _clear_progress(several)
             click.echo(f"error: {config_message(error)}", err=True)
             continue
         topics.update(card_topic(card) for card in result.response["cards"])
+        _clear_progress(several)
         _print(result, several, as_json)
+    _clear_progress(several)
     attempted = len(files) - passed_over
     if several:
         tally = ", ".join(f"{topic} ×{count}" for topic, count in topics.most_common()) or "no cards"

@@ -14,6 +14,7 @@ from click.testing import CliRunner, Result
 
 from cds_service.cli import main
 from cds_service.devtools import bundles as bundles_module
+from cds_service.devtools import replay as replay_module
 from tests.builders import FIXED_NOW, REPO, SMART_PATIENTS
 from tests.devtools.checks import assert_spec_response
 
@@ -420,3 +421,21 @@ def test_an_order_file_that_can_be_read_once_serves_every_bundle() -> None:
         os.close(read_end)
     assert result.exit_code == 0, result.stderr
     assert "replayed 2 of 2 Bundle(s)" in result.stderr
+
+
+def test_on_a_terminal_results_and_errors_do_not_land_on_the_progress_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a terminal the progress line ('\\r[1/3] name' padded to 60 columns) was left standing, so each
+    patient's line and each error was printed after it on the same line."""
+    monkeypatch.setattr(replay_module, "_stderr_is_terminal", lambda: True)
+    bad = tmp_path / "bad.json"
+    bad.write_text("nope")
+    good = sorted(SMART_PATIENTS.glob("*.json"))[:2]
+    result = run(str(good[0]), str(bad), str(good[1]), "--now", NOW)
+    screen = [line.rsplit("\r", 1)[-1].replace("\x1b[K", "") for line in result.output.split("\n")]
+    shown = [line for line in screen if line.strip()]
+    assert shown[0].endswith(": no cards") and shown[0].startswith(("Abdul", "Alden"))
+    assert shown[1].startswith(f"error: {bad}: not valid JSON")
+    assert shown[-1].startswith("replayed 2 of 3 Bundle(s)")
+    assert len(shown) == 4
