@@ -97,6 +97,11 @@ def chunked(body: bytes) -> bytes:
     return b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
 
 
+def in_chunks_of(size: int, body: bytes) -> bytes:
+    pieces = (body[start : start + size] for start in range(0, len(body), size))
+    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
+
+
 def log_entries(served: Served) -> list[dict[str, object]]:
     return [json.loads(line) for line in served.log().splitlines() if line.strip()]
 
@@ -166,8 +171,7 @@ def test_a_transfer_coding_besides_chunked_is_a_501_not_left_in_the_body(
         chunked(BODY),
         b"%x;name=value\r\n%s\r\n0\r\n\r\n" % (len(BODY), BODY),  # a chunk extension
         b"%x\r\n%s\r\n0\r\nX-Checksum: abc\r\n\r\n" % (len(BODY), BODY),  # a trailer field
-        b"".join(b"%x\r\n%s\r\n" % (len(BODY[i : i + 7]), BODY[i : i + 7]) for i in range(0, len(BODY), 7))
-        + b"0\r\n\r\n",  # many small chunks
+        in_chunks_of(16, BODY),  # 464 small chunks: a body of up to 1024 passes whatever their sizes
     ],
     ids=["plain", "extension", "trailer", "small-chunks"],
 )
@@ -414,3 +418,31 @@ def test_any_request_gets_a_clear_status_and_the_services_json_error(
         if reply.status >= 400:
             assert reply.reason(), reply
     assert b"secret-token-for-fuzz" not in raw
+
+
+def test_a_body_in_thousands_of_tiny_chunks_is_refused_before_it_costs_seconds(served: Served) -> None:
+    """gunicorn spends about 2 µs per chunk: 5 MB in one-byte chunks held a worker for 9 s of CPU."""
+    padded = hook_example("patient-view.json") | {"extension": {"padding": "p" * 400_000}}
+    started = time.monotonic()
+    answer = one_answer(
+        served.port, post(HOOK_PATH, in_chunks_of(1, orjson.dumps(padded)), "Transfer-Encoding: chunked")
+    )
+    assert answer.status == 400
+    assert "too many small chunks" in answer.reason()
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_large_body_in_chunks_of_64_bytes_is_read(served: Served) -> None:
+    padded = hook_example("patient-view.json") | {"extension": {"padding": "p" * 100_000}}
+    framed = in_chunks_of(64, orjson.dumps(padded))
+    assert framed.count(b"\r\n") > 2 * 1024
+    answer = one_answer(served.port, post(HOOK_PATH, framed, "Transfer-Encoding: chunked"))
+    assert answer.status == 200, answer.body
+
+
+def test_tiny_chunks_after_a_refusal_are_not_drained_for_long(served: Served) -> None:
+    """A 404 leaves the body unread; gunicorn drains it before reusing the connection, chunk by chunk."""
+    framed = in_chunks_of(1, b"x" * 60_000)
+    request = post("/cds-services/nope", framed, "Transfer-Encoding: chunked")
+    replies = answers(exchange(served.port, request + b"GET /healthz HTTP/1.1\r\nHost: cds\r\n\r\n"))
+    assert [a.status for a in replies] == [404]
