@@ -22,6 +22,7 @@ import orjson
 
 from cds_service.devtools.offline import parse_fhir_instant
 from cds_service.fhir.bundles import resolve_full_urls
+from cds_service.fhir.read import array
 
 BUNDLE_TYPES = frozenset({"transaction", "batch", "collection", "searchset", "document", "message"})
 
@@ -271,13 +272,13 @@ def _load_hook_request(path: Path, request: dict[str, Any]) -> PatientBundle:
 
 def patient_name(patient: dict[str, Any]) -> str:
     """A human name for a summary line: the official name if marked, else the first."""
-    names = [n for n in patient.get("name", []) if isinstance(n, dict)]
+    names = [n for n in array(patient.get("name")) if isinstance(n, dict)]
     if not names:
         return ""
     name = next((n for n in names if n.get("use") == "official"), names[0])
     if isinstance(name.get("text"), str) and name["text"].strip():
         return name["text"].strip()
-    given = [g for g in name.get("given", []) if isinstance(g, str)]
+    given = [g for g in array(name.get("given")) if isinstance(g, str)]
     family = name.get("family") if isinstance(name.get("family"), str) else ""
     return " ".join([*given, family]).strip()
 

@@ -224,3 +224,20 @@ def test_rendering_shows_what_an_ehr_shows() -> None:
         "Ann (Patient/a): 2 cards: iron-studies-after-b12 (warning), iron-studies-after-b12 (warning)"
     )
     assert summary_line("Bo", {"cards": []}) == "Bo: no cards"
+
+
+@pytest.mark.parametrize(
+    "patient",
+    [
+        {"name": None},
+        {"name": "Ann Lee"},
+        {"name": [{"given": None, "family": 5}]},
+        {"name": [{"given": "Ann"}]},
+    ],
+    ids=["name-null", "name-a-string", "given-null", "given-a-string"],
+)
+def test_patient_name_of_malformed_names_is_empty_not_an_exception(patient: dict) -> None:
+    """`"name": null` in a Bundle's Patient raised TypeError in the summary line of a folder replay: a
+    traceback after the Bundle had been replayed. A string where a list belongs was read by character."""
+    assert patient_name(patient) in ("", "Ann")
+    assert patient_name(patient) != "A n n"
