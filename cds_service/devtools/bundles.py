@@ -173,7 +173,7 @@ def check_bundle(data: Any, where: str) -> None:
     if kind != "Bundle":
         shown = f"a {kind}" if isinstance(kind, str) else "no resourceType"
         raise BundleError(f"{where}: not a FHIR Bundle ({shown})")
-    if data.get("type") not in BUNDLE_TYPES:
+    if not isinstance(data.get("type"), str) or data["type"] not in BUNDLE_TYPES:
         raise BundleError(
             f"{where}: Bundle type {data.get('type')!r} is not one of {', '.join(sorted(BUNDLE_TYPES))}"
         )

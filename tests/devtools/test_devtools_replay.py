@@ -182,8 +182,10 @@ def test_every_hooks_example_replays_with_its_own_hook_and_orders() -> None:
         ("[1, 2]", "not a FHIR Bundle (the JSON is an array, not an object)"),
         ("null", "not a FHIR Bundle (the JSON is null, not an object)"),
         ('"Bundle"', "not a FHIR Bundle (the JSON is a string, not an object)"),
+        ('{"resourceType": "Bundle", "type": {"coding": []}}', "Bundle type {'coding': []} is not one of"),
+        ('{"resourceType": "Bundle", "type": ["collection"]}', "Bundle type ['collection'] is not one of"),
     ],
-    ids=["not-json", "a-patient", "a-json-array", "null", "a-string"],
+    ids=["not-json", "a-patient", "a-json-array", "null", "a-string", "type-an-object", "type-a-list"],
 )
 def test_a_file_that_is_not_a_bundle(tmp_path: Path, content: str, mentions: str) -> None:
     path = tmp_path / "input.json"
