@@ -189,7 +189,7 @@ def bundle_resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
     not part of the record, and are left out.
     """
     entries = [e for e in bundle.get("entry", []) if isinstance(e.get("resource"), dict)]
-    entries = [e for e in entries if (e.get("search") or {}).get("mode") != "outcome"]
+    entries = [e for e in entries if _member(e, "search").get("mode") != "outcome"]
     resources = [copy.deepcopy(e["resource"]) for e in entries]
     for entry, resource in zip(entries, resources, strict=True):
         if isinstance(resource.get("resourceType"), str):
@@ -200,11 +200,17 @@ def bundle_resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in resources if isinstance(r.get("resourceType"), str)]
 
 
+def _member(entry: dict[str, Any], name: str) -> dict[str, Any]:
+    """An entry's ``search`` or ``request`` when it is an object, else an empty one (ignored)."""
+    value = entry.get(name)
+    return value if isinstance(value, dict) else {}
+
+
 def _entry_id(entry: dict[str, Any], resource: dict[str, Any]) -> str:
     """The id a server would keep: the resource's own, a PUT's, the urn:uuid, the URL's last segment."""
     if isinstance(resource.get("id"), str) and resource["id"]:
         return resource["id"]
-    request_url = (entry.get("request") or {}).get("url")
+    request_url = _member(entry, "request").get("url")
     if isinstance(request_url, str) and request_url.count("/") == 1 and "?" not in request_url:
         return request_url.split("/")[1]
     full_url = entry.get("fullUrl")

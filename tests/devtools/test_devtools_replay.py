@@ -441,3 +441,22 @@ def test_on_a_terminal_results_and_errors_do_not_land_on_the_progress_line(
     assert shown[1].startswith(f"error: {bad}: not valid JSON")
     assert shown[-1].startswith("replayed 2 of 3 Bundle(s)")
     assert len(shown) == 4
+
+
+@pytest.mark.parametrize(
+    "entry_extra",
+    [{"search": "match"}, {"search": ["outcome"]}, {"request": "PUT Patient/p"}, {"request": ["x"]}],
+    ids=["search-a-string", "search-a-list", "request-a-string", "request-a-list"],
+)
+def test_entry_members_of_the_wrong_type_do_not_break_the_replay(tmp_path: Path, entry_extra: dict) -> None:
+    """An entry whose search or request is not an object raised AttributeError (found by replaying
+    mangled copies of the fixtures): the member is ignored, as a server would ignore it."""
+    bundle = json.loads(sorted(SMART_PATIENTS.glob("*.json"))[0].read_text(encoding="utf-8"))
+    for entry in bundle["entry"]:
+        entry.pop("request", None)
+        entry.update(entry_extra)
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps(bundle))
+    result = run(str(path), "--now", NOW, "--json")
+    assert result.exit_code == 0, result.output
+    assert_spec_response(orjson.loads(result.stdout))
