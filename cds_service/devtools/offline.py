@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from cds_service.fhir.read import parse_datetime
+from cds_service.fhir.read import array, parse_datetime
 
 # A base URL under the reserved .invalid domain: paging links look real but can never reach a host.
 OFFLINE_BASE_URL = "https://offline.invalid/fhir"
@@ -41,7 +41,7 @@ def _codeable(*fields: str) -> Callable[[Resource], list[tuple[str | None, str]]
             for concept in value if isinstance(value, list) else [value]:
                 if not isinstance(concept, dict):
                     continue
-                for coding in concept.get("coding", []):
+                for coding in array(concept.get("coding")):
                     if isinstance(coding, dict) and isinstance(coding.get("code"), str):
                         system = coding.get("system")
                         pairs.append((system if isinstance(system, str) else "", coding["code"]))

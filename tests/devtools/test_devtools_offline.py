@@ -291,3 +291,19 @@ def test_fhir_dates_read_as_their_first_instant_in_utc(value: str, expected: dat
     moment = parse_fhir_instant(value)
     assert moment == expected
     assert moment is None or moment.tzinfo is UTC
+
+
+def test_a_coding_that_is_not_a_list_matches_nothing_instead_of_raising() -> None:
+    """`"code": {"coding": null}` raised TypeError in the token search (found by replaying mangled
+    fixtures): the replay of that Bundle ended in a traceback."""
+    odd = {"resourceType": "Observation", "id": "o1", "subject": {"reference": "Patient/p"}}
+    server = OfflineFhirServer(
+        [
+            {"resourceType": "Patient", "id": "p"},
+            {**odd, "code": {"coding": None}},
+            {**odd, "id": "o2", "code": {"coding": "http://loinc.org|2132-9"}},
+        ]
+    )
+    bundle = server.query("Observation?patient=p&code=http://loinc.org|2132-9")
+    assert bundle is not None
+    assert bundle["total"] == 0
