@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 UNKNOWN_TOPIC = "unknown"
+OUTCOMES = ("accepted", "overridden")
 TOP_REASONS = 5
 
 
@@ -81,6 +82,7 @@ def build_report(
     """The report as JSON-ready dicts, services and topics in name order."""
     services: dict[str, dict[str, Any]] = {}
     reasons: dict[tuple[str, str], dict[tuple[str | None, str], dict[str, Any]]] = {}
+    others: dict[str, int] = {}
 
     def topic_of(service_id: str, topic: str) -> dict[str, Any]:
         service = services.setdefault(service_id, {**_empty(), "topics": {}})
@@ -89,6 +91,11 @@ def build_report(
     for row in issued:
         topic_of(row.service_id, row.topic)["issued"] += row.count
     for row in outcomes:
+        if row.outcome not in OUTCOMES:
+            # Written by another version of the service or by hand: counted apart, never as a third column
+            # of a table whose rate is defined over accepted and overridden only.
+            others[str(row.outcome)] = others.get(str(row.outcome), 0) + row.count
+            continue
         topic = row.topic or UNKNOWN_TOPIC
         topic_of(row.service_id, topic)[row.outcome] += row.count
         if row.outcome == "overridden" and row.reason_code:
@@ -112,10 +119,13 @@ def build_report(
                 service[field] += counts[field]
         service["acceptanceRate"] = _rate(service)
         service["topics"] = dict(sorted(service["topics"].items()))
-    return {
+    report: dict[str, Any] = {
         "since": since.isoformat() if since else None,
         "services": dict(sorted(services.items())),
     }
+    if others:
+        report["otherOutcomes"] = dict(sorted(others.items()))
+    return report
 
 
 def _reason_order(reason: dict[str, Any]) -> tuple[int, str, str]:
@@ -139,6 +149,12 @@ def format_text(report: dict[str, Any]) -> str:
     """A table per service, one line per topic, then the top override reasons of each topic."""
     since = report.get("since")
     lines = [f"Card feedback {'since ' + since if since else 'for all time'}"]
+    others = report.get("otherOutcomes") or {}
+    if others:
+        count = sum(others.values())
+        kinds = ", ".join(f"{outcome} ×{n}" for outcome, n in others.items())
+        item = "feedback item with another outcome" if count == 1 else "feedback items with other outcomes"
+        lines.append(f"{count} {item} ({kinds}) {'is' if count == 1 else 'are'} not counted")
     if not report["services"]:
         lines.append("No cards issued and no feedback received in this period.")
         return "\n".join(lines) + "\n"

@@ -429,3 +429,26 @@ def test_a_configuration_error_does_not_quote_a_store_password(filled: str) -> N
     assert result.exit_code == 2
     assert "CDS_FEEDBACK_DB=" in error_line(result)
     assert "pw-S3cret" not in result.output
+
+
+def test_an_outcome_the_report_does_not_know_is_counted_apart_not_a_key_error(sqlite_url: str) -> None:
+    """A row whose outcome is neither accepted nor overridden (written by another version of the service,
+    or by hand) raised KeyError in build_report: the operator got a traceback instead of a report."""
+    store = FeedbackStore.open(sqlite_url)
+    store.record_issued(VIEW, [("v0", "iron-after-b12")], T0)
+    store.close()
+    with sqlite3.connect(sqlite_url) as conn:
+        conn.execute(
+            "INSERT INTO cds_feedback (service_id, card_uuid, outcome, outcome_at, accepted_suggestions, "
+            "received_at) VALUES (?, 'v0', 'snoozed', '2026-03-02T09:00:00Z', '[]', '2026-03-02T09:00:00Z')",
+            (VIEW,),
+        )
+    conn.close()
+    as_json = invoke("--json", "--db", sqlite_url)
+    assert as_json.exit_code == 0, as_json.output
+    report = json.loads(as_json.output)
+    assert report["services"][VIEW]["issued"] == 1
+    assert report["otherOutcomes"] == {"snoozed": 1}
+    as_text = invoke("--db", sqlite_url)
+    assert as_text.exit_code == 0, as_text.output
+    assert "1 feedback item with another outcome (snoozed ×1) is not counted" in as_text.output
