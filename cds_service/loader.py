@@ -13,6 +13,7 @@ between entries are rewritten to ``Type/id`` here rather than left to each serve
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -22,14 +23,18 @@ import orjson
 import requests
 
 from cds_service.cli_types import HTTP_URL
+from cds_service.devtools.bundles import MAX_FILE_BYTES, FileTooLargeError, read_at_most, size_text
 from cds_service.fhir.bundles import resolve_full_urls, stored_as
 from cds_service.fhir.dates import full_date, shift_dates
-from cds_service.fhir.errors import exception_reason, http_error_reason
+from cds_service.fhir.errors import exception_reason, http_error_reason, text_excerpt
+from cds_service.redaction import without_passwords, without_tokens
 
 DEFAULT_FIXTURES = Path("fhir_fixtures")
 TIMEOUT_S = 120
 MAX_SHIFT_DAYS = (date.max - date.min).days
 """A larger shift moves every date off the calendar (years 1 to 9999), whatever the Bundle holds."""
+MAX_RESPONSE_BYTES = 256 * 1024 * 1024  # as for a Bundle file; a wrong URL may answer anything
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
 
 
 class LoadError(click.ClickException):
@@ -83,11 +88,34 @@ class Loaded:
     days: int
 
 
+def _bearer_token(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A token that can travel in an Authorization header (as fire checks its --fhir-token), never quoted.
+
+    A non-Latin-1 character was a UnicodeEncodeError traceback from requests, a space or a line break the
+    server's refusal of every Bundle. An empty value (an empty $FHIR_ACCESS_TOKEN) means no token."""
+    if value and not _VISIBLE_ASCII.fullmatch(value):
+        raise click.BadParameter(
+            "a bearer token is visible ASCII only (no spaces, line breaks or other characters); "
+            "the value is not shown",
+            ctx,
+            param,
+        )
+    return value or None
+
+
+def _read(path: Path) -> bytes:
+    """The file's bytes, read no further than MAX_FILE_BYTES (/dev/zero, a multi-GB export)."""
+    try:
+        return read_at_most(path, MAX_FILE_BYTES)
+    except FileTooLargeError as error:
+        raise LoadError(f"{path}: larger than {size_text(error.limit)}; not read") from None
+
+
 def _is_bundle_file(path: Path) -> bool:
     """True for a JSON file holding a Bundle; a folder may also hold expectations or notes as JSON."""
     try:
-        data = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
+        data = orjson.loads(_read(path))
+    except (OSError, orjson.JSONDecodeError, LoadError):
         return True  # let the load report what is wrong with it
     return isinstance(data, dict) and data.get("resourceType") == "Bundle"
 
@@ -108,7 +136,7 @@ def bundle_files(paths: tuple[Path, ...]) -> tuple[list[Path], list[Path]]:
         if path.is_dir():
             for candidate in sorted(path.glob("*.json")):
                 (files if _is_bundle_file(candidate) else skipped).append(candidate)
-        elif path.is_file():
+        elif path.exists():  # a file, or a device or pipe named on purpose (/dev/stdin); read bounded
             files.append(path)
         else:
             raise LoadError(f"{path}: no such file or directory")
@@ -122,6 +150,7 @@ class FixtureLoader:
 
     def __init__(self, fhir_server: str, token: str | None = None) -> None:
         self.base_url = fhir_server.rstrip("/")
+        self.token = token
         self.session = requests.Session()
         self.session.trust_env = False
         self.session.headers.update(
@@ -136,7 +165,7 @@ class FixtureLoader:
     def load(self, path: Path, *, days: int | None, reference_day: date | None, today: date) -> Loaded:
         """Load one Bundle file; ``days`` wins over ``reference_day``, then the Bundle timestamp."""
         try:
-            bundle = orjson.loads(path.read_bytes())
+            bundle = orjson.loads(_read(path))
         except (OSError, orjson.JSONDecodeError) as error:
             raise LoadError(f"{path}: not readable JSON ({error})") from None
         if days is None:
@@ -147,17 +176,57 @@ class FixtureLoader:
         except ValueError as error:
             raise LoadError(f"{path}: {error}") from None
         try:
-            response = self.session.post(self.base_url, data=orjson.dumps(transaction), timeout=TIMEOUT_S)
+            status, content_type, body = self._post(orjson.dumps(transaction))
         except requests.RequestException as error:
             raise LoadError(f"{path}: {exception_reason(error, self.base_url)}") from None
-        if response.status_code != 200:
-            try:
-                parsed = response.json()
-            except ValueError:
-                parsed = None
-            reason = http_error_reason(response.status_code, self.base_url, parsed, response.content)
-            raise LoadError(f"{path}: {reason}")
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if status != 200:
+            reason = http_error_reason(status, self.base_url, parsed, body)
+            raise LoadError(f"{path}: {without_tokens(reason, self.token)}")
+        if not (
+            isinstance(parsed, dict)
+            and parsed.get("resourceType") == "Bundle"
+            and parsed.get("type") == "transaction-response"
+        ):
+            what = without_tokens(_what_came_back(content_type, parsed, body), self.token)
+            raise LoadError(
+                f"{path}: {self.base_url} answered 200 with {what}, not a FHIR transaction-response "
+                "Bundle: is --fhir-server the FHIR base URL?"
+            )
         return Loaded(path, len(transaction["entry"]), days)
+
+    def _post(self, data: bytes) -> tuple[int, str, bytes]:
+        """POST to the base URL: the status, the Content-Type and the body, read no further than
+        MAX_RESPONSE_BYTES (past it, the body is cut there: a transaction's answer is far smaller)."""
+        with self.session.post(self.base_url, data=data, timeout=TIMEOUT_S, stream=True) as response:
+            chunks: list[bytes] = []
+            size = 0
+            # iter_content, not raw.read: a connection dropped mid-body stays a requests exception.
+            for chunk in response.iter_content(64 * 1024):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size >= MAX_RESPONSE_BYTES:
+                    break
+            body = b"".join(chunks)[:MAX_RESPONSE_BYTES]
+            return response.status_code, response.headers.get("Content-Type", ""), body
+
+
+def _what_came_back(content_type: str, parsed: object, body: bytes) -> str:
+    """What a server answered instead of a transaction-response, in a few words."""
+    if isinstance(parsed, dict) and isinstance(parsed.get("resourceType"), str):
+        kind = parsed["resourceType"]
+        if kind == "Bundle":
+            return f"a Bundle of type {parsed.get('type')!r}"
+        return f"a {kind}"
+    if parsed is not None:
+        return "JSON that is not a FHIR resource"
+    if not body.strip():
+        return "an empty body"
+    kind = content_type.split(";")[0].strip() or "no Content-Type"
+    return f"{kind} ({text_excerpt(body)[:80]})"
 
 
 @click.command("load-fixtures")
@@ -168,7 +237,10 @@ class FixtureLoader:
     help="FHIR base URL to load into, e.g. http://127.0.0.1:8090/fhir",
 )
 @click.option(
-    "--token", envvar="FHIR_ACCESS_TOKEN", help="bearer token for the server (or $FHIR_ACCESS_TOKEN)"
+    "--token",
+    envvar="FHIR_ACCESS_TOKEN",
+    callback=_bearer_token,
+    help="bearer token for the server (or $FHIR_ACCESS_TOKEN)",
 )
 @click.option(
     "--reference-day",
@@ -211,7 +283,8 @@ def load_fixtures(
                 loaded = loader.load(path, days=days, reference_day=day, today=today)
             except LoadError as error:
                 failures += 1
-                click.echo(f"{progress} FAILED {error.message}", err=True)
+                # The message may quote the URL: a user:password@ in --fhir-server stays out.
+                click.echo(f"{progress} FAILED {without_passwords(error.message, fhir_server)}", err=True)
                 continue
             except OverflowError:
                 failures += 1
@@ -229,4 +302,5 @@ def load_fixtures(
         loader.close()
     if failures:
         raise LoadError(f"{failures} of {len(files)} Bundles were not loaded")
-    click.echo(f"loaded {len(files)} Bundles into {loader.base_url}", err=True)
+    shown = without_passwords(loader.base_url, fhir_server)
+    click.echo(f"loaded {len(files)} Bundles into {shown}", err=True)

@@ -8,6 +8,9 @@ A password holding an unencoded '/', '?' or '#' (generated passwords often hold 
 authority early for every parser: ``redis://:Ab3/xYz@host`` is host '' with port 'Ab3' and path
 '/xYz@host', and the libraries quote those pieces in their errors. So every piece of such a misplaced
 password is redacted too.
+
+Bearer tokens a server quotes back (``without_tokens``) are starred the same way, with anything shaped like
+a JWT.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import re
 from urllib.parse import unquote, urlsplit
 
 _DELIMITERS = re.compile(r"[/?#]")
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
 def address(url: str) -> str:
@@ -65,3 +69,11 @@ def without_passwords(text: str, url: str) -> str:
     for password in passwords_in(url):
         text = text.replace(password, "***")
     return text
+
+
+def without_tokens(text: str, token: str | None = None) -> str:
+    """A server's words without ``token`` (starred) or anything shaped like a JWT ('[a JWT]'): a FHIR
+    server's 401 may quote the bearer token it refused, and the developer tools print what servers say."""
+    if token:
+        text = text.replace(token, "***")
+    return _JWT.sub("[a JWT]", text)

@@ -43,7 +43,7 @@ from cds_service.fhir.read import array, next_link
 from cds_service.fhir.servers import target_of
 from cds_service.protocol.clients import MIN_RSA_BITS
 from cds_service.protocol.prefetch import TemplateError, render_template
-from cds_service.redaction import without_passwords
+from cds_service.redaction import without_passwords, without_tokens
 
 TOKEN_LIFETIME_S = 300
 MAX_PAGES = 50
@@ -110,7 +110,6 @@ def _user_reference(ctx: click.Context, param: click.Parameter, value: str) -> s
     return value
 
 
-_JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
 
 
@@ -339,9 +338,7 @@ class Ehr:
     def _scrub(self, text: str) -> str:
         """A server's words without the --fhir-token or anything shaped like a JWT: a FHIR server's 401 may
         quote the token it refused, and the service's 412 quotes the FHIR server."""
-        if self.fhir_token:
-            text = text.replace(self.fhir_token, "***")
-        return _JWT.sub("[a JWT]", text)
+        return without_tokens(text, self.fhir_token)
 
     def _fhir_get(self, url: str) -> requests.Response:
         headers = dict(_FHIR_HEADERS)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import requests
 from click.testing import CliRunner
+from werkzeug.serving import make_server
 
+from cds_service import loader
 from cds_service.cli import main
 from cds_service.loader import to_transaction
 from tests.builders import SMART_PATIENTS
@@ -265,3 +270,152 @@ def test_dates_moved_off_the_calendar_are_a_clear_failure(tmp_path: Path, shift:
     assert isinstance(result.exception, SystemExit)
     assert f"[1/1] FAILED {path}: moving its dates takes one outside the years 1 to 9999" in result.stderr
     assert "1 of 1 Bundles were not loaded" in result.stderr
+
+
+@contextmanager
+def _answering(status: str, body: bytes, content_type: str) -> Iterator[str]:
+    """A loopback server that answers every request with this status, body and content type."""
+
+    def app(environ: dict, start_response: Callable) -> list[bytes]:
+        environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        start_response(status, [("Content-Type", content_type)])
+        return [body]
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/fhir"
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "named"),
+    [
+        (b"<!doctype html><html><body>Welcome to nginx</body></html>", "text/html", "text/html"),
+        (b'{"status": "ok"}', "application/json", "JSON that is not a FHIR resource"),
+        (b'{"resourceType": "CapabilityStatement"}', "application/fhir+json", "a CapabilityStatement"),
+        (b'{"resourceType": "Bundle", "type": "searchset"}', "application/fhir+json", "type 'searchset'"),
+        (b"", "text/plain", "an empty body"),
+    ],
+    ids=["html", "json", "capability", "searchset", "empty"],
+)
+def test_an_answer_that_is_not_a_transaction_response_is_a_failure(
+    tmp_path: Path, body: bytes, content_type: str, named: str
+) -> None:
+    """A wrong URL answering 200 with an HTML page (a web server's welcome page) was counted as loaded."""
+    path = _dated_collection(tmp_path)
+    with _answering("200 OK", body, content_type) as url:
+        result = CliRunner().invoke(main, ["load-fixtures", "--fhir-server", url, str(path)])
+    assert result.exit_code == 1, result.output
+    assert f"[1/1] FAILED {path}: {url} answered 200 with " in result.stderr
+    assert named in result.stderr
+    assert "not a FHIR transaction-response Bundle" in result.stderr
+    assert "1 of 1 Bundles were not loaded" in result.stderr
+    assert "loaded 1 Bundles" not in result.stderr
+
+
+def test_a_transaction_response_as_plain_json_counts_as_loaded(tmp_path: Path) -> None:
+    path = _dated_collection(tmp_path)
+    answer = json.dumps({"resourceType": "Bundle", "type": "transaction-response", "entry": []}).encode()
+    with _answering("200 OK", answer, "application/json;charset=utf-8") as url:
+        result = CliRunner().invoke(main, ["load-fixtures", "--fhir-server", url, str(path)])
+    assert result.exit_code == 0, result.output
+    assert f"loaded 1 Bundles into {url}" in result.stderr
+
+
+_A_JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJkci13aG8ifQ.c2lnbmF0dXJlLWJ5dGVz"
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (f"Unauthorized: token {_A_JWT} expired; you sent load-token-1".encode(), "text/plain"),
+        (
+            json.dumps({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "login",
+                        "diagnostics": f"Bearer load-token-1 refused, expected {_A_JWT}"}]}).encode(),
+            "application/fhir+json",
+        ),
+    ],
+    ids=["plain-text", "operation-outcome"],
+)  # fmt: skip
+def test_a_refusal_is_printed_without_the_token_or_any_jwt(
+    tmp_path: Path, body: bytes, content_type: str
+) -> None:
+    """A FHIR server's 401 may quote the token it refused; load-fixtures printed it as it came."""
+    path = _dated_collection(tmp_path)
+    with _answering("401 Unauthorized", body, content_type) as url:
+        result = CliRunner().invoke(
+            main, ["load-fixtures", "--fhir-server", url, "--token", "load-token-1", str(path)]
+        )
+    assert result.exit_code == 1, result.output
+    assert f"HTTP 401 from {url}" in result.stderr
+    assert "load-token-1" not in result.output
+    assert "eyJ" not in result.output
+    assert "[a JWT]" in result.stderr
+
+
+def test_the_password_of_the_fhir_server_url_is_never_printed(tmp_path: Path) -> None:
+    path = _dated_collection(tmp_path)
+    down = CliRunner().invoke(
+        main, ["load-fixtures", "--fhir-server", "http://loader:hunter2@127.0.0.1:9/fhir", str(path)]
+    )
+    assert down.exit_code == 1
+    assert "connection refused by http://loader:***@127.0.0.1:9/fhir" in down.stderr
+    assert "hunter2" not in down.output
+    answer = json.dumps({"resourceType": "Bundle", "type": "transaction-response"}).encode()
+    for status, body in (("401 Unauthorized", b"who are you, loader:hunter2?"), ("200 OK", answer)):
+        with _answering(status, body, "application/fhir+json") as url:
+            with_password = url.replace("http://", "http://loader:hunter2@")
+            result = CliRunner().invoke(main, ["load-fixtures", "--fhir-server", with_password, str(path)])
+        assert "hunter2" not in result.output
+        assert "loader:***@127.0.0.1" in result.stderr
+
+
+@pytest.mark.parametrize("token", ["s3cret tok\u20acn", "s3cret token", "s3cret\ntoken"])
+def test_a_token_that_cannot_be_a_bearer_token_is_a_usage_error_that_does_not_quote_it(
+    tmp_path: Path, token: str
+) -> None:
+    """A non-Latin-1 character made requests raise UnicodeEncodeError: a traceback."""
+    path = _dated_collection(tmp_path)
+    for given in (["--token", token], []):
+        result = CliRunner(env={"FHIR_ACCESS_TOKEN": token}).invoke(
+            main, ["load-fixtures", "--fhir-server", "http://127.0.0.1:9/fhir", *given, str(path)]
+        )
+        assert result.exit_code == 2, result.output
+        assert "'--token'" in result.stderr
+        assert "visible ASCII" in result.stderr
+        assert "s3cret" not in result.output
+        assert "FAILED" not in result.stderr
+
+
+def test_a_device_is_read_no_further_than_the_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/dev/zero was reported as 'no such file'; a large file was read whole, however large."""
+    monkeypatch.setattr(loader, "MAX_FILE_BYTES", 1000)
+    large = tmp_path / "large.json"
+    large.write_bytes(b" " * 1001)
+    result = CliRunner().invoke(
+        main, ["load-fixtures", "--fhir-server", "http://127.0.0.1:9/fhir", "/dev/zero", str(large)]
+    )
+    assert result.exit_code == 1, result.output
+    assert "[1/2] FAILED /dev/zero: larger than 1000 bytes; not read" in result.stderr
+    assert f"[2/2] FAILED {large}: larger than 1000 bytes; not read" in result.stderr
+    missing = CliRunner().invoke(
+        main, ["load-fixtures", "--fhir-server", "http://127.0.0.1:9/fhir", str(tmp_path / "nothing.json")]
+    )
+    assert missing.exit_code == 1
+    assert "nothing.json: no such file or directory" in missing.stderr
+
+
+def test_a_large_file_in_a_folder_is_reported_not_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loader, "MAX_FILE_BYTES", 1000)
+    (tmp_path / "large.json").write_bytes(b" " * 1001)
+    result = CliRunner().invoke(
+        main, ["load-fixtures", "--fhir-server", "http://127.0.0.1:9/fhir", str(tmp_path)]
+    )
+    assert result.exit_code == 1, result.output
+    assert "large.json: larger than 1000 bytes; not read" in result.stderr
