@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from cds_service.redaction import without_passwords
+
 
 class ConfigError(ValueError):
     """A setting is missing, unknown or malformed; the message names the variable."""
@@ -104,7 +106,9 @@ def _parse_feedback_db(name: str, value: str) -> str:
     if not value:
         raise ConfigError(f"{name} is empty: give a SQLite path or a postgresql:// URL")
     if "://" in value and not value.startswith(("postgresql://", "postgres://")):
-        raise ConfigError(f"{name}={value!r}: only SQLite paths and postgresql:// URLs are supported")
+        # Quoted without its password: serve prints this at start-up, in logs a deployment keeps.
+        shown = without_passwords(value, value)
+        raise ConfigError(f"{name}={shown!r}: only SQLite paths and postgresql:// URLs are supported")
     return value
 
 

@@ -6,7 +6,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from cds_service.cli import main
 from cds_service.config import ConfigError, Settings, load_settings
 
 
@@ -64,3 +66,22 @@ def test_bad_settings_name_the_variable(environ: dict[str, str], named: str) -> 
 
 def test_other_variables_are_ignored() -> None:
     assert load_settings({"PATH": "/bin", "HOME": "/root"}) == Settings()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["mysql://reporter:s3cr3t-pw@db/cds", "sqlite://reporter:s3cr3t-pw@db/x", "mysql://:s3cr3t/pw@db/cds"],
+)
+def test_an_unsupported_store_url_is_quoted_without_its_password(url: str) -> None:
+    """The message quoted CDS_FEEDBACK_DB as given, password included, and serve printed it at start-up."""
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"CDS_FEEDBACK_DB": url})
+    message = str(raised.value)
+    assert "s3cr3t" not in message
+    assert "only SQLite paths and postgresql:// URLs are supported" in message
+    assert "***" in message and "@db/" in message
+
+    result = CliRunner(env={"CDS_FEEDBACK_DB": url}).invoke(main, ["serve", "--port", "59997"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("cds-service: configuration error: CDS_FEEDBACK_DB=")
+    assert "s3cr3t" not in result.output
