@@ -11,6 +11,9 @@ the client sent; its log line does the same.
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import time
 from collections.abc import Iterator
 from http import HTTPStatus
 from ssl import SSLError
@@ -19,7 +22,8 @@ from typing import Any
 from gunicorn import util
 from gunicorn.http import errors
 from gunicorn.http.body import ChunkedReader
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.http2 import negotiation
+from gunicorn.workers.gthread import _DEFER, ThreadWorker
 
 from cds_service.app import (
     CORS_HEADERS,
@@ -31,6 +35,13 @@ from cds_service.app import (
 )
 
 INTERNAL_ERROR = "The service failed to process this request; it has been logged."
+# The longest a request's header section may take to arrive, from its first bytes (nginx's
+# client_header_timeout, shorter); until it is complete it waits on the worker's poller, not in a thread.
+HEAD_DEADLINE_S = 10.0
+HEAD_TIMEOUT_REASON = f"The request's header section did not arrive within {HEAD_DEADLINE_S:g} s."
+_HEAD_SINCE = "_cds_head_since"
+_HEAD_ENDS = (b"\r\n\r\n", b"\n\n")  # a bare-LF head is gunicorn's to refuse, at once
+_READ_AHEAD = 65536  # what one look at a waiting connection takes in: a usual head and its body's start
 # Set on a request once the app's response to it has been written (see JsonErrorWorker.handle_request).
 _ANSWERED = "_cds_answered"
 # gunicorn 27 blames a malformed chunked body on the client (400); 23 to 26 dropped the connection and
@@ -138,6 +149,84 @@ class JsonErrorWorker(ThreadWorker):
 
     gunicorn's access-log line for such a request is left out: the service's logger has no access log
     (``serving.ServiceLogger``), and the line would quote the request line."""
+
+    def handle(self, conn: Any) -> Any:
+        """gthread's handle, except that a connection whose next request head has not fully arrived goes
+        back to the poller instead of holding a thread.
+
+        gthread gives a new connection a thread that waits up to 5 s for its first byte, and once any byte
+        has come it reads the head with a blocking socket and no time limit. Twelve connections sending a
+        header line every few seconds (or opening and sending nothing, every 5 s) held all of a pod's
+        threads, and /healthz went unanswered for as long as they kept it up. Now a thread parses a head
+        only once it is complete (or already past gunicorn's limits, which refuse it at once); a head that
+        has not completed HEAD_DEADLINE_S after its first bytes is answered 408 and the connection closed.
+        A normal request costs one non-blocking read of what gunicorn would have read anyway."""
+        waiting = self._head_pending(conn)
+        return super().handle(conn) if waiting is None else waiting
+
+    def _head_pending(self, conn: Any) -> Any:
+        """None when a thread may parse the next request now; else _DEFER, or False once it answered 408.
+
+        What has arrived is read (without waiting) into the connection's parser buffer, where gunicorn
+        reads first: the socket then wakes the poller again only when more comes."""
+        if self.cfg.is_ssl or conn.is_http2 or negotiation.prior_knowledge_allowed(self.cfg, conn.client):
+            return None
+        if conn.parser is None:
+            try:
+                if not conn.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                    return None  # closed at once: gunicorn ends it
+            except BlockingIOError:
+                return _DEFER  # nothing yet: the poller wakes the connection when bytes come
+            except OSError:
+                return None  # gunicorn meets the error itself
+            conn.init()  # blocking socket and an HTTP/1 parser, as gthread's handle would make them
+        buffer = conn.parser.unreader.buf
+        try:
+            arrived = conn.sock.recv(_READ_AHEAD, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            arrived = None
+        except OSError:
+            return None
+        if arrived == b"":
+            return None  # the client closed its side: gunicorn parses what is buffered, then ends
+        if arrived:
+            buffer.seek(0, os.SEEK_END)
+            buffer.write(arrived)
+        data = buffer.getvalue()
+        if self._parsable(data):
+            setattr(conn, _HEAD_SINCE, None)
+            return None
+        if not data:
+            return _DEFER
+        now = time.monotonic()
+        since = getattr(conn, _HEAD_SINCE, None)
+        if since is None:
+            setattr(conn, _HEAD_SINCE, now)
+        elif now - since > HEAD_DEADLINE_S:
+            self.log.warning("Invalid request from ip=%s: %s", (conn.client or ("",))[0], HEAD_TIMEOUT_REASON)
+            try:
+                util.write_nonblock(conn.sock, error_response(408, HEAD_TIMEOUT_REASON))
+            except Exception:  # as gunicorn: the client may be gone
+                self.log.debug("Failed to send error message.")
+            return False
+        return _DEFER
+
+    def _parsable(self, data: bytes) -> bool:
+        """Whether gunicorn can parse or refuse the head in ``data`` without waiting for more bytes."""
+        limit = self.cfg.limit_request_line + 2
+        line_end = data.find(b"\n")
+        return (
+            any(end in data for end in _HEAD_ENDS)
+            or len(data) >= self._head_limit
+            or line_end > limit
+            or (line_end < 0 and len(data) > limit)
+        )
+
+    @property
+    def _head_limit(self) -> int:
+        """The most a head may hold under gunicorn's limits: a longer one is refused without waiting."""
+        cfg = self.cfg
+        return cfg.limit_request_line + 2 + cfg.limit_request_fields * (cfg.limit_request_field_size + 2) + 2
 
     def handle_request(self, req: Any, conn: Any) -> bool:
         reader = getattr(getattr(req, "body", None), "reader", None)

@@ -19,10 +19,10 @@ import pytest
 import requests
 from gunicorn.http import errors
 from gunicorn.workers.base import Worker
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.gthread import _DEFER, TConn, ThreadWorker
 
 from cds_service.config import Settings
-from cds_service.gunicorn_worker import JsonErrorWorker
+from cds_service.gunicorn_worker import HEAD_DEADLINE_S, HEAD_TIMEOUT_REASON, JsonErrorWorker
 from cds_service.serving import CdsServer, gunicorn_options
 from tests.support.served import HOOKS_NOW, Served, hook_example
 
@@ -310,3 +310,30 @@ def test_a_client_hanging_up_mid_request_is_logged_without_its_bytes(
         )
     assert len(wait_for_more(served_at_debug, message, seen)) == seen + 1
     assert token not in served_at_debug.log()
+
+
+def test_a_head_is_parsed_only_once_complete_and_answered_408_past_its_deadline() -> None:
+    """A connection whose head is still arriving waits on the poller (_DEFER), not in a thread; what has
+    come is kept in the parser's buffer; past HEAD_DEADLINE_S from its first bytes it gets a 408."""
+    cfg = CdsServer(lambda: None, OPTIONS).cfg
+    worker = JsonErrorWorker(0, os.getpid(), [], None, 30, cfg, logging.getLogger(__name__))
+    server_side, client_side = socket.socketpair()
+    with server_side, client_side:
+        conn = TConn(cfg, server_side, ("127.0.0.1", 1), ("127.0.0.1", 0))
+        assert worker._head_pending(conn) is _DEFER  # nothing yet
+        client_side.sendall(b"GET /healthz HTTP/1.1\r\nHost: cds\r\n")
+        assert worker._head_pending(conn) is _DEFER
+        client_side.sendall(b"X-More: 1\r\n\r\n")
+        assert worker._head_pending(conn) is None
+        assert conn.parser.unreader.buf.getvalue().endswith(b"X-More: 1\r\n\r\n")
+
+        late = TConn(cfg, server_side, ("127.0.0.1", 1), ("127.0.0.1", 0))
+        client_side.sendall(b"GET /healthz HTTP/1.1\r\n")
+        assert worker._head_pending(late) is _DEFER
+        late._cds_head_since = time.monotonic() - HEAD_DEADLINE_S - 1
+        client_side.sendall(b"Host: cds\r\n")
+        assert worker._head_pending(late) is False
+        worker.tmp.close()
+        [answer] = answers(client_side.recv(65536))
+    assert answer.status == 408
+    assert json.loads(answer.body)["issue"][0]["diagnostics"] == HEAD_TIMEOUT_REASON

@@ -446,3 +446,27 @@ def test_tiny_chunks_after_a_refusal_are_not_drained_for_long(served: Served) ->
     request = post("/cds-services/nope", framed, "Transfer-Encoding: chunked")
     replies = answers(exchange(served.port, request + b"GET /healthz HTTP/1.1\r\nHost: cds\r\n\r\n"))
     assert [a.status for a in replies] == [404]
+
+
+def test_slow_and_silent_connections_do_not_hold_the_workers_threads(served: Served) -> None:
+    """gthread gave each new connection a thread that waited up to 5 s for its first byte, and read a head
+    that had begun to arrive with no time limit: twelve connections sending a header line every few seconds
+    kept /healthz unanswered (this server has 2 threads) for as long as they went on."""
+    slow = [socket.create_connection(("127.0.0.1", served.port), timeout=5) for _ in range(8)]
+    silent = [socket.create_connection(("127.0.0.1", served.port), timeout=5) for _ in range(8)]
+    try:
+        for sock in slow:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: cds\r\n")
+        for round_ in range(3):
+            for sock in slow:
+                sock.sendall(b"X-Slow: %d\r\n" % round_)
+            started = time.monotonic()
+            [answer] = answers(exchange(served.port, b"GET /healthz HTTP/1.1\r\nHost: cds\r\n\r\n"))
+            assert answer.status == 200
+            assert time.monotonic() - started < 1.0, "a thread was held by a slow or silent connection"
+        for sock in slow:  # a head that completes in the end is answered as usual
+            sock.sendall(b"\r\n")
+            assert answers(sock.recv(65536))[0].status == 200
+    finally:
+        for sock in slow + silent:
+            sock.close()
