@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -52,3 +53,23 @@ def config_message(error: Exception) -> str:
         if value:
             text = without_passwords(text, value)
     return text
+
+
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
+
+
+def bearer_token(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback for a bearer-token option: a token that can travel in an Authorization header (and
+    in fhirAuthorization), never quoted back.
+
+    Anything else failed late: a non-Latin-1 character as a UnicodeEncodeError traceback from requests, a
+    space or a line break as the server's refusal of every call. An empty value (an empty
+    $FHIR_ACCESS_TOKEN) means no token."""
+    if value and not _VISIBLE_ASCII.fullmatch(value):
+        raise click.BadParameter(
+            "a bearer token is visible ASCII only (no spaces, line breaks or other characters); "
+            "the value is not shown",
+            ctx,
+            param,
+        )
+    return value or None

@@ -13,7 +13,6 @@ between entries are rewritten to ``Type/id`` here rather than left to each serve
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -22,7 +21,7 @@ import click
 import orjson
 import requests
 
-from cds_service.cli_types import HTTP_URL
+from cds_service.cli_types import HTTP_URL, bearer_token
 from cds_service.devtools.bundles import MAX_FILE_BYTES, FileTooLargeError, read_at_most, size_text
 from cds_service.fhir.bundles import resolve_full_urls, stored_as
 from cds_service.fhir.dates import full_date, shift_dates
@@ -34,7 +33,6 @@ TIMEOUT_S = 120
 MAX_SHIFT_DAYS = (date.max - date.min).days
 """A larger shift moves every date off the calendar (years 1 to 9999), whatever the Bundle holds."""
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024  # as for a Bundle file; a wrong URL may answer anything
-_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
 
 
 class LoadError(click.ClickException):
@@ -86,21 +84,6 @@ class Loaded:
     path: Path
     resources: int
     days: int
-
-
-def _bearer_token(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """A token that can travel in an Authorization header (as fire checks its --fhir-token), never quoted.
-
-    A non-Latin-1 character was a UnicodeEncodeError traceback from requests, a space or a line break the
-    server's refusal of every Bundle. An empty value (an empty $FHIR_ACCESS_TOKEN) means no token."""
-    if value and not _VISIBLE_ASCII.fullmatch(value):
-        raise click.BadParameter(
-            "a bearer token is visible ASCII only (no spaces, line breaks or other characters); "
-            "the value is not shown",
-            ctx,
-            param,
-        )
-    return value or None
 
 
 def _read(path: Path) -> bytes:
@@ -239,7 +222,7 @@ def _what_came_back(content_type: str, parsed: object, body: bytes) -> str:
 @click.option(
     "--token",
     envvar="FHIR_ACCESS_TOKEN",
-    callback=_bearer_token,
+    callback=bearer_token,
     help="bearer token for the server (or $FHIR_ACCESS_TOKEN)",
 )
 @click.option(

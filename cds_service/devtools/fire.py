@@ -28,7 +28,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from cds_service.cli_types import HTTP_URL
+from cds_service.cli_types import HTTP_URL, bearer_token
 from cds_service.devtools.bundles import (
     BundleError,
     FileTooLargeError,
@@ -108,25 +108,6 @@ def _user_reference(ctx: click.Context, param: click.Parameter, value: str) -> s
             param,
         )
     return value
-
-
-_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
-
-
-def _bearer_token(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """A token that can travel in an Authorization header and in fhirAuthorization, never quoted back.
-
-    Anything else failed late: a non-Latin-1 character as a UnicodeEncodeError traceback from requests, a
-    space or a newline as the FHIR server's InvalidHeader or the service's 400. An empty value (an empty
-    $FHIR_ACCESS_TOKEN) means no token."""
-    if value and not _VISIBLE_ASCII.fullmatch(value):
-        raise click.BadParameter(
-            "a bearer token is visible ASCII only (no spaces, line breaks or other characters); "
-            "the value is not shown",
-            ctx,
-            param,
-        )
-    return value or None
 
 
 @dataclass(frozen=True)
@@ -562,7 +543,7 @@ def _outcome_text(response: requests.Response) -> str:
 @click.option(
     "--fhir-token",
     envvar="FHIR_ACCESS_TOKEN",
-    callback=_bearer_token,
+    callback=bearer_token,
     help="Bearer token for the FHIR server, also sent to the service as fhirAuthorization "
     "(or $FHIR_ACCESS_TOKEN).",
 )
