@@ -10,11 +10,15 @@ the client sent; its log line does the same.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
+import selectors
 import socket
 import time
 from collections.abc import Iterator
+from functools import partial
 from http import HTTPStatus
 from ssl import SSLError
 from typing import Any
@@ -40,6 +44,9 @@ INTERNAL_ERROR = "The service failed to process this request; it has been logged
 HEAD_DEADLINE_S = 10.0
 HEAD_TIMEOUT_REASON = f"The request's header section did not arrive within {HEAD_DEADLINE_S:g} s."
 _HEAD_SINCE = "_cds_head_since"
+# How long a closed connection waits for the client's end (gunicorn's close_graceful), and how many may.
+LINGER_S = 2.0
+MAX_LINGERING = 1000
 _HEAD_ENDS = (b"\r\n\r\n", b"\n\n")  # a bare-LF head is gunicorn's to refuse, at once
 _READ_AHEAD = 65536  # what one look at a waiting connection takes in: a usual head and its body's start
 # Set on a request once the app's response to it has been written (see JsonErrorWorker.handle_request).
@@ -227,6 +234,58 @@ class JsonErrorWorker(ThreadWorker):
         """The most a head may hold under gunicorn's limits: a longer one is refused without waiting."""
         cfg = self.cfg
         return cfg.limit_request_line + 2 + cfg.limit_request_fields * (cfg.limit_request_field_size + 2) + 2
+
+    def finish_request(self, conn: Any, fs: Any) -> None:
+        """gthread's, except that closing a connection gracefully does not wait on the main loop.
+
+        gthread ends a connection it will not keep (after "Connection: close", a refusal, an HTTP/1.0
+        answer) with util.close_graceful on the worker's main thread, which lingers up to 2 s reading
+        until the client closes too: five clients that kept their sockets open after such an answer
+        stalled that worker's accepting and polling, and every other call on it waited, for 10 s."""
+        conn.close = partial(self._close, conn.sock)
+        super().finish_request(conn, fs)
+
+    def _close(self, sock: socket.socket, graceful: bool = False) -> None:
+        """Close now, or half-close and let the poller linger for the client's end (RFC 9112 9.6, as
+        close_graceful: unread bytes at close would make the kernel reset the connection and could cut
+        off the answer) for at most LINGER_S, without blocking."""
+        if not graceful or len(self._lingering) >= MAX_LINGERING:
+            util.close(sock)
+            return
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.setblocking(False)
+            self.poller.register(sock, selectors.EVENT_READ, self._linger_read)
+        except (OSError, ValueError, KeyError):
+            util.close(sock)
+            return
+        self._lingering[sock] = time.monotonic() + LINGER_S
+
+    def _linger_read(self, sock: socket.socket) -> None:
+        try:
+            ended = not sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            ended = True
+        if ended:
+            self._stop_lingering(sock)
+
+    def _stop_lingering(self, sock: socket.socket) -> None:
+        self._lingering.pop(sock, None)
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            self.poller.unregister(sock)
+        util.close(sock)
+
+    def murder_keepalived(self, force: bool = False) -> None:
+        super().murder_keepalived(force)
+        now = time.monotonic()
+        for sock in [sock for sock, deadline in self._lingering.items() if force or deadline <= now]:
+            self._stop_lingering(sock)
+
+    @functools.cached_property
+    def _lingering(self) -> dict[socket.socket, float]:
+        return {}
 
     def handle_request(self, req: Any, conn: Any) -> bool:
         reader = getattr(getattr(req, "body", None), "reader", None)

@@ -470,3 +470,26 @@ def test_slow_and_silent_connections_do_not_hold_the_workers_threads(served: Ser
     finally:
         for sock in slow + silent:
             sock.close()
+
+
+def test_clients_that_keep_their_socket_open_after_a_closing_answer_do_not_stall_the_worker(
+    served: Served,
+) -> None:
+    """gunicorn lingered up to 2 s per such connection on the worker's main loop: five of them kept every
+    other call on the worker waiting about 10 s."""
+    held = [socket.create_connection(("127.0.0.1", served.port), timeout=5) for _ in range(5)]
+    try:
+        for sock in held:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: cds\r\nConnection: close\r\n\r\n")
+        for sock in held:  # each gets its answer, then the server's end of the stream
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+            assert [a.status for a in answers(received)] == [200]
+        started = time.monotonic()
+        [answer] = answers(exchange(served.port, b"GET /healthz HTTP/1.1\r\nHost: cds\r\n\r\n"))
+        assert answer.status == 200
+        assert time.monotonic() - started < 1.0
+    finally:
+        for sock in held:
+            sock.close()
