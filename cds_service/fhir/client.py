@@ -31,6 +31,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from cds_service.redaction import without_tokens
+
 from .errors import (
     exception_reason,
     http_error_reason,
@@ -192,7 +194,7 @@ class _Call:
     headers: Mapping[str, str]
     deadline: float
     budget_ms: int
-    # The credential of the Authorization header, kept out of every reason (see ``_without_secret``).
+    # The credential of the Authorization header, kept out of every reason (see ``_without_credentials``).
     secret: bytes | None = None
 
     def remaining(self) -> float:
@@ -296,23 +298,21 @@ def _credential(authorization: str | None) -> bytes | None:
     return token.encode("latin-1", "replace") if len(token) >= _MIN_SECRET_CHARS else None
 
 
-def _without_secret(outcome: FetchOutcome, secret: bytes) -> FetchOutcome:
-    """The outcome with the access token replaced by ``***`` in its reason and warnings.
+def _without_credentials(outcome: FetchOutcome, secret: bytes | None) -> FetchOutcome:
+    """The outcome with the access token replaced by ``***``, and anything shaped like a JWT by
+    ``[a JWT]``, in its reason and warnings.
 
     They quote the server's own words (an OperationOutcome's diagnostics, the start of a text body), end
     up in the service log and in the 412, and a server may echo the token it was sent ("token eyJ… is not
-    valid"). Error bodies are cleaned before they are quoted (``_attempt``); this catches the rest."""
-    token = secret.decode("latin-1")
-
-    def clean(text: str) -> str:
-        return text.replace(token, "***")
-
-    if outcome.error is None and not any(token in warning for warning in outcome.warnings):
+    valid") or quote another (a session's, a proxy's). Error bodies are cleaned of the access token
+    before they are quoted (``_attempt``); this catches the rest."""
+    if outcome.error is None and not outcome.warnings:
         return outcome
+    token = secret.decode("latin-1") if secret is not None else None
     return replace(
         outcome,
-        error=clean(outcome.error) if outcome.error is not None else None,
-        warnings=tuple(clean(warning) for warning in outcome.warnings),
+        error=without_tokens(outcome.error, token) if outcome.error is not None else None,
+        warnings=tuple(without_tokens(warning, token) for warning in outcome.warnings),
     )
 
 
@@ -415,8 +415,7 @@ class FhirClient:
             outcomes[key] = FetchOutcome(
                 key, url, None, call.timeout_reason(url), progress.status, progress.requests, elapsed
             )
-        if secret is not None:
-            outcomes = {key: _without_secret(outcome, secret) for key, outcome in outcomes.items()}
+        outcomes = {key: _without_credentials(outcome, secret) for key, outcome in outcomes.items()}
         for outcome in outcomes.values():
             log.debug(
                 "FHIR fetch %s %s: %s after %d request(s), %.0f ms",

@@ -171,6 +171,30 @@ def _echoing_outcome(severity: str) -> dict:
     }
 
 
+def test_a_jwt_the_fhir_server_quotes_is_kept_out_of_the_reason_whoever_it_belongs_to() -> None:
+    """Not only the token sent: a server may quote another JWT (a session's, an id_token, the token of a
+    proxy in front of it) in its error, and the reason goes into the service log and the 412."""
+    other = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJwcmFjdGl0aW9uZXIvNyJ9.c2lnbmF0dXJlLW90aGVy"
+    body = f"Unauthorized: session token {other} expired".encode()
+    client = FhirClient()
+    try:
+        with FakeEhrFhir() as ehr:
+            ehr.add_canned("Patient/p1", 401, body, "text/plain")
+            ehr.add_canned("Patient/p2", 401, body, "text/plain")
+            with_token = client.fetch_all(
+                ehr.base_url, {"patient": "Patient/p1"}, authorization=f"Bearer {TOKEN}", budget_ms=3000
+            )["patient"]
+            without = client.fetch_all(
+                ehr.base_url, {"patient": "Patient/p2"}, authorization=None, budget_ms=3000
+            )["patient"]
+    finally:
+        client.close()
+    for outcome in (with_token, without):
+        assert outcome.error.startswith(f"HTTP 401 from {ehr.base_url}/Patient/p"), outcome.error
+        assert "session token [a JWT] expired" in outcome.error
+        assert "eyJzdWIiOiJwcmFjdGl0aW9uZXIvNyJ9" not in outcome.error
+
+
 def test_a_fhir_server_quoting_the_access_token_does_not_put_it_in_the_reason() -> None:
     """A server's error text is quoted in the reason, which is logged and sent back in the 412: a server
     that echoes the bearer token it was sent (in an OperationOutcome or a text body) put the token in the
