@@ -71,10 +71,18 @@ def _parse_int(name: str, value: str, minimum: int, maximum: int) -> int:
 
 
 def _parse_url(name: str, value: str) -> str:
+    """An absolute http(s) URL without user or password: none is ever sent (a fhirServer with a user part
+    is refused; a token's aud holds none), so one here is a mistake, and it is quoted without them."""
     value = value.strip().rstrip("/")
-    parts = urlsplit(value)
+    shown = without_passwords(value, value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # a malformed IPv6 host
+        raise ConfigError(f"{name}={shown!r}: expected an absolute http(s) URL") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"{name}={value!r}: expected an absolute http(s) URL")
+        raise ConfigError(f"{name}={shown!r}: expected an absolute http(s) URL")
+    if "@" in parts.netloc:
+        raise ConfigError(f"{name}={shown!r}: the URL must not carry a user or password")
     return value
 
 

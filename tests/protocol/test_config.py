@@ -85,3 +85,17 @@ def test_an_unsupported_store_url_is_quoted_without_its_password(url: str) -> No
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("cds-service: configuration error: CDS_FEEDBACK_DB=")
     assert "s3cr3t" not in result.output
+
+
+@pytest.mark.parametrize("name", ["CDS_PUBLIC_BASE_URL", "CDS_ALLOWED_FHIR_SERVERS"])
+@pytest.mark.parametrize(
+    "url", ["https://svc:s3cr3t-pw@fhir.example.org/r4", "ftp://svc:s3cr3t-pw@fhir.example.org/r4"]
+)
+def test_a_service_url_with_credentials_is_refused_without_quoting_them(name: str, url: str) -> None:
+    """Credentials in these URLs are never used (fhirServer with a user part is refused, a token's aud
+    holds none), so such a value is a mistake; the message that says so must not print the password."""
+    with pytest.raises(ConfigError, match=name) as raised:
+        load_settings({name: url})
+    message = str(raised.value)
+    assert "s3cr3t" not in message
+    assert "***" in message
