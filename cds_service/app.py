@@ -57,12 +57,20 @@ LOGGED_PATH_CHARS = 100
 HOOK_INSTANCE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # Longest wait for the next bytes of a request body under gunicorn (nginx's client_body_timeout, shorter).
 BODY_IDLE_TIMEOUT_S = 10.0
+# Longest a whole body may take to arrive under gunicorn (5 MB at under 1 Mbit/s), see BodyTooSlow.
+BODY_DEADLINE_S = 60.0
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
     "Access-Control-Allow-Headers": "Authorization, Content-Type",
     "Access-Control-Max-Age": "86400",
 }
+
+
+class BodyTooSlow(TimeoutError):
+    """The request body has not all arrived BODY_DEADLINE_S after its header section (gunicorn_worker's
+    BodyDeadline). The idle timeout alone bounds each wait, not the sum: a client sending a byte every 9 s
+    held a thread for as long as it went on."""
 
 
 class TooManyChunks(ParseException):
@@ -266,6 +274,10 @@ def create_app(settings: Settings) -> Flask:
             if sock is not None:
                 sock.settimeout(BODY_IDLE_TIMEOUT_S)
             return request.input_stream.read(size)
+        except BodyTooSlow:
+            raise RequestError(
+                400, f"The request body did not arrive within {BODY_DEADLINE_S:g} s of its header section."
+            ) from None
         except TimeoutError:
             raise RequestError(
                 400, f"The request body stopped arriving: nothing came for {BODY_IDLE_TIMEOUT_S:g} s."

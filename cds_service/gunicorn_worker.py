@@ -30,9 +30,11 @@ from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import _DEFER, ThreadWorker
 
 from cds_service.app import (
+    BODY_DEADLINE_S,
     CORS_HEADERS,
     FREE_CHUNKS,
     MIN_AVERAGE_CHUNK_BYTES,
+    BodyTooSlow,
     TooManyChunks,
     logged_path,
     operation_outcome,
@@ -118,6 +120,37 @@ def fair_chunks(pieces: Iterator[bytes]) -> Iterator[bytes]:
         if count > FREE_CHUNKS and size < count * MIN_AVERAGE_CHUNK_BYTES:
             raise TooManyChunks()
         yield piece
+
+
+class BodyDeadline:
+    """The connection's socket as gunicorn's body reader sees it while a request is handled: each recv
+    waits no later than the deadline (and no longer than the socket's own timeout, the app's idle one),
+    then raises BodyTooSlow."""
+
+    __slots__ = ("_deadline", "_sock")
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def recv(self, size: int) -> bytes:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise BodyTooSlow()
+        sock = self._sock
+        idle = sock.gettimeout()
+        if idle is not None and idle <= remaining:
+            return sock.recv(size)
+        sock.settimeout(remaining)
+        try:
+            return sock.recv(size)
+        except TimeoutError:
+            raise BodyTooSlow() from None
+        finally:
+            sock.settimeout(idle)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
 class WithoutRequestBytes(logging.Filter):
@@ -291,7 +324,15 @@ class JsonErrorWorker(ThreadWorker):
         reader = getattr(getattr(req, "body", None), "reader", None)
         if isinstance(reader, ChunkedReader) and reader.parser is not None:
             reader.parser = fair_chunks(reader.parser)
-        keepalive: bool = super().handle_request(req, conn)
+        unreader = getattr(conn.parser, "unreader", None)
+        sock = getattr(unreader, "sock", None)
+        if isinstance(sock, socket.socket):
+            unreader.sock = BodyDeadline(sock, time.monotonic() + BODY_DEADLINE_S)
+        try:
+            keepalive: bool = super().handle_request(req, conn)
+        finally:
+            if isinstance(sock, socket.socket):
+                unreader.sock = sock
         setattr(req, _ANSWERED, True)
         return keepalive
 

@@ -8,6 +8,7 @@ the body is read from), with the idle timeout shortened.
 
 from __future__ import annotations
 
+import io
 import socket
 import threading
 import time
@@ -17,6 +18,7 @@ from flask import Flask
 from werkzeug.test import TestResponse
 
 from cds_service import app as app_module
+from cds_service.app import BodyTooSlow
 
 PATH = "/cds-services/b12-iron-patient-view"
 
@@ -65,3 +67,26 @@ def test_the_socket_gets_its_own_timeout_back_after_the_body_is_read(app: Flask)
     response, _, timeout_after = post_over_a_socket(app, PATH, b"[]", 2)
     assert response.status_code == 400
     assert timeout_after is None
+
+
+class _NeverInTime(io.RawIOBase):
+    """A body stream whose reader ran out of time, as gunicorn_worker.BodyDeadline makes it."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: object) -> int:
+        raise BodyTooSlow()
+
+
+@pytest.mark.parametrize("path", [PATH, f"{PATH}/feedback"])
+def test_a_body_past_its_deadline_is_a_400_saying_so(app: Flask, path: str) -> None:
+    response = app.test_client().post(
+        path,
+        content_type="application/json",
+        environ_overrides={"wsgi.input": io.BufferedReader(_NeverInTime()), "CONTENT_LENGTH": "1000"},
+    )
+    assert response.status_code == 400
+    assert response.get_json()["issue"][0]["diagnostics"] == (
+        f"The request body did not arrive within {app_module.BODY_DEADLINE_S:g} s of its header section."
+    )

@@ -21,8 +21,9 @@ from gunicorn.http import errors
 from gunicorn.workers.base import Worker
 from gunicorn.workers.gthread import _DEFER, TConn, ThreadWorker
 
+from cds_service.app import BodyTooSlow
 from cds_service.config import Settings
-from cds_service.gunicorn_worker import HEAD_DEADLINE_S, HEAD_TIMEOUT_REASON, JsonErrorWorker
+from cds_service.gunicorn_worker import HEAD_DEADLINE_S, HEAD_TIMEOUT_REASON, BodyDeadline, JsonErrorWorker
 from cds_service.serving import CdsServer, gunicorn_options
 from tests.support.served import HOOKS_NOW, Served, hook_example
 
@@ -337,3 +338,21 @@ def test_a_head_is_parsed_only_once_complete_and_answered_408_past_its_deadline(
         [answer] = answers(client_side.recv(65536))
     assert answer.status == 408
     assert json.loads(answer.body)["issue"][0]["diagnostics"] == HEAD_TIMEOUT_REASON
+
+
+def test_a_body_reader_waits_no_later_than_the_body_deadline() -> None:
+    """The idle timeout bounds each wait for the body's next bytes, not their sum: a client sending a
+    byte every few seconds held a thread for as long as it went on."""
+    server_side, client_side = socket.socketpair()
+    with server_side, client_side:
+        server_side.settimeout(10.0)  # the app's idle timeout
+        reader = BodyDeadline(server_side, time.monotonic() + 0.3)
+        client_side.sendall(b"x")
+        assert reader.recv(10) == b"x"
+        started = time.monotonic()
+        with pytest.raises(BodyTooSlow):
+            reader.recv(10)
+        assert time.monotonic() - started < 1.0
+        assert server_side.gettimeout() == 10.0, "the socket's own timeout is put back"
+        with pytest.raises(BodyTooSlow):
+            reader.recv(10)  # past the deadline: at once
