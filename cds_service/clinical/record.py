@@ -672,9 +672,10 @@ def build_record(
             if found is None or (found[1] and number > 1.0):
                 units.add(analyte, unit if isinstance(unit, str) else None)
                 continue
-            results.setdefault(analyte, []).append(
-                Result(analyte, number * found[0], comparator, when, resource)
-            )
+            value = number * found[0]
+            if value == _INFINITY:  # a finite number past what its unit conversion can hold: no level
+                continue
+            results.setdefault(analyte, []).append(Result(analyte, value, comparator, when, resource))
         elif kind in MEDICATION_TYPES:
             ident = resource.get("id") if isinstance(resource.get("id"), str) else None
             if (kind, ident) in draft_ids or (ident and (kind, ident) in seen_ids):

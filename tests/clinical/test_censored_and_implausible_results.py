@@ -118,6 +118,14 @@ def test_a_negative_b12_and_ferritin_make_no_deficiency_card() -> None:
     assert run(obs("b12", -1, 5), obs("ferritin", -1, 5)) == []
 
 
+def test_a_value_that_overflows_its_unit_conversion_is_not_used_but_counts_as_tested() -> None:
+    """1.5e308 pmol/L is a finite number, but times 1.35537 it is infinity: a card quoted 'inf pg/mL'."""
+    rec = record(obs("b12", 1.5e308, 5, unit="pmol/L"))
+    assert rec.results.get("b12") is None
+    assert rec.tested["b12"]
+    assert run(obs("b12", 1.5e308, 5, unit="pmol/L"), obs("ferritin", 12, 5)) == run(obs("ferritin", 12, 5))
+
+
 def test_a_zero_is_a_value() -> None:
     """CRP is commonly reported as 0; only a value below zero is impossible."""
     assert record(obs("crp", 0, 5)).results["crp"][0].value == 0
