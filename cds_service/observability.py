@@ -54,7 +54,7 @@ _LOG_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "a
 # Characters JSON may carry unescaped that end a line for Unicode-aware readers (NEL, LINE and PARAGRAPH
 # SEPARATOR: Python's str.splitlines, JavaScript before ES2019) or that terminals may act on (DEL, the C1
 # controls): orjson escapes only what JSON requires (below U+0020), so a caller's path or hookInstance could
-# split one log line into several. Written as \uXXXX escapes instead, which read back the same.
+# split one log line into several. Written as JSON \u escapes instead (\u2028), which read back the same.
 _UNSAFE_IN_LOG_LINE = re.compile("[\x7f-\x9f\u2028\u2029]")
 
 
