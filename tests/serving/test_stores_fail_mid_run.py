@@ -478,6 +478,12 @@ def test_sqlite_feedback_on_a_full_disk_is_a_503_and_cards_are_still_served(tmp_
             assert (issue["code"], "nothing was stored" in issue["diagnostics"]) == ("transient", True)
             hook, _ = timed_post(server.base, VIEW, hook_example("patient-view.json"))
             assert hook.status_code == 200 and hook.json()["cards"]
+            # The pod's own disk: only this pod leaves the load balancer, saying why. A write transaction
+            # that writes nothing still begins on a full disk, so readiness asks the file system.
+            status, body, _ = readiness(server.base)
+            assert status == 503, body
+            assert body["reason"].startswith(f"the feedback store (SQLite file {database}) is not writable (")
+            assert "free on the file system holding it" in body["reason"]
             time.sleep(1)  # the issued-card writer tries its batch
         finally:
             server.stop()
