@@ -8,7 +8,6 @@ strings orders them in time and the same code filters `--since` on either databa
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import sys
 from collections.abc import Iterator, Sequence
@@ -18,6 +17,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from cds_service.config import ConfigError
+from cds_service.disk_space import shortage
 from cds_service.redaction import without_passwords
 from cds_service.sqlite_cache import CACHE_SIZE_PRAGMA
 
@@ -55,9 +55,6 @@ _UNAVAILABLE_FILE_CODES = frozenset(
 # thread and the store's connection, and so every later feedback post, until the lock went. The server
 # cancels it (an outage: 503, the issued-card writer waits). The report, which reads, has no limit.
 STATEMENT_TIMEOUT_MS = 5000
-# Free space below which a SQLite file counts as unwritable for readiness: a commit writes a few 4 KiB
-# pages to the WAL, and a write transaction that writes nothing still begins on a full disk.
-MIN_FREE_BYTES = 64 * 1024
 
 
 class DiskFull(Exception):
@@ -156,10 +153,9 @@ class SQLiteDialect:
     def writable(self, conn: sqlite3.Connection) -> bool:
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("ROLLBACK")
-        disk = os.statvfs(self.path.parent)
-        free = disk.f_bavail * disk.f_frsize
-        if free < MIN_FREE_BYTES:
-            raise DiskFull(f"{free // 1024} KiB free on the file system holding it")
+        short = shortage(self.path)
+        if short is not None:
+            raise DiskFull(short)
         return True
 
     def existing_tables(self, conn: sqlite3.Connection, names: Sequence[str]) -> set[str]:

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from cds_service.config import ConfigError, Settings
 from cds_service.deferred_start import DeferredStart
+from cds_service.disk_space import shortage
 from cds_service.redaction import address, without_passwords
 from cds_service.redis_client import redis_client
 from cds_service.sqlite_cache import CACHE_SIZE_PRAGMA
@@ -135,8 +136,10 @@ class SQLiteReplayStore:
         return f"SQLite file {self.path} (WAL; shared by the workers of this machine only)"
 
     def unready(self) -> str | None:
-        """A local file, opened at start or the worker did not start: never waiting for a server."""
-        return None
+        """A local file, opened at start or the worker did not start: never waiting for a server; but on
+        a full disk no token can be recorded, so every signed call would be refused."""
+        short = shortage(self.path)
+        return None if short is None else f"the JWT replay store (SQLite file {self.path}) has {short}"
 
 
 class RedisReplayStore:

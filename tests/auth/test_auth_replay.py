@@ -15,7 +15,7 @@ import pytest
 
 from cds_service.config import ConfigError
 from cds_service.protocol import jti_store
-from cds_service.protocol.auth import Authenticator, AuthError
+from cds_service.protocol.auth import Authenticator, AuthError, ReplayCheckUnavailable
 from cds_service.protocol.jti_store import RedisReplayStore, SQLiteReplayStore, open_replay_store
 from cds_service.sqlite_cache import CACHE_KIB
 from tests.auth.auth_support import (
@@ -27,6 +27,7 @@ from tests.auth.auth_support import (
 )
 from tests.support.processes import free_port
 from tests.support.redis_server import running_redis
+from tests.support.tiny_filesystem import fill, tiny_filesystem
 
 
 def bearer(token: str) -> str:
@@ -48,6 +49,30 @@ def test_replay_seen_by_a_second_authenticator_on_the_same_state_db(
     assert first.authenticate(bearer(token), SIGN_PATH).iss == ec_signer.iss
     with pytest.raises(AuthError, match="already used"):
         second.authenticate(bearer(token), SIGN_PATH)
+
+
+def test_a_sqlite_replay_store_on_a_full_disk_makes_the_worker_unready(
+    tmp_path: Path, clients_file: Path, ec_signer: Signer
+) -> None:
+    """Every signed call needs its jti recorded; on a full disk none can be, so readiness says so (it
+    said ready whatever the disk held) and the call is refused as the service's fault."""
+    with tiny_filesystem(1024) as disk:
+        state = disk / "state.sqlite3"
+        authenticator = Authenticator(auth_settings(tmp_path, clients_file, state_db=str(state)))
+        assert authenticator.unready() is None
+        assert authenticator.authenticate(bearer(ec_signer.token()), SIGN_PATH).iss == ec_signer.iss
+        fill(disk)
+        reason = authenticator.unready()
+        assert reason is not None
+        assert reason.startswith(f"the JWT replay store (SQLite file {state}) has ")
+        assert reason.endswith("KiB free on the file system holding it")
+        for _ in range(50):  # enough new ids to need a page the disk no longer has
+            try:
+                authenticator.authenticate(bearer(ec_signer.token()), SIGN_PATH)
+            except ReplayCheckUnavailable:
+                break
+        else:
+            pytest.fail("every token was recorded on a full disk")
 
 
 def test_separate_state_dbs_do_not_share(tmp_path: Path, clients_file: Path, ec_signer: Signer) -> None:

@@ -9,12 +9,10 @@ feedback, a log line naming the store, never a 500 or a stack trace, and every a
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +28,7 @@ from tests.auth.auth_support import BASE_URL, Signer, ec_p384_key, write_clients
 from tests.support.postgres_server import PostgresCluster
 from tests.support.processes import free_port
 from tests.support.served import HOOKS_NOW, Served, hook_example
+from tests.support.tiny_filesystem import fill, tiny_filesystem
 
 pytestmark = pytest.mark.integration
 
@@ -425,40 +424,6 @@ def test_postgres_restarted_between_feedback_posts(tmp_path: Path) -> None:
 
 
 # --- SQLite on a disk that fills up -------------------------------------------------------------------------
-
-
-@contextmanager
-def tiny_filesystem(size_kib: int) -> Iterator[Path]:
-    """A tmpfs of ``size_kib``, mounted for the test (root only; skipped elsewhere)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tiny file system needs root")
-    where = Path(tempfile.mkdtemp(prefix="cds-tinyfs-"))
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k,mode=0755", "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        where.rmdir()
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
-        shutil.rmtree(where, ignore_errors=True)
-
-
-def fill(directory: Path) -> None:
-    """Take every free byte of the file system."""
-    descriptor = os.open(directory / "ballast", os.O_WRONLY | os.O_CREAT)
-    try:
-        while os.write(descriptor, b"\0" * 4096):
-            pass
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def test_sqlite_feedback_on_a_full_disk_is_a_503_and_cards_are_still_served(tmp_path: Path) -> None:
