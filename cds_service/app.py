@@ -114,7 +114,8 @@ def operation_outcome(status: int, reason: str) -> Response:
 
 
 def logged_path(path: str | None = None) -> str:
-    """A request's path (this request's by default) for a log line, at most LOGGED_PATH_CHARS of it.
+    """A request's path (this request's by default) for a log line or a 404/405 reason, at most
+    LOGGED_PATH_CHARS of it.
 
     Any caller chooses it, up to gunicorn's 8190-byte request line: logged whole, every refused request
     could add 8 KB to a WARNING line (written at once, not batched), and a client that puts identifiers
@@ -388,8 +389,8 @@ def create_app(settings: Settings) -> Flask:
     def http_error(error: HTTPException) -> Response:
         status = error.code or 500
         reasons = {
-            404: f"Nothing is served at {request.path}; the services are listed at /cds-services.",
-            405: f"{request.method} is not allowed on {request.path}.",
+            404: f"Nothing is served at {logged_path()}; the services are listed at /cds-services.",
+            405: f"{request.method} is not allowed on {logged_path()}.",
             413: f"The request body is larger than {settings.max_body_bytes} bytes.",
         }
         if isinstance(error, WebsocketMismatch):  # werkzeug's text blamed "the browser (or proxy)"

@@ -128,3 +128,23 @@ def test_a_patient_identifier_sent_as_hook_instance_is_not_logged(
     assert response.status_code == 400
     assert "hookInstance" in response.get_json()["issue"][0]["diagnostics"]
     assert "00471142" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("method", "prefix", "status"), [("GET", "/nothing-here/", 404), ("PUT", "/cds-services/", 405)]
+)
+def test_a_404_or_405_quotes_at_most_the_start_of_a_long_path(
+    tmp_path: Path, method: str, prefix: str, status: int
+) -> None:
+    """The reason quoted the whole path back, up to 8 KB of whatever the caller sent."""
+    app = create_app(auth_settings(tmp_path, None, auth="off"))
+    secret = "Patient-4711-Smith-Jane"
+    path = prefix + "p" * 8000 + secret
+    try:
+        response = app.test_client().open(path, method=method)
+    finally:
+        app.extensions["cds"]["recorder"].close()
+    assert response.status_code == status
+    reason = response.get_json()["issue"][0]["diagnostics"]
+    assert f"{path[:LOGGED_PATH_CHARS]}…" in reason
+    assert secret not in reason and len(reason) < LOGGED_PATH_CHARS + 100
