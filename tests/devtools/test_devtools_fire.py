@@ -7,7 +7,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import jwt
@@ -27,6 +26,7 @@ from cds_service.devtools.fire import Ehr
 from tests.builders import FIXED_NOW, REPO, SMART_PATIENTS
 from tests.devtools.checks import assert_spec_response
 from tests.devtools.served import serving_service
+from tests.live import serving
 from tests.support.fhir_server import SekmetServer
 from tests.support.processes import free_port
 from tests.support.served import Served
@@ -621,23 +621,11 @@ class _PagingFhir:
         return [json.dumps(bundle).encode()]
 
 
-@contextmanager
-def _serving(app: Callable) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=5)
-
-
 def test_paging_never_carries_the_fhir_token_to_another_origin(capsys: pytest.CaptureFixture[str]) -> None:
     """fire followed any next link with the Authorization header of --fhir-token (the service itself
     refuses to), and a relative next link ended the whole run as a MissingSchema 'cannot query' error."""
     ehr_side, elsewhere = _PagingFhir(), _PagingFhir()
-    with _serving(ehr_side) as base, _serving(elsewhere) as other:
+    with serving(ehr_side) as base, serving(elsewhere) as other:
         ehr = Ehr("http://127.0.0.1:9", f"{base}/fhir", key=None, fhir_token="launch-token-1", timeout=10)
         ehr_side.next_url = f"{other}/fhir/Observation?page=2"
         away = ehr.prefetch({"labs": "Observation?patient=p"}, {"patientId": "p"})
@@ -678,7 +666,7 @@ def test_an_error_from_the_service_is_printed_without_tokens_or_jwts(answer: obj
         )
         return [answer.encode() if isinstance(answer, str) else json.dumps(answer).encode()]
 
-    with _serving(service) as base:
+    with serving(service) as base:
         result = fire("--service", base, "--fhir-server", "http://127.0.0.1:9/fhir", "--patient", "p",
                       "--no-prefetch", "--fhir-token", "launch-token-1")  # fmt: skip
     assert result.exit_code == 1
@@ -702,7 +690,7 @@ def test_timeout_bounds_a_whole_call_not_each_read(capsys: pytest.CaptureFixture
             time.sleep(0.2)
             yield bytes([byte])
 
-    with _serving(dripping) as base:
+    with serving(dripping) as base:
         ehr = Ehr("http://127.0.0.1:9", f"{base}/fhir", key=None, fhir_token=None, timeout=1)
         started = time.monotonic()
         with pytest.raises(fire_module.FireError, match=r"did not answer .* within 1 s"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -12,12 +11,12 @@ from pathlib import Path
 import pytest
 import requests
 from click.testing import CliRunner
-from werkzeug.serving import make_server
 
 from cds_service import loader
 from cds_service.cli import main
 from cds_service.loader import to_transaction
 from tests.builders import SMART_PATIENTS
+from tests.live import serving
 from tests.support.fhir_server import SekmetServer
 
 SOME_SMART_PATIENTS = sorted(SMART_PATIENTS.glob("*.json"))[:3]
@@ -281,14 +280,8 @@ def _answering(status: str, body: bytes, content_type: str) -> Iterator[str]:
         start_response(status, [("Content-Type", content_type)])
         return [body]
 
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/fhir"
-    finally:
-        server.shutdown()
-        thread.join(timeout=5)
+    with serving(app) as base:
+        yield f"{base}/fhir"
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,6 @@ import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import pytest
 import requests
@@ -25,6 +24,7 @@ from cds_service.app import BodyTooSlow
 from cds_service.config import Settings
 from cds_service.gunicorn_worker import HEAD_DEADLINE_S, HEAD_TIMEOUT_REASON, BodyDeadline, JsonErrorWorker
 from cds_service.serving import CdsServer, gunicorn_options
+from tests.support.raw_http import answers, exchange
 from tests.support.served import HOOKS_NOW, Served, hook_example
 
 OPTIONS = gunicorn_options(Settings(), "127.0.0.1:0", 1, 1)
@@ -36,37 +36,6 @@ HEADERS_REASON = (
     f"The request's header fields exceed the server's limits: at most {FIELDS_LIMIT} fields of at most"
     f" {FIELD_LIMIT} bytes each."
 )
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-def exchange(port: int, request: bytes) -> bytes:
-    """Everything the server sends back until it closes the connection (a timeout fails the test)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(request)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    return received
-
-
-def answers(raw: bytes) -> list[Answer]:
-    """The HTTP/1.1 responses in ``raw``, in order, each framed by its Content-Length."""
-    found = []
-    while raw:
-        head, separator, rest = raw.partition(b"\r\n\r\n")
-        assert separator, f"not an HTTP response: {raw[:200]!r}"
-        status_line, *lines = head.decode("latin-1").split("\r\n")
-        headers = {name.strip().lower(): value.strip() for name, value in (x.split(":", 1) for x in lines)}
-        length = int(headers["content-length"])
-        found.append(Answer(int(status_line.split()[1]), headers, rest[:length]))
-        raw = rest[length:]
-    return found
 
 
 def log_entries(served: Served) -> list[dict[str, object]]:

@@ -1,0 +1,47 @@
+"""Raw HTTP/1.1 over a socket, for tests of what a real server does with bytes no HTTP library sends."""
+
+from __future__ import annotations
+
+import json
+import socket
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def reason(self) -> str:
+        outcome = json.loads(self.body)
+        assert outcome["resourceType"] == "OperationOutcome", outcome
+        return outcome["issue"][0]["diagnostics"]
+
+
+def exchange(port: int, request: bytes, *, timeout_s: float = 10) -> bytes:
+    """Send ``request``, close the sending side (so a keep-alive server answers and then sees the end),
+    and return everything the server sends until it closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def answers(raw: bytes) -> list[Answer]:
+    """The responses in ``raw``, in order, each framed by its Content-Length (1xx have no body)."""
+    found = []
+    while raw:
+        head, separator, rest = raw.partition(b"\r\n\r\n")
+        assert separator, f"not an HTTP response: {raw[:200]!r}"
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        assert status_line.startswith("HTTP/1."), status_line
+        headers = {name.strip().lower(): value.strip() for name, value in (x.split(":", 1) for x in lines)}
+        status = int(status_line.split()[1])
+        length = 0 if status < 200 or status in (204, 304) else int(headers["content-length"])
+        found.append(Answer(status, headers, rest[:length]))
+        raw = rest[length:]
+    return found
