@@ -10,12 +10,13 @@ meet — connection refused, 401, 404, 412 — is reported in one line that says
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import math
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -511,6 +512,21 @@ def _outcome_text(response: requests.Response) -> str:
     return str(body)[:300]
 
 
+def _urls_without_passwords(command: Callable[..., None]) -> Callable[..., None]:
+    """Messages quote the URLs called: a user:password@ in --service or --fhir-server stays out of them."""
+
+    @functools.wraps(command)
+    def run(**options: Any) -> None:
+        try:
+            command(**options)
+        except FireError as error:
+            message = without_passwords(error.message, options["service_url"])
+            error.message = without_passwords(message, options["fhir_server"])
+            raise
+
+    return run
+
+
 @click.command("fire")
 @click.option(
     "--service",
@@ -560,6 +576,7 @@ def _outcome_text(response: requests.Response) -> str:
 )
 @click.option("--timeout", type=Seconds(), default=30.0, show_default=True, help="Seconds per HTTP call.")
 @click.option("--json", "as_json", is_flag=True, help="Print the service response as JSON.")
+@_urls_without_passwords
 def fire(
     service_url: str,
     fhir_server: str,
@@ -592,29 +609,6 @@ def fire(
     A FHIR server that wants a token (the SMART launcher): --fhir-token or $FHIR_ACCESS_TOKEN. Step by
     step for HAPI, SMART and the CDS Hooks Sandbox: docs/testing-with-sandboxes.md.
     """
-    try:
-        _fire(**locals())
-    except FireError as error:
-        # Messages quote the URLs called; a user:password@ in --service or --fhir-server stays out.
-        error.message = without_passwords(without_passwords(error.message, service_url), fhir_server)
-        raise
-
-
-def _fire(
-    service_url: str,
-    fhir_server: str,
-    patient_id: str,
-    hook: str,
-    order_file: Path | None,
-    signing_key: Path | None,
-    iss: str | None,
-    kid: str | None,
-    fhir_token: str | None,
-    prefetch: bool,
-    user_id: str,
-    timeout: float,
-    as_json: bool,
-) -> None:
     if hook in ORDER_HOOKS and order_file is None:
         raise click.UsageError(f"--hook {hook} needs draft orders: give --order FILE")
     if hook not in ORDER_HOOKS and order_file is not None:
