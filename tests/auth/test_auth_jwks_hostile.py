@@ -9,11 +9,8 @@ for as long as the server likes.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,6 +20,7 @@ from cds_service.protocol import clients as clients_module
 from cds_service.protocol.auth import Authenticator, AuthError
 from cds_service.protocol.clients import load_clients
 from tests.auth.auth_support import SIGN_PATH, JwksServer, Signer, write_clients
+from tests.support.dripping_server import dripping_server
 
 
 def bearer(token: str) -> str:
@@ -98,41 +96,6 @@ HEADERS_DRIP = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 400
 BODY_DRIP = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
 
 
-@contextmanager
-def dripping_jwks(prefix: bytes, *, every_s: float = 0.1) -> Iterator[str]:
-    """A JWK Set URL that answers ``prefix`` and then one byte per ``every_s``, each within the read
-    timeout, for up to a minute."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def drip(conn: socket.socket) -> None:
-        with conn:
-            try:
-                conn.recv(65536)
-                conn.sendall(prefix[:20])
-                for byte in [prefix[i : i + 1] for i in range(20, len(prefix))] + [b" "] * 600:
-                    if stop.wait(every_s):
-                        return
-                    conn.sendall(byte)
-            except OSError:
-                return
-
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=drip, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}/jwks.json"
-    finally:
-        stop.set()
-        listener.close()
-
-
 @pytest.mark.parametrize("prefix", [HEADERS_DRIP, BODY_DRIP], ids=["headers", "body"])
 def test_a_dripping_jwks_url_is_given_up_at_the_fetch_deadline(
     make_authenticator, rsa_signer: Signer, monkeypatch: pytest.MonkeyPatch, prefix: bytes
@@ -141,7 +104,8 @@ def test_a_dripping_jwks_url_is_given_up_at_the_fetch_deadline(
     fetch, and the client's key lock with it, for a minute here (for ever in general), and every call of
     that client waited behind it."""
     monkeypatch.setattr(clients_module, "FETCH_DEADLINE_S", 0.5)
-    with dripping_jwks(prefix) as url:
+    with dripping_server(prefix) as (server, _):
+        url = f"{server}/jwks.json"
         authenticator: Authenticator = make_authenticator([{"iss": rsa_signer.iss, "jwks_url": url}])
         took, outcome = outcome_within(
             10, lambda: authenticator.authenticate(bearer(rsa_signer.token()), SIGN_PATH)

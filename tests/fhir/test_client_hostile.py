@@ -8,15 +8,12 @@ worker waited in the queue and timed out, whatever server it asked.
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
 from cds_service.fhir.client import FhirClient
+from tests.support.dripping_server import dripping_server
 from tests.support.fake_ehr_fhir import FakeEhrFhir
 
 pytestmark = pytest.mark.integration
@@ -25,49 +22,12 @@ HEADERS_DRIP = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 400
 BODY_DRIP = b"HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: 100000\r\n\r\n"
 
 
-@contextmanager
-def dripping_server(prefix: bytes, *, every_s: float = 0.1) -> Iterator[tuple[str, list[float]]]:
-    """A FHIR base whose every answer is ``prefix`` then one byte per ``every_s``, for up to a minute.
-
-    Yields the base URL and, per connection, how long it was held before the client let it go."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    held: list[float] = []
-    stop = threading.Event()
-
-    def drip(conn: socket.socket) -> None:
-        started = time.monotonic()
-        with conn:
-            try:
-                conn.recv(65536)
-                conn.sendall(prefix[:20])
-                for byte in [prefix[i : i + 1] for i in range(20, len(prefix))] + [b" "] * 600:
-                    if stop.wait(every_s):
-                        return
-                    conn.sendall(byte)
-            except OSError:
-                held.append(time.monotonic() - started)
-
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=drip, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}/fhir", held
-    finally:
-        stop.set()
-        listener.close()
-
-
 @pytest.mark.parametrize("prefix", [HEADERS_DRIP, BODY_DRIP], ids=["headers", "body"])
 def test_a_dripping_server_holds_no_pool_thread_past_the_budget(prefix: bytes) -> None:
     client = FhirClient(max_workers=2)
     try:
-        with dripping_server(prefix) as (slow_base, held), FakeEhrFhir() as healthy:
+        with dripping_server(prefix) as (slow_server, held), FakeEhrFhir() as healthy:
+            slow_base = f"{slow_server}/fhir"
             healthy.add_canned("Patient/p1", 200, {"resourceType": "Patient", "id": "p1"})
             started = time.monotonic()
             slow = client.fetch_all(
