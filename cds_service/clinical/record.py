@@ -377,13 +377,33 @@ def _analyte(concept: Any, analyte_codes: Any) -> str | None:
 
 
 def _observation_time(obs: dict[str, Any]) -> datetime | None:
-    when = obs.get("effectiveDateTime")
-    if when is None:
-        period = obs.get("effectivePeriod")
-        when = period.get("start") if isinstance(period, dict) else None
-    if when is None:
-        when = obs.get("issued")
-    return parse_datetime(when)
+    """When the specimen was taken: ``effectiveDateTime``, ``effectivePeriod`` (its start, else its end) or
+    ``effectiveInstant``; ``issued`` only for a result that carries no effective time at all.
+
+    ``issued`` is when the report was released, which for an amended or re-issued result can be years after
+    the sample: a result whose effective time is given but cannot be read (or is an ``effectiveTiming``) is
+    undated, not dated by its release, or an old value would be quoted as new.
+    """
+    for key in ("effectiveDateTime", "effectiveInstant"):
+        if obs.get(key) is not None:
+            return parse_datetime(obs[key])
+    if obs.get("effectivePeriod") is not None:
+        period = obs["effectivePeriod"]
+        return period_start(period) or period_end(period)
+    if obs.get("effectiveTiming") is not None:
+        return None
+    return parse_datetime(obs.get("issued"))
+
+
+def _reports_something(obs: dict[str, Any]) -> bool:
+    """Whether a result holds an outcome: a value of any type, an interpretation, components or members,
+    and no ``dataAbsentReason`` (which R4 allows only when there is no value)."""
+    if obs.get("dataAbsentReason") is not None:
+        return False
+    for key, value in obs.items():
+        if key.startswith("value") and value not in (None, "", {}, []):
+            return True
+    return any(array(obs.get(key)) for key in ("interpretation", "component", "hasMember"))
 
 
 def _observation_value(obs: dict[str, Any]) -> tuple[float, str | None, str | None] | None:
@@ -642,6 +662,15 @@ def build_record(
             if when is None:
                 when = _observation_time(resource)
             if when is None or when > latest_allowed:
+                continue
+            if "dataAbsentReason" in resource or "valueQuantity" not in resource:
+                reports = _reports_something(resource)
+            else:
+                reports = True
+            if not reports:
+                # A test that failed (dataAbsentReason: haemolysed, insufficient sample) or a result with
+                # nothing in it: it neither counts as done, which would silence the order that repeats
+                # it, nor replaces an earlier result.
                 continue
             tested.setdefault(analyte, []).append(when)
             if attributed is None:

@@ -1,0 +1,79 @@
+"""Which results a rule may read, and which count as a test done: the review of staleness and usability.
+
+Each test is data seen in real feeds that made a card from a value it should not have used, or silenced a
+card with a test that gave no result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.clinical.builders import CYANO, ago, med, obs, record, run, topics
+
+FAILED = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "error"}]}
+
+
+def _undated(resource: dict[str, Any], **times: Any) -> dict[str, Any]:
+    del resource["effectiveDateTime"]
+    resource.update(times)
+    return resource
+
+
+# --- when a result was taken -------------------------------------------------------------------------
+
+
+def test_an_old_sample_reissued_recently_is_dated_by_its_sample_not_its_release() -> None:
+    """effectiveInstant was not read, so the result fell back to ``issued``: a B12 drawn 500 days ago and
+    re-issued last week made a card quoting it as last week's."""
+    reissued = _undated(obs("b12", 1500, 0), effectiveInstant=ago(500), issued=ago(5))
+    assert topics(run(reissued)) == []
+    assert record(reissued).results["b12"][0].when.date().isoformat() == ago(500)[:10]
+    recent = _undated(obs("b12", 1500, 0), effectiveInstant=ago(5), issued=ago(4))
+    assert topics(run(recent)) == ["elevated-b12-no-supplement"]
+
+
+def test_an_effective_time_that_cannot_be_read_does_not_fall_back_to_issued() -> None:
+    for effective in (
+        {"effectivePeriod": {"end": ago(500)}},
+        {"effectiveTiming": {"event": [ago(500)]}},
+    ):
+        result = _undated(obs("b12", 1500, 0), issued=ago(5), **effective)
+        assert topics(run(result)) == [], effective
+    # A period with only its end is dated by that end.
+    assert record(_undated(obs("b12", 1500, 0), effectivePeriod={"end": ago(7)})).results["b12"]
+
+
+def test_issued_alone_still_dates_a_result() -> None:
+    assert topics(run(_undated(obs("b12", 1500, 0), issued=ago(5)))) == ["elevated-b12-no-supplement"]
+
+
+# --- a test that gave no result -------------------------------------------------------------------------
+
+
+def test_a_failed_mma_does_not_silence_the_borderline_b12_card() -> None:
+    """An MMA reported with dataAbsentReason (haemolysed, insufficient sample) counted as resulted, so the
+    card asking for one disappeared although no MMA value exists."""
+    borderline = obs("b12", 250, 10)
+    failed = obs("mma", None, 5, dataAbsentReason=FAILED)
+    assert topics(run(borderline, failed)) == ["borderline-b12-check-mma"]
+    assert topics(run(borderline, obs("mma", None, 5))) == ["borderline-b12-check-mma"], "empty result"
+    assert topics(run(borderline, obs("mma", 300, 5))) == []
+    # A qualitative or flag-only result is a result.
+    flagged = obs("mma", None, 5, interpretation=[{"coding": [{"code": "H"}]}])
+    assert topics(run(borderline, flagged)) == []
+
+
+def test_failed_iron_studies_do_not_count_as_checked_after_starting_b12() -> None:
+    course = (med(CYANO, 40), obs("b12", 150, 45))
+    failed = (
+        obs("ferritin", None, 5, dataAbsentReason={"text": "haemolysed"}),
+        obs("tsat", None, 5, dataAbsentReason={"text": "haemolysed"}),
+    )
+    assert topics(run(*course, *failed)) == ["iron-studies-after-b12"]
+    assert topics(run(*course, obs("ferritin", 80, 5), obs("tsat", 25, 5))) == []
+
+
+def test_a_value_beside_a_data_absent_reason_is_not_read() -> None:
+    contradictory = obs("b12", 1500, 5, dataAbsentReason=FAILED)
+    assert "b12" not in record(contradictory).results
+    assert topics(run(contradictory)) == []
