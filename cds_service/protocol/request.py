@@ -100,8 +100,11 @@ class HookRequest:
         return f"{auth['token_type']} {auth['access_token']}"
 
 
-def _reference_of(resource: Mapping[str, Any]) -> str:
-    return f"{resource.get('resourceType')}/{resource.get('id')}"
+def _reference_of(resource: Mapping[str, Any]) -> str | None:
+    """``Type/id`` of a draft order, which ``selections`` names it by; None for a draft without an id
+    (read as ``MedicationRequest/None``, it was selected by a selection of that name)."""
+    ident = resource.get("id")
+    return f"{resource['resourceType']}/{ident}" if isinstance(ident, str) and ident else None
 
 
 def is_json_content_type(content_type: str | None) -> bool:

@@ -213,3 +213,11 @@ def test_bad_json_is_a_400_with_a_reason(raw: bytes) -> None:
         parse_json_body(raw)
     assert caught.value.status == 400
     assert caught.value.reason
+
+
+def test_a_selection_cannot_name_a_draft_without_an_id() -> None:
+    """A draft with no id was known as ``MedicationRequest/None``, so that selection selected it."""
+    body = hook_body("order-select")
+    del body["context"]["draftOrders"]["entry"][0]["resource"]["id"]
+    body["context"]["selections"] = ["MedicationRequest/None"]
+    assert "MedicationRequest/None" in refused(body, "order-select").reason
