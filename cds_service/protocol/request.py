@@ -96,8 +96,9 @@ class HookRequest:
         """The header value for the EHR's FHIR server, or None when the call carries no token."""
         if not self.fhir_authorization:
             return None
-        auth = self.fhir_authorization
-        return f"{auth['token_type']} {auth['access_token']}"
+        # The one token type there is, spelled as RFC 6750 writes it: a client may send "bearer" (OAuth 2.0
+        # token types are case-insensitive), but some FHIR servers only take the scheme spelled "Bearer".
+        return f"Bearer {self.fhir_authorization['access_token']}"
 
 
 def _reference_of(resource: Mapping[str, Any]) -> str | None:
@@ -183,6 +184,8 @@ def _schema_reason(where: str, errors: list[Any]) -> str:
 
 
 def _rule(error: Any) -> str:
+    if isinstance(error.schema, dict) and isinstance(error.schema.get("x-reason"), str):
+        return error.schema["x-reason"]  # the schema's own wording, where the rule alone reads badly
     expected = error.validator_value
     match error.validator:
         case "required" | "additionalProperties" | "dependentRequired":

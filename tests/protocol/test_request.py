@@ -170,6 +170,22 @@ def test_fhir_authorization_needs_a_fhir_server() -> None:
     assert "fhirServer" in refused(hook_body(fhirAuthorization=auth)).reason
 
 
+@pytest.mark.parametrize("token_type", ["Bearer", "bearer", "BEARER"])
+def test_the_token_type_is_read_in_any_case_and_sent_as_bearer(token_type: str) -> None:
+    """OAuth 2.0 token types are case-insensitive (RFC 6749 5.1); "BEARER" was a 400, and "bearer" went to
+    the FHIR server as the scheme, which servers that match "Bearer " refuse."""
+    auth = {"access_token": "abc", "token_type": token_type, "expires_in": 300, "scope": "s", "subject": "c"}
+    body = hook_body(fhirServer="https://fhir.example.org/r4", fhirAuthorization=auth)
+    assert validate_hook_request(body, "patient-view").authorization_header == "Bearer abc"
+
+
+@pytest.mark.parametrize("token_type", ["MAC", "DPoP", "Bearer ", "Basic", ""])
+def test_a_token_type_other_than_bearer_is_a_400_saying_what_is_expected(token_type: str) -> None:
+    auth = {"access_token": "abc", "token_type": token_type, "expires_in": 300, "scope": "s", "subject": "c"}
+    reason = refused(hook_body(fhirServer="https://fhir.example.org", fhirAuthorization=auth)).reason
+    assert reason.startswith("Invalid request/fhirAuthorization/token_type: must be 'Bearer'")
+
+
 def test_authorization_header_uses_the_token_type() -> None:
     auth = {"access_token": "abc", "token_type": "Bearer", "expires_in": 300, "scope": "s", "subject": "c"}
     request = validate_hook_request(
