@@ -33,14 +33,16 @@ PURGE_INTERVAL_S = 60.0
 # serve (hung, or a stalled network): each hook call waits this long at most before its token is refused,
 # and the readiness probe says why within the kubelet's 2 s timeout instead of being cut off.
 REDIS_TIMEOUT_S = 0.5
-# Redis keeps the ids only in memory unless it persists them (deploy/redis.yaml does not): a restart, a
-# FLUSHALL or a failover to a server that lacked them forgets them, and a token used before could be
-# used again while it lives. The epoch is written once and never expires, so its absence (or a new value)
-# says the keys were lost; the second key says since when tokens may be replays, for as long as it matters.
+# Redis keeps the ids only in memory unless it persists them: a restart without its file, a FLUSHALL or a
+# failover to a server that lacked them forgets them, and a token used before could be used again while it
+# lives. The epoch key is written once, never expires, and holds the moment it was written: Redis holds the
+# ids of every token used since then, and of none used before. It cannot say whether it is new or has lost
+# ids (both look empty), so tokens that could have been used before it was written are refused, for as long
+# as such a token can pass. That needs no memory in the workers, so it holds when every worker restarts
+# together with Redis. Readiness probes write it too, so after a loss it dates from within a probe interval.
 EPOCH_KEY = "cds:jti-epoch"
 PROBE_KEY = "cds:jti-probe"  # written by readiness checks
-LOST_KEY = "cds:jti-lost-at"
-# How long after a loss a token used before it can still be presented, counted on the expiry a claim
+# How long after the epoch a token used before it can still be presented, counted on the expiry a claim
 # carries (exp + 60 s of skew): auth accepts exp at most 360 s after the token's use (300 s and 60 s of
 # skew), so a token used before a loss at L carries an expiry before L + 420.
 LOSS_WINDOW_S = 420
@@ -166,8 +168,8 @@ class RedisReplayStore:
         self._url = url
         self._where = address(url)
         self._away = False  # since the last probe found Redis away (one warning per outage)
-        self._epoch: bytes | None = None  # the epoch this process last saw in Redis, and when
-        self._epoch_seen_at = 0.0
+        self._epoch: bytes | None = None  # the epoch this process last saw in Redis, and its moment
+        self._since = 0.0
         self._epoch_lock = threading.Lock()
         self._start = DeferredStart(
             f"the JWT replay store (Redis at {self._where})", self._redis.ping, redis.ConnectionError
@@ -183,70 +185,61 @@ class RedisReplayStore:
             self._start.defer(str(error))
 
     def claim(self, key: str, expires_at: float) -> bool:
-        """SET NX, and in the same round trip whether Redis has lost the ids it held (see EPOCH_KEY): a
-        token that may have been used before the loss is refused until it can no longer pass."""
+        """SET NX, and in the same round trip since when Redis holds the ids (see EPOCH_KEY): a token that
+        may have been used before then is refused until it can no longer pass."""
         ttl_ms = max(1, int((expires_at - time.time()) * 1000))
         try:
             self._start.complete()
             pipe = self._redis.pipeline(transaction=False)
             pipe.set(self.PREFIX + key, b"1", nx=True, px=ttl_ms)
-            pipe.mget(EPOCH_KEY, LOST_KEY)
-            claimed, (epoch, lost) = pipe.execute()
-            if epoch is None or epoch != self._epoch:
-                lost = self._epoch_changed(epoch) or lost
-            else:
-                self._epoch_seen_at = time.time()
+            pipe.get(EPOCH_KEY)
+            claimed, epoch = pipe.execute()
+            since = self._since if epoch is not None and epoch == self._epoch else self._new_epoch(epoch)
         except self._errors as error:
             raise ReplayStoreError(f"Redis replay store {self._where}: {error}") from None
-        if lost is not None and expires_at < float(lost) + LOSS_WINDOW_S:
+        if expires_at < since + LOSS_WINDOW_S:
             raise ReplayStoreError(
-                f"Redis replay store {self._where} lost the ids of tokens used before {_utc(float(lost))}; "
-                f"a token that may have been used then is refused until {_utc(float(lost) + LOSS_WINDOW_S)}"
+                f"Redis replay store {self._where} holds no ids of tokens used before {_utc(since)}; "
+                f"a token that may have been used then is refused until {_utc(since + LOSS_WINDOW_S)}"
             )
         return bool(claimed)
 
-    def _epoch_changed(self, seen: bytes | None) -> bytes | None:
-        """Record the epoch Redis holds now (writing one if it has none). When this process had seen
-        another one, Redis lost its ids: returns the time of the loss while tokens used before it can
-        still be presented (and shares it with every replica through LOST_KEY), else None."""
+    def _new_epoch(self, seen: bytes | None) -> float:
+        """The moment since which Redis holds the ids, writing the epoch if it has none; logged once per
+        process and epoch while tokens from before it can still be presented."""
         with self._epoch_lock:
-            known = self._epoch
             if seen is None:
-                self._redis.set(EPOCH_KEY, f"{time.time():.6f} {uuid.uuid4().hex}", nx=True)
+                self._redis.set(EPOCH_KEY, _epoch_value(), nx=True)
                 seen = self._redis.get(EPOCH_KEY)
-            if seen == known:  # another thread has just dealt with it
-                return None
-            self._epoch = seen
-            last_seen, self._epoch_seen_at = self._epoch_seen_at, time.time()
-            if known is None:  # this process's first claim: nothing to compare with
-                return None
-            now = time.time()
+            if seen == self._epoch:  # another thread has just dealt with it
+                return self._since
             try:
-                # Whole seconds between two whole-second clock readings: the start lies within a second
-                # either side; the latest is the safe bound.
-                started = now - float(self._redis.info("server")["uptime_in_seconds"]) + 1
-            except (*self._errors, KeyError, ValueError):
-                started = 0.0
-            # Restarted since this process last saw the old epoch: the ids were lost when it started.
-            # Otherwise (flushed, a failover) at some moment up to now, which is the safe bound.
-            lost_at = min(started, now) if started > last_seen else now
-            remaining = lost_at + LOSS_WINDOW_S - now
-            consequence = (
-                f"a token that may have been used before {_utc(lost_at)} is refused until "
-                f"{_utc(lost_at + LOSS_WINDOW_S)}"
-                if remaining > 0
-                else f"every token used before {_utc(lost_at)} has expired since"
-            )
-            log.error(
-                "%s lost the ids of tokens already used (a restart without persistence, a flush or a "
-                "failover): %s",
-                self._start.store,
-                consequence,
-            )
-            if remaining <= 0:
-                return None
-            self._redis.set(LOST_KEY, f"{lost_at:.3f}", px=int(remaining * 1000) + 1)
-            return f"{lost_at:.3f}".encode()
+                since = float(seen.split()[0])
+            except (AttributeError, IndexError, ValueError):
+                # Not written by this service (or lost again at once): the safe bound is now.
+                since = time.time()
+            known, self._epoch, self._since = self._epoch, seen, since
+            until = since + LOSS_WINDOW_S
+            if until <= time.time():
+                return since
+            if known is None:
+                log.warning(
+                    "%s holds no ids of tokens used before %s: it is new, or it lost them (a restart "
+                    "without persistence, a flush or a failover). A token that may have been used before "
+                    "then is refused until %s",
+                    self._start.store,
+                    _utc(since),
+                    _utc(until),
+                )
+            else:
+                log.error(
+                    "%s lost the ids of tokens already used (a restart without persistence, a flush or a "
+                    "failover): a token that may have been used before %s is refused until %s",
+                    self._start.store,
+                    _utc(since),
+                    _utc(until),
+                )
+            return since
 
     def describe(self) -> str:
         return f"Redis at {self._where} (shared by every replica using it)"
@@ -256,8 +249,11 @@ class RedisReplayStore:
         line when it ends (the probe runs every few seconds)."""
         try:
             # A write, as a claim is: a Redis full under noeviction, or a replica after a failover, answers
-            # PING but refuses every claim.
-            self._redis.set(PROBE_KEY, b"1", px=60_000)
+            # PING but refuses every claim. The epoch, if Redis has none, dates a loss to this probe.
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.set(PROBE_KEY, b"1", px=60_000)
+            pipe.set(EPOCH_KEY, _epoch_value(), nx=True)
+            pipe.execute()
         except self._errors as error:
             if not self._away:
                 self._away = True
@@ -286,6 +282,11 @@ class RedisReplayStore:
         if isinstance(error, self._refuses_writes):
             return f"{self._start.store} refuses to record token ids ({words})"
         return f"{self._start.store} cannot be reached ({words})"
+
+
+def _epoch_value() -> str:
+    """The moment, and a nonce so that two epochs written in the same microsecond still differ."""
+    return f"{time.time():.6f} {uuid.uuid4().hex}"
 
 
 def _utc(epoch_seconds: float) -> str:

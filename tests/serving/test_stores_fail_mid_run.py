@@ -27,6 +27,7 @@ import requests
 from tests.auth.auth_support import BASE_URL, Signer, ec_p384_key, write_clients
 from tests.support.postgres_server import PostgresCluster
 from tests.support.processes import free_port
+from tests.support.redis_server import mark_in_service
 from tests.support.served import HOOKS_NOW, Served, hook_example
 from tests.support.tiny_filesystem import fill, tiny_filesystem
 
@@ -56,7 +57,8 @@ class RedisProcess:
         self.url = f"redis://:{SECRET}@127.0.0.1:{port}/0"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> None:
+    def start(self, *, in_service: bool = False) -> None:
+        """``in_service``: as in a running deployment (see ``mark_in_service``); otherwise empty."""
         command = [self.binary or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
         command += ["--save", "", "--appendonly", "no", "--dir", str(self.directory)]
         command += ["--requirepass", SECRET]
@@ -67,11 +69,13 @@ class RedisProcess:
             while True:
                 try:
                     client.ping()
-                    return
+                    break
                 except self.redis.ConnectionError:
                     if time.monotonic() > deadline:
                         pytest.fail("redis-server did not start within 10 s")
                     time.sleep(0.05)
+            if in_service:
+                mark_in_service(client)
         finally:
             client.close()
 
@@ -92,7 +96,7 @@ class RedisProcess:
 @contextmanager
 def redis_process(directory: Path) -> Iterator[RedisProcess]:
     server = RedisProcess(directory, free_port())
-    server.start()
+    server.start(in_service=True)
     try:
         yield server
     finally:
@@ -230,8 +234,8 @@ def test_redis_restarted_between_order_select_and_order_sign_with_jwts_required(
             assert requests.get(f"{server.base}/healthz", timeout=5).json() == {"status": "ok"}
 
             redis_server.start()  # the same port, and empty: every jti and run-ahead entry is gone
-            time.sleep(3.5)  # Redis dates its start to within a second either side, and exp is whole seconds
-            assert readiness(server.base)[:2] == (200, {"status": "ready"})
+            assert readiness(server.base)[:2] == (200, {"status": "ready"})  # the probe dates the loss
+            time.sleep(1.1)  # exp is whole seconds
 
             replayed, _ = timed_post(server.base, VIEW, hook_example("patient-view.json"), used)
             assert replay_check_unavailable(replayed), "a token used before Redis lost its jti is refused"

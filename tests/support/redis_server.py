@@ -12,9 +12,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from cds_service.protocol.jti_store import EPOCH_KEY, LOSS_WINDOW_S
 from tests.support.processes import free_port, stop
 
 START_TIMEOUT_S = 10
@@ -22,9 +24,17 @@ START_TIMEOUT_S = 10
 
 @contextmanager
 def running_redis(
-    directory: Path, password: str, port: int | None = None, *, as_deployed: bool = False
+    directory: Path,
+    password: str,
+    port: int | None = None,
+    *,
+    as_deployed: bool = False,
+    in_service: bool = True,
 ) -> Iterator[str]:
     """A password-protected redis-server on ``port`` or a free one; yields its ``redis://`` URL.
+
+    ``in_service``: it has held the replay store's ids for longer than any token lives, as in a running
+    deployment (see :func:`mark_in_service`); otherwise it is brand new, or restarted without its data.
 
     It keeps nothing on disk, unless ``as_deployed``: then it persists as deploy/redis.yaml runs it (an
     append-only file in ``directory``, fsynced before each reply) and is killed with SIGKILL at the end,
@@ -52,6 +62,8 @@ def running_redis(
                 if time.monotonic() > deadline:
                     pytest.fail(f"redis-server did not start within {START_TIMEOUT_S} s")
                 time.sleep(0.05)
+        if in_service:
+            mark_in_service(client)
         yield url
     finally:
         client.close()
@@ -59,3 +71,10 @@ def running_redis(
             process.kill()
             process.wait(timeout=10)
         stop(process, grace_s=10)
+
+
+def mark_in_service(client: Any) -> None:
+    """Date the replay store's epoch before any token still alive, unless Redis already holds one (a file it
+    persisted). A Redis without it is new or has lost its ids, and the service then refuses every token that
+    could predate it for minutes (``jti_store.EPOCH_KEY``), which only the tests of that case want."""
+    client.set(EPOCH_KEY, f"{time.time() - LOSS_WINDOW_S - 1:.6f} in-service", nx=True)
