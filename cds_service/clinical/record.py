@@ -228,13 +228,24 @@ class PatientRecord:
     # --- results --------------------------------------------------------------------------------------
 
     def latest(self, analyte: str, *, within_days: int | None = None) -> Result | None:
-        """The newest usable result, or None when there is none within the window (default: "latest")."""
+        """The newest usable result, or None when there is none within the window (default: "latest").
+
+        None too when a later day's result of the analyte could not be used (a unit that cannot be
+        converted, a negative placeholder, no patient named): the usable one is no longer the latest, and a
+        card quoting it as such would rest on a superseded value. A failed test (`_reports_something`) does
+        not supersede anything.
+        """
         days = self.config.thresholds.latest_days if within_days is None else within_days
         items = self.results.get(analyte)
         if not items:
             return None
         newest = items[0]
-        return newest if newest.when >= self.now - timedelta(days=days) else None
+        if newest.when < self.now - timedelta(days=days):
+            return None
+        times = self.tested.get(analyte)
+        if times and times[0].date() > newest.when.date():
+            return None
+        return newest
 
     def near(self, analyte: str, when: datetime, *, days: int | None = None) -> Result | None:
         """The result closest in time to ``when`` within the "same time" window."""

@@ -77,3 +77,31 @@ def test_a_value_beside_a_data_absent_reason_is_not_read() -> None:
     contradictory = obs("b12", 1500, 5, dataAbsentReason=FAILED)
     assert "b12" not in record(contradictory).results
     assert topics(run(contradictory)) == []
+
+
+# --- a value superseded by a later one -----------------------------------------------------------------
+
+
+def test_a_later_b12_that_cannot_be_read_supersedes_the_earlier_one() -> None:
+    """A B12 of last week in a unit the service cannot convert left a deficient B12 of 200 days ago as
+    "the latest": the card called the patient B12 and iron deficient from a value the lab has since
+    replaced (by 900 nmol/L, say, which the clinician can read and the card could not)."""
+    old = (obs("b12", 150, 200), obs("ferritin", 12, 200))
+    assert topics(run(*old)) == ["combined-b12-iron-deficiency"]
+    for later in (obs("b12", 900, 10, unit="nmol/L"), obs("b12", -1, 10)):
+        assert topics(run(*old, later)) == [], later
+        assert record(*old, later).latest("b12") is None
+    # A failed later test replaces nothing; an unreadable duplicate of the same day does not either.
+    failed = obs("b12", None, 10, dataAbsentReason=FAILED)
+    assert topics(run(*old, failed)) == ["combined-b12-iron-deficiency"]
+    same_day = obs("b12", 110, 200, unit="nmol/L")
+    assert topics(run(*old, same_day)) == ["combined-b12-iron-deficiency"]
+
+
+def test_a_deficiency_measured_years_before_a_course_does_not_explain_it() -> None:
+    """A B12 of 150 pg/mL seven years ago, then a B12 course started 200 days ago with no diagnosis on
+    file, and a B12 of 1500 now: the old value silenced the review of the course as 'explained'."""
+    now_high = (med(CYANO, 200), obs("b12", 1500, 10))
+    assert topics(run(obs("b12", 150, 2500), *now_high)) == ["elevated-b12-supplement-review"]
+    # A deficiency measured just before the course still explains it.
+    assert topics(run(obs("b12", 150, 215), *now_high)) == []

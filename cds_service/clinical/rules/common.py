@@ -228,6 +228,12 @@ def deficiency_explains_b12(record: PatientRecord) -> str | None:
         # Up to the end of the start day: a start is often a date alone (midnight), and the B12 drawn that
         # morning is the very result the course treats.
         before = record.before("b12", day_after(course.start))
+        # Current when the course began ("latest" then): a deficiency measured years before it, with no
+        # diagnosis recorded since, does not show why this course was started.
+        if before is not None and before.when < course.start - timedelta(
+            days=record.config.thresholds.latest_days
+        ):
+            before = None
         if before is not None and b12_deficient(record, before)[0]:
             return f"a deficient B12 of {before.quoted()}, before B12 therapy started"
     return None
