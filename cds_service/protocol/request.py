@@ -16,6 +16,9 @@ from jsonschema.exceptions import best_match
 from cds_service.protocol.schemas import validator
 
 HOOKS = ("patient-view", "order-select", "order-sign")
+# The request's optional fields, of the envelope and of every hook's context: null is read as absent.
+OPTIONAL_FIELDS = ("fhirServer", "fhirAuthorization", "prefetch", "extension")
+OPTIONAL_CONTEXT_FIELDS = ("encounterId",)
 # Deepest nesting of a request body the service is sure to process (orjson writes at most 254 levels, and
 # the service wraps parts of a request in a few more); FHIR resources need fewer than 20.
 MAX_NESTING = 200
@@ -206,10 +209,22 @@ def _rule(error: Any) -> str:
             return f"does not satisfy the schema's '{error.validator}' rule"
 
 
+def _without_nulls(fields: dict[str, Any], optional: tuple[str, ...]) -> dict[str, Any]:
+    """``fields`` without the optional members that are null (a copy when there are any).
+
+    The standard forbids null, but for an optional field it can only mean "not given", and clients send
+    it: ``"encounterId": null`` from a chart opened outside an encounter made every such call a 400, which
+    an EHR shows nobody, so those charts silently got no cards."""
+    if all(fields.get(name, fields) is not None for name in optional):
+        return fields
+    return {name: value for name, value in fields.items() if value is not None or name not in optional}
+
+
 def validate_hook_request(body: Any, expected_hook: str) -> HookRequest:
     """Check the envelope, the hook name, and the hook's context; return the typed request."""
     if not isinstance(body, dict):
         raise RequestError(400, f"The request body must be a JSON object, not {type(body).__name__}.")
+    body = _without_nulls(body, OPTIONAL_FIELDS)
     if "prefetch" in body and not isinstance(body["prefetch"], dict):
         raise RequestError(400, "'prefetch' must be an object mapping prefetch keys to FHIR resources.")
     errors = list(validator("hook-request").iter_errors(body))
@@ -219,7 +234,7 @@ def validate_hook_request(body: Any, expected_hook: str) -> HookRequest:
         raise RequestError(
             400, f"This service answers the '{expected_hook}' hook, but the request is for '{body['hook']}'."
         )
-    context = body["context"]
+    context = _without_nulls(body["context"], OPTIONAL_CONTEXT_FIELDS)
     errors = list(validator(f"context-{expected_hook}").iter_errors(context))
     if errors:
         raise RequestError(400, _schema_reason("context", errors))

@@ -237,3 +237,35 @@ def test_a_selection_cannot_name_a_draft_without_an_id() -> None:
     del body["context"]["draftOrders"]["entry"][0]["resource"]["id"]
     body["context"]["selections"] = ["MedicationRequest/None"]
     assert "MedicationRequest/None" in refused(body, "order-select").reason
+
+
+@pytest.mark.parametrize("hook", ["patient-view", "order-select", "order-sign"])
+def test_a_null_encounter_id_is_read_as_absent(hook: str) -> None:
+    """A chart opened outside an encounter: a 400 for it meant no cards for such charts, and no one told."""
+    body = hook_body(hook)
+    body["context"]["encounterId"] = None
+    request = validate_hook_request(body, hook)
+    assert request.encounter_id is None
+    assert "encounterId" not in request.context
+    assert body["context"]["encounterId"] is None, "the caller's body is left as it was"
+
+
+def test_null_optional_envelope_fields_are_read_as_absent() -> None:
+    body = hook_body()
+    body.update(fhirServer=None, fhirAuthorization=None, extension=None, prefetch=None)
+    request = validate_hook_request(body, "patient-view")
+    assert request.fhir_server is None
+    assert request.authorization_header is None
+    assert request.prefetch == {}
+
+
+def test_null_is_still_refused_where_a_field_is_required() -> None:
+    body = hook_body()
+    body["hookInstance"] = None
+    assert "hookInstance" in refused(body).reason
+    body = hook_body()
+    body["context"]["patientId"] = None
+    assert "patientId" in refused(body).reason
+    body = hook_body("order-sign")
+    body["context"]["draftOrders"] = None
+    assert "draftOrders" in refused(body, "order-sign").reason
