@@ -269,7 +269,7 @@ class ValueSets:
                 known = self.medication_codes.get((system, code))
                 if known is not None:
                     found.add(known)
-                elif system in ATC_SYSTEMS:
+                if system in ATC_SYSTEMS:
                     found.update(cls for prefix, cls in _ATC_PREFIXES if code.upper().startswith(prefix))
             text = concept if isinstance(concept, str) else concept_text(concept)
             if text:
@@ -297,11 +297,7 @@ class ValueSets:
             known = self.condition_codes.get((system, code))
             if known is not None:
                 found.add(known)
-            elif system == SNOMED:
-                found.update(_SNOMED_CONDITIONS.get(code, ()))
-            elif system in ICD10_SYSTEMS:
-                bare = code.replace(".", "").upper()
-                found.update(cls for prefix, cls in _ICD10_PREFIXES if bare.startswith(prefix))
+            found.update(_verified_condition_classes(system, code))
         if not found:
             text = concept_text(concept)
             if text and not _NOT_THE_CONDITION.search(text):
@@ -324,6 +320,30 @@ def _concept_key(concept: Any) -> Any:
     )
     text = concept.get("text")
     return (tuple(codings(concept)), text if isinstance(text, str) else None, displays)
+
+
+def _verified_condition_classes(system: str, code: str) -> tuple[str, ...]:
+    if system == SNOMED:
+        return _SNOMED_CONDITIONS.get(code, ())
+    if system in ICD10_SYSTEMS:
+        bare = code.replace(".", "").upper()
+        return tuple(cls for prefix, cls in _ICD10_PREFIXES if bare.startswith(prefix))
+    return ()
+
+
+def _verified_classes(pair: tuple[str, str]) -> set[str]:
+    """The value sets a code belongs to by the verified lists (LOINC, RxNorm, ATC classes, SNOMED CT, ICD-10
+    chapters), whatever its kind: a site's entry is checked against all of them."""
+    system, code = pair
+    found: set[str] = set()
+    if system == LOINC:
+        found.update(analyte for analyte, loincs in ANALYTE_LOINC.items() if code in loincs)
+    if pair in _MEDICATION_CODES:
+        found.add(_MEDICATION_CODES[pair])
+    if system in ATC_SYSTEMS:
+        found.update(cls for prefix, cls in _ATC_PREFIXES if code.upper().startswith(prefix))
+    found.update(_verified_condition_classes(system, code))
+    return found
 
 
 def _parse_site_code(value_set: str, entry: Any) -> tuple[str, str]:
@@ -349,6 +369,8 @@ def build_value_sets(site_codes: Any) -> ValueSets:
     if not isinstance(site_codes, dict):
         raise ValueError('the "codes" section must be an object of value set name -> ["system|code", ...]')
     known = sorted(set(ANALYTE_LOINC) | MEDICATION_CLASSES | CONDITION_CLASSES)
+    # Which value set the site put each code in, to refuse one code in two.
+    placed: dict[tuple[str, str], str] = {}
     for value_set, entries in site_codes.items():
         if not isinstance(entries, list):
             raise ValueError(f'codes.{value_set} must be a list of "system|code" strings')
@@ -362,6 +384,20 @@ def build_value_sets(site_codes: Any) -> ValueSets:
         else:
             raise ValueError(f"codes.{value_set}: unknown value set; known value sets are {', '.join(known)}")
         for pair in pairs:
+            # A site adds codes; it cannot move one. A verified ferritin code listed as B12 would read every
+            # ferritin as a B12 (and a ferritin of 150 as a B12 deficiency).
+            verified = _verified_classes(pair)
+            if verified and value_set not in verified:
+                raise ValueError(
+                    f"codes.{value_set}: {'|'.join(pair)} is already a verified code of "
+                    f"{', '.join(sorted(verified))}; a site may add codes, not move one to another value set"
+                )
+            other = placed.setdefault(pair, value_set)
+            if other != value_set:
+                raise ValueError(
+                    f"codes.{value_set}: {'|'.join(pair)} is also listed in codes.{other}; a code belongs to "
+                    "one value set"
+                )
             target[pair] = value_set
     return ValueSets(analyte_codes=analytes, medication_codes=medications, condition_codes=conditions)
 

@@ -6,6 +6,7 @@ windows in days. The sources are cited on the cards that use them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -79,16 +80,37 @@ def load_thresholds(section: Any) -> Thresholds:
             raise ValueError(
                 f"thresholds.{name}: unknown threshold; known ones are {', '.join(sorted(known))}"
             )
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ValueError(f"thresholds.{name}: expected a non-negative number, got {value!r}")
+        # NaN and Infinity come through Python's JSON reader: NaN compares false with everything (no value
+        # would ever be high or low), and an infinite number of days is no whole number.
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+            raise ValueError(f"thresholds.{name}: expected a finite non-negative number, got {value!r}")
         if name in _INTEGER_FIELDS:
             if value != int(value):
                 raise ValueError(f"thresholds.{name}: expected a whole number of days, got {value!r}")
             value = int(value)
         changes[name] = value
     result = replace(DEFAULT_THRESHOLDS, **changes)
-    if result.b12_deficient >= result.b12_borderline_upper:
-        raise ValueError("thresholds: b12_deficient must be below b12_borderline_upper")
-    if result.ferritin_deficient >= result.ferritin_deficient_inflamed:
-        raise ValueError("thresholds: ferritin_deficient must be below ferritin_deficient_inflamed")
+    for lower, higher in _ORDERED:
+        if getattr(result, lower) >= getattr(result, higher):
+            raise ValueError(
+                f"thresholds: {lower} ({getattr(result, lower):g}) must be below {higher} "
+                f"({getattr(result, higher):g})"
+            )
     return result
+
+
+# Pairs that must stay in this order, or one value would be two things at once (a B12 both borderline and
+# elevated, a TSAT both low and high, a ferritin both deficient and high).
+_ORDERED: tuple[tuple[str, str], ...] = (
+    ("b12_deficient", "b12_borderline_upper"),
+    ("b12_borderline_upper", "b12_elevated"),
+    ("b12_elevated", "b12_very_high"),
+    ("ferritin_deficient", "ferritin_deficient_inflamed"),
+    ("ferritin_deficient_inflamed", "ferritin_high_female"),
+    ("ferritin_deficient_inflamed", "ferritin_high_male"),
+    ("ferritin_high_female", "ferritin_very_high"),
+    ("ferritin_high_male", "ferritin_very_high"),
+    ("tsat_low", "tsat_high"),
+    ("iron_studies_due_min_days", "iron_studies_followup_days"),
+    ("iron_studies_due_min_days", "course_recent_days"),
+)
