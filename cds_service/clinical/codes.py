@@ -411,3 +411,16 @@ def prefetch_loinc_codes(config: Any, group: str) -> list[str]:
         for (system, code), analyte in value_sets.analyte_codes.items()
         if system == LOINC and analyte in members
     )
+
+
+def prefetch_code_tokens(config: Any, group: str) -> list[str]:
+    """The ``system|code`` tokens a prefetch group queries: the defaults plus every site addition, LOINC or
+    local. `prefetch_loinc_codes` leaves a site's local codes (a hospital's own ferritin code) out of the
+    query, so their results reach the rules only when an EHR sends them unasked."""
+    members = PREFETCH_GROUPS[group]
+    value_sets: ValueSets = config.value_sets
+    return sorted(
+        f"{system}|{code}"
+        for (system, code), analyte in value_sets.analyte_codes.items()
+        if analyte in members
+    )

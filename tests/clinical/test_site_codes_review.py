@@ -79,3 +79,13 @@ def test_a_site_medicine_code_is_honoured_by_the_rules() -> None:
     b12_config = load_clinical_config({"codes": {"b12-therapy": [f"{LOCAL}|INJ-B12"]}})
     ordered = run(obs("b12", 150, 10), drafts=(draft,), hook="order-select", config=b12_config)
     assert topics(ordered) == ["iron-studies-after-b12"]
+
+
+def test_a_site_local_lab_code_can_be_queried_with_its_system() -> None:
+    """A local ferritin code was read when it arrived but never asked for: the prefetch lists only LOINC
+    codes. `prefetch_code_tokens` gives every code with its system for the query."""
+    config = load_clinical_config({"codes": {"ferritin": [f"{LOCAL}|FERR"], "crp": [f"{LOCAL}|CRP"]}})
+    assert f"{LOCAL}|FERR" in codes.prefetch_code_tokens(config, "b12-iron")
+    assert f"{LOCAL}|CRP" in codes.prefetch_code_tokens(config, "context")
+    assert "FERR" not in codes.prefetch_loinc_codes(config, "b12-iron")
+    assert "http://loinc.org|2276-4" in codes.prefetch_code_tokens(config, "b12-iron")
