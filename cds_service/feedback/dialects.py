@@ -53,8 +53,16 @@ _UNAVAILABLE_FILE_CODES = frozenset(
 # The service writes a few rows per statement. One still running after 5 s waits for a lock (an operator's
 # migration, VACUUM FULL or open transaction) or a server in trouble: without a limit it held the request's
 # thread and the store's connection, and so every later feedback post, until the lock went. The server
-# cancels it (an outage: 503, the issued-card writer waits). The report, which reads, has no limit.
+# cancels it (an outage: 503, the issued-card writer waits). The report, which reads, has no such limit:
+# a long report on a big table is legitimate.
 STATEMENT_TIMEOUT_MS = 5000
+# What the report has instead: the longest it waits for each lock on the store's tables. A session holding
+# one (a migration's `LOCK TABLE ... IN ACCESS EXCLUSIVE MODE`, a `VACUUM FULL`, an open transaction that
+# altered a table) made the report wait without end and without a word; the server now cancels the wait
+# and the report says why in one line. A `lock_timeout` in the URL's `options` wins.
+REPORT_LOCK_TIMEOUT_MS = 10_000
+# SQLSTATE 55P03 (lock_not_available): a lock wait that ran out of lock_timeout.
+_LOCK_NOT_AVAILABLE = "55P03"
 
 
 class DiskFull(Exception):
@@ -198,17 +206,24 @@ class PostgresDialect:
     def __init__(self, url: str, *, read_only: bool = False) -> None:
         self.url = url
         self.read_only = read_only
+        self.lock_timeout: str | None = None  # as the server shows it ("10s"), once a report connected
 
     def connect(self) -> Any:
         psycopg = _psycopg()
         given = psycopg.conninfo.conninfo_to_dict(self.url)
         options = {**CONNECTION_DEFAULTS, **given}
-        if not self.read_only:
-            # Before the URL's own options, so that a statement_timeout there wins.
+        # Before the URL's own options, so that a statement_timeout or lock_timeout there wins.
+        if self.read_only:
+            limit = f"-c lock_timeout={REPORT_LOCK_TIMEOUT_MS}"
+        else:
             limit = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
-            options["options"] = f"{limit} {given.get('options', '')}".strip()
+        options["options"] = f"{limit} {given.get('options', '')}".strip()
         conn = psycopg.connect(autocommit=True, **options)
         conn.read_only = self.read_only
+        if self.read_only:
+            # The limit in force (the URL's may differ from ours), for the message when it runs out.
+            row = conn.execute("SHOW lock_timeout").fetchone()
+            self.lock_timeout = row[0] if row else None
         return conn
 
     def sql(self, statement: str) -> str:
@@ -263,7 +278,15 @@ class PostgresDialect:
         return psycopg is not None and isinstance(error, psycopg.OperationalError)
 
     def reason(self, error: Exception) -> str:
-        """The first line of the error, without the URL's passwords (psycopg quotes some URLs)."""
+        """The first line of the error, without the URL's passwords (psycopg quotes some URLs); a lock wait
+        that ran out (only a report's connection has a lock_timeout) says what it was waiting for."""
+        if getattr(error, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
+            limit = f" ({self.lock_timeout})" if self.lock_timeout else ""
+            return (
+                f"another session has held a lock on the store's tables for longer than lock_timeout{limit} "
+                "allows: a migration, a VACUUM FULL or an open transaction? Try again later, or find the "
+                "holder in pg_stat_activity"
+            )
         lines = str(error).strip().splitlines()
         return without_passwords(lines[0] if lines else type(error).__name__, self.url)
 

@@ -452,3 +452,81 @@ def test_an_outcome_the_report_does_not_know_is_counted_apart_not_a_key_error(sq
     as_text = invoke("--db", sqlite_url)
     assert as_text.exit_code == 0, as_text.output
     assert "1 feedback item with another outcome (snoozed ×1) is not counted" in as_text.output
+
+
+def _report_while_locked(url: str, lock: str) -> tuple[Result | None, float]:
+    """`feedback-report --db url` run while another session holds `lock` (a migration's), in a thread so
+    that a report that waits for ever fails the test instead of hanging it; the lock is released after
+    at most 20 s either way."""
+    import threading
+    import time
+
+    import psycopg
+
+    store = FeedbackStore.open(url)
+    store.record_issued(VIEW, [("p1", "iron-after-b12")], T0)
+    store.close()
+    results: list[Result] = []
+    with psycopg.connect(url) as migration:
+        migration.execute(lock)
+        started = time.monotonic()
+        reporter = threading.Thread(target=lambda: results.append(invoke("--db", url)), daemon=True)
+        reporter.start()
+        reporter.join(20)
+        elapsed = time.monotonic() - started
+        migration.rollback()
+    reporter.join(20)
+    return (results[0] if results and elapsed < 20 else None), elapsed
+
+
+@pytest.mark.parametrize("table", ["cds_issued_card", "cds_feedback"])
+def test_a_report_on_a_locked_postgres_table_gives_up_in_one_line(
+    postgres_url: str, table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration holding ACCESS EXCLUSIVE on a table made the report wait without end and without a
+    word. It waits for the lock a bounded time (lock_timeout, not statement_timeout: a long report on a
+    big table is legitimate), then says why in one line, exit 1."""
+    from cds_service.feedback import dialects
+
+    # The default, 10 s, is slow to test (raising=False: without the limit the test shows the endless wait).
+    monkeypatch.setattr(dialects, "REPORT_LOCK_TIMEOUT_MS", 1000, raising=False)
+    result, elapsed = _report_while_locked(postgres_url, f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+    assert result is not None, "the report still waited for the lock after 20 s"
+    assert 0.9 < elapsed < 10
+    assert result.exit_code == 1, result.output
+    line = error_line(result)
+    assert line.startswith("Error: cannot read the feedback store (PostgreSQL database feedback_")
+    assert "another session has held a lock on the store's tables for longer than lock_timeout (1s)" in line
+
+
+def test_the_report_waits_for_locks_ten_seconds_unless_the_url_says_otherwise(postgres_url: str) -> None:
+    """The default limit is in the message; `options=-c lock_timeout=...` in the URL changes it."""
+    from cds_service.feedback import dialects
+
+    assert dialects.REPORT_LOCK_TIMEOUT_MS == 10_000
+    url = f"{postgres_url}&options=-c%20lock_timeout%3D300ms"
+    result, elapsed = _report_while_locked(url, "LOCK TABLE cds_feedback IN ACCESS EXCLUSIVE MODE")
+    assert result is not None, "the report still waited for the lock after 20 s"
+    assert elapsed < 5
+    assert result.exit_code == 1, result.output
+    assert "for longer than lock_timeout (300ms) allows" in error_line(result)
+
+
+def test_a_report_reads_beside_an_open_writing_transaction(postgres_url: str) -> None:
+    """Only a lock that excludes readers stops the report: a writer's open transaction (ROW EXCLUSIVE,
+    the service's inserts) does not, and its uncommitted rows are not counted."""
+    import psycopg
+
+    store = FeedbackStore.open(postgres_url)
+    store.record_issued(VIEW, [("p1", "iron-after-b12")], T0)
+    store.close()
+    with psycopg.connect(postgres_url) as writer:
+        writer.execute(
+            "INSERT INTO cds_issued_card (service_id, card_uuid, topic, issued_at) "
+            "VALUES (%s, 'p2', 'iron-after-b12', '2026-03-02T09:00:00.000000Z')",
+            (VIEW,),
+        )
+        code, output = run("--json", "--db", postgres_url)
+        writer.rollback()
+    assert code == 0, output
+    assert json.loads(output)["services"][VIEW]["issued"] == 1
