@@ -17,7 +17,7 @@ import os
 import selectors
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from http import HTTPStatus
 from ssl import SSLError
@@ -25,7 +25,7 @@ from typing import Any
 
 from gunicorn import util
 from gunicorn.http import errors
-from gunicorn.http.body import ChunkedReader
+from gunicorn.http.body import ChunkedReader, LengthReader
 from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import _DEFER, ThreadWorker
 
@@ -51,6 +51,7 @@ LINGER_S = 2.0
 MAX_LINGERING = 1000
 _HEAD_ENDS = (b"\r\n\r\n", b"\n\n")  # a bare-LF head is gunicorn's to refuse, at once
 _READ_AHEAD = 65536  # what one look at a waiting connection takes in: a usual head and its body's start
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Set on a request once the app's response to it has been written (see JsonErrorWorker.handle_request).
 _ANSWERED = "_cds_answered"
 # gunicorn 27 blames a malformed chunked body on the client (400); 23 to 26 dropped the connection and
@@ -105,6 +106,14 @@ def refusal(exc: BaseException, cfg: Any) -> tuple[int, str] | None:
     return None
 
 
+def _body_arrived(reader: Any, unreader: Any) -> bool:
+    """Whether the rest of a request's body is already in gunicorn's buffer (or there is none); unknown,
+    so False, for a chunked body."""
+    if isinstance(reader, LengthReader):
+        return reader.length <= len(unreader.buf.getvalue())
+    return not isinstance(reader, ChunkedReader)
+
+
 def fair_chunks(pieces: Iterator[bytes]) -> Iterator[bytes]:
     """gunicorn's pieces of a chunked body, stopped with TooManyChunks once there are more than FREE_CHUNKS
     of them averaging under MIN_AVERAGE_CHUNK_BYTES.
@@ -125,18 +134,25 @@ def fair_chunks(pieces: Iterator[bytes]) -> Iterator[bytes]:
 class BodyDeadline:
     """The connection's socket as gunicorn's body reader sees it while a request is handled: each recv
     waits no later than the deadline (and no longer than the socket's own timeout, the app's idle one),
-    then raises BodyTooSlow."""
+    then raises BodyTooSlow. ``before_first_recv``, if given, is called once before the first recv (to send
+    the 100 Continue of a client that waits for it, see JsonErrorWorker.handle_request)."""
 
-    __slots__ = ("_deadline", "_sock")
+    __slots__ = ("_before_first_recv", "_deadline", "_sock")
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
+    def __init__(
+        self, sock: socket.socket, deadline: float, before_first_recv: Callable[[], None] | None = None
+    ) -> None:
         self._sock = sock
         self._deadline = deadline
+        self._before_first_recv = before_first_recv
 
     def recv(self, size: int) -> bytes:
         remaining = self._deadline - time.monotonic()
         if remaining <= 0:
             raise BodyTooSlow()
+        if self._before_first_recv is not None:
+            before, self._before_first_recv = self._before_first_recv, None
+            before()
         sock = self._sock
         idle = sock.gettimeout()
         if idle is not None and idle <= remaining:
@@ -321,13 +337,23 @@ class JsonErrorWorker(ThreadWorker):
         return {}
 
     def handle_request(self, req: Any, conn: Any) -> bool:
+        """gthread's, with the body read under a deadline and in chunks that are not too small, and with
+        ``Expect: 100-continue`` answered only once the app reads the body.
+
+        gunicorn sends "100 Continue" as soon as it has parsed the head, before the app has looked at the
+        request: a client then sent its body (up to the size limit) only to be refused with a 401, 404,
+        405, 413 or 415 the app decides from the head alone. Now the 100 goes out just before the body is
+        first read from the socket, so a refusal is the client's only answer (RFC 9110 10.1.1). Such a
+        refusal closes the connection: the client may stop waiting and send its body after all, or not, so
+        where its next request would start is unknown. A body that is all here already needs no 100."""
         reader = getattr(getattr(req, "body", None), "reader", None)
         if isinstance(reader, ChunkedReader) and reader.parser is not None:
             reader.parser = fair_chunks(reader.parser)
         unreader = getattr(conn.parser, "unreader", None)
         sock = getattr(unreader, "sock", None)
         if isinstance(sock, socket.socket):
-            unreader.sock = BodyDeadline(sock, time.monotonic() + BODY_DEADLINE_S)
+            send_continue = self._continue_when_read(req, unreader, sock)
+            unreader.sock = BodyDeadline(sock, time.monotonic() + BODY_DEADLINE_S, send_continue)
         try:
             keepalive: bool = super().handle_request(req, conn)
         finally:
@@ -335,6 +361,28 @@ class JsonErrorWorker(ThreadWorker):
                 unreader.sock = sock
         setattr(req, _ANSWERED, True)
         return keepalive
+
+    @staticmethod
+    def _continue_when_read(req: Any, unreader: Any, sock: socket.socket) -> Callable[[], None] | None:
+        """For a request whose client waits for 100 Continue, take the 100 over from gunicorn and return
+        what sends it; the connection is to close after the answer unless that is called. None otherwise.
+
+        gunicorn internal: its parser sets ``_expected_100_continue`` and wsgi.create sends the 100 when
+        it is true (tests/serving/test_http_expect_continue.py checks both against the installed gunicorn).
+        The close goes through the request's force_close and must_close, which its responses consult."""
+        if getattr(req, "_expected_100_continue", False) is not True:
+            return None
+        req._expected_100_continue = False
+        if _body_arrived(req.body.reader, unreader):
+            return None
+        closing = req.must_close
+        req.force_close()
+
+        def send_continue() -> None:
+            sock.sendall(_CONTINUE)
+            req.must_close = closing
+
+        return send_continue
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         ip = (addr or ("", -1))[0]

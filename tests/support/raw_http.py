@@ -45,3 +45,57 @@ def answers(raw: bytes) -> list[Answer]:
         found.append(Answer(status, headers, rest[:length]))
         raw = rest[length:]
     return found
+
+
+class Connection:
+    """One client connection read a response at a time, for exchanges that must wait on the server: send a
+    head, see what comes back (a 100 Continue, a final status), then decide what to send next."""
+
+    def __init__(self, port: int, *, timeout_s: float = 5) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+        self._pending = b""
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def next_answer(self) -> Answer:
+        """The next response (a 1xx included), waiting for it up to the socket's timeout."""
+        while b"\r\n\r\n" not in self._pending:
+            self._receive()
+        head, _, rest = self._pending.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {name.strip().lower(): value.strip() for name, value in (x.split(":", 1) for x in lines)}
+        status = int(status_line.split()[1])
+        length = 0 if status < 200 or status in (204, 304) else int(headers["content-length"])
+        while len(rest) < length:
+            self._pending = head + b"\r\n\r\n" + rest
+            self._receive()
+            rest = self._pending.partition(b"\r\n\r\n")[2]
+        self._pending = rest[length:]
+        return Answer(status, headers, rest[:length])
+
+    def closed_by_server(self) -> bool:
+        """Whether the server ends the connection (a reset counts) within the socket's timeout, with
+        nothing more to read. Bytes sent meanwhile are kept for next_answer and make the answer False."""
+        if self._pending:
+            return False
+        try:
+            received = self.sock.recv(65536)
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            return True
+        self._pending += received
+        return not received
+
+    def _receive(self) -> None:
+        received = self.sock.recv(65536)
+        if not received:
+            raise ConnectionError(f"the server closed the connection; unanswered: {self._pending[:200]!r}")
+        self._pending += received
