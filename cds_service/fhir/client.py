@@ -19,7 +19,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from http.cookiejar import DefaultCookiePolicy
@@ -27,12 +27,21 @@ from urllib.parse import urljoin, urlsplit
 
 import orjson
 import requests
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from cds_service.redaction import without_tokens
 
+from .decoding import (
+    ACCEPT_ENCODING,
+    BodyDecoder,
+    CorruptBody,
+    UnsupportedCoding,
+    parse_cost_s,
+    structural_tokens,
+)
 from .errors import (
     exception_reason,
     http_error_reason,
@@ -275,6 +284,19 @@ def _check_entries(page: dict, url: str) -> None:
             raise _Failure(f"Bundle.entry from {url} holds an entry that is not a FHIR resource")
 
 
+def _raw_stream(response: requests.Response) -> Iterator[bytes]:
+    """The body as it arrives, not decompressed, with urllib3's errors turned into the requests errors
+    ``iter_content`` raised (and ``_attempt`` sorts)."""
+    try:
+        yield from response.raw.stream(_CHUNK_BYTES, decode_content=False)
+    except urllib3.exceptions.ProtocolError as exc:
+        raise requests.exceptions.ChunkedEncodingError(exc) from exc
+    except urllib3.exceptions.ReadTimeoutError as exc:
+        raise requests.exceptions.ConnectionError(exc) from exc
+    except urllib3.exceptions.SSLError as exc:
+        raise requests.exceptions.SSLError(exc) from exc
+
+
 def _is_search_query(query: str) -> bool:
     """``Observation?…`` or ``Observation`` is a search; ``Patient/123`` is a read."""
     path = query.split("?", 1)[0].strip("/")
@@ -360,7 +382,11 @@ class FhirClient:
         adapter = _WatchedAdapter(pool_connections=8, pool_maxsize=self.max_workers, max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
-        session.headers.update({"Accept": FHIR_JSON, "User-Agent": "b12-iron-cds"})
+        # Exactly the codings ``decoding`` reads, whatever optional modules (brotli, zstandard) requests
+        # would otherwise advertise.
+        session.headers.update(
+            {"Accept": FHIR_JSON, "Accept-Encoding": ACCEPT_ENCODING, "User-Agent": "b12-iron-cds"}
+        )
         return session
 
     def close(self) -> None:
@@ -556,15 +582,36 @@ class FhirClient:
         return self._interpret(url, response, raw)
 
     def _read_body(self, call: _Call, url: str, response: requests.Response) -> bytes:
+        """The decoded body, read and decompressed a piece at a time, each piece followed by the checks:
+        size, the clock, and whether parsing what has come so far would still fit the time left (see
+        ``decoding``). requests' ``iter_content`` left decompressing to urllib3 and parsing unchecked: a
+        small gzip body inflating to 20 MB of nested arrays was read in time, then held the GIL in
+        ``orjson.loads`` for seconds, and ``fetch_all`` (waiting for the budget to end) woke that late."""
+        try:
+            decoder = BodyDecoder(response.headers.get("Content-Encoding"))
+        except UnsupportedCoding as refused:
+            raise _Failure(f"response from {url}: {refused}", response.status_code) from None
         chunks = []
         size = 0
-        for chunk in response.iter_content(_CHUNK_BYTES):
-            size += len(chunk)
-            if size > self.max_response_bytes:
-                raise _Failure(f"response from {url} is larger than {self.max_response_bytes} bytes")
-            chunks.append(chunk)
-            if call.remaining() <= 0:
-                raise _Failure(call.timeout_reason(url))
+        tokens = 0
+        try:
+            for chunk in _raw_stream(response):
+                for piece in decoder.feed(chunk):
+                    size += len(piece)
+                    if size > self.max_response_bytes:
+                        raise _Failure(f"response from {url} is larger than {self.max_response_bytes} bytes")
+                    chunks.append(piece)
+                    tokens += structural_tokens(piece)
+                    remaining = call.remaining()
+                    if remaining <= 0:
+                        raise _Failure(call.timeout_reason(url))
+                    if parse_cost_s(tokens) > remaining:
+                        raise _Failure(
+                            f"{call.timeout_reason(url)}: its answer would not be read in the time left"
+                        )
+            decoder.finish()
+        except CorruptBody as corrupt:
+            raise _Failure(f"response from {url}: {corrupt}", response.status_code) from None
         return b"".join(chunks)
 
     def _interpret(self, url: str, response: requests.Response, raw: bytes) -> _Page:
