@@ -112,11 +112,14 @@ def _reference_of(resource: Mapping[str, Any]) -> str | None:
 
 
 def is_json_content_type(content_type: str | None) -> bool:
-    """application/json or any application/*+json, parameters ignored."""
+    """application/json, any application/*+json, or application/json+fhir (FHIR DSTU2's JSON type, which
+    older FHIR-minded clients still send), parameters ignored."""
     if not content_type:
         return False
     media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+    return media in ("application/json", "application/json+fhir") or (
+        media.startswith("application/") and media.endswith("+json")
+    )
 
 
 def nesting_refusal(error: BaseException, body: Any) -> RequestError | None:

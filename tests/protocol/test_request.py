@@ -209,6 +209,9 @@ def test_validation_does_not_mutate_the_body() -> None:
         ("application/json", True),
         ("application/json; charset=utf-8", True),
         ("application/fhir+json", True),
+        ("application/json+fhir", True),  # DSTU2's; a 415 for it blamed the body's type for a name
+        ("application/json+fhir; charset=utf-8", True),
+        ("application/xml+fhir", False),
         ("APPLICATION/JSON", True),
         ("text/plain", False),
         ("application/x-www-form-urlencoded", False),
