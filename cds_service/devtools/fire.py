@@ -310,7 +310,7 @@ class Ehr:
             raise FireError(f"401 Unauthorized from {url}: {hint}")
         if status == 404:
             raise FireError(f"404 Not Found from {url}: check the --service base URL and the service id")
-        reason = self._scrub(_outcome_text(response))
+        reason = _shortened(self._scrub(_outcome_text(response)))
         if status == 412:
             raise FireError(f"412 from {url}: the service could not get the data it needs: {reason}")
         raise FireError(f"HTTP {status} from {url}: {reason}")
@@ -409,7 +409,7 @@ class Ehr:
         except ValueError:
             body = None
         if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
-            text += f": {self._scrub(_outcome_text(response))}"
+            text += f": {_shortened(self._scrub(_outcome_text(response)))}"
         if response.status_code in (401, 403):
             text += "; check --fhir-token" if self.fhir_token else "; it wants a token: give --fhir-token"
         return text
@@ -496,20 +496,34 @@ def _found_text(found: Mapping[str, Any], pages: int) -> str:
     return text
 
 
+# How much of a server's reason an error line quotes. The service's 412 names every key it could not
+# have and then why (a fhirServer it may not query, a server's status): cut at 500 characters, a 412 for
+# eight missing keys lost its last words, the ones that say what to fix.
+REASON_LIMIT = 2000
+
+
 def _outcome_text(response: requests.Response) -> str:
+    """What an error answer says: the first line of a text body, or an OperationOutcome's diagnostics
+    (at most ten times REASON_LIMIT, so that starring tokens never scans megabytes)."""
     try:
         body = response.json()
     except ValueError:
         text = (response.text or "").strip()
-        return text.splitlines()[0][:300] if text else (response.reason or "no details")
+        return text.splitlines()[0][: 10 * REASON_LIMIT] if text else (response.reason or "no details")
     if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
         texts = [
             str(i.get("diagnostics") or i.get("code"))
             for i in array(body.get("issue"))
             if isinstance(i, dict)
         ]
-        return "; ".join(texts)[:500] or "no details"
-    return str(body)[:300]
+        return "; ".join(texts)[: 10 * REASON_LIMIT] or "no details"
+    return str(body)[: 10 * REASON_LIMIT]
+
+
+def _shortened(text: str) -> str:
+    """A reason cut to REASON_LIMIT characters, saying so. Cut after the tokens are starred: a JWT cut in
+    two would no longer look like one."""
+    return text if len(text) <= REASON_LIMIT else f"{text[:REASON_LIMIT]}… (cut at {REASON_LIMIT} characters)"
 
 
 def _urls_without_passwords(command: Callable[..., None]) -> Callable[..., None]:

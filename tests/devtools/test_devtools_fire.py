@@ -209,7 +209,35 @@ def test_fire_reports_412_when_the_service_may_not_fetch(fhir_server: SekmetServ
         result = fire_for(service, fhir_server, record.patient_id, "--no-prefetch")
     assert result.exit_code != 0
     assert "412 from" in result.stderr and "could not get the data it needs" in result.stderr
+    # The reason names every key first; its end says what to fix, and was cut off at 500 characters.
+    assert "is not one this service is allowed to query" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_long_412_reason_is_quoted_to_its_end_and_a_longer_one_says_it_was_cut() -> None:
+    """fire cut the service's reason at 500 characters without a mark: a 412 for eight missing keys read
+    '... and the fhirServer http://127.0.0.1:8090/fhir is not one this serv'."""
+    long_reason = "Required data is missing (" + "key (not in the prefetch); " * 30 + ") END-OF-REASON"
+
+    def service(environ: dict, start_response: Callable) -> list[bytes]:
+        if environ["REQUEST_METHOD"] == "GET":
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [json.dumps({"services": [{"id": "v", "hook": "patient-view"}]}).encode()]
+        issue = {"severity": "error", "code": "not-found", "diagnostics": long_reason}
+        start_response("412 Precondition Failed", [("Content-Type", "application/json")])
+        return [json.dumps({"resourceType": "OperationOutcome", "issue": [issue]}).encode()]
+
+    with serving(service) as base:
+        result = fire("--service", base, "--fhir-server", "http://127.0.0.1:9/fhir", "--patient", "p",
+                      "--no-prefetch")  # fmt: skip
+    assert len(long_reason) > 800
+    assert result.exit_code == 1
+    assert result.stderr.rstrip().endswith("END-OF-REASON"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+    endless = "x" * 50_000
+    assert fire_module._shortened(endless).endswith(f"… (cut at {fire_module.REASON_LIMIT} characters)")
+    assert len(fire_module._shortened(endless)) < fire_module.REASON_LIMIT + 40
 
 
 def test_fire_reports_404_and_connection_refused(fhir_server: SekmetServer, tmp_path: Path) -> None:
