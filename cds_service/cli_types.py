@@ -45,6 +45,16 @@ HTTP_URL = HttpUrl()
 _SECRET_BEARING_SETTINGS = ("CDS_FEEDBACK_DB", "CDS_REDIS_URL", "CDS_PUBLIC_BASE_URL")
 
 
+class ConfigurationError(click.ClickException):
+    """A malformed setting or site file: exit status 2, as `serve` and `feedback-report` give, and as the
+    README promises for a usage or configuration error (1 is for a Bundle, a call or a store that failed)."""
+
+    exit_code = 2
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(f"configuration error: {config_message(error)}")
+
+
 def config_message(error: Exception) -> str:
     """A configuration error's message with the passwords of the store URLs in the environment starred."""
     text = str(error)

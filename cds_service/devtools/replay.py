@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import orjson
 
-from cds_service.cli_types import config_message
+from cds_service.cli_types import ConfigurationError, config_message
 from cds_service.config import ConfigError, Settings, load_settings, parse_rfc3339
 from cds_service.devtools.bundles import (
     BundleError,
@@ -144,7 +144,7 @@ def _settings(now: str | None) -> Settings:
     try:
         settings = load_settings()
     except ConfigError as error:
-        raise click.ClickException(config_message(error)) from None
+        raise ConfigurationError(error) from None
     return settings.with_overrides(now=clock or settings.now, auth="off")
 
 
@@ -216,7 +216,8 @@ def replay(
 
     One Bundle prints its cards; several print one line per patient, with progress and a tally on
     stderr; --json prints the response (JSON Lines of {"file", "patientId", "response"} for several).
-    Exit status: 0 when every Bundle replayed, 1 when one could not, 2 for a usage error.
+    Exit status: 0 when every Bundle replayed, 1 when one could not, 2 for a usage or
+    configuration error.
     """
     if order_file is not None and hook not in ORDER_HOOKS:
         raise click.UsageError(
@@ -229,8 +230,8 @@ def replay(
         if order_file is not None:  # read once: a pipe (--order <(...)) has nothing left a second time
             orders = read_json(order_file)
             load_draft_orders(order_file, "order-file-check", orders)
-    except ConfigError as error:
-        raise click.ClickException(config_message(error)) from None
+    except ConfigError as error:  # CDS_SITE_CONFIG, read when the first handler is built
+        raise ConfigurationError(error) from None
     except BundleError as error:
         raise click.ClickException(str(error)) from None
     files = _collect(bundles)

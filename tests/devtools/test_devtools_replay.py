@@ -403,6 +403,32 @@ def test_a_configuration_error_does_not_quote_a_store_password(monkeypatch: pyte
     assert "pw-S3cret" not in result.output
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("CDS_SITE_CONFIG", "/nonexistent/site.json", "CDS_SITE_CONFIG="),
+        ("CDS_SITE_CONFIG", "SITE_WITH_A_BAD_LINK", "rulesDocUrl="),
+        ("CDS_NOW", "yesterday", "CDS_NOW="),
+        ("CDS_THRESHOLDS", "x", "unknown setting(s) CDS_THRESHOLDS"),
+    ],
+    ids=["missing-site-file", "bad-site-section", "bad-now", "unknown-setting"],
+)
+def test_a_configuration_error_is_exit_status_2(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, value: str, named: str
+) -> None:
+    """The README promises 2 for a usage or configuration error, as serve and feedback-report give; replay
+    gave 1, the status of a Bundle that could not be replayed."""
+    if value == "SITE_WITH_A_BAD_LINK":
+        site = tmp_path / "site.json"
+        site.write_text('{"rulesDocUrl": "intranet/rules"}')
+        value = str(site)
+    monkeypatch.setenv(variable, value)
+    result = run(str(HOOKS / "patient-view.json"), "--now", NOW)
+    assert_clean_failure(result, mentions=named)
+    assert result.exit_code == 2, result.stderr
+    assert "configuration error" in result.stderr
+
+
 def test_an_order_file_that_can_be_read_once_serves_every_bundle() -> None:
     """`--order <(...)` or `--order /dev/stdin` is a pipe: the file was read once to check it and again
     for each Bundle, so every Bundle failed with 'zero-length, empty document'."""
