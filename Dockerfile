@@ -22,8 +22,13 @@ WORKDIR /src
 COPY pyproject.toml README.md image-constraints.txt ./
 COPY cds_service ./cds_service
 # Every dependency at the version pinned in image-constraints.txt (pip-compile; see docs/operations.md):
-# a rebuild installs what was tested, not whatever the index holds that day.
-RUN pip wheel --constraint image-constraints.txt --wheel-dir /wheels '.[redis,postgres]'
+# a rebuild installs what was tested, not whatever the index holds that day. That includes the setuptools
+# that builds the service's own wheel: pip's isolated build would take the newest, so it is installed at
+# its pin and the service alone is built without isolation; the dependencies come as published wheels.
+RUN pip install --constraint image-constraints.txt setuptools \
+ && pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
+ && pip wheel --constraint image-constraints.txt --wheel-dir /wheels --find-links /wheels \
+      'b12-iron-cds[redis,postgres]'
 
 # --- runtime: only the installed wheels; no compiler, no source tree, no wheel files left behind ------
 FROM ${PYTHON_IMAGE}
@@ -37,9 +42,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 # The wheels are bind-mounted from the builder for this one step, so they never become an image layer;
 # pip compiles the bytecode here, which is why the service can run with a read-only root file system.
 # Only the builder's wheels can be installed (--no-index), and those were pinned by image-constraints.txt.
+# The mount point stays behind as an empty directory, so it is under /tmp, which runs on a tmpfs.
 # hadolint ignore=DL3013
-RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels 'b12-iron-cds[redis,postgres]' \
+RUN --mount=type=bind,from=builder,source=/wheels,target=/tmp/wheels \
+    pip install --no-index --find-links=/tmp/wheels 'b12-iron-cds[redis,postgres]' \
  && groupadd --system --gid 10001 cds \
  && useradd --system --uid 10001 --gid cds --home-dir /var/lib/cds-service --no-create-home \
       --shell /usr/sbin/nologin cds \

@@ -37,6 +37,10 @@ def pins() -> dict[str, str]:
     return found
 
 
+def build_requirements() -> list[str]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+
+
 def test_the_builder_stage_resolves_against_the_constraints_it_copies() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "image-constraints.txt ./" in dockerfile
@@ -82,4 +86,19 @@ def test_the_pins_resolve_together_and_leave_nothing_unpinned(tmp_path: Path) ->
         for item in json.loads(report.read_text())["install"]
     }
     installed.pop("b12-iron-cds")
-    assert installed == pins()
+    build_only = {canonicalize_name(Requirement(text).name) for text in build_requirements()}
+    assert installed == {name: version for name, version in pins().items() if name not in build_only}
+
+
+def test_the_build_backend_of_the_service_wheel_is_pinned_and_installed_at_its_pin() -> None:
+    """pip's isolated build would fetch the newest setuptools that pyproject.toml allows; the builder
+    installs the pinned one and builds the service's wheel with it, without isolation."""
+    pinned = pins()
+    for text in build_requirements():
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        assert name in pinned, f"the build requirement {requirement.name} is not pinned in {CONSTRAINTS.name}"
+        assert requirement.specifier.contains(pinned[name])
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "pip install --constraint image-constraints.txt setuptools" in dockerfile
+    assert "pip wheel --no-deps --no-build-isolation --wheel-dir /wheels ." in dockerfile
