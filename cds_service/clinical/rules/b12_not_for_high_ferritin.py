@@ -49,9 +49,26 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     if not high:
         return None
     wanted = not_recently_done(record, ["crp", "tsat", "iron", "tibc", "alt", "ast"], t.recent_days)
+    # A transferrin saturation is what the iron panel is for: one resulted or ordered needs no serum iron
+    # and TIBC beside it, and serum iron with TIBC give the saturation.
+    if "tsat" not in wanted:
+        wanted = [a for a in wanted if a not in ("iron", "tibc")]
+    elif "iron" not in wanted and "tibc" not in wanted:
+        wanted.remove("tsat")
+    # The label names only what is ordered (a TSAT resulted last month is no "iron panel" to order).
+    groups = [
+        name
+        for name, members in (
+            ("CRP", ("crp",)),
+            ("transferrin saturation" if wanted == ["tsat"] else "iron panel", ("tsat", "iron", "tibc")),
+            ("liver enzymes", ("alt", "ast")),
+        )
+        if any(a in wanted for a in members)
+    ]
+    named = ", ".join(groups[:-1]) + " and " + groups[-1] if len(groups) > 1 else "".join(groups)
     proposals = order_labs(
         record,
-        "Order CRP, iron panel and liver enzymes to find the cause of the high ferritin",
+        f"Order {named} to find the cause of the high ferritin",
         wanted,
         "High ferritin: look for its cause",
     )

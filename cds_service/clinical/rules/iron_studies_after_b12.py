@@ -119,8 +119,12 @@ def _finding(record: PatientRecord, start: datetime, missing: list[str], context
     # The labels name only what the suggestion orders (a ferritin already drafted is not ordered again).
     tests = " and ".join(codes.ANALYTE_NAMES[a] for a in missing)
     if followup > record.now:
-        label = f"Order {tests} for {day(followup)} (8 weeks after B12 start)"
-        proposals.extend(order_labs(record, label, missing, reason, when=followup))
+        # The follow-up shows how the stores respond to B12, so a result from before the start (the
+        # baseline a fresh ferritin is) does not stand in for it: only one on the course, or an order.
+        later = iron_studies_cover(record, day_after(start))[1]
+        later_tests = " and ".join(codes.ANALYTE_NAMES[a] for a in later)
+        label = f"Order {later_tests} for {day(followup)} (8 weeks after B12 start)"
+        proposals.extend(order_labs(record, label, later, reason, when=followup))
         if recent_ferritin is None:
             # A baseline only before treatment: weeks into a course it is simply a result now.
             label = f"Order baseline {tests} now" if start >= record.now else f"Order {tests} now"

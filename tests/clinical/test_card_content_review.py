@@ -1,0 +1,51 @@
+"""Cards read as a clinician would: each test is a card whose suggestions or quoted values were wrong."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.clinical.builders import by_topic, draft_b12, draft_lab, obs, run
+
+
+def _orders(finding: Any) -> list[tuple[str, str | None]]:
+    return [
+        (a.resource["code"]["coding"][0]["code"], a.resource.get("occurrenceDateTime"))
+        for p in finding.proposals
+        for a in p.actions
+        if a.type == "create"
+    ]
+
+
+def test_the_follow_up_after_starting_b12_rechecks_the_ferritin_a_baseline_already_measured() -> None:
+    """A B12 order for a deficient, macrocytic patient whose ferritin (250) was measured last week, with no
+    TSAT: the 8-week follow-up ordered a transferrin saturation alone. The baseline ferritin is the very
+    value expected to fall (Solmaz 2015); the follow-up must measure it again."""
+    labs = (obs("b12", 150, 5), obs("mcv", 110, 5), obs("ferritin", 250, 5))
+    finding = by_topic(run(*labs, drafts=(draft_b12(),), hook="order-select"), "iron-studies-after-b12")
+    followup = [code for code, when in _orders(finding) if when is not None]
+    assert sorted(followup) == ["2276-4", "2502-3"]
+    assert "Order ferritin and transferrin saturation for" in finding.proposals[0].label
+    # A ferritin already drafted for the follow-up is not ordered twice.
+    drafted = draft_lab("ferritin", occurrenceDateTime="2026-03-12")
+    again = run(*labs, drafts=(draft_b12(), drafted), hook="order-select")
+    assert [c for c, w in _orders(by_topic(again, "iron-studies-after-b12")) if w] == ["2502-3"]
+
+
+def test_a_resulted_transferrin_saturation_is_not_followed_by_an_iron_panel() -> None:
+    """B12 ordered for a high ferritin with a TSAT of 55 % last month: the card ordered serum iron and TIBC
+    (the panel that TSAT is calculated from) and its label still said 'iron panel'."""
+    labs = (obs("b12", 400, 20), obs("ferritin", 800, 20), obs("tsat", 55, 20))
+    finding = by_topic(run(*labs, drafts=(draft_b12(),), hook="order-select"), "b12-not-for-high-ferritin")
+    assert sorted(c for c, _ in _orders(finding)) == ["1742-6", "1920-8", "1988-5"]
+    assert finding.proposals[0].label == "Order CRP and liver enzymes to find the cause of the high ferritin"
+    # Serum iron with TIBC give the saturation too.
+    panel = (obs("b12", 400, 20), obs("ferritin", 800, 20), obs("iron", 180, 20), obs("tibc", 300, 20))
+    finding = by_topic(run(*panel, drafts=(draft_b12(),), hook="order-select"), "b12-not-for-high-ferritin")
+    assert "2502-3" not in [c for c, _ in _orders(finding)]
+    # With none of them, the iron panel is ordered and named.
+    bare = by_topic(
+        run(obs("b12", 400, 20), obs("ferritin", 800, 20), drafts=(draft_b12(),), hook="order-select"),
+        "b12-not-for-high-ferritin",
+    )
+    assert {"2502-3", "2498-4", "2500-7"} <= {c for c, _ in _orders(bare)}
+    assert "iron panel" in bare.proposals[0].label
