@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.clinical.builders import by_topic, draft_b12, draft_lab, obs, run
+from tests.clinical.builders import CYANO, by_topic, draft_b12, draft_lab, med, obs, run
 
 
 def _orders(finding: Any) -> list[tuple[str, str | None]]:
@@ -49,3 +49,17 @@ def test_a_resulted_transferrin_saturation_is_not_followed_by_an_iron_panel() ->
     )
     assert {"2502-3", "2498-4", "2500-7"} <= {c for c, _ in _orders(bare)}
     assert "iron panel" in bare.proposals[0].label
+
+
+def test_the_b12_quoted_beside_an_unmasked_iron_deficiency_says_when_it_was_taken() -> None:
+    """B12 150 pg/mL drawn before the course, ferritin 200 → 15 on it: the card listed 'Vitamin B12 150
+    pg/mL' bare under the iron studies taken on treatment, which reads as a deficiency persisting on B12;
+    and a high B12 from before the course was called 'high on treatment'."""
+    course = med(CYANO, 100)
+    iron = (obs("ferritin", 200, 105), obs("ferritin", 15, 10))
+    finding = by_topic(run(course, *iron, obs("b12", 150, 105)), "iron-deficiency-after-b12")
+    assert "- Vitamin B12 **150 pg/mL on 2025-10-02** (before B12 was started)" in finding.detail
+    high_before = by_topic(run(course, *iron, obs("b12", 1000, 105)), "iron-deficiency-after-b12")
+    assert "high on treatment" not in high_before.detail
+    high_on = by_topic(run(course, *iron, obs("b12", 1000, 10)), "iron-deficiency-after-b12")
+    assert "(high on treatment)" in high_on.detail

@@ -68,10 +68,15 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     if combined is not None:
         lines.append(f"- Vitamin B12 **{combined[0].quoted()}** is deficient (compared with {combined[1]})")
     elif b12 is not None:
-        lines.append(
-            f"- Vitamin B12 **{b12.quoted()}**"
-            + (" (high on treatment)" if b12_elevated(record, b12)[0] else "")
-        )
+        # Said when it was taken: a deficient B12 from before the course is what the course treats, not a
+        # deficiency on it; a high one is high because of the treatment only when taken on it.
+        if b12.when < treated:
+            when = " (before B12 was started)"
+        elif b12_elevated(record, b12)[0]:
+            when = " (high on treatment)"
+        else:
+            when = " (on treatment)"
+        lines.append(f"- Vitamin B12 **{b12.quoted()}**{when}")
     iron = record.products_on_file(frozenset({codes.IRON_THERAPY}))
     tsat_lines, tsat_proposals = tsat_check(record, status.ferritin)
     lines += [
