@@ -611,17 +611,21 @@ def fire(
     Reads discovery, runs the service's prefetch queries against --fhir-server (one line per query on
     stderr), signs a fresh JWT per call when given --signing-key, sends the hook and prints the cards.
 
+    Examples: the patients are fixtures that `cds-service load-fixtures` put on the FHIR server.
+
     \b
-    Examples:
       cds-service fire --service http://127.0.0.1:8080 --fhir-server http://127.0.0.1:8090/fhir \\
           --patient fx-b12-started-8-weeks-ago
       cds-service fire --service http://127.0.0.1:8080 --fhir-server http://127.0.0.1:8090/fhir \\
-          --patient ID --hook order-select --order hooks/order-select-cyanocobalamin.json
-      cds-service fire --service https://cds.example.org --fhir-server https://hapi.fhir.org/baseR4 \\
-          --patient ID --signing-key client.pem --iss https://ehr.example.org --kid key-1
+          --patient fx-b12-order-megaloblastic --hook order-select \\
+          --order hooks/order-select-cyanocobalamin.json
+      cds-service fire --service http://127.0.0.1:8080 --fhir-server http://127.0.0.1:8090/fhir \\
+          --patient fx-b12-started-8-weeks-ago --signing-key client.pem --iss https://ehr.local.test \\
+          --kid local-1
 
-    A FHIR server that wants a token (the SMART launcher): --fhir-token or $FHIR_ACCESS_TOKEN. Step by
-    step for HAPI, SMART and the CDS Hooks Sandbox: docs/testing-with-sandboxes.md.
+    The last signs JWTs with a key the service has registered (CDS_CLIENTS). A FHIR server that wants a
+    token (the SMART launcher): --fhir-token or $FHIR_ACCESS_TOKEN. Step by step, the key included, and
+    for HAPI, SMART and the CDS Hooks Sandbox: docs/testing-with-sandboxes.md.
     """
     if hook in ORDER_HOOKS and order_file is None:
         raise click.UsageError(f"--hook {hook} needs draft orders: give --order FILE")
