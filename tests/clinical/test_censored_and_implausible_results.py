@@ -172,3 +172,29 @@ def test_a_confirmed_or_unstated_verification_still_counts() -> None:
     del unstated["verificationStatus"]
     for item in (condition("84027009"), unstated):
         assert record(item).has_condition(codes.PERNICIOUS_ANAEMIA)
+
+
+def test_a_b12_above_a_bound_under_the_threshold_is_not_called_not_deficient() -> None:
+    """B12 ordered for a high ferritin, with the latest B12 reported as '>150 pg/mL': the card said
+    '>150 pg/mL is not deficient (compared with the threshold of 200 pg/mL)', which the value does not
+    show; a true B12 of 160 is deficient and B12 would be the right order."""
+    ferritin = obs("ferritin", 800, 10)
+    for shown in (">150 pg/mL", ">=199 pg/mL"):
+        found = run(obs("b12", shown, 10), ferritin, drafts=(draft_b12(),), hook="order-select")
+        assert "b12-not-for-high-ferritin" not in topics(found), shown
+    for shown in (">=200 pg/mL", ">250 pg/mL"):
+        found = run(obs("b12", shown, 10), ferritin, drafts=(draft_b12(),), hook="order-select")
+        assert "b12-not-for-high-ferritin" in topics(found), shown
+
+
+def test_a_censored_haemoglobin_is_called_anaemia_only_when_its_bound_shows_it() -> None:
+    labs = (obs("b12", 150, 10), obs("ferritin", 12, 10))
+    for shown, verdict in (
+        ("<13 g/dL", "(anaemia by"),
+        ("<14 g/dL", "(WHO anaemia threshold 13 g/dL)"),
+        (">13 g/dL", "(no anaemia by"),
+        ("12.5 g/dL", "(anaemia by"),
+    ):
+        (finding,) = run(*labs, obs("hb", shown, 10), gender="male")
+        (line,) = [x for x in finding.detail.splitlines() if x.startswith("- Haemoglobin")]
+        assert verdict in line, (shown, line)

@@ -45,6 +45,9 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     if low or b12.comparator in ("<", "<="):
         return None
     t = record.config.thresholds
+    # The card says the B12 is not deficient: a lower bound under the threshold (">150") does not show it.
+    if b12.comparator is not None and b12.value < t.b12_deficient:
+        return None
     high, basis = ferritin_high(record, ferritin)
     if not high:
         return None

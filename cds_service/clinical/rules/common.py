@@ -189,7 +189,13 @@ def haemoglobin_line(record: PatientRecord, when: datetime) -> list[str]:
         return []
     t = record.config.thresholds
     limit = t.hb_anaemia_female if record.female else t.hb_anaemia_male
-    verdict = "anaemia" if hb.value < limit else "no anaemia"
+    # A censored value decides only when its bound does ("<13" is anaemia in a man; "<14" says neither).
+    if hb.below(limit):
+        verdict = "anaemia"
+    elif hb.comparator in (None, ">", ">=") and hb.value >= limit:
+        verdict = "no anaemia"
+    else:
+        return [f"- Haemoglobin **{hb.quoted()}** (WHO anaemia threshold {fmt(limit)} g/dL)"]
     return [f"- Haemoglobin **{hb.quoted()}** ({verdict} by the WHO threshold of {fmt(limit)} g/dL)"]
 
 
