@@ -23,7 +23,13 @@ from cds_service.clinical.engine import ClinicalConfig, evaluate, load_clinical_
 from cds_service.clinical.findings import JSON_FORMAT, Finding, findings_from_json, findings_to_json
 from cds_service.config import ConfigError, Settings, load_site_config
 from cds_service.fhir.client import FetchOutcome, FhirClient, fhir_server_allowed
-from cds_service.fhir.medications import MAX_IDS, dangling_medication_ids, medication_queries
+from cds_service.fhir.medications import (
+    MAX_IDS,
+    RECORD_TYPES,
+    dangling_medication_ids,
+    local_medication_id,
+    medication_queries,
+)
 from cds_service.observability import CallTrace, observe_fhir_fetch
 from cds_service.protocol.auth import AuthenticatedClient
 from cds_service.protocol.cards import (
@@ -297,6 +303,8 @@ class HookHandler:
             spent_ms = (time.monotonic() - started) * 1000.0
             with trace.phase("fhir"):
                 resources.extend(self._fetch_medications(request, client, dangling, trace, spent_ms))
+        elif not request.fhir_server and request.draft_orders:
+            _note_drafts_without_a_product(request, resources)
         return resources
 
     def _may_query(self, request: HookRequest, client: AuthenticatedClient | None) -> bool:
@@ -433,6 +441,33 @@ class HookHandler:
                 extra=extra,
             )
         return failed
+
+
+def _note_drafts_without_a_product(request: HookRequest, resources: list[dict]) -> None:
+    """A log line for draft orders that name their product only by a reference to a Medication nobody
+    sent, when there is no fhirServer to fetch it from. Such a draft is read as an unidentified medicine,
+    so the call is answered without a word about it: the line tells the operator why (with a server that
+    is not allowed or fails, ``_fetch_medications`` says so). A reference with a display is read by it."""
+    wanted = {
+        ident
+        for draft in request.draft_orders
+        if draft.get("resourceType") in RECORD_TYPES
+        and isinstance(reference := draft.get("medicationReference"), dict)
+        and not (isinstance(reference.get("display"), str) and reference["display"].strip())
+        and (ident := local_medication_id(reference, "")) is not None
+    }
+    if not wanted:
+        return
+    sent = (r.get("id") for r in [*resources, *request.draft_orders] if r.get("resourceType") == "Medication")
+    unread = sorted(wanted.difference(sent))
+    if unread:
+        log.info(
+            "%d draft order(s) name their medication only by a reference to a Medication not in the "
+            "request (%s), and no fhirServer was given to fetch it: read as unidentified medicines",
+            len(unread),
+            ", ".join(f"Medication/{ident}" for ident in unread[:5]),
+            extra={"hookInstance": request.hook_instance},
+        )
 
 
 def _identifiers(request: HookRequest) -> tuple[str | None, ...]:
