@@ -105,3 +105,23 @@ def test_a_deficiency_measured_years_before_a_course_does_not_explain_it() -> No
     assert topics(run(obs("b12", 150, 2500), *now_high)) == ["elevated-b12-supplement-review"]
     # A deficiency measured just before the course still explains it.
     assert topics(run(obs("b12", 150, 215), *now_high)) == []
+
+
+# --- how old a value may be ------------------------------------------------------------------------------
+
+
+def test_no_saturation_is_ordered_now_to_settle_a_ferritin_of_months_ago() -> None:
+    """A ferritin of 60 ng/mL with a CRP of 20 mg/L, both 300 days ago: the card ordered a transferrin
+    saturation now to settle them, though a saturation drawn now does not pair with a ferritin of ten months
+    ago and the inflammation may be long gone."""
+    old = (obs("ferritin", 60, 300), obs("crp", 20, 298))
+    assert topics(run(*old)) == []
+    recent = (obs("ferritin", 60, 60), obs("crp", 20, 58))
+    assert topics(run(*recent)) == ["ferritin-inflammation-check-tsat"]
+    # A card calling an old inflamed ferritin iron deficiency keeps the doubt but orders no saturation alone.
+    combined = run(obs("b12", 150, 300), *old)
+    (finding,) = combined
+    assert "recheck ferritin, transferrin saturation and CRP together" in finding.detail
+    assert "2502-3" not in [
+        a.resource["code"]["coding"][0]["code"] for p in finding.proposals for a in p.actions if a.resource
+    ]

@@ -173,6 +173,14 @@ def tsat_check(record: PatientRecord, ferritin: Result) -> tuple[list[str], tupl
         f"{fmt(t.tsat_low)} % would support iron deficiency, and none was taken within "
         f"{t.same_time_days} days of this ferritin (WHO 2020; AGA 2020)."
     )
+    if ferritin.when < record.now - timedelta(days=t.recent_days):
+        # A saturation drawn now says nothing of the iron of a ferritin taken months ago, nor is an old CRP
+        # today's inflammation: the pair has to be measured again together.
+        line = line[:-1] + (
+            f"; this ferritin is more than {t.recent_days} days old, so recheck ferritin, transferrin "
+            "saturation and CRP together rather than a saturation alone."
+        )
+        return ([line], ())
     proposals = order_labs(
         record,
         "Order transferrin saturation to confirm the iron deficiency",

@@ -21,7 +21,9 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     if focus is not None:
         return None
     t = record.config.thresholds
-    ferritin = record.latest("ferritin")
+    # Recent only: inflammation comes and goes, and a saturation drawn now does not pair with a ferritin and
+    # CRP of months ago (the pair is read within the "same time" window).
+    ferritin = record.latest("ferritin", within_days=t.recent_days)
     if ferritin is None:
         return None
     crp = tsat_would_settle(record, ferritin)
