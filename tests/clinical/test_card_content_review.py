@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.clinical.builders import CYANO, by_topic, draft_b12, draft_lab, med, obs, run
+from tests.clinical.builders import CYANO, RXNORM, by_topic, draft_b12, draft_lab, med, obs, run
 
 
 def _orders(finding: Any) -> list[tuple[str, str | None]]:
@@ -63,3 +63,14 @@ def test_the_b12_quoted_beside_an_unmasked_iron_deficiency_says_when_it_was_take
     assert "high on treatment" not in high_before.detail
     high_on = by_topic(run(course, *iron, obs("b12", 1000, 10)), "iron-deficiency-after-b12")
     assert "(high on treatment)" in high_on.detail
+
+
+def test_iron_deficiency_beside_a_high_b12_mentions_the_iron_therapy_on_file() -> None:
+    """A patient on ferrous sulfate and B12 injections (as the sandbox's Silvana Cremin), iron deficient
+    with a high B12: the card asked for a work-up of the iron deficiency without saying the patient is
+    already on iron, the first thing to check (adherence, absorption), which makes blood loss likelier."""
+    ferrous = med({"coding": [{"system": RXNORM, "code": "310325"}], "text": "ferrous sulfate 325 MG"}, 400)
+    labs = (obs("b12", 1500, 10), obs("ferritin", 12, 10))
+    finding = by_topic(run(*labs, ferrous, med(CYANO, 3000)), "iron-deficiency-with-high-b12")
+    assert "Iron therapy on file: ferrous sulfate 325 MG" in finding.detail
+    assert "Iron therapy on file" not in by_topic(run(*labs), "iron-deficiency-with-high-b12").detail

@@ -125,6 +125,13 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
             "- Iron deficiency in someone taking B12 suggests ongoing blood loss or malabsorption (coeliac "
             "disease, autoimmune gastritis, IBD, bariatric surgery): investigate the cause (AGA 2020)."
         )
+    # Iron deficiency on iron therapy changes the question: is it taken, absorbed, outpaced by a loss?
+    iron = record.products_on_file(frozenset({codes.IRON_THERAPY}))
+    if iron:
+        lines.append(
+            f"- Iron therapy on file: {literal_names(m.name for m in iron)} — check adherence and "
+            "absorption; iron deficiency despite it makes ongoing blood loss more likely."
+        )
     # This card replaces the iron-studies reminder (the deficiency is shown): it carries the recheck.
     recheck_lines, recheck = iron_studies_after_b12.carried(record, focus)
     lines += recheck_lines
