@@ -74,3 +74,11 @@ def test_iron_deficiency_beside_a_high_b12_mentions_the_iron_therapy_on_file() -
     finding = by_topic(run(*labs, ferrous, med(CYANO, 3000)), "iron-deficiency-with-high-b12")
     assert "Iron therapy on file: ferrous sulfate 325 MG" in finding.detail
     assert "Iron therapy on file" not in by_topic(run(*labs), "iron-deficiency-with-high-b12").detail
+
+
+def test_a_combined_deficiency_on_oral_iron_says_so() -> None:
+    ferrous = med({"coding": [{"system": RXNORM, "code": "310325"}], "text": "ferrous sulfate 325 MG"}, 400)
+    labs = (obs("b12", 150, 10), obs("ferritin", 12, 10))
+    finding = by_topic(run(*labs, ferrous), "combined-b12-iron-deficiency")
+    assert "Iron therapy on file: ferrous sulfate 325 MG" in finding.detail
+    assert "Iron therapy on file" not in by_topic(run(*labs), "combined-b12-iron-deficiency").detail

@@ -6,7 +6,9 @@ IBD, bariatric surgery. Test for autoimmune gastritis and coeliac disease; repla
 
 from __future__ import annotations
 
+from cds_service.clinical import codes
 from cds_service.clinical.findings import Finding
+from cds_service.clinical.markdown import literal_names
 from cds_service.clinical.record import MedicationEntry, PatientRecord
 from cds_service.clinical.rules import iron_studies_after_b12
 from cds_service.clinical.rules.common import (
@@ -48,6 +50,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         f"- {status.reason[0].upper()}{status.reason[1:]}.",
         *tsat_lines,
         *workup.lines,
+        *_iron_on_file(record),
         *recheck_lines,
         "",
         "Sources: BSH 2014 (Devalia); AGA 2020 iron deficiency guideline.",
@@ -61,3 +64,15 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         proposals=workup.proposals + tsat_proposals + recheck,
         selection_behavior="any",
     )
+
+
+def _iron_on_file(record: PatientRecord) -> list[str]:
+    """Iron deficiency on iron therapy: adherence and absorption first (oral iron fails in autoimmune
+    gastritis and coeliac disease, the causes this card tests for)."""
+    iron = record.products_on_file(frozenset({codes.IRON_THERAPY}))
+    if not iron:
+        return []
+    return [
+        f"- Iron therapy on file: {literal_names(m.name for m in iron)} — check adherence and absorption; "
+        "oral iron is poorly absorbed in autoimmune gastritis and coeliac disease."
+    ]
