@@ -13,8 +13,12 @@ from hypothesis import strategies as st
 from cds_service.fhir.medications import (
     IDS_PER_QUERY,
     MAX_IDS,
+    MedicationIndex,
+    MedicationRef,
     dangling_medication_ids,
+    ingredient_concepts,
     local_medication_id,
+    local_medication_reference,
     medication_queries,
 )
 from tests.support.json_values import json_values
@@ -131,3 +135,58 @@ def test_any_json_reads_without_error_and_yields_only_valid_ids(
         assert re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", ident)
         [query] = medication_queries([ident]).values()
         assert parse_qs(query.partition("?")[2]) == {"_id": [ident], "_count": ["1"]}
+
+
+@pytest.mark.parametrize(
+    ("reference", "expected"),
+    [
+        ("Medication/m1", MedicationRef("m1")),
+        ("Medication/m1/_history/3", MedicationRef("m1", "3")),
+        (f"{SERVER}/Medication/m1/_history/v-2.a", MedicationRef("m1", "v-2.a")),
+        ("Medication/m1/_history/", None),
+        ("Medication/m1/_history/3/x", None),
+        ("Medication/m1/_history/3?_include=*", None),
+        ("Medication/m1/_history/3#frag", None),
+        ("https://other.example.org/fhir/Medication/m1/_history/3", None),
+    ],
+)
+def test_a_versioned_reference_keeps_its_version_and_only_a_valid_one(
+    reference: str, expected: MedicationRef | None
+) -> None:
+    """The version used to be cut off and the current Medication fetched instead; a version that is not
+    a FHIR id (it goes into the URL's path) makes the reference one not followed at all."""
+    assert local_medication_reference({"reference": reference}, SERVER) == expected
+    if expected is not None:
+        suffix = f"/_history/{expected.version}" if expected.version else ""
+        assert expected.read_query() == f"Medication/{expected.ident}{suffix}"
+
+
+def test_the_index_finds_the_version_a_reference_names() -> None:
+    current = {"resourceType": "Medication", "id": "m1", "meta": {"versionId": "3"}, "code": {"text": "now"}}
+    old = {"resourceType": "Medication", "id": "m1", "meta": {"versionId": "2"}, "code": {"text": "then"}}
+    unsaid = {"resourceType": "Medication", "id": "m2", "code": {"text": "unsaid"}}
+    index = MedicationIndex([current, unsaid])
+    index.add(old, by_version=True)
+    assert index.resolve({"reference": "Medication/m1"}) is current
+    assert index.resolve({"reference": f"{SERVER}/Medication/m1/_history/2"}) is old
+    assert index.resolve({"reference": "Medication/m1/_history/7"}) is None
+    assert index.resolve({"reference": "Medication/m2/_history/7"}) is unsaid
+    assert index.resolve({"reference": "Substance/m1"}) is None
+    fetched_by_version_only = MedicationIndex()
+    fetched_by_version_only.add(old, by_version=True)
+    assert fetched_by_version_only.resolve({"reference": "Medication/m1"}) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(json_values(max_leaves=8), max_size=4), st.lists(REFERENCES, max_size=4))
+def test_ingredients_of_any_shape_read_without_error(junk: list[Any], references: list[Any]) -> None:
+    """Medications of odd shapes, ingredients that are not objects, references of any kind: read as
+    nothing, never an exception, and each Medication at most once."""
+    medications = [
+        {"resourceType": "Medication", "id": f"m{n}", "ingredient": [{"itemReference": ref}, *junk]}
+        for n, ref in enumerate(references)
+    ]
+    index = MedicationIndex([*medications, *junk])
+    for medication in medications:
+        concepts = ingredient_concepts(medication, index)
+        assert len(concepts) <= len(medications) + len(junk) * len(medications)
