@@ -107,11 +107,50 @@ def refusal(exc: BaseException, cfg: Any) -> tuple[int, str] | None:
 
 
 def _body_arrived(reader: Any, unreader: Any) -> bool:
-    """Whether the rest of a request's body is already in gunicorn's buffer (or there is none); unknown,
-    so False, for a chunked body."""
+    """Whether the rest of a request's body is in gunicorn's buffer already (or there is none left); for a
+    chunked body, only once it has been read to its end."""
     if isinstance(reader, LengthReader):
-        return reader.length <= len(unreader.buf.getvalue())
-    return not isinstance(reader, ChunkedReader)
+        if reader.length == 0:
+            return True
+        with unreader.buf.getbuffer() as buffered:
+            return reader.length <= buffered.nbytes
+    if isinstance(reader, ChunkedReader):
+        return reader.parser is None
+    return True
+
+
+def _take_over_continue(req: Any) -> bool:
+    """Whether the client waits for "100 Continue" before it sends the body; gunicorn will not send it.
+
+    gunicorn internal: its parser sets ``_expected_100_continue`` and wsgi.create sends the 100 when it
+    is true (tests/serving/test_http_expect_continue.py checks both against the installed gunicorn)."""
+    if getattr(req, "_expected_100_continue", False) is not True:
+        return False
+    req._expected_100_continue = False
+    return True
+
+
+class KeptIfReadToEnd:
+    """A request body's reader while the app answers, when the body has not all arrived: the connection
+    closes after the answer (``Connection: close``) unless the app reads the body to its end.
+
+    Through the request's force_close and must_close, which gunicorn's response consults as it writes its
+    head and again once the answer is out."""
+
+    __slots__ = ("_closing", "_reader", "_req", "_unreader")
+
+    def __init__(self, reader: Any, req: Any, unreader: Any) -> None:
+        self._reader = reader
+        self._req = req
+        self._unreader = unreader
+        self._closing = req.must_close
+        req.force_close()
+
+    def read(self, size: int) -> bytes:
+        data: bytes = self._reader.read(size)
+        if _body_arrived(self._reader, self._unreader):
+            self._req.must_close = self._closing
+        return data
 
 
 def fair_chunks(pieces: Iterator[bytes]) -> Iterator[bytes]:
@@ -337,61 +376,55 @@ class JsonErrorWorker(ThreadWorker):
         return {}
 
     def handle_request(self, req: Any, conn: Any) -> bool:
-        """gthread's, with the body read under a deadline and in chunks that are not too small, and with
+        """gthread's, with the body read under a deadline and in chunks that are not too small, with the
+        connection kept only when the body has been read to its end (or has all arrived), and with
         ``Expect: 100-continue`` answered only once the app reads the body.
 
-        gunicorn sends "100 Continue" as soon as it has parsed the head, before the app has looked at the
-        request: a client then sent its body (up to the size limit) only to be refused with a 401, 404,
+        gunicorn drains a body the app left unread before it reuses the connection, on the request's
+        thread and for up to 5 s: a few connections that announced a body and sent none held every thread
+        of a worker, for any caller (a 404 or a 401 leaves the body unread). An answer given before such a
+        body has arrived now closes the connection instead, saying so (KeptIfReadToEnd); the close lingers
+        on the poller, not on a thread.
+
+        gunicorn also sends "100 Continue" as soon as it has parsed the head, before the app has looked at
+        the request: a client then sent its body (up to the size limit) only to be refused with a 401, 404,
         405, 413 or 415 the app decides from the head alone. Now the 100 goes out just before the body is
-        first read from the socket, so a refusal is the client's only answer (RFC 9110 10.1.1). Such a
-        refusal closes the connection: the client may stop waiting and send its body after all, or not, so
-        where its next request would start is unknown. A body that is all here already needs no 100."""
-        reader = getattr(getattr(req, "body", None), "reader", None)
+        first read from the socket, so a refusal is the client's only answer (RFC 9110 10.1.1), and it
+        closes the connection as above: the client may stop waiting and send its body after all, or not.
+        A body that is all here already needs no 100."""
+        body = getattr(req, "body", None)
+        reader = getattr(body, "reader", None)
         if isinstance(reader, ChunkedReader) and reader.parser is not None:
             reader.parser = fair_chunks(reader.parser)
         unreader = getattr(conn.parser, "unreader", None)
         sock = getattr(unreader, "sock", None)
-        if isinstance(sock, socket.socket):
-            send_continue = self._continue_when_read(req, unreader, sock)
+        watched = isinstance(sock, socket.socket)
+        awaited = watched and not _body_arrived(reader, unreader)
+        if watched:
+            expected = _take_over_continue(req)
+            if awaited:
+                body.reader = KeptIfReadToEnd(reader, req, unreader)
+            send_continue = partial(sock.sendall, _CONTINUE) if awaited and expected else None
             unreader.sock = BodyDeadline(sock, time.monotonic() + BODY_DEADLINE_S, send_continue)
         try:
             keepalive: bool = super().handle_request(req, conn)
         finally:
-            if isinstance(sock, socket.socket):
+            if watched:
                 unreader.sock = sock
+            if awaited:
+                body.reader = reader
         setattr(req, _ANSWERED, True)
         return keepalive
-
-    @staticmethod
-    def _continue_when_read(req: Any, unreader: Any, sock: socket.socket) -> Callable[[], None] | None:
-        """For a request whose client waits for 100 Continue, take the 100 over from gunicorn and return
-        what sends it; the connection is to close after the answer unless that is called. None otherwise.
-
-        gunicorn internal: its parser sets ``_expected_100_continue`` and wsgi.create sends the 100 when
-        it is true (tests/serving/test_http_expect_continue.py checks both against the installed gunicorn).
-        The close goes through the request's force_close and must_close, which its responses consult."""
-        if getattr(req, "_expected_100_continue", False) is not True:
-            return None
-        req._expected_100_continue = False
-        if _body_arrived(req.body.reader, unreader):
-            return None
-        closing = req.must_close
-        req.force_close()
-
-        def send_continue() -> None:
-            sock.sendall(_CONTINUE)
-            req.must_close = closing
-
-        return send_continue
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         ip = (addr or ("", -1))[0]
         refused = refusal(exc, self.cfg)
         if getattr(req, _ANSWERED, False):
             # gunicorn drains a body the app left unread before reusing the connection; a malformed one
-            # fails there, after the app's response has gone out. gunicorn would write a second,
-            # unsolicited response, which a client may read as the answer to its next request. Closing
-            # the connection (gthread does once this returns) is all that is left to do.
+            # failed there, after the app's response had gone out. (Only a body that has all arrived is
+            # drained now, see handle_request, but the drain stays gunicorn's.) gunicorn would write a
+            # second, unsolicited response, which a client may read as the answer to its next request.
+            # Closing the connection (gthread does once this returns) is all that is left to do.
             if refused:
                 self.log.warning("Invalid request from ip=%s after its response: %s", ip, refused[1])
             else:

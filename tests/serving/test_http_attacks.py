@@ -270,6 +270,7 @@ def test_a_request_whose_framing_is_broken_ends_the_connection_after_its_answer(
     smuggled = b"GET /metrics HTTP/1.1\r\nHost: cds\r\n\r\n"
     replies = answers(exchange(served.port, broken + smuggled))
     assert [a.status for a in replies] == [400]
+    assert replies[0].headers["connection"] == "close", "the answer promised to keep the connection"
 
 
 # The statuses a clear refusal may have; never 500, never an HTML page, never silence.
@@ -450,6 +451,42 @@ def test_clients_that_keep_their_socket_open_after_a_closing_answer_do_not_stall
         [answer] = answers(exchange(served.port, b"GET /healthz HTTP/1.1\r\nHost: cds\r\n\r\n"))
         assert answer.status == 200
         assert time.monotonic() - started < 1.0
+    finally:
+        for sock in held:
+            sock.close()
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        "POST /cds-services/nope HTTP/1.1\r\nHost: cds\r\nContent-Type: application/json\r\n",
+        f"POST {HOOK_PATH} HTTP/1.1\r\nHost: cds\r\nContent-Type: text/plain\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: cds\r\n",
+    ],
+    ids=["404", "415", "200"],
+)
+def test_a_declared_body_that_never_comes_does_not_hold_a_thread_after_the_answer(
+    served: Served, request_head: str
+) -> None:
+    """gunicorn drains a body the app left unread before it reuses the connection, on the request's thread,
+    for up to 5 s: four connections that announced a body and sent none kept /healthz (this server has 2
+    threads) waiting 10 s, and any caller could, since a 404 or a 401 leaves the body unread. Such an
+    answer now closes the connection instead (lingering off the threads)."""
+    held = [socket.create_connection(("127.0.0.1", served.port), timeout=5) for _ in range(4)]
+    try:
+        for sock in held:
+            sock.sendall(f"{request_head}Content-Length: 1000\r\n\r\n".encode())
+        time.sleep(0.3)
+        started = time.monotonic()
+        [answer] = answers(exchange(served.port, b"GET /healthz HTTP/1.1\r\nHost: cds\r\n\r\n"))
+        assert answer.status == 200
+        assert time.monotonic() - started < 1.0, "a thread was held draining a body that never came"
+        for sock in held:
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+            [refused] = answers(received)
+            assert refused.headers["connection"] == "close"
     finally:
         for sock in held:
             sock.close()
