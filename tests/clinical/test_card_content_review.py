@@ -82,3 +82,13 @@ def test_a_combined_deficiency_on_oral_iron_says_so() -> None:
     finding = by_topic(run(*labs, ferrous), "combined-b12-iron-deficiency")
     assert "Iron therapy on file: ferrous sulfate 325 MG" in finding.detail
     assert "Iron therapy on file" not in by_topic(run(*labs), "combined-b12-iron-deficiency").detail
+
+
+def test_b12_for_a_high_ferritin_quotes_the_crp_it_did_not_order() -> None:
+    """A B12 order for a ferritin of 450 with a CRP of 30 mg/L last month: the card told the clinician to
+    look for inflammation (CRP) and left CRP out of its orders, as resulted, without ever showing it."""
+    labs = (obs("b12", 400, 30), obs("ferritin", 450, 30), obs("crp", 30, 30), obs("alt", 20, 200))
+    finding = by_topic(run(*labs, drafts=(draft_b12(),), hook="order-select"), "b12-not-for-high-ferritin")
+    assert "- CRP **30 mg/L on 2025-12-16** (inflammation: above 5 mg/L)" in finding.detail
+    assert "ALT **" not in finding.detail, "an ALT older than 90 days is ordered, not quoted"
+    assert "1742-6" in [c for c, _ in _orders(finding)]

@@ -116,6 +116,18 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     ]
     if tsat is not None:
         lines.append(f"- Transferrin saturation **{tsat.quoted()}**")
+    # The results that make an order unnecessary are quoted: the card asks to look for inflammation and
+    # liver disease, and a CRP or ALT it does not order is one the clinician should see.
+    for analyte, label in (("crp", "CRP"), ("alt", "ALT"), ("ast", "AST")):
+        result = record.latest(analyte, within_days=t.recent_days)
+        if result is None:
+            continue
+        comment = (
+            f" (inflammation: above {fmt(t.crp_inflammation)} mg/L)"
+            if analyte == "crp" and result.above(t.crp_inflammation)
+            else ""
+        )
+        lines.append(f"- {label} **{result.quoted()}**{comment}")
     lines += [
         "",
         "**Reasoning**",
