@@ -92,3 +92,16 @@ def test_b12_for_a_high_ferritin_quotes_the_crp_it_did_not_order() -> None:
     assert "- CRP **30 mg/L on 2025-12-16** (inflammation: above 5 mg/L)" in finding.detail
     assert "ALT **" not in finding.detail, "an ALT older than 90 days is ordered, not quoted"
     assert "1742-6" in [c for c, _ in _orders(finding)]
+
+
+def test_a_work_up_test_left_out_as_already_resulted_is_named_with_its_date() -> None:
+    """A combined deficiency whose tTG IgA was resulted four months ago: the card ordered the gastric tests
+    and silently left tTG out, so the clinician could not tell whether coeliac disease had been forgotten."""
+    labs = (obs("b12", 150, 10), obs("ferritin", 12, 10))
+    ttg = obs("ttg-iga", "negative", 120)
+    finding = by_topic(run(*labs, ttg), "combined-b12-iron-deficiency")
+    assert "- Already resulted (see the laboratory report): tTG IgA on 2025-09-17." in finding.detail
+    assert "31017-7" not in [c for c, _ in _orders(finding)]
+    high = by_topic(run(obs("b12", 1500, 10), obs("ferritin", 12, 10), ttg), "iron-deficiency-with-high-b12")
+    assert "tTG IgA on 2025-09-17" in high.detail
+    assert "Already resulted" not in by_topic(run(*labs), "combined-b12-iron-deficiency").detail

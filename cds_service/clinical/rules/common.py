@@ -306,6 +306,17 @@ def suggested_tests_line(wanted: Sequence[str], days: int) -> list[str]:
     return [f"- Suggested: {names} (none resulted in {days} days or already on order)."]
 
 
+def done_tests_line(record: PatientRecord, analytes: Iterable[str], days: int) -> list[str]:
+    """The card line naming the tests left out because they were resulted within ``days`` (with the date),
+    so a card that does not order them says why; none when there are none."""
+    since = record.now - timedelta(days=days)
+    done = [(a, record.tested_since(a, since)) for a in analytes]
+    shown = [f"{codes.ANALYTE_NAMES[a]} on {day(when)}" for a, when in done if when is not None]
+    if not shown:
+        return []
+    return [f"- Already resulted (see the laboratory report): {', '.join(shown)}."]
+
+
 # --- proposed resources -------------------------------------------------------------------------------
 
 
@@ -626,6 +637,7 @@ def shared_cause_workup(record: PatientRecord, b12: Result) -> SharedCauseWorkup
             "tests suggested."
         )
     lines += suggested_tests_line(wanted, t.latest_days)
+    lines += done_tests_line(record, [*GASTRITIS_TESTS, "ttg-iga"], t.latest_days)
     return SharedCauseWorkup(lines, proposals, todo, on_b12)
 
 

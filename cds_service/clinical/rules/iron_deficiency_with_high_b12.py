@@ -16,6 +16,7 @@ from cds_service.clinical.rules.common import (
     B12_PRODUCTS,
     SOURCE_LABEL,
     deficiency_explains_b12,
+    done_tests_line,
     elevated_latest_b12,
     focus_products,
     haemoglobin_line,
@@ -125,6 +126,8 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
             "- Iron deficiency in someone taking B12 suggests ongoing blood loss or malabsorption (coeliac "
             "disease, autoimmune gastritis, IBD, bariatric surgery): investigate the cause (AGA 2020)."
         )
+    if focus is None and not coeliac_known:
+        lines += done_tests_line(record, ["ttg-iga"], record.config.thresholds.latest_days)
     # Iron deficiency on iron therapy changes the question: is it taken, absorbed, outpaced by a loss?
     iron = record.products_on_file(frozenset({codes.IRON_THERAPY}))
     if iron:
