@@ -37,6 +37,8 @@ from cds_service.fhir.units import canonical_unit, to_canonical, unit_factor
 log = logging.getLogger(__name__)
 
 USABLE_OBSERVATION = frozenset({"final", "amended", "corrected"})
+# A test under way: never a value, but the test is ordered (many EHRs expose results and not their orders).
+IN_PROGRESS_OBSERVATION = frozenset({"registered", "preliminary"})
 ACTIVE_CONDITION = frozenset({"active", "recurrence", "relapse"})
 # A B12 deficiency kept in remission by injections still explains injections (and a high B12).
 CONTROLLED_CONDITION = frozenset({"remission"})
@@ -653,6 +655,8 @@ def build_record(
                 analyte = _analyte(resource.get("code"), analyte_codes)
             status = resource.get("status")
             if analyte is None or type(status) is not str or status not in USABLE_OBSERVATION:
+                if analyte is not None and status in IN_PROGRESS_OBSERVATION:
+                    _add_in_progress(record, resource, analyte, patient_id, own)
                 continue
             subject = resource.get("subject")
             reference = subject.get("reference") if type(subject) is dict else None
@@ -774,6 +778,18 @@ def build_record(
                 record.drafts.append(entry)
     units.report()
     return record
+
+
+def _add_in_progress(
+    record: PatientRecord, resource: dict[str, Any], analyte: str, patient_id: str, own: frozenset[str]
+) -> None:
+    """A registered or preliminary result of the patient: its test counts as ordered (within the pending
+    window, like an order on file), so no card asks for a test already under way."""
+    if _names_patient(resource, patient_id, own) is not True:
+        return
+    when = _observation_time(resource)
+    if when is not None:
+        record.orders.append(Order(frozenset({analyte}), when, False))
 
 
 def _by_time(result: Result) -> datetime:

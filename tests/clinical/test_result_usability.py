@@ -125,3 +125,23 @@ def test_no_saturation_is_ordered_now_to_settle_a_ferritin_of_months_ago() -> No
     assert "2502-3" not in [
         a.resource["code"]["coding"][0]["code"] for p in finding.proposals for a in p.actions if a.resource
     ]
+
+
+# --- a test under way ------------------------------------------------------------------------------------
+
+
+def test_a_test_under_way_is_not_ordered_again_nor_read() -> None:
+    """A preliminary MMA (the EHR exposing results but not its orders): the borderline card asked for an
+    MMA already in the laboratory. A preliminary or registered result is still never read as a value."""
+    borderline = obs("b12", 250, 10)
+    for status in ("preliminary", "registered"):
+        running = obs("mma", 300 if status == "preliminary" else None, 2, status=status)
+        assert topics(run(borderline, running)) == [], status
+        assert "mma" not in record(running).results
+    # One of another patient, or long abandoned, orders nothing.
+    assert topics(run(borderline, obs("mma", 300, 2, status="preliminary", pid="p2"))) == [
+        "borderline-b12-check-mma"
+    ]
+    assert topics(run(borderline, obs("mma", 300, 400, status="preliminary"))) == ["borderline-b12-check-mma"]
+    # Nor is a preliminary B12 a value for any card.
+    assert topics(run(obs("b12", 1500, 5, status="preliminary"))) == []
