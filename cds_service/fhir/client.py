@@ -22,6 +22,8 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from http.cookiejar import DefaultCookiePolicy
 from urllib.parse import urljoin, urlsplit
 
@@ -68,6 +70,8 @@ DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 _CHUNK_BYTES = 64 * 1024
 # Starting a request with less time than this left cannot succeed; call it a timeout straight away.
 _MIN_ATTEMPT_S = 0.002
+# A busy server's Retry-After is waited for only when this much of the budget is left after the wait.
+_MIN_RETRY_ANSWER_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,15 @@ class _Failure(Exception):
 
 class _Retryable(Exception):
     """The connection was reset; the GET may be sent once more."""
+
+
+class _Busy(Exception):
+    """A 429 or 503 whose server asks to be asked again after ``after_s``, which fits the budget."""
+
+    def __init__(self, after_s: float, failure: _Failure) -> None:
+        super().__init__(failure.reason)
+        self.after_s = after_s
+        self.failure = failure
 
 
 @dataclass
@@ -295,6 +308,26 @@ def _raw_stream(response: requests.Response) -> Iterator[bytes]:
         raise requests.exceptions.ConnectionError(exc) from exc
     except urllib3.exceptions.SSLError as exc:
         raise requests.exceptions.SSLError(exc) from exc
+
+
+def _retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """The wait a busy server asks for: ``x-ms-retry-after-ms`` (Azure API for FHIR), else ``Retry-After``
+    in seconds or as an HTTP date; None when it names none (or nonsense)."""
+    milliseconds = headers.get("x-ms-retry-after-ms", "").strip()
+    if milliseconds.isdigit():
+        return int(milliseconds) / 1000
+    value = headers.get("Retry-After", "").strip()
+    if value.isdigit():
+        return float(int(value))
+    if not value:
+        return None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _is_search_query(query: str) -> bool:
@@ -534,10 +567,18 @@ class FhirClient:
         return pages, False
 
     def _get(self, call: _Call, url: str, progress: _Progress) -> _Page:
-        """One GET, retried once if the connection was reset and time remains."""
+        """One GET, sent once more if the connection was reset, or if the server was busy (429, 503) and
+        asked to be asked again after a wait that leaves time for the answer (``Retry-After``, or Azure's
+        ``x-ms-retry-after-ms``). Rate limits are real on cloud FHIR services, and a short wait was
+        cheaper than a 412."""
         try:
             return self._attempt(call, url, progress)
         except _Retryable:
+            return self._attempt(call, url, progress, retrying=True)
+        except _Busy as busy:
+            time.sleep(busy.after_s)
+            if call.remaining() < _MIN_ATTEMPT_S:
+                raise busy.failure from None
             return self._attempt(call, url, progress, retrying=True)
 
     def _attempt(self, call: _Call, url: str, progress: _Progress, *, retrying: bool = False) -> _Page:
@@ -579,7 +620,18 @@ class FhirClient:
         progress.status = response.status_code
         if call.secret is not None and not 200 <= response.status_code < 300:
             raw = raw.replace(call.secret, b"***")  # before the reason quotes it, maybe cut short
-        return self._interpret(url, response, raw)
+        try:
+            return self._interpret(url, response, raw)
+        except _Failure as failure:
+            if response.status_code not in (429, 503):
+                raise
+            after = _retry_after_s(response.headers)
+            if after is None:
+                raise
+            if not retrying and after + _MIN_RETRY_ANSWER_S <= call.remaining():
+                raise _Busy(after, failure) from None
+            reason = f"{failure.reason} (the server asks to wait {after:g} s)"
+            raise _Failure(reason, failure.status) from None
 
     def _read_body(self, call: _Call, url: str, response: requests.Response) -> bytes:
         """The decoded body, read and decompressed a piece at a time, each piece followed by the checks:
