@@ -18,7 +18,7 @@ import click
 
 from cds_service.cli_types import config_message
 from cds_service.config import ConfigError, load_settings, load_site_config, parse_rfc3339
-from cds_service.feedback.dialects import dialect_for
+from cds_service.feedback.dialects import SQLiteDialect, dialect_for
 from cds_service.feedback.report import OfferedReasons, build_report, format_text, offered_reasons
 from cds_service.feedback.store import TABLE_NAMES, FeedbackStore, StoreUnavailable
 from cds_service.protocol.cards import (
@@ -50,6 +50,8 @@ def read_report(url: str, since: datetime | None, offered: OfferedReasons) -> di
     except ValueError as error:  # the message names the flaw, never the URL or its password
         raise click.ClickException(f"the feedback store URL is malformed: {error}") from None
     store = FeedbackStore.open_for_reading(url)
+    dialect = dialect_for(url, read_only=True)
+    wal_missing = isinstance(dialect, SQLiteDialect) and dialect.wal_missing()
     try:
         present = store.present_tables()
         if not present:
@@ -59,11 +61,24 @@ def read_report(url: str, since: datetime | None, offered: OfferedReasons) -> di
                     f"{store.describe()} is not a feedback store: it holds other tables "
                     f"({', '.join(others)}); check --db or CDS_FEEDBACK_DB"
                 )
+            if wal_missing:
+                # The service creates its tables as soon as it has put a new file in WAL mode; they reach
+                # the file itself at a checkpoint. A WAL file without them is a copy of one whose every
+                # write is still in the -wal file left behind, not a store with nothing to report.
+                raise click.ClickException(
+                    f"{store.describe()} is in WAL mode but holds no tables, and no {dialect.wal_path.name} "
+                    f"is beside it: a copy taken without its -wal file while the service ran? Copy "
+                    f"{dialect.wal_path.name} into the same directory too, or copy the store with "
+                    f'sqlite3 {dialect.path.name} ".backup COPY"'
+                )
             return build_report([], [], since=since, offered=offered)
         if present != set(TABLE_NAMES):
             missing = ", ".join(sorted(set(TABLE_NAMES) - present))
             raise click.ClickException(f"{store.describe()} is not a complete feedback store: no {missing}")
-        return store.report(since=since, offered=offered)
+        report = store.report(since=since, offered=offered)
+        if wal_missing:
+            report.setdefault("warnings", []).insert(0, _wal_missing_warning(dialect))
+        return report
     except _store_errors() as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise click.ClickException(
@@ -71,6 +86,18 @@ def read_report(url: str, since: datetime | None, offered: OfferedReasons) -> di
         ) from None
     finally:
         store.close()
+
+
+def _wal_missing_warning(dialect: SQLiteDialect) -> str:
+    """Said with every report of a WAL file that has no -wal beside it: it may be whole (the service
+    stopped cleanly) or miss everything written since the last checkpoint (a copy without its -wal), and
+    the file cannot tell which; the report of such a copy looked complete."""
+    wal = dialect.wal_path.name
+    return (
+        f"{dialect.path} is in WAL mode and no {wal} is beside it: if it was copied while the service "
+        f"ran, what was written since the last checkpoint is in {wal} and missing here; copy {wal} too, or "
+        f'copy the store with sqlite3 {dialect.path.name} ".backup COPY"'
+    )
 
 
 def _other_sqlite_tables(url: str) -> list[str]:
@@ -158,4 +185,7 @@ def feedback_report(as_json: bool, since: str | None, db: str | None) -> None:
         raise _ConfigurationError(f"configuration error: {config_message(error)}") from None
     url = db if db is not None else settings.feedback_db
     report = read_report(url, start, offered_reasons(offered, OVERRIDE_REASON_SYSTEM))
+    if as_json:  # the table shows them under its heading; JSON read by a program, on stderr as well
+        for warning in report.get("warnings", ()):
+            click.echo(f"Warning: {warning}", err=True)
     click.echo(json.dumps(report, indent=2) if as_json else format_text(report), nl=as_json)

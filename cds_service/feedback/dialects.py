@@ -111,11 +111,37 @@ class SQLiteDialect:
         self.path = Path(path)
         self.read_only = read_only
 
+    @property
+    def wal_path(self) -> Path:
+        return self.path.with_name(self.path.name + "-wal")
+
+    def in_wal_mode(self) -> bool:
+        """Whether the file's header says WAL (bytes 18 and 19 are 2): the service's store always is."""
+        try:
+            with self.path.open("rb") as file:
+                header = file.read(20)
+        except OSError:
+            return False
+        return header.startswith(b"SQLite format 3\x00") and header[18:20] == b"\x02\x02"
+
+    def wal_missing(self) -> bool:
+        """The file is in WAL mode and no -wal file is beside it.
+
+        Either the last connection closed cleanly (SQLite then copies the WAL into the file and deletes
+        it) or the file was copied without its -wal while the service ran, and what was written since the
+        last checkpoint (up to some thousands of rows) is not in the copy. Nothing in the file tells them
+        apart."""
+        return self.in_wal_mode() and not self.wal_path.exists()
+
     def connect(self) -> sqlite3.Connection:
         if self.read_only:
             # mode=ro: no file created, no journal mode or other setting changed (a report only reads).
+            # A WAL file with no -wal beside it is opened immutable: there is no WAL to read, and SQLite
+            # would otherwise create an empty -wal and a -shm beside it and leave them there (or, in a
+            # directory the reader may not write, refuse: "attempt to write a readonly database").
+            immutable = "&immutable=1" if self.wal_missing() else ""
             return sqlite3.connect(
-                f"{self.path.resolve().as_uri()}?mode=ro",
+                f"{self.path.resolve().as_uri()}?mode=ro{immutable}",
                 uri=True,
                 timeout=BUSY_TIMEOUT_MS / 1000,
                 isolation_level=None,

@@ -78,8 +78,10 @@ def build_report(
     outcomes: Iterable[OutcomeCount],
     since: datetime | None = None,
     offered: OfferedReasons | None = None,
+    warnings: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """The report as JSON-ready dicts, services and topics in name order."""
+    """The report as JSON-ready dicts, services and topics in name order; `warnings` (present only when
+    there are any) say why its numbers may not be the whole story."""
     services: dict[str, dict[str, Any]] = {}
     reasons: dict[tuple[str, str], dict[tuple[str | None, str], dict[str, Any]]] = {}
     others: dict[str, int] = {}
@@ -125,6 +127,8 @@ def build_report(
     }
     if others:
         report["otherOutcomes"] = dict(sorted(others.items()))
+    if warnings := list(warnings):
+        report["warnings"] = warnings
     return report
 
 
@@ -149,6 +153,7 @@ def format_text(report: dict[str, Any]) -> str:
     """A table per service, one line per topic, then the top override reasons of each topic."""
     since = report.get("since")
     lines = [f"Card feedback {'since ' + since if since else 'for all time'}"]
+    lines += [f"Warning: {warning}" for warning in report.get("warnings", ())]
     others = report.get("otherOutcomes") or {}
     if others:
         count = sum(others.values())

@@ -101,6 +101,19 @@ _OUTCOME_COUNTS = """WITH ranked AS (
     GROUP BY r.service_id, i.topic, r.outcome, r.reason_system, r.reason_code, r.reason_display"""
 
 
+# Whether each table holds any row at all, whatever --since says (EXISTS: no count of a big table).
+_ANY_ROWS = "SELECT EXISTS (SELECT 1 FROM cds_issued_card), EXISTS (SELECT 1 FROM cds_feedback)"
+
+# Feedback comes for cards the service issued and recorded a moment before, so a store with feedback and
+# not one issued card has lost its records (or never got them): every row of the report then reads
+# "issued 0" under the topic "unknown", which looked like a service that issued nothing.
+NO_ISSUED_RECORDS = (
+    "the store holds feedback but no card recorded as issued, so 'issued' is 0 and every topic 'unknown': "
+    "the issued-card records are missing (a SQLite file copied without its -wal file? a service whose "
+    "issued-card writer cannot write? see its log)"
+)
+
+
 class StoreUnavailable(Exception):
     """The database cannot serve right now (unreachable, connection lost, shutting down); nothing was
     written, and the same call may succeed later. The message is the database's reason, without secrets."""
@@ -256,14 +269,19 @@ class FeedbackStore:
         `offered` names and groups override reasons that clients echoed in part (see `report.py`)."""
         bound = timestamp_text(since) if since else ""
 
-        def read(cursor: Any) -> tuple[list[IssuedCount], list[OutcomeCount]]:
+        def read(cursor: Any) -> tuple[list[IssuedCount], list[OutcomeCount], tuple[Any, ...]]:
             cursor.execute(self._dialect.sql(_ISSUED_COUNTS), (bound,))
             issued = [IssuedCount(*row) for row in cursor.fetchall()]
             cursor.execute(self._dialect.sql(_OUTCOME_COUNTS), (bound,))
-            return issued, [OutcomeCount(*row) for row in cursor.fetchall()]
+            outcomes = [OutcomeCount(*row) for row in cursor.fetchall()]
+            cursor.execute(_ANY_ROWS)
+            return issued, outcomes, cursor.fetchone()
 
-        issued, outcomes = self._run(read, write=False)
-        return build_report(issued, outcomes, since=since, offered=offered)
+        issued, outcomes, (any_issued, any_feedback) = self._run(read, write=False)
+        warnings = []
+        if any_feedback and not any_issued:
+            warnings.append(NO_ISSUED_RECORDS)
+        return build_report(issued, outcomes, since=since, offered=offered, warnings=warnings)
 
     def unwritable(self) -> str | None:
         """None if a write could be made now (readiness), creating the tables first if they still wait for

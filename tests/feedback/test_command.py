@@ -70,8 +70,10 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """The exit status and what was printed: standard output only after a success (with --json, a
+    warning goes to stderr as well as into the JSON), both streams after a failure (the error)."""
     result = invoke(*args, env=env)
-    return result.exit_code, result.output
+    return result.exit_code, result.output if result.exit_code else result.stdout
 
 
 def error_line(result: Result) -> str:
@@ -306,7 +308,7 @@ def test_the_report_only_reads_a_database_the_service_never_wrote(tmp_path: Path
         )
     else:
         assert result.exit_code == 0, result.output
-        assert json.loads(result.output)["services"] == {}
+        assert json.loads(result.stdout)["services"] == {}
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.sqlite3"]
     conn = sqlite3.connect(path)
@@ -329,7 +331,7 @@ def test_postgres_database_without_tables_gives_an_empty_report_and_stays_empty(
 
     result = invoke("--json", "--db", postgres_url)
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["services"] == {}
+    assert json.loads(result.stdout)["services"] == {}
     with psycopg.connect(postgres_url) as conn:
         found = conn.execute("SELECT to_regclass('cds_feedback'), to_regclass('cds_issued_card')").fetchone()
     assert found == (None, None)
@@ -446,7 +448,7 @@ def test_an_outcome_the_report_does_not_know_is_counted_apart_not_a_key_error(sq
     conn.close()
     as_json = invoke("--json", "--db", sqlite_url)
     assert as_json.exit_code == 0, as_json.output
-    report = json.loads(as_json.output)
+    report = json.loads(as_json.stdout)
     assert report["services"][VIEW]["issued"] == 1
     assert report["otherOutcomes"] == {"snoozed": 1}
     as_text = invoke("--db", sqlite_url)
@@ -530,3 +532,147 @@ def test_a_report_reads_beside_an_open_writing_transaction(postgres_url: str) ->
         writer.rollback()
     assert code == 0, output
     assert json.loads(output)["services"][VIEW]["issued"] == 1
+
+
+def _running_store(path: Path, *, restarted: bool) -> FeedbackStore:
+    """A store as a running service holds it: open, in WAL mode, its latest writes in the -wal file.
+    `restarted`: the service was stopped cleanly once after creating it, so its (empty) tables reached
+    the file itself and only the rows are in the -wal."""
+    if restarted:
+        FeedbackStore.open(str(path)).close()
+    store = FeedbackStore.open(str(path))
+    store.record_issued(VIEW, [("v0", "iron-after-b12"), ("v1", "iron-after-b12")], T0)
+    entry = {"card": "v1", "outcome": "overridden", "outcomeTimestamp": "2026-03-02T09:06:00Z"}
+    store.add_feedback(VIEW, parse_feedback({"feedback": [entry]}))
+    assert path.with_name(path.name + "-wal").stat().st_size > 0
+    return store
+
+
+def _copy_without_wal(store_path: Path, to: Path) -> Path:
+    """What `kubectl cp pod:/data/cds-feedback.sqlite3 .` takes: the file, not its -wal or -shm."""
+    to.mkdir()
+    copy = to / store_path.name
+    copy.write_bytes(store_path.read_bytes())
+    return copy
+
+
+def test_a_copy_without_its_wal_and_so_without_tables_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Copied off a running pod without its -wal, a store whose every write was still in the WAL (the
+    tables included) read as 'No cards issued and no feedback received', exit 0. It is refused, naming
+    the missing file; with the -wal beside it the same copy reads whole."""
+    live = tmp_path / "pod" / "cds-feedback.sqlite3"
+    store = _running_store(live, restarted=False)
+    try:
+        copy = _copy_without_wal(live, tmp_path / "copy")
+        before = copy.read_bytes()
+        result = invoke("--db", str(copy))
+        assert result.exit_code == 1, result.output
+        assert error_line(result) == (
+            f"Error: SQLite file {copy} is in WAL mode but holds no tables, and no cds-feedback.sqlite3-wal "
+            "is beside it: a copy taken without its -wal file while the service ran? Copy "
+            "cds-feedback.sqlite3-wal into the same directory too, or copy the store with sqlite3 "
+            'cds-feedback.sqlite3 ".backup COPY"'
+        )
+        assert copy.read_bytes() == before
+        assert sorted(p.name for p in copy.parent.iterdir()) == ["cds-feedback.sqlite3"]
+
+        wal = live.with_name(live.name + "-wal").read_bytes()
+        copy.with_name("cds-feedback.sqlite3-wal").write_bytes(wal)
+        result = invoke("--json", "--db", str(copy))
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert (report["services"][VIEW]["issued"], report["services"][VIEW]["overridden"]) == (2, 1)
+        assert "warnings" not in report
+    finally:
+        store.close()
+
+
+def test_a_copy_without_its_wal_that_has_its_tables_is_reported_with_a_warning(tmp_path: Path) -> None:
+    """The tables reached the file at a clean stop, the rows since then are in the -wal left on the pod:
+    the copy's report was empty, exit 0, with nothing to say that it is not the whole store. The file
+    cannot tell such a copy from a store whose service stopped cleanly, so the report is given, with a
+    warning naming the missing file; and it creates no -wal or -shm beside the copy."""
+    live = tmp_path / "pod" / "cds-feedback.sqlite3"
+    store = _running_store(live, restarted=True)
+    try:
+        copy = _copy_without_wal(live, tmp_path / "copy")
+        before = copy.read_bytes()
+        result = invoke("--db", str(copy))
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        assert lines[1] == (
+            f"Warning: {copy} is in WAL mode and no cds-feedback.sqlite3-wal is beside it: if it was copied "
+            "while the service ran, what was written since the last checkpoint is in "
+            "cds-feedback.sqlite3-wal and missing here; copy cds-feedback.sqlite3-wal too, or copy the "
+            'store with sqlite3 cds-feedback.sqlite3 ".backup COPY"'
+        )
+        assert lines[2] == "No cards issued and no feedback received in this period."
+
+        result = invoke("--json", "--db", str(copy))
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert report["warnings"] == [lines[1].removeprefix("Warning: ")]
+        assert result.stderr == lines[1] + "\n"
+        assert copy.read_bytes() == before
+        assert sorted(p.name for p in copy.parent.iterdir()) == ["cds-feedback.sqlite3"]
+
+        # The live store, read in place beside its -wal: whole, and no warning.
+        result = invoke("--json", "--db", str(live))
+        assert result.exit_code == 0, result.output
+        assert "warnings" not in json.loads(result.stdout)
+    finally:
+        store.close()
+
+
+def test_a_fresh_store_the_service_closed_cleanly_is_an_empty_report_not_an_error(tmp_path: Path) -> None:
+    """A legitimate empty store: the service created it and stopped (its WAL copied in and deleted)."""
+    path = tmp_path / "cds-feedback.sqlite3"
+    FeedbackStore.open(str(path)).close()
+    assert not path.with_name(path.name + "-wal").exists()
+    result = invoke("--json", "--db", str(path))
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["services"] == {}
+    assert len(report["warnings"]) == 1  # it may be a copy: the file cannot say
+    assert "is in WAL mode and no cds-feedback.sqlite3-wal is beside it" in report["warnings"][0]
+
+
+def test_feedback_without_a_single_issued_record_is_reported_with_a_warning(store_url: str) -> None:
+    """Every card under 'unknown' with 'issued' 0 read like a service that issued nothing; the issued-card
+    records are missing, and the report says so (whatever --since says: it is about the whole store)."""
+    store = FeedbackStore.open(store_url)
+    entry = {"card": "v1", "outcome": "overridden", "outcomeTimestamp": "2026-03-02T09:06:00Z"}
+    store.add_feedback(VIEW, parse_feedback({"feedback": [entry]}))
+    store.close()
+    for since in ([], ["--since", "2027-01-01"]):
+        result = invoke("--json", "--db", store_url, *since)
+        assert result.exit_code == 0, result.output
+        # (On SQLite, the closed file in WAL mode has its own warning before this one.)
+        warning = json.loads(result.stdout)["warnings"][-1]
+        assert warning.startswith("the store holds feedback but no card recorded as issued")
+    assert f"Warning: {warning}" in invoke("--db", store_url).output.splitlines()
+
+    store = FeedbackStore.open(store_url)
+    store.record_issued(VIEW, [("v0", "iron-after-b12")], T0)
+    store.close()
+    result = invoke("--json", "--db", store_url)
+    warnings = json.loads(result.stdout).get("warnings", [])
+    assert not any(warning.startswith("the store holds feedback") for warning in warnings)
+
+
+def test_a_wal_store_on_a_read_only_file_system_is_read(tmp_path: Path) -> None:
+    """A cleanly closed store on a read-only mount (a volume snapshot, a backup) could not be read:
+    SQLite wanted to create a -shm beside it ('attempt to write a readonly database')."""
+    import subprocess
+
+    from tests.support.tiny_filesystem import tiny_filesystem
+
+    source = tmp_path / "cds-feedback.sqlite3"
+    _running_store(source, restarted=False).close()
+    with tiny_filesystem(1024) as where:
+        copy = where / source.name
+        copy.write_bytes(source.read_bytes())
+        subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True, capture_output=True)
+        result = invoke("--json", "--db", str(copy))
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["services"][VIEW]["issued"] == 2
