@@ -655,7 +655,7 @@ def build_record(
                 analyte = _analyte(resource.get("code"), analyte_codes)
             status = resource.get("status")
             if analyte is None or type(status) is not str or status not in USABLE_OBSERVATION:
-                if analyte is not None and status in IN_PROGRESS_OBSERVATION:
+                if analyte is not None and type(status) is str and status in IN_PROGRESS_OBSERVATION:
                     _add_in_progress(record, resource, analyte, patient_id, own)
                 continue
             subject = resource.get("subject")
