@@ -186,6 +186,34 @@ def test_a_token_type_other_than_bearer_is_a_400_saying_what_is_expected(token_t
     assert reason.startswith("Invalid request/fhirAuthorization/token_type: must be 'Bearer'")
 
 
+@pytest.mark.parametrize("left_out", ["expires_in", "scope", "subject"])
+def test_fhir_authorization_without_its_informative_fields_is_used(left_out: str) -> None:
+    """The service uses none of them; the Sandbox sent no expires_in when its authorization server gave
+    none (cds-hooks/sandbox#65), and a 400 threw the whole call away for it."""
+    auth = {"access_token": "abc", "token_type": "Bearer", "expires_in": 300, "scope": "s", "subject": "c"}
+    del auth[left_out]
+    body = hook_body(fhirServer="https://fhir.example.org/r4", fhirAuthorization=auth)
+    assert validate_hook_request(body, "patient-view").authorization_header == "Bearer abc"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("expires_in", "300"), ("expires_in", -5), ("scope", ""), ("subject", 7)]
+)
+def test_fhir_authorization_informative_fields_are_still_checked_when_sent(field: str, value: object) -> None:
+    auth = {"access_token": "abc", "token_type": "Bearer", "expires_in": 300, "scope": "s", "subject": "c"}
+    auth[field] = value
+    reason = refused(hook_body(fhirServer="https://fhir.example.org", fhirAuthorization=auth)).reason
+    assert f"fhirAuthorization/{field}" in reason
+
+
+@pytest.mark.parametrize("left_out", ["access_token", "token_type"])
+def test_fhir_authorization_needs_its_token_and_type(left_out: str) -> None:
+    auth = {"access_token": "abc", "token_type": "Bearer", "expires_in": 300, "scope": "s", "subject": "c"}
+    del auth[left_out]
+    reason = refused(hook_body(fhirServer="https://fhir.example.org", fhirAuthorization=auth)).reason
+    assert "fhirAuthorization" in reason and left_out in reason
+
+
 def test_authorization_header_uses_the_token_type() -> None:
     auth = {"access_token": "abc", "token_type": "Bearer", "expires_in": 300, "scope": "s", "subject": "c"}
     request = validate_hook_request(
