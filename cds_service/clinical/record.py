@@ -90,9 +90,15 @@ class Result:
         """
         reported = self._reported()
         also = f" (reported as {reported})" if reported else ""
-        return (
-            f"{self.comparator or ''}{number(self.value)} {self.unit}{also} on {self.when.date().isoformat()}"
-        )
+        return f"{self.comparator or ''}{number(self.value)} {self.unit}{also} on {self.day()}"
+
+    def day(self) -> str:
+        """The day the result was taken, as precise as the laboratory gave it: a result dated ``2025-11``
+        (read as the 1st for its age) is quoted as ``2025-11``, never as a day nobody recorded."""
+        stamp = _effective_stamp(self.resource) if self.resource else None
+        if isinstance(stamp, str) and len(stamp) in (4, 7):
+            return stamp
+        return self.when.date().isoformat()
 
     def _reported(self) -> str | None:
         """The lab's own value and unit, when the result was converted to the canonical unit."""
@@ -389,6 +395,21 @@ def _analyte(concept: Any, analyte_codes: Any) -> str | None:
     return None
 
 
+def _effective_stamp(obs: dict[str, Any]) -> Any:
+    """The string `_observation_time` dates a result by (see there), or None."""
+    for key in ("effectiveDateTime", "effectiveInstant"):
+        if obs.get(key) is not None:
+            return obs[key]
+    period = obs.get("effectivePeriod")
+    if period is not None:
+        if not isinstance(period, dict):
+            return None
+        return period.get("start") if period.get("start") is not None else period.get("end")
+    if obs.get("effectiveTiming") is not None:
+        return None
+    return obs.get("issued")
+
+
 def _observation_time(obs: dict[str, Any]) -> datetime | None:
     """When the specimen was taken: ``effectiveDateTime``, ``effectivePeriod`` (its start, else its end) or
     ``effectiveInstant``; ``issued`` only for a result that carries no effective time at all.
@@ -397,15 +418,7 @@ def _observation_time(obs: dict[str, Any]) -> datetime | None:
     the sample: a result whose effective time is given but cannot be read (or is an ``effectiveTiming``) is
     undated, not dated by its release, or an old value would be quoted as new.
     """
-    for key in ("effectiveDateTime", "effectiveInstant"):
-        if obs.get(key) is not None:
-            return parse_datetime(obs[key])
-    if obs.get("effectivePeriod") is not None:
-        period = obs["effectivePeriod"]
-        return period_start(period) or period_end(period)
-    if obs.get("effectiveTiming") is not None:
-        return None
-    return parse_datetime(obs.get("issued"))
+    return parse_datetime(_effective_stamp(obs))
 
 
 def _reports_something(obs: dict[str, Any]) -> bool:

@@ -145,3 +145,13 @@ def test_a_test_under_way_is_not_ordered_again_nor_read() -> None:
     assert topics(run(borderline, obs("mma", 300, 400, status="preliminary"))) == ["borderline-b12-check-mma"]
     # Nor is a preliminary B12 a value for any card.
     assert topics(run(obs("b12", 1500, 5, status="preliminary"))) == []
+
+
+def test_a_result_dated_to_the_month_is_quoted_to_the_month() -> None:
+    """A B12 dated '2025-12' was quoted 'on 2025-12-01', a day no one recorded (it is read as the 1st only
+    to measure its age, which errs older)."""
+    monthly = obs("b12", 1500, 0, effectiveDateTime="2025-12")
+    (finding,) = run(monthly)
+    assert "**1500 pg/mL on 2025-12**" in finding.detail
+    assert "2025-12-01" not in finding.detail
+    assert "on 2026-01-05**" in run(obs("b12", 1500, 10))[0].detail
