@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from http.cookiejar import DefaultCookiePolicy
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import orjson
 import requests
@@ -240,7 +240,7 @@ def merge_search_pages(pages: Sequence[dict]) -> dict:
     left out: they are warnings about the search, not data.
     """
     merged: dict = {"resourceType": "Bundle", "type": "searchset"}
-    if pages and isinstance(pages[0].get("total"), int):
+    if pages and type(pages[0].get("total")) is int and pages[0]["total"] >= 0:
         merged["total"] = pages[0]["total"]
     entries: list[dict] = []
     seen: set[tuple[str, str]] = set()
@@ -328,6 +328,49 @@ def _retry_after_s(headers: Mapping[str, str]) -> float | None:
     if when.tzinfo is None:
         return None
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _searched_type(query: str) -> str | None:
+    """The resource type a search asks for: ``Observation?…``, ``Observation/_search``, or a compartment
+    search (``Patient/123/Observation``); None for a read (``Patient/123``, ``…/_history/2``) or a search
+    of the whole server."""
+    segments = [segment for segment in query.split("?", 1)[0].split("/") if segment]
+    if segments and segments[-1] == "_search":
+        segments.pop()
+    if len(segments) in (1, 3) and segments[-1][:1].isupper() and segments[-1].isalpha():
+        return segments[-1]
+    return None
+
+
+def _includes_others(query: str) -> bool:
+    """Whether a search asks for resources besides its matches (``_include``, ``_revinclude``)."""
+    names = (name for name, _ in parse_qsl(query.partition("?")[2], keep_blank_values=True))
+    return any(name.split(":", 1)[0] in ("_include", "_revinclude") for name in names)
+
+
+def _check_entry_types(
+    pages: Sequence[dict], searched: str, others_asked: bool, url: str, truncated: bool
+) -> list[str]:
+    """A search's entries are of the type searched for, or included because the search asked for more
+    (``search.mode`` include): a Condition among the matches of an Observation search, or a
+    MedicationStatement no ``_include`` asked for, would be read by the rules as what it claims to be.
+    Returns a warning when the server counted more matches (``total``) than it sent over every page."""
+    matches = 0
+    for page in pages:
+        for entry in page.get("entry") or []:
+            kind = entry["resource"]["resourceType"]  # _check_entries made sure of both
+            if kind == searched:
+                matches += 1
+                continue
+            if kind == "OperationOutcome":
+                continue
+            search = entry.get("search") if isinstance(entry.get("search"), dict) else {}
+            if not others_asked or search.get("mode") == "match":
+                raise _Failure(f"the search {url} answered with a {kind} among its {searched} results")
+    total = pages[0].get("total") if pages else None
+    if not truncated and type(total) is int and total > matches:
+        return [f"the server counted {total} matches and sent {matches}"]
+    return []
 
 
 def _is_search_query(query: str) -> bool:
@@ -496,14 +539,19 @@ class FhirClient:
             if target_of(url) != call.target:
                 raise _Failure(f"query {query!r} does not stay on {call.base}")
             first = self._get(call, url, progress)
-            if first.body.get("resourceType") == "Bundle" and first.body.get("type") == "searchset":
+            searched = _searched_type(query)
+            body = first.body
+            is_searchset = body.get("resourceType") == "Bundle" and body.get("type") == "searchset"
+            if is_searchset and (searched is not None or _is_search_query(query)):
                 pages, truncated = self._follow_pages(call, url, first.body, progress)
+                if searched is not None:
+                    warnings += _check_entry_types(pages, searched, _includes_others(query), url, truncated)
                 for page in pages:
                     warnings += _outcome_warnings(page, url)
                 if truncated:
                     warnings.append(f"stopped after {self.max_pages} pages; the server has more results")
                 resource = merge_search_pages(pages)
-            elif _is_search_query(query):
+            elif _is_search_query(query) or searched is not None:
                 got = first.body.get("resourceType")
                 raise _Failure(f"expected a searchset Bundle from {url}, got {got}")
             elif first.body.get("resourceType") != _read_type(query):

@@ -100,3 +100,99 @@ def test_busy_again_or_without_a_wait_named_is_asked_only_once_more_or_not_at_al
         outcome = client.fetch_all(ehr.base_url, {"p": "Patient/p1"}, authorization=None, budget_ms=1500)["p"]
     assert outcome.error is not None and outcome.error.startswith(f"HTTP {busy.status} from")
     assert outcome.requests == (2 if busy.headers == (("Retry-After", "0"),) else 1)
+
+
+def _searchset(*entries: tuple[dict, str | None], total: object = None) -> dict:
+    bundle: dict = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [
+            {"resource": resource, **({"search": {"mode": mode}} if mode else {})}
+            for resource, mode in entries
+        ],
+    }
+    if total is not None:
+        bundle["total"] = total
+    return bundle
+
+
+SUBJECT = {"subject": {"reference": "Patient/p1"}}
+OBSERVATION = {"resourceType": "Observation", "id": "o1", "status": "final", **SUBJECT}
+CONDITION = {"resourceType": "Condition", "id": "c1", **SUBJECT}
+ORDER = {"resourceType": "MedicationRequest", "id": "mr1", **SUBJECT}
+MEDICATION = {"resourceType": "Medication", "id": "m1"}
+OUTCOME = {
+    "resourceType": "OperationOutcome",
+    "issue": [{"severity": "information", "code": "informational"}],
+}
+
+
+@pytest.mark.parametrize(
+    ("query", "page", "wrong"),
+    [
+        ("Observation?patient=p1", _searchset((OBSERVATION, "match"), (CONDITION, "match")), "Condition"),
+        ("Observation?patient=p1", _searchset((OBSERVATION, None), (ORDER, None)), "MedicationRequest"),
+        ("MedicationStatement?patient=p1", _searchset((ORDER, "include")), "MedicationRequest"),
+        (
+            "MedicationRequest?patient=p1&_include=MedicationRequest:medication",
+            _searchset((ORDER, "match"), (MEDICATION, "match")),
+            "Medication",
+        ),
+        ("Patient/p1/Observation", _searchset((CONDITION, "match")), "Condition"),
+    ],
+    ids=[
+        "match-of-another-type",
+        "no-mode-no-include",
+        "include-not-asked-for",
+        "included-as-match",
+        "compartment",
+    ],
+)
+def test_a_search_answered_with_another_type_of_resource_fails_its_key(
+    client: FhirClient, query: str, page: dict, wrong: str
+) -> None:
+    """Merged as they came, such entries reached the rules as what they claim to be: a MedicationRequest
+    in the answer to an Observation search counted as a B12 order on file."""
+    with FakeEhrFhir() as ehr:
+        ehr.add_canned(query, 200, page)
+        outcome = client.fetch_all(ehr.base_url, {"k": query}, authorization=None, budget_ms=3000)["k"]
+    searched = query.split("?")[0].rsplit("/", 1)[-1]
+    assert (
+        outcome.error
+        == f"the search {ehr.base_url}/{query} answered with a {wrong} among its {searched} results"
+    )
+
+
+def test_what_a_search_asked_to_include_and_the_servers_notes_are_kept(client: FhirClient) -> None:
+    query = "MedicationRequest?patient=p1&_include=MedicationRequest:medication"
+    page = _searchset((ORDER, "match"), (MEDICATION, "include"), (OUTCOME, "outcome"), total=1)
+    with FakeEhrFhir() as ehr:
+        ehr.add_canned(query, 200, page)
+        outcome = client.fetch_all(ehr.base_url, {"k": query}, authorization=None, budget_ms=3000)["k"]
+    assert outcome.ok, outcome.error
+    assert [e["resource"]["id"] for e in outcome.resource["entry"]] == ["mr1", "m1"]
+    assert outcome.warnings == ("server said: informational",)
+
+
+@pytest.mark.parametrize(("total", "merged"), [(3, 3), (True, None), (-1, None)])
+def test_a_total_larger_than_what_came_is_reported_and_a_nonsense_one_is_dropped(
+    client: FhirClient, total: object, merged: int | None
+) -> None:
+    """Every page was read and one match came, yet the server counted three: a row skipped between
+    offset pages, or a server that filters what it counted. The data is used, with a warning in the log."""
+    with FakeEhrFhir() as ehr:
+        ehr.add_canned("Observation?patient=p1", 200, _searchset((OBSERVATION, "match"), total=total))
+        outcome = client.fetch_all(
+            ehr.base_url, {"k": "Observation?patient=p1"}, authorization=None, budget_ms=3000
+        )["k"]
+    assert outcome.ok, outcome.error
+    assert outcome.resource.get("total") == merged
+    assert outcome.warnings == (("the server counted 3 matches and sent 1",) if total == 3 else ())
+
+
+def test_a_read_answered_with_a_searchset_is_refused(client: FhirClient) -> None:
+    """A read was paged and merged like a search when the server answered it with a searchset."""
+    with FakeEhrFhir() as ehr:
+        ehr.add_canned("Patient/p1", 200, _searchset((PATIENT, "match")))
+        outcome = client.fetch_all(ehr.base_url, {"p": "Patient/p1"}, authorization=None, budget_ms=3000)["p"]
+    assert outcome.error == f"expected a Patient from {ehr.base_url}/Patient/p1, got Bundle"
