@@ -15,6 +15,7 @@ Definitions, stated once so the numbers can be trusted:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -148,6 +149,19 @@ def _without_nulls(reason: dict[str, Any]) -> dict[str, Any]:
 
 _COLUMNS = ("issued", "accepted", "overridden", "accept %")
 
+# What the table must not print as is: control characters (line breaks and terminal escapes included),
+# the line and paragraph separators, and the bidirectional controls that reorder what a terminal shows.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def _shown(text: object) -> str:
+    """`text` safe for one line of the operator's terminal. Override reasons come from the EHR, and an
+    EHR's `"code": "x\\n\\nsome-service\\n  all topics  999 ..."` printed a forged table in the report, as
+    `\\x1b` sequences in a display cleared the screen or hid lines; other rows may have been written by
+    hand. Each such character is shown as its escape (`\\n`, `\\x1b`, `\\u202e`); JSON output escapes
+    them already."""
+    return _UNPRINTABLE.sub(lambda found: repr(found.group())[1:-1], str(text))
+
 
 def format_text(report: dict[str, Any]) -> str:
     """A table per service, one line per topic, then the top override reasons of each topic."""
@@ -157,21 +171,22 @@ def format_text(report: dict[str, Any]) -> str:
     others = report.get("otherOutcomes") or {}
     if others:
         count = sum(others.values())
-        kinds = ", ".join(f"{outcome} ×{n}" for outcome, n in others.items())
+        kinds = ", ".join(f"{_shown(outcome)} ×{n}" for outcome, n in others.items())
         item = "feedback item with another outcome" if count == 1 else "feedback items with other outcomes"
         lines.append(f"{count} {item} ({kinds}) {'is' if count == 1 else 'are'} not counted")
     if not report["services"]:
         lines.append("No cards issued and no feedback received in this period.")
         return "\n".join(lines) + "\n"
     for service_id, service in report["services"].items():
-        width = max(len("all topics"), *(len(t) for t in service["topics"]))
-        lines += ["", service_id, "  " + "topic".ljust(width) + "".join(f"{c:>12}" for c in _COLUMNS)]
+        width = max(len("all topics"), *(len(_shown(t)) for t in service["topics"]))
+        header = "  " + "topic".ljust(width) + "".join(f"{c:>12}" for c in _COLUMNS)
+        lines += ["", _shown(service_id), header]
         for topic, counts in service["topics"].items():
-            lines.append(_row(topic, counts, width))
+            lines.append(_row(_shown(topic), counts, width))
         lines.append(_row("all topics", service, width))
         for topic, counts in service["topics"].items():
             if counts["topOverrideReasons"]:
-                lines.append(f"  top override reasons, {topic}:")
+                lines.append(f"  top override reasons, {_shown(topic)}:")
                 lines += [f"    {r['count']:>6}  {_reason_label(r)}" for r in counts["topOverrideReasons"]]
     return "\n".join(lines) + "\n"
 
@@ -184,9 +199,9 @@ def _row(label: str, counts: dict[str, Any], width: int) -> str:
 
 
 def _reason_label(reason: dict[str, Any]) -> str:
-    label = reason["code"]
+    label = _shown(reason["code"])
     if reason.get("display"):
-        label += f" ({reason['display']})"
+        label += f" ({_shown(reason['display'])})"
     if reason.get("system"):
-        label += f"  [{reason['system']}]"
+        label += f"  [{_shown(reason['system'])}]"
     return label

@@ -676,3 +676,33 @@ def test_a_wal_store_on_a_read_only_file_system_is_read(tmp_path: Path) -> None:
         result = invoke("--json", "--db", str(copy))
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout)["services"][VIEW]["issued"] == 2
+
+
+def test_an_ehr_cannot_forge_lines_or_send_terminal_escapes_through_the_text_report(sqlite_url: str) -> None:
+    """Override reasons come from the EHR. A code holding line breaks printed a forged service with 999
+    accepted cards in the table, and escape sequences in a display or system reached the operator's
+    terminal (clear the screen, hide text, set the title), as bidi controls reordered what it showed.
+    The store keeps what was sent (rows written before the validation refused such characters, or by
+    hand); the table prints each such character as its escape, on the line it belongs to."""
+    from cds_service.feedback import FeedbackItem, OverrideReason
+
+    forged = "x\n\nb12-iron-order-sign\n  all topics   999   999   0   100.0"
+    reason = OverrideReason(f"{forged}\x1b[8m", "urn:x\x1b]0;pwned\x07", "\u202eevil\x1b[2J\u2028")
+    store = FeedbackStore.open(sqlite_url)
+    store.record_issued(VIEW, [("v1", "iron-after-b12")], T0)
+    store.add_feedback(VIEW, [FeedbackItem("v1", "overridden", T0, (), reason)])
+    store.close()
+    code, output = run("--db", sqlite_url)
+    assert code == 0, output
+    assert not [c for c in output if (c < " " and c != "\n") or "\x7f" <= c <= "\x9f" or c in "\u202e\u2028"]
+    lines = output.splitlines()
+    assert [line for line in lines if line.strip().startswith("all topics")] == [
+        "  all topics               1           0           1         0.0"
+    ]
+    assert lines[-1] == (
+        "         1  x\\n\\nb12-iron-order-sign\\n  all topics   999   999   0   100.0\\x1b[8m "
+        "(\\u202eevil\\x1b[2J\\u2028)  [urn:x\\x1b]0;pwned\\x07]"
+    )
+    code, output = run("--json", "--db", sqlite_url)
+    (kept,) = json.loads(output)["services"][VIEW]["topics"]["iron-after-b12"]["topOverrideReasons"]
+    assert kept["code"] == f"{forged}\x1b[8m"  # JSON escapes them itself: the values stay as stored
