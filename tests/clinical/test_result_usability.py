@@ -155,3 +155,12 @@ def test_a_result_dated_to_the_month_is_quoted_to_the_month() -> None:
     assert "**1500 pg/mL on 2025-12**" in finding.detail
     assert "2025-12-01" not in finding.detail
     assert "on 2026-01-05**" in run(obs("b12", 1500, 10))[0].detail
+
+
+def test_an_unmasked_iron_deficiency_is_not_read_from_a_superseded_ferritin() -> None:
+    course = (med(CYANO, 100), obs("ferritin", 200, 105))
+    assert topics(run(*course, obs("ferritin", 15, 40))) == ["iron-deficiency-after-b12"]
+    # A ferritin of last week the service cannot read (the clinician can): the 15 is no longer the latest.
+    # Only the reminder that no transferrin saturation was taken on the course is left.
+    later = obs("ferritin", 80, 10, unit="pmol/L")
+    assert topics(run(*course, obs("ferritin", 15, 40), later)) == ["iron-studies-after-b12"]

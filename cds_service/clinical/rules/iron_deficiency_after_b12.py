@@ -40,7 +40,9 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     if course is None or course.start < record.now - timedelta(days=t.course_unmasking_days):
         return None
     treated = day_after(course.start)
-    after = [f for f in record.since("ferritin", treated) if f.when >= record.now - timedelta(t.latest_days)]
+    # The latest ferritin (which a later result that cannot be read supersedes), taken after the start.
+    latest = record.latest("ferritin")
+    after = [latest] if latest is not None and latest.when >= treated else []
     if not after:
         return None
     status = iron_status(record, after[0])
