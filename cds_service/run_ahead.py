@@ -156,7 +156,15 @@ class RunAheadCache:
         if self._store is None:
             return None
         payload = self._store.get(key)
-        return None if payload is None else orjson.loads(payload)
+        if payload is None:
+            return None
+        try:
+            return orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            # Only something else writing under the key prefix in a shared Redis can leave such a value;
+            # it was a 500 for the order-sign call that read it.
+            log.warning("run-ahead entry is not JSON (%d bytes); computing afresh", len(payload))
+            return None
 
     def put(self, key: str, value: list[dict]) -> None:
         """Store a JSON-able value for ``run_ahead_seconds``."""

@@ -153,6 +153,21 @@ def test_findings_of_another_shape_are_evaluated_afresh_not_a_500(
     assert any("run-ahead entry unreadable (TypeError)" in r.getMessage() for r in caplog.records)
 
 
+def test_an_entry_that_is_not_json_is_a_miss_not_a_500(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What another program sharing the Redis could leave under the key (here: not JSON at all)."""
+    cache = RunAheadCache(settings)
+    monkeypatch.setattr(cache._store, "get", lambda key: b"\x00not json")
+
+    with caplog.at_level(logging.WARNING, logger="cds_service.run_ahead"):
+        answer, trace = _select_then_sign(build_handler(settings, run_ahead=cache))
+
+    assert trace.run_ahead_hit is False
+    assert answer["cards"]
+    assert any("run-ahead entry is not JSON" in r.getMessage() for r in caplog.records)
+
+
 def test_the_shape_of_stored_findings_is_part_of_the_key(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
