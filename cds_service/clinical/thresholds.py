@@ -64,6 +64,7 @@ class Thresholds:
 
 
 DEFAULT_THRESHOLDS = Thresholds()
+MAX_DAYS = 36_500
 _INTEGER_FIELDS = frozenset(f.name for f in fields(Thresholds) if f.type in ("int", int))
 
 
@@ -87,6 +88,9 @@ def load_thresholds(section: Any) -> Thresholds:
         if name in _INTEGER_FIELDS:
             if value != int(value):
                 raise ValueError(f"thresholds.{name}: expected a whole number of days, got {value!r}")
+            # Dates this far from today cannot be computed: every call would fail, not the start.
+            if value > MAX_DAYS:
+                raise ValueError(f"thresholds.{name}: at most {MAX_DAYS} days (100 years), got {value!r}")
             value = int(value)
         changes[name] = value
     result = replace(DEFAULT_THRESHOLDS, **changes)

@@ -55,6 +55,8 @@ def test_a_site_may_repeat_a_verified_code_in_its_own_value_set() -> None:
         ('{"thresholds": {"b12_elevated": NaN}}', "finite"),
         ('{"thresholds": {"b12_elevated": Infinity}}', "finite"),
         ('{"thresholds": {"latest_days": Infinity}}', "finite"),
+        # A finite window so long that now minus it is before year 1: every hook call raised OverflowError.
+        ('{"thresholds": {"latest_days": 10000000}}', "at most 36500 days"),
         ('{"thresholds": {"tsat_low": 50}}', "tsat_low .* must be below tsat_high"),
         ('{"thresholds": {"b12_borderline_upper": 1000}}', "must be below b12_elevated"),
         ('{"thresholds": {"b12_very_high": 800}}', "b12_elevated .* must be below b12_very_high"),
