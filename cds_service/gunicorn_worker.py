@@ -46,6 +46,9 @@ INTERNAL_ERROR = "The service failed to process this request; it has been logged
 HEAD_DEADLINE_S = 10.0
 HEAD_TIMEOUT_REASON = f"The request's header section did not arrive within {HEAD_DEADLINE_S:g} s."
 _HEAD_SINCE = "_cds_head_since"
+# The longest one of gunicorn's writes of an answer may take (Python's sendall timeout counts the whole
+# write): past it the client has stopped reading, or reads at under a few KB/s.
+SEND_TIMEOUT_S = 10.0
 # How long a closed connection waits for the client's end (gunicorn's close_graceful), and how many may.
 LINGER_S = 2.0
 MAX_LINGERING = 1000
@@ -377,8 +380,13 @@ class JsonErrorWorker(ThreadWorker):
 
     def handle_request(self, req: Any, conn: Any) -> bool:
         """gthread's, with the body read under a deadline and in chunks that are not too small, with the
-        connection kept only when the body has been read to its end (or has all arrived), and with
-        ``Expect: 100-continue`` answered only once the app reads the body.
+        connection kept only when the body has been read to its end (or has all arrived), with
+        ``Expect: 100-continue`` answered only once the app reads the body, and with a write of the answer
+        given up after SEND_TIMEOUT_S.
+
+        A client that sends requests and never reads the answers fills the socket's buffers; gunicorn's
+        write of the next answer then blocked for as long as the client kept the connection, holding the
+        thread: a handful of such connections kept a worker from answering anything.
 
         gunicorn drains a body the app left unread before it reuses the connection, on the request's
         thread and for up to 5 s: a few connections that announced a body and sent none held every thread
@@ -406,11 +414,24 @@ class JsonErrorWorker(ThreadWorker):
                 body.reader = KeptIfReadToEnd(reader, req, unreader)
             send_continue = partial(sock.sendall, _CONTINUE) if awaited and expected else None
             unreader.sock = BodyDeadline(sock, time.monotonic() + BODY_DEADLINE_S, send_continue)
+            blocking = sock.gettimeout()
+            sock.settimeout(SEND_TIMEOUT_S)  # the app's body reads set their own, shorter idle timeout
         try:
             keepalive: bool = super().handle_request(req, conn)
+        except TimeoutError:
+            # Only a write can time out here (the app answers its own body reads' timeouts): the client has
+            # stopped reading. gunicorn would log it as an unexpected socket error, with a stack trace.
+            self.log.warning(
+                "Client at ip=%s stopped reading its answer (a write took over %g s); connection closed",
+                (conn.client or ("",))[0],
+                SEND_TIMEOUT_S,
+            )
+            raise StopIteration() from None  # gthread ends the connection
         finally:
             if watched:
                 unreader.sock = sock
+                with contextlib.suppress(OSError):
+                    sock.settimeout(blocking)
             if awaited:
                 body.reader = reader
         setattr(req, _ANSWERED, True)

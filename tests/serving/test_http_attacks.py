@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cds_service.gunicorn_worker import SEND_TIMEOUT_S
 from tests.support.raw_http import Answer, answers, exchange
 from tests.support.served import HOOKS_NOW, Served, hook_example
 
@@ -490,3 +491,28 @@ def test_a_declared_body_that_never_comes_does_not_hold_a_thread_after_the_answe
     finally:
         for sock in held:
             sock.close()
+
+
+def test_clients_that_stop_reading_their_answers_do_not_hold_the_workers_threads(served: Served) -> None:
+    """A client that sends requests and never reads the answers fills the socket's buffers, and gunicorn's
+    write of the next answer then blocked without a time limit: two such connections (this server has 2
+    threads) kept /healthz unanswered for as long as they stayed open. A write not done within
+    SEND_TIMEOUT_S now ends its connection."""
+    stalled = []
+    for _ in range(2):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", served.port))
+        sock.settimeout(5)
+        sock.sendall(b"GET /cds-services HTTP/1.1\r\nHost: cds\r\n\r\n" * 2000)
+        stalled.append(sock)
+    try:
+        time.sleep(0.5)
+        started = time.monotonic()
+        [answer] = answers(exchange(served.port, b"GET /healthz HTTP/1.1\r\nHost: cds\r\n\r\n", timeout_s=30))
+        assert answer.status == 200
+        assert time.monotonic() - started < SEND_TIMEOUT_S + 5
+    finally:
+        for sock in stalled:
+            sock.close()
+    assert "stopped reading" in served.log()
