@@ -13,6 +13,7 @@ followed, and nothing here logs a header.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import logging
 import os
@@ -373,6 +374,67 @@ def _check_entry_types(
     return []
 
 
+# A header value quoted in a reason is cut here: it is the server's to make 8 KB long.
+_MAX_QUOTED_HEADER_CHARS = 100
+# What a body whose bytes are not UTF-8 JSON may be decoded as instead, by its byte order mark.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def _json(raw: bytes, content_type: str | None) -> object:
+    """The JSON of a body, or None. UTF-8 first, whatever the header says: a Java server that labels UTF-8
+    as ISO-8859-1 is common, and decoding as labelled would turn every "é" into "Ã©". Only when the bytes
+    are not UTF-8 JSON are a byte order mark (.NET servers write one) and the declared charset (UTF-16,
+    Latin-1) tried; both made the whole answer "not JSON"."""
+    if not raw:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    encoding = next((codec for bom, codec in _BOMS if raw.startswith(bom)), None) or _charset(content_type)
+    if encoding is None:
+        return None
+    try:
+        return orjson.loads(raw.decode(encoding))
+    except (LookupError, UnicodeError, orjson.JSONDecodeError):
+        return None
+
+
+def _charset(content_type: str | None) -> str | None:
+    """The charset a Content-Type declares, when it is a text encoding other than UTF-8."""
+    for parameter in (content_type or "").split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"').lower()
+            try:
+                info = codecs.lookup(charset)
+            except LookupError:
+                return None
+            # Binary transforms (base64, zlib, rot13) are codecs too, and not what a charset means.
+            is_text = getattr(info, "_is_text_encoding", True)
+            return info.name if is_text and info.name != "utf-8" else None
+    return None
+
+
+def _shown_location(url: str, response: requests.Response) -> str:
+    """Where a redirect points, for a reason: scheme, host, port and path, never userinfo or a query (a
+    Location may carry credentials or a token in either)."""
+    try:
+        target = urlsplit(urljoin(url, response.headers.get("Location", "")))
+        host = target.hostname or ""
+        port = f":{target.port}" if target.port is not None else ""
+    except ValueError:
+        return "a malformed Location"
+    host = f"[{host}]" if ":" in host else host
+    return f"{target.scheme}://{host}{port}{target.path[:_MAX_QUOTED_HEADER_CHARS]}"
+
+
 def _is_search_query(query: str) -> bool:
     """``Observation?…`` or ``Observation`` is a search; ``Patient/123`` is a read."""
     path = query.split("?", 1)[0].strip("/")
@@ -716,22 +778,15 @@ class FhirClient:
 
     def _interpret(self, url: str, response: requests.Response, raw: bytes) -> _Page:
         status = response.status_code
-        try:
-            parsed: object = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            parsed = None
+        parsed = _json(raw, response.headers.get("Content-Type"))
         if 300 <= status < 400:
-            location = response.headers.get("Location", "")
-            try:
-                target = urlsplit(urljoin(url, location))
-                shown = f"{target.scheme}://{target.netloc}{target.path}"
-            except ValueError:
-                shown = "a malformed Location"
-            raise _Failure(f"HTTP {status} from {url}: redirect to {shown} not followed", status)
+            raise _Failure(
+                f"HTTP {status} from {url}: redirect to {_shown_location(url, response)} not followed", status
+            )
         if status >= 400 or status < 200:
             raise _Failure(http_error_reason(status, url, parsed, raw), status)
         if parsed is None:
-            content_type = response.headers.get("Content-Type", "no Content-Type")
+            content_type = response.headers.get("Content-Type", "no Content-Type")[:_MAX_QUOTED_HEADER_CHARS]
             raise _Failure(f"not JSON from {url} (HTTP {status}, {content_type})", status)
         if not isinstance(parsed, dict) or not isinstance(parsed.get("resourceType"), str):
             raise _Failure(f"not a FHIR resource from {url} (JSON without a resourceType)", status)

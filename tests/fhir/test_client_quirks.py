@@ -196,3 +196,60 @@ def test_a_read_answered_with_a_searchset_is_refused(client: FhirClient) -> None
         ehr.add_canned("Patient/p1", 200, _searchset((PATIENT, "match")))
         outcome = client.fetch_all(ehr.base_url, {"p": "Patient/p1"}, authorization=None, budget_ms=3000)["p"]
     assert outcome.error == f"expected a Patient from {ehr.base_url}/Patient/p1, got Bundle"
+
+
+NAMED = {"resourceType": "Patient", "id": "p1", "name": [{"family": "Jos\u00e9 Mu\u00f1oz"}]}
+NAMED_TEXT = '{"resourceType": "Patient", "id": "p1", "name": [{"family": "Jos\u00e9 Mu\u00f1oz"}]}'
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"\xef\xbb\xbf" + NAMED_TEXT.encode(), "application/fhir+json; charset=utf-8"),
+        (NAMED_TEXT.encode("utf-16"), "application/fhir+json"),
+        (NAMED_TEXT.encode("utf-16-le"), "application/fhir+json; charset=UTF-16LE"),
+        (NAMED_TEXT.encode("latin-1"), 'application/json; charset="ISO-8859-1"'),
+        (NAMED_TEXT.encode("cp1252"), "application/fhir+json;charset=windows-1252"),
+        (NAMED_TEXT.encode(), "application/json; charset=ISO-8859-1"),
+    ],
+    ids=[
+        "utf-8-bom",
+        "utf-16-bom",
+        "utf-16le-declared",
+        "latin-1-declared",
+        "cp1252-declared",
+        "utf-8-mislabelled",
+    ],
+)
+def test_json_in_another_charset_or_with_a_byte_order_mark_is_read(
+    client: FhirClient, body: bytes, content_type: str
+) -> None:
+    """Each of these was "not JSON" and failed its key, but the last: UTF-8 labelled Latin-1 (a Java
+    default) is still read as UTF-8, not turned into "JosÃ©"."""
+    with FakeEhrFhir() as ehr:
+        ehr.add_canned("Patient/p1", 200, body, content_type)
+        outcome = client.fetch_all(ehr.base_url, {"p": "Patient/p1"}, authorization=None, budget_ms=3000)["p"]
+    assert outcome.ok, outcome.error
+    assert outcome.resource == NAMED
+
+
+@pytest.mark.parametrize("charset", ["base64", "rot13", "no-such-charset", "utf-8"])
+def test_bytes_that_are_not_json_in_any_declared_charset_are_still_not_json(
+    client: FhirClient, charset: str
+) -> None:
+    with FakeEhrFhir() as ehr:
+        content_type = f"application/fhir+json; charset={charset}"
+        ehr.add_canned("Patient/p1", 200, b"eyJyZXNvdXJjZVR5cGUiOiJQYXRpZW50In0=", content_type)
+        outcome = client.fetch_all(ehr.base_url, {"p": "Patient/p1"}, authorization=None, budget_ms=3000)["p"]
+    assert outcome.error == f"not JSON from {ehr.base_url}/Patient/p1 (HTTP 200, {content_type})"
+
+
+def test_a_redirect_is_named_without_the_credentials_or_query_of_its_location(client: FhirClient) -> None:
+    """The reason quoted the Location's userinfo, which went into the log and the 412."""
+    location = "https://sso-user:sso-password@login.example.org:8443/authorize?session=abc123"
+    with FakeEhrFhir() as ehr:
+        ehr.add_canned("Patient/p1", 302, b"", "text/plain", headers=(("Location", location),))
+        outcome = client.fetch_all(ehr.base_url, {"p": "Patient/p1"}, authorization=None, budget_ms=3000)["p"]
+        assert len(ehr.seen) == 1
+    shown = "https://login.example.org:8443/authorize"
+    assert outcome.error == f"HTTP 302 from {ehr.base_url}/Patient/p1: redirect to {shown} not followed"
