@@ -490,29 +490,42 @@ def _dosage_start(resource: dict[str, Any]) -> datetime | None:
         timing = dosage.get("timing") if isinstance(dosage, dict) else None
         repeat = timing.get("repeat") if isinstance(timing, dict) else None
         if isinstance(repeat, dict):
-            start = period_start(repeat.get("boundsPeriod"))
+            start = _plausible(period_start(repeat.get("boundsPeriod")))
             if start is not None:
                 starts.append(start)
     return min(starts) if starts else None
 
 
+# Dates a clinical record can carry. FHIR allows years 0001–9999, but a course starting in 9999 (or in 0001)
+# is a data error, and the windows the rules add to such a date fall outside what a datetime can hold.
+MIN_YEAR = 1800
+MAX_YEAR = 2200
+
+
+def _plausible(moment: datetime | None) -> datetime | None:
+    """``moment`` when a clinical record could carry it (years MIN_YEAR–MAX_YEAR), else None: unreadable."""
+    return moment if moment is not None and MIN_YEAR <= moment.year <= MAX_YEAR else None
+
+
 def _medication_span(resource: dict[str, Any], kind: str) -> tuple[datetime | None, datetime | None]:
-    """(start, end) of what one medication record says about when the medicine was (to be) taken."""
+    """(start, end) of what one medication record says about when the medicine was (to be) taken; a date
+    outside MIN_YEAR–MAX_YEAR is read as absent."""
     if kind == "MedicationRequest":
         dispense = resource.get("dispenseRequest")
         validity = dispense.get("validityPeriod") if isinstance(dispense, dict) else None
         candidates = [
             _dosage_start(resource),
-            period_start(validity),
-            parse_datetime(resource.get("authoredOn")),
+            _plausible(period_start(validity)),
+            _plausible(parse_datetime(resource.get("authoredOn"))),
         ]
         starts = [c for c in candidates if c is not None]
-        return (min(starts) if starts else None, period_end(validity))
+        return (min(starts) if starts else None, _plausible(period_end(validity)))
     if "effectivePeriod" in resource:
         period = resource["effectivePeriod"]
-        start = period_start(period)
-        return (start, period_end(period) or (start if kind == "MedicationAdministration" else None))
-    when = parse_datetime(resource.get("effectiveDateTime"))
+        start = _plausible(period_start(period))
+        end = _plausible(period_end(period))
+        return (start, end or (start if kind == "MedicationAdministration" else None))
+    when = _plausible(parse_datetime(resource.get("effectiveDateTime")))
     if when is None and kind == "MedicationStatement":
         # Not dateAsserted: that is when the statement was recorded (often a medicines reconciliation
         # years into a course), and taking it for a start would announce a course as new.
@@ -618,10 +631,10 @@ def _service_request_time(resource: dict[str, Any]) -> datetime | None:
     """
     meta = resource.get("meta")
     return (
-        parse_datetime(resource.get("occurrenceDateTime"))
-        or period_start(resource.get("occurrencePeriod"))
-        or parse_datetime(resource.get("authoredOn"))
-        or (parse_datetime(meta.get("lastUpdated")) if isinstance(meta, dict) else None)
+        _plausible(parse_datetime(resource.get("occurrenceDateTime")))
+        or _plausible(period_start(resource.get("occurrencePeriod")))
+        or _plausible(parse_datetime(resource.get("authoredOn")))
+        or (_plausible(parse_datetime(meta.get("lastUpdated"))) if isinstance(meta, dict) else None)
     )
 
 
@@ -689,7 +702,7 @@ def build_record(
                     when = when.replace(tzinfo=UTC)
             if when is None:
                 when = _observation_time(resource)
-            if when is None or when > latest_allowed:
+            if when is None or when > latest_allowed or when.year < MIN_YEAR:
                 continue
             if "dataAbsentReason" in resource or "valueQuantity" not in resource:
                 reports = _reports_something(resource)
@@ -800,7 +813,7 @@ def _add_in_progress(
     window, like an order on file), so no card asks for a test already under way."""
     if _names_patient(resource, patient_id, own) is not True:
         return
-    when = _observation_time(resource)
+    when = _plausible(_observation_time(resource))
     if when is not None:
         record.orders.append(Order(frozenset({analyte}), when, False))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.clinical.builders import CYANO, ago, med, obs, record, run, topics
+from tests.clinical.builders import CYANO, ago, draft_b12, med, obs, record, run, topics
 
 FAILED = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "error"}]}
 
@@ -164,3 +164,22 @@ def test_an_unmasked_iron_deficiency_is_not_read_from_a_superseded_ferritin() ->
     # Only the reminder that no transferrin saturation was taken on the course is left.
     later = obs("ferritin", 80, 10, unit="pmol/L")
     assert topics(run(*course, obs("ferritin", 15, 40), later)) == ["iron-studies-after-b12"]
+
+
+# --- dates no clinical record carries -------------------------------------------------------------------
+
+
+def test_a_medicine_or_result_dated_in_year_9999_or_0001_is_read_as_undated() -> None:
+    """A B12 draft or a course authored 9999-12-31 made an OverflowError (a 500) where a rule adds a day or a
+    window to the start (tests/http/test_extreme_dates.py); one authored 0001-01-01 did the same where a
+    window is taken from it. Such a date is a data error: the record is read as undated."""
+    for authored in ("9999-12-31", "9999-12", "9999-12-31T23:59:59Z", "0001-01-01", "0001"):
+        drafted = draft_b12()
+        drafted["authoredOn"] = authored
+        drafted["dosageInstruction"] = [{"timing": {"repeat": {"boundsPeriod": {"start": authored}}}}]
+        run(obs("b12", 1500, 10), obs("ferritin", 400, 10), drafts=(drafted,), hook="order-select")
+        on_file = med(CYANO, 0, authoredOn=authored)
+        assert record(on_file).medications[0].start is None, authored
+        run(on_file, obs("b12", 1500, 10), obs("b12", 150, 400), obs("ferritin", 12, 10))
+    ancient = obs("b12", 1500, 0, effectiveDateTime="0001-01-01T00:00:00Z")
+    assert "b12" not in record(ancient).results
