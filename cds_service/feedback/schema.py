@@ -8,6 +8,7 @@ accepted but not kept: it may name the patient, and the store holds no patient d
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -78,11 +79,12 @@ def _item(index: int, raw: dict[str, Any]) -> FeedbackItem:
     accepted = raw["outcome"] == "accepted"
     suggestions = tuple(sorted({s["id"] for s in raw.get("acceptedSuggestions", ())})) if accepted else ()
     reason = (raw.get("overrideReason") or {}).get("reason")
-    _no_nul(f"feedback[{index}].card", raw["card"])
+    _no_controls(f"feedback[{index}].card", raw["card"])
     for position, suggestion in enumerate(raw.get("acceptedSuggestions", ()) if accepted else ()):
-        _no_nul(f"feedback[{index}].acceptedSuggestions[{position}].id", suggestion["id"])
+        _no_controls(f"feedback[{index}].acceptedSuggestions[{position}].id", suggestion["id"])
     for field in ("code", "system", "display") if reason and not accepted else ():
-        _no_nul(f"feedback[{index}].overrideReason.reason.{field}", reason.get(field))
+        where = f"feedback[{index}].overrideReason.reason.{field}"
+        _no_controls(where, reason.get(field), allowed=_TEXT_BREAKS if field == "display" else "")
     return FeedbackItem(
         card=raw["card"],
         outcome=raw["outcome"],
@@ -96,11 +98,26 @@ def _item(index: int, raw: dict[str, Any]) -> FeedbackItem:
     )
 
 
-def _no_nul(where: str, value: str | None) -> None:
-    """PostgreSQL text cannot hold U+0000: a kept value with one was a 500 there (and stored on SQLite),
-    so the same body got different answers from the two stores. It is the client's mistake: a 400."""
-    if value is not None and "\x00" in value:
-        raise FeedbackError(f"{where}: must not contain the NUL character (U+0000)")
+# C0 controls, DEL and C1 controls.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# The controls a FHIR string may hold (a Coding's display); a code, a uri or an id holds none.
+_TEXT_BREAKS = "\t\n\r"
+
+
+def _no_controls(where: str, value: str | None, allowed: str = "") -> None:
+    """A kept value holds no control character that FHIR does not allow there: a 400, the client's mistake.
+
+    PostgreSQL text cannot hold U+0000: a kept value with one was a 500 there (and stored on SQLite), so
+    the same body got different answers from the two stores. Any other was stored and printed in the
+    report as sent: an override reason code with line breaks forged lines of the operator's report, and
+    escape sequences drove their terminal."""
+    if value is None:
+        return
+    for found in _CONTROL.finditer(value):
+        if found.group() == "\x00":
+            raise FeedbackError(f"{where}: must not contain the NUL character (U+0000)")
+        if found.group() not in allowed:
+            raise FeedbackError(f"{where}: must not contain the control character U+{ord(found.group()):04X}")
 
 
 def _timestamp(index: int, text: str) -> datetime:

@@ -255,3 +255,51 @@ def test_an_outcome_more_than_a_day_ahead_is_refused_and_local_time_sent_as_utc_
     soon = datetime.now(UTC) + timedelta(hours=14)
     (parsed,) = parse_feedback({"feedback": [item(outcomeTimestamp=soon.strftime("%Y-%m-%dT%H:%M:%SZ"))]})
     assert parsed.outcome_timestamp == soon.replace(microsecond=0)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (
+            {"feedback": [item(card="9a6c\n")]},
+            "feedback[0].card: must not contain the control character U+000A",
+        ),
+        (
+            {"feedback": [item(outcome="accepted", acceptedSuggestions=[{"id": "a\x9b2J"}])]},
+            "feedback[0].acceptedSuggestions[0].id: must not contain the control character U+009B",
+        ),
+        (
+            {"feedback": [item(overrideReason={"reason": {"code": "x\n\nb12-iron-order-sign\n  all  999"}})]},
+            "feedback[0].overrideReason.reason.code: must not contain the control character U+000A",
+        ),
+        (
+            {"feedback": [item(overrideReason={"reason": {"code": "x", "system": "urn:x\x1b]0;pwned\x07"}})]},
+            "feedback[0].overrideReason.reason.system: must not contain the control character U+001B",
+        ),
+        (
+            {"feedback": [item(overrideReason={"reason": {"code": "x", "display": "Declined\x1b[2J"}})]},
+            "feedback[0].overrideReason.reason.display: must not contain the control character U+001B",
+        ),
+        (
+            {"feedback": [item(overrideReason={"reason": {"code": "x", "display": "Declined\t\x00"}})]},
+            "feedback[0].overrideReason.reason.display: must not contain the NUL character (U+0000)",
+        ),
+    ],
+)
+def test_control_characters_that_fhir_does_not_allow_are_refused(body: object, reason: str) -> None:
+    """They were stored as sent and printed in the operator's report: a code with line breaks forged
+    lines of its table, escape sequences drove the terminal. A FHIR code, uri or id holds none; a
+    string (a Coding's display) only tab, line feed and carriage return."""
+    assert refused(body) == reason
+
+
+def test_a_display_may_hold_the_line_breaks_and_tabs_of_a_fhir_string() -> None:
+    display = "Declined,\r\n\tsee note"
+    body = {"feedback": [item(overrideReason={"reason": {"code": "x", "display": display}})]}
+    (parsed,) = parse_feedback(body)
+    assert parsed.override_reason == OverrideReason("x", None, display)
+
+
+def test_a_comment_that_is_not_kept_is_not_checked() -> None:
+    body = {"feedback": [item(overrideReason={"reason": {"code": "x"}, "userComment": "line\nbreak\x1b"})]}
+    assert parse_feedback(body)[0].override_reason == OverrideReason("x")
