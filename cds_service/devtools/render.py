@@ -80,12 +80,36 @@ def summary_line(name: str, response: Mapping[str, Any]) -> str:
     return f"{name}: {len(cards)} card{'s' if len(cards) != 1 else ''}: {topics}"
 
 
+# What the renderer reads of inline Markdown, left to right: a backslash escape (CommonMark: any ASCII
+# punctuation character), strong emphasis, a link. The cards escape the EHR's own words (clinical/markdown.py)
+# so that a medicine named "B12 [oral] *tablet*" stays text in the EHR; an escaped "**" closes no emphasis.
+_INLINE = re.compile(
+    r"\\([!-/:-@\[-`{-~])"
+    r"|\*\*((?:\\.|[^\\])+?)\*\*|__((?:\\.|[^\\])+?)__"
+    r"|\[((?:\\.|[^\\\]])+)\]\(([^)\s]+)\)"
+)
+
+
+def _unescaped(text: str) -> str:
+    """Markdown's emphasis and links read and its escapes undone: the text an EHR shows."""
+
+    def plain(match: re.Match[str]) -> str:
+        escaped, strong, underscored, label, url = match.groups()
+        if escaped is not None:
+            return escaped
+        if label is not None:
+            return f"{_unescaped(label)} <{url}>"
+        return _unescaped(strong if strong is not None else underscored)
+
+    return _INLINE.sub(plain, text)
+
+
 def _markdown_lines(markdown: str) -> list[str]:
-    """Markdown made readable in a terminal: emphasis markers dropped, paragraphs and lists wrapped."""
+    """Markdown made readable in a terminal: emphasis markers dropped, escapes undone, paragraphs and lists
+    wrapped."""
     lines: list[str] = []
     for raw in markdown.strip().splitlines():
-        text = re.sub(r"\*\*(.+?)\*\*|__(.+?)__", lambda m: m.group(1) or m.group(2), raw.rstrip())
-        text = re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r"\1 <\2>", text)
+        text = _unescaped(raw.rstrip())
         if not text.strip():
             lines.append("")
             continue

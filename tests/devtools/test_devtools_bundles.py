@@ -226,6 +226,23 @@ def test_rendering_shows_what_an_ehr_shows() -> None:
     assert summary_line("Bo", {"cards": []}) == "Bo: no cards"
 
 
+def test_rendering_shows_the_ehr_s_own_words_without_markdown_escapes() -> None:
+    """The cards escape an EHR's names for Markdown (a medicine '[oral] *tablet*' must not become a link or
+    emphasis), and the terminal showed the escapes: 'Vitamin B12 \\[oral\\] \\*tablet\\* 1\\_000 mcg', which
+    no EHR shows. An escaped '**' closes no emphasis."""
+    card = {
+        "summary": "B12 is already high",
+        "indicator": "warning",
+        "detail": "Being ordered: Vitamin B12 \\[oral\\] \\*tablet\\* 1\\_000 mcg, see https\\://x.example.\n\n"
+        "- **B12 \\*\\* 1100 pg/mL** on 2025-12-06, and [BSH \\[2014\\]](https://example.org/bsh)",
+        "source": {"label": "rules"},
+    }
+    text = click.unstyle(render_response({"cards": [card]}))
+    assert "Being ordered: Vitamin B12 [oral] *tablet* 1_000 mcg, see https://x.example." in text
+    assert "- B12 ** 1100 pg/mL on 2025-12-06, and BSH [2014] <https://example.org/bsh>" in text
+    assert "\\" not in text
+
+
 @pytest.mark.parametrize(
     "patient",
     [
