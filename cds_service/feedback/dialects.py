@@ -247,6 +247,10 @@ class PostgresDialect:
         conn = psycopg.connect(autocommit=True, **options)
         conn.read_only = self.read_only
         if self.read_only:
+            # One snapshot for the report's statements: under READ COMMITTED each saw what was committed
+            # when it began, so a card issued and answered between the issued counts and the outcome
+            # counts was answered but not issued (more accepted than issued).
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             # The limit in force (the URL's may differ from ours), for the message when it runs out.
             row = conn.execute("SHOW lock_timeout").fetchone()
             self.lock_timeout = row[0] if row else None
