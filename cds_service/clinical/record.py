@@ -16,6 +16,7 @@ from typing import Any
 
 from cds_service.clinical.config import ClinicalConfig
 from cds_service.clinical.markdown import literal
+from cds_service.fhir.medications import MedicationIndex, MedicationRef, ingredient_concepts
 from cds_service.fhir.read import (
     COMPARATORS,
     array,
@@ -441,12 +442,14 @@ def _observation_value(obs: dict[str, Any]) -> tuple[float, str | None, str | No
 
 
 def _medication_concepts(
-    resource: dict[str, Any], medications: dict[str, dict[str, Any]]
+    resource: dict[str, Any], medications: MedicationIndex
 ) -> tuple[list[Any], str | None]:
     """The concepts that name what a medication record is about, and a display name for the card.
 
-    ``medicationReference`` is followed to a contained Medication or one among the resources, and that
-    Medication's ingredients are read too.
+    ``medicationReference`` is followed as the server would read it (`MedicationIndex.resolve`: a contained
+    Medication, or ``Medication/id`` among the resources, the version a ``/_history/`` reference names), or
+    by id for a ``urn:uuid:`` reference (transaction Bundles); that Medication's ingredients are read too,
+    down to ingredients of ingredients (`ingredient_concepts`).
     """
     concept = resource.get("medicationCodeableConcept")
     if isinstance(concept, dict):
@@ -459,28 +462,16 @@ def _medication_concepts(
     display = (clean_label(raw_display) or None) if isinstance(raw_display, str) else None
     if display:
         found.append(display.lower())
-    target = reference_id(ref)
-    medication = None
-    if target is not None:
-        ident = target[1]
-        if ident.startswith("#"):
-            for item in array(resource.get("contained")):
-                if isinstance(item, dict) and item.get("id") == ident[1:]:
-                    medication = item
-        else:
-            medication = medications.get(ident)
+    target = ref.get("reference")
+    if isinstance(target, str) and target.startswith("urn:"):
+        named = reference_id(ref)
+        medication = medications.find(MedicationRef(named[1])) if named is not None else None
+    else:
+        medication = medications.resolve(ref, array(resource.get("contained")))
     if isinstance(medication, dict):
         found.append(medication.get("code"))
         display = display or concept_label(medication.get("code"))
-        for ingredient in array(medication.get("ingredient")):
-            if not isinstance(ingredient, dict):
-                continue
-            if "itemCodeableConcept" in ingredient:
-                found.append(ingredient["itemCodeableConcept"])
-            else:
-                inner = reference_id(ingredient.get("itemReference"))
-                if inner is not None and inner[1] in medications:
-                    found.append(medications[inner[1]].get("code"))
+        found.extend(ingredient_concepts(medication, medications))
     return (found, display)
 
 
@@ -534,7 +525,7 @@ def _medication_span(resource: dict[str, Any], kind: str) -> tuple[datetime | No
 
 
 def medication_entry(
-    resource: dict[str, Any], config: ClinicalConfig, medications: dict[str, dict[str, Any]], *, draft: bool
+    resource: dict[str, Any], config: ClinicalConfig, medications: MedicationIndex, *, draft: bool
 ) -> MedicationEntry | None:
     """A medication record of a class we track, or None for any other medicine or a void record.
 
@@ -653,7 +644,7 @@ def build_record(
     fromisoformat = datetime.fromisoformat
     own = patient_references(patient_id)
     units = _UnitProblems()
-    medications: dict[str, dict[str, Any]] = {}
+    medications = MedicationIndex()
     medication_records: list[dict[str, Any]] = []
     results = record.results
     tested = record.tested
@@ -756,7 +747,7 @@ def build_record(
                 medication_records.append(resource)
         elif kind == "Medication":
             if isinstance(resource.get("id"), str):
-                medications[resource["id"]] = resource
+                medications.add(resource)
         elif kind == "Condition":
             if _subject_matches(resource, patient_id, own):
                 _add_condition(record, resource)
@@ -782,7 +773,7 @@ def build_record(
             and resource.get("resourceType") == "Medication"
             and isinstance(resource.get("id"), str)
         ):
-            medications.setdefault(resource["id"], resource)
+            medications.add(resource)
     for resource in medication_records:
         entry = medication_entry(resource, config, medications, draft=False)
         if entry is not None:

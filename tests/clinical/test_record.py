@@ -303,3 +303,42 @@ def test_wrongly_typed_fields_are_skipped_not_crashed_on() -> None:
         )
         == []
     )
+
+
+def test_a_versioned_reference_and_an_ingredient_of_an_ingredient_are_read() -> None:
+    """The fhir layer follows versioned references and nested ingredients (fhir/medications.py); the record
+    read only one ingredient level, and keyed Medications by id, whatever version a reference named."""
+    old = {
+        "resourceType": "Medication",
+        "id": "m1",
+        "meta": {"versionId": "1"},
+        "code": {"text": "Vitamin D3"},
+    }
+    new = {
+        "resourceType": "Medication",
+        "id": "m1",
+        "meta": {"versionId": "2"},
+        "code": {"text": "Hydroxocobalamin 1 mg/mL"},
+    }
+    versioned = med(None, 30, medicationReference={"reference": "Medication/m1/_history/2"})
+    rec = record(old, new, versioned)
+    assert [m.classes for m in rec.medications] == [frozenset({codes.B12_THERAPY})]
+    inner = {"resourceType": "Medication", "id": "inner", "code": {"text": "cyanocobalamin"}}
+    middle = {
+        "resourceType": "Medication",
+        "id": "mid",
+        "ingredient": [{"itemReference": {"reference": "Medication/inner"}}],
+    }
+    outer = {
+        "resourceType": "Medication",
+        "id": "out",
+        "code": {"text": "Combination product"},
+        "ingredient": [{"itemReference": {"reference": "Medication/mid"}}],
+    }
+    nested = med(None, 30, medicationReference={"reference": "Medication/out"})
+    assert [m.classes for m in record(inner, middle, outer, nested).medications] == [
+        frozenset({codes.B12_THERAPY})
+    ]
+    # A transaction Bundle's urn:uuid reference is still read by id.
+    by_uuid = med(None, 30, medicationReference={"reference": "urn:uuid:inner"})
+    assert [m.classes for m in record(inner, by_uuid).medications] == [frozenset({codes.B12_THERAPY})]
