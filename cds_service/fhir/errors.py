@@ -14,6 +14,7 @@ import ssl
 from collections.abc import Iterator
 
 import requests
+import urllib3.exceptions
 
 from .read import array
 
@@ -117,4 +118,16 @@ def exception_reason(exc: BaseException, url: str) -> str:
         return f"connection reset by {url}"
     if isinstance(exc, requests.exceptions.TooManyRedirects | requests.exceptions.InvalidURL):
         return f"invalid request to {url}: {type(exc).__name__}"
+    # What went wrong is the server's answer, not the network: say so, instead of "ConnectionError".
+    # A malformed chunk is an IncompleteRead to urllib3, so it is asked about first.
+    if any(isinstance(c, urllib3.exceptions.InvalidChunkLength) for c in causes):
+        return f"the answer from {url} is not valid HTTP (a malformed chunk)"
+    if any(isinstance(c, urllib3.exceptions.IncompleteRead | http.client.IncompleteRead) for c in causes):
+        return f"the answer from {url} ended before the length it announced"
+    if any(isinstance(c, http.client.LineTooLong) for c in causes):
+        return f"the answer from {url} is not valid HTTP (a header or status line too long)"
+    if any(isinstance(c, http.client.BadStatusLine) for c in causes):
+        return f"the answer from {url} is not valid HTTP (no status line)"
+    if any(isinstance(c, http.client.HTTPException | urllib3.exceptions.InvalidHeader) for c in causes):
+        return f"the answer from {url} is not valid HTTP (its headers)"
     return f"request to {url} failed: {type(exc).__name__}"

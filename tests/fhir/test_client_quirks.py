@@ -6,8 +6,12 @@ requests (busy, then not), a subclass here says so.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -253,3 +257,63 @@ def test_a_redirect_is_named_without_the_credentials_or_query_of_its_location(cl
         assert len(ehr.seen) == 1
     shown = "https://login.example.org:8443/authorize"
     assert outcome.error == f"HTTP 302 from {ehr.base_url}/Patient/p1: redirect to {shown} not followed"
+
+
+@contextmanager
+def _answering_raw(answer: bytes) -> Iterator[str]:
+    """A loopback server that answers every request with ``answer``, byte for byte, then closes: what a
+    broken proxy, a non-HTTP service on the FHIR port, or a server that dies mid-answer sends."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError):
+                conn.recv(65536)
+                conn.sendall(answer)
+                conn.shutdown(socket.SHUT_WR)
+                conn.recv(1)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/fhir"
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (
+            b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"resourceType":',
+            "ended before the length it announced",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            "is not valid HTTP (a malformed chunk)",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70_000 + b"\r\n\r\n",
+            "is not valid HTTP (a header or status line too long)",
+        ),
+        (b"SSH-2.0-OpenSSH_9.6\r\n", "is not valid HTTP (no status line)"),
+        (b"HTTP/1.1 200 OK\r\n" + b"X: a\r\n" * 200 + b"\r\n", "is not valid HTTP (its headers)"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+            "is not valid HTTP (its headers)",
+        ),
+    ],
+    ids=["cut-short", "bad-chunk", "long-header", "not-http", "too-many-headers", "two-lengths"],
+)
+def test_an_answer_that_is_not_valid_http_is_named_as_such(
+    client: FhirClient, answer: bytes, reason: str
+) -> None:
+    """Each was "request to … failed: ConnectionError" (or ChunkedEncodingError, InvalidHeader), which
+    sent an integrator looking at the network rather than at the server."""
+    with _answering_raw(answer) as base:
+        outcome = client.fetch_all(base, {"p": "Patient/p1"}, authorization=None, budget_ms=3000)["p"]
+    assert outcome.error == f"the answer from {base}/Patient/p1 {reason}"
+    assert outcome.requests == 1
