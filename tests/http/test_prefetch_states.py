@@ -1,0 +1,67 @@
+"""Which prefetch values make the service ask the EHR's FHIR server, end to end.
+
+CDS Hooks 2.0, "Prefetch Template": a key the client chose not to satisfy, or failed on, is left out (or,
+since FHIR-34274, holds an OperationOutcome); a key for which the client *has no data* is null. So null is
+an answer ("nothing on file"), not a failure: it is neither fetched again nor a 412.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from cds_service.app import create_app
+from cds_service.config import Settings
+from tests.builders import hook_body
+from tests.support.fake_ehr_fhir import FakeEhrFhir
+
+FAILED = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout"}]}
+ABSENT = object()
+
+
+@pytest.fixture
+def ehr() -> Iterator[FakeEhrFhir]:
+    with FakeEhrFhir() as server:
+        server.add_search("Condition", [], page_size=200)
+        yield server
+
+
+@pytest.fixture
+def served(settings: Settings, ehr: FakeEhrFhir) -> Iterator[FlaskClient]:
+    app: Flask = create_app(settings.with_overrides(allowed_fhir_servers=(ehr.base_url,)))
+    yield app.test_client()
+    app.extensions["cds"]["recorder"].close()
+    app.extensions["cds"]["feedback"].close()
+
+
+def _call(client: FlaskClient, conditions: object, fhir_server: str | None) -> int:
+    body = hook_body(fhirServer=fhir_server)
+    if conditions is ABSENT:
+        del body["prefetch"]["conditions"]
+    else:
+        body["prefetch"]["conditions"] = conditions
+    return client.post("/cds-services/b12-iron-patient-view", json=body).status_code
+
+
+@pytest.mark.parametrize(
+    ("conditions", "fetched"),
+    [(None, False), (ABSENT, True), (FAILED, True)],
+    ids=["null", "absent", "outcome"],
+)
+def test_only_a_key_the_client_did_not_answer_is_fetched(
+    served: FlaskClient, ehr: FakeEhrFhir, conditions: object, fetched: bool
+) -> None:
+    assert _call(served, conditions, ehr.base_url) == 200
+    assert [seen.path.split("?")[0] for seen in ehr.seen] == (["/baseR4/Condition"] if fetched else [])
+
+
+@pytest.mark.parametrize(
+    ("conditions", "status"), [(None, 200), (ABSENT, 412), (FAILED, 412)], ids=["null", "absent", "outcome"]
+)
+def test_without_a_server_only_a_key_the_client_did_not_answer_is_a_412(
+    served: FlaskClient, conditions: object, status: int
+) -> None:
+    assert _call(served, conditions, None) == status
