@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import pytest
 
 from cds_service.fhir.client import FhirClient
+from cds_service.fhir.medications import follow_medication_references
 from tests.support.fake_ehr_fhir import Canned, FakeEhrFhir
 
 pytestmark = pytest.mark.integration
@@ -317,3 +318,61 @@ def test_an_answer_that_is_not_valid_http_is_named_as_such(
         outcome = client.fetch_all(base, {"p": "Patient/p1"}, authorization=None, budget_ms=3000)["p"]
     assert outcome.error == f"the answer from {base}/Patient/p1 {reason}"
     assert outcome.requests == 1
+
+
+def _page_to(next_url: str | None, n: int) -> dict:
+    page = _searchset(({**OBSERVATION, "id": f"o{n}"}, "match"))
+    if next_url is not None:
+        page["link"] = [{"relation": "next", "url": next_url}]
+    return page
+
+
+@pytest.mark.parametrize("spelling", ["same", "absolute", "via-second-page"])
+def test_a_next_link_that_loops_back_fails_the_key_at_once(client: FhirClient, spelling: str) -> None:
+    query = "Observation?patient=p1"
+    with FakeEhrFhir() as ehr:
+        first = f"{ehr.base_url}/{query}"
+        if spelling == "via-second-page":
+            ehr.add_canned(query, 200, _page_to(f"{query}&page=2", 1))
+            ehr.add_canned(f"{query}&page=2", 200, _page_to(first, 2))
+        else:
+            ehr.add_canned(query, 200, _page_to(query if spelling == "same" else first, 1))
+        outcome = client.fetch_all(ehr.base_url, {"k": query}, authorization=None, budget_ms=3000)["k"]
+    assert outcome.error == f"next link of {first} repeats an earlier page"
+    assert outcome.requests == (2 if spelling == "via-second-page" else 1)
+
+
+def test_next_links_without_end_stop_at_the_page_limit(client: FhirClient) -> None:
+    """A server whose next link always names a new page (an offset that never runs out)."""
+    query = "Observation?patient=p1"
+    with FakeEhrFhir() as ehr:
+        for n in range(1, client.max_pages + 5):
+            here = query if n == 1 else f"{query}&page={n}"
+            ehr.add_canned(here, 200, _page_to(f"{query}&page={n + 1}", n))
+        outcome = client.fetch_all(ehr.base_url, {"k": query}, authorization=None, budget_ms=3000)["k"]
+    assert outcome.ok and outcome.truncated
+    assert outcome.requests == client.max_pages
+    assert len(outcome.resource["entry"]) == client.max_pages
+
+
+def test_medications_come_whole_from_a_server_that_ignores_count(client: FhirClient) -> None:
+    """Asked for ``_count=3``, a server with a fixed page size of 1 (HAPI's default for some setups is
+    small, and ``_count`` is advisory) pages them; every page is read."""
+    medications = [{"resourceType": "Medication", "id": f"m{n}", "code": {"text": f"m{n}"}} for n in range(3)]
+    orders = [
+        {
+            "resourceType": "MedicationRequest",
+            "id": f"r{n}",
+            "medicationReference": {"reference": f"Medication/m{n}"},
+        }
+        for n in range(3)
+    ]
+    with FakeEhrFhir() as ehr:
+        ehr.add_search("Medication", medications, page_size=1)
+
+        def fetch(queries: dict[str, str], budget: int) -> dict:
+            return client.fetch_all(ehr.base_url, queries, authorization=None, budget_ms=budget)
+
+        followed = follow_medication_references(orders, ehr.base_url, fetch, 3000)
+        assert len(ehr.seen) == 3
+    assert [m["id"] for m in followed.medications] == ["m0", "m1", "m2"]
