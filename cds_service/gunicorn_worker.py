@@ -122,6 +122,17 @@ def _body_arrived(reader: Any, unreader: Any) -> bool:
     return True
 
 
+def _asks_to_close(req: Any) -> bool:
+    """Whether any Connection field of the request names the "close" option (RFC 9112 9.6).
+
+    gunicorn's Request.should_close looks only at the first Connection field, and only for a value that is
+    "close" as a whole: "Connection: TE, close" kept the connection open."""
+    return any(
+        name == "CONNECTION" and any(option.strip(" \t").lower() == "close" for option in value.split(","))
+        for name, value in getattr(req, "headers", ())
+    )
+
+
 def _take_over_continue(req: Any) -> bool:
     """Whether the client waits for "100 Continue" before it sends the body; gunicorn will not send it.
 
@@ -379,10 +390,10 @@ class JsonErrorWorker(ThreadWorker):
         return {}
 
     def handle_request(self, req: Any, conn: Any) -> bool:
-        """gthread's, with the body read under a deadline and in chunks that are not too small, with the
-        connection kept only when the body has been read to its end (or has all arrived), with
-        ``Expect: 100-continue`` answered only once the app reads the body, and with a write of the answer
-        given up after SEND_TIMEOUT_S.
+        """gthread's, except that the body is read under a deadline and in chunks that are not too small;
+        the connection closes after the answer when the request asks so (_asks_to_close) or when its body
+        has neither been read to its end nor all arrived; ``Expect: 100-continue`` is answered only once the
+        app reads the body; and a write of the answer is given up after SEND_TIMEOUT_S.
 
         A client that sends requests and never reads the answers fills the socket's buffers; gunicorn's
         write of the next answer then blocked for as long as the client kept the connection, holding the
@@ -400,6 +411,8 @@ class JsonErrorWorker(ThreadWorker):
         first read from the socket, so a refusal is the client's only answer (RFC 9110 10.1.1), and it
         closes the connection as above: the client may stop waiting and send its body after all, or not.
         A body that is all here already needs no 100."""
+        if _asks_to_close(req):
+            req.force_close()
         body = getattr(req, "body", None)
         reader = getattr(body, "reader", None)
         if isinstance(reader, ChunkedReader) and reader.parser is not None:

@@ -516,3 +516,24 @@ def test_clients_that_stop_reading_their_answers_do_not_hold_the_workers_threads
         for sock in stalled:
             sock.close()
     assert "stopped reading" in served.log()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        "Connection: TE, close\r\nTE: trailers",
+        "Connection: keep-alive, close",
+        "Connection: Close , X-Other",
+        "Connection: keep-alive\r\nConnection: close",
+    ],
+)
+def test_a_close_option_among_others_ends_the_connection_after_its_answer(
+    served: Served, fields: str
+) -> None:
+    """RFC 9112 9.6: a server that receives the "close" connection option must close the connection after
+    answering. gunicorn looked only at a first Connection field equal to "close", so "Connection: TE, close"
+    (as some clients send it) was answered keep-alive and the request pipelined behind it served too."""
+    first = f"GET /healthz HTTP/1.1\r\nHost: cds\r\n{fields}\r\n\r\n".encode()
+    replies = answers(exchange(served.port, first + b"GET /metrics HTTP/1.1\r\nHost: cds\r\n\r\n"))
+    assert [a.status for a in replies] == [200]
+    assert replies[0].headers["connection"] == "close"
