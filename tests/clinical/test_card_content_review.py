@@ -105,3 +105,15 @@ def test_a_work_up_test_left_out_as_already_resulted_is_named_with_its_date() ->
     high = by_topic(run(obs("b12", 1500, 10), obs("ferritin", 12, 10), ttg), "iron-deficiency-with-high-b12")
     assert "tTG IgA on 2025-09-17" in high.detail
     assert "Already resulted" not in by_topic(run(*labs), "combined-b12-iron-deficiency").detail
+
+
+def test_a_ferritin_the_service_cannot_read_is_not_called_no_result() -> None:
+    """A B12 order with last month's ferritin in a unit the service cannot convert: the card said 'Ferritin:
+    no result in the last year', which the clinician can see is false."""
+    labs = (obs("b12", 150, 5), obs("ferritin", 80, 30, unit="pmol/L"))
+    finding = by_topic(run(*labs, drafts=(draft_b12(),), hook="order-select"), "iron-studies-after-b12")
+    assert "- Ferritin: a result on 2025-12-16 that the service cannot read" in finding.detail
+    alone = by_topic(
+        run(obs("b12", 150, 5), drafts=(draft_b12(),), hook="order-select"), "iron-studies-after-b12"
+    )
+    assert "- Ferritin: no result in the last year" in alone.detail

@@ -149,7 +149,14 @@ def _finding(record: PatientRecord, start: datetime, missing: list[str], context
         ("Vitamin B12", b12, "b12"),
         ("Ferritin", ferritin, None),
     ):
-        line = f"- {label}: " + (f"**{result.quoted()}**" if result else "no result in the last year")
+        missing_text = "no result in the last year"
+        unread = record.tested_since("ferritin", record.now - timedelta(days=t.latest_days))
+        if analyte is None and result is None and unread is not None:
+            # A result the service could not use (a unit it cannot convert, no number) is still a result.
+            missing_text = (
+                f"a result on {day(unread)} that the service cannot read (see the laboratory report)"
+            )
+        line = f"- {label}: " + (f"**{result.quoted()}**" if result else missing_text)
         if analyte is not None:
             if result is not None:
                 line += " (before B12 was started)" if start < record.now else ""
