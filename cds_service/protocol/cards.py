@@ -1,8 +1,9 @@
 """Cards, suggestions and actions: the one place the response's invariants are enforced.
 
 Whatever a rule returns, the JSON that leaves the service has a uuid on every card and suggestion, a
-summary under 140 characters, a valid indicator, a topic Coding, `selectionBehavior` whenever there are
-suggestions, override reasons with a display, and no null or empty value anywhere.
+summary under 140 characters, a valid indicator, a topic Coding, a valid `selectionBehavior` whenever there
+are suggestions (and at most one recommended one with "at-most-one"), override reasons with a display, and
+no null or empty value anywhere.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ TOPIC_SYSTEM = "urn:b12-iron-cds:card-topic"
 OVERRIDE_REASON_SYSTEM = "urn:b12-iron-cds:override-reason"
 SUMMARY_LIMIT = 139
 INDICATORS = ("info", "warning", "critical")
+SELECTION_BEHAVIORS = ("at-most-one", "any")
 
 # Same system as a site's own reasons, so every Coding a client echoes back in feedback is qualified.
 DEFAULT_OVERRIDE_REASONS: tuple[Mapping[str, str], ...] = tuple(
@@ -119,6 +121,18 @@ def _summary(finding: Finding) -> str:
     return summary[: SUMMARY_LIMIT - 1].rsplit(" ", 1)[0] + "…"
 
 
+def _check_selection(finding: Finding) -> None:
+    """A client that does not know the selectionBehavior "MUST treat the card as an error", and only
+    with "any" may more than one suggestion be recommended (CDS Hooks 2.0, Card and Suggestion)."""
+    behavior = finding.selection_behavior
+    if behavior not in SELECTION_BEHAVIORS:
+        raise CardError(
+            f"topic {finding.topic}: selectionBehavior {behavior!r} is not one of {SELECTION_BEHAVIORS}"
+        )
+    if behavior == "at-most-one" and sum(p.is_recommended for p in finding.proposals) > 1:
+        raise CardError(f"topic {finding.topic}: more than one suggestion recommended with at-most-one")
+
+
 def card_from_finding(finding: Finding, style: CardStyle) -> dict[str, Any]:
     """One card, with fresh uuids; raises CardError if the finding cannot make a valid card."""
     if finding.indicator not in INDICATORS:
@@ -140,6 +154,7 @@ def card_from_finding(finding: Finding, style: CardStyle) -> dict[str, Any]:
     if finding.detail.strip():
         card["detail"] = finding.detail
     if finding.proposals:
+        _check_selection(finding)
         card["suggestions"] = [_suggestion(p) for p in finding.proposals]
         card["selectionBehavior"] = finding.selection_behavior
     card["overrideReasons"] = [dict(reason) for reason in style.override_reasons]

@@ -90,11 +90,26 @@ def test_no_suggestions_means_no_selection_behavior_and_no_links_unless_configur
         {"proposals": (Proposal("Create", (ProposedAction("create", "x"),)),)},
         {"proposals": (Proposal("Delete", (ProposedAction("delete", "x"),)),)},
         {"proposals": (Proposal("Create", (ProposedAction("create", "x", {**ORDER, "note": []}),)),)},
+        {"selection_behavior": "all"},
+        {
+            "selection_behavior": "at-most-one",
+            "proposals": (
+                Proposal("Now", (ProposedAction("create", "Ferritin now", ORDER),), True),
+                Proposal("Later", (ProposedAction("create", "Ferritin later", ORDER),), True),
+            ),
+        },
     ],
 )
 def test_invalid_findings_are_refused(bad: dict) -> None:
     with pytest.raises(CardError):
         card_from_finding(finding(**bad), CardStyle())
+
+
+def test_several_recommended_suggestions_are_allowed_with_any() -> None:
+    both = tuple(Proposal(label, (ProposedAction("create", label, ORDER),), True) for label in ("A", "B"))
+    card = card_from_finding(finding(proposals=both), CardStyle())
+    assert [s["isRecommended"] for s in card["suggestions"]] == [True, True]
+    assert_valid_response({"cards": [card]})
 
 
 def test_delete_action_carries_the_reference() -> None:
