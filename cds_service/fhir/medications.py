@@ -256,31 +256,11 @@ def follow_medication_references(
     index = MedicationIndex(resources)
     result = FollowedMedications()
     visited: set[MedicationRef] = set()
-    pending: deque[tuple[MedicationRef, int, tuple[str, ...]]] = deque()
-    for resource in resources:
-        if isinstance(resource, dict) and resource.get("resourceType") in RECORD_TYPES:
-            named = local_medication_reference(resource.get("medicationReference"), fhir_server)
-            if named is not None:
-                pending.append((named, 1, ()))
+    pending = _record_references(resources, fhir_server)
     version_reads = 0
     read_by_version: set[int] = set()
     while pending:
-        missing: dict[MedicationRef, tuple[int, tuple[str, ...]]] = {}
-        while pending:
-            named, depth, chain = pending.popleft()
-            if named.ident in chain:
-                result.notes.append(
-                    f"ingredients of Medication/{chain[-1]} lead back to Medication/{named.ident}"
-                )
-                continue
-            if named in visited:
-                continue
-            visited.add(named)
-            medication = index.find(named)
-            if medication is None:
-                missing[named] = (depth, chain)
-            else:
-                pending.extend(_below(medication, named, depth, chain, fhir_server, max_depth, result))
+        missing = _walk(pending, index, visited, fhir_server, max_depth, result)
         if not missing:
             break
         if result.asked + len(missing) > MAX_IDS:
@@ -332,6 +312,59 @@ def follow_medication_references(
     # ``by_version``) then reads an unversioned reference as the current product.
     result.medications.sort(key=lambda medication: id(medication) in read_by_version)
     return result
+
+
+_Pending = deque[tuple[MedicationRef, int, tuple[str, ...]]]
+
+
+def missing_medications(
+    resources: Sequence[Any], fhir_server: str, *, max_depth: int = MAX_INGREDIENT_DEPTH
+) -> list[MedicationRef]:
+    """The Medications ``follow_medication_references`` would ask for first: named on ``fhir_server`` by
+    a medication record (in the version named), or by an ingredient of a Medication among ``resources``
+    that a record leads to, and not among ``resources``. Empty when there is nothing to fetch."""
+    pending = _record_references(resources, fhir_server)
+    found = _walk(pending, MedicationIndex(resources), set(), fhir_server, max_depth, FollowedMedications())
+    return list(found)
+
+
+def _record_references(resources: Sequence[Any], fhir_server: str) -> _Pending:
+    pending: _Pending = deque()
+    for resource in resources:
+        if isinstance(resource, dict) and resource.get("resourceType") in RECORD_TYPES:
+            named = local_medication_reference(resource.get("medicationReference"), fhir_server)
+            if named is not None:
+                pending.append((named, 1, ()))
+    return pending
+
+
+def _walk(
+    pending: _Pending,
+    index: MedicationIndex,
+    visited: set[MedicationRef],
+    fhir_server: str,
+    max_depth: int,
+    result: FollowedMedications,
+) -> dict[MedicationRef, tuple[int, tuple[str, ...]]]:
+    """Follow ``pending`` references through the Medications held, as far as they go; returns those not
+    held (with their depth and the chain above them), to be fetched."""
+    missing: dict[MedicationRef, tuple[int, tuple[str, ...]]] = {}
+    while pending:
+        named, depth, chain = pending.popleft()
+        if named.ident in chain:
+            result.notes.append(
+                f"ingredients of Medication/{chain[-1]} lead back to Medication/{named.ident}"
+            )
+            continue
+        if named in visited:
+            continue
+        visited.add(named)
+        medication = index.find(named)
+        if medication is None:
+            missing[named] = (depth, chain)
+        else:
+            pending.extend(_below(medication, named, depth, chain, fhir_server, max_depth, result))
+    return missing
 
 
 def _below(

@@ -20,6 +20,7 @@ from cds_service.fhir.medications import (
     local_medication_id,
     local_medication_reference,
     medication_queries,
+    missing_medications,
 )
 from tests.support.json_values import json_values
 
@@ -190,3 +191,28 @@ def test_ingredients_of_any_shape_read_without_error(junk: list[Any], references
     for medication in medications:
         concepts = ingredient_concepts(medication, index)
         assert len(concepts) <= len(medications) + len(junk) * len(medications)
+
+
+def test_missing_medications_are_those_a_record_leads_to_through_what_was_sent() -> None:
+    """What tells the service whether following is needed at all: ``dangling_medication_ids`` saw a
+    record's own Medication only, so one sent with an ingredient nobody sent, or sent in another version
+    than the record names, needed nothing fetched."""
+    sent = {
+        "resourceType": "Medication",
+        "id": "combo",
+        "meta": {"versionId": "4"},
+        "ingredient": [
+            {"itemReference": {"reference": "Medication/inner"}},
+            {"itemReference": {"reference": "#c"}},
+        ],
+    }
+    assert missing_medications([_order("Medication/combo"), sent], SERVER) == [MedicationRef("inner")]
+    assert missing_medications([_order("Medication/combo/_history/3"), sent], SERVER) == [
+        MedicationRef("combo", "3")
+    ]
+    assert missing_medications([_order("Medication/combo/_history/4"), sent], SERVER) == [
+        MedicationRef("inner")
+    ]
+    inner = {"resourceType": "Medication", "id": "inner"}
+    assert missing_medications([_order("Medication/combo"), sent, inner], SERVER) == []
+    assert missing_medications([_order("#m1"), _order(f"{SERVER}-other/Medication/x")], SERVER) == []
