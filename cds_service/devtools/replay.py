@@ -249,12 +249,12 @@ def replay(
                 continue
             failures += 1
             _clear_progress(several)
-            click.echo(f"error: {error}", err=True)
+            _failed(str(error), several)
             continue
         except (BundleError, ReplayError, ConfigError) as error:
             failures += 1
             _clear_progress(several)
-            click.echo(f"error: {config_message(error)}", err=True)
+            _failed(config_message(error), several)
             continue
         topics.update(card_topic(card) for card in result.response["cards"])
         _clear_progress(several)
@@ -269,6 +269,12 @@ def replay(
         raise click.ClickException("no Bundle or hook request files in " + ", ".join(map(str, bundles)))
     if failures:
         sys.exit(1)
+
+
+def _failed(message: str, several: bool) -> None:
+    """One Bundle that could not be replayed: a line among the others of a run ('error: ...'), or, when it
+    was the only one, the command's failure, worded as click words every other ('Error: ...')."""
+    click.echo(f"{'error' if several else 'Error'}: {message}", err=True)
 
 
 def _print(result: ReplayResult, several: bool, as_json: bool) -> None:

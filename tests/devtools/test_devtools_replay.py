@@ -37,13 +37,17 @@ def run(*args: str) -> Result:
 
 
 def assert_clean_failure(result: Result, *, mentions: str) -> None:
-    """A non-zero exit with a one-line message, never an uncaught exception or a traceback."""
+    """A non-zero exit with a one-line message, never an uncaught exception or a traceback.
+
+    The line starts 'Error: ', as click's own do and as docs/testing-with-sandboxes.md says of a failure
+    that ends the command; a lone Bundle that could not be replayed said 'error: '."""
     assert result.exit_code != 0
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert "Traceback" not in result.output
     message_lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(message_lines) == 1, result.stderr
     assert mentions in message_lines[0]
+    assert message_lines[0].startswith("Error: "), message_lines[0]
 
 
 def _fixture_expectations() -> dict:
