@@ -19,6 +19,7 @@ HOOKS = ("patient-view", "order-select", "order-sign")
 # The request's optional fields, of the envelope and of every hook's context: null is read as absent.
 OPTIONAL_FIELDS = ("fhirServer", "fhirAuthorization", "prefetch", "extension")
 OPTIONAL_CONTEXT_FIELDS = ("encounterId",)
+UTF8_BOM = b"\xef\xbb\xbf"
 # Deepest nesting of a request body the service is sure to process (orjson writes at most 254 levels, and
 # the service wraps parts of a request in a few more); FHIR resources need fewer than 20.
 MAX_NESTING = 200
@@ -159,6 +160,10 @@ def parse_json_body(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as error:
+        if raw.startswith(UTF8_BOM):
+            # RFC 8259 8.1: a parser may ignore it, and .NET writers put one by default. Looked for only
+            # once parsing has failed, so a body without one costs nothing more.
+            return parse_json_body(raw[len(UTF8_BOM) :])
         raise RequestError(400, _not_json_reason(raw, error)) from None
 
 

@@ -300,3 +300,13 @@ def test_null_is_still_refused_where_a_field_is_required() -> None:
     body = hook_body("order-sign")
     body["context"]["draftOrders"] = None
     assert "draftOrders" in refused(body, "order-sign").reason
+
+
+def test_a_utf8_byte_order_mark_is_ignored() -> None:
+    """RFC 8259 lets a parser ignore it, and .NET writers add one; it was a 400."""
+    assert parse_json_body(b'\xef\xbb\xbf{"hook": "patient-view"}') == {"hook": "patient-view"}
+    with pytest.raises(RequestError) as caught:
+        parse_json_body(b"\xef\xbb\xbf{not json")
+    assert caught.value.status == 400
+    with pytest.raises(RequestError):
+        parse_json_body(b"\xef\xbb\xbf")
