@@ -24,11 +24,11 @@ from cds_service.clinical.findings import JSON_FORMAT, Finding, findings_from_js
 from cds_service.config import ConfigError, Settings, load_site_config
 from cds_service.fhir.client import FetchOutcome, FhirClient, fhir_server_allowed
 from cds_service.fhir.medications import (
-    MAX_IDS,
     RECORD_TYPES,
-    dangling_medication_ids,
+    MedicationRef,
+    follow_medication_references,
     local_medication_id,
-    medication_queries,
+    missing_medications,
 )
 from cds_service.observability import CallTrace, observe_fhir_fetch
 from cds_service.protocol.auth import AuthenticatedClient
@@ -298,11 +298,13 @@ class HookHandler:
             with trace.phase("fhir"):
                 resources.extend(self._fetch_missing(service, request, client, missing, trace))
         if request.fhir_server and (
-            dangling := dangling_medication_ids([*resources, *request.draft_orders], request.fhir_server)
+            missing_products := missing_medications([*resources, *request.draft_orders], request.fhir_server)
         ):
             spent_ms = (time.monotonic() - started) * 1000.0
             with trace.phase("fhir"):
-                resources.extend(self._fetch_medications(request, client, dangling, trace, spent_ms))
+                resources.extend(
+                    self._fetch_medications(request, client, resources, missing_products, trace, spent_ms)
+                )
         elif not request.fhir_server and request.draft_orders:
             _note_drafts_without_a_product(request, resources)
         return resources
@@ -362,11 +364,14 @@ class HookHandler:
         self,
         request: HookRequest,
         client: AuthenticatedClient | None,
-        ids: list[str],
+        resources: list[dict],
+        missing: list[MedicationRef],
         trace: CallTrace,
         spent_ms: float,
     ) -> list[dict]:
-        """The Medications that medication records refer to and nobody sent, from the request's server.
+        """The Medications that medication records (and those Medications' ingredients) refer to and
+        nobody sent, from the request's server: ``fhir.medications.follow_medication_references`` reads
+        a named version, follows ingredients a few levels down, and keeps to the budget left.
 
         Unlike a missing prefetch key this never refuses the call: a record whose product cannot be read
         stays "unidentified", which the rules already treat with care (no card claims there is no B12 on
@@ -376,7 +381,7 @@ class HookHandler:
             log.info(
                 "%d medication reference(s) name a Medication that is not in the request, and the "
                 "fhirServer is not one this service may query: those records stay unidentified",
-                len(ids),
+                len(missing),
                 extra=extra,
             )
             return []
@@ -384,28 +389,23 @@ class HookHandler:
         if budget_ms < MIN_MEDICATION_BUDGET_MS:
             log.warning(
                 "%d medication reference(s) not followed: %d ms of the FHIR budget left",
-                len(ids),
+                len(missing),
                 max(budget_ms, 0),
                 extra=extra,
             )
             return []
-        if len(ids) > MAX_IDS:
-            log.warning(
-                "%d medication references to follow; only the first %d are, the rest stay unidentified",
-                len(ids),
-                MAX_IDS,
-                extra=extra,
-            )
-        outcomes = self._fetch(request, medication_queries(ids), trace, budget_ms)
-        self._note_failures(request, outcomes, trace)
-        wanted = set(ids)
-        return [
-            resource
-            for outcome in outcomes.values()
-            if outcome.ok
-            for resource in resources_of(outcome.resource)
-            if resource.get("resourceType") == "Medication" and resource.get("id") in wanted
-        ]
+
+        def fetch(queries: dict[str, str], round_budget_ms: int) -> dict[str, FetchOutcome]:
+            outcomes = self._fetch(request, queries, trace, round_budget_ms)
+            self._note_failures(request, outcomes, trace)
+            return outcomes
+
+        followed = follow_medication_references(
+            [*resources, *request.draft_orders], request.fhir_server or "", fetch, budget_ms
+        )
+        for note in followed.notes:
+            log.warning("medication references: %s", note, extra=extra)
+        return followed.medications
 
     def _fetch(
         self, request: HookRequest, queries: dict[str, str], trace: CallTrace, budget_ms: int
