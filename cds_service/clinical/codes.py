@@ -302,6 +302,10 @@ class ValueSets:
             text = concept_text(concept)
             if text and not _NOT_THE_CONDITION.search(text):
                 found.update(cls for pattern, cls in _CONDITION_TEXT if pattern.search(text))
+        # Pernicious anaemia is a B12 deficiency (as SNOMED 84027009, ICD-10 D51.0 and the text say): a site's
+        # own pernicious anaemia code must explain B12 injections as the verified codes do.
+        if PERNICIOUS_ANAEMIA in found:
+            found.add(B12_DEFICIENCY)
         return found
 
 

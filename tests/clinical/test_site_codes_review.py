@@ -91,3 +91,14 @@ def test_a_site_local_lab_code_can_be_queried_with_its_system() -> None:
     assert f"{LOCAL}|CRP" in codes.prefetch_code_tokens(config, "context")
     assert "FERR" not in codes.prefetch_loinc_codes(config, "b12-iron")
     assert "http://loinc.org|2276-4" in codes.prefetch_code_tokens(config, "b12-iron")
+
+
+def test_a_site_pernicious_anaemia_code_explains_b12_injections_as_the_verified_codes_do() -> None:
+    """A site listed its own pernicious anaemia code under pernicious-anaemia: the patient on injections with
+    a high B12 got 'B12 therapy with no recorded indication: confirm why before stopping', with an offer to
+    stop it, because only the verified codes (SNOMED 84027009, ICD-10 D51.0) also meant B12 deficiency."""
+    config = load_clinical_config({"codes": {"pernicious-anaemia": ["http://hospital.example/dx|PA"]}})
+    diagnosis = condition("PA", system="http://hospital.example/dx")
+    treated = (obs("b12", 1500, 10), med({"coding": [{"system": RXNORM, "code": "309594"}]}, 3000))
+    assert topics(run(*treated, diagnosis, config=config)) == []
+    assert topics(run(*treated, condition("84027009"))) == []
