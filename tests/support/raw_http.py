@@ -68,17 +68,16 @@ class Connection:
         """The next response (a 1xx included), waiting for it up to the socket's timeout."""
         while b"\r\n\r\n" not in self._pending:
             self._receive()
-        head, _, rest = self._pending.partition(b"\r\n\r\n")
+        head = self._pending.partition(b"\r\n\r\n")[0]
         status_line, *lines = head.decode("latin-1").split("\r\n")
         headers = {name.strip().lower(): value.strip() for name, value in (x.split(":", 1) for x in lines)}
         status = int(status_line.split()[1])
         length = 0 if status < 200 or status in (204, 304) else int(headers["content-length"])
-        while len(rest) < length:
-            self._pending = head + b"\r\n\r\n" + rest
+        start = len(head) + 4
+        while len(self._pending) < start + length:
             self._receive()
-            rest = self._pending.partition(b"\r\n\r\n")[2]
-        self._pending = rest[length:]
-        return Answer(status, headers, rest[:length])
+        body, self._pending = self._pending[start : start + length], self._pending[start + length :]
+        return Answer(status, headers, body)
 
     def closed_by_server(self) -> bool:
         """Whether the server ends the connection (a reset counts) within the socket's timeout, with
