@@ -310,3 +310,26 @@ def test_a_utf8_byte_order_mark_is_ignored() -> None:
     assert caught.value.status == 400
     with pytest.raises(RequestError):
         parse_json_body(b"\xef\xbb\xbf")
+
+
+@pytest.mark.parametrize("hook", ["patient-view", "order-select", "order-sign"])
+def test_fields_the_standard_does_not_define_are_tolerated(hook: str) -> None:
+    """Extensions, 3.0 additions and vendor fields anywhere: a service must not refuse them."""
+    body = hook_body(hook, fhirServer="https://fhir.example.org")
+    body.update(hookVersion="1.0", extension={"com.example.flag": True}, vendorField=[1])
+    body["fhirAuthorization"] = {
+        "access_token": "abc",
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "s",
+        "subject": "c",
+        "patient": "pat-1",
+        "id_token": "x",
+    }
+    body["context"]["com.example.context"] = {"x": 1}
+    if hook != "patient-view":
+        body["context"]["draftOrders"]["id"] = "bundle-1"
+        body["context"]["draftOrders"]["entry"][0]["fullUrl"] = "urn:uuid:0b6e5c3a-8f1e-4a55-9d8b"
+    request = validate_hook_request(body, hook)
+    assert request.authorization_header == "Bearer abc"
+    assert request.patient_id == "pat-1"
