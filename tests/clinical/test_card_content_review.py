@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.clinical.builders import CYANO, RXNORM, by_topic, draft_b12, draft_lab, med, obs, run
+from tests.clinical.builders import CYANO, RXNORM, by_topic, condition, draft_b12, draft_lab, med, obs, run
 
 
 def _orders(finding: Any) -> list[tuple[str, str | None]]:
@@ -117,3 +117,17 @@ def test_a_ferritin_the_service_cannot_read_is_not_called_no_result() -> None:
         run(obs("b12", 150, 5), drafts=(draft_b12(),), hook="order-select"), "iron-studies-after-b12"
     )
     assert "- Ferritin: no result in the last year" in alone.detail
+
+
+def test_no_hfe_genotyping_for_a_recorded_haemochromatosis() -> None:
+    """B12 ordered for a patient with hereditary haemochromatosis on file, ferritin 900 and TSAT 70 %: the
+    card suggested HFE genotyping for a diagnosis already made, and did not name the known cause."""
+    labs = (obs("b12", 400, 20), obs("ferritin", 900, 20), obs("tsat", 70, 20))
+    hh = condition("35400008", text="Hereditary hemochromatosis")
+    finding = by_topic(
+        run(*labs, hh, drafts=(draft_b12(),), hook="order-select"), "b12-not-for-high-ferritin"
+    )
+    assert "HFE genotyping" not in finding.detail
+    assert "- Recorded: Hereditary hemochromatosis, a known cause of a high ferritin." in finding.detail
+    unknown = by_topic(run(*labs, drafts=(draft_b12(),), hook="order-select"), "b12-not-for-high-ferritin")
+    assert "consider HFE genotyping" in unknown.detail

@@ -10,6 +10,7 @@ remove the draft.
 
 from __future__ import annotations
 
+from cds_service.clinical import codes
 from cds_service.clinical.findings import Finding
 from cds_service.clinical.markdown import literal_names
 from cds_service.clinical.record import MedicationEntry, PatientRecord
@@ -136,7 +137,16 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         f"overload — haemochromatosis is likely when transferrin saturation is above {fmt(t.tsat_high)} % "
         "(EASL 2022).",
     ]
-    if tsat is not None and tsat.above(t.tsat_high):
+    # A cause already recorded is named, and no genotyping is suggested for a known haemochromatosis.
+    haemochromatosis = record.has_condition(codes.HAEMOCHROMATOSIS)
+    known = [
+        *haemochromatosis,
+        *record.has_condition(codes.LIVER_DISEASE),
+        *record.has_condition(codes.LIVER_CANCER),
+    ]
+    if known:
+        lines.append(f"- Recorded: {literal_names(known)}, a known cause of a high ferritin.")
+    if tsat is not None and tsat.above(t.tsat_high) and not haemochromatosis:
         lines.append(
             f"- Transferrin saturation is above {fmt(t.tsat_high)} %: consider HFE genotyping (EASL 2022)."
         )
