@@ -649,7 +649,8 @@ class FhirClient:
         current_url = first_url
         while (link := next_link(pages[-1])) is not None:
             try:
-                next_url = urljoin(current_url, link)
+                # Without its fragment, which is never sent: "page#2" is the page already read.
+                next_url = urljoin(current_url, link).partition("#")[0]
                 where = urlsplit(next_url)
             except ValueError:  # "http://[::1", say: the link is the server's to write
                 raise _Failure(f"next link of {first_url} is not a valid URL") from None

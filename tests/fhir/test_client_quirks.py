@@ -327,7 +327,7 @@ def _page_to(next_url: str | None, n: int) -> dict:
     return page
 
 
-@pytest.mark.parametrize("spelling", ["same", "absolute", "via-second-page"])
+@pytest.mark.parametrize("spelling", ["same", "absolute", "via-second-page", "with-a-fragment"])
 def test_a_next_link_that_loops_back_fails_the_key_at_once(client: FhirClient, spelling: str) -> None:
     query = "Observation?patient=p1"
     with FakeEhrFhir() as ehr:
@@ -336,7 +336,8 @@ def test_a_next_link_that_loops_back_fails_the_key_at_once(client: FhirClient, s
             ehr.add_canned(query, 200, _page_to(f"{query}&page=2", 1))
             ehr.add_canned(f"{query}&page=2", 200, _page_to(first, 2))
         else:
-            ehr.add_canned(query, 200, _page_to(query if spelling == "same" else first, 1))
+            again = {"same": query, "absolute": first, "with-a-fragment": f"{query}#more"}[spelling]
+            ehr.add_canned(query, 200, _page_to(again, 1))
         outcome = client.fetch_all(ehr.base_url, {"k": query}, authorization=None, budget_ms=3000)["k"]
     assert outcome.error == f"next link of {first} repeats an earlier page"
     assert outcome.requests == (2 if spelling == "via-second-page" else 1)
