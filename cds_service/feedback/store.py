@@ -220,24 +220,29 @@ class FeedbackStore:
         stored_when = self._dialect.sql(_RECEIVED_AT)
         attempts = 0
 
+        # Rows go in in key order, not the body's: two replicas storing overlapping batches in different
+        # orders each waited on the other's uncommitted row in the unique index, and PostgreSQL broke the
+        # deadlock by failing one post (a 503). In one order, the second waits and then finds the rows.
+        # The stable sort keeps a repeat within the batch after its first occurrence.
+        order = sorted(range(len(rows)), key=lambda index: rows[index][:5])
+
         def insert(cursor: Any) -> list[bool]:
             nonlocal attempts
             attempts += 1
-            new = []
+            new = [False] * len(rows)
             seen: set[tuple[Any, ...]] = set()
-            for row in rows:
+            for index in order:
+                row = rows[index]
                 cursor.execute(statement, row)
                 key = row[:5]
                 if cursor.rowcount > 0:
-                    new.append(True)
-                elif attempts == 1 or key in seen:
-                    new.append(False)
-                else:
+                    new[index] = True
+                elif attempts > 1 and key not in seen:
                     # Run again because the connection dropped (see _run_reconnecting), maybe after the
                     # first attempt committed: a row received at this call's own time was stored by it.
                     cursor.execute(stored_when, key)
                     found = cursor.fetchone()
-                    new.append(found is not None and found[0] == received)
+                    new[index] = found is not None and found[0] == received
                 seen.add(key)
             return new
 

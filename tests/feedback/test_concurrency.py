@@ -145,3 +145,48 @@ def test_report_is_consistent_while_writers_run(sqlite_url: str) -> None:
     assert all(total % BATCH_SIZE == 0 for total in seen)
     assert seen == sorted(seen)
     store.close()
+
+
+def test_replicas_storing_the_same_items_in_different_orders_do_not_deadlock(store_url: str) -> None:
+    """An EHR resends a batch to another replica, in another order, while the first is still storing
+    it. Each transaction waited on a row the other had inserted and not committed: PostgreSQL broke the
+    deadlock by failing one of them ('deadlock detected', a 503 to send again). Every post must succeed,
+    and each item be counted new by exactly one of them."""
+    from cds_service.feedback import StoreUnavailable
+
+    FeedbackStore.open(store_url).close()
+    rounds, size = 15, 40
+    start = threading.Barrier(CLIENTS)
+    failures: list[str] = []
+    stored = [[0] * rounds for _ in range(CLIENTS)]
+
+    def replica(worker: int) -> None:
+        store = FeedbackStore.open(store_url)
+        try:
+            for round_ in range(rounds):
+                when = "2026-03-02T09:00:00Z"
+                entries = [
+                    {"card": f"r{round_}-{i:03}", "outcome": "overridden", "outcomeTimestamp": when}
+                    for i in range(size)
+                ]
+                if worker % 2:
+                    entries.reverse()
+                items = parse_feedback({"feedback": entries})
+                start.wait(30)
+                try:
+                    stored[worker][round_] = sum(store.add_feedback(SERVICE, items))
+                except StoreUnavailable as error:
+                    failures.append(str(error))
+        finally:
+            store.close()
+
+    replicas = [threading.Thread(target=replica, args=(worker,)) for worker in range(CLIENTS)]
+    for thread in replicas:
+        thread.start()
+    for thread in replicas:
+        thread.join(120)
+    assert failures == []
+    assert [sum(column) for column in zip(*stored, strict=True)] == [size] * rounds
+    store = FeedbackStore.open(store_url)
+    assert store.report()["services"][SERVICE]["overridden"] == rounds * size
+    store.close()
