@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.clinical.builders import CYANO, RXNORM, by_topic, condition, draft_b12, draft_lab, med, obs, run
+from tests.clinical.builders import (
+    CYANO,
+    RXNORM,
+    ago,
+    by_topic,
+    condition,
+    draft_b12,
+    draft_lab,
+    med,
+    obs,
+    run,
+)
 
 
 def _orders(finding: Any) -> list[tuple[str, str | None]]:
@@ -131,3 +142,17 @@ def test_no_hfe_genotyping_for_a_recorded_haemochromatosis() -> None:
     assert "- Recorded: Hereditary hemochromatosis, a known cause of a high ferritin." in finding.detail
     unknown = by_topic(run(*labs, drafts=(draft_b12(),), hook="order-select"), "b12-not-for-high-ferritin")
     assert "consider HFE genotyping" in unknown.detail
+
+
+def test_a_b12_recheck_already_ordered_is_not_ordered_again() -> None:
+    """The review accepted at an earlier visit for its B12 re-check but not its stop: the card came back
+    offering a second B12 order beside the one already due."""
+    labs = (obs("b12", 1500, 10), med({"text": "Multivitamin"}, 200, kind="MedicationStatement"))
+    due = draft_lab("b12", status="active", authoredOn=ago(5), occurrenceDateTime=ago(-85))
+    finding = by_topic(run(*labs, due), "elevated-b12-supplement-review")
+    assert [a.type for p in finding.proposals for a in p.actions] == ["update"]
+    assert "already ordered" in finding.proposals[0].label
+    # The order that produced the result (written before it, still open) is no re-check.
+    earlier = draft_lab("b12", status="active", authoredOn=ago(12))
+    again = by_topic(run(*labs, earlier), "elevated-b12-supplement-review")
+    assert "2132-9" in [c for c, _ in _orders(again)]

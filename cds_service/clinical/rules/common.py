@@ -717,8 +717,20 @@ def supplement_review_actions(
         if action is not None:
             stops.append(action)
     recheck = record.now + timedelta(days=record.config.thresholds.b12_recheck_days)
-    actions = (*stops, *lab_actions(record, ["b12"], recheck, "Re-measure B12 off supplements"))
-    label = "Stop the B12 product(s) and re-check B12 on " + day(recheck)
+    # A B12 ordered after this result (a re-check accepted at an earlier visit, whose stop was not) is the
+    # re-check: another would be a duplicate. The order that produced this result predates it.
+    rechecked = any(
+        "b12" in order.analytes and (order.draft or (order.when is not None and order.when > b12.when))
+        for order in record.orders
+    )
+    if rechecked:
+        actions = tuple(stops)
+        label = "Stop the B12 product(s) (a B12 re-check is already ordered)"
+    else:
+        actions = (*stops, *lab_actions(record, ["b12"], recheck, "Re-measure B12 off supplements"))
+        label = "Stop the B12 product(s) and re-check B12 on " + day(recheck)
+    if not actions:
+        return (products, ())
     if therapy:
         label = "If no indication is found: " + label[0].lower() + label[1:]
     return (products, (Proposal(label=label, actions=actions, is_recommended=not therapy),))
