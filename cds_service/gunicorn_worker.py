@@ -45,6 +45,8 @@ INTERNAL_ERROR = "The service failed to process this request; it has been logged
 # client_header_timeout, shorter); until it is complete it waits on the worker's poller, not in a thread.
 HEAD_DEADLINE_S = 10.0
 HEAD_TIMEOUT_REASON = f"The request's header section did not arrive within {HEAD_DEADLINE_S:g} s."
+# gthread drops a connection whose poller saw nothing for the keep-alive timeout (see murder_pending).
+HEAD_STALLED_REASON = "The request's header section stopped arriving: nothing came for {:g} s."
 _HEAD_SINCE = "_cds_head_since"
 # The longest one of gunicorn's writes of an answer may take (Python's sendall timeout counts the whole
 # write): past it the client has stopped reading, or reads at under a few KB/s.
@@ -268,8 +270,9 @@ class JsonErrorWorker(ThreadWorker):
         header line every few seconds (or opening and sending nothing, every 5 s) held all of a pod's
         threads, and /healthz went unanswered for as long as they kept it up. Now a thread parses a head
         only once it is complete (or already past gunicorn's limits, which refuse it at once); a head that
-        has not completed HEAD_DEADLINE_S after its first bytes is answered 408 and the connection closed.
-        A normal request costs one non-blocking read of what gunicorn would have read anyway."""
+        has not completed HEAD_DEADLINE_S after its first bytes, or that stops arriving for the keep-alive
+        timeout (murder_pending), is answered 408 and the connection closed. A normal request costs one
+        non-blocking read of what gunicorn would have read anyway."""
         waiting = self._head_pending(conn)
         return super().handle(conn) if waiting is None else waiting
 
@@ -312,11 +315,7 @@ class JsonErrorWorker(ThreadWorker):
         if since is None:
             setattr(conn, _HEAD_SINCE, now)
         elif now - since > HEAD_DEADLINE_S:
-            self.log.warning("Invalid request from ip=%s: %s", (conn.client or ("",))[0], HEAD_TIMEOUT_REASON)
-            try:
-                util.write_nonblock(conn.sock, error_response(408, HEAD_TIMEOUT_REASON))
-            except Exception:  # as gunicorn: the client may be gone
-                self.log.debug("Failed to send error message.")
+            self._refuse_head(conn, HEAD_TIMEOUT_REASON)
             return False
         return _DEFER
 
@@ -378,6 +377,27 @@ class JsonErrorWorker(ThreadWorker):
         with contextlib.suppress(OSError, ValueError, KeyError):
             self.poller.unregister(sock)
         util.close(sock)
+
+    def murder_pending(self) -> None:
+        """gthread's, except that a connection dropped with part of a head received is first answered 408.
+
+        gthread drops a connection the poller has watched for the keep-alive timeout without a byte coming:
+        for one whose head had begun to arrive, that was a request left without an answer."""
+        now = time.monotonic()
+        for conn in self.pending_conns:
+            if conn.timeout > now:
+                break
+            if getattr(conn, _HEAD_SINCE, None) is not None:
+                self._refuse_head(conn, HEAD_STALLED_REASON.format(self.cfg.keepalive))
+        super().murder_pending()
+
+    def _refuse_head(self, conn: Any, reason: str) -> None:
+        """Answer 408 to a connection whose head is incomplete (it is closed next)."""
+        self.log.warning("Invalid request from ip=%s: %s", (conn.client or ("",))[0], reason)
+        try:
+            util.write_nonblock(conn.sock, error_response(408, reason))
+        except Exception:  # as gunicorn: the client may be gone
+            self.log.debug("Failed to send error message.")
 
     def murder_keepalived(self, force: bool = False) -> None:
         super().murder_keepalived(force)

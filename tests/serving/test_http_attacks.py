@@ -566,3 +566,17 @@ def test_head_and_options_on_each_route_are_answered_without_a_body_on_a_kept_co
     assert b"\r\nConnection: keep-alive\r\n" in head
     [health] = answers(rest)  # the next answer starts right after the head
     assert health.status == 200
+
+
+def test_a_head_that_stops_arriving_is_answered_408_when_its_connection_is_dropped(served: Served) -> None:
+    """gthread drops a connection whose head has not completed after the keep-alive timeout (5 s) without
+    a word: only a head still trickling in got the worker's 408, at HEAD_DEADLINE_S."""
+    with socket.create_connection(("127.0.0.1", served.port), timeout=15) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: cds\r\n")
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    [answer] = answers(received)
+    assert answer.status == 408
+    assert answer.headers["connection"] == "close"
+    assert "stopped arriving" in answer.reason()
