@@ -29,14 +29,7 @@ from tests.support.fhir_server import SekmetServer
 
 __all__ = ["fhir_base", "proxy", "settings"]  # fixtures shared with test_app_fetch
 
-pytestmark = [
-    pytest.mark.integration,
-    # services.py still asks for dangling_medication_ids and medication_queries, which fetch the current
-    # version of a record's own Medication only. With ``_fetch_medications`` calling
-    # fhir.medications.follow_medication_references (gated by missing_medications) these pass: then
-    # drop this mark (strict, so the first run that passes says so).
-    pytest.mark.xfail(strict=True, reason="services.py does not call follow_medication_references yet"),
-]
+pytestmark = pytest.mark.integration
 
 EXAMPLES = ["patient-view-iron-deficiency-after-b12", "patient-view-elevated-b12-supplement"]
 # A product with no B12 or iron in it, named by text only (no code to invent).
