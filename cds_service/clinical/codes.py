@@ -424,7 +424,17 @@ def prefetch_code_tokens(config: Any, group: str) -> list[str]:
     members = PREFETCH_GROUPS[group]
     value_sets: ValueSets = config.value_sets
     return sorted(
-        f"{system}|{code}"
+        f"{_search_escaped(system)}|{_search_escaped(code)}"
         for (system, code), analyte in value_sets.analyte_codes.items()
         if analyte in members
     )
+
+
+_SEARCH_RESERVED = str.maketrans({"\\": "\\\\", ",": "\\,", "|": "\\|", "$": "\\$"})
+
+
+def _search_escaped(value: str) -> str:
+    """A token part with FHIR search's reserved characters escaped with a backslash: a local code holding a
+    comma would otherwise split the code list. Percent-encoding for the URL is the template's (a space or an
+    ampersand in a local code needs it)."""
+    return value.translate(_SEARCH_RESERVED)

@@ -102,3 +102,8 @@ def test_a_site_pernicious_anaemia_code_explains_b12_injections_as_the_verified_
     treated = (obs("b12", 1500, 10), med({"coding": [{"system": RXNORM, "code": "309594"}]}, 3000))
     assert topics(run(*treated, diagnosis, config=config)) == []
     assert topics(run(*treated, condition("84027009"))) == []
+
+
+def test_a_local_code_with_a_search_reserved_character_is_escaped_for_the_query() -> None:
+    config = load_clinical_config({"codes": {"ferritin": [f"{LOCAL}|FER,S$1"]}})
+    assert f"{LOCAL}|FER\\,S\\$1" in codes.prefetch_code_tokens(config, "b12-iron")
