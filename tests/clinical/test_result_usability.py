@@ -88,7 +88,8 @@ def test_a_later_b12_that_cannot_be_read_supersedes_the_earlier_one() -> None:
     replaced (by 900 nmol/L, say, which the clinician can read and the card could not)."""
     old = (obs("b12", 150, 200), obs("ferritin", 12, 200))
     assert topics(run(*old)) == ["combined-b12-iron-deficiency"]
-    for later in (obs("b12", 900, 10, unit="nmol/L"), obs("b12", -1, 10)):
+    flag_only = obs("b12", None, 10, interpretation=[{"coding": [{"code": "H"}]}])
+    for later in (obs("b12", 900, 10, unit="nmol/L"), obs("b12", -1, 10), flag_only):
         assert topics(run(*old, later)) == [], later
         assert record(*old, later).latest("b12") is None
     # A failed later test replaces nothing; an unreadable duplicate of the same day does not either.
