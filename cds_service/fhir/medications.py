@@ -129,6 +129,8 @@ def medication_queries(ids: Sequence[str]) -> dict[str, str]:
 MAX_INGREDIENT_DEPTH = 3
 # Version reads are one request each (a search cannot ask for a version); more are left unidentified.
 MAX_VERSION_READS = 20
+# Notes on what was left unfollowed, for the log, at most (each says something different).
+MAX_NOTES = 10
 # A round of fetching is not started with less of the budget left than this.
 MIN_ROUND_BUDGET_MS = 50
 
@@ -234,6 +236,13 @@ class FollowedMedications:
     rounds: int = 0
     asked: int = 0
 
+    def note(self, text: str) -> None:
+        """Keep ``text`` for the log, once, and no more than ``MAX_NOTES`` notes in all: a Medication is
+        the server's to give ten thousand ingredients that each lead back to it."""
+        if text in self.notes or len(self.notes) > MAX_NOTES:
+            return
+        self.notes.append(text if len(self.notes) < MAX_NOTES else "(more notes left out)")
+
 
 def follow_medication_references(
     resources: Sequence[Any],
@@ -265,14 +274,12 @@ def follow_medication_references(
             break
         if result.asked + len(missing) > MAX_IDS:
             allowed = max(MAX_IDS - result.asked, 0)
-            result.notes.append(
-                f"{len(missing) - allowed} Medication(s) not fetched: {MAX_IDS} asked for already"
-            )
+            result.note(f"{len(missing) - allowed} Medication(s) not fetched: {MAX_IDS} asked for already")
             missing = dict(list(missing.items())[:allowed])
         by_version = [named for named in missing if named.version is not None]
         if version_reads + len(by_version) > MAX_VERSION_READS:
             allowed = max(MAX_VERSION_READS - version_reads, 0)
-            result.notes.append(
+            result.note(
                 f"{len(by_version) - allowed} versioned Medication reference(s) not read: "
                 f"{MAX_VERSION_READS} version reads at most"
             )
@@ -282,7 +289,7 @@ def follow_medication_references(
         if not missing:
             break
         if left_ms < MIN_ROUND_BUDGET_MS:
-            result.notes.append(
+            result.note(
                 f"{len(missing)} Medication(s) not fetched: {max(left_ms, 0):.0f} ms of the budget left"
             )
             break
@@ -352,9 +359,7 @@ def _walk(
     while pending:
         named, depth, chain = pending.popleft()
         if named.ident in chain:
-            result.notes.append(
-                f"ingredients of Medication/{chain[-1]} lead back to Medication/{named.ident}"
-            )
+            result.note(f"ingredients of Medication/{chain[-1]} lead back to Medication/{named.ident}")
             continue
         if named in visited:
             continue
@@ -379,7 +384,7 @@ def _below(
     """The ingredient references of a Medication found at ``depth``, to look for next."""
     inner = ingredient_references(medication, fhir_server)
     if inner and depth > max_depth:
-        result.notes.append(
+        result.note(
             f"ingredients of Medication/{named.ident} not followed: {max_depth} ingredient levels at most"
         )
         return []

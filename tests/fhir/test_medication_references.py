@@ -16,7 +16,9 @@ import pytest
 
 from cds_service.fhir.client import FhirClient
 from cds_service.fhir.medications import (
+    MAX_IDS,
     MAX_INGREDIENT_DEPTH,
+    MAX_NOTES,
     FollowedMedications,
     MedicationIndex,
     follow_medication_references,
@@ -269,3 +271,20 @@ def test_nothing_is_logged_with_a_token_and_the_token_goes_only_to_the_server(
         assert [r.authorization for r in ehr.seen] == ["Bearer med-ref-token-5678"]
     assert _codes(followed.medications) == ["p"]
     assert "med-ref-token-5678" not in caplog.text
+
+
+def test_a_medication_with_thousands_of_ingredients_costs_a_bounded_number_of_fetches_and_notes(
+    fhir_client: FhirClient, fhir_server: SekmetServer, proxy: DelayProxy
+) -> None:
+    """Every ingredient reference that led back was one more note, and the service logs each note: a
+    server could fill the log with one Medication. Ingredients naming new Medications are capped by
+    MAX_IDS in all."""
+    ingredients = [f"Medication/a/_history/{n}" for n in range(500)] + ["Medication/a"] * 500
+    ingredients += [f"Medication/new-{n}" for n in range(MAX_IDS + 50)]
+    fhir_server.put(_medication("a", "product-a", *ingredients))
+    followed = _follow(fhir_client, proxy.url("/fhir"), [_order("Medication/a")])
+
+    assert followed.asked == MAX_IDS
+    assert len(followed.notes) <= MAX_NOTES + 1
+    assert "ingredients of Medication/a lead back to Medication/a" in followed.notes
+    assert "51 Medication(s) not fetched: 200 asked for already" in followed.notes
