@@ -138,6 +138,11 @@ def gunicorn_options(
         "limit_request_line": 8190,
         "limit_request_fields": 100,
         "limit_request_field_size": 8190,
+        # gunicorn's default takes SCRIPT_NAME and PATH_INFO header fields from a peer in
+        # forwarded_allow_ips (loopback, so a proxy beside the service in its pod) as the app's mount
+        # point: a client's SCRIPT_NAME moved a call to another route, or was a 500. The service is
+        # mounted at the root; such fields are dropped (header_map) like any other with an underscore.
+        "forwarder_headers": "",
         "preload_app": False,
         "accesslog": None,
         "logger_class": ServiceLogger,

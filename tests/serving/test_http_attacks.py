@@ -580,3 +580,27 @@ def test_a_head_that_stops_arriving_is_answered_408_when_its_connection_is_dropp
     assert answer.status == 408
     assert answer.headers["connection"] == "close"
     assert "stopped arriving" in answer.reason()
+
+
+@pytest.mark.parametrize(
+    ("field", "request_line", "body"),
+    [
+        ("SCRIPT_NAME: /elsewhere", "GET /healthz", b""),
+        ("SCRIPT_NAME: /cds-services", f"POST {HOOK_PATH}", BODY),
+        ("PATH_INFO: /metrics", "GET /healthz", b""),
+    ],
+    ids=["script-name-outside-the-path", "script-name-prefix", "path-info"],
+)
+def test_script_name_and_path_info_fields_do_not_reroute_a_request(
+    served: Served, field: str, request_line: str, body: bytes
+) -> None:
+    """gunicorn takes SCRIPT_NAME and PATH_INFO header fields from a peer in forwarded_allow_ips (loopback
+    by default, so any proxy beside the service in its pod) as the request's mount point and path: a
+    SCRIPT_NAME the path did not start with was a 500, and one it did moved the call to another route.
+    The service is mounted at the root; those fields are now dropped like any other with an underscore."""
+    head = f"{request_line} HTTP/1.1\r\nHost: cds\r\n{field}\r\n"
+    if body:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    answer = one_answer(served.port, (head + "\r\n").encode() + body)
+    assert answer.status == 200, answer.body
+    assert json.loads(answer.body)["cards" if body else "status"]
