@@ -156,3 +156,27 @@ def test_a_b12_recheck_already_ordered_is_not_ordered_again() -> None:
     earlier = draft_lab("b12", status="active", authoredOn=ago(12))
     again = by_topic(run(*labs, earlier), "elevated-b12-supplement-review")
     assert "2132-9" in [c for c, _ in _orders(again)]
+
+
+def test_a_b12_draft_beside_an_iron_deficiency_is_not_treated_as_a_supplement_being_taken() -> None:
+    """order-select of a multivitamin for a patient with a high B12 and a ferritin of 10, nothing on file: the
+    card said 'B12 product(s): Multivitamin. Review them: stop if not needed and re-measure B12 in about 3
+    months' and 'Iron deficiency in someone taking B12 suggests ongoing blood loss', of a product not yet
+    taken, which cannot explain the B12."""
+    multivitamin = draft_b12({"text": "Multivitamin with minerals tablet"})
+    labs = (obs("b12", 1400, 20), obs("ferritin", 10, 20))
+    finding = by_topic(
+        run(*labs, drafts=(multivitamin,), hook="order-select"), "iron-deficiency-with-high-b12"
+    )
+    assert "re-measure B12 in about 3 months" not in finding.detail
+    assert "in someone taking B12" not in finding.detail
+    assert "- Being ordered: Multivitamin with minerals tablet." in finding.detail
+    assert "No B12 product is on file: ask about over-the-counter vitamins" in finding.detail
+    assert "reconsider this B12 order" in finding.summary
+    # With a supplement on file when the B12 was drawn, that is named as the likely source.
+    on_file = med({"text": "B-complex"}, 200, kind="MedicationStatement")
+    found = by_topic(
+        run(*labs, on_file, drafts=(multivitamin,), hook="order-select"), "iron-deficiency-with-high-b12"
+    )
+    assert "- On file: B-complex, the likely source of the high B12." in found.detail
+    assert "in someone taking B12" in found.detail

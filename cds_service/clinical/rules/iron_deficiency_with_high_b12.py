@@ -15,6 +15,7 @@ from cds_service.clinical.rules import iron_studies_after_b12
 from cds_service.clinical.rules.common import (
     B12_PRODUCTS,
     SOURCE_LABEL,
+    b12_products_by_test_time,
     deficiency_explains_b12,
     done_tests_line,
     elevated_latest_b12,
@@ -54,6 +55,9 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     if explained is None:
         products, review = supplement_review_actions(record, focus, b12)
         proposals.extend(review)
+    # What the patient was taking when the B12 was drawn, which can explain it (at an order hook `products`
+    # are the drafts, which cannot).
+    taken = products if focus is None else b12_products_by_test_time(record, b12)[0]
     coeliac_known = record.has_condition(codes.COELIAC)
     ttg = (
         [] if coeliac_known else not_recently_done(record, ["ttg-iga"], record.config.thresholds.latest_days)
@@ -89,7 +93,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
             "- Autoimmune gastritis also impairs iron absorption; intravenous iron works better than oral "
             "iron there.",
         ]
-    elif raising and not products:
+    elif raising and not taken:
         # No supplement, but a recorded condition that raises B12 itself (Arendt & Nexo 2012).
         lines.append(
             f"- Iron deficiency does not raise B12, but the recorded {literal(raising[0])} can: liver "
@@ -100,7 +104,17 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
             "- Iron deficiency does not raise B12. A high B12 beside iron deficiency usually reflects "
             "supplements."
         )
-        if products:
+        if focus is not None and products:
+            # A draft is not yet taken: it cannot explain the B12, and there is nothing to re-measure.
+            lines.append(
+                f"- Being ordered: {literal_names(p.name for p in products)}. With B12 already high, its B12 "
+                "adds nothing unless a deficiency is documented."
+            )
+            if taken:
+                lines.append(
+                    f"- On file: {literal_names(p.name for p in taken)}, the likely source of the high B12."
+                )
+        elif products:
             lines.append(
                 "- B12 product(s): "
                 + literal_names(p.name for p in products)
@@ -114,7 +128,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
                 "it was started before stopping it (lifelong in pernicious anaemia or malabsorption, where a "
                 "high level is expected)."
             )
-    if explained is None and not products:
+    if explained is None and not taken:
         # Nothing on file shows an intake, so the card cannot reason from one: it asks for it instead.
         lines += [
             "- No B12 product is on file: ask about over-the-counter vitamins and supplements.",
@@ -150,6 +164,9 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
             else "Iron deficient with a high B12 on B12 therapy: confirm its indication; investigate blood "
             "loss or malabsorption"
             if therapy
+            else "Iron deficient with a high B12: reconsider this B12 order; investigate blood loss or "
+            "malabsorption"
+            if focus is not None
             else "Iron deficient with a high B12: review B12 supplements and investigate blood "
             "loss or malabsorption"
         ),
