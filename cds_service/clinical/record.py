@@ -9,6 +9,7 @@ for the few results a rule actually compares.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -37,6 +38,8 @@ from cds_service.fhir.units import canonical_unit, to_canonical, unit_factor
 
 log = logging.getLogger(__name__)
 
+# A FHIR date of year or year-month precision, as a card may quote it (parse_datetime accepts looser forms).
+_PARTIAL_DATE = re.compile(r"\d{4}(-\d{2})?")
 USABLE_OBSERVATION = frozenset({"final", "amended", "corrected"})
 # A test under way: never a value, but the test is ordered (many EHRs expose results and not their orders).
 IN_PROGRESS_OBSERVATION = frozenset({"registered", "preliminary"})
@@ -97,7 +100,7 @@ class Result:
         """The day the result was taken, as precise as the laboratory gave it: a result dated ``2025-11``
         (read as the 1st for its age) is quoted as ``2025-11``, never as a day nobody recorded."""
         stamp = _effective_stamp(self.resource) if self.resource else None
-        if isinstance(stamp, str) and len(stamp) in (4, 7):
+        if isinstance(stamp, str) and _PARTIAL_DATE.fullmatch(stamp):
             return stamp
         return self.when.date().isoformat()
 

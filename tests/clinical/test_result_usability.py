@@ -184,3 +184,11 @@ def test_a_medicine_or_result_dated_in_year_9999_or_0001_is_read_as_undated() ->
         run(on_file, obs("b12", 1500, 10), obs("b12", 150, 400), obs("ferritin", 12, 10))
     ancient = obs("b12", 1500, 0, effectiveDateTime="0001-01-01T00:00:00Z")
     assert "b12" not in record(ancient).results
+
+
+def test_a_month_written_loosely_is_quoted_from_the_parsed_date_not_as_written() -> None:
+    """The reader accepts any character between year and month ('2025*12'); quoted as written, the '*'
+    would reach the card's Markdown inside its bold value."""
+    (finding,) = run(obs("b12", 1500, 0, effectiveDateTime="2025*12"))
+    assert "2025*12" not in finding.detail
+    assert "on 2025-12-01**" in finding.detail
