@@ -145,27 +145,35 @@ class MedicationIndex:
     one the first copy given as current (the prefetch's before any fetched), never one fetched by version."""
 
     def __init__(self, resources: Iterable[Any] = ()) -> None:
-        self._current: dict[str, list[dict]] = {}
-        self._versions: dict[str, list[dict]] = {}
+        # First copy wins everywhere, the prefetch's before any fetched; each lookup is one dict look-up,
+        # however many copies of one id a request carries.
+        self._current: dict[str, dict] = {}
+        self._exact: dict[tuple[str, str], dict] = {}
+        self._exact_read: dict[tuple[str, str], dict] = {}
+        self._unsaid: dict[str, dict] = {}
         for resource in resources:
             self.add(resource)
 
     def add(self, resource: Any, *, by_version: bool = False) -> None:
         """Hold a Medication; ``by_version`` when it was read as a named version, not as the current one."""
-        if isinstance(resource, dict) and resource.get("resourceType") == "Medication":
-            ident = resource.get("id")
-            if isinstance(ident, str) and ident:
-                held = self._versions if by_version else self._current
-                held.setdefault(ident, []).append(resource)
+        if not isinstance(resource, dict) or resource.get("resourceType") != "Medication":
+            return
+        ident = resource.get("id")
+        if not isinstance(ident, str) or not ident:
+            return
+        if not by_version:
+            self._current.setdefault(ident, resource)
+        version = version_of(resource)
+        if version is None:
+            self._unsaid.setdefault(ident, resource)
+        else:
+            (self._exact_read if by_version else self._exact).setdefault((ident, version), resource)
 
     def find(self, named: MedicationRef) -> dict | None:
-        current = self._current.get(named.ident, [])
         if named.version is None:
-            return current[0] if current else None
-        copies = current + self._versions.get(named.ident, [])
-        exact = [copy for copy in copies if version_of(copy) == named.version]
-        unknown = [copy for copy in copies if version_of(copy) is None]
-        return (exact or unknown or [None])[0]
+            return self._current.get(named.ident)
+        key = (named.ident, named.version)
+        return self._exact.get(key) or self._exact_read.get(key) or self._unsaid.get(named.ident)
 
     def resolve(self, reference: Any, contained: Iterable[Any] = ()) -> dict | None:
         """The Medication a Reference from a record or an ingredient names: ``#id`` among ``contained``,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -216,3 +217,15 @@ def test_missing_medications_are_those_a_record_leads_to_through_what_was_sent()
     inner = {"resourceType": "Medication", "id": "inner"}
     assert missing_medications([_order("Medication/combo"), sent, inner], SERVER) == []
     assert missing_medications([_order("#m1"), _order(f"{SERVER}-other/Medication/x")], SERVER) == []
+
+
+def test_looking_up_many_references_among_many_copies_of_one_medication_stays_linear() -> None:
+    """A request (the prefetch is the EHR's to fill) may carry one Medication id thousands of times, in as
+    many versions, and as many records naming versions of it: each look-up scanned every copy."""
+    copies = [{"resourceType": "Medication", "id": "m", "meta": {"versionId": str(n)}} for n in range(10_000)]
+    index = MedicationIndex(copies)
+    started = time.perf_counter()
+    found = [index.resolve({"reference": f"Medication/m/_history/{n}"}) for n in range(0, 10_000, 2)]
+    assert time.perf_counter() - started < 0.5
+    assert found[:3] == [copies[0], copies[2], copies[4]]
+    assert index.resolve({"reference": "Medication/m"}) is copies[0]
