@@ -101,6 +101,16 @@ def invalid_method(token: str) -> bytes:
     return f"G\x01T /cds-services/{token} HTTP/1.1\r\nHost: cds\r\n\r\n".encode()
 
 
+def folded_header(token: str) -> bytes:
+    return f"GET /healthz HTTP/1.1\r\nHost: cds\r\nX-Patient: a\r\n {token}\r\n\r\n".encode()
+
+
+def chunked_and_length(token: str) -> bytes:
+    """Both framings at once, the classic request-smuggling shape (RFC 9112 6.3: the server must close)."""
+    head = "POST /cds-services/x HTTP/1.1\r\nHost: cds\r\nTransfer-Encoding: chunked\r\nContent-Length: 5"
+    return f"{head}\r\n\r\n0\r\n\r\nGET /metrics?{token} HTTP/1.1\r\nHost: cds\r\n\r\n".encode()
+
+
 REFUSED = [
     (request_line_too_long, 414, LINE_REASON, "LimitRequestLine"),
     (header_too_long, 431, HEADERS_REASON, "LimitRequestHeaders"),
@@ -115,6 +125,8 @@ REFUSED = [
         "InvalidRequestLine",
     ),
     (invalid_method, 400, "The request method is not valid.", "InvalidRequestMethod"),
+    (folded_header, 400, "A request header field uses obsolete line folding.", "ObsoleteFolding"),
+    (chunked_and_length, 400, "The request's Content-Length header is not valid.", "InvalidHeader"),
 ]
 
 
