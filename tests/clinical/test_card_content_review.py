@@ -180,3 +180,23 @@ def test_a_b12_draft_beside_an_iron_deficiency_is_not_treated_as_a_supplement_be
     )
     assert "- On file: B-complex, the likely source of the high B12." in found.detail
     assert "in someone taking B12" in found.detail
+
+
+def test_a_b12_product_stopped_at_an_unknown_time_is_not_called_not_taken() -> None:
+    """A B12 prescription written 200 days ago, now 'stopped' with no end date, and a B12 of 1500 last week:
+    the card said no B12 product was taken in the 90 days before the test, which nothing on file shows."""
+    stopped = med({"text": "Cyanocobalamin 1000 mcg tablet"}, 200, status="stopped")
+    finding = by_topic(run(obs("b12", 1500, 7), stopped), "elevated-b12-no-supplement")
+    assert "**Check when it was stopped:** Cyanocobalamin 1000 mcg tablet (from 2025-06-29, now stopped)" in (
+        finding.detail
+    )
+    ended = med(
+        {"text": "Cyanocobalamin 1000 mcg tablet"},
+        200,
+        status="completed",
+        dispenseRequest={"validityPeriod": {"start": ago(200), "end": ago(150)}},
+    )
+    assert (
+        "Check when it was stopped"
+        not in by_topic(run(obs("b12", 1500, 7), ended), "elevated-b12-no-supplement").detail
+    )

@@ -84,6 +84,28 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
             "explains the high B12 and this card does not apply.",
             "",
         ]
+    # A B12 product stopped or completed with no recorded end: when it was last taken is not known.
+    open_ended = [
+        m
+        for m in record.medications
+        if m.classes & B12_PRODUCTS
+        and not m.active
+        and m.end is None
+        and m.start is not None
+        and m.start < day_after(b12.when)
+        and m.resource_type != "MedicationAdministration"
+    ]
+    if open_ended:
+        lines += [
+            "**Check when it was stopped:** "
+            + "; ".join(
+                f"{literal(m.name)} (from {day(m.start)}, now {literal(m.status)})" for m in open_ended
+            )
+            + " has no recorded end. If it was still taken in the "
+            f"{t.recent_days} days before this B12 was measured, it explains the high B12 and this card does "
+            "not apply.",
+            "",
+        ]
     if later:
         lines += [
             "- Started after this B12 was measured, so not its cause: "
