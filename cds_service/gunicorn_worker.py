@@ -6,6 +6,11 @@ in that page and in its log line. EHR integrators parse this service's errors as
 and those bytes can be an access token or a patient id. This worker answers with the status gunicorn
 would have chosen, in the app's error shape, with a reason that names the problem but quotes nothing
 the client sent; its log line does the same.
+
+It also keeps slow or stalling clients from holding its threads (JsonErrorWorker.handle, handle_request,
+murder_pending, finish_request): a head is parsed only once complete, a body is read under a deadline and
+never drained while it has not arrived, an answer's write times out, a close lingers on the poller. And it
+sends ``100 Continue`` only once the app reads the body, so a refused request's body is never asked for.
 """
 
 from __future__ import annotations
