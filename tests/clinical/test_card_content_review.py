@@ -200,3 +200,19 @@ def test_a_b12_product_stopped_at_an_unknown_time_is_not_called_not_taken() -> N
         "Check when it was stopped"
         not in by_topic(run(obs("b12", 1500, 7), ended), "elevated-b12-no-supplement").detail
     )
+
+
+def test_no_coeliac_screening_for_coeliac_disease_in_remission() -> None:
+    """Coeliac disease recorded as in remission (clinicalStatus remission) read as no diagnosis: the
+    combined-deficiency card offered to 'screen for coeliac disease' with a tTG IgA, as if it were unknown."""
+    labs = (obs("b12", 150, 10), obs("ferritin", 12, 10))
+    for code in ("396331005", "84568007"):
+        finding = by_topic(run(*labs, condition(code, status="remission")), "combined-b12-iron-deficiency")
+        offered = [c for c, _ in _orders(finding)]
+        assert ("31017-7" in offered) == (code != "396331005"), code
+        assert ("31444-3" in offered) == (code != "84568007"), code
+    high = by_topic(
+        run(obs("b12", 1500, 10), obs("ferritin", 12, 10), condition("396331005", status="remission")),
+        "iron-deficiency-with-high-b12",
+    )
+    assert "31017-7" not in [c for c, _ in _orders(high)]

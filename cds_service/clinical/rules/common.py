@@ -585,11 +585,13 @@ def shared_cause_workup(record: PatientRecord, b12: Result) -> SharedCauseWorkup
     """
     t = record.config.thresholds
     gastritis_known = bool(
-        record.has_condition(codes.AUTOIMMUNE_GASTRITIS)
+        record.has_condition(codes.AUTOIMMUNE_GASTRITIS, include_controlled=True)
         or record.has_condition(codes.PERNICIOUS_ANAEMIA, include_controlled=True)
     )
     gastric = [] if gastritis_known else not_recently_done(record, GASTRITIS_TESTS, t.latest_days)
-    ttg = [] if record.has_condition(codes.COELIAC) else not_recently_done(record, ["ttg-iga"], t.latest_days)
+    # A diagnosis in remission is still a diagnosis: the tests that would make it are not asked for again.
+    coeliac_known = record.has_condition(codes.COELIAC, include_controlled=True)
+    ttg = [] if coeliac_known else not_recently_done(record, ["ttg-iga"], t.latest_days)
     wanted = gastric + ttg
     todo = (
         "test for autoimmune gastritis and coeliac disease"

@@ -58,7 +58,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     # What the patient was taking when the B12 was drawn, which can explain it (at an order hook `products`
     # are the drafts, which cannot).
     taken = products if focus is None else b12_products_by_test_time(record, b12)[0]
-    coeliac_known = record.has_condition(codes.COELIAC)
+    coeliac_known = record.has_condition(codes.COELIAC, include_controlled=True)
     ttg = (
         [] if coeliac_known else not_recently_done(record, ["ttg-iga"], record.config.thresholds.latest_days)
     )
