@@ -140,6 +140,9 @@ def test_no_hfe_genotyping_for_a_recorded_haemochromatosis() -> None:
     )
     assert "HFE genotyping" not in finding.detail
     assert "- Recorded: Hereditary hemochromatosis, a known cause of a high ferritin." in finding.detail
+    treated = condition("35400008", status="remission")
+    in_remission = run(*labs, treated, drafts=(draft_b12(),), hook="order-select")
+    assert "HFE genotyping" not in by_topic(in_remission, "b12-not-for-high-ferritin").detail
     unknown = by_topic(run(*labs, drafts=(draft_b12(),), hook="order-select"), "b12-not-for-high-ferritin")
     assert "consider HFE genotyping" in unknown.detail
 

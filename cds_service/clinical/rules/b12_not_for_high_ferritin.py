@@ -138,7 +138,8 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         "(EASL 2022).",
     ]
     # A cause already recorded is named, and no genotyping is suggested for a known haemochromatosis.
-    haemochromatosis = record.has_condition(codes.HAEMOCHROMATOSIS)
+    # Haemochromatosis kept in remission by venesection is still the diagnosis.
+    haemochromatosis = record.has_condition(codes.HAEMOCHROMATOSIS, include_controlled=True)
     known = [
         *haemochromatosis,
         *record.has_condition(codes.LIVER_DISEASE),
