@@ -306,16 +306,17 @@ def follow_medication_references(
         version_reads += sum(1 for named in missing if named.version is not None)
         queries = _round_queries(list(missing), result.rounds)
         outcomes = fetch(queries, int(left_ms))
-        fetched = [
-            resource
-            for outcome in outcomes.values()
-            if getattr(outcome, "ok", False)
-            for resource in _resources_of(outcome.resource)
-        ]
+        # By id: a server may answer with far more than it was asked for, and each of up to MAX_IDS
+        # references looking through all of it was seconds of CPU.
+        fetched: dict[Any, list[dict]] = {}
+        for outcome in outcomes.values():
+            if getattr(outcome, "ok", False):
+                for resource in _resources_of(outcome.resource):
+                    fetched.setdefault(resource.get("id"), []).append(resource)
         for named, (depth, chain) in missing.items():
             # A version read must answer with that version (or say none): a server that ignores
             # ``_history`` answers with the current one, a product the record may not have meant.
-            medication = next((m for m in fetched if named.matches(m)), None)
+            medication = next((m for m in fetched.get(named.ident, ()) if named.matches(m)), None)
             if medication is None:
                 continue
             index.add(medication, by_version=named.version is not None)

@@ -11,12 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cds_service.fhir.client import FetchOutcome
 from cds_service.fhir.medications import (
     IDS_PER_QUERY,
     MAX_IDS,
     MedicationIndex,
     MedicationRef,
     dangling_medication_ids,
+    follow_medication_references,
     ingredient_concepts,
     local_medication_id,
     local_medication_reference,
@@ -229,3 +231,20 @@ def test_looking_up_many_references_among_many_copies_of_one_medication_stays_li
     assert time.perf_counter() - started < 0.5
     assert found[:3] == [copies[0], copies[2], copies[4]]
     assert index.resolve({"reference": "Medication/m"}) is copies[0]
+
+
+def test_an_answer_far_larger_than_the_question_is_matched_in_linear_time() -> None:
+    """A server that ignores ``_id`` answers every Medication search with all it has. Each of up to
+    MAX_IDS references looked through the whole answer: 200 references and 100,000 Medications were
+    seconds of CPU. The fetch stands in for such a server (the client's own limits are tested apart)."""
+    everything = [{"resourceType": "Medication", "id": f"m{n}"} for n in range(100_000)]
+    bundle = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": m} for m in everything]}
+
+    def fetch(queries: dict[str, str], budget_ms: int) -> dict[str, FetchOutcome]:
+        return {key: FetchOutcome(key, query, bundle, None, 200, 1, 1.0) for key, query in queries.items()}
+
+    orders = [_order(f"Medication/m{99_999 - n}") for n in range(MAX_IDS)]
+    started = time.perf_counter()
+    followed = follow_medication_references(orders, SERVER, fetch, 10_000)
+    assert time.perf_counter() - started < 1.0
+    assert len(followed.medications) == MAX_IDS
