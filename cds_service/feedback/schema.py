@@ -123,9 +123,23 @@ def _first_to_report(error: ValidationError) -> tuple[object, ...]:
     return (path, "then" in error.absolute_schema_path)
 
 
+_UUID = re.compile("[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def _canonical(identifier: str) -> str:
+    """A card or suggestion id as the service issued it: a UUID in lower case, anything else as sent.
+
+    UUIDs are case-insensitive on input (RFC 4122) and some EHRs keep them in upper case (SQL Server's
+    uniqueidentifier, .NET's "X" formats): such feedback matched no issued card (topic 'unknown'), and the
+    same item sent again in lower case was stored and counted a second time."""
+    return identifier.lower() if _UUID.fullmatch(identifier) else identifier
+
+
 def _item(index: int, raw: dict[str, Any]) -> FeedbackItem:
     accepted = raw["outcome"] == "accepted"
-    suggestions = tuple(sorted({s["id"] for s in raw.get("acceptedSuggestions", ())})) if accepted else ()
+    suggestions = (
+        tuple(sorted({_canonical(s["id"]) for s in raw.get("acceptedSuggestions", ())})) if accepted else ()
+    )
     reason = (raw.get("overrideReason") or {}).get("reason")
     _no_controls(f"feedback[{index}].card", raw["card"])
     for position, suggestion in enumerate(raw.get("acceptedSuggestions", ()) if accepted else ()):
@@ -134,7 +148,7 @@ def _item(index: int, raw: dict[str, Any]) -> FeedbackItem:
         where = f"feedback[{index}].overrideReason.reason.{field}"
         _no_controls(where, reason.get(field), allowed=_TEXT_BREAKS if field == "display" else "")
     return FeedbackItem(
-        card=raw["card"],
+        card=_canonical(raw["card"]),
         outcome=raw["outcome"],
         outcome_timestamp=_timestamp(index, raw["outcomeTimestamp"]),
         accepted_suggestions=suggestions,

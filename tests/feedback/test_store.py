@@ -527,3 +527,19 @@ def test_a_report_reads_one_snapshot_while_a_card_and_its_feedback_land(
     counts = report["services"].get(SERVICE, {"issued": 0, "accepted": 0})
     assert counts["accepted"] == 0, report
     assert counts["issued"] <= 1
+
+
+def test_a_card_uuid_echoed_in_upper_case_is_the_card_the_service_issued(store: FeedbackStore) -> None:
+    """UUIDs are case-insensitive on input (RFC 4122), and some EHRs keep them in upper case: such
+    feedback matched no issued card (topic 'unknown'), and the same item resent in lower case was stored
+    and counted as a second card."""
+    card = "9a6c2b7e-3f0d-4c55-9d61-7d5b1b0c2a11"
+    suggestion = "0b9e4c1d-6f2a-4e8b-9c3d-5a7f1e2d4b6c"
+    store.record_issued(SERVICE, [(card, "iron-after-b12")], T0)
+    assert post(store, SERVICE, accepted(card.upper(), T0, suggestion.upper())) == 1
+    assert post(store, SERVICE, accepted(card, T0, suggestion)) == 0
+    view = store.report()["services"][SERVICE]
+    assert list(view["topics"]) == ["iron-after-b12"]
+    assert (view["issued"], view["accepted"]) == (1, 1)
+    assert post(store, SERVICE, accepted("Card-ABC", T0)) == 1  # not a UUID: kept as sent
+    assert post(store, SERVICE, accepted("card-abc", T0)) == 1
