@@ -9,6 +9,11 @@ a 412 that names the missing data.
 The access token goes only to the origin of the base URL the caller already vetted with
 ``fhir_server_allowed``: a paging link that points anywhere else is not followed, redirects are not
 followed, and nothing here logs a header.
+
+What a server sends is held to the budget and to FHIR's rules, whoever the server is: bodies are
+decompressed and parsed only as far as the time left allows (``decoding``); a search's entries must be of
+the type searched for, or included because it asked; a next link back to a page already read fails the
+key; a 429 or 503 is asked once more only when the wait it names fits the budget.
 """
 
 from __future__ import annotations
