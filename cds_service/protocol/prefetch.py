@@ -12,11 +12,13 @@ not an answer: the key is fetched whole from the FHIR server, or the call is ref
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
+from urllib.parse import parse_qsl
 
 from cds_service.fhir.errors import is_failed_search
 from cds_service.fhir.read import next_link, patient_references, refers_to
@@ -85,6 +87,15 @@ def expected_type(template: str) -> tuple[str, bool]:
     return resource_type, is_search
 
 
+@functools.lru_cache(maxsize=256)
+def _template_shape(template: str) -> tuple[str, bool, bool]:
+    """``expected_type`` and whether the search asks for resources besides its matches (``_include``,
+    ``_revinclude``); a service has a handful of templates, so this is worked out once for each."""
+    resource_type, is_search = expected_type(template)
+    names = (name for name, _ in parse_qsl(template.partition("?")[2], keep_blank_values=True))
+    return resource_type, is_search, any(n.split(":", 1)[0] in ("_include", "_revinclude") for n in names)
+
+
 def _outcome_reason(outcome: Mapping[str, Any]) -> str:
     issues = outcome.get("issue")
     texts = []
@@ -115,7 +126,7 @@ def classify(key: str, template: str, prefetch: Mapping[str, Any], patient_id: s
     resource_type = value["resourceType"]
     if resource_type == "OperationOutcome":
         return PrefetchItem(key, PrefetchState.OUTCOME, reason=_outcome_reason(value))
-    wanted, is_search = expected_type(template)
+    wanted, is_search, others_asked = _template_shape(template)
     if not is_search:
         if resource_type != wanted:
             return PrefetchItem(key, PrefetchState.JUNK, reason=f"expected {wanted}, got {resource_type}")
@@ -136,10 +147,17 @@ def classify(key: str, template: str, prefetch: Mapping[str, Any], patient_id: s
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
             # Skipped, such entries made a search of nothing but junk read as "nothing on file".
             return PrefetchItem(key, PrefetchState.JUNK, reason="a Bundle entry is not a FHIR resource")
-        if resource.get("resourceType") == "OperationOutcome":
+        kind = resource["resourceType"]
+        if kind == "OperationOutcome":
             if is_failed_search(resource):
                 return PrefetchItem(key, PrefetchState.OUTCOME, reason=_outcome_reason(resource))
             continue
+        if kind != wanted and (not others_asked or _search_mode(entry) == "match"):
+            # As the FHIR client holds a server's answer: a Condition among an Observation search's
+            # matches, or a Bundle a client forgot to unwrap, would be read as what it claims to be, or
+            # skipped while the key counted as answered.
+            reason = f"the {wanted} search holds a {kind} among its results"
+            return PrefetchItem(key, PrefetchState.JUNK, reason=reason)
         if not _belongs_to(resource, patient_id, own):
             reason = f"the search holds a resource of another patient ({resource.get('resourceType')})"
             return PrefetchItem(key, PrefetchState.JUNK, reason=reason)
@@ -148,6 +166,11 @@ def classify(key: str, template: str, prefetch: Mapping[str, Any], patient_id: s
         reason = f"only the first page of a paged search was sent: {len(entries)} entries and a next link"
         return PrefetchItem(key, PrefetchState.PAGED, reason=reason)
     return PrefetchItem(key, PrefetchState.USABLE if found else PrefetchState.EMPTY, resource=value)
+
+
+def _search_mode(entry: Mapping[str, Any]) -> Any:
+    search = entry.get("search")
+    return search.get("mode") if isinstance(search, dict) else None
 
 
 def _belongs_to(resource: Mapping[str, Any], patient_id: str, own: frozenset[str]) -> bool:

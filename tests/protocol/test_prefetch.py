@@ -121,7 +121,7 @@ def test_a_last_page_is_an_answer() -> None:
 
 
 def test_paged_reason_says_what_arrived() -> None:
-    item = classify("k", SEARCH, {"k": first_page(OBS, PATIENT)}, "p1")
+    item = classify("k", SEARCH, {"k": first_page(OBS, {**OBS, "id": "o2"})}, "p1")
     assert item.resource is None, "a first page is not used as if it were the whole search"
     assert item.reason == "only the first page of a paged search was sent: 2 entries and a next link"
 
@@ -184,7 +184,10 @@ def test_the_patients_own_resources_are_usable(subject: dict) -> None:
                 OBS, {**OBS, "id": "o2", "subject": {"reference": "https://ehr.example/fhir/Patient/p2"}}
             ),
         ),
-        (SEARCH, searchset({"resourceType": "MedicationRequest", "patient": {"reference": "urn:uuid:p2"}})),
+        (
+            "MedicationRequest?patient={{context.patientId}}",
+            searchset({"resourceType": "MedicationRequest", "patient": {"reference": "urn:uuid:p2"}}),
+        ),
         (READ, {"resourceType": "Patient", "id": "p2"}),
     ],
 )
@@ -200,3 +203,44 @@ def test_resources_of_skips_outcomes_and_junk_entries() -> None:
     assert list(resources_of(bundle)) == [OBS]
     assert list(resources_of(PATIENT)) == [PATIENT]
     assert list(resources_of(None)) == []
+
+
+MEDS = "MedicationRequest?patient={{context.patientId}}&_include=MedicationRequest:medication&_count=200"
+ORDER = {"resourceType": "MedicationRequest", "id": "mr1", "subject": {"reference": "Patient/p1"}}
+PRODUCT = {"resourceType": "Medication", "id": "m1"}
+
+
+def _entries(*pairs: tuple[dict, str | None]) -> dict:
+    bundle = searchset()
+    bundle["entry"] = [{"resource": r, **({"search": {"mode": m}} if m else {})} for r, m in pairs]
+    return bundle
+
+
+@pytest.mark.parametrize(
+    ("template", "bundle"),
+    [
+        # A Condition among an Observation search's matches would be read as a condition.
+        (SEARCH, _entries((OBS, "match"), ({"resourceType": "Condition", "id": "c1"}, "match"))),
+        # Included, though the template asked for nothing but its matches.
+        (SEARCH, _entries((OBS, "match"), ({"resourceType": "Condition", "id": "c1"}, "include"))),
+        # A batch-response a client forgot to unwrap: its search inside was skipped, the key "answered".
+        (
+            SEARCH,
+            {"resourceType": "Bundle", "type": "batch-response", "entry": [{"resource": searchset(OBS)}]},
+        ),
+        # What an _include brings may not be passed off as a match.
+        (MEDS, _entries((ORDER, "match"), (PRODUCT, "match"))),
+    ],
+    ids=["condition-match", "condition-include", "batch-response", "medication-as-match"],
+)
+def test_a_search_holding_resources_it_did_not_ask_for_is_junk(template: str, bundle: dict) -> None:
+    """Held to the rule the FHIR client holds a server's answer to (a3669b6)."""
+    item = classify("k", template, {"k": bundle}, "p1")
+    assert item.state is PrefetchState.JUNK
+    assert "search holds a" in item.reason
+
+
+@pytest.mark.parametrize("mode", ["include", None])
+def test_what_an_include_asks_for_is_usable(mode: str | None) -> None:
+    bundle = _entries((ORDER, "match"), (PRODUCT, mode))
+    assert classify("k", MEDS, {"k": bundle}, "p1").state is PrefetchState.USABLE
