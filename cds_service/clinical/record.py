@@ -136,25 +136,29 @@ class Result:
             bounds.append(None if q is None else to_canonical(self.analyte, q[0], q[1]))
         return (bounds[0], bounds[1])
 
-    def is_high(self, default: float) -> tuple[bool, str]:
-        """High by the lab's flag, else its range, else ``default``; with the basis for the card."""
+    def is_high(self, default: float, *, site: bool = False) -> tuple[bool, str]:
+        """High by the lab's flag, else its range, else ``default`` (``site``: a limit this site set, not the
+        project's default); with the basis for the card."""
         flag = self.lab_flag()
         if flag is not None:
             return (flag == "H", "the laboratory's own high flag" if flag == "H" else "the laboratory's flag")
         high = self.reference_range()[1]
         if high is not None:
             return (self.above(high), f"the laboratory's upper reference limit of {number(high)} {self.unit}")
-        return (self.above(default), f"the default upper limit of {number(default)} {self.unit}")
+        whose = "this site's" if site else "the default"
+        return (self.above(default), f"{whose} upper limit of {number(default)} {self.unit}")
 
-    def is_low(self, default: float) -> tuple[bool, str]:
-        """Low by the lab's flag, else its range, else ``default``; with the basis for the card."""
+    def is_low(self, default: float, *, site: bool = False) -> tuple[bool, str]:
+        """Low by the lab's flag, else its range, else ``default`` (``site``: as for `is_high`); with the
+        basis for the card."""
         flag = self.lab_flag()
         if flag is not None:
             return (flag == "L", "the laboratory's own low flag" if flag == "L" else "the laboratory's flag")
         low = self.reference_range()[0]
         if low is not None:
             return (self.below(low), f"the laboratory's lower reference limit of {number(low)} {self.unit}")
-        return (self.below(default), f"the threshold of {number(default)} {self.unit}")
+        whose = "this site's threshold" if site else "the threshold"
+        return (self.below(default), f"{whose} of {number(default)} {self.unit}")
 
     def above(self, limit: float) -> bool:
         """Whether the true value is certainly above ``limit`` (in the canonical unit).

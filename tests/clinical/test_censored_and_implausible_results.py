@@ -191,7 +191,7 @@ def test_a_censored_haemoglobin_is_called_anaemia_only_when_its_bound_shows_it()
     labs = (obs("b12", 150, 10), obs("ferritin", 12, 10))
     for shown, verdict in (
         ("<13 g/dL", "(anaemia by"),
-        ("<14 g/dL", "(WHO anaemia threshold 13 g/dL)"),
+        ("<14 g/dL", "(the WHO anaemia threshold: 13 g/dL)"),
         (">13 g/dL", "(no anaemia by"),
         ("12.5 g/dL", "(anaemia by"),
     ):

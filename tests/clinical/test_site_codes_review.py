@@ -107,3 +107,29 @@ def test_a_site_pernicious_anaemia_code_explains_b12_injections_as_the_verified_
 def test_a_local_code_with_a_search_reserved_character_is_escaped_for_the_query() -> None:
     config = load_clinical_config({"codes": {"ferritin": [f"{LOCAL}|FER,S$1"]}})
     assert f"{LOCAL}|FER\\,S\\$1" in codes.prefetch_code_tokens(config, "b12-iron")
+
+
+def test_a_threshold_the_site_changed_is_cited_as_the_site_s_not_the_published_source() -> None:
+    """A site that reads ferritin below 45 ng/mL as iron deficiency (AGA 2020) and B12 below 180 as deficient:
+    the cards said 'ferritin below 45 ng/mL confirms iron deficiency (UK practice; ...)' and compared the B12
+    with 'the threshold', and a site's B12 upper limit was 'the default upper limit'."""
+    config = load_clinical_config(
+        {
+            "thresholds": {
+                "ferritin_deficient": 45,
+                "b12_deficient": 180,
+                "b12_elevated": 1000,
+                "hb_anaemia_female": 11.5,
+            }
+        }
+    )
+    (combined,) = run(obs("b12", 150, 10), obs("ferritin", 40, 10), obs("hb", 11, 10), config=config)
+    assert "Ferritin below 45 ng/mL confirms iron deficiency (this site's setting)" in combined.detail
+    assert "compared with this site's threshold of 180 pg/mL" in combined.detail
+    assert "(anaemia by this site's threshold of 11.5 g/dL)" in combined.detail
+    (high,) = run(obs("b12", 1200, 10), config=config)
+    assert "compared with this site's upper limit of 1000 pg/mL" in high.detail
+    (default,) = run(obs("b12", 150, 10), obs("ferritin", 20, 10), obs("hb", 11, 10))
+    assert "(UK practice; AGA 2020 uses 45 ng/mL)" in default.detail
+    assert "compared with the threshold of 200 pg/mL" in default.detail
+    assert "by the WHO threshold of 12 g/dL" in default.detail

@@ -21,6 +21,7 @@ from cds_service.clinical.config import ClinicalConfig
 from cds_service.clinical.findings import Proposal, ProposedAction
 from cds_service.clinical.markdown import literal, literal_names
 from cds_service.clinical.record import MedicationEntry, PatientRecord, Result
+from cds_service.clinical.thresholds import DEFAULT_THRESHOLDS
 from cds_service.fhir.units import unit_factor
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def iron_status(record: PatientRecord, ferritin: Result) -> IronStatus:
         deficient = True
         reason = (
             f"ferritin below {fmt(t.ferritin_deficient)} ng/mL confirms iron deficiency "
-            "(UK practice; AGA 2020 uses 45 ng/mL)"
+            f"({cited(record, 'ferritin_deficient', 'UK practice; AGA 2020 uses 45 ng/mL')})"
         )
     elif ferritin.lab_flag() == "L":
         deficient = True
@@ -127,7 +128,8 @@ def iron_status(record: PatientRecord, ferritin: Result) -> IronStatus:
         deficient = True
         reason = (
             f"with inflammation (CRP above {fmt(t.crp_inflammation)} mg/L) a ferritin below "
-            f"{fmt(t.ferritin_deficient_inflamed)} ng/mL is compatible with iron deficiency (UK practice)"
+            f"{fmt(t.ferritin_deficient_inflamed)} ng/mL is compatible with iron deficiency "
+            f"({cited(record, 'ferritin_deficient_inflamed', 'UK practice')})"
         )
     elif value <= t.ferritin_deficient_inflamed and tsat is not None and tsat.below(t.tsat_low):
         deficient = True
@@ -196,23 +198,36 @@ def haemoglobin_line(record: PatientRecord, when: datetime) -> list[str]:
     if hb is None:
         return []
     t = record.config.thresholds
-    limit = t.hb_anaemia_female if record.female else t.hb_anaemia_male
+    name = "hb_anaemia_female" if record.female else "hb_anaemia_male"
+    limit = getattr(t, name)
+    who = "this site's" if site_set(record, name) else "the WHO"
     # A censored value decides only when its bound does ("<13" is anaemia in a man; "<14" says neither).
     if hb.below(limit):
         verdict = "anaemia"
     elif hb.comparator in (None, ">", ">=") and hb.value >= limit:
         verdict = "no anaemia"
     else:
-        return [f"- Haemoglobin **{hb.quoted()}** (WHO anaemia threshold {fmt(limit)} g/dL)"]
-    return [f"- Haemoglobin **{hb.quoted()}** ({verdict} by the WHO threshold of {fmt(limit)} g/dL)"]
+        return [f"- Haemoglobin **{hb.quoted()}** ({who} anaemia threshold: {fmt(limit)} g/dL)"]
+    return [f"- Haemoglobin **{hb.quoted()}** ({verdict} by {who} threshold of {fmt(limit)} g/dL)"]
+
+
+def site_set(record: PatientRecord, name: str) -> bool:
+    """Whether this site changed the threshold ``name``: a card then cites the site, not the published
+    source of the default (a site's ferritin limit of 45 is not 'UK practice')."""
+    return bool(getattr(record.config.thresholds, name) != getattr(DEFAULT_THRESHOLDS, name))
+
+
+def cited(record: PatientRecord, name: str, source: str) -> str:
+    """``source`` for a default threshold, or this site's setting for one the site changed."""
+    return "this site's setting" if site_set(record, name) else source
 
 
 def b12_deficient(record: PatientRecord, b12: Result) -> tuple[bool, str]:
-    return b12.is_low(record.config.thresholds.b12_deficient)
+    return b12.is_low(record.config.thresholds.b12_deficient, site=site_set(record, "b12_deficient"))
 
 
 def b12_elevated(record: PatientRecord, b12: Result) -> tuple[bool, str]:
-    return b12.is_high(record.config.thresholds.b12_elevated)
+    return b12.is_high(record.config.thresholds.b12_elevated, site=site_set(record, "b12_elevated"))
 
 
 def b12_very_high(record: PatientRecord, b12: Result) -> bool:
@@ -222,7 +237,8 @@ def b12_very_high(record: PatientRecord, b12: Result) -> bool:
 
 def ferritin_high(record: PatientRecord, ferritin: Result) -> tuple[bool, str]:
     t = record.config.thresholds
-    return ferritin.is_high(t.ferritin_high_female if record.female else t.ferritin_high_male)
+    name = "ferritin_high_female" if record.female else "ferritin_high_male"
+    return ferritin.is_high(getattr(t, name), site=site_set(record, name))
 
 
 def deficiency_explains_b12(record: PatientRecord) -> str | None:
