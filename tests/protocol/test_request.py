@@ -333,3 +333,31 @@ def test_fields_the_standard_does_not_define_are_tolerated(hook: str) -> None:
     request = validate_hook_request(body, hook)
     assert request.authorization_header == "Bearer abc"
     assert request.patient_id == "pat-1"
+
+
+def _set_context(field: str, value: object, hook: str = "patient-view") -> dict:
+    body = hook_body(hook)
+    body["context"][field] = value
+    return body
+
+
+@pytest.mark.parametrize(
+    ("body", "hook", "expected"),
+    [
+        (_set_context("userId", "dr-1"), "patient-view", "context/userId: must name the user as "),
+        (_set_context("patientId", "a b"), "patient-view", "context/patientId: must be a FHIR id"),
+        (hook_body(hookInstance="abc"), "patient-view", "request/hookInstance: must be a UUID"),
+        (hook_body(fhirServer="fhir.example.org"), "patient-view", "request/fhirServer: must be the FHIR"),
+        (
+            _set_context("selections", ["draft-b12"], "order-select"),
+            "order-select",
+            "context/selections/0: must be a relative reference such as MedicationRequest/123",
+        ),
+    ],
+    ids=["userId", "patientId", "hookInstance", "fhirServer", "selections"],
+)
+def test_a_malformed_identifier_is_explained_in_words(body: dict, hook: str, expected: str) -> None:
+    """The reason quoted the regular expression (with its (?!\\n) guard), which integrators had to decode."""
+    reason = refused(body, hook).reason
+    assert expected in reason
+    assert "pattern" not in reason and "(?!" not in reason
