@@ -133,3 +133,20 @@ def test_a_threshold_the_site_changed_is_cited_as_the_site_s_not_the_published_s
     assert "(UK practice; AGA 2020 uses 45 ng/mL)" in default.detail
     assert "compared with the threshold of 200 pg/mL" in default.detail
     assert "by the WHO threshold of 12 g/dL" in default.detail
+
+
+def test_a_site_s_very_high_b12_and_tsat_limits_are_not_credited_to_the_literature() -> None:
+    config = load_clinical_config({"thresholds": {"b12_very_high": 1200, "tsat_high": 50}})
+    (high,) = run(obs("b12", 1250, 10), config=config)
+    assert "Arendt & Nexo, PLoS One 2012)." not in high.detail.split("Sources:")[0]
+    assert "is strong (this site's setting)" in high.detail
+    ordered = run(
+        obs("b12", 400, 10),
+        obs("ferritin", 900, 10),
+        obs("tsat", 60, 10),
+        drafts=(draft_b12(),),
+        hook="order-select",
+        config=config,
+    )
+    (finding,) = ordered
+    assert "consider HFE genotyping (this site's setting)" in finding.detail

@@ -18,6 +18,7 @@ from cds_service.clinical.rules.common import (
     SOURCE_LABEL,
     b12_deficient,
     b12_elevated,
+    cited,
     deficiency_explains_b12,
     ferritin_high,
     fmt,
@@ -135,7 +136,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         f"- B12 lowers ferritin only when B12-deficient megaloblastic anaemia raised it; {b12_reason}",
         "- Look for the real cause: inflammation (CRP), liver disease (ALT/AST), metabolic syndrome, or iron "
         f"overload — haemochromatosis is likely when transferrin saturation is above {fmt(t.tsat_high)} % "
-        "(EASL 2022).",
+        f"({cited(record, 'tsat_high', 'EASL 2022')}).",
     ]
     # A cause already recorded is named, and no genotyping is suggested for a known haemochromatosis.
     # Haemochromatosis kept in remission by venesection is still the diagnosis.
@@ -149,7 +150,8 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         lines.append(f"- Recorded: {literal_names(known)}, a known cause of a high ferritin.")
     if tsat is not None and tsat.above(t.tsat_high) and not haemochromatosis:
         lines.append(
-            f"- Transferrin saturation is above {fmt(t.tsat_high)} %: consider HFE genotyping (EASL 2022)."
+            f"- Transferrin saturation is above {fmt(t.tsat_high)} %: consider HFE genotyping "
+            f"({cited(record, 'tsat_high', 'EASL 2022')})."
         )
     lines += ["", "Sources: EASL 2022 haemochromatosis guideline; BSH 2014 (Devalia)."]
     if borderline:

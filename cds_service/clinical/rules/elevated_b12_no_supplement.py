@@ -19,6 +19,7 @@ from cds_service.clinical.rules.common import (
     b12_pmol,
     b12_products_by_test_time,
     b12_very_high,
+    cited,
     day,
     day_after,
     elevated_latest_b12,
@@ -146,7 +147,8 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     if very_high:
         lines.append(
             f"- Above {fmt(t.b12_very_high)} pg/mL ({b12_pmol(t.b12_very_high)} pmol/L) the association with "
-            "liver disease, alcohol misuse and cancer is strong (Arendt & Nexo, PLoS One 2012)."
+            "liver disease, alcohol misuse and cancer is strong "
+            f"({cited(record, 'b12_very_high', 'Arendt & Nexo, PLoS One 2012')})."
         )
     lines += suggested_tests_line(wanted, t.recent_days)
     lines += ["", "Sources: Arendt & Nexo, PLoS One 2012; ARUP and Mayo reference limits."]

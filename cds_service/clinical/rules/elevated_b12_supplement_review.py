@@ -14,6 +14,7 @@ from cds_service.clinical.rules.common import (
     SOURCE_LABEL,
     b12_pmol,
     b12_very_high,
+    cited,
     deficiency_explains_b12,
     elevated_latest_b12,
     fmt,
@@ -63,7 +64,8 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     if b12_very_high(record, b12):
         lines.append(
             f"- Above {fmt(t.b12_very_high)} pg/mL ({b12_pmol(t.b12_very_high)} pmol/L), a B12 is strongly "
-            "associated with liver disease, alcohol misuse and cancer (Arendt & Nexo 2012) — consider that "
+            "associated with liver disease, alcohol misuse and cancer "
+            f"({cited(record, 'b12_very_high', 'Arendt & Nexo 2012')}) — consider that "
             "if it stays high off supplements."
         )
     lines += ["", "Sources: ARUP and Mayo reference limits; Arendt & Nexo, PLoS One 2012."]
