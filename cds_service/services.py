@@ -168,6 +168,7 @@ class HookHandler:
         self.clinical_config = clinical_config
         self.site_digest = site_digest
         self.services = build_services(clinical_config)
+        self.services_by_hook = {s.hook: s.id for s in self.services.values()}
         self.card_style = card_style or CardStyle()
         self.fhir_client = fhir_client or FhirClient()
         self.run_ahead = run_ahead
@@ -190,7 +191,7 @@ class HookHandler:
         if service is None:
             raise unknown_service(service_id)
         with trace.phase("validation"):
-            request = validate_hook_request(body, service.hook)
+            request = validate_hook_request(body, service.hook, self.services_by_hook)
         findings = self._cached_findings(request, client, trace)
         if findings is None:
             resources = self._patient_data(service, request, client, trace)

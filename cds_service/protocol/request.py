@@ -228,8 +228,12 @@ def _without_nulls(fields: dict[str, Any], optional: tuple[str, ...]) -> dict[st
     return {name: value for name, value in fields.items() if value is not None or name not in optional}
 
 
-def validate_hook_request(body: Any, expected_hook: str) -> HookRequest:
-    """Check the envelope, the hook name, and the hook's context; return the typed request."""
+def validate_hook_request(
+    body: Any, expected_hook: str, services_by_hook: Mapping[str, str] | None = None
+) -> HookRequest:
+    """Check the envelope, the hook name, and the hook's context; return the typed request.
+
+    ``services_by_hook`` (hook → service id) lets a request for another hook be told where to go."""
     if not isinstance(body, dict):
         raise RequestError(400, f"The request body must be a JSON object, not {type(body).__name__}.")
     body = _without_nulls(body, OPTIONAL_FIELDS)
@@ -239,9 +243,10 @@ def validate_hook_request(body: Any, expected_hook: str) -> HookRequest:
     if errors:
         raise RequestError(400, _schema_reason("request", errors))
     if body["hook"] != expected_hook:
-        raise RequestError(
-            400, f"This service answers the '{expected_hook}' hook, but the request is for '{body['hook']}'."
-        )
+        reason = f"This service answers the '{expected_hook}' hook, but the request is for '{body['hook']}'."
+        if services_by_hook and body["hook"] in services_by_hook:
+            reason += f" That hook is answered at /cds-services/{services_by_hook[body['hook']]}."
+        raise RequestError(400, reason)
     context = _without_nulls(body["context"], OPTIONAL_CONTEXT_FIELDS)
     errors = list(validator(f"context-{expected_hook}").iter_errors(context))
     if errors:

@@ -102,6 +102,7 @@ def test_hook_mismatch_is_400(base: str) -> None:
     response = post(base, "/cds-services/b12-iron-patient-view", hook_body("order-sign"))
     assert response.status_code == 400
     assert "order-sign" in outcome_text(response)
+    assert "answered at /cds-services/b12-iron-order-sign" in outcome_text(response)
 
 
 def test_prefetch_not_an_object_is_400(base: str) -> None:

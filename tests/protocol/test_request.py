@@ -130,6 +130,19 @@ def test_hook_must_match_the_service() -> None:
     assert "'patient-view'" in reason and "'order-sign'" in reason
 
 
+def test_a_request_for_another_hook_is_told_which_service_answers_it() -> None:
+    """An EHR registered with the wrong service id sends every order-sign to patient-view's URL."""
+    services = {"patient-view": "pv", "order-sign": "b12-iron-order-sign"}
+    with pytest.raises(RequestError) as caught:
+        validate_hook_request(hook_body("order-sign"), "patient-view", services)
+    assert caught.value.reason.endswith("That hook is answered at /cds-services/b12-iron-order-sign.")
+    body = hook_body()
+    body["hook"] = "appointment-book"
+    with pytest.raises(RequestError) as caught:
+        validate_hook_request(body, "patient-view", services)
+    assert "answered at" not in caught.value.reason
+
+
 @pytest.mark.parametrize(
     ("hook", "mutate", "fragment"),
     [
