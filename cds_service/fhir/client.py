@@ -440,6 +440,14 @@ def _shown_location(url: str, response: requests.Response) -> str:
     return f"{target.scheme}://{host}{port}{target.path[:_MAX_QUOTED_HEADER_CHARS]}"
 
 
+def _unread_body_reason(url: str, status: int, why: Exception) -> str:
+    """Why a body could not be decoded; for an error status, the status first: a 401 whose body was in
+    an unexpected coding is a 401 to whoever reads the reason."""
+    if 200 <= status < 300:
+        return f"response from {url}: {why}"
+    return f"HTTP {status} from {url} (body not read: {why})"
+
+
 def _is_search_query(query: str) -> bool:
     """``Observation?…`` or ``Observation`` is a search; ``Patient/123`` is a read."""
     path = query.split("?", 1)[0].strip("/")
@@ -758,7 +766,9 @@ class FhirClient:
         try:
             decoder = BodyDecoder(response.headers.get("Content-Encoding"))
         except UnsupportedCoding as refused:
-            raise _Failure(f"response from {url}: {refused}", response.status_code) from None
+            raise _Failure(
+                _unread_body_reason(url, response.status_code, refused), response.status_code
+            ) from None
         chunks = []
         size = 0
         tokens = 0
@@ -779,7 +789,9 @@ class FhirClient:
                         )
             decoder.finish()
         except CorruptBody as corrupt:
-            raise _Failure(f"response from {url}: {corrupt}", response.status_code) from None
+            raise _Failure(
+                _unread_body_reason(url, response.status_code, corrupt), response.status_code
+            ) from None
         return b"".join(chunks)
 
     def _interpret(self, url: str, response: requests.Response, raw: bytes) -> _Page:

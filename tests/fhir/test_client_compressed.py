@@ -172,3 +172,17 @@ def test_the_decoder_never_hands_out_more_than_a_piece_at_a_time() -> None:
         cut = BodyDecoder("deflate")
         list(cut.feed(_deflate(PATIENT_JSON, zlib.MAX_WBITS)[:-6]))
         cut.finish()
+
+
+def test_an_error_whose_body_cannot_be_decoded_is_still_named_by_its_status(client: FhirClient) -> None:
+    """A 401 from a gateway compressing with brotli read as "Content-Encoding 'br' was not asked for",
+    which hid that the token was refused."""
+    with FakeEhrFhir() as ehr:
+        ehr.add_canned(
+            "Patient/p1", 401, b"\x0b\x02\x80unauthorized\x03", "text/plain", (("Content-Encoding", "br"),)
+        )
+        outcome = client.fetch_all(ehr.base_url, {"p": "Patient/p1"}, authorization=None, budget_ms=3000)["p"]
+    assert outcome.status == 401
+    assert outcome.error == (
+        f"HTTP 401 from {ehr.base_url}/Patient/p1 (body not read: Content-Encoding 'br' was not asked for)"
+    )
