@@ -5,7 +5,10 @@ statement and administration. The prefetch asks for the Medications with ``_incl
 MedicationRequest only, and an EHR may fill a prefetch key without them, so a record can arrive naming
 its product by nothing but a reference. The record reads that as "a medicine we cannot identify", which
 is safe but blind: a B12 injection goes unseen. These helpers find the references worth following and
-the searches that fetch their targets in one round trip.
+fetch their targets: ``follow_medication_references`` asks for the version a reference names
+(``Medication/m/_history/2``, a FHIR version read) and follows ``ingredient.itemReference`` Medications a
+few levels down, each Medication once, within a cap on what it asks for and one time budget.
+``MedicationIndex`` and ``ingredient_concepts`` read them back the same way for the clinical record.
 
 Only references to the request's own FHIR server are followed (relative, or absolute under its base
 URL): the EHR's access token must never be sent anywhere else, and a reference to another server may
