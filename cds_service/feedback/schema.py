@@ -8,6 +8,7 @@ accepted but not kept: it may name the patient, and the store holds no patient d
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -135,6 +136,19 @@ def _canonical(identifier: str) -> str:
     return identifier.lower() if _UUID.fullmatch(identifier) else identifier
 
 
+# The most bytes a card id and its accepted suggestion ids may take as stored. They are part of the key
+# that makes a resent item a duplicate, a unique index, and PostgreSQL refuses an index entry over 2,704
+# bytes ("index row size exceeds btree version 4 maximum"): 100 UUID suggestions, which the schema
+# allows, were a 503 on PostgreSQL for ever (the EHR resent them, and the batch's other items with them)
+# and stored on SQLite. 2,000 leaves room for the service id, outcome and time: about 50 UUIDs.
+MAX_KEY_BYTES = 2000
+
+
+def suggestions_text(suggestions: tuple[str, ...]) -> str:
+    """Accepted suggestion ids as the store keeps them (and compares them, to find a resent item)."""
+    return json.dumps(list(suggestions))
+
+
 def _item(index: int, raw: dict[str, Any]) -> FeedbackItem:
     accepted = raw["outcome"] == "accepted"
     suggestions = (
@@ -147,6 +161,12 @@ def _item(index: int, raw: dict[str, Any]) -> FeedbackItem:
     for field in ("code", "system", "display") if reason and not accepted else ():
         where = f"feedback[{index}].overrideReason.reason.{field}"
         _no_controls(where, reason.get(field), allowed=_TEXT_BREAKS if field == "display" else "")
+    size = len(_canonical(raw["card"]).encode()) + len(suggestions_text(suggestions).encode())
+    if size > MAX_KEY_BYTES:
+        raise FeedbackError(
+            f"feedback[{index}]: the card id and accepted suggestion ids take {size} bytes as stored; "
+            f"at most {MAX_KEY_BYTES} are accepted (about 50 UUIDs)"
+        )
     return FeedbackItem(
         card=_canonical(raw["card"]),
         outcome=raw["outcome"],

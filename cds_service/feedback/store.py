@@ -11,7 +11,6 @@ The report counts it under the topic `unknown`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -23,7 +22,7 @@ from typing import Any, TypeVar
 from cds_service.deferred_start import DeferredStart
 from cds_service.feedback.dialects import Dialect, dialect_for
 from cds_service.feedback.report import IssuedCount, OfferedReasons, OutcomeCount, build_report
-from cds_service.feedback.schema import FeedbackItem
+from cds_service.feedback.schema import FeedbackItem, suggestions_text
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -208,7 +207,7 @@ class FeedbackStore:
                 item.card,
                 item.outcome,
                 timestamp_text(item.outcome_timestamp),
-                json.dumps(list(item.accepted_suggestions)),
+                suggestions_text(item.accepted_suggestions),
                 item.override_reason.system if item.override_reason else None,
                 item.override_reason.code if item.override_reason else None,
                 item.override_reason.display if item.override_reason else None,

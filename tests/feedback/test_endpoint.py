@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
+import uuid
 from typing import Any
 
 import pytest
@@ -315,3 +317,74 @@ def test_a_postgres_that_stops_answering_holds_one_feedback_post_not_every_threa
         app.extensions["cds"]["recorder"].close()
         app.extensions["cds"]["feedback"].close()
         cluster.remove()
+
+
+def _random_ids(count: int, length: int | None = None) -> list[str]:
+    """Random UUIDs (no length) or ids of `length` letters and digits: they do not compress, and
+    PostgreSQL compresses an index entry before it measures it."""
+    import random
+    import string
+
+    chosen = random.Random(count)  # noqa: S311 - test data, not a secret
+    if length is None:
+        return [str(uuid.UUID(int=chosen.getrandbits(128), version=4)) for _ in range(count)]
+    return ["".join(chosen.choices(string.ascii_letters + string.digits, k=length)) for _ in range(count)]
+
+
+@pytest.mark.parametrize(
+    ("suggestions", "size"),
+    [(_random_ids(100), 4036), (_random_ids(12, 256), 3156)],
+    ids=["100-uuids", "12-long-ids"],
+)
+def test_suggestion_ids_too_long_to_be_a_key_are_a_400_on_both_stores(
+    settings: Settings, store_url: str, suggestions: list[str], size: int
+) -> None:
+    """Valid by the schema, such an item overflowed PostgreSQL's unique index on the item's key: a 503
+    'send it again' for ever, which kept the batch's other items out too, while SQLite stored it."""
+    app = create_app(settings.with_overrides(feedback_db=store_url))
+    client = app.test_client()
+    item = {
+        "card": "9a6c2b7e-3f0d-4c55-9d61-7d5b1b0c2a11",
+        "outcome": "accepted",
+        "acceptedSuggestions": [{"id": s} for s in suggestions],
+        "outcomeTimestamp": "2026-03-02T10:15:00Z",
+    }
+    try:
+        response = client.post(URL, json={"feedback": [sandbox_item("c1"), item]})
+        assert response.status_code == 400, response.get_data(as_text=True)
+        assert diagnostics(response) == (
+            f"feedback[1]: the card id and accepted suggestion ids take {size} bytes as stored; at most 2000 "
+            "are accepted (about 50 UUIDs)"
+        )
+        item["acceptedSuggestions"] = item["acceptedSuggestions"][:1] if size == 4036 else [{"id": "s" * 256}]
+        stored = client.post(URL, json={"feedback": [sandbox_item("c1"), item]})
+        assert stored.get_json() == {"received": 2, "stored": 2}
+    finally:
+        app.extensions["cds"]["recorder"].close()
+        app.extensions["cds"]["feedback"].close()
+
+
+def test_the_longest_key_accepted_is_stored_on_postgres(settings: Settings, postgres_url: str) -> None:
+    """The limit is below what PostgreSQL's index takes, with a card id of 256 characters as well."""
+    from cds_service.feedback import parse_feedback
+
+    (card,) = _random_ids(1, 256)
+    ids = _random_ids(60, 40)
+    while len(json.dumps(ids)) + len(card) > 2000:
+        ids.pop()
+    assert len(json.dumps(ids)) + len(card) > 1950
+    body = {
+        "feedback": [
+            {
+                "card": card,
+                "outcome": "accepted",
+                "acceptedSuggestions": [{"id": i} for i in ids],
+                "outcomeTimestamp": "2026-03-02T10:15:00Z",
+            }
+        ]
+    }
+    store = FeedbackStore.open(postgres_url)
+    try:
+        assert store.add_feedback("b" * 64, parse_feedback(body)) == [True]
+    finally:
+        store.close()
