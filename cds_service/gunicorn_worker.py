@@ -53,6 +53,8 @@ HEAD_TIMEOUT_REASON = f"The request's header section did not arrive within {HEAD
 # gthread drops a connection whose poller saw nothing for the keep-alive timeout (see murder_pending).
 HEAD_STALLED_REASON = "The request's header section stopped arriving: nothing came for {:g} s."
 _HEAD_SINCE = "_cds_head_since"
+# Set on a connection whose last request was answered with its body not all arrived (see _close).
+_BODY_UNREAD = "_cds_body_unread"
 # The longest one of gunicorn's writes of an answer may take (Python's sendall timeout counts the whole
 # write): past it the client has stopped reading, or reads at under a few KB/s.
 SEND_TIMEOUT_S = 10.0
@@ -348,13 +350,18 @@ class JsonErrorWorker(ThreadWorker):
         answer) with util.close_graceful on the worker's main thread, which lingers up to 2 s reading
         until the client closes too: five clients that kept their sockets open after such an answer
         stalled that worker's accepting and polling, and every other call on it waited, for 10 s."""
-        conn.close = partial(self._close, conn.sock)
+        linger_s = BODY_DEADLINE_S if getattr(conn, _BODY_UNREAD, False) else LINGER_S
+        conn.close = partial(self._close, conn.sock, linger_s=linger_s)
         super().finish_request(conn, fs)
 
-    def _close(self, sock: socket.socket, graceful: bool = False) -> None:
+    def _close(self, sock: socket.socket, graceful: bool = False, linger_s: float = LINGER_S) -> None:
         """Close now, or half-close and let the poller linger for the client's end (RFC 9112 9.6, as
         close_graceful: unread bytes at close would make the kernel reset the connection and could cut
-        off the answer) for at most LINGER_S, without blocking."""
+        off the answer) for at most ``linger_s``, without blocking.
+
+        A connection closed with its request's body unread (handle_request) lingers as long as that body
+        may take to arrive, BODY_DEADLINE_S: a client that sends its whole body before it reads the answer
+        (http.client, urllib3) was still sending when a 2 s linger ended, was reset, and never read it."""
         if not graceful or len(self._lingering) >= MAX_LINGERING:
             util.close(sock)
             return
@@ -365,7 +372,7 @@ class JsonErrorWorker(ThreadWorker):
         except (OSError, ValueError, KeyError):
             util.close(sock)
             return
-        self._lingering[sock] = time.monotonic() + LINGER_S
+        self._lingering[sock] = time.monotonic() + linger_s
 
     def _linger_read(self, sock: socket.socket) -> None:
         try:
@@ -472,6 +479,7 @@ class JsonErrorWorker(ThreadWorker):
                     sock.settimeout(blocking)
             if awaited:
                 body.reader = reader
+            setattr(conn, _BODY_UNREAD, awaited and not _body_arrived(reader, unreader))
         setattr(req, _ANSWERED, True)
         return keepalive
 

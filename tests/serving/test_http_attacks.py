@@ -604,3 +604,22 @@ def test_script_name_and_path_info_fields_do_not_reroute_a_request(
     answer = one_answer(served.port, (head + "\r\n").encode() + body)
     assert answer.status == 200, answer.body
     assert json.loads(answer.body)["cards" if body else "status"]
+
+
+def test_a_client_still_sending_its_body_after_a_refusal_gets_to_read_it(served: Served) -> None:
+    """A refusal given before the body arrived closes the connection; a client that sends its whole body
+    before reading (http.client, urllib3) was still sending when the close's linger ended after 2 s, was
+    reset, and never read its 404 (or 401). The linger lasts as long as a body may take to arrive."""
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /cds-services/nope HTTP/1.1\r\nHost: cds\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 40960\r\n\r\n"
+        )
+        for _ in range(40):  # 4 s
+            time.sleep(0.1)
+            sock.sendall(b"x" * 1024)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    [answer] = answers(received)
+    assert answer.status == 404
