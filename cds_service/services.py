@@ -286,6 +286,14 @@ class HookHandler:
             }
             missing = {key: item for key, item in items.items() if item.state.is_missing}
             resources = prefetched_resources(items.values())
+        for item in items.values():
+            if item.reason is not None and not item.state.is_missing:
+                log.warning(
+                    "prefetch key %s read as sent, but %s",
+                    item.key,
+                    item.reason,
+                    extra={"hookInstance": request.hook_instance},
+                )
         started = time.monotonic()
         if missing:
             for item in missing.values():

@@ -140,6 +140,7 @@ def classify(key: str, template: str, prefetch: Mapping[str, Any], patient_id: s
         return PrefetchItem(key, PrefetchState.JUNK, reason="Bundle.entry is not a list of entries")
     own = patient_references(patient_id)
     found = False
+    matches = 0
     for entry in entries:
         if not isinstance(entry, dict):
             return PrefetchItem(key, PrefetchState.JUNK, reason="Bundle.entry is not a list of entries")
@@ -152,7 +153,9 @@ def classify(key: str, template: str, prefetch: Mapping[str, Any], patient_id: s
             if is_failed_search(resource):
                 return PrefetchItem(key, PrefetchState.OUTCOME, reason=_outcome_reason(resource))
             continue
-        if kind != wanted and (not others_asked or _search_mode(entry) == "match"):
+        if kind == wanted:
+            matches += 1
+        elif not others_asked or _search_mode(entry) == "match":
             # As the FHIR client holds a server's answer: a Condition among an Observation search's
             # matches, or a Bundle a client forgot to unwrap, would be read as what it claims to be, or
             # skipped while the key counted as answered.
@@ -165,7 +168,14 @@ def classify(key: str, template: str, prefetch: Mapping[str, Any], patient_id: s
     if next_link(value) is not None:
         reason = f"only the first page of a paged search was sent: {len(entries)} entries and a next link"
         return PrefetchItem(key, PrefetchState.PAGED, reason=reason)
-    return PrefetchItem(key, PrefetchState.USABLE if found else PrefetchState.EMPTY, resource=value)
+    state = PrefetchState.USABLE if found else PrefetchState.EMPTY
+    total = value.get("total")
+    if type(total) is int and total > matches:
+        # A client that cut the search at _count and, told to send no next link, dropped it: read as it
+        # is (servers' totals are not always exact, as the FHIR client found), but the log says so.
+        reason = f"the search counted {total} matches and the client sent {matches}, with no next link"
+        return PrefetchItem(key, state, resource=value, reason=reason)
+    return PrefetchItem(key, state, resource=value)
 
 
 def _search_mode(entry: Mapping[str, Any]) -> Any:

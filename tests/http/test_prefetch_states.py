@@ -7,6 +7,7 @@ an answer ("nothing on file"), not a failure: it is neither fetched again nor a 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -65,3 +66,18 @@ def test_without_a_server_only_a_key_the_client_did_not_answer_is_a_412(
     served: FlaskClient, conditions: object, status: int
 ) -> None:
     assert _call(served, conditions, None) == status
+
+
+def test_a_search_the_client_cut_short_is_logged(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = hook_body()
+    body["prefetch"]["conditions"]["total"] = 340
+    with caplog.at_level(logging.WARNING, logger="cds_service.services"):
+        assert client.post("/cds-services/b12-iron-patient-view", json=body).status_code == 200
+    [line] = [r for r in caplog.records if "read as sent" in r.getMessage()]
+    assert line.getMessage() == (
+        "prefetch key conditions read as sent, but the search counted 340 matches and the client sent 0, "
+        "with no next link"
+    )
+    assert line.hookInstance == body["hookInstance"]

@@ -244,3 +244,19 @@ def test_a_search_holding_resources_it_did_not_ask_for_is_junk(template: str, bu
 def test_what_an_include_asks_for_is_usable(mode: str | None) -> None:
     bundle = _entries((ORDER, "match"), (PRODUCT, mode))
     assert classify("k", MEDS, {"k": bundle}, "p1").state is PrefetchState.USABLE
+
+
+def test_a_search_cut_short_without_a_next_link_is_read_but_says_so() -> None:
+    """A client that stopped at _count and, told to send no next link, dropped it: the key is read as
+    sent (a server's total is not always exact) with a reason the service logs."""
+    bundle = searchset(OBS, {**OBS, "id": "o2"})
+    bundle["total"] = 350
+    item = classify("k", SEARCH, {"k": bundle}, "p1")
+    assert item.state is PrefetchState.USABLE
+    assert item.reason == "the search counted 350 matches and the client sent 2, with no next link"
+    included = _entries((ORDER, "match"), (PRODUCT, "include"))
+    included["total"] = 1
+    assert classify("k", MEDS, {"k": included}, "p1").reason is None, "an included resource is no match"
+    for total in (2, True, "350", None):
+        bundle["total"] = total
+        assert classify("k", SEARCH, {"k": bundle}, "p1").reason is None
