@@ -435,7 +435,7 @@ class JsonErrorWorker(ThreadWorker):
         thread and for up to 5 s: a few connections that announced a body and sent none held every thread
         of a worker, for any caller (a 404 or a 401 leaves the body unread). An answer given before such a
         body has arrived now closes the connection instead, saying so (KeptIfReadToEnd); the close lingers
-        on the poller, not on a thread.
+        on the poller, not on a thread, for as long as the body may take (_close).
 
         gunicorn also sends "100 Continue" as soon as it has parsed the head, before the app has looked at
         the request: a client then sent its body (up to the size limit) only to be refused with a 401, 404,
@@ -460,7 +460,7 @@ class JsonErrorWorker(ThreadWorker):
             send_continue = partial(sock.sendall, _CONTINUE) if awaited and expected else None
             unreader.sock = BodyDeadline(sock, time.monotonic() + BODY_DEADLINE_S, send_continue)
             blocking = sock.gettimeout()
-            sock.settimeout(SEND_TIMEOUT_S)  # the app's body reads set their own, shorter idle timeout
+            sock.settimeout(SEND_TIMEOUT_S)  # the app's body reads set their own idle timeout
         try:
             keepalive: bool = super().handle_request(req, conn)
         except TimeoutError:
