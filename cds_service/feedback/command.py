@@ -55,6 +55,17 @@ def read_report(url: str, since: datetime | None, offered: OfferedReasons) -> di
     try:
         present = store.present_tables()
         if not present:
+            seen, elsewhere = store.tables_elsewhere()
+            if elsewhere:
+                # The service's URL sets a search_path (its own schema) that the report's does not, or the
+                # report's role may not use that schema: it read as a store with nothing in it.
+                where = "; ".join(f"schema {schema} holds {', '.join(t)}" for schema, t in elsewhere.items())
+                schema = next(iter(elsewhere))
+                raise click.ClickException(
+                    f"{store.describe()} has no feedback tables in the schemas this connection sees "
+                    f"({', '.join(seen) or 'none'}), but {where}: add options=-c search_path={schema} to "
+                    "the URL, as the service's has, or grant the role USAGE on that schema"
+                )
             others = _other_sqlite_tables(url)
             if others:
                 raise click.ClickException(

@@ -90,6 +90,8 @@ class Dialect(Protocol):
 
     def existing_tables(self, conn: Any, names: Sequence[str]) -> set[str]: ...
 
+    def tables_elsewhere(self, conn: Any, names: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]: ...
+
     def describe(self) -> str: ...
 
     def check(self) -> None: ...
@@ -197,6 +199,12 @@ class SQLiteDialect:
         query = f"SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ({marks})"  # noqa: S608
         return {row[0] for row in conn.execute(query, tuple(names)).fetchall()}
 
+    def tables_elsewhere(
+        self, conn: sqlite3.Connection, names: Sequence[str]
+    ) -> tuple[list[str], dict[str, list[str]]]:
+        """A SQLite file has one namespace: no table of it is out of sight."""
+        return [], {}
+
     def describe(self) -> str:
         return f"SQLite file {self.path}"
 
@@ -278,6 +286,22 @@ class PostgresDialect:
     def existing_tables(self, conn: Any, names: Sequence[str]) -> set[str]:
         query = "SELECT name FROM unnest(%s::text[]) AS name WHERE to_regclass(name) IS NOT NULL"
         return {row[0] for row in conn.execute(query, (list(names),)).fetchall()}
+
+    def tables_elsewhere(self, conn: Any, names: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
+        """(the schemas this connection sees, {schema: tables}) for the tables among `names` in the
+        database's other schemas: the catalog lists them whatever the search_path or the role's USAGE."""
+        seen = conn.execute("SELECT current_schemas(false)::text[]").fetchone()[0]
+        rows = conn.execute(
+            "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c "
+            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relname = ANY(%s) AND c.relkind IN ('r', 'p') AND NOT n.nspname = ANY(%s) "
+            "ORDER BY 1, 2",
+            (list(names), seen),
+        ).fetchall()
+        found: dict[str, list[str]] = {}
+        for schema, table in rows:
+            found.setdefault(schema, []).append(table)
+        return list(seen), found
 
     def describe(self) -> str:
         """Host and database name, never the credentials in the URL."""

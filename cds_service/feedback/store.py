@@ -192,6 +192,11 @@ class FeedbackStore:
         """Which of the store's tables exist (none in a database the service never wrote to)."""
         return self._run(lambda cursor: self._dialect.existing_tables(cursor, TABLE_NAMES), write=False)
 
+    def tables_elsewhere(self) -> tuple[list[str], dict[str, list[str]]]:
+        """The schemas this connection sees, and the store's tables in the database's other schemas
+        (PostgreSQL; none on SQLite): a report whose search_path misses them read as an empty store."""
+        return self._run(lambda cursor: self._dialect.tables_elsewhere(cursor, TABLE_NAMES), write=False)
+
     def add_feedback(self, service_id: str, items: Sequence[FeedbackItem]) -> list[bool]:
         """Store the items in one transaction, committed before returning; for each item, whether it was new.
 

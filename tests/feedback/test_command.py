@@ -706,3 +706,37 @@ def test_an_ehr_cannot_forge_lines_or_send_terminal_escapes_through_the_text_rep
     code, output = run("--json", "--db", sqlite_url)
     (kept,) = json.loads(output)["services"][VIEW]["topics"]["iron-after-b12"]["topOverrideReasons"]
     assert kept["code"] == f"{forged}\x1b[8m"  # JSON escapes them itself: the values stay as stored
+
+
+def test_postgres_tables_out_of_the_reports_sight_are_named_not_an_empty_report(postgres_url: str) -> None:
+    """The service's URL sets search_path to its own schema; the operator's URL does not, or its role
+    may not use that schema. The report found no tables and said 'No cards issued and no feedback
+    received', exit 0. It now says where the tables are and what to add to the URL."""
+    import psycopg
+
+    reader = "reader_" + postgres_url.split("/")[3].split("?")[0]  # roles are the whole cluster's
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute("CREATE SCHEMA cds")
+        admin.execute(f'CREATE ROLE "{reader}" LOGIN')
+    service_url = f"{postgres_url}&options=-c%20search_path%3Dcds"
+    store = FeedbackStore.open(service_url)
+    store.record_issued(VIEW, [("p1", "iron-after-b12")], T0)
+    store.close()
+
+    result = invoke("--db", postgres_url)
+    assert result.exit_code == 1, result.output
+    described = FeedbackStore.open_for_reading(postgres_url).describe()
+    assert error_line(result) == (
+        f"Error: {described} has no feedback tables in the schemas this "
+        "connection sees (public), but schema cds holds cds_feedback, cds_issued_card: add "
+        "options=-c search_path=cds to the URL, as the service's has, or grant the role USAGE on that schema"
+    )
+    code, output = run("--json", "--db", service_url)
+    assert code == 0, output
+    assert json.loads(output)["services"][VIEW]["issued"] == 1
+
+    # A role that may not use the schema does not see it, even on its search_path.
+    reader_url = service_url.replace("postgres@", f"{reader}@", 1)
+    result = invoke("--db", reader_url)
+    assert result.exit_code == 1, result.output
+    assert "in the schemas this connection sees (none), but schema cds holds" in error_line(result)
