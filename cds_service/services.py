@@ -307,12 +307,17 @@ class HookHandler:
             with trace.phase("fhir"):
                 resources.extend(self._fetch_missing(service, request, client, missing, trace))
         if request.fhir_server and (
-            missing_products := missing_medications([*resources, *request.draft_orders], request.fhir_server)
+            missing_products := missing_medications(
+                medication_records := _medication_resources(resources, request.draft_orders),
+                request.fhir_server,
+            )
         ):
             spent_ms = (time.monotonic() - started) * 1000.0
             with trace.phase("fhir"):
                 resources.extend(
-                    self._fetch_medications(request, client, resources, missing_products, trace, spent_ms)
+                    self._fetch_medications(
+                        request, client, medication_records, missing_products, trace, spent_ms
+                    )
                 )
         elif not request.fhir_server and request.draft_orders:
             _note_drafts_without_a_product(request, resources)
@@ -409,9 +414,7 @@ class HookHandler:
             self._note_failures(request, outcomes, trace)
             return outcomes
 
-        followed = follow_medication_references(
-            [*resources, *request.draft_orders], request.fhir_server or "", fetch, budget_ms
-        )
+        followed = follow_medication_references(resources, request.fhir_server or "", fetch, budget_ms)
         for note in followed.notes:
             log.warning("medication references: %s", note, extra=extra)
         return followed.medications
@@ -450,6 +453,17 @@ class HookHandler:
                 extra=extra,
             )
         return failed
+
+
+_MEDICATION_TYPES = RECORD_TYPES | {"Medication"}
+
+
+def _medication_resources(resources: list[dict], drafts: list[dict]) -> list[dict]:
+    """The medication records and Medications among ``resources`` and ``drafts``: all that following
+    medication references reads (records name Medications; Medications are looked up and name their
+    ingredients). Picked out in one pass first, it costs a call with a fhirServer a third of handing the
+    follower every Observation of the patient."""
+    return [r for r in (*resources, *drafts) if r.get("resourceType") in _MEDICATION_TYPES]
 
 
 def _note_drafts_without_a_product(request: HookRequest, resources: list[dict]) -> None:
