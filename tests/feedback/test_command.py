@@ -625,9 +625,17 @@ def test_a_copy_without_its_wal_that_has_its_tables_is_reported_with_a_warning(t
 
 
 def test_a_fresh_store_the_service_closed_cleanly_is_an_empty_report_not_an_error(tmp_path: Path) -> None:
-    """A legitimate empty store: the service created it and stopped (its WAL copied in and deleted)."""
+    """A legitimate empty store: the service created it and runs (its tables only in the -wal so far),
+    or created it and stopped (its WAL copied in and deleted)."""
     path = tmp_path / "cds-feedback.sqlite3"
-    FeedbackStore.open(str(path)).close()
+    running = FeedbackStore.open(str(path))
+    try:
+        result = invoke("--json", "--db", str(path))
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout) == {"since": None, "services": {}}
+        assert result.stderr == ""
+    finally:
+        running.close()
     assert not path.with_name(path.name + "-wal").exists()
     result = invoke("--json", "--db", str(path))
     assert result.exit_code == 0, result.output
