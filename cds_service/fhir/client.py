@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -381,6 +383,10 @@ def _check_entry_types(
 
 # A header value quoted in a reason is cut here: it is the server's to make 8 KB long.
 _MAX_QUOTED_HEADER_CHARS = 100
+# Bodies larger than this are parsed by the standard library, not orjson (see ``_loads``).
+_ORJSON_MAX_BYTES = 1024 * 1024
+_PARSE_ERRORS = (ValueError, RecursionError)  # orjson's and json's decode errors are ValueErrors
+_STARTS_AS_JSON = re.compile(rb"[ \t\r\n]*[\[{]")
 # What a body whose bytes are not UTF-8 JSON may be decoded as instead, by its byte order mark.
 _BOMS = (
     (codecs.BOM_UTF32_LE, "utf-32"),
@@ -391,24 +397,50 @@ _BOMS = (
 )
 
 
-def _json(raw: bytes, content_type: str | None) -> object:
+def _json(raw: bytes | bytearray, content_type: str | None) -> object:
     """The JSON of a body, or None. UTF-8 first, whatever the header says: a Java server that labels UTF-8
     as ISO-8859-1 is common, and decoding as labelled would turn every "é" into "Ã©". Only when the bytes
     are not UTF-8 JSON are a byte order mark (.NET servers write one) and the declared charset (UTF-16,
-    Latin-1) tried; both made the whole answer "not JSON"."""
+    Latin-1) tried; both made the whole answer "not JSON". A body that does not start as an object or
+    array (an HTML error page) is not handed to a parser at all."""
     if not raw:
         return None
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        pass
+    if _STARTS_AS_JSON.match(raw):
+        try:
+            return _loads(raw)
+        except _PARSE_ERRORS:
+            pass
     encoding = next((codec for bom, codec in _BOMS if raw.startswith(bom)), None) or _charset(content_type)
     if encoding is None:
         return None
     try:
-        return orjson.loads(raw.decode(encoding))
-    except (LookupError, UnicodeError, orjson.JSONDecodeError):
+        return _loads(raw.decode(encoding))
+    except (LookupError, UnicodeError, *_PARSE_ERRORS):
         return None
+
+
+def _loads(data: bytes | bytearray | str) -> object:
+    """orjson for a body up to ``_ORJSON_MAX_BYTES``, the standard library's parser beyond.
+
+    orjson allocates twelve times the size of its input before it reads a byte (then frees it), so a
+    32 MiB body, which a server sends as 32 KiB of gzip, took 400 MiB for an instant, on every key that
+    received one; the standard parser needs the output and about the input's size. It is as fast on
+    FHIR-shaped JSON (the garbage collector dominates both), and made as strict here: NaN and Infinity
+    are refused, and a body with a UTF-16 surrogate escape is left to orjson, which refuses an unpaired
+    one (a str holding it fails later, when the service writes a card)."""
+    if len(data) <= _ORJSON_MAX_BYTES or _has_surrogate_escape(data):
+        return orjson.loads(data)
+    return json.loads(data, parse_constant=_no_constant)
+
+
+def _has_surrogate_escape(data: bytes | bytearray | str) -> bool:
+    if isinstance(data, str):
+        return "\\ud" in data or "\\uD" in data
+    return b"\\ud" in data or b"\\uD" in data
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _charset(content_type: str | None) -> str | None:
@@ -757,7 +789,7 @@ class FhirClient:
             reason = f"{failure.reason} (the server asks to wait {after:g} s)"
             raise _Failure(reason, failure.status) from None
 
-    def _read_body(self, call: _Call, url: str, response: requests.Response) -> bytes:
+    def _read_body(self, call: _Call, url: str, response: requests.Response) -> bytearray:
         """The decoded body, read and decompressed a piece at a time, each piece followed by the checks:
         size, the clock, and whether parsing what has come so far would still fit the time left (see
         ``decoding``). requests' ``iter_content`` left decompressing to urllib3 and parsing unchecked: a
@@ -769,7 +801,8 @@ class FhirClient:
             raise _Failure(
                 _unread_body_reason(url, response.status_code, refused), response.status_code
             ) from None
-        chunks = []
+        # One buffer grown in place: a list of pieces joined at the end held the body twice.
+        body = bytearray()
         size = 0
         tokens = 0
         try:
@@ -778,7 +811,7 @@ class FhirClient:
                     size += len(piece)
                     if size > self.max_response_bytes:
                         raise _Failure(f"response from {url} is larger than {self.max_response_bytes} bytes")
-                    chunks.append(piece)
+                    body += piece
                     tokens += structural_tokens(piece)
                     remaining = call.remaining()
                     if remaining <= 0:
@@ -792,9 +825,9 @@ class FhirClient:
             raise _Failure(
                 _unread_body_reason(url, response.status_code, corrupt), response.status_code
             ) from None
-        return b"".join(chunks)
+        return body
 
-    def _interpret(self, url: str, response: requests.Response, raw: bytes) -> _Page:
+    def _interpret(self, url: str, response: requests.Response, raw: bytes | bytearray) -> _Page:
         status = response.status_code
         parsed = _json(raw, response.headers.get("Content-Type"))
         if 300 <= status < 400:

@@ -49,7 +49,7 @@ def operation_outcome_text(body: object) -> str | None:
     return "; ".join(texts) if texts else "(no diagnostics given)"
 
 
-def text_excerpt(raw: bytes) -> str:
+def text_excerpt(raw: bytes | bytearray) -> str:
     """The first characters of a body, on one line, for quoting in a reason."""
     text = raw.decode("utf-8", errors="replace").strip()
     text = " ".join(text.split())
@@ -58,7 +58,7 @@ def text_excerpt(raw: bytes) -> str:
     return text
 
 
-def http_error_reason(status: int, url: str, parsed: object, raw: bytes) -> str:
+def http_error_reason(status: int, url: str, parsed: object, raw: bytes | bytearray) -> str:
     """Why an HTTP error status means no data, quoting the server."""
     prefix = f"HTTP {status} from {url}"
     outcome = operation_outcome_text(parsed)

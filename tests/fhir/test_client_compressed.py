@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import gzip
 import time
+import tracemalloc
 import zlib
 from collections.abc import Iterator
 
 import orjson
 import pytest
 
-from cds_service.fhir.client import FhirClient
+from cds_service.fhir.client import FetchOutcome, FhirClient
 from cds_service.fhir.decoding import PIECE_BYTES, BodyDecoder, CorruptBody
 from tests.support.fake_ehr_fhir import FakeEhrFhir
 
@@ -186,3 +187,74 @@ def test_an_error_whose_body_cannot_be_decoded_is_still_named_by_its_status(clie
     assert outcome.error == (
         f"HTTP 401 from {ehr.base_url}/Patient/p1 (body not read: Content-Encoding 'br' was not asked for)"
     )
+
+
+def _peak_bytes_of_fetch(client: FhirClient, ehr: FakeEhrFhir) -> tuple[int, FetchOutcome]:
+    client.fetch_all(ehr.base_url, {"p": "Patient/p1"}, authorization=None, budget_ms=5000)  # warm up
+    tracemalloc.start()
+    try:
+        outcome = client.fetch_all(ehr.base_url, {"p": "Patient/p1"}, authorization=None, budget_ms=5000)["p"]
+        return tracemalloc.get_traced_memory()[1], outcome
+    finally:
+        tracemalloc.stop()
+
+
+BIG = 24 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    "plain",
+    [
+        b'{"resourceType": "Patient", "id": "p1"' + b" " * BIG + b"}",
+        b'{"resourceType": "Patient", "id": "p1", "text": {"div": "' + b"x" * BIG + b'"}}',
+        b"<html>" + b"x" * BIG + b"</html>",
+    ],
+    ids=["whitespace", "one-long-string", "not-json"],
+)
+def test_a_large_body_costs_about_its_size_in_memory_not_twelve_times(
+    client: FhirClient, plain: bytes
+) -> None:
+    """orjson allocates 12 times its input before reading it: 24 MiB of whitespace or of one string (24 KiB
+    of gzip on the wire) took ~300 MiB at once, an HTML page of that size too; now about its size (three
+    times for one long string: the body, the text the parser decodes, the string it makes)."""
+    with FakeEhrFhir() as ehr:
+        ehr.add_canned("Patient/p1", 200, gzip.compress(plain, 6), headers=(("Content-Encoding", "gzip"),))
+        peak, outcome = _peak_bytes_of_fetch(client, ehr)
+    assert peak < 3.5 * BIG, peak / BIG
+    if plain.startswith(b"<"):
+        assert outcome.error.startswith("not JSON from")
+    else:
+        assert outcome.ok, outcome.error
+
+
+PADDING = b" " * (2 * 1024 * 1024)  # past the size at which the standard parser takes over
+
+
+@pytest.mark.parametrize(
+    ("plain", "family"),
+    [
+        (b'{"resourceType": "Patient", "id": "p1", "name": [{"family": "\\ud83d\\ude00"}]}', "\U0001f600"),
+        (b'{"resourceType": "Patient", "id": "p1", "name": [{"family": "\\ud83d"}]}', None),
+        (b'{"resourceType": "Patient", "id": "p1", "name": [{"family": NaN}]}', None),
+        (b'{"resourceType": "Patient", "id": "p1", "name": [{"family": -Infinity}]}', None),
+        (b'{"resourceType": "Patient", "id": "p1", "name": [{"family": "Jos\xc3\xa9"}]}', "Jos\u00e9"),
+        (b'{"resourceType": "Patient", "id": "p1", "name": [{"family": "Jos\xe9"}]}', None),
+        (b'{"resourceType": "Patient", "id": "p1", "name": ' + b"[" * 5000 + b"]" * 5000 + b"}", None),
+    ],
+    ids=["surrogate-pair", "lone-surrogate", "nan", "infinity", "utf-8", "not-utf-8", "too-deep"],
+)
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_large_bodies_are_read_as_strictly_as_small_ones(
+    client: FhirClient, plain: bytes, family: str | None, size: str
+) -> None:
+    """Either parser, the same answer: what orjson refuses (NaN, an unpaired surrogate, bytes that are not
+    UTF-8, nesting past its limit) is refused in a large body too."""
+    body = plain[:-1] + PADDING + b"}" if size == "large" else plain
+    with FakeEhrFhir() as ehr:
+        ehr.add_canned("Patient/p1", 200, body)
+        outcome = client.fetch_all(ehr.base_url, {"p": "Patient/p1"}, authorization=None, budget_ms=5000)["p"]
+    if family is None:
+        assert outcome.error is not None and outcome.error.startswith("not JSON from"), outcome.error
+    else:
+        assert outcome.ok, outcome.error
+        assert outcome.resource["name"][0]["family"] == family
