@@ -481,9 +481,10 @@ def _unread_body_reason(url: str, status: int, why: Exception) -> str:
 
 
 def _is_search_query(query: str) -> bool:
-    """``Observation?…`` or ``Observation`` is a search; ``Patient/123`` is a read."""
+    """``Observation?…`` or ``Observation`` is a search; ``Patient/123`` is a read. An operation
+    (``Patient/123/$everything``) answers with a searchset too, and is paged like one."""
     path = query.split("?", 1)[0].strip("/")
-    return "/" not in path or path.endswith("/_search")
+    return "/" not in path or path.endswith("/_search") or path.rpartition("/")[2].startswith("$")
 
 
 def _read_type(query: str) -> str:

@@ -377,3 +377,14 @@ def test_medications_come_whole_from_a_server_that_ignores_count(client: FhirCli
         followed = follow_medication_references(orders, ehr.base_url, fetch, 3000)
         assert len(ehr.seen) == 3
     assert [m["id"] for m in followed.medications] == ["m0", "m1", "m2"]
+
+
+def test_an_operation_answered_with_a_searchset_is_paged_like_a_search(client: FhirClient) -> None:
+    """Refusing a read answered with a searchset must not refuse ``$everything``, whose answer is one."""
+    query = "Patient/p1/$everything"
+    page = _searchset((PATIENT, "match"), (OBSERVATION, "match"))
+    with FakeEhrFhir() as ehr:
+        ehr.add_canned(query, 200, page)
+        outcome = client.fetch_all(ehr.base_url, {"k": query}, authorization=None, budget_ms=3000)["k"]
+    assert outcome.ok, outcome.error
+    assert [e["resource"]["resourceType"] for e in outcome.resource["entry"]] == ["Patient", "Observation"]
