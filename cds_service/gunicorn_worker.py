@@ -120,7 +120,10 @@ def refusal(exc: BaseException, cfg: Any) -> tuple[int, str] | None:
 
 def _body_arrived(reader: Any, unreader: Any) -> bool:
     """Whether the rest of a request's body is in gunicorn's buffer already (or there is none left); for a
-    chunked body, only once it has been read to its end."""
+    chunked body, only once it has been read to its end.
+
+    gunicorn internals: LengthReader.length, ChunkedReader.parser (None at the end) and the unreader's
+    buffer. Should they change, the served tests of bodies left unread and of 100-continue fail."""
     if isinstance(reader, LengthReader):
         if reader.length == 0:
             return True
@@ -157,8 +160,9 @@ class KeptIfReadToEnd:
     """A request body's reader while the app answers, when the body has not all arrived: the connection
     closes after the answer (``Connection: close``) unless the app reads the body to its end.
 
-    Through the request's force_close and must_close, which gunicorn's response consults as it writes its
-    head and again once the answer is out."""
+    Through the request's force_close and must_close (a gunicorn internal), which gunicorn's response
+    consults as it writes its head and again once the answer is out; the served tests that expect
+    ``Connection: close`` or a kept connection fail should that change."""
 
     __slots__ = ("_closing", "_reader", "_req", "_unreader")
 
@@ -394,7 +398,9 @@ class JsonErrorWorker(ThreadWorker):
         """gthread's, except that a connection dropped with part of a head received is first answered 408.
 
         gthread drops a connection the poller has watched for the keep-alive timeout without a byte coming:
-        for one whose head had begun to arrive, that was a request left without an answer."""
+        for one whose head had begun to arrive, that was a request left without an answer. (gthread
+        internals: pending_conns, ordered by each connection's timeout; the served test of a stalled head
+        fails should they change.)"""
         now = time.monotonic()
         for conn in self.pending_conns:
             if conn.timeout > now:
