@@ -7,7 +7,7 @@ and "gzip, gzip" multiplies that again), and even after, which codings it decode
 modules installed (brotli, zstandard). Only what the client asks for is accepted: ``gzip`` (or
 ``x-gzip``), ``deflate`` and ``identity``, one coding at most.
 
-The other cost of a bomb is reading the JSON it inflates to: ``orjson.loads`` holds the GIL for all of it,
+The other cost of a bomb is reading the JSON it inflates to: the parser holds the GIL for all of it,
 so the thread waiting for the budget to end cannot wake up either. ``parse_cost_s`` estimates that cost
 from the body as it arrives, so a body too costly to read in the time left is given up before it is read.
 """
@@ -22,12 +22,13 @@ ACCEPT_ENCODING = "gzip, deflate"
 # The most a single decompression step may produce before the caller looks at the clock and the size.
 PIECE_BYTES = 64 * 1024
 
-# What orjson is taken to spend per structural token (an object or array opened, a value separated, a key
-# given). Measured worst shapes on a 2026 x86 server, with the garbage collector running as it does during
-# a hook call: arrays nested in arrays ~300 ns, Bundle entries 290 to 520 ns (the more of them, the more
-# each costs the collector), objects of many keys ~140 ns. Numbers, strings and whitespace cost far less
-# and are not counted. Twice the worst, for slower machines: real FHIR pages (a few MB at most) need a
-# fraction of any budget, so only a body built to be expensive is refused.
+# What parsing is taken to spend per structural token (an object or array opened, a value separated, a
+# key given). Measured worst shapes on a 2026 x86 server, with the garbage collector running as it does
+# during a hook call: for orjson, arrays nested in arrays ~300 ns, Bundle entries 290 to 520 ns (the more
+# of them, the more each costs the collector), objects of many keys ~140 ns; for the standard library's
+# parser (bodies over 1 MiB, see ``client._loads``) ~400 ns and ~280 ns. Numbers, strings and whitespace
+# cost far less and are not counted. Twice the worst, for slower machines: real FHIR pages (a few MB at
+# most) need a fraction of any budget, so only a body built to be expensive is refused.
 _PARSE_S_PER_TOKEN = 1e-6
 _TOKENS = (b"{", b"[", b",", b":")
 
@@ -46,7 +47,7 @@ def structural_tokens(data: bytes) -> int:
 
 
 def parse_cost_s(tokens: int) -> float:
-    """A generous estimate of the seconds ``orjson.loads`` needs for a body of ``tokens`` tokens."""
+    """A generous estimate of the seconds parsing a body of ``tokens`` tokens takes."""
     return tokens * _PARSE_S_PER_TOKEN
 
 
