@@ -3,7 +3,9 @@ status instead of ``100 Continue`` (RFC 9110 10.1.1), so the client never sends 
 thrown away; a request it accepts gets the 100, then its answer, with a Content-Length or a chunked body.
 
 gunicorn answers the expectation itself, before the application has looked at the request; the worker
-(cds_service.gunicorn_worker) holds that 100 back until the application first reads the body.
+(cds_service.gunicorn_worker) holds that 100 back until the application first reads the body. A request
+refused from its head alone, with or without the expectation, closes its connection rather than wait on
+a thread for a body that may never come.
 """
 
 from __future__ import annotations
@@ -264,3 +266,28 @@ def test_gunicorn_still_marks_the_expectation_where_the_worker_takes_it_over() -
         req._expected_100_continue = True
         wsgi.create(req, server_side, ("127.0.0.1", 1), ("127.0.0.1", 0), cfg)
         assert client_side.recv(100) == CONTINUE
+
+
+@pytest.mark.integration
+def test_callers_without_a_token_who_never_send_their_body_do_not_hold_a_thread(
+    served_with_jwts: Served,
+) -> None:
+    """Without Expect too, a 401 leaves the body unread. gunicorn drained it on the request's thread for up
+    to 5 s, so four connections announcing a body and sending none, with no credentials at all, kept
+    /healthz (this server has 2 threads) waiting 10 s. The 401 now closes the connection instead."""
+    held = [Connection(served_with_jwts.port) for _ in range(4)]
+    try:
+        for conn in held:
+            conn.send(f"POST {HOOK_PATH} HTTP/1.1\r\nHost: cds\r\nContent-Length: 1000\r\n\r\n".encode())
+        time.sleep(0.3)
+        started = time.monotonic()
+        with Connection(served_with_jwts.port) as probe:
+            probe.send(HEALTHZ)
+            assert probe.next_answer().status == 200
+        assert time.monotonic() - started < 1.0, "a thread was held draining a body that never came"
+        for conn in held:
+            answer = conn.next_answer()
+            assert (answer.status, answer.headers["connection"]) == (401, "close")
+    finally:
+        for conn in held:
+            conn.sock.close()
