@@ -369,6 +369,14 @@ class FeedbackStore:
             self._lock.release()
 
     def _create_tables(self) -> None:
+        """Create the tables unless they exist. Looked for first: PostgreSQL checks the CREATE privilege on
+        the schema before it looks whether a table exists, so `CREATE TABLE IF NOT EXISTS` failed for a role
+        with SELECT and INSERT on the tables only (the least privilege, and what PostgreSQL 15 leaves on
+        `public`), and the worker did not start. The look is a read: it does not count as having found
+        the store writable (a read-only standby has the tables too)."""
+        if self.present_tables() == set(TABLE_NAMES):
+            return
+
         def create(cursor: Any) -> None:
             self._dialect.lock_schema(cursor)
             for statement in _TABLES:

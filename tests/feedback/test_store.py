@@ -543,3 +543,51 @@ def test_a_card_uuid_echoed_in_upper_case_is_the_card_the_service_issued(store: 
     assert (view["issued"], view["accepted"]) == (1, 1)
     assert post(store, SERVICE, accepted("Card-ABC", T0)) == 1  # not a UUID: kept as sent
     assert post(store, SERVICE, accepted("card-abc", T0)) == 1
+
+
+def _role_url(postgres_url: str, role: str, *grants: str) -> str:
+    """A URL of the same database for a new role (roles are the whole cluster's: named after the
+    database) with `grants` run for it."""
+    import psycopg
+
+    name = f"{role}_{postgres_url.split('/')[3].split('?')[0]}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{name}" LOGIN')
+        for grant in grants:
+            admin.execute(grant.format(role=f'"{name}"'))
+    return postgres_url.replace("postgres@", f"{name}@", 1)
+
+
+def test_a_role_with_select_and_insert_only_runs_the_service(postgres_url: str) -> None:
+    """The least privilege the docs name: CREATE the first time (here the owner's), then SELECT and
+    INSERT on the two tables. The store ran CREATE TABLE IF NOT EXISTS at every start, which PostgreSQL
+    refuses without CREATE on the schema even when the table exists: the worker did not start."""
+    FeedbackStore.open(postgres_url).close()
+    url = _role_url(
+        postgres_url, "service", "GRANT SELECT, INSERT ON cds_feedback, cds_issued_card TO {role}"
+    )
+    store = FeedbackStore.open_for_service(url)
+    try:
+        assert store.unwritable() is None
+        store.record_issued(SERVICE, [("c1", "iron-after-b12")], T0)
+        assert post(store, SERVICE, overridden("c1", T0 + timedelta(minutes=1))) == 1
+        assert store.report()["services"][SERVICE]["overridden"] == 1
+    finally:
+        store.close()
+
+
+def test_a_read_only_database_with_the_tables_starts_the_worker_not_ready(postgres_url: str) -> None:
+    """Looking for the tables is a read: a store that only answers reads (a standby, here a database
+    whose transactions are read-only) is not found writable by it, so readiness still refuses it."""
+    import psycopg
+
+    FeedbackStore.open(postgres_url).close()
+    name = postgres_url.split("/")[3].split("?")[0]
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    store = FeedbackStore.open_for_service(postgres_url)
+    try:
+        assert store.unwritable() == "the database accepts only reads"
+        assert not store.outage_spares_readiness()
+    finally:
+        store.close()
