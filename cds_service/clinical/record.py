@@ -2,8 +2,11 @@
 
 Built from FHIR JSON dicts in one pass, whatever their origin (prefetch, fetched pages, a Bundle). The
 pass is the hot path of every hook call, so it touches only what the rules use: an Observation whose code
-is none of ours costs one dictionary lookup. Interpretation flags and reference ranges are read lazily,
-for the few results a rule actually compares.
+is none of ours costs one dictionary lookup (and one more to see it has no components). Interpretation flags
+and reference ranges are read lazily, for the few results a rule actually compares.
+
+A panel sent as one Observation whose components carry the analytes (an iron panel, a CBC) gives one
+result per component of our codes, by the rules of a result sent on its own (`_component_views`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import chain
 from typing import Any
 
 from cds_service.clinical.config import ClinicalConfig
@@ -430,14 +434,54 @@ def _observation_time(obs: dict[str, Any]) -> datetime | None:
 
 
 def _reports_something(obs: dict[str, Any]) -> bool:
-    """Whether a result holds an outcome: a value of any type, an interpretation, components or members,
-    and no ``dataAbsentReason`` (which R4 allows only when there is no value)."""
+    """Whether a result holds an outcome: a value of any type, an interpretation or members, and no
+    ``dataAbsentReason`` (which R4 allows only when there is no value).
+
+    Components are not the Observation's own outcome: each is a result of its own code (`_component_views`),
+    so a ferritin Observation with no value and an iron component reports iron, not ferritin."""
     if obs.get("dataAbsentReason") is not None:
         return False
     for key, value in obs.items():
         if key.startswith("value") and value not in (None, "", {}, []):
             return True
-    return any(array(obs.get(key)) for key in ("interpretation", "component", "hasMember"))
+    return any(array(obs.get(key)) for key in ("interpretation", "hasMember"))
+
+
+# What a component shares with its panel (R4: "the same attributes"): who, when and how final. Everything
+# else of a component's result is its own; a panel's value, flags, range or dataAbsentReason are the panel's.
+_PANEL_SHARED = (
+    "status",
+    "subject",
+    "patient",
+    "effectiveDateTime",
+    "effectivePeriod",
+    "effectiveInstant",
+    "effectiveTiming",
+    "issued",
+)
+_COMPONENT_OWN = frozenset({"code", "dataAbsentReason", "interpretation", "referenceRange"})
+
+
+def _component_views(panel: dict[str, Any], analyte_codes: Any, out: list[dict[str, Any]]) -> None:
+    """Append to ``out`` one Observation for each component of ``panel`` whose code is one of our analytes:
+    the component's code, value, dataAbsentReason, interpretation and reference range, with the panel's
+    status, subject and times. `build_record` reads each as it reads an Observation that was sent, by the
+    same rules, so a component is a result of its own code only."""
+    items = panel["component"]
+    if type(items) is not list:
+        return
+    shared: dict[str, Any] | None = None
+    for component in items:
+        if type(component) is not dict or _analyte(component.get("code"), analyte_codes) is None:
+            continue
+        if shared is None:
+            shared = {key: panel[key] for key in _PANEL_SHARED if key in panel}
+            shared["resourceType"] = "Observation"
+        view = dict(shared)
+        for key, value in component.items():
+            if key in _COMPONENT_OWN or key.startswith("value"):
+                view[key] = value
+        out.append(view)
 
 
 def _observation_value(obs: dict[str, Any]) -> tuple[float, str | None, str | None] | None:
@@ -662,13 +706,18 @@ def build_record(
         for d in draft_orders
         if isinstance(d, dict) and isinstance(d.get("id"), str) and isinstance(d.get("resourceType"), str)
     }
-    for resource in resources:
+    # Results a panel carries in its components, each read as an Observation of its own (`_component_views`)
+    # once the resources sent are read: the list grows while the loop runs, and the chain reaches it last.
+    components: list[dict[str, Any]] = []
+    for resource in chain(resources, components):
         if not isinstance(resource, dict):
             continue
         kind = resource.get("resourceType")
         if type(kind) is not str:
             continue
         if kind == "Observation":
+            if "component" in resource:
+                _component_views(resource, analyte_codes, components)
             # Fast path: the first coding is ours (true of everything the prefetch queries return).
             try:
                 first = resource["code"]["coding"][0]
