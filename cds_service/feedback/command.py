@@ -18,9 +18,9 @@ import click
 
 from cds_service.cli_types import config_message
 from cds_service.config import ConfigError, load_settings, load_site_config, parse_rfc3339
-from cds_service.feedback.dialects import SQLiteDialect, dialect_for
+from cds_service.feedback.dialects import TABLE_NAMES, SQLiteDialect, dialect_for
 from cds_service.feedback.report import OfferedReasons, build_report, format_text, offered_reasons
-from cds_service.feedback.store import TABLE_NAMES, FeedbackStore, StoreUnavailable
+from cds_service.feedback.store import FeedbackStore, StoreUnavailable
 from cds_service.protocol.cards import (
     DEFAULT_OVERRIDE_REASONS,
     OVERRIDE_REASON_SYSTEM,

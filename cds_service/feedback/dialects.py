@@ -65,8 +65,18 @@ REPORT_LOCK_TIMEOUT_MS = 10_000
 _LOCK_NOT_AVAILABLE = "55P03"
 
 
+# The store's tables (both databases).
+TABLE_NAMES = ("cds_issued_card", "cds_feedback")
+# SQLSTATE 42501 (insufficient_privilege): a grant missing, which an operator's GRANT ends without a restart.
+_INSUFFICIENT_PRIVILEGE = "42501"
+
+
 class DiskFull(Exception):
     """The file system under a SQLite file has (almost) no room left: the next commit would fail."""
+
+
+class NotPermitted(Exception):
+    """The database's role may not write the store's tables."""
 
 
 class Dialect(Protocol):
@@ -280,8 +290,19 @@ class PostgresDialect:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", (self._SCHEMA_LOCK_KEY,))
 
     def writable(self, conn: Any) -> bool:
+        """Whether a write could be made now; NotPermitted when the role may not INSERT into the tables
+        (readiness answered 'ready' while every feedback post failed on a grant left out)."""
         row = conn.execute("SHOW transaction_read_only").fetchone()
-        return row is not None and row[0] == "off"
+        if row is None or row[0] != "off":
+            return False
+        rows = conn.execute(
+            "SELECT name FROM unnest(%s::text[]) AS name "
+            "WHERE to_regclass(name) IS NOT NULL AND NOT has_table_privilege(name, 'INSERT')",
+            (list(TABLE_NAMES),),
+        ).fetchall()
+        if rows:
+            raise NotPermitted(f"the role may not INSERT into {', '.join(row[0] for row in rows)}")
+        return True
 
     def existing_tables(self, conn: Any, names: Sequence[str]) -> set[str]:
         query = "SELECT name FROM unnest(%s::text[]) AS name WHERE to_regclass(name) IS NOT NULL"
@@ -327,9 +348,13 @@ class PostgresDialect:
         """The server cannot serve now: not reachable, connection lost, shutting down or starting up.
 
         libpq reports every failure to connect alike, without an error code, so a refused password or a
-        missing database counts here too; the reason, logged, tells them apart."""
+        missing database counts here too; the reason, logged, tells them apart. So does a privilege the
+        role lacks (a GRANT left out): like a SQLite file that is read-only, nothing was written and the
+        work passes once an operator acts; it was a 500 for every feedback post."""
         psycopg = sys.modules.get("psycopg")  # not imported: the error cannot be one of its own
-        return psycopg is not None and isinstance(error, psycopg.OperationalError)
+        if psycopg is None or not isinstance(error, psycopg.Error):
+            return False
+        return isinstance(error, psycopg.OperationalError) or error.sqlstate == _INSUFFICIENT_PRIVILEGE
 
     def reason(self, error: Exception) -> str:
         """The first line of the error, without the URL's passwords (psycopg quotes some URLs); a lock wait

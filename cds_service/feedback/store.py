@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from cds_service.deferred_start import DeferredStart
-from cds_service.feedback.dialects import Dialect, dialect_for
+from cds_service.feedback.dialects import TABLE_NAMES, Dialect, dialect_for
 from cds_service.feedback.report import IssuedCount, OfferedReasons, OutcomeCount, build_report
 from cds_service.feedback.schema import FeedbackItem, suggestions_text
 
@@ -36,7 +36,6 @@ LOCK_WAIT_S = 6.0
 IssuedRow = tuple[str, str, str, datetime]
 """(service id, card uuid, topic, issued at)."""
 
-TABLE_NAMES = ("cds_issued_card", "cds_feedback")
 
 _TABLES = (
     """CREATE TABLE IF NOT EXISTS cds_issued_card (

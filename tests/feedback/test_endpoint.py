@@ -388,3 +388,25 @@ def test_the_longest_key_accepted_is_stored_on_postgres(settings: Settings, post
         assert store.add_feedback("b" * 64, parse_feedback(body)) == [True]
     finally:
         store.close()
+
+
+def test_a_role_that_may_not_insert_is_unready_and_feedback_a_503(
+    settings: Settings, postgres_url: str
+) -> None:
+    """It was ready, and every feedback post a 500 with a stack trace in the log."""
+    from tests.feedback.test_store import _role_url
+
+    FeedbackStore.open(postgres_url).close()
+    url = _role_url(postgres_url, "reader", "GRANT SELECT ON cds_feedback, cds_issued_card TO {role}")
+    app = create_app(settings.with_overrides(feedback_db=url))
+    client = app.test_client()
+    try:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert "the role may not INSERT into cds_issued_card, cds_feedback" in ready.get_data(as_text=True)
+        answer = client.post(URL, json={"feedback": [sandbox_item("c1")]})
+        assert answer.status_code == 503
+        assert "nothing was stored" in diagnostics(answer)
+    finally:
+        app.extensions["cds"]["recorder"].close()
+        app.extensions["cds"]["feedback"].close()

@@ -591,3 +591,21 @@ def test_a_read_only_database_with_the_tables_starts_the_worker_not_ready(postgr
         assert not store.outage_spares_readiness()
     finally:
         store.close()
+
+
+def test_a_role_that_may_not_insert_is_not_writable_and_its_writes_wait(postgres_url: str) -> None:
+    """A GRANT left out: readiness said the store was writable while every feedback post was a 500 and
+    the issued-card writer dropped its batches. Like a read-only SQLite file, it is an outage now: not
+    ready with the reason, and writes are StoreUnavailable (a 503 to send again, records kept)."""
+    FeedbackStore.open(postgres_url).close()
+    url = _role_url(postgres_url, "reader", "GRANT SELECT ON cds_feedback, cds_issued_card TO {role}")
+    store = FeedbackStore.open_for_service(url)
+    try:
+        assert store.unwritable() == "the role may not INSERT into cds_issued_card, cds_feedback"
+        with pytest.raises(StoreUnavailable, match="permission denied for table cds_feedback"):
+            post(store, SERVICE, overridden("c1", T0))
+        with pytest.raises(StoreUnavailable, match="permission denied for table cds_issued_card"):
+            store.record_issued(SERVICE, [("c1", "iron-after-b12")], T0)
+        assert store.report()["services"] == {}  # reading is allowed
+    finally:
+        store.close()
