@@ -22,6 +22,7 @@ from cds_service.clinical.rules.common import (
     deficiency_explains_b12,
     ferritin_high,
     fmt,
+    iron_source_caution,
     not_recently_done,
     order_labs,
     starting_b12,
@@ -79,6 +80,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     )
     tsat, _ = tsat_near(record, ferritin.when)
     elevated, elevated_basis = b12_elevated(record, b12)
+    reviewed: list[MedicationEntry] = []
     borderline = b12.comparator is None and t.b12_deficient <= b12.value <= t.b12_borderline_upper
     if borderline and record.tested_since("mma", b12.when) is None and record.ordered("mma") is None:
         proposals += order_labs(
@@ -91,7 +93,8 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
             "nothing unless a deficiency is documented. No diagnosis of B12 deficiency or pernicious "
             "anaemia is recorded (if there is one, B12 should continue: high levels are expected on it)."
         )
-        proposals += supplement_review_actions(record, focus, b12)[1]
+        reviewed, review = supplement_review_actions(record, focus, b12)
+        proposals += review
     elif borderline:
         b12_line = (
             f"- Vitamin B12 **{b12.quoted()}** is borderline ({fmt(t.b12_deficient)}–"
@@ -148,6 +151,8 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     ]
     if known:
         lines.append(f"- Recorded: {literal_names(known)}, a known cause of a high ferritin.")
+    if elevated:
+        lines += iron_source_caution(record, reviewed)
     if tsat is not None and tsat.above(t.tsat_high) and not haemochromatosis:
         lines.append(
             f"- Transferrin saturation is above {fmt(t.tsat_high)} %: consider HFE genotyping "

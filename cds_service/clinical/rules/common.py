@@ -702,23 +702,55 @@ def unexplained_b12_therapy(
     return therapy
 
 
+def iron_deficiency_shown(record: PatientRecord) -> str | None:
+    """What shows this patient to be iron deficient now, as a card quotes it: the latest ferritin read as iron
+    deficiency (`iron_status`), else a recorded iron deficiency anaemia; None when nothing does."""
+    ferritin = record.latest("ferritin")
+    if ferritin is not None and iron_status(record, ferritin).deficient:
+        return f"the ferritin of {ferritin.quoted()}"
+    names = record.has_condition(codes.IRON_DEFICIENCY_ANAEMIA)
+    if names:
+        return f"the recorded {literal(names[0])}"
+    return None
+
+
+# Products that may hold iron: a multivitamin, B-complex or prenatal product (often with minerals), or one
+# read as iron therapy too. A B12-only product holds none.
+MAY_HOLD_IRON = frozenset({codes.B12_SUPPLEMENT, codes.IRON_THERAPY})
+
+
+def iron_source_caution(record: PatientRecord, products: Iterable[MedicationEntry]) -> list[str]:
+    """The card line saying why stopping or removing ``products`` is not recommended, when the patient is iron
+    deficient and one of them may hold iron (the record does not say what a multivitamin contains); none
+    otherwise. `supplement_review_actions` marks its proposal not recommended in the same case."""
+    holding = [p for p in products if p.classes & MAY_HOLD_IRON]
+    if not holding:
+        return []
+    shown = iron_deficiency_shown(record)
+    if shown is None:
+        return []
+    return [
+        f"- Stopping {literal_names(p.name for p in holding)} is offered but not recommended: the patient is "
+        f"iron deficient ({shown}), and a multivitamin or B-complex product may contain iron, which the "
+        "record does not show. Check its ingredients first, and keep or replace the iron it provides."
+    ]
+
+
 def supplement_review_actions(
     record: PatientRecord, focus: list[MedicationEntry] | None, b12: Result
 ) -> tuple[list[MedicationEntry], tuple[Proposal, ...]]:
     """The B12 products to review and the proposal: delete the drafts (order hooks) or stop what is on file
     and was being taken when ``b12`` was drawn, and re-measure B12 in about 3 months (patient-view).
     Stopping B12 therapy a patient is already on is offered but not recommended (see
-    `unexplained_b12_therapy`)."""
+    `unexplained_b12_therapy`), nor is stopping a product that may hold iron in iron deficiency (see
+    `iron_source_caution`: a card using this proposal adds that line)."""
     if focus is not None:
         drafts = focus_products(focus, B12_PRODUCTS)
         actions = tuple(a for a in (delete_action(d) for d in drafts) if a is not None)
         continuing = bool(unexplained_b12_therapy(record, focus, drafts))
-        label = (
-            "If no indication is found: remove the B12 draft order"
-            if continuing
-            else "Remove the B12 draft order"
-        )
-        proposals = (Proposal(label=label, actions=actions, is_recommended=not continuing),)
+        iron = bool(iron_source_caution(record, drafts))
+        label = _conditional("Remove the B12 draft order", indication=continuing, iron=iron, items="it holds")
+        proposals = (Proposal(label=label, actions=actions, is_recommended=not (continuing or iron)),)
         return (drafts, proposals if actions else ())
     products = b12_products_by_test_time(record, b12)[0]
     if not products:
@@ -749,6 +781,19 @@ def supplement_review_actions(
         label = "Stop the B12 product(s) and re-check B12 on " + day(recheck)
     if not actions:
         return (products, ())
-    if therapy:
-        label = "If no indication is found: " + label[0].lower() + label[1:]
-    return (products, (Proposal(label=label, actions=actions, is_recommended=not therapy),))
+    iron = bool(iron_source_caution(record, products))
+    label = _conditional(label, indication=bool(therapy), iron=iron, items="they hold")
+    proposal = Proposal(label=label, actions=actions, is_recommended=not (therapy or iron))
+    return (products, (proposal,))
+
+
+def _conditional(label: str, *, indication: bool, iron: bool, items: str) -> str:
+    """``label`` with the checks to make first when its proposal is not recommended."""
+    checks = [
+        text
+        for text, wanted in (("no indication is found", indication), (f"{items} no iron", iron))
+        if wanted
+    ]
+    if not checks:
+        return label
+    return f"If {' and '.join(checks)}: {label[0].lower()}{label[1:]}"

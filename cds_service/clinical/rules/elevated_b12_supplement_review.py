@@ -18,6 +18,7 @@ from cds_service.clinical.rules.common import (
     deficiency_explains_b12,
     elevated_latest_b12,
     fmt,
+    iron_source_caution,
     supplement_review_actions,
     unexplained_b12_therapy,
 )
@@ -52,6 +53,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         ),
         "- No diagnosis of B12 deficiency or pernicious anaemia is recorded (if there is one, injections "
         "should continue: high levels are expected on treatment).",
+        *iron_source_caution(record, products),
     ]
     if therapy:
         lines.insert(

@@ -22,6 +22,7 @@ from cds_service.clinical.rules.common import (
     focus_products,
     haemoglobin_line,
     iron_deficiency_near,
+    iron_source_caution,
     not_recently_done,
     order_labs,
     supplement_review_actions,
@@ -128,6 +129,8 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
                 "it was started before stopping it (lifelong in pernicious anaemia or malabsorption, where a "
                 "high level is expected)."
             )
+    # The review's stop or removal is not recommended for a product that may be the patient's iron.
+    lines += iron_source_caution(record, products)
     if explained is None and not taken:
         # Nothing on file shows an intake, so the card cannot reason from one: it asks for it instead.
         lines += [
