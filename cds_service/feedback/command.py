@@ -1,8 +1,11 @@
 """`cds-service feedback-report`: the acceptance report from the feedback store, as a table or JSON.
 
 A report only reads: it opens the store read-only and never creates the file, the tables or anything
-else the service would, so pointing it at the wrong path or at a store in use changes nothing. A store
-the service has not written to yet (no tables) gives an empty report.
+else the service would (nor a -wal or -shm beside a copy), so pointing it at the wrong path or at a store
+in use changes nothing. A store the service has not written to yet (no tables) gives an empty report;
+what only looks like one is refused or reported with a warning: a SQLite copy taken without its -wal
+file, PostgreSQL tables outside the connection's search_path, feedback without one issued-card record.
+On PostgreSQL it waits for a lock on the tables at most REPORT_LOCK_TIMEOUT_MS, and reads one snapshot.
 """
 
 from __future__ import annotations
