@@ -65,17 +65,22 @@ class ServiceDefinition:
     description: str
     prefetch: Mapping[str, str]
 
-    def discovery_entry(self) -> dict[str, Any]:
+    def discovery_entry(self, *, auth_required: bool = True) -> dict[str, Any]:
+        """The service's discovery entry; ``usageRequirements`` asks for a JWT only when calls need one
+        (a CDS_AUTH=off test instance told a Sandbox user to sign calls it does not check)."""
+        usage = (
+            "Send the prefetch (or fhirServer with fhirAuthorization so the service can fetch what is "
+            "missing from an allowed server)."
+        )
+        if auth_required:
+            usage += " Authenticate with a JWT signed by a registered client."
         return {
             "hook": self.hook,
             "id": self.id,
             "title": self.title,
             "description": self.description,
             "prefetch": dict(self.prefetch),
-            "usageRequirements": (
-                "Send the prefetch (or fhirServer with fhirAuthorization so the service can fetch what is "
-                "missing from an allowed server). Authenticate with a JWT signed by a registered client."
-            ),
+            "usageRequirements": usage,
         }
 
 
@@ -175,7 +180,8 @@ class HookHandler:
         self.on_cards = on_cards
 
     def discovery_document(self) -> dict[str, Any]:
-        return {"services": [s.discovery_entry() for s in self.services.values()]}
+        required = self.settings.auth == "required"
+        return {"services": [s.discovery_entry(auth_required=required) for s in self.services.values()]}
 
     def handle(
         self,

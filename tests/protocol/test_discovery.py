@@ -8,8 +8,9 @@ from urllib.parse import parse_qsl
 import pytest
 
 from cds_service.clinical.config import ClinicalConfig
+from cds_service.config import Settings
 from cds_service.protocol.prefetch import PrefetchState, classify, expected_type, render_template
-from cds_service.services import build_services
+from cds_service.services import build_handler, build_services
 from tests.builders import empty_prefetch
 
 SERVICES = build_services(ClinicalConfig())
@@ -65,3 +66,13 @@ def test_what_a_client_sends_for_a_template_is_understood(service: str, key: str
         PrefetchState.EMPTY,
     )
     assert classify(key, template, {key: None}, "pat-1").state is PrefetchState.EMPTY
+
+
+@pytest.mark.parametrize(("auth", "asks_for_a_jwt"), [("required", True), ("off", False)])
+def test_usage_requirements_ask_for_a_jwt_only_when_calls_need_one(
+    settings: Settings, auth: str, asks_for_a_jwt: bool
+) -> None:
+    document = build_handler(settings.with_overrides(auth=auth)).discovery_document()
+    for entry in document["services"]:
+        assert entry["usageRequirements"].startswith("Send the prefetch")
+        assert ("JWT" in entry["usageRequirements"]) is asks_for_a_jwt
