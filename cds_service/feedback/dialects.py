@@ -125,7 +125,9 @@ class SQLiteDialect:
 
     @property
     def wal_path(self) -> Path:
-        return self.path.with_name(self.path.name + "-wal")
+        """Where SQLite keeps the file's WAL: beside the file itself, not beside a link to it."""
+        target = self.path.resolve()
+        return target.with_name(target.name + "-wal")
 
     def in_wal_mode(self) -> bool:
         """Whether the file's header says WAL (bytes 18 and 19 are 2): the service's store always is."""

@@ -748,3 +748,20 @@ def test_postgres_tables_out_of_the_reports_sight_are_named_not_an_empty_report(
     result = invoke("--db", reader_url)
     assert result.exit_code == 1, result.output
     assert "in the schemas this connection sees (none), but schema cds holds" in error_line(result)
+
+
+def test_a_store_named_through_a_symbolic_link_is_read_with_the_wal_beside_its_target(tmp_path: Path) -> None:
+    """SQLite keeps the -wal beside the file a link points to: looked for beside the link, it was
+    'missing', and the report read the file alone (immutable), without the rows still in the -wal."""
+    live = tmp_path / "volume" / "cds-feedback.sqlite3"
+    store = _running_store(live, restarted=True)
+    try:
+        link = tmp_path / "current.sqlite3"
+        link.symlink_to(live)
+        result = invoke("--json", "--db", str(link))
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert "warnings" not in report
+        assert report["services"][VIEW]["issued"] == 2
+    finally:
+        store.close()
