@@ -389,7 +389,8 @@ def create_app(settings: Settings) -> Flask:
     def http_error(error: HTTPException) -> Response:
         status = error.code or 500
         reasons = {
-            404: f"Nothing is served at {logged_path()}; the services are listed at /cds-services.",
+            404: f"Nothing is served at {logged_path()}{slash_hint() if status == 404 else ''}; the services "
+            "are listed at /cds-services.",
             405: f"{request.method} is not allowed on {logged_path()}.",
             413: f"The request body is larger than {settings.max_body_bytes} bytes.",
         }
@@ -399,6 +400,19 @@ def create_app(settings: Settings) -> Flask:
         if status == 405 and isinstance(error.valid_methods, list | tuple | set):
             response.headers["Allow"] = ", ".join(sorted(error.valid_methods))
         return response
+
+    def slash_hint() -> str:
+        """For a path that is served without its trailing slash (an EHR configured with
+        .../b12-iron-patient-view/), where to send it instead; "" otherwise."""
+        path = request.path
+        if len(path) < 2 or not path.endswith("/"):
+            return ""
+        candidate = path.rstrip("/")
+        try:
+            app.url_map.bind("localhost").match(candidate, method=request.method)
+        except HTTPException:
+            return ""
+        return f" (it is served without the trailing slash: {logged_path(candidate)})"
 
     @app.errorhandler(Exception)
     def unexpected_error(error: Exception) -> Response:

@@ -287,3 +287,32 @@ def test_readiness_fails_when_the_feedback_store_is_not_writable(
     app.extensions["cds"]["recorder"].close()
     assert response.status_code == 503
     assert "feedback store" in response.json()["reason"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "hint"),
+    [
+        ("GET", "/cds-services/", "/cds-services"),
+        ("POST", "/cds-services/b12-iron-patient-view/", "/cds-services/b12-iron-patient-view"),
+        (
+            "POST",
+            "/cds-services/b12-iron-order-sign/feedback//",
+            "/cds-services/b12-iron-order-sign/feedback",
+        ),
+    ],
+)
+def test_a_trailing_slash_is_a_404_that_says_where_the_service_is(
+    base: str, method: str, path: str, hint: str
+) -> None:
+    response = requests.request(method, f"{base}{path}", data=b"{}", headers=JSON, timeout=10)
+    assert response.status_code == 404
+    assert f"(it is served without the trailing slash: {hint})" in outcome_text(response)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/nothing/"), ("GET", "/cds-services/b12-iron-patient-view/")]
+)
+def test_no_slash_hint_where_nothing_would_be_served(base: str, method: str, path: str) -> None:
+    response = requests.request(method, f"{base}{path}", timeout=10)
+    assert response.status_code == 404
+    assert "trailing slash" not in outcome_text(response)
