@@ -201,3 +201,26 @@ def test_records_still_waiting_when_the_process_stops_are_counted_as_lost(
         )
     finally:
         cluster.remove()
+
+
+def test_records_wait_for_a_missing_grant_and_are_written_once_it_is_given(postgres_url: str) -> None:
+    """A role that may not INSERT into cds_issued_card (a GRANT left out): each batch failed with a
+    stack trace and was dropped. It is waited out like an outage, and written once an operator grants."""
+    import psycopg
+
+    from tests.feedback.test_store import _role_url
+
+    FeedbackStore.open(postgres_url).close()
+    url = _role_url(postgres_url, "recorder", "GRANT SELECT, INSERT ON cds_feedback TO {role}")
+    recorder = IssuedCardRecorder(url)
+    try:
+        recorder.submit(SERVICE, [("card-1", "iron-after-b12")])
+        time.sleep(1)  # several attempts, all refused
+        assert (recorder.written, recorder.failed) == (0, 0)
+        role = url.split("//")[1].split("@")[0]
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(f'GRANT SELECT, INSERT ON cds_issued_card TO "{role}"')
+        assert _wait_until(lambda: recorder.written == 1), (recorder.written, recorder.failed)
+    finally:
+        recorder.close()
+    assert issued_counts(postgres_url) == {f"{SERVICE}/iron-after-b12": 1}
