@@ -65,6 +65,13 @@ VOID_MEDICATION = {
     "MedicationStatement": frozenset({"entered-in-error", "not-taken"}),
     "MedicationAdministration": frozenset({"entered-in-error", "not-done"}),
 }
+# A prescription or statement that has certainly ended (`MedicationEntry.ended`). Not an administration: a
+# completed one is a dose given, and a course of injections is a series of them.
+ENDED_MEDICATION = {
+    "MedicationRequest": frozenset({"completed", "stopped", "cancelled", "entered-in-error"}),
+    "MedicationStatement": frozenset({"completed", "stopped", "entered-in-error"}),
+    "MedicationAdministration": frozenset(),
+}
 MEDICATION_TYPES = frozenset(ACTIVE_MEDICATION)
 HIGH_FLAGS = frozenset({"H", "HH", "HU"})
 LOW_FLAGS = frozenset({"L", "LL", "LU"})
@@ -199,10 +206,27 @@ class MedicationEntry:
     end: datetime | None
     active: bool
     resource: dict[str, Any]
+    # Certainly no longer taken: a request or statement completed, stopped, cancelled or entered in error, or
+    # a statement whose effective period ended before today (whatever its status says). Never active.
+    ended: bool = False
 
     @property
     def reference(self) -> str | None:
         return f"{self.resource_type}/{self.resource_id}" if self.resource_id else None
+
+    def validity_ended(self, now: datetime) -> datetime | None:
+        """The end of an active prescription's validity period when it is before ``now``'s day, else None.
+
+        The prescription still counts as taken (its status is the prescriber's word), but no more may be
+        dispensed on it: a card that relies on it says so."""
+        if (
+            self.resource_type == "MedicationRequest"
+            and self.status in ACTIVE_MEDICATION["MedicationRequest"]
+            and self.end is not None
+            and self.end.date() < now.date()
+        ):
+            return self.end
+        return None
 
 
 @dataclass(slots=True)
@@ -220,12 +244,16 @@ class Order:
 
 @dataclass(frozen=True, slots=True)
 class Course:
-    """A continuous course of one therapy class: first start, last activity, still running."""
+    """A continuous course of one therapy class: first start, last activity, still running.
+
+    ``expired``: the active prescriptions of the course whose validity period has ended (name, end), which
+    a card relying on the course names (`MedicationEntry.validity_ended`)."""
 
     start: datetime
     end: datetime
     ongoing: bool
     names: tuple[str, ...]
+    expired: tuple[tuple[str, datetime], ...] = ()
 
 
 @dataclass
@@ -316,27 +344,41 @@ class PatientRecord:
 
     def courses(self, cls: str) -> list[Course]:
         """Every continuous course of a therapy class (records with gaps shorter than ``course_gap_days``),
-        oldest first. A record with no date belongs to none; an active one runs until now."""
+        oldest first. A record with no date belongs to none; an active one runs until now.
+
+        A course is ongoing while one of its records is active, or ended within ``course_gap_days`` without
+        having certainly ended (an administration, a prescription of unknown status: the next record may
+        not be written yet). A record that certainly ended (`MedicationEntry.ended`) keeps nothing running.
+        """
         gap = timedelta(days=self.config.thresholds.course_gap_days)
+        horizon = self.now - gap
         spans = sorted(
-            (m.start, m.end or m.start, m.active, m.name)
-            for m in self.medications
-            if cls in m.classes and m.start is not None
+            (
+                (m.start, m.end or m.start, m.active, m.name, m)
+                for m in self.medications
+                if cls in m.classes and m.start is not None
+            ),
+            key=_span_order,
         )
         runs: list[list[Any]] = []
-        for start, end, active, name in spans:
+        for start, end, active, name, entry in spans:
             end = self.now if active else max(end, start)
+            live = active or (not entry.ended and end >= horizon)
+            expired = entry.validity_ended(self.now)
             current = runs[-1] if runs else None
             if current is not None and start <= current[1] + gap:
                 current[1] = max(current[1], end)
-                current[2] = current[2] or active
+                current[2] = current[2] or live
                 if name not in current[3]:
                     current[3].append(name)
             else:
-                runs.append([start, end, active, [name]])
+                current = [start, end, live, [name], []]
+                runs.append(current)
+            if expired is not None:
+                current[4].append((name, expired))
         return [
-            Course(start=start, end=end, ongoing=active or end >= self.now - gap, names=tuple(names))
-            for start, end, active, names in runs
+            Course(start=start, end=end, ongoing=live, names=tuple(names), expired=tuple(expired))
+            for start, end, live, names, expired in runs
         ]
 
     def course(self, cls: str) -> Course | None:
@@ -575,8 +617,18 @@ def _medication_span(resource: dict[str, Any], kind: str) -> tuple[datetime | No
     return (when, when)
 
 
+def _span_order(span: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Records by start, then end, active and name (never the entry, which does not compare)."""
+    return span[:4]
+
+
 def medication_entry(
-    resource: dict[str, Any], config: ClinicalConfig, medications: MedicationIndex, *, draft: bool
+    resource: dict[str, Any],
+    config: ClinicalConfig,
+    medications: MedicationIndex,
+    *,
+    draft: bool,
+    now: datetime | None = None,
 ) -> MedicationEntry | None:
     """A medication record of a class we track, or None for any other medicine or a void record.
 
@@ -594,7 +646,11 @@ def medication_entry(
     if not classes and (name is not None or _names_anything(concepts)):
         return None
     start, end = _medication_span(resource, kind)
-    active = draft or status in ACTIVE_MEDICATION.get(kind, ())
+    # A statement's end in the past is the patient's word that it was stopped, whatever the status says
+    # ("active" is often left on a list that nobody reconciled). A prescription's end is its validity period:
+    # an active one past it is still the prescriber's (`MedicationEntry.validity_ended`).
+    ended = not draft and (status in ENDED_MEDICATION[kind] or _statement_ended(resource, kind, now))
+    active = draft or (status in ACTIVE_MEDICATION.get(kind, ()) and not ended)
     ident = resource.get("id") if isinstance(resource.get("id"), str) else None
     return MedicationEntry(
         resource_type=kind,
@@ -606,7 +662,17 @@ def medication_entry(
         end=end,
         active=active,
         resource=resource,
+        ended=ended,
     )
+
+
+def _statement_ended(resource: dict[str, Any], kind: str, now: datetime | None) -> bool:
+    """Whether a MedicationStatement's effective period ended before ``now``'s day. Only a period's end: an
+    effectiveDateTime is when the medicine was taken, not when it was stopped."""
+    if kind != "MedicationStatement" or now is None:
+        return False
+    end = _plausible(period_end(resource.get("effectivePeriod")))
+    return end is not None and end.date() < now.date()
 
 
 def _names_anything(concepts: list[Any]) -> bool:
@@ -831,7 +897,7 @@ def build_record(
         ):
             medications.add(resource)
     for resource in medication_records:
-        entry = medication_entry(resource, config, medications, draft=False)
+        entry = medication_entry(resource, config, medications, draft=False, now=now)
         if entry is not None:
             (record.medications if entry.classes else record.unidentified_medications).append(entry)
     for resource in draft_orders:
@@ -846,7 +912,7 @@ def build_record(
             if analytes:
                 record.orders.append(Order(frozenset(analytes), _service_request_time(resource), True))
         elif kind in MEDICATION_TYPES:
-            entry = medication_entry(resource, config, medications, draft=True)
+            entry = medication_entry(resource, config, medications, draft=True, now=now)
             if entry is not None and entry.classes:
                 record.drafts.append(entry)
     units.report()

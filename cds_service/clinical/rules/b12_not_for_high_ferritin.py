@@ -28,6 +28,8 @@ from cds_service.clinical.rules.common import (
     starting_b12,
     supplement_review_actions,
     tsat_near,
+    unexplained_b12_therapy,
+    validity_lines,
 )
 
 TOPIC = "b12-not-for-high-ferritin"
@@ -153,6 +155,9 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         lines.append(f"- Recorded: {literal_names(known)}, a known cause of a high ferritin.")
     if elevated:
         lines += iron_source_caution(record, reviewed)
+        # A draft continuing a running course is not simply removed: the card relies on that course.
+        if unexplained_b12_therapy(record, focus, reviewed):
+            lines += validity_lines(record, courses=[record.course(codes.B12_THERAPY)])
     if tsat is not None and tsat.above(t.tsat_high) and not haemochromatosis:
         lines.append(
             f"- Transferrin saturation is above {fmt(t.tsat_high)} %: consider HFE genotyping "

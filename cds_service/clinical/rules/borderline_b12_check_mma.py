@@ -18,6 +18,7 @@ from cds_service.clinical.rules.common import (
     day_after,
     fmt,
     order_labs,
+    validity_lines,
 )
 
 TOPIC = "borderline-b12-check-mma"
@@ -53,6 +54,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
             else "- A borderline serum B12 neither confirms nor excludes deficiency; a raised methylmalonic "
             "acid confirms tissue B12 deficiency (BSH 2014; reflex cascades of Mayo Clinic and Labcorp)."
         ),
+        *(validity_lines(record, courses=[course]) if on_therapy else []),
         "",
         "Sources: BSH 2014 (Devalia); Mayo Clinic and Labcorp B12 reflex cascades.",
     ]

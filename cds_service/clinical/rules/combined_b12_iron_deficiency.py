@@ -17,6 +17,7 @@ from cds_service.clinical.rules.common import (
     haemoglobin_line,
     shared_cause_workup,
     tsat_check,
+    validity_lines,
 )
 
 TOPIC = "combined-b12-iron-deficiency"
@@ -74,5 +75,6 @@ def _iron_on_file(record: PatientRecord) -> list[str]:
         return []
     return [
         f"- Iron therapy on file: {literal_names(m.name for m in iron)} — check adherence and absorption; "
-        "oral iron is poorly absorbed in autoimmune gastritis and coeliac disease."
+        "oral iron is poorly absorbed in autoimmune gastritis and coeliac disease.",
+        *validity_lines(record, iron),
     ]

@@ -20,7 +20,7 @@ from cds_service.clinical import codes
 from cds_service.clinical.config import ClinicalConfig
 from cds_service.clinical.findings import Proposal, ProposedAction
 from cds_service.clinical.markdown import literal, literal_names
-from cds_service.clinical.record import MedicationEntry, PatientRecord, Result
+from cds_service.clinical.record import Course, MedicationEntry, PatientRecord, Result
 from cds_service.clinical.thresholds import DEFAULT_THRESHOLDS
 from cds_service.fhir.units import unit_factor
 
@@ -267,6 +267,27 @@ def deficiency_explains_b12(record: PatientRecord) -> str | None:
         if before is not None and b12_deficient(record, before)[0]:
             return f"a deficient B12 of {before.quoted()}, before B12 therapy started"
     return None
+
+
+def validity_lines(
+    record: PatientRecord,
+    products: Iterable[MedicationEntry] = (),
+    courses: Iterable[Course | None] = (),
+) -> list[str]:
+    """A line for each active prescription a card relies on (among ``products``, or in ``courses``) whose
+    validity period has ended: it still counts as taken, since its status is the prescriber's word, but the
+    clinician should know nothing more may be dispensed on it. One line per medicine, with its latest end."""
+    ends: dict[str, datetime] = {}
+    found = [(p.name, p.validity_ended(record.now)) for p in products]
+    found += [item for course in courses if course is not None for item in course.expired]
+    for name, end in found:
+        if end is not None and (name not in ends or end > ends[name]):
+            ends[name] = end
+    return [
+        f"- The prescription for {literal(name)} is active, but its validity period ended on {day(end)}: "
+        "nothing more can be dispensed on it, so confirm it is still being taken."
+        for name, end in ends.items()
+    ]
 
 
 def focus_products(focus: Iterable[MedicationEntry] | None, classes: frozenset[str]) -> list[MedicationEntry]:
@@ -648,6 +669,7 @@ def shared_cause_workup(record: PatientRecord, b12: Result) -> SharedCauseWorkup
         "- Both deficiencies together suggest a shared cause of malabsorption: autoimmune gastritis "
         "(pernicious anaemia), coeliac disease, inflammatory bowel disease or bariatric surgery.",
         treatment,
+        *(validity_lines(record, courses=[course]) if on_b12 else []),
     ]
     if gastritis_known:
         lines.append(

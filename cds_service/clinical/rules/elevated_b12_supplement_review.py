@@ -7,6 +7,7 @@ pernicious anaemia explains injections: levels are expected to be high then and 
 
 from __future__ import annotations
 
+from cds_service.clinical import codes
 from cds_service.clinical.findings import Finding
 from cds_service.clinical.markdown import literal_names
 from cds_service.clinical.record import MedicationEntry, PatientRecord, number
@@ -21,6 +22,7 @@ from cds_service.clinical.rules.common import (
     iron_source_caution,
     supplement_review_actions,
     unexplained_b12_therapy,
+    validity_lines,
 )
 
 TOPIC = "elevated-b12-supplement-review"
@@ -54,6 +56,10 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         "- No diagnosis of B12 deficiency or pernicious anaemia is recorded (if there is one, injections "
         "should continue: high levels are expected on treatment).",
         *iron_source_caution(record, products),
+        # At an order hook the draft is B12 therapy continuing a running course only by that course.
+        *validity_lines(
+            record, products, [record.course(codes.B12_THERAPY)] if therapy and focus is not None else []
+        ),
     ]
     if therapy:
         lines.insert(

@@ -26,6 +26,7 @@ from cds_service.clinical.rules.common import (
     iron_status,
     shared_cause_workup,
     tsat_check,
+    validity_lines,
 )
 
 TOPIC = "iron-deficiency-after-b12"
@@ -103,6 +104,8 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         lines.append(
             f"- Iron therapy on file: {literal_names(m.name for m in iron)} — check adherence and absorption."
         )
+    # The shared-cause work-up names the course's expired prescriptions when it relies on the course.
+    lines += validity_lines(record, iron, [] if workup is not None and workup.on_b12 else [course])
     lines += ["", "Sources: Solmaz et al. 2015; BSH 2014 (Devalia); AGA 2020 iron deficiency guideline."]
     return Finding(
         topic=TOPIC,

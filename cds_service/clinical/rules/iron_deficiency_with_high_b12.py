@@ -28,6 +28,7 @@ from cds_service.clinical.rules.common import (
     supplement_review_actions,
     tsat_check,
     unexplained_b12_therapy,
+    validity_lines,
 )
 
 TOPIC = "iron-deficiency-with-high-b12"
@@ -152,6 +153,12 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
             f"- Iron therapy on file: {literal_names(m.name for m in iron)} — check adherence and "
             "absorption; iron deficiency despite it makes ongoing blood loss more likely."
         )
+    # A course explains the B12 (no diagnosis does) or makes a draft continued therapy: the card relies on it.
+    diagnosed = record.has_condition(codes.B12_DEFICIENCY, include_controlled=True)
+    by_course = (explained is not None and not diagnosed) or bool(therapy and focus is not None)
+    lines += validity_lines(
+        record, [*products, *taken, *iron], [record.course(codes.B12_THERAPY)] if by_course else []
+    )
     # This card replaces the iron-studies reminder (the deficiency is shown): it carries the recheck.
     recheck_lines, recheck = iron_studies_after_b12.carried(record, focus)
     lines += recheck_lines

@@ -29,6 +29,7 @@ from cds_service.clinical.rules.common import (
     order_labs,
     starting_b12,
     tsat_check,
+    validity_lines,
 )
 
 TOPIC = "iron-studies-after-b12"
@@ -66,7 +67,9 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     covered, missing = iron_studies_cover(record, results_since)
     if covered:
         return None
-    return _finding(record, start, missing, context)
+    # The course this card dates the iron studies from (at an order hook, the one the draft continues).
+    relied = [record.course(codes.B12_THERAPY)] if focus is None or start < record.now else []
+    return _finding(record, start, missing, context, validity_lines(record, courses=relied))
 
 
 def carried(
@@ -85,7 +88,9 @@ def carried(
     return ([line], finding.proposals)
 
 
-def _finding(record: PatientRecord, start: datetime, missing: list[str], context: str) -> Finding:
+def _finding(
+    record: PatientRecord, start: datetime, missing: list[str], context: str, validity: list[str]
+) -> Finding:
     t = record.config.thresholds
     # The picture B12 was started for: injections raise B12 and bring the MCV down within weeks, so
     # results taken on treatment say nothing about it (up to the start day: the baseline drawn that morning).
@@ -143,7 +148,7 @@ def _finding(record: PatientRecord, start: datetime, missing: list[str], context
     ):
         tsat_now = ()
     proposals.extend(tsat_now)
-    lines = [context, "", "**Values considered**"]
+    lines = [context, *validity, "", "**Values considered**"]
     for label, result, analyte in (
         ("MCV", mcv, "mcv"),
         ("Vitamin B12", b12, "b12"),
