@@ -20,7 +20,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cds_service.clinical.engine import evaluate
-from tests.clinical.builders import CONFIG, NOW, PID, RXNORM, ago, condition, draft_b12, draft_lab, med, obs
+from tests.clinical.builders import (
+    CONFIG,
+    LOINC,
+    NOW,
+    PID,
+    RXNORM,
+    ago,
+    condition,
+    draft_b12,
+    draft_lab,
+    med,
+    obs,
+)
 from tests.support.json_values import json_values
 
 ROOT = Path(__file__).resolve().parents[2] / "fhir_fixtures"
@@ -71,6 +83,22 @@ def _everything() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         obs("tsat", None, 6, valueQuantity={"value": 0.12, "unit": "1", "comparator": "<"}),
         obs("mcv", 104, 91),
         obs("crp", 8, 6),
+        # A panel whose components carry the analytes (read as results of their own codes).
+        obs(
+            "ferritin",
+            None,
+            6,
+            code={"text": "Iron panel"},
+            component=[
+                {
+                    "code": {"coding": [{"system": LOINC, "code": "2502-3"}]},
+                    "valueQuantity": {"value": 15, "unit": "%"},
+                    "interpretation": [{"coding": [{"code": "L"}]}],
+                    "referenceRange": [{"low": {"value": 20, "unit": "%"}}],
+                },
+                {"code": {"coding": [{"system": LOINC, "code": "2498-4"}]}, "valueString": "<10 ug/dL"},
+            ],
+        ),
         _medication_with_everything(),
         {"resourceType": "Medication", "id": "other", "code": {"text": "multivitamin with B12"}},
         med({"text": "multivitamin"}, 30, kind="MedicationStatement", dosage=[{"timing": {"repeat": {}}}]),
