@@ -178,3 +178,32 @@ def test_iron_studies_after_b12_names_the_expired_prescription_of_its_course() -
     short = med(CYANO, 60, dispenseRequest={"validityPeriod": {"start": ago(60), "end": ago(10)}})
     finding = by_topic(run(obs("b12", 150, 61), obs("ferritin", 190, 61), short), "iron-studies-after-b12")
     assert _says_expired(finding.detail, "RxNorm 309594", days=10)
+
+
+def test_iron_deficiency_with_high_b12_names_an_expired_prescription_it_reviews_or_is_explained_by() -> None:
+    labs = (obs("b12", 1150, 10), obs("ferritin", 14, 10))
+    reviewed = by_topic(run(*labs, expired(MULTIVITAMIN)), "iron-deficiency-with-high-b12")
+    assert _says_expired(reviewed.detail, "Multivitamin tablet")
+    # A deficient B12 before a course still running on an expired prescription explains the high B12.
+    course = expired(CYANO, ended_days=100)
+    explained = by_topic(run(obs("b12", 150, 710), *labs, course), "iron-deficiency-with-high-b12")
+    assert "keep B12" in explained.summary
+    assert _says_expired(explained.detail, "RxNorm 309594", days=100)
+
+
+def test_an_order_continuing_a_course_on_an_expired_prescription_says_so() -> None:
+    course = expired(CYANO, ended_days=100)
+    draft = {
+        "resourceType": "MedicationRequest",
+        "id": "renewal",
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": "Patient/p1"},
+        "medicationCodeableConcept": CYANO,
+    }
+    finding = by_topic(
+        run(obs("b12", 1500, 7), course, drafts=(draft,), hook="order-select"),
+        "elevated-b12-supplement-review",
+    )
+    assert finding.summary.startswith("B12 is high (1500 pg/mL) on B12 therapy")
+    assert _says_expired(finding.detail, "RxNorm 309594", days=100)
