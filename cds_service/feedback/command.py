@@ -82,8 +82,7 @@ def read_report(url: str, since: datetime | None, offered: OfferedReasons) -> di
                 raise click.ClickException(
                     f"{store.describe()} is in WAL mode but holds no tables, and no {dialect.wal_path.name} "
                     f"is beside it: a copy taken without its -wal file while the service ran? Copy "
-                    f"{dialect.wal_path.name} into the same directory too, or copy the store with "
-                    f'sqlite3 {dialect.path.name} ".backup COPY"'
+                    f"{dialect.wal_path.name} into the same directory too, or {_BACKUP}"
                 )
             return build_report([], [], since=since, offered=offered)
         if present != set(TABLE_NAMES):
@@ -102,15 +101,24 @@ def read_report(url: str, since: datetime | None, offered: OfferedReasons) -> di
         store.close()
 
 
+# How to copy a store in use, said where a copy looks incomplete. The image has Python, not the sqlite3
+# shell. VACUUM INTO writes a whole snapshot in rollback-journal mode, so its copy is not taken for one
+# that lost its -wal (a copy by the backup API keeps WAL mode in its header, and would be).
+_BACKUP = (
+    'take the copy with VACUUM INTO: python -c "import sqlite3,sys; '
+    "sqlite3.connect(sys.argv[1]).execute('VACUUM INTO ?', sys.argv[2:])\" STORE COPY"
+)
+
+
 def _wal_missing_warning(dialect: SQLiteDialect) -> str:
     """Said with every report of a WAL file that has no -wal beside it: it may be whole (the service
-    stopped cleanly) or miss everything written since the last checkpoint (a copy without its -wal), and
-    the file cannot tell which; the report of such a copy looked complete."""
+    stopped cleanly, or a copy by the backup API) or miss everything written since the last checkpoint (a
+    copy without its -wal), and the file cannot tell which; the report of such a copy looked complete."""
     wal = dialect.wal_path.name
     return (
         f"{dialect.path} is in WAL mode and no {wal} is beside it: if it was copied while the service "
         f"ran, what was written since the last checkpoint is in {wal} and missing here; copy {wal} too, or "
-        f'copy the store with sqlite3 {dialect.path.name} ".backup COPY"'
+        f"{_BACKUP}"
     )
 
 

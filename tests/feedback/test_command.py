@@ -534,6 +534,12 @@ def test_a_report_reads_beside_an_open_writing_transaction(postgres_url: str) ->
     assert json.loads(output)["services"][VIEW]["issued"] == 1
 
 
+BACKUP = (
+    'take the copy with VACUUM INTO: python -c "import sqlite3,sys; '
+    "sqlite3.connect(sys.argv[1]).execute('VACUUM INTO ?', sys.argv[2:])\" STORE COPY"
+)
+
+
 def _running_store(path: Path, *, restarted: bool) -> FeedbackStore:
     """A store as a running service holds it: open, in WAL mode, its latest writes in the -wal file.
     `restarted`: the service was stopped cleanly once after creating it, so its (empty) tables reached
@@ -570,8 +576,7 @@ def test_a_copy_without_its_wal_and_so_without_tables_is_refused_in_one_line(tmp
         assert error_line(result) == (
             f"Error: SQLite file {copy} is in WAL mode but holds no tables, and no cds-feedback.sqlite3-wal "
             "is beside it: a copy taken without its -wal file while the service ran? Copy "
-            "cds-feedback.sqlite3-wal into the same directory too, or copy the store with sqlite3 "
-            'cds-feedback.sqlite3 ".backup COPY"'
+            f"cds-feedback.sqlite3-wal into the same directory too, or {BACKUP}"
         )
         assert copy.read_bytes() == before
         assert sorted(p.name for p in copy.parent.iterdir()) == ["cds-feedback.sqlite3"]
@@ -603,8 +608,7 @@ def test_a_copy_without_its_wal_that_has_its_tables_is_reported_with_a_warning(t
         assert lines[1] == (
             f"Warning: {copy} is in WAL mode and no cds-feedback.sqlite3-wal is beside it: if it was copied "
             "while the service ran, what was written since the last checkpoint is in "
-            "cds-feedback.sqlite3-wal and missing here; copy cds-feedback.sqlite3-wal too, or copy the "
-            'store with sqlite3 cds-feedback.sqlite3 ".backup COPY"'
+            f"cds-feedback.sqlite3-wal and missing here; copy cds-feedback.sqlite3-wal too, or {BACKUP}"
         )
         assert lines[2] == "No cards issued and no feedback received in this period."
 
@@ -763,5 +767,27 @@ def test_a_store_named_through_a_symbolic_link_is_read_with_the_wal_beside_its_t
         report = json.loads(result.stdout)
         assert "warnings" not in report
         assert report["services"][VIEW]["issued"] == 2
+    finally:
+        store.close()
+
+
+def test_a_copy_made_as_the_warning_says_is_whole_and_not_warned_about(tmp_path: Path) -> None:
+    """The command the warning gives (run by the image's Python) copies a store in use with the rows
+    still in its -wal, and its copy, in rollback-journal mode, is reported without the warning."""
+    import shlex
+
+    live = tmp_path / "pod" / "cds-feedback.sqlite3"
+    store = _running_store(live, restarted=True)
+    try:
+        copy = tmp_path / "copy.sqlite3"
+        command = BACKUP.split(": ", 1)[1].replace("STORE", str(live)).replace("COPY", str(copy))
+        argv = shlex.split(command)
+        assert argv[:2] == ["python", "-c"]
+        subprocess.run([sys.executable, *argv[1:]], check=True, timeout=60)
+        result = invoke("--json", "--db", str(copy))
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert "warnings" not in report
+        assert (report["services"][VIEW]["issued"], report["services"][VIEW]["overridden"]) == (2, 1)
     finally:
         store.close()
