@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from flask import Flask
@@ -16,6 +17,8 @@ from flask.testing import FlaskClient
 
 from cds_service.app import create_app
 from cds_service.config import Settings
+from cds_service.protocol.request import RequestError
+from cds_service.services import build_handler
 from tests.builders import hook_body
 from tests.support.fake_ehr_fhir import FakeEhrFhir
 
@@ -81,3 +84,20 @@ def test_a_search_the_client_cut_short_is_logged(
         "with no next link"
     )
     assert line.hookInstance == body["hookInstance"]
+
+
+def test_a_template_whose_token_cannot_be_filled_is_a_412_naming_the_token(
+    settings: Settings, ehr: FakeEhrFhir
+) -> None:
+    """A template on an optional context field (here encounterId, for a chart opened outside an
+    encounter): the client leaves the key out, and the service cannot build the query either. The
+    request is valid, so not a 400: the data cannot be had, a 412 that says which token."""
+    handler = build_handler(settings.with_overrides(allowed_fhir_servers=(ehr.base_url,)))
+    service = handler.services["b12-iron-patient-view"]
+    templates = {**service.prefetch, "encounter": "Encounter/{{context.encounterId}}"}
+    handler.services["b12-iron-patient-view"] = replace(service, prefetch=templates)
+    with pytest.raises(RequestError) as refused:
+        handler.handle("b12-iron-patient-view", hook_body(fhirServer=ehr.base_url))
+    assert refused.value.status == 412
+    assert "{{context.encounterId}}" in refused.value.reason
+    assert ehr.seen == [], "nothing is fetched for a call that cannot be answered"
