@@ -91,6 +91,16 @@ def read_report(url: str, since: datetime | None, offered: OfferedReasons) -> di
         report = store.report(since=since, offered=offered)
         if wal_missing:
             report.setdefault("warnings", []).insert(0, _wal_missing_warning(dialect))
+        seen, elsewhere = store.tables_elsewhere()
+        if elsewhere:
+            # Another set of the tables (left in public when the service moved to its own schema, or
+            # another deployment's): which one the numbers come from is worth a line.
+            where = "; ".join(f"schema {schema} holds {', '.join(t)}" for schema, t in elsewhere.items())
+            other = next(iter(elsewhere))
+            report.setdefault("warnings", []).append(
+                f"{where} as well: this report reads the tables first on the connection's search_path "
+                f"({', '.join(seen)}); to read the others, add options=-c search_path={other} to the URL"
+            )
         return report
     except _store_errors() as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]

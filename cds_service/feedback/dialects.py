@@ -142,9 +142,9 @@ class SQLiteDialect:
         """The file is in WAL mode and no -wal file is beside it.
 
         Either the last connection closed cleanly (SQLite then copies the WAL into the file and deletes
-        it) or the file was copied without its -wal while the service ran, and what was written since the
-        last checkpoint (up to some thousands of rows) is not in the copy. Nothing in the file tells them
-        apart."""
+        it), or it is a copy by SQLite's backup API, or it was copied without its -wal while the service
+        ran, and what was written since the last checkpoint (up to some thousands of rows) is not in the
+        copy. Nothing in the file tells them apart."""
         return self.in_wal_mode() and not self.wal_path.exists()
 
     def connect(self) -> sqlite3.Connection:
@@ -311,15 +311,17 @@ class PostgresDialect:
         return {row[0] for row in conn.execute(query, (list(names),)).fetchall()}
 
     def tables_elsewhere(self, conn: Any, names: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
-        """(the schemas this connection sees, {schema: tables}) for the tables among `names` in the
-        database's other schemas: the catalog lists them whatever the search_path or the role's USAGE."""
+        """(the schemas this connection sees, {schema: tables}) for the tables among `names` that the
+        connection does not read under those names: in schemas off its search_path, not usable by its role,
+        or behind a table of the same name earlier on the path. The catalog lists them all."""
         seen = conn.execute("SELECT current_schemas(false)::text[]").fetchone()[0]
         rows = conn.execute(
             "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c "
             "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE c.relname = ANY(%s) AND c.relkind IN ('r', 'p') AND NOT n.nspname = ANY(%s) "
+            "WHERE c.relname = ANY(%s) AND c.relkind IN ('r', 'p') "
+            "AND c.oid IS DISTINCT FROM to_regclass(quote_ident(c.relname))::oid "
             "ORDER BY 1, 2",
-            (list(names), seen),
+            (list(names),),
         ).fetchall()
         found: dict[str, list[str]] = {}
         for schema, table in rows:

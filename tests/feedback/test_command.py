@@ -753,6 +753,22 @@ def test_postgres_tables_out_of_the_reports_sight_are_named_not_an_empty_report(
     assert result.exit_code == 1, result.output
     assert "in the schemas this connection sees (none), but schema cds holds" in error_line(result)
 
+    # Another set of the tables in public (the service's before it moved to cds): which one is read is said.
+    FeedbackStore.open(postgres_url).close()
+    code, output = run("--json", "--db", postgres_url)
+    assert code == 0, output
+    report = json.loads(output)
+    assert report["services"] == {}
+    assert report["warnings"] == [
+        "schema cds holds cds_feedback, cds_issued_card as well: this report reads the tables first on the "
+        "connection's search_path (public); to read the others, add options=-c search_path=cds to the URL"
+    ]
+    code, output = run("--json", "--db", service_url)
+    assert json.loads(output)["warnings"] == [
+        "schema public holds cds_feedback, cds_issued_card as well: this report reads the tables first on "
+        "the connection's search_path (cds); to read the others, add options=-c search_path=public to the URL"
+    ]
+
 
 def test_a_store_named_through_a_symbolic_link_is_read_with_the_wal_beside_its_target(tmp_path: Path) -> None:
     """SQLite keeps the -wal beside the file a link points to: looked for beside the link, it was
