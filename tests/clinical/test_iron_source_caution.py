@@ -55,6 +55,11 @@ def test_the_supplement_review_holds_back_too_when_the_iron_deficiency_is_on_ano
     finding = by_topic(findings, "elevated-b12-supplement-review")
     assert not stop_or_remove(finding).is_recommended
     assert f"iron deficient (the ferritin of 12 ng/mL on {ago(70)[:10]})" in finding.detail
+    # This card shows no iron studies otherwise: the line says why the ferritin is iron deficiency.
+    assert (
+        "keep or replace the iron it provides. Ferritin below 30 ng/mL confirms iron deficiency "
+        "(UK practice; AGA 2020 uses 45 ng/mL)."
+    ) in finding.detail
 
 
 def test_a_recorded_iron_deficiency_anaemia_holds_it_back() -> None:

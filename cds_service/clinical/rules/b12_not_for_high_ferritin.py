@@ -154,7 +154,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     if known:
         lines.append(f"- Recorded: {literal_names(known)}, a known cause of a high ferritin.")
     if elevated:
-        lines += iron_source_caution(record, reviewed)
+        lines += iron_source_caution(record, reviewed, reasoned=True)
         # A draft continuing a running course is not simply removed: the card relies on that course.
         if unexplained_b12_therapy(record, focus, reviewed):
             lines += validity_lines(record, courses=[record.course(codes.B12_THERAPY)])

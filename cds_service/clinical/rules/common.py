@@ -724,15 +724,18 @@ def unexplained_b12_therapy(
     return therapy
 
 
-def iron_deficiency_shown(record: PatientRecord) -> str | None:
-    """What shows this patient to be iron deficient now, as a card quotes it: the latest ferritin read as iron
-    deficiency (`iron_status`), else a recorded iron deficiency anaemia; None when nothing does."""
+def iron_deficiency_shown(record: PatientRecord) -> tuple[str, str] | None:
+    """What shows this patient to be iron deficient now, as a card quotes it, and why that is iron deficiency
+    (the threshold and its source; empty for a diagnosis): the latest ferritin read as iron deficiency
+    (`iron_status`), else a recorded iron deficiency anaemia; None when nothing does."""
     ferritin = record.latest("ferritin")
-    if ferritin is not None and iron_status(record, ferritin).deficient:
-        return f"the ferritin of {ferritin.quoted()}"
+    if ferritin is not None:
+        status = iron_status(record, ferritin)
+        if status.deficient:
+            return (f"the ferritin of {ferritin.quoted()}", f"{status.reason[0].upper()}{status.reason[1:]}.")
     names = record.has_condition(codes.IRON_DEFICIENCY_ANAEMIA)
     if names:
-        return f"the recorded {literal(names[0])}"
+        return (f"the recorded {literal(names[0])}", "")
     return None
 
 
@@ -741,21 +744,28 @@ def iron_deficiency_shown(record: PatientRecord) -> str | None:
 MAY_HOLD_IRON = frozenset({codes.B12_SUPPLEMENT, codes.IRON_THERAPY})
 
 
-def iron_source_caution(record: PatientRecord, products: Iterable[MedicationEntry]) -> list[str]:
+def iron_source_caution(
+    record: PatientRecord, products: Iterable[MedicationEntry], *, reasoned: bool = False
+) -> list[str]:
     """The card line saying why stopping or removing ``products`` is not recommended, when the patient is iron
     deficient and one of them may hold iron (the record does not say what a multivitamin contains); none
-    otherwise. `supplement_review_actions` marks its proposal not recommended in the same case."""
+    otherwise. `supplement_review_actions` marks its proposal not recommended in the same case.
+
+    ``reasoned`` for a card that does not show the iron deficiency otherwise: the line then also says why
+    the ferritin is iron deficiency (threshold and source)."""
     holding = [p for p in products if p.classes & MAY_HOLD_IRON]
     if not holding:
         return []
-    shown = iron_deficiency_shown(record)
-    if shown is None:
+    found = iron_deficiency_shown(record)
+    if found is None:
         return []
-    return [
+    shown, reason = found
+    line = (
         f"- Stopping {literal_names(p.name for p in holding)} is offered but not recommended: the patient is "
         f"iron deficient ({shown}), and a multivitamin or B-complex product may contain iron, which the "
         "record does not show. Check its ingredients first, and keep or replace the iron it provides."
-    ]
+    )
+    return [f"{line} {reason}" if reasoned and reason else line]
 
 
 def supplement_review_actions(

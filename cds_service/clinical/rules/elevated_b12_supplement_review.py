@@ -55,7 +55,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         ),
         "- No diagnosis of B12 deficiency or pernicious anaemia is recorded (if there is one, injections "
         "should continue: high levels are expected on treatment).",
-        *iron_source_caution(record, products),
+        *iron_source_caution(record, products, reasoned=True),
         # At an order hook the draft is B12 therapy continuing a running course only by that course.
         *validity_lines(
             record, products, [record.course(codes.B12_THERAPY)] if therapy and focus is not None else []
