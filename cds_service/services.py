@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 import orjson
 
@@ -52,7 +52,6 @@ from cds_service.run_ahead import RunAheadCache
 
 log = logging.getLogger(__name__)
 
-LOINC = "http://loinc.org"
 # Below this, following medication references would only add a timeout to the call.
 MIN_MEDICATION_BUDGET_MS = 100
 
@@ -84,8 +83,11 @@ class ServiceDefinition:
         }
 
 
-def _code_list(loinc_codes: Iterable[str]) -> str:
-    return ",".join(f"{LOINC}|{code}" for code in loinc_codes)
+def _code_list(config: ClinicalConfig, group: str) -> str:
+    """Every code of the group with its system, a site's local codes included (a local ferritin code must
+    be asked for, not only read when an EHR happens to send it), percent-encoded where a local code holds
+    what a URL cannot (a space, ``&``, ``#``, ``+``); the FHIR search escapes are already in each token."""
+    return ",".join(quote(token, safe=":/|$,") for token in codes.prefetch_code_tokens(config, group))
 
 
 def prefetch_templates(config: ClinicalConfig) -> dict[str, str]:
@@ -98,12 +100,10 @@ def prefetch_templates(config: ClinicalConfig) -> dict[str, str]:
     return {
         "patient": f"Patient/{patient}",
         "b12IronLabs": (
-            f"Observation?patient={patient}&code={_code_list(codes.prefetch_loinc_codes(config, 'b12-iron'))}"
-            "&_sort=-date&_count=200"
+            f"Observation?patient={patient}&code={_code_list(config, 'b12-iron')}&_sort=-date&_count=200"
         ),
         "contextLabs": (
-            f"Observation?patient={patient}&code={_code_list(codes.prefetch_loinc_codes(config, 'context'))}"
-            "&_sort=-date&_count=200"
+            f"Observation?patient={patient}&code={_code_list(config, 'context')}&_sort=-date&_count=200"
         ),
         "medicationRequests": (
             f"MedicationRequest?patient={patient}&_include=MedicationRequest:medication&_count=200"

@@ -801,3 +801,47 @@ def test_following_medication_references_stays_inside_the_fhir_budget(
     assert status == 200, answer
     assert _card_text(answer["cards"]) == _card_text(blind["cards"])
     assert elapsed < 1.0 + 0.3
+
+
+def test_a_site_s_local_lab_codes_are_fetched_and_read(
+    settings: Settings, tmp_path: Path, fhir_server: SekmetServer, proxy: DelayProxy, fhir_base: str
+) -> None:
+    """A hospital whose lab codes its ferritin and TSAT only locally lists them in its site file: without
+    prefetch the service asks the FHIR server for them (a space and an ampersand in the codes travel
+    percent-encoded), and the iron studies done since the B12 start stop the reminder that asks for them.
+    Without the site file the same results are not the service's to read, and the reminder stays."""
+    local, UCUM = "http://lab.example.org/codes", "http://unitsofmeasure.org"
+    body = _example(REPO / "hooks" / "patient-view.json")
+    patient = body["context"]["patientId"]
+
+    def result(id: str, code: str, value: float, unit: str) -> dict[str, Any]:
+        return {
+            "resourceType": "Observation",
+            "id": id,
+            "status": "final",
+            "code": {"coding": [{"system": local, "code": code}]},
+            "subject": {"reference": f"Patient/{patient}"},
+            "effectiveDateTime": "2026-01-05T08:00:00Z",
+            "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit},
+        }
+
+    _put_on_server(
+        fhir_server,
+        [
+            *_prefetch_resources(body["prefetch"]),
+            result("local-ferritin", "FER 1", 35, "ng/mL"),
+            result("local-tsat", "TSAT&1", 24, "%"),
+        ],
+    )
+    site = tmp_path / "site.json"
+    site.write_text(json.dumps({"codes": {"ferritin": [f"{local}|FER 1"], "tsat": [f"{local}|TSAT&1"]}}))
+    topics = {}
+    for name, configured in (("site", settings.with_overrides(site_config=site)), ("default", settings)):
+        with create_app(configured).test_client() as client:
+            status, answer = _call(client, _without_prefetch(body, fhir_base))
+        assert status == 200, answer
+        topics[name] = _topics(answer["cards"])
+    assert "iron-studies-after-b12" in topics["default"]
+    assert "iron-studies-after-b12" not in topics["site"], topics
+    asked = [seen.path for seen in proxy.seen if "code=" in seen.path]
+    assert any("FER%201" in path and "TSAT%261" in path for path in asked), asked

@@ -8,6 +8,7 @@ from urllib.parse import parse_qsl
 import pytest
 
 from cds_service.clinical.config import ClinicalConfig
+from cds_service.clinical.engine import load_clinical_config
 from cds_service.config import Settings
 from cds_service.protocol.prefetch import PrefetchState, classify, expected_type, render_template
 from cds_service.services import build_handler, build_services
@@ -76,3 +77,18 @@ def test_usage_requirements_ask_for_a_jwt_only_when_calls_need_one(
     for entry in document["services"]:
         assert entry["usageRequirements"].startswith("Send the prefetch")
         assert ("JWT" in entry["usageRequirements"]) is asks_for_a_jwt
+
+
+def test_a_site_s_local_lab_codes_are_asked_for_in_the_prefetch() -> None:
+    """A site's own ferritin code was read when an EHR sent such a result unasked but never queried, so a
+    hospital whose lab codes only locally had no ferritin on any prefetch-only call. The query carries it
+    with its system, the FHIR search escape of its comma, and percent-encoding of what a URL cannot hold."""
+    local = "http://lab.example.org/codes"
+    config = load_clinical_config({"codes": {"ferritin": [f"{local}|FER,S 1&2"]}})
+    template = build_services(config)["b12-iron-patient-view"].prefetch["b12IronLabs"]
+    assert " " not in template and template.count("&") == 3, template  # patient, code, _sort, _count
+    codes = dict(parse_qsl(template.partition("?")[2]))["code"]
+    assert f"{local}|FER\\,S 1&2" in codes
+    assert "http://loinc.org|2276-4" in codes, "the verified codes stay"
+    default = build_services(ClinicalConfig())["b12-iron-patient-view"].prefetch["b12IronLabs"]
+    assert local not in default
