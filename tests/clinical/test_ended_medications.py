@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from cds_service.clinical import codes
-from tests.clinical.builders import CYANO, NOW, ago, by_topic, med, obs, record, run, topics
+from tests.clinical.builders import CYANO, NOW, ago, by_topic, draft_b12, med, obs, record, run, topics
 
 B12 = frozenset({codes.B12_THERAPY})
 MULTIVITAMIN = {"text": "Multivitamin tablet"}
@@ -193,17 +193,22 @@ def test_iron_deficiency_with_high_b12_names_an_expired_prescription_it_reviews_
 
 def test_an_order_continuing_a_course_on_an_expired_prescription_says_so() -> None:
     course = expired(CYANO, ended_days=100)
-    draft = {
-        "resourceType": "MedicationRequest",
-        "id": "renewal",
-        "status": "draft",
-        "intent": "order",
-        "subject": {"reference": "Patient/p1"},
-        "medicationCodeableConcept": CYANO,
-    }
+    draft = draft_b12(CYANO, order_id="renewal")
     finding = by_topic(
         run(obs("b12", 1500, 7), course, drafts=(draft,), hook="order-select"),
         "elevated-b12-supplement-review",
     )
     assert finding.summary.startswith("B12 is high (1500 pg/mL) on B12 therapy")
     assert _says_expired(finding.detail, "RxNorm 309594", days=100)
+
+
+def test_b12_not_for_high_ferritin_names_the_expired_prescription_of_the_course_a_draft_continues() -> None:
+    running = med(CYANO, 100, dispenseRequest={"validityPeriod": {"start": ago(100), "end": ago(10)}})
+    draft = draft_b12(CYANO, order_id="renewal")
+    findings = run(
+        obs("b12", 1400, 5), obs("ferritin", 450, 5), running, drafts=(draft,), hook="order-select"
+    )
+    finding = by_topic(findings, "b12-not-for-high-ferritin")
+    (removal,) = [p for p in finding.proposals if any(a.type == "delete" for a in p.actions)]
+    assert removal.label.startswith("If no indication is found")
+    assert _says_expired(finding.detail, "RxNorm 309594", days=10)
