@@ -165,7 +165,9 @@ def create_app(settings: Settings) -> Flask:
     def authenticate() -> Response | None:
         g.client = None
         if request.method == "OPTIONS":
-            return Response(status=204, headers=CORS_HEADERS)
+            preflight = Response(status=204, headers=CORS_HEADERS)
+            del preflight.headers["Content-Type"]  # Flask's default text/html, for an answer with no content
+            return preflight
         if authenticator is None or request.path in UNAUTHENTICATED_PATHS:
             return None
         try:

@@ -254,6 +254,7 @@ def test_cors_preflight(base: str, path: str) -> None:
         timeout=10,
     )
     assert response.status_code == 204
+    assert "Content-Type" not in response.headers, "a 204 has no content to have a type"
     allowed = response.headers["Access-Control-Allow-Headers"].lower()
     assert "authorization" in allowed and "content-type" in allowed
     assert "POST" in response.headers["Access-Control-Allow-Methods"]
