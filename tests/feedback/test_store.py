@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -609,3 +609,106 @@ def test_a_role_that_may_not_insert_is_not_writable_and_its_writes_wait(postgres
         assert store.report()["services"] == {}  # reading is allowed
     finally:
         store.close()
+
+
+def _rows(store_url: str, query: str) -> list[tuple[Any, ...]]:
+    if store_url.startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(store_url) as conn:
+            return conn.execute(query).fetchall()
+    conn = sqlite3.connect(store_url)
+    try:
+        return conn.execute(query).fetchall()
+    finally:
+        conn.close()
+
+
+def _hand_count(store_url: str, since: datetime | None) -> dict[tuple[str, str], dict[str, Any]]:
+    """The report's numbers counted in Python from the raw rows, by the definitions in report.py."""
+    from collections import Counter
+
+    def moment(text: str) -> datetime:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+    issued = {
+        (service, card): (topic, moment(at))
+        for service, card, topic, at in _rows(
+            store_url, "SELECT service_id, card_uuid, topic, issued_at FROM cds_issued_card"
+        )
+    }
+    counts: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def of(key: tuple[str, str]) -> dict[str, Any]:
+        return counts.setdefault(key, {"issued": 0, "accepted": 0, "overridden": 0, "reasons": Counter()})
+
+    for (service, _), (topic, at) in issued.items():
+        if since is None or at >= since:
+            of((service, topic))["issued"] += 1
+    latest: dict[tuple[str, str], tuple[Any, ...]] = {}
+    for number, service, card, outcome, at, code in _rows(
+        store_url, "SELECT id, service_id, card_uuid, outcome, outcome_at, reason_code FROM cds_feedback"
+    ):
+        when = moment(at)
+        if since is not None and when < since:
+            continue
+        if (service, card) not in latest or (when, number) > latest[(service, card)][:2]:
+            latest[(service, card)] = (when, number, outcome, code)
+    for (service, card), (_, _, outcome, code) in latest.items():
+        counts_here = of((service, issued.get((service, card), ("unknown",))[0]))
+        counts_here[outcome] += 1
+        if outcome == "overridden" and code:
+            counts_here["reasons"][code] += 1
+    return counts
+
+
+def test_the_report_agrees_with_a_hand_count_of_the_raw_rows(store: FeedbackStore, store_url: str) -> None:
+    """Random cards, feedback sent several times per card, in several offsets, for cards never issued
+    too; the report's numbers, with and without --since (given in another offset), against a count in
+    Python of the rows as stored."""
+    import random
+
+    chosen = random.Random(7)  # noqa: S311 - test data
+    services, topics = (SERVICE, OTHER), ("iron-after-b12", "b12-high-supplement", "elevated-b12")
+    cards = []
+    for number in range(150):
+        service, at = chosen.choice(services), T0 + timedelta(hours=chosen.randrange(24 * 20))
+        store.record_issued(service, [(f"c{number}", chosen.choice(topics))], at)
+        cards.append((service, f"c{number}", at))
+    cards += [(chosen.choice(services), f"never-issued-{number}", T0) for number in range(20)]
+    # On the --since bound exactly (it counts from then on), issued and answered.
+    store.record_issued(SERVICE, [("on-the-bound", "elevated-b12")], T0 + timedelta(days=9))
+    post(store, SERVICE, overridden("on-the-bound", T0 + timedelta(days=9), "r1"))
+    # Two outcomes at the same time: the one received last counts.
+    store.record_issued(OTHER, [("tied", "iron-after-b12")], T0)
+    post(store, OTHER, overridden("tied", T0 + timedelta(days=10), "r2"))
+    post(store, OTHER, accepted("tied", T0 + timedelta(days=10)))
+    for service, card, at in cards:
+        for _ in range(chosen.choice((0, 1, 1, 2, 3))):
+            when = at + timedelta(minutes=chosen.randrange(60 * 24 * 5))
+            sent = when.astimezone(timezone(timedelta(hours=chosen.choice((-8, 0, 5, 14)))))
+            if chosen.random() < 0.5:
+                post(store, service, accepted(card, sent, f"s{chosen.randrange(3)}"))
+            else:
+                post(store, service, overridden(card, sent, chosen.choice(("r1", "r2", "r3", None))))
+    for since in (
+        None,
+        T0 + timedelta(days=9),
+        datetime(2026, 3, 11, 5, 30, tzinfo=timezone(timedelta(hours=5.5))),
+    ):
+        report = store.report(since=since)
+        expected = _hand_count(store_url, since.astimezone(UTC) if since else None)
+        got = {
+            (service, topic): counts
+            for service, body in report["services"].items()
+            for topic, counts in body["topics"].items()
+        }
+        assert set(got) == set(expected), since
+        for key, counts in expected.items():
+            assert {k: got[key][k] for k in ("issued", "accepted", "overridden")} == {
+                k: counts[k] for k in ("issued", "accepted", "overridden")
+            }, (since, key)
+            assert {r["code"]: r["count"] for r in got[key]["topOverrideReasons"]} == dict(counts["reasons"])
+        for service, body in report["services"].items():
+            for field in ("issued", "accepted", "overridden"):
+                assert body[field] == sum(c[field] for (s, _), c in expected.items() if s == service)
