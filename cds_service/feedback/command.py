@@ -113,10 +113,12 @@ def read_report(url: str, since: datetime | None, offered: OfferedReasons) -> di
 
 # How to copy a store in use, said where a copy looks incomplete. The image has Python, not the sqlite3
 # shell. VACUUM INTO writes a whole snapshot in rollback-journal mode, so its copy is not taken for one
-# that lost its -wal (a copy by the backup API keeps WAL mode in its header, and would be).
+# that lost its -wal (a copy by the backup API keeps WAL mode in its header, and would be). The store is
+# opened read-only: a mistyped path is an error, not a new empty database copied into an empty report.
 _BACKUP = (
     'take the copy with VACUUM INTO: python -c "import sqlite3,sys; '
-    "sqlite3.connect(sys.argv[1]).execute('VACUUM INTO ?', sys.argv[2:])\" STORE COPY"
+    "sqlite3.connect(f'file:{sys.argv[1]}?mode=ro', uri=True).execute('VACUUM INTO ?', sys.argv[2:])\" "
+    "STORE COPY"
 )
 
 

@@ -536,7 +536,8 @@ def test_a_report_reads_beside_an_open_writing_transaction(postgres_url: str) ->
 
 BACKUP = (
     'take the copy with VACUUM INTO: python -c "import sqlite3,sys; '
-    "sqlite3.connect(sys.argv[1]).execute('VACUUM INTO ?', sys.argv[2:])\" STORE COPY"
+    "sqlite3.connect(f'file:{sys.argv[1]}?mode=ro', uri=True).execute('VACUUM INTO ?', sys.argv[2:])\" "
+    "STORE COPY"
 )
 
 
@@ -805,5 +806,12 @@ def test_a_copy_made_as_the_warning_says_is_whole_and_not_warned_about(tmp_path:
         report = json.loads(result.stdout)
         assert "warnings" not in report
         assert (report["services"][VIEW]["issued"], report["services"][VIEW]["overridden"]) == (2, 1)
+
+        # A mistyped store is an error, not a new empty database copied into an empty report.
+        mistyped = [
+            arg.replace(str(live), str(live) + "x").replace(str(copy), str(copy) + "2") for arg in argv
+        ]
+        assert subprocess.run([sys.executable, *mistyped[1:]], capture_output=True, check=False).returncode
+        assert not Path(str(live) + "x").exists() and not Path(str(copy) + "2").exists()
     finally:
         store.close()
