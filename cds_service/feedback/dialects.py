@@ -67,8 +67,9 @@ _LOCK_NOT_AVAILABLE = "55P03"
 
 # The store's tables (both databases).
 TABLE_NAMES = ("cds_issued_card", "cds_feedback")
-# SQLSTATE 42501 (insufficient_privilege): a grant missing, which an operator's GRANT ends without a restart.
-_INSUFFICIENT_PRIVILEGE = "42501"
+# SQLSTATEs that mean an outage an operator ends without a restart: 42501 (insufficient_privilege, a
+# GRANT missing) and 25006 (read_only_sql_transaction: a write to a hot standby, after a failover).
+_OUTAGE_STATES = frozenset({"42501", "25006"})
 
 
 class DiskFull(Exception):
@@ -265,8 +266,11 @@ class PostgresDialect:
             limit = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
         options["options"] = f"{limit} {given.get('options', '')}".strip()
         conn = psycopg.connect(autocommit=True, **options)
-        conn.read_only = self.read_only
+        # The service's connections leave the transaction mode to the server: set to False, psycopg began
+        # every transaction READ WRITE, which a hot standby refuses outright (FeatureNotSupported), so a
+        # worker started against one, after a failover, did not start at all, even to read.
         if self.read_only:
+            conn.read_only = True
             # One snapshot for the report's statements: under READ COMMITTED each saw what was committed
             # when it began, so a card issued and answered between the issued counts and the outcome
             # counts was answered but not issued (more accepted than issued).
@@ -353,12 +357,13 @@ class PostgresDialect:
 
         libpq reports every failure to connect alike, without an error code, so a refused password or a
         missing database counts here too; the reason, logged, tells them apart. So does a privilege the
-        role lacks (a GRANT left out): like a SQLite file that is read-only, nothing was written and the
-        work passes once an operator acts; it was a 500 for every feedback post."""
+        role lacks (a GRANT left out) and a write to a hot standby (a failover left the service on one):
+        like a SQLite file that is read-only, nothing was written and the work passes once an operator
+        acts or the primary is back; each was a 500 for every feedback post."""
         psycopg = sys.modules.get("psycopg")  # not imported: the error cannot be one of its own
         if psycopg is None or not isinstance(error, psycopg.Error):
             return False
-        return isinstance(error, psycopg.OperationalError) or error.sqlstate == _INSUFFICIENT_PRIVILEGE
+        return isinstance(error, psycopg.OperationalError) or error.sqlstate in _OUTAGE_STATES
 
     def reason(self, error: Exception) -> str:
         """The first line of the error, without the URL's passwords (psycopg quotes some URLs); a lock wait

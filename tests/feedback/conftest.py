@@ -52,3 +52,35 @@ def sqlite_url(tmp_path: Path) -> str:
 def store_url(request: pytest.FixtureRequest) -> str:
     """Each store test runs once on a SQLite file and once on a real PostgreSQL database."""
     return request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture(scope="module")
+def standby() -> Iterator[str]:
+    """The URL of database 'feedback' on a real hot standby (read-only, as after a failover), whose
+    primary has the store's tables, one card issued (c1, iron-after-b12) and it overridden."""
+    from datetime import UTC, datetime
+
+    import psycopg
+
+    from cds_service.feedback import FeedbackStore, parse_feedback
+    from tests.feedback.standby import Standby
+
+    primary = PostgresCluster()
+    try:
+        primary.start()
+        with psycopg.connect(primary.url("postgres"), autocommit=True) as admin:
+            admin.execute("CREATE DATABASE feedback")
+        store = FeedbackStore.open(primary.url("feedback"))
+        store.record_issued(
+            "b12-iron-patient-view", [("c1", "iron-after-b12")], datetime(2026, 3, 2, tzinfo=UTC)
+        )
+        item = {"card": "c1", "outcome": "overridden", "outcomeTimestamp": "2026-03-02T09:01:00Z"}
+        store.add_feedback("b12-iron-patient-view", parse_feedback({"feedback": [item]}))
+        store.close()
+        replica = Standby(primary)
+        try:
+            yield replica.url("feedback")
+        finally:
+            replica.remove()
+    finally:
+        primary.remove()

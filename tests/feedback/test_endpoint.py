@@ -410,3 +410,20 @@ def test_a_role_that_may_not_insert_is_unready_and_feedback_a_503(
     finally:
         app.extensions["cds"]["recorder"].close()
         app.extensions["cds"]["feedback"].close()
+
+
+def test_a_service_on_a_hot_standby_is_unready_and_feedback_a_503(settings: Settings, standby: str) -> None:
+    """After a failover left CDS_FEEDBACK_DB on a read-only standby the app did not even start (every
+    transaction began READ WRITE, which a standby refuses); a write there was not an outage either."""
+    app = create_app(settings.with_overrides(feedback_db=standby))
+    client = app.test_client()
+    try:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert "the database accepts only reads" in ready.get_data(as_text=True)
+        answer = client.post(URL, json={"feedback": [sandbox_item("c1")]})
+        assert answer.status_code == 503
+        assert "nothing was stored" in diagnostics(answer)
+    finally:
+        app.extensions["cds"]["recorder"].close()
+        app.extensions["cds"]["feedback"].close()

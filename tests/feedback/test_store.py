@@ -712,3 +712,20 @@ def test_the_report_agrees_with_a_hand_count_of_the_raw_rows(store: FeedbackStor
         for service, body in report["services"].items():
             for field in ("issued", "accepted", "overridden"):
                 assert body[field] == sum(c[field] for (s, _), c in expected.items() if s == service)
+
+
+def test_a_worker_on_a_hot_standby_starts_not_ready_and_its_writes_wait(standby: str) -> None:
+    """A failover left CDS_FEEDBACK_DB on a read-only standby. Every transaction began READ WRITE, which a
+    standby refuses: the worker did not start. Now it starts, is not ready ('accepts only reads'), and a
+    write is StoreUnavailable (a 503 to send again, issued-card records kept), as the docs promise."""
+    store = FeedbackStore.open_for_service(standby)
+    try:
+        assert store.unwritable() == "the database accepts only reads"
+        assert not store.outage_spares_readiness()
+        with pytest.raises(StoreUnavailable, match="read-only transaction"):
+            post(store, SERVICE, overridden("c2", T0))
+        with pytest.raises(StoreUnavailable, match="read-only transaction"):
+            store.record_issued(SERVICE, [("c2", "iron-after-b12")], T0)
+        assert store.report()["services"][SERVICE]["overridden"] == 1  # what the primary had
+    finally:
+        store.close()
