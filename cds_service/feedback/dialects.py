@@ -8,6 +8,7 @@ strings orders them in time and the same code filters `--since` on either databa
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import sys
 from collections.abc import Iterator, Sequence
@@ -80,6 +81,10 @@ class NotPermitted(Exception):
     """The database's role may not write the store's tables."""
 
 
+class FileReplaced(Exception):
+    """The SQLite file the service opened is no longer the one its path names."""
+
+
 class Dialect(Protocol):
     """What the store needs to know about a database."""
 
@@ -112,6 +117,12 @@ class Dialect(Protocol):
     def reason(self, error: Exception) -> str: ...
 
 
+class _FileConnection(sqlite3.Connection):
+    """A service connection that remembers which file it opened (see SQLiteDialect.is_usable)."""
+
+    file: tuple[int, int] | None = None
+
+
 class SQLiteDialect:
     """One file shared by every gunicorn worker: WAL lets readers run beside the one writer, the busy
     timeout makes writers queue instead of failing, and `synchronous=FULL` makes a commit survive a power
@@ -123,6 +134,8 @@ class SQLiteDialect:
     def __init__(self, path: str, *, read_only: bool = False) -> None:
         self.path = Path(path)
         self.read_only = read_only
+        # Where the file is checked for (see _check_same_file): anchored now, whatever the cwd later.
+        self._absolute = self.path if path == ":memory:" else Path(os.path.abspath(path))
 
     @property
     def wal_path(self) -> Path:
@@ -169,12 +182,24 @@ class SQLiteDialect:
             timeout=BUSY_TIMEOUT_MS / 1000,
             isolation_level=None,
             check_same_thread=False,
+            factory=_FileConnection,
         )
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute(CACHE_SIZE_PRAGMA)
+        conn.file = self._file()
         return conn
+
+    def _file(self) -> tuple[int, int] | None:
+        """(device, inode) of the file the path names now; None for :memory: or no file."""
+        if str(self.path) == ":memory:":
+            return None
+        try:
+            found = os.stat(self._absolute)
+        except OSError:
+            return None
+        return (found.st_dev, found.st_ino)
 
     def sql(self, statement: str) -> str:
         return statement
@@ -183,6 +208,8 @@ class SQLiteDialect:
     def transaction(self, conn: sqlite3.Connection, write: bool) -> Iterator[sqlite3.Cursor]:
         # IMMEDIATE takes the write lock up front: a deferred transaction that later upgrades to a writer
         # gets SQLITE_BUSY at once, without waiting for the busy timeout.
+        if write:
+            self._check_same_file(conn)
         cursor = conn.cursor()
         cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
@@ -196,10 +223,27 @@ class SQLiteDialect:
     def is_usable(self, conn: sqlite3.Connection) -> bool:
         return True
 
+    def _check_same_file(self, conn: sqlite3.Connection) -> None:
+        """FileReplaced unless the path still names the file this (service) connection opened.
+
+        A file moved away, deleted or replaced (an operator's reset, a backup restored with mv) while the
+        service ran kept taking its writes: each post answered 'stored' and readiness 'writable' while
+        the rows went into a file nobody could read any more, lost with the process if it was deleted.
+        Reopening the path is no cure: the other workers' connections still write the -wal and -shm
+        named after it, which a new file there would share (SQLite's own list of ways to corrupt a
+        database). So it is an outage, as a full disk is, until the service restarts. One stat."""
+        opened = getattr(conn, "file", None)
+        if opened is not None and opened != self._file():
+            raise FileReplaced(
+                f"the file was moved, deleted or replaced while the service had it open; nothing is "
+                f"written until the service restarts and opens {self.path} again"
+            )
+
     def lock_schema(self, cursor: sqlite3.Cursor) -> None:
         """Nothing to do: BEGIN IMMEDIATE already serialises schema creation across processes."""
 
     def writable(self, conn: sqlite3.Connection) -> bool:
+        self._check_same_file(conn)
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("ROLLBACK")
         short = shortage(self.path)
@@ -232,6 +276,8 @@ class SQLiteDialect:
         error, a file that cannot be opened or is damaged pass only when an operator acts, but for the
         caller they are the same outage: nothing was written, the endpoint answers 503 (not a 500 with a
         stack trace) and the recorder keeps its batch and waits (its queue is bounded)."""
+        if isinstance(error, FileReplaced):
+            return True
         code = getattr(error, "sqlite_errorcode", None)
         return (
             isinstance(error, sqlite3.DatabaseError)

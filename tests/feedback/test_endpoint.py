@@ -427,3 +427,20 @@ def test_a_service_on_a_hot_standby_is_unready_and_feedback_a_503(settings: Sett
     finally:
         app.extensions["cds"]["recorder"].close()
         app.extensions["cds"]["feedback"].close()
+
+
+def test_a_sqlite_file_deleted_under_the_service_is_a_503_and_unready(
+    client: FlaskClient, settings: Settings
+) -> None:
+    """An operator's 'reset' (rm cds-feedback.sqlite3) while the service ran: posts answered 200
+    'stored' into the deleted file, and the pod stayed ready."""
+    from pathlib import Path
+
+    assert client.post(URL, json={"feedback": [sandbox_item("c1")]}).status_code == 200
+    Path(settings.feedback_db).unlink()
+    answer = client.post(URL, json={"feedback": [sandbox_item("c2")]})
+    assert answer.status_code == 503
+    assert "nothing was stored" in diagnostics(answer)
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert "moved, deleted or replaced while the service had it open" in ready.get_data(as_text=True)

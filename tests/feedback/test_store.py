@@ -729,3 +729,57 @@ def test_a_worker_on_a_hot_standby_starts_not_ready_and_its_writes_wait(standby:
         assert store.report()["services"][SERVICE]["overridden"] == 1  # what the primary had
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("how", ["moved", "deleted", "replaced"])
+def test_a_sqlite_file_moved_deleted_or_replaced_under_the_service_is_an_outage(
+    tmp_path: Path, how: str
+) -> None:
+    """Each post answered 'stored' and readiness 'writable' while the rows went into the file the
+    service had open, which the path no longer named (lost with the process if it was deleted). Until
+    the service restarts, writes are StoreUnavailable (a 503 to send again, issued-card records wait)
+    and readiness says why; nothing is written to whatever the path names now."""
+    path = tmp_path / "cds-feedback.sqlite3"
+    store = FeedbackStore.open_for_service(str(path))
+    try:
+        assert post(store, SERVICE, overridden("before", T0)) == 1
+        if how == "moved":
+            path.rename(tmp_path / "elsewhere.sqlite3")
+        elif how == "deleted":
+            path.unlink()
+        else:  # a backup restored over it with mv
+            restored = tmp_path / "backup.sqlite3"
+            FeedbackStore.open(str(restored)).close()
+            restored.rename(path)
+        reason = (
+            "the file was moved, deleted or replaced while the service had it open; nothing is written "
+            f"until the service restarts and opens {path} again"
+        )
+        with pytest.raises(StoreUnavailable) as refused:
+            post(store, SERVICE, overridden("after", T0))
+        assert str(refused.value) == reason
+        with pytest.raises(StoreUnavailable):
+            store.record_issued(SERVICE, [("after", "iron-after-b12")], T0)
+        assert store.unwritable() == reason
+    finally:
+        store.close()
+    # Nothing was written after it, in any file. (Which file holds 'before' is SQLite's affair: the -wal
+    # named after the path stays behind when the file is moved, which is why the docs say to stop the
+    # service first.)
+    for left in tmp_path.glob("*.sqlite3"):
+        if _rows(str(left), "SELECT 1 FROM sqlite_master WHERE name = 'cds_feedback'"):
+            cards = {row[0] for row in _rows(str(left), "SELECT card_uuid FROM cds_feedback")}
+            assert "after" not in cards, left
+
+
+def test_a_relative_sqlite_path_is_still_the_same_file_after_a_change_of_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = FeedbackStore.open_for_service("cds-feedback.sqlite3")
+    try:
+        monkeypatch.chdir("/")
+        assert post(store, SERVICE, overridden("c1", T0)) == 1
+        assert store.unwritable() is None
+    finally:
+        store.close()
