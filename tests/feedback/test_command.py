@@ -815,3 +815,11 @@ def test_a_copy_made_as_the_warning_says_is_whole_and_not_warned_about(tmp_path:
         assert not Path(str(live) + "x").exists() and not Path(str(copy) + "2").exists()
     finally:
         store.close()
+
+
+def test_the_report_reads_a_hot_standby(standby: str) -> None:
+    """Operators may point the report at a replica: one snapshot, read-only, no write of any kind."""
+    code, output = run("--json", "--db", standby)
+    assert code == 0, output
+    topics = json.loads(output)["services"][VIEW]["topics"]
+    assert topics["iron-after-b12"]["overridden"] == 1
