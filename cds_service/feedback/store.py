@@ -113,8 +113,10 @@ NO_ISSUED_RECORDS = (
 
 
 class StoreUnavailable(Exception):
-    """The database cannot serve right now (unreachable, connection lost, shutting down); nothing was
-    written, and the same call may succeed later. The message is the database's reason, without secrets."""
+    """The database cannot serve right now (unreachable, connection lost, shutting down, a lock held too
+    long, a read-only standby, a GRANT missing; a SQLite file full, locked, read-only or replaced under
+    the service); nothing was written, and the same call may succeed later, some once an operator acts.
+    The message is the database's reason, without secrets."""
 
 
 def timestamp_text(moment: datetime) -> str:
