@@ -198,7 +198,8 @@ def feedback_report(as_json: bool, since: str | None, db: str | None) -> None:
     The report only reads the store. What each number means: docs/feedback.md.
     """
     try:
-        start = parse_rfc3339("--since", since) if since else None
+        # An empty --since (a script's unset variable) is an error, not the report for all time.
+        start = parse_rfc3339("--since", since) if since is not None else None
         if start is not None:
             start.astimezone(UTC)  # the store compares UTC instants
     except ConfigError as error:

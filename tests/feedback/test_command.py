@@ -143,6 +143,7 @@ def test_an_empty_store_says_so(sqlite_url: str) -> None:
     [
         (["--since", "last week"], "--since='last week': expected an RFC 3339 date-time"),
         (["--since", "2026-03-02T09:00:00"], "needs an offset"),
+        (["--since", ""], "--since='': expected an RFC 3339 date-time"),  # was the report for all time
     ],
 )
 def test_a_bad_since_is_a_usage_error(filled: str, args: list[str], message: str) -> None:
