@@ -54,7 +54,7 @@ def store_url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue(f"{request.param}_url")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def standby() -> Iterator[str]:
     """The URL of database 'feedback' on a real hot standby (read-only, as after a failover), whose
     primary has the store's tables, one card issued (c1, iron-after-b12) and it overridden."""
