@@ -26,12 +26,18 @@ class Standby:
             os.chown(self.base, account.pw_uid, account.pw_gid)
         self._data = self.base / "data"
         socket = str(primary.base)
-        # -R: a standby that follows the primary; -c fast: no wait for a spread checkpoint (minutes).
-        self._run(
-            "pg_basebackup", "-D", str(self._data), "-R", "-c", "fast", "-h", socket, "-p", str(PG_PORT)
-        )
         options = f"-c listen_addresses='' -c unix_socket_directories={self.base} -p {PG_PORT} -c fsync=off"
-        self._run("pg_ctl", "-D", str(self._data), "-o", options, "-l", str(self.base / "log"), "-w", "start")
+        try:
+            # -R: a standby that follows the primary; -c fast: no wait for a spread checkpoint (minutes).
+            self._run(
+                "pg_basebackup", "-D", str(self._data), "-R", "-c", "fast", "-h", socket, "-p", str(PG_PORT)
+            )
+            self._run(
+                "pg_ctl", "-D", str(self._data), "-o", options, "-l", str(self.base / "log"), "-w", "start"
+            )
+        except BaseException:
+            self.remove()
+            raise
 
     def url(self, database: str) -> str:
         return f"postgresql://postgres@/{database}?host={self.base}&port={PG_PORT}"
