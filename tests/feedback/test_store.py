@@ -783,3 +783,22 @@ def test_a_relative_sqlite_path_is_still_the_same_file_after_a_change_of_directo
         assert store.unwritable() is None
     finally:
         store.close()
+
+
+def test_a_role_that_may_not_create_the_missing_tables_starts_the_worker_not_ready(postgres_url: str) -> None:
+    """The tables are missing and the role may not create them (PostgreSQL 15 grants no CREATE on public):
+    the worker starts, not ready, saying why, and creates them on the first write once allowed."""
+    import psycopg
+
+    url = _role_url(postgres_url, "creator")
+    store = FeedbackStore.open_for_service(url)
+    try:
+        assert store.unwritable() == "permission denied for schema public"
+        with pytest.raises(StoreUnavailable):
+            post(store, SERVICE, overridden("c1", T0))
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(f'GRANT CREATE ON SCHEMA public TO "{url.split("//")[1].split("@")[0]}"')
+        assert post(store, SERVICE, overridden("c1", T0)) == 1
+        assert store.unwritable() is None
+    finally:
+        store.close()
