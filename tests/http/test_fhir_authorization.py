@@ -5,11 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 
-from cds_service.app import create_app
-from cds_service.config import Settings
 from tests.builders import hook_body
 from tests.support.fake_ehr_fhir import FakeEhrFhir
 
@@ -23,14 +20,6 @@ def ehr() -> Iterator[FakeEhrFhir]:
     with FakeEhrFhir(token=TOKEN) as server:
         server.add_search("Condition", [], page_size=200)
         yield server
-
-
-@pytest.fixture
-def served(settings: Settings, ehr: FakeEhrFhir) -> Iterator[FlaskClient]:
-    app: Flask = create_app(settings.with_overrides(allowed_fhir_servers=(ehr.base_url,)))
-    yield app.test_client()
-    app.extensions["cds"]["recorder"].close()
-    app.extensions["cds"]["feedback"].close()
 
 
 def _call_missing_conditions(client: FlaskClient, ehr: FakeEhrFhir, authorization: dict) -> int:

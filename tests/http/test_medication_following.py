@@ -8,11 +8,8 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 
-from cds_service.app import create_app
-from cds_service.config import Settings
 from tests.builders import REPO
 from tests.support.fake_ehr_fhir import FakeEhrFhir
 
@@ -24,14 +21,6 @@ SERVICE = "/cds-services/b12-iron-patient-view"
 def ehr() -> Iterator[FakeEhrFhir]:
     with FakeEhrFhir() as server:
         yield server
-
-
-@pytest.fixture
-def served(settings: Settings, ehr: FakeEhrFhir) -> Iterator[FlaskClient]:
-    app: Flask = create_app(settings.with_overrides(allowed_fhir_servers=(ehr.base_url,)))
-    yield app.test_client()
-    app.extensions["cds"]["recorder"].close()
-    app.extensions["cds"]["feedback"].close()
 
 
 def _cards(client: FlaskClient, body: dict) -> list[tuple[str, str]]:

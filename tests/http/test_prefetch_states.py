@@ -12,10 +12,8 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 
-from cds_service.app import create_app
 from cds_service.config import Settings
 from cds_service.protocol.request import RequestError
 from cds_service.services import build_handler
@@ -31,14 +29,6 @@ def ehr() -> Iterator[FakeEhrFhir]:
     with FakeEhrFhir() as server:
         server.add_search("Condition", [], page_size=200)
         yield server
-
-
-@pytest.fixture
-def served(settings: Settings, ehr: FakeEhrFhir) -> Iterator[FlaskClient]:
-    app: Flask = create_app(settings.with_overrides(allowed_fhir_servers=(ehr.base_url,)))
-    yield app.test_client()
-    app.extensions["cds"]["recorder"].close()
-    app.extensions["cds"]["feedback"].close()
 
 
 def _call(client: FlaskClient, conditions: object, fhir_server: str | None) -> int:

@@ -38,12 +38,8 @@ HEADERS_REASON = (
 )
 
 
-def log_entries(served: Served) -> list[dict[str, object]]:
-    return [json.loads(line) for line in served.log().splitlines() if line.strip()]
-
-
 def logged(served: Served, message: str) -> list[dict[str, object]]:
-    return [entry for entry in log_entries(served) if entry.get("message") == message]
+    return [entry for entry in served.log_entries() if entry.get("message") == message]
 
 
 def wait_for_more(served: Served, message: str, seen: int, timeout_s: float = 5) -> list[dict[str, object]]:
@@ -192,7 +188,7 @@ def test_a_malformed_chunked_body_the_app_reads_is_a_400_that_quotes_nothing(
     """A hook call or feedback whose chunk size is not hex: gunicorn raises while the app reads the body,
     with the body's bytes in its message. That is the caller's 400, and neither answer nor log quotes it."""
     refused = "hook call refused (400)" if path.endswith("view") else "feedback refused (400)"
-    before = sum(refused in str(e.get("message")) for e in log_entries(served))
+    before = sum(refused in str(e.get("message")) for e in served.log_entries())
     request = (
         f"POST {path} HTTP/1.1\r\nHost: cds\r\nContent-Type: application/json\r\n"
         f"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{token}\r\n{{}}\r\n0\r\n\r\n"
@@ -207,7 +203,7 @@ def test_a_malformed_chunked_body_the_app_reads_is_a_400_that_quotes_nothing(
     )
     assert token not in raw.decode("latin-1")
     deadline = time.monotonic() + 5
-    while sum(refused in str(e.get("message")) for e in log_entries(served)) <= before:
+    while sum(refused in str(e.get("message")) for e in served.log_entries()) <= before:
         assert time.monotonic() < deadline, "the refusal was not logged"
         time.sleep(0.05)
     assert token not in served.log() and "Traceback" not in served.log()
@@ -226,7 +222,7 @@ def test_the_server_still_answers_calls_after_refusing_requests(served: Served, 
         )
     assert call.status_code == 200
     assert "iron-studies-after-b12" in [card["source"]["topic"]["code"] for card in call.json()["cards"]]
-    booted = [e for e in log_entries(served) if str(e.get("message", "")).startswith("Booting worker")]
+    booted = [e for e in served.log_entries() if str(e.get("message", "")).startswith("Booting worker")]
     assert len(booted) == 1, "refusing a request must not cost the worker"
 
 

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cds_service.gunicorn_worker import SEND_TIMEOUT_S
-from tests.support.raw_http import Answer, answers, exchange
+from tests.support.raw_http import Answer, answers, chunked, exchange
 from tests.support.served import HOOKS_NOW, Served, hook_example
 
 pytestmark = pytest.mark.integration
@@ -55,19 +55,6 @@ def post(path: str, body: bytes, *headers: str) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
 
-def chunked(body: bytes) -> bytes:
-    return b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
-
-
-def in_chunks_of(size: int, body: bytes) -> bytes:
-    pieces = (body[start : start + size] for start in range(0, len(body), size))
-    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
-
-
-def log_entries(served: Served) -> list[dict[str, object]]:
-    return [json.loads(line) for line in served.log().splitlines() if line.strip()]
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     server = Served(tmp_path_factory.mktemp("http-attacks"), workers=1, threads=2, CDS_NOW=HOOKS_NOW)
@@ -79,12 +66,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 def worker_unharmed(served: Served) -> Iterator[None]:
     """Nothing a test sends may cost a stack trace, an ERROR line or the worker. WARNING and above are
     written before the answer leaves (only INFO lines are batched), so a short wait is enough."""
-    seen = len(log_entries(served))
+    seen = len(served.log_entries())
     yield
     time.sleep(0.05)
-    new = log_entries(served)[seen:]
+    new = served.log_entries()[seen:]
     assert not [e for e in new if "exception" in e or e["level"] in ("ERROR", "CRITICAL")], new
-    booted = [e for e in log_entries(served) if str(e.get("message", "")).startswith("Booting worker")]
+    booted = [e for e in served.log_entries() if str(e.get("message", "")).startswith("Booting worker")]
     assert len(booted) == 1, "a worker was restarted"
 
 
@@ -133,7 +120,7 @@ def test_a_transfer_coding_besides_chunked_is_a_501_not_left_in_the_body(
         chunked(BODY),
         b"%x;name=value\r\n%s\r\n0\r\n\r\n" % (len(BODY), BODY),  # a chunk extension
         b"%x\r\n%s\r\n0\r\nX-Checksum: abc\r\n\r\n" % (len(BODY), BODY),  # a trailer field
-        in_chunks_of(16, BODY),  # 464 small chunks: a body of up to 1024 passes whatever their sizes
+        chunked(BODY, 16),  # 464 small chunks: a body of up to 1024 passes whatever their sizes
     ],
     ids=["plain", "extension", "trailer", "small-chunks"],
 )
@@ -389,7 +376,7 @@ def test_a_body_in_thousands_of_tiny_chunks_is_refused_before_it_costs_seconds(s
     padded = hook_example("patient-view.json") | {"extension": {"padding": "p" * 400_000}}
     started = time.monotonic()
     answer = one_answer(
-        served.port, post(HOOK_PATH, in_chunks_of(1, orjson.dumps(padded)), "Transfer-Encoding: chunked")
+        served.port, post(HOOK_PATH, chunked(orjson.dumps(padded), 1), "Transfer-Encoding: chunked")
     )
     assert answer.status == 400
     assert "too many small chunks" in answer.reason()
@@ -398,7 +385,7 @@ def test_a_body_in_thousands_of_tiny_chunks_is_refused_before_it_costs_seconds(s
 
 def test_a_large_body_in_chunks_of_64_bytes_is_read(served: Served) -> None:
     padded = hook_example("patient-view.json") | {"extension": {"padding": "p" * 100_000}}
-    framed = in_chunks_of(64, orjson.dumps(padded))
+    framed = chunked(orjson.dumps(padded), 64)
     assert framed.count(b"\r\n") > 2 * 1024
     answer = one_answer(served.port, post(HOOK_PATH, framed, "Transfer-Encoding: chunked"))
     assert answer.status == 200, answer.body
@@ -406,7 +393,7 @@ def test_a_large_body_in_chunks_of_64_bytes_is_read(served: Served) -> None:
 
 def test_tiny_chunks_after_a_refusal_are_not_drained_for_long(served: Served) -> None:
     """A 404 leaves the body unread; gunicorn drains it before reusing the connection, chunk by chunk."""
-    framed = in_chunks_of(1, b"x" * 60_000)
+    framed = chunked(b"x" * 60_000, 1)
     request = post("/cds-services/nope", framed, "Transfer-Encoding: chunked")
     replies = answers(exchange(served.port, request + b"GET /healthz HTTP/1.1\r\nHost: cds\r\n\r\n"))
     assert [a.status for a in replies] == [404]

@@ -23,7 +23,7 @@ from gunicorn.http.parser import RequestParser
 from cds_service.config import Settings
 from cds_service.serving import CdsServer, gunicorn_options
 from tests.auth.auth_support import BASE_URL, Signer, ec_p384_key, write_clients
-from tests.support.raw_http import Answer, Connection
+from tests.support.raw_http import Answer, Connection, chunked
 from tests.support.served import HOOKS_NOW, Served, hook_example
 
 HOOK_PATH = "/cds-services/b12-iron-patient-view"
@@ -43,15 +43,6 @@ def head(method: str, path: str, *fields: str, length: int | None = len(BODY)) -
     if length is not None and not any(f.lower().startswith("transfer-encoding:") for f in fields):
         lines.append(f"Content-Length: {length}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-def chunked(body: bytes, size: int = 4096) -> bytes:
-    pieces = (body[start : start + size] for start in range(0, len(body), size))
-    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
-
-
-def log_entries(served: Served) -> list[dict[str, object]]:
-    return [json.loads(line) for line in served.log().splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +82,11 @@ def worker_unharmed(request: pytest.FixtureRequest) -> Iterator[None]:
         for name in ("served", "served_with_jwts")
         if name in request.fixturenames
     ]
-    seen = [len(log_entries(server)) for server in servers]
+    seen = [len(server.log_entries()) for server in servers]
     yield
     time.sleep(0.05)
     for server, before in zip(servers, seen, strict=True):
-        entries = log_entries(server)
+        entries = server.log_entries()
         assert not [e for e in entries[before:] if "exception" in e or e["level"] in ("ERROR", "CRITICAL")]
         assert sum(str(e.get("message", "")).startswith("Booting worker") for e in entries) == 1
 

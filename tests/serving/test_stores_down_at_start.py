@@ -8,7 +8,6 @@ work it skipped (the PostgreSQL tables) done then. A store URL that is malformed
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from pathlib import Path
@@ -35,12 +34,8 @@ def readiness(base: str) -> tuple[int, dict[str, Any]]:
     return answer.status_code, answer.json()
 
 
-def log_entries(server: Served) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
-
-
 def messages_with(server: Served, text: str) -> list[str]:
-    return [entry["message"] for entry in log_entries(server) if text in entry["message"]]
+    return [entry["message"] for entry in server.log_entries() if text in entry["message"]]
 
 
 def assert_one_warning_and_no_restart(server: Served, store: str) -> None:

@@ -153,21 +153,17 @@ def readiness(base: str) -> tuple[int, dict[str, Any], float]:
     return answer.status_code, answer.json(), time.monotonic() - started
 
 
-def log_entries(server: Served) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
-
-
 def messages(server: Served, text: str, level: str | None = None) -> list[str]:
     return [
         entry["message"]
-        for entry in log_entries(server)
+        for entry in server.log_entries()
         if text in entry["message"] and (level is None or entry["level"] == level)
     ]
 
 
 def call_lines(server: Served, hook_instance: str) -> list[dict[str, Any]]:
     server.wait_for_log(hook_instance)
-    return [e for e in log_entries(server) if e.get("hookInstance") == hook_instance and "status" in e]
+    return [e for e in server.log_entries() if e.get("hookInstance") == hook_instance and "status" in e]
 
 
 def assert_clean_log(server: Served) -> None:
@@ -175,7 +171,7 @@ def assert_clean_log(server: Served) -> None:
     text = server.log()
     assert "Traceback" not in text
     assert SECRET not in text
-    assert not [e for e in log_entries(server) if e.get("status") == 500]
+    assert not [e for e in server.log_entries() if e.get("status") == 500]
 
 
 def replay_check_unavailable(answer: requests.Response) -> bool:

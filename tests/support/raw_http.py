@@ -19,6 +19,13 @@ class Answer:
         return outcome["issue"][0]["diagnostics"]
 
 
+def chunked(body: bytes, size: int | None = None) -> bytes:
+    """``body`` in chunked transfer coding: one chunk, or chunks of ``size`` bytes."""
+    size = size or max(len(body), 1)
+    pieces = (body[start : start + size] for start in range(0, len(body), size))
+    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
+
+
 def exchange(port: int, request: bytes, *, timeout_s: float = 10) -> bytes:
     """Send ``request``, close the sending side (so a keep-alive server answers and then sees the end),
     and return everything the server sends until it closes the connection."""

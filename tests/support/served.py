@@ -83,6 +83,10 @@ class Served:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def log_entries(self) -> list[dict[str, Any]]:
+        """The log's JSON lines, parsed (gunicorn's own lines before logging is configured are not JSON)."""
+        return [json.loads(line) for line in self.log().splitlines() if line.startswith("{")]
+
     def wait_for_log(self, text: str, timeout_s: float = 5) -> None:
         """Give a worker time to write the line of a call it has already answered."""
         deadline = time.monotonic() + timeout_s
