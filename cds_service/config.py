@@ -87,12 +87,15 @@ def _parse_url(name: str, value: str) -> str:
 
 
 def parse_rfc3339(name: str, value: str) -> datetime:
-    """An RFC 3339 date-time with an offset; a bare date means midnight UTC."""
+    """An RFC 3339 date-time with an offset; a bare date means midnight UTC. RFC 3339 lets the ``T`` and the
+    ``Z`` be written in lower case (section 5.6), which ``fromisoformat`` reads only for the ``T``."""
     text = value.strip()
     if len(text) == 10:
         text += "T00:00:00Z"
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text)
     except ValueError:
         raise ConfigError(
             f"{name}={value!r}: expected an RFC 3339 date-time such as 2026-01-31T09:00:00Z"

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from cds_service.cli import main
-from cds_service.config import ConfigError, Settings, load_settings
+from cds_service.config import ConfigError, Settings, load_settings, parse_rfc3339
 
 
 def test_defaults_match_the_public_interface() -> None:
@@ -99,3 +99,11 @@ def test_a_service_url_with_credentials_is_refused_without_quoting_them(name: st
     message = str(raised.value)
     assert "s3cr3t" not in message
     assert "***" in message
+
+
+@pytest.mark.parametrize(
+    "written", ["2026-01-15T09:00:00Z", "2026-01-15t09:00:00z", "2026-01-15T10:00:00+01:00"]
+)
+def test_an_rfc_3339_time_is_read_in_either_case(written: str) -> None:
+    """RFC 3339 section 5.6 allows a lower-case t and z; a --since written so was refused."""
+    assert parse_rfc3339("CDS_NOW", written) == datetime(2026, 1, 15, 9, tzinfo=UTC)
