@@ -15,6 +15,7 @@ import re
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 import requests
@@ -23,6 +24,7 @@ from jwt.exceptions import InvalidJTIError
 from cds_service.config import ConfigError, Settings
 from cds_service.protocol.clients import ALLOWED_ALGORITHMS, ClientConfig, ClientKeys, load_clients
 from cds_service.protocol.jti_store import ReplayStoreError, open_replay_store
+from cds_service.redaction import without_passwords
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,12 @@ class Authenticator:
                 "CDS_PUBLIC_BASE_URL is needed with CDS_AUTH=required: tokens are checked against "
                 "the URL the client called (their 'aud' claim)"
             )
+        if _comparable_url(settings.public_base_url) is None:
+            shown = without_passwords(settings.public_base_url, settings.public_base_url)
+            raise ConfigError(
+                f"CDS_PUBLIC_BASE_URL={shown!r} cannot be compared with a token's aud: "
+                "give an absolute http(s) URL with a host and no user, query or fragment"
+            )
         return load_clients(settings.clients_file)
 
     def describe(self) -> str:
@@ -140,8 +148,9 @@ class Authenticator:
         if verifier is None:
             raise AuthError(f"alg {alg} does not match key {_shown(kid)} of {client.iss}")
 
-        audience = self._base_url + "/" + path.lstrip("/")
-        claims = _verified_claims(token, verifier, alg, audience.rstrip("/"), client.iss)
+        audience = (self._base_url + "/" + path.lstrip("/")).rstrip("/")
+        claims = _verified_claims(token, verifier, alg, client.iss)
+        _check_audience(claims["aud"], audience)
         _check_lifetime(claims)
         tenant = _checked_tenant(claims.get("tenant"), client.tenants, client.iss)
         self._use_once(client.iss, claims)
@@ -185,26 +194,63 @@ def _unverified_parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return decoded["header"], decoded["payload"]
 
 
-def _verified_claims(token: str, key: jwt.PyJWK, alg: str, audience: str, iss: str) -> dict[str, Any]:
+def _verified_claims(token: str, key: jwt.PyJWK, alg: str, iss: str) -> dict[str, Any]:
+    """The claims of a token whose signature verifies, with iss, exp, iat and nbf checked; aud is left to
+    _check_audience, which compares URLs as URLs."""
     try:
         return jwt.decode(
             token,
             key,
             algorithms=[alg],
-            audience=[audience, audience + "/"],
             issuer=iss,
             leeway=LEEWAY_S,
-            options={"require": list(REQUIRED_CLAIMS)},
+            options={"require": list(REQUIRED_CLAIMS), "verify_aud": False},
         )
     except jwt.MissingRequiredClaimError as error:
         raise AuthError(f"the token lacks the required claim {error.claim!r}") from None
-    except jwt.InvalidAudienceError:
-        raise AuthError(f"aud does not name the endpoint called ({audience})") from None
     except jwt.InvalidTokenError as error:
         for kind, reason in _REASONS:
             if isinstance(error, kind):
                 raise AuthError(reason) from None
         raise AuthError(f"the token is invalid ({type(error).__name__})") from None
+
+
+def _comparable_url(url: str) -> tuple[str, str, str] | None:
+    """An http(s) URL as (scheme, authority, path) to compare as URLs are equal (RFC 3986, 6.2.2-6.2.3):
+    scheme and host in lower case, the scheme's default port dropped, one trailing slash ignored. The
+    path stays as written (case, percent-encoding, dot segments). None for what cannot be an endpoint's
+    URL: not http(s), no host, a user part, a query or a fragment, a port that is not a number."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme, host = parts.scheme.lower(), parts.hostname
+    if scheme not in ("http", "https") or not host or "@" in parts.netloc:
+        return None
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        return None
+    if ":" in host:  # an IPv6 literal, which hostname gives without its brackets
+        host = f"[{host}]"
+    if port is not None and port != {"http": 80, "https": 443}[scheme]:
+        host = f"{host}:{port}"
+    path = parts.path[:-1] if parts.path.endswith("/") else parts.path
+    return scheme, host, path
+
+
+def _check_audience(aud: object, audience: str) -> None:
+    """aud (a string or a list of strings, RFC 7519 4.1.3) must name ``audience``, the URL of the endpoint
+    called. The URLs are compared as URLs: ``HTTPS://CDS.example.org:443/cds-services/x/`` names
+    ``https://cds.example.org/cds-services/x``, but another scheme, host, port or path does not (the
+    discovery URL does not name a service, nor a service's URL its feedback endpoint)."""
+    values = [aud] if isinstance(aud, str) else aud
+    if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
+        raise AuthError("aud is not a string or a list of strings")
+    if not any(values):
+        raise AuthError("the token lacks the required claim 'aud'")
+    expected = _comparable_url(audience)
+    if expected is None or not any(_comparable_url(value) == expected for value in values):
+        raise AuthError(f"aud does not name the endpoint called ({audience}): it is {_shown(aud, 160)}")
 
 
 def _check_lifetime(claims: dict[str, Any]) -> None:
