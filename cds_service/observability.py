@@ -17,6 +17,7 @@ rather than whichever module happened to import the library first.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
@@ -359,17 +360,74 @@ def metrics_response() -> tuple[bytes, str]:
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
     metrics = _get_metrics()
-    if os.environ.get(MULTIPROC_ENV):
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+        # Not while the master folds a dead worker's files into the archive (mark_worker_dead): a scrape
+        # in between would count that worker twice, or not at all, and either reads as a counter reset.
+        with _folding_lock(directory, fcntl.LOCK_SH):
+            return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(metrics.registry), CONTENT_TYPE_LATEST
 
 
+# Where the counts of dead workers go, one file per type; named like a worker's files ("<type>_<id>.db")
+# so that the MultiProcessCollector sums them in.
+_ARCHIVE_ID = "dead-workers"
+_FOLDED_TYPES = ("counter", "histogram")
+_LOCK_FILE = ".dead-workers.lock"
+
+
+@contextmanager
+def _folding_lock(directory: str, mode: int) -> Iterator[None]:
+    """An advisory lock on a file of the directory: shared for scrapes, exclusive for a fold.
+
+    Opened afresh each time: a descriptor inherited across gunicorn's fork would share its lock."""
+    fd = os.open(os.path.join(directory, _LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, mode)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def mark_worker_dead(pid: int) -> None:
-    """Tell the multiprocess store a worker has gone, so its live gauges stop counting."""
+    """A worker has gone (its exit, SIGKILL, a recycle): fold its counts into the archive, drop its files.
+
+    Called by gunicorn's master for every worker it reaps (``child_exit``). prometheus_client's
+    ``mark_process_dead`` only removes live gauges' files (the service has no gauges); a dead worker's
+    counter and histogram files stayed, 64 KiB or more each, in a directory held in memory, and every
+    scrape read each of them: a worker killed every few minutes (OOM, timeouts) or SIGHUP reloads piled
+    them up without bound. Its samples are instead added to ``<type>_dead-workers.db`` and its files
+    removed, under the lock scrapes take, so a total never goes down or counts a worker twice."""
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(pid)
+    directory = os.environ.get(MULTIPROC_ENV)
+    if not directory:
+        return
+    with _metrics_guard():
+        fold_dead_worker(directory, pid)
+
+
+def fold_dead_worker(directory: str, pid: int) -> None:
+    """Add the samples of worker ``pid``'s counter and histogram files to the archive files, then remove
+    its files. Counters and histogram buckets are plain sums across processes, so the archive reads as
+    that worker did, and the MultiProcessCollector's totals are unchanged."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    with _folding_lock(directory, fcntl.LOCK_EX):
+        for kind in _FOLDED_TYPES:
+            dead = os.path.join(directory, f"{kind}_{pid}.db")
+            if not os.path.exists(dead):
+                continue
+            archive = MmapedDict(os.path.join(directory, f"{kind}_{_ARCHIVE_ID}.db"))
+            try:
+                for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(dead):
+                    if value:
+                        archive.write_value(key, archive.read_value(key)[0] + value, timestamp)
+            finally:
+                archive.close()
+            os.remove(dead)

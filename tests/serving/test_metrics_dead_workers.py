@@ -1,0 +1,207 @@
+"""Workers that die and are replaced, under a real `cds-service serve`: the counters stay right.
+
+A worker killed outright (SIGKILL, as the kernel's out-of-memory killer does) leaves its memory-mapped
+metric files behind; gunicorn starts a new worker with a new pid and new files. The dead worker's counts
+must stay in the sums (a counter that goes down reads as a reset to Prometheus, and ``rate`` then counts
+the whole total again), must not be counted twice, and its files must not pile up: every scrape reads
+every file, and the directory is in memory in the image (``/tmp``, an ``emptyDir``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from cds_service import observability
+from tests.support.served import HOOKS_NOW, Served, hook_example
+
+VIEW = "b12-iron-patient-view"
+REQUESTS_200 = re.compile(
+    rf'^cds_hook_requests_total\{{service="{VIEW}",status="200"\}} (\S+)$', re.MULTILINE
+)
+COUNT = re.compile(rf'^cds_hook_request_duration_seconds_count\{{service="{VIEW}"\}} (\S+)$', re.MULTILINE)
+WORKERS = 2
+KILLS = 6
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    server = Served(tmp_path, workers=WORKERS, threads=2, CDS_NOW=HOOKS_NOW)
+    yield server
+    server.stop()
+
+
+def worker_pids(master: int) -> set[int]:
+    """The master's live children, from /proc (the workers are its only children)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...; comm may hold spaces and parentheses, so split after the last ')'.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] != "Z" and int(fields[1]) == master:
+            found.add(int(entry.name))
+    return found
+
+
+def wait_for_workers(served: Served, without: set[int], timeout_s: float = 30) -> set[int]:
+    """Wait until the master has its full count of workers, none of them in ``without``, each of which has
+    written its metric files (it does so while it boots, before it accepts a call)."""
+    [metrics_dir] = served.metrics_dirs()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pids = worker_pids(served.process.pid)
+        if len(pids) == WORKERS and not pids & without:
+            written = {p.stem.rsplit("_", 1)[-1] for p in metrics_dir.glob("counter_*.db")}
+            if {str(pid) for pid in pids} <= written:
+                return pids
+        time.sleep(0.05)
+    raise AssertionError(f"workers not replaced: {worker_pids(served.process.pid)}, dead {without}")
+
+
+def scraped(served: Served) -> tuple[float, float]:
+    """(answered 200, latency count) for the patient-view service, on a new connection."""
+    body = requests.get(f"{served.base}/metrics", timeout=10).text
+    return float(REQUESTS_200.search(body)[1]), float(COUNT.search(body)[1])
+
+
+def call(served: Served, body: dict, n: int) -> None:
+    for _ in range(n):  # a new connection each time: the kernel hands them to either worker
+        assert requests.post(f"{served.base}/cds-services/{VIEW}", json=body, timeout=30).status_code == 200
+
+
+@pytest.mark.integration
+def test_killed_and_reloaded_workers_keep_their_counts_once_and_leave_no_files_behind(served: Served) -> None:
+    body = hook_example("patient-view.json")
+    [metrics_dir] = served.metrics_dirs()
+    pids = wait_for_workers(served, set())
+    files_at_start = sorted(p.name for p in metrics_dir.glob("*.db"))
+
+    # Scrapes throughout, in sequence: a total seen to go down at any moment is a counter reset.
+    seen: list[float] = []
+    stop = threading.Event()
+
+    def scrape_all_along() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(requests.RequestException):  # a connection a killed worker held
+                seen.append(scraped(served)[0])
+
+    scraper = threading.Thread(target=scrape_all_along)
+    scraper.start()
+    expected = 0
+    dead: set[int] = set()
+    try:
+        for round_ in range(KILLS + 1):
+            call(served, body, 8)
+            expected += 8
+            assert scraped(served) == (expected, expected)
+            victims = set(pids)
+            if round_ < KILLS:
+                victim = sorted(pids)[round_ % WORKERS]
+                time.sleep(0.3)  # past the log writer's interval, so its call lines are out too
+                os.kill(victim, signal.SIGKILL)
+                victims = {victim}
+            else:  # gunicorn's own recycling: SIGHUP replaces every worker, gracefully
+                served.process.send_signal(signal.SIGHUP)
+            dead |= victims
+            pids = wait_for_workers(served, dead)
+            assert scraped(served) == (expected, expected), "a dead worker's calls lost or counted twice"
+    finally:
+        stop.set()
+        scraper.join(timeout=30)
+
+    assert seen and seen == sorted(seen), "the total went down between two scrapes"
+    assert max(seen) <= expected
+    time.sleep(0.3)
+    lines = [e for e in served.log_entries() if e["logger"] == "cds_service.calls"]
+    assert len(lines) == expected
+    # What is left: the live workers' files and a fixed few holding what the dead ones had counted.
+    names = sorted(p.name for p in metrics_dir.glob("*.db"))
+    live = sorted(p.name for p in metrics_dir.glob("*.db") if p.stem.rsplit("_", 1)[-1] in map(str, pids))
+    assert len(live) == len(files_at_start)
+    assert len(names) <= len(files_at_start) + 2, names
+    assert not [name for name in names if any(f"_{pid}." in name for pid in dead)]
+
+
+def collected(directory: Path) -> dict[tuple[str, tuple], float]:
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    collector = MultiProcessCollector(None, path=str(directory))
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value for m in collector.collect() for s in m.samples
+    }
+
+
+def write_samples(path: Path, metric: str, samples: list[tuple[str, dict[str, str], float]]) -> None:
+    """A worker's file as prometheus_client writes it: ``(sample name, labels, value)`` of one metric."""
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    mmapped = MmapedDict(str(path))
+    for name, labels, value in samples:
+        mmapped.write_value(mmap_key(metric, name, list(labels), list(labels.values()), "help"), value, 0.0)
+    mmapped.close()
+
+
+def test_folding_a_dead_worker_changes_no_total_and_adds_to_earlier_folds(tmp_path: Path) -> None:
+    service = {"service": VIEW}
+    for pid, calls in ((101, 3.0), (102, 5.0), (103, 7.0)):
+        write_samples(
+            tmp_path / f"counter_{pid}.db",
+            "cds_hook_requests",
+            [("cds_hook_requests_total", service | {"status": "200"}, calls)],
+        )
+        write_samples(
+            tmp_path / f"histogram_{pid}.db",
+            "cds_hook_request_duration_seconds",
+            [
+                ("cds_hook_request_duration_seconds_bucket", service | {"le": "0.5"}, calls),
+                ("cds_hook_request_duration_seconds_sum", service, calls / 10),
+            ],
+        )
+    before = collected(tmp_path)
+    observability.fold_dead_worker(str(tmp_path), 101)
+    observability.fold_dead_worker(str(tmp_path), 102)
+    observability.fold_dead_worker(str(tmp_path), 999)  # no files: nothing to do
+    after = collected(tmp_path)
+    assert after == before
+    assert after[("cds_hook_requests_total", (("service", VIEW), ("status", "200")))] == 15.0
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == [
+        "counter_103.db",
+        "counter_dead-workers.db",
+        "histogram_103.db",
+        "histogram_dead-workers.db",
+    ]
+
+
+def test_a_scrape_waits_while_a_dead_worker_is_being_folded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between adding a dead worker's counts to the archive and removing its files, its calls are on disk
+    twice; a scrape then would read a total that the next scrape sees fall, a counter reset."""
+    monkeypatch.setenv(observability.MULTIPROC_ENV, str(tmp_path))
+    answered = threading.Event()
+
+    def scrape() -> None:
+        observability.metrics_response()
+        answered.set()
+
+    with observability._folding_lock(str(tmp_path), fcntl.LOCK_EX):
+        scraper = threading.Thread(target=scrape)
+        scraper.start()
+        assert not answered.wait(0.5), "the scrape read the directory in the middle of a fold"
+    assert answered.wait(5)
+    scraper.join()
