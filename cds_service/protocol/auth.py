@@ -254,18 +254,30 @@ def _check_audience(aud: object, audience: str) -> None:
 
 
 def _check_lifetime(claims: dict[str, Any]) -> None:
-    """exp and iat as JSON numbers, and exp at most MAX_LIFETIME_S (plus the clock leeway) from now.
+    """exp, iat (and nbf when sent) as JSON numbers; exp after iat, at most MAX_LIFETIME_S after it and
+    from now, each with LEEWAY_S of tolerance.
 
     PyJWT has already refused an expired or future-issued token, but it also takes ``"exp": "1764000000"``
-    (a string) and any expiry however distant."""
-    for claim in ("exp", "iat"):
-        value = claims[claim]
+    (a string) and any expiry however distant. Bounding exp from now alone let a long-lived token in
+    once its end drew near: one minted for a day was refused for 23 h 54 min, then accepted."""
+    for claim in ("exp", "iat", "nbf"):
+        value = claims.get(claim)
+        if claim == "nbf" and value is None:
+            continue
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise AuthError(f"{claim} is not a number (NumericDate)")
-    if claims["exp"] > time.time() + MAX_LIFETIME_S + LEEWAY_S:
+    exp, iat = claims["exp"], claims["iat"]
+    if exp > time.time() + MAX_LIFETIME_S + LEEWAY_S:
         raise AuthError(
             f"exp lies more than {MAX_LIFETIME_S + LEEWAY_S} seconds ahead ({MAX_LIFETIME_S} s and "
             f"{LEEWAY_S} s of clock skew): tokens must be short-lived"
+        )
+    if exp <= iat:
+        raise AuthError("exp is not after iat")
+    if exp - iat > MAX_LIFETIME_S + LEEWAY_S:
+        raise AuthError(
+            f"exp lies {_shown(exp - iat, 24)} seconds after iat, more than {MAX_LIFETIME_S} s (and "
+            f"{LEEWAY_S} s of tolerance): tokens must be short-lived"
         )
 
 

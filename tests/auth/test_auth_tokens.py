@@ -185,9 +185,11 @@ def test_expired(authenticator: Authenticator, ec_signer: Signer) -> None:
     assert "expired" in refused(authenticator, bearer(token))
 
 
-def test_small_clock_skew_is_tolerated(authenticator: Authenticator, ec_signer: Signer) -> None:
+@pytest.mark.parametrize("skew", [-50, 50])
+def test_small_clock_skew_is_tolerated(authenticator: Authenticator, ec_signer: Signer, skew: int) -> None:
+    """A client whose clock is 50 s ahead (iat in our future) or behind (exp almost past)."""
     now = int(time.time())
-    token = ec_signer.token(iat=now + 20, exp=now - 20)
+    token = ec_signer.token(iat=now + skew, exp=now + skew + (300 if skew > 0 else 60))
     assert authenticator.authenticate(bearer(token), SIGN_PATH).iss == ec_signer.iss
 
 
