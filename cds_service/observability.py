@@ -176,16 +176,27 @@ class _Metrics:
             ["service"],
             registry=registry,
         )
+        # Observed once per prefetch key fetched (FetchOutcome): a paged search is one observation for all
+        # its pages, a retried one for both tries. The HTTP requests are cds_fhir_queries_total.
         self.fhir_seconds = Histogram(
             "cds_fhir_fetch_duration_seconds",
-            "Time of each query the service sent to an EHR's FHIR server.",
+            "Time to fetch one prefetch key from an EHR's FHIR server, all its pages and retries included,"
+            " by outcome (ok, error).",
             ["outcome"],
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
         self.fhir_errors = Counter(
             "cds_fhir_fetch_errors",
-            "FHIR queries that failed (HTTP error, timeout, bad payload).",
+            "Prefetch keys that could not be fetched from an EHR's FHIR server (HTTP error, timeout, bad"
+            " payload, another patient's data).",
+            registry=registry,
+        )
+        self.fhir_queries = Counter(
+            "cds_fhir_queries",
+            "HTTP requests sent to EHRs' FHIR servers (every page and retry), by the service whose call sent"
+            " them: the sum of the call log lines' fhir_queries.",
+            ["service"],
             registry=registry,
         )
         self.auth_rejections = Counter(
@@ -234,6 +245,7 @@ class _Metrics:
         for service in service_ids:
             self.child(self.request_seconds, service)
             self.child(self.run_ahead_hits, service)
+            self.child(self.fhir_queries, service)
             for status in _HOOK_STATUSES:
                 self.child(self.requests, service, status)
             for topic in topic_labels:
@@ -305,6 +317,8 @@ def finish_call(trace: CallTrace, total_ms: float) -> None:
             metrics.child(metrics.cards, service, metrics.topic_label(topic)).inc()
         if trace.run_ahead_hit:
             metrics.child(metrics.run_ahead_hits, service).inc()
+        if trace.fhir_queries:
+            metrics.child(metrics.fhir_queries, service).inc(trace.fhir_queries)
     if _call_log.isEnabledFor(logging.INFO):
         _call_log.info(
             "hook call",

@@ -72,6 +72,7 @@ def expected_zero_series(services: list[str]) -> list[tuple[str, dict[str, str]]
             ("cds_hook_request_duration_seconds_count", {"service": service}),
             ("cds_hook_request_duration_seconds_bucket", {"service": service, "le": "+Inf"}),
             ("cds_run_ahead_hits_total", {"service": service}),
+            ("cds_fhir_queries_total", {"service": service}),
         ]
         series += [
             ("cds_hook_requests_total", {"service": service, "status": status})
