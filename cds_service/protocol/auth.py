@@ -131,14 +131,19 @@ class Authenticator:
         typ = header.get("typ")
         if typ is not None and (not isinstance(typ, str) or typ.upper() != "JWT"):
             raise AuthError(f"typ {_shown(typ)} is not JWT")
+        jku = header.get("jku")
+        if jku is not None and not isinstance(jku, str):
+            raise AuthError(f"jku {_shown(jku)} is not a URL")
 
         iss = unverified.get("iss")
         keys = self._keys.get(iss) if isinstance(iss, str) else None
         if keys is None:
             raise AuthError(f"iss {_shown(iss)} is not a trusted client")
         client = keys.client
-        jku = header.get("jku")
-        if jku is not None and jku != client.jwks_url:
+        # A jku is never fetched: keys come only from what the client registered. With a jwks_url it must
+        # name that URL; with keys given inline only, it points at a copy of what we hold (the Sandbox
+        # sends one on every call) and is ignored.
+        if jku is not None and client.jwks_url is not None and not _same_url(jku, client.jwks_url):
             raise AuthError(f"jku {_shown(jku)} is not the jwks_url registered for {client.iss}; not fetched")
 
         key = keys.find(kid)
@@ -215,11 +220,12 @@ def _verified_claims(token: str, key: jwt.PyJWK, alg: str, iss: str) -> dict[str
         raise AuthError(f"the token is invalid ({type(error).__name__})") from None
 
 
-def _comparable_url(url: str) -> tuple[str, str, str] | None:
-    """An http(s) URL as (scheme, authority, path) to compare as URLs are equal (RFC 3986, 6.2.2-6.2.3):
-    scheme and host in lower case, the scheme's default port dropped, one trailing slash ignored. The
-    path stays as written (case, percent-encoding, dot segments). None for what cannot be an endpoint's
-    URL: not http(s), no host, a user part, a query or a fragment, a port that is not a number."""
+def _comparable_url(url: str, *, query: bool = False) -> tuple[str, str, str, str] | None:
+    """An http(s) URL as (scheme, authority, path, query) to compare as URLs are equal (RFC 3986,
+    6.2.2-6.2.3): scheme and host in lower case, the scheme's default port dropped, one trailing slash
+    ignored. The path stays as written (case, percent-encoding, dot segments). None for what cannot be
+    compared so: not http(s), no host, a user part, a fragment, a port that is not a number, and a query
+    unless ``query`` (an endpoint's URL has none; a JWK Set's may)."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -228,14 +234,22 @@ def _comparable_url(url: str) -> tuple[str, str, str] | None:
     scheme, host = parts.scheme.lower(), parts.hostname
     if scheme not in ("http", "https") or not host or "@" in parts.netloc:
         return None
-    if parts.query or parts.fragment or "?" in url or "#" in url:
+    if parts.fragment or "#" in url or (not query and (parts.query or "?" in url)):
         return None
     if ":" in host:  # an IPv6 literal, which hostname gives without its brackets
         host = f"[{host}]"
     if port is not None and port != {"http": 80, "https": 443}[scheme]:
         host = f"{host}:{port}"
     path = parts.path[:-1] if parts.path.endswith("/") else parts.path
-    return scheme, host, path
+    return scheme, host, path, parts.query
+
+
+def _same_url(url: str, registered: str) -> bool:
+    """``url`` names ``registered`` (a jku its client's jwks_url), written the same or equal as a URL."""
+    if url == registered:
+        return True
+    comparable = _comparable_url(url, query=True)
+    return comparable is not None and comparable == _comparable_url(registered, query=True)
 
 
 def _check_audience(aud: object, audience: str) -> None:

@@ -157,10 +157,12 @@ def test_unlisted_jku_is_never_contacted(
             {"iss": rsa_signer.iss, "jwks_url": registered},
         ]
     )
-    for signer in (ec_signer, rsa_signer):
-        token = signer.token(headers={"jku": attacker_url})
-        with pytest.raises(AuthError, match="is not the jwks_url registered"):
-            authenticator.authenticate(bearer(token), SIGN_PATH)
+    token = rsa_signer.token(headers={"jku": attacker_url})
+    with pytest.raises(AuthError, match="is not the jwks_url registered"):
+        authenticator.authenticate(bearer(token), SIGN_PATH)
+    # A client registered with inline keys only is verified with those keys; its jku is not looked at.
+    inline = authenticator.authenticate(bearer(ec_signer.token(headers={"jku": attacker_url})), SIGN_PATH)
+    assert inline.iss == ec_signer.iss
     assert jwks_server.hits["/attacker.json"] == 0
     assert jwks_server.total_hits() == 0
 
@@ -182,3 +184,46 @@ def test_unreachable_jwks_url_refuses_with_a_reason(make_authenticator, rsa_sign
     )
     with pytest.raises(AuthError, match="is not a known key"):
         authenticator.authenticate(bearer(rsa_signer.token()), SIGN_PATH)
+
+
+def test_the_sandbox_registered_with_its_key_inline_only_passes_with_its_jku(
+    make_authenticator, jwks_server: JwksServer, ec_signer: Signer, other_ec_key
+) -> None:
+    """The Sandbox sends a jku on every call; a site without internet registers its key inline only.
+    The jku is not fetched, and only the inline key verifies: an impostor naming a jku it serves fails."""
+    sandbox_jku = jwks_server.url("/.well-known/jwks.json")
+    impostor = ec_signer.with_key(other_ec_key)
+    jwks_server.publish("/.well-known/jwks.json", impostor)
+    authenticator: Authenticator = make_authenticator(
+        [{"iss": ec_signer.iss, "jwks": {"keys": [ec_signer.public_jwk()]}}]
+    )
+    token = ec_signer.token(headers={"jku": sandbox_jku})
+    assert authenticator.authenticate(bearer(token), SIGN_PATH).iss == ec_signer.iss
+    with pytest.raises(AuthError, match="signature does not verify"):
+        authenticator.authenticate(bearer(impostor.token(headers={"jku": sandbox_jku})), SIGN_PATH)
+    assert jwks_server.total_hits() == 0
+
+
+def test_a_jku_equal_to_the_registered_url_as_a_url_is_honoured(
+    make_authenticator, jwks_server: JwksServer, rsa_signer: Signer
+) -> None:
+    """Scheme and host case and the default port do not make another URL; the registered one is fetched."""
+    url = jwks_server.publish("/registered.json", rsa_signer)
+    authenticator: Authenticator = make_authenticator([{"iss": rsa_signer.iss, "jwks_url": url}])
+    shouted = url.replace("http://", "HTTP://").replace("/registered.json", "/registered.json/")
+    client = authenticator.authenticate(bearer(rsa_signer.token(headers={"jku": shouted})), SIGN_PATH)
+    assert client.iss == rsa_signer.iss
+    assert jwks_server.hits == {"/registered.json": 1}
+    for other in (url.replace("/registered.json", "/Registered.json"), url + "?v=2", url + "#k"):
+        with pytest.raises(AuthError, match="is not the jwks_url registered"):
+            authenticator.authenticate(bearer(rsa_signer.token(headers={"jku": other})), SIGN_PATH)
+    assert jwks_server.hits == {"/registered.json": 1}
+
+
+@pytest.mark.parametrize("jku", [["https://ehr.example.org/jwks"], 42, {"url": "x"}])
+def test_a_jku_that_is_not_a_string_is_refused(make_authenticator, ec_signer: Signer, jku: object) -> None:
+    authenticator: Authenticator = make_authenticator(
+        [{"iss": ec_signer.iss, "jwks": {"keys": [ec_signer.public_jwk()]}}]
+    )
+    with pytest.raises(AuthError, match="is not a URL"):
+        authenticator.authenticate(bearer(ec_signer.token(headers={"jku": jku})), SIGN_PATH)
