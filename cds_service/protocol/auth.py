@@ -129,7 +129,8 @@ class Authenticator:
         if not isinstance(kid, str) or not kid:
             raise AuthError("the token header has no kid")
         typ = header.get("typ")
-        if typ is not None and (not isinstance(typ, str) or typ.upper() != "JWT"):
+        # RFC 7515 4.1.9: a media type, compared without regard to case, whose "application/" may be left out.
+        if typ is not None and (not isinstance(typ, str) or typ.lower() not in ("jwt", "application/jwt")):
             raise AuthError(f"typ {_shown(typ)} is not JWT")
         jku = header.get("jku")
         if jku is not None and not isinstance(jku, str):

@@ -312,3 +312,14 @@ def test_a_numeric_date_given_as_a_string_is_refused(
     """PyJWT converts ``"exp": "1764000000"`` with int(); the JWT standard says NumericDate is a number."""
     value = str(int(time.time()) + (200 if claim == "exp" else 0))
     assert f"{claim} is not a number" in refused(authenticator, bearer(ec_signer.token(**{claim: value})))
+
+
+@pytest.mark.parametrize("typ", ["JWT", "jwt", "application/jwt", "Application/JWT"])
+def test_typ_jwt_as_rfc_7515_allows_it(authenticator: Authenticator, ec_signer: Signer, typ: str) -> None:
+    """typ is a media type, case-insensitive, whose "application/" prefix may be left out (RFC 7515 4.1.9)."""
+    assert authenticator.authenticate(bearer(ec_signer.token(headers={"typ": typ})), SIGN_PATH).iss
+
+
+@pytest.mark.parametrize("typ", ["at+jwt", "application/at+jwt", "JWS", "text/jwt", 1])
+def test_typ_other_than_jwt_is_refused(authenticator: Authenticator, ec_signer: Signer, typ: object) -> None:
+    assert "is not JWT" in refused(authenticator, bearer(ec_signer.token(headers={"typ": typ})))
