@@ -300,7 +300,13 @@ class ClientKeys:
             except UnusableKeyError as error:
                 log.warning("ignoring a key in the JWK Set of %s: %s", self.client.iss, error)
                 continue
-            keys.setdefault(key.kid, key)
+            earlier = keys.get(key.kid)
+            if earlier is not None:
+                # RFC 7517 and CDS Hooks want a kid unique in the set, but a set may list one key once
+                # per alg under the same kid: each algorithm verifies with the first key offering it.
+                log.warning("the JWK Set of %s lists kid %r more than once", self.client.iss, key.kid)
+                key = VerificationKey(kid=key.kid, by_algorithm={**key.by_algorithm, **earlier.by_algorithm})
+            keys[key.kid] = key
         self._fetched = _Fetched(keys=keys, fetched_at=now, attempted_at=now)
         log.info("fetched %d key(s) for %s from %s", len(keys), self.client.iss, url)
 

@@ -10,7 +10,7 @@ import requests
 from cds_service.protocol import clients as clients_module
 from cds_service.protocol.auth import Authenticator, AuthError
 from cds_service.protocol.clients import ClientKeys, load_clients
-from tests.auth.auth_support import SIGN_PATH, JwksServer, Signer, ec_p384_key, write_clients
+from tests.auth.auth_support import SIGN_PATH, JwksServer, Signer, ec_p384_key, rsa_key, write_clients
 from tests.support.processes import free_port
 
 
@@ -227,3 +227,32 @@ def test_a_jku_that_is_not_a_string_is_refused(make_authenticator, ec_signer: Si
     )
     with pytest.raises(AuthError, match="is not a URL"):
         authenticator.authenticate(bearer(ec_signer.token(headers={"jku": jku})), SIGN_PATH)
+
+
+def test_a_key_listed_once_per_alg_under_one_kid_verifies_each_alg(
+    tmp_path: Path, jwks_server: JwksServer, rsa_signer: Signer
+) -> None:
+    """Some sets repeat a key for each algorithm it may sign with, keeping the kid: the first entry
+    (RS256 here) must not hide the others, or every RS384 token fails 'alg does not match key'."""
+    entries = []
+    for alg in ("RS256", "RS384"):
+        jwk = rsa_signer.public_jwk()
+        jwk["alg"] = alg
+        entries.append(jwk)
+    jwks_server.documents["/jwks.json"] = {"keys": entries}
+    keys = client_keys(tmp_path, jwks_server.url("/jwks.json"), Clock())
+    key = keys.find(rsa_signer.kid)
+    assert key is not None
+    assert set(key.by_algorithm) == {"RS256", "RS384"}
+
+
+def test_two_keys_under_one_kid_the_first_one_verifies_an_alg_both_offer(
+    make_authenticator, jwks_server: JwksServer, rsa_signer: Signer
+) -> None:
+    """Two different RSA keys under one kid: the first listed verifies; the second cannot take over."""
+    stranger = Signer(iss=rsa_signer.iss, kid=rsa_signer.kid, alg="RS384", private_key=rsa_key())
+    url = jwks_server.publish("/jwks.json", rsa_signer, stranger)
+    authenticator: Authenticator = make_authenticator([{"iss": rsa_signer.iss, "jwks_url": url}])
+    assert authenticator.authenticate(bearer(rsa_signer.token()), SIGN_PATH).iss == rsa_signer.iss
+    with pytest.raises(AuthError, match="signature does not verify"):
+        authenticator.authenticate(bearer(stranger.token()), SIGN_PATH)
