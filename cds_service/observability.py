@@ -323,7 +323,9 @@ def finish_call(trace: CallTrace, total_ms: float) -> None:
         _call_log.info(
             "hook call",
             extra={
-                "service": trace.service[:64],
+                # Any other status means the id is one of the catalogue's. A 404's is whatever the caller put
+                # in the URL, a patient's identifier for a client that builds it wrongly: not quoted.
+                "service": _UNKNOWN_SERVICE if trace.status == 404 else trace.service[:64],
                 "hookInstance": trace.hook_instance,
                 "status": trace.status,
                 "latency_ms": round(total_ms, 3),

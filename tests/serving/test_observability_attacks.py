@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.parse
 from collections.abc import Iterator
 
@@ -135,3 +136,23 @@ def test_log_lines_stay_json_with_the_codes_fields_and_quote_no_token_or_identif
     assert call_lines and all(set(e) == CALL_FIELDS for e in call_lines)
     assert not [e for e in entries if "forged" in e]
     assert all(e["hookInstance"] is None or HOOK_INSTANCE.fullmatch(e["hookInstance"]) for e in call_lines)
+
+
+def test_a_call_line_does_not_quote_a_made_up_service_id(served: Served) -> None:
+    """A 404's id is the caller's free text, as a patient's identifier would be in a URL built wrongly
+    (``/cds-services/{patientId}``): its call line says ``unknown``, like its metric label."""
+    patient = "PATIENT-404-4711"
+    time.sleep(0.3)  # earlier tests' lines are out of the workers' buffers
+    before = len(call_lines(served))
+    answer = requests.post(f"{served.base}/cds-services/{patient}", json={}, timeout=10)
+    assert answer.status_code == 404
+    deadline = time.monotonic() + 5
+    while len(call_lines(served)) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = call_lines(served)[before:]
+    assert [(line["service"], line["status"]) for line in lines] == [("unknown", 404)]
+    assert patient not in json.dumps(lines)
+
+
+def call_lines(served: Served) -> list[dict]:
+    return [entry for entry in served.log_entries() if entry["logger"] == observability.CALL_LOGGER]
