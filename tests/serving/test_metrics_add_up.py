@@ -107,6 +107,7 @@ HOOK_CALLS: list[tuple[str, str, dict[str, Any], int]] = [
     ("no-such-service", "json", {"json": hook_example("patient-view.json")}, 404),
     ("PATIENT-4711", "json", {"json": {}}, 404),
 ]
+SENT_TOKENS: list[str] = []
 ROUNDS = 4  # each hook call above is sent this many times, each on a new connection
 
 
@@ -118,6 +119,8 @@ def post(
         headers["Authorization"] = f"Bearer {signer.token(path)}"
     elif token is not None:
         headers["Authorization"] = token
+    if "Authorization" in headers:
+        SENT_TOKENS.append(headers["Authorization"].removeprefix("Bearer "))
     return requests.post(f"{served.base}{path}", headers=headers, timeout=30, **kwargs)
 
 
@@ -240,6 +243,12 @@ def test_every_counter_equals_the_calls_of_its_kind_and_the_log_agrees(
             sum(timed) / 1000,
             abs_tol=len(timed) * 1e-6 + 1e-9,
         ), phase
+    # No JWT (nor its signature alone) in any line, and no made-up service id in a call line.
+    text = served.log()
+    signed = [token for token in SENT_TOKENS if len(token) > 100]
+    assert not [token for token in signed if token in text or token.rsplit(".", 1)[-1] in text]
+    assert len(signed) > len(HOOK_CALLS) * ROUNDS
+    assert "PATIENT-4711" not in json.dumps(lines)
     # Nothing here asked the EHR's FHIR server: the fetch metrics and the lines say so alike.
     assert sum(line["fhir_queries"] for line in lines) == 0
     assert total(after, "cds_fhir_fetch_duration_seconds_count") == 0
