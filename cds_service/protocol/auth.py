@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import jwt
 import requests
-from jwt.exceptions import InvalidJTIError
+from jwt.exceptions import InvalidJTIError, InvalidSubjectError
 
 from cds_service.config import ConfigError, Settings
 from cds_service.protocol.clients import ALLOWED_ALGORITHMS, ClientConfig, ClientKeys, load_clients
@@ -44,6 +44,7 @@ _REASONS: tuple[tuple[type[Exception], str], ...] = (
     (jwt.InvalidIssuedAtError, "iat is not a number"),
     (InvalidJTIError, f"jti must be a string of 1 to {MAX_JTI_CHARS} characters"),
     (jwt.InvalidIssuerError, "iss does not match the client"),
+    (InvalidSubjectError, "sub is not a string"),
     (jwt.InvalidAlgorithmError, "the algorithm is not allowed for this key"),
     (jwt.DecodeError, "the token is malformed"),
 )
@@ -158,6 +159,10 @@ class Authenticator:
         claims = _verified_claims(token, verifier, alg, client.iss)
         _check_audience(claims["aud"], audience)
         _check_lifetime(claims)
+        if client.sub is not None and claims.get("sub") != client.sub:
+            raise AuthError(
+                f"sub {_shown(claims.get('sub'))} is not the client id registered for {client.iss}"
+            )
         tenant = _checked_tenant(claims.get("tenant"), client.tenants, client.iss)
         self._use_once(client.iss, claims)
         log.debug("authenticated %s for %s", client.iss, path)

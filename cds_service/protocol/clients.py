@@ -45,7 +45,7 @@ FETCH_DEADLINE_S = 8.0
 MAX_JWKS_BYTES = 256 * 1024
 _READ_CHUNK_BYTES = 16 * 1024
 
-_CLIENT_FIELDS = frozenset({"iss", "jwks_url", "jwks", "tenants", "fhir_servers"})
+_CLIENT_FIELDS = frozenset({"iss", "sub", "jwks_url", "jwks", "tenants", "fhir_servers"})
 _PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 _LOOPBACK_NAMES = ("localhost",)
 
@@ -169,6 +169,9 @@ class ClientConfig:
     inline_keys: Mapping[str, VerificationKey]
     tenants: tuple[str, ...]
     fhir_servers: tuple[str, ...]
+    # The client id its tokens carry as sub, when registered (CDS Hooks 1.0 asked services to allow-list
+    # iss, jku and sub; 2.0 leaves sub out of the claims, so it is only checked when given).
+    sub: str | None = None
 
 
 def _parse_client(entry: object, index: int, source: str) -> ClientConfig:
@@ -183,6 +186,9 @@ def _parse_client(entry: object, index: int, source: str) -> ClientConfig:
     if not isinstance(iss, str) or not iss.strip():
         raise ConfigError(f"{where}: 'iss' (the issuer the client puts in its tokens) is required")
     where = f"{source}: client {iss!r}"
+    sub = entry.get("sub")
+    if sub is not None and (not isinstance(sub, str) or not sub.strip()):
+        raise ConfigError(f"{where}: 'sub' (the client id its tokens carry) must be a non-empty string")
     if "jwks_url" not in entry and "jwks" not in entry:
         raise ConfigError(f"{where}: give 'jwks_url' (its published JWK Set) and/or 'jwks' (its keys inline)")
     jwks_url = None
@@ -204,6 +210,7 @@ def _parse_client(entry: object, index: int, source: str) -> ClientConfig:
         inline_keys=inline_keys,
         tenants=tuple(tenants),
         fhir_servers=fhir_servers,
+        sub=sub,
     )
 
 
