@@ -140,7 +140,7 @@ class Authenticator:
         iss = unverified.get("iss")
         keys = self._keys.get(iss) if isinstance(iss, str) else None
         if keys is None:
-            raise AuthError(f"iss {_shown(iss)} is not a trusted client")
+            raise AuthError(f"iss {_shown(iss)} is not a trusted client{self._near_issuer(iss)}")
         client = keys.client
         # A jku is never fetched: keys come only from what the client registered. With a jwks_url it must
         # name that URL; with keys given inline only, it points at a copy of what we hold (the Sandbox
@@ -167,6 +167,18 @@ class Authenticator:
         self._use_once(client.iss, claims)
         log.debug("authenticated %s for %s", client.iss, path)
         return AuthenticatedClient(iss=client.iss, tenant=tenant, fhir_servers=client.fhir_servers)
+
+    def _near_issuer(self, iss: object) -> str:
+        """A hint for the log when ``iss`` differs from a registered issuer only by case or a trailing
+        slash (the spec's own example ends in one): iss is matched exactly (RFC 7519 StringOrURI), so the
+        registration, not the matching, is what to change."""
+        if not isinstance(iss, str):
+            return ""
+        folded = iss.rstrip("/").lower()
+        for registered in sorted(self._keys):
+            if registered.rstrip("/").lower() == folded:
+                return f" (registered is {registered!r}: iss is matched exactly)"
+        return ""
 
     def _use_once(self, iss: str, claims: dict[str, Any]) -> None:
         """Record the jti until the token could no longer pass; refuse it if it was seen before."""

@@ -323,3 +323,14 @@ def test_typ_jwt_as_rfc_7515_allows_it(authenticator: Authenticator, ec_signer: 
 @pytest.mark.parametrize("typ", ["at+jwt", "application/at+jwt", "JWS", "text/jwt", 1])
 def test_typ_other_than_jwt_is_refused(authenticator: Authenticator, ec_signer: Signer, typ: object) -> None:
     assert "is not JWT" in refused(authenticator, bearer(ec_signer.token(headers={"typ": typ})))
+
+
+@pytest.mark.parametrize("suffix", ["/", "//"])
+def test_an_issuer_differing_by_a_slash_or_case_is_refused_with_a_hint(
+    authenticator: Authenticator, ec_signer: Signer, suffix: str
+) -> None:
+    """iss is matched exactly; the log says which registered issuer it nearly is."""
+    for iss in (ec_signer.iss + suffix, ec_signer.iss.upper()):
+        reason = refused(authenticator, bearer(ec_signer.token(iss=iss)))
+        assert f"is not a trusted client (registered is {ec_signer.iss!r}: iss is matched exactly)" in reason
+    assert "registered is" not in refused(authenticator, bearer(ec_signer.token(iss="https://x.example")))
