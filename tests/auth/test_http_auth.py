@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -269,3 +270,52 @@ def test_a_full_authenticated_run_logs_no_token(
         assert token not in logged
         assert claims not in logged
         assert signature not in logged
+
+
+def test_conformance_refusals_are_bare_401s_over_http_and_logged_with_their_reason(
+    make_app, ec_signer: Signer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each refusal this audit added, through a real socket: the EHR learns nothing but 401, the log
+    learns why, and no part of the token is written."""
+    app = make_app(
+        [{"iss": ec_signer.iss, "sub": "cds-client-1", "jwks": {"keys": [ec_signer.public_jwk()]}}]
+    )
+    path = SERVICE_PATHS[0]
+    now = int(time.time())
+    cases = {
+        "aud does not name the endpoint called": ec_signer.token(
+            path, sub="cds-client-1", aud="https://cds.example.test:8443" + path
+        ),
+        "seconds after iat, more than 300 s": ec_signer.token(
+            path, sub="cds-client-1", iat=now - 3600, exp=now + 100
+        ),
+        "is not the client id registered": ec_signer.token(path, sub="cds-client-2"),
+        "registered is 'https://sandbox.example.org'": ec_signer.token(
+            path, sub="cds-client-1", iss=ec_signer.iss + "/"
+        ),
+    }
+    caplog.set_level(logging.INFO)
+    with serving(app) as base:
+        for reason, token in cases.items():
+            caplog.clear()
+            response = requests.post(
+                base + path,
+                data=json.dumps(hook_body(HOOK_OF_PATH[path])),
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+                timeout=10,
+            )
+            assert response.status_code == 401, reason
+            assert response.content == b""
+            assert response.headers["WWW-Authenticate"] == "Bearer"
+            logged = every_logged_text(caplog.records)
+            assert reason in logged
+            for part in token.split("."):
+                assert part not in logged
+        good = ec_signer.token(path, sub="cds-client-1", aud="HTTPS://CDS.Example.Test:443" + path)
+        response = requests.post(
+            base + path,
+            data=json.dumps(hook_body(HOOK_OF_PATH[path])),
+            headers={"Authorization": f"Bearer {good}", "Content-Type": "application/json"},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text[:300]
