@@ -256,3 +256,22 @@ def test_two_keys_under_one_kid_the_first_one_verifies_an_alg_both_offer(
     assert authenticator.authenticate(bearer(rsa_signer.token()), SIGN_PATH).iss == rsa_signer.iss
     with pytest.raises(AuthError, match="signature does not verify"):
         authenticator.authenticate(bearer(stranger.token()), SIGN_PATH)
+
+
+def test_each_kid_of_a_set_verifies_only_with_its_own_key(
+    make_authenticator, jwks_server: JwksServer, rsa_signer: Signer, ec_signer: Signer
+) -> None:
+    """A set with an RSA and an EC key: each token verifies with the key its kid names, and a token
+    signed with one key but naming the other's kid fails, whatever alg it claims."""
+    ec_of_ehr = Signer(iss=rsa_signer.iss, kid=ec_signer.kid, alg="ES384", private_key=ec_signer.private_key)
+    url = jwks_server.publish("/jwks.json", rsa_signer, ec_of_ehr)
+    authenticator: Authenticator = make_authenticator([{"iss": rsa_signer.iss, "jwks_url": url}])
+    for signer in (rsa_signer, ec_of_ehr):
+        assert authenticator.authenticate(bearer(signer.token()), SIGN_PATH).iss == rsa_signer.iss
+    crossed = Signer(iss=rsa_signer.iss, kid=rsa_signer.kid, alg="ES384", private_key=ec_signer.private_key)
+    with pytest.raises(AuthError, match="does not match key"):
+        authenticator.authenticate(bearer(crossed.token()), SIGN_PATH)
+    other_rsa = Signer(iss=rsa_signer.iss, kid=rsa_signer.kid, alg="RS384", private_key=rsa_key())
+    with pytest.raises(AuthError, match="signature does not verify"):
+        authenticator.authenticate(bearer(other_rsa.token()), SIGN_PATH)
+    assert jwks_server.hits["/jwks.json"] == 1
