@@ -150,7 +150,7 @@ class Authenticator:
 
         key = keys.find(kid)
         if key is None:
-            raise AuthError(f"kid {_shown(kid)} is not a known key of {client.iss}")
+            raise AuthError(f"kid {_shown(kid)} is not a known key of {client.iss} ({keys.why_unknown()})")
         verifier = key.by_algorithm.get(alg)
         if verifier is None:
             raise AuthError(f"alg {alg} does not match key {_shown(kid)} of {client.iss}")

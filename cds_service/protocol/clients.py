@@ -243,6 +243,7 @@ class _Fetched:
     keys: dict[str, VerificationKey] = field(default_factory=dict)
     fetched_at: float | None = None
     attempted_at: float | None = None
+    failed: bool = False  # the last attempt failed (the keys, if any, are from an earlier one)
 
 
 class ClientKeys:
@@ -284,6 +285,23 @@ class ClientKeys:
                 self._refresh(url, now)
             return self._fetched.keys.get(kid)
 
+    def why_unknown(self) -> str:
+        """For the log, after ``find`` returned None: where this client's keys come from and when they
+        were last fetched, so that a key rotation not picked up yet reads as such."""
+        url = self.client.jwks_url
+        if url is None:
+            return "its keys are given inline only: add the new key to the clients file"
+        state, now = self._fetched, self._clock()
+        if state.fetched_at is None:
+            return f"its JWK Set could not be fetched from {url} (see the warning logged then)"
+        ago = f"its JWK Set from {url} was fetched {now - state.fetched_at:.0f} s ago"
+        if state.failed:
+            ago += " and the last attempt failed (see the warning logged then)"
+        return (
+            f"{ago}; it is fetched again for an unknown kid at most every {REFRESH_INTERVAL_S:g} s, so a "
+            "new key works once published there"
+        )
+
     def _is_stale(self, state: _Fetched) -> bool:
         return state.fetched_at is None or self._clock() - state.fetched_at >= KEYS_LIFETIME_S
 
@@ -292,6 +310,7 @@ class ClientKeys:
         try:
             document = self._download_within_deadline(url)
         except (requests.RequestException, ValueError) as error:
+            self._fetched.failed = True
             log.warning(
                 "could not fetch the JWK Set of %s from %s (%s); keeping %d cached key(s)",
                 self.client.iss,

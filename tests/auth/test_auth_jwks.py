@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -275,3 +276,41 @@ def test_each_kid_of_a_set_verifies_only_with_its_own_key(
     with pytest.raises(AuthError, match="signature does not verify"):
         authenticator.authenticate(bearer(other_rsa.token()), SIGN_PATH)
     assert jwks_server.hits["/jwks.json"] == 1
+
+
+def test_an_unknown_kid_is_logged_with_where_the_keys_come_from(
+    make_authenticator, jwks_server: JwksServer, rsa_signer: Signer, ec_signer: Signer
+) -> None:
+    """A rotation not picked up yet must read as such in the log: fetched when, refetched how often, or
+    the fetch failing, or keys that are inline only."""
+    url = jwks_server.publish("/jwks.json", rsa_signer)
+    missing = jwks_server.url("/missing.json")
+    authenticator: Authenticator = make_authenticator(
+        [
+            {"iss": rsa_signer.iss, "jwks_url": url},
+            {"iss": ec_signer.iss, "jwks": {"keys": [ec_signer.public_jwk()]}},
+            {"iss": "https://down.example.org", "jwks_url": missing},
+        ]
+    )
+    authenticator.authenticate(bearer(rsa_signer.token()), SIGN_PATH)
+    with pytest.raises(
+        AuthError, match=rf"its JWK Set from {re.escape(url)} was fetched \d+ s ago; it is fetched again"
+    ):
+        authenticator.authenticate(bearer(rsa_signer.token(headers={"kid": "rotated-in"})), SIGN_PATH)
+    with pytest.raises(AuthError, match="its keys are given inline only: add the new key"):
+        authenticator.authenticate(bearer(ec_signer.token(headers={"kid": "rotated-in"})), SIGN_PATH)
+    down = Signer(iss="https://down.example.org", kid="k", alg="ES384", private_key=ec_signer.private_key)
+    with pytest.raises(AuthError, match=f"its JWK Set could not be fetched from {re.escape(missing)}"):
+        authenticator.authenticate(bearer(down.token()), SIGN_PATH)
+
+
+def test_a_failed_refetch_is_named_while_the_old_keys_serve(
+    tmp_path: Path, jwks_server: JwksServer, rsa_signer: Signer
+) -> None:
+    clock = Clock()
+    keys = client_keys(tmp_path, jwks_server.publish("/jwks.json", rsa_signer), clock)
+    assert keys.find(rsa_signer.kid) is not None
+    del jwks_server.documents["/jwks.json"]
+    clock.now += clients_module.REFRESH_INTERVAL_S
+    assert keys.find("rotated-in") is None
+    assert "was fetched 30 s ago and the last attempt failed" in keys.why_unknown()
