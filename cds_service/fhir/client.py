@@ -59,6 +59,7 @@ from .errors import (
     is_failed_search,
     operation_outcome_text,
 )
+from .memory import PROCESS_MEMORY, MemoryBudget, Reservation, parse_need
 from .read import next_link
 from .servers import Target, fhir_server_allowed, target_of
 
@@ -75,6 +76,10 @@ FHIR_JSON = "application/fhir+json"
 DEFAULT_CONNECT_TIMEOUT_S = 1.0
 DEFAULT_MAX_WORKERS = 16
 DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+# A body's memory is counted against the process's budget (``memory``) once it is read, or as it is read
+# once it needs more than this: the one reservation of an ordinary page (1.7 MiB for the SMART sandbox's
+# largest, 200 Observations), and at most this much uncounted per fetch while a larger body arrives.
+_UNCOUNTED_BYTES = 2 * 1024 * 1024
 _CHUNK_BYTES = 64 * 1024
 # Starting a request with less time than this left cannot succeed; call it a timeout straight away.
 _MIN_ATTEMPT_S = 0.002
@@ -129,6 +134,7 @@ class _Progress:
     how many requests it made, and so the caller can cut off the worker's connection when the budget
     ends (``abort``)."""
 
+    memory: Reservation
     requests: int = 0
     status: int | None = None
     aborted: bool = False
@@ -143,6 +149,10 @@ class _Progress:
             if not self.aborted or sock is None:
                 return
         _shut(sock)
+
+    def memory_released(self, _future: object = None) -> None:
+        """Give back what the key's answer holds of the memory budget (a done callback of its future)."""
+        self.memory.release()
 
     def abort(self) -> None:
         """End the worker's wait now. The read timeout bounds each ``recv``, not the whole answer: a
@@ -459,6 +469,10 @@ def _charset(content_type: str | None) -> str | None:
     return None
 
 
+def _mib(size: int) -> str:
+    return f"{size / (1024 * 1024):.0f} MiB"
+
+
 def _shown_location(url: str, response: requests.Response) -> str:
     """Where a redirect points, for a reason: scheme, host, port and path, never userinfo or a query (a
     Location may carry credentials or a token in either)."""
@@ -532,13 +546,17 @@ class FhirClient:
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         max_workers: int = DEFAULT_MAX_WORKERS,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        memory: MemoryBudget | None = None,
     ) -> None:
+        """``memory`` is the budget of bytes the answers may hold at once; the process's own
+        (``memory.PROCESS_MEMORY``), shared by every client and thread, unless one is given."""
         if max_pages < 1 or max_workers < 1:
             raise ValueError("max_pages and max_workers must be at least 1")
         self.max_pages = max_pages
         self.connect_timeout_s = connect_timeout_s
         self.max_workers = max_workers
         self.max_response_bytes = max_response_bytes
+        self.memory = memory if memory is not None else PROCESS_MEMORY
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._session: requests.Session | None = None
@@ -609,22 +627,29 @@ class FhirClient:
         call = _Call(base, target, headers, started + budget_ms / 1000, budget_ms, secret)
         _session, pool = self._resources()
         running: dict[str, tuple[str, _Progress, Future[FetchOutcome]]] = {}
-        for key, query in queries.items():
-            url = f"{base}/{query.lstrip('/')}"
-            progress = _Progress()
-            running[key] = (url, progress, pool.submit(self._fetch_key, call, key, query, url, progress))
-        wait([future for _, _, future in running.values()], timeout=max(0.0, call.remaining()))
         outcomes: dict[str, FetchOutcome] = {}
-        for key, (url, progress, future) in running.items():
-            if future.done():
-                outcomes[key] = future.result()
-                continue
-            future.cancel()
-            progress.abort()
-            elapsed = (time.monotonic() - started) * 1000
-            outcomes[key] = FetchOutcome(
-                key, url, None, call.timeout_reason(url), progress.status, progress.requests, elapsed
-            )
+        try:
+            for key, query in queries.items():
+                url = f"{base}/{query.lstrip('/')}"
+                progress = _Progress(Reservation(self.memory))
+                future = pool.submit(self._fetch_key, call, key, query, url, progress)
+                running[key] = (url, progress, future)
+            wait([future for _, _, future in running.values()], timeout=max(0.0, call.remaining()))
+            for key, (url, progress, future) in running.items():
+                if future.done():
+                    outcomes[key] = future.result()
+                    continue
+                future.cancel()
+                progress.abort()
+                elapsed = (time.monotonic() - started) * 1000
+                outcomes[key] = FetchOutcome(
+                    key, url, None, call.timeout_reason(url), progress.status, progress.requests, elapsed
+                )
+        finally:
+            # The answers leave the client here: each key's memory is given back now, or when its thread
+            # stops if it still runs (cut off by the budget), or at once if it never started (cancelled).
+            for _url, progress, future in running.values():
+                future.add_done_callback(progress.memory_released)
         outcomes = {key: _without_credentials(outcome, secret) for key, outcome in outcomes.items()}
         for outcome in outcomes.values():
             log.debug(
@@ -673,6 +698,10 @@ class FhirClient:
         except Exception as exc:  # any surprise still becomes a reason, never a crashed hook call
             log.exception("unexpected error fetching prefetch key %s", key)
             error = f"unexpected error fetching {url}: {type(exc).__name__}"
+        finally:
+            if error is not None or resource is None:
+                # Nothing of the answer is kept: its memory is free now, not when the call ends.
+                progress.memory.release()
         elapsed = (time.monotonic() - started) * 1000
         return FetchOutcome(
             key,
@@ -728,11 +757,14 @@ class FhirClient:
         asked to be asked again after a wait that leaves time for the answer (``Retry-After``, or Azure's
         ``x-ms-retry-after-ms``). Rate limits are real on cloud FHIR services, and a short wait was
         cheaper than a 412."""
+        held_before = progress.memory.amount
         try:
             return self._attempt(call, url, progress)
         except _Retryable:
+            progress.memory.give_back(progress.memory.amount - held_before)
             return self._attempt(call, url, progress, retrying=True)
         except _Busy as busy:
+            progress.memory.give_back(progress.memory.amount - held_before)
             time.sleep(busy.after_s)
             if call.remaining() < _MIN_ATTEMPT_S:
                 raise busy.failure from None
@@ -754,7 +786,7 @@ class FhirClient:
                 allow_redirects=False,
             )
             try:
-                raw = self._read_body(call, url, response)
+                raw = self._read_body(call, url, response, progress.memory)
             finally:
                 response.close()
         except requests.exceptions.ConnectTimeout:
@@ -790,12 +822,18 @@ class FhirClient:
             reason = f"{failure.reason} (the server asks to wait {after:g} s)"
             raise _Failure(reason, failure.status) from None
 
-    def _read_body(self, call: _Call, url: str, response: requests.Response) -> bytearray:
+    def _read_body(
+        self, call: _Call, url: str, response: requests.Response, memory: Reservation
+    ) -> bytearray:
         """The decoded body, read and decompressed a piece at a time, each piece followed by the checks:
         size, the clock, and whether parsing what has come so far would still fit the time left (see
         ``decoding``). requests' ``iter_content`` left decompressing to urllib3 and parsing unchecked: a
         small gzip body inflating to 20 MB of nested arrays was read in time, then held the GIL in
-        ``orjson.loads`` for seconds, and ``fetch_all`` (waiting for the budget to end) woke that late."""
+        ``orjson.loads`` for seconds, and ``fetch_all`` (waiting for the budget to end) woke that late.
+
+        The memory the body will take once parsed is reserved in ``memory`` before the parser has it
+        (one reservation for an ordinary page), and as the body arrives once it needs more than
+        ``_UNCOUNTED_BYTES``; a body the process's budget has no room for is not read further."""
         try:
             decoder = BodyDecoder(response.headers.get("Content-Encoding"))
         except UnsupportedCoding as refused:
@@ -806,6 +844,7 @@ class FhirClient:
         body = bytearray()
         size = 0
         tokens = 0
+        reserved = 0  # of ``memory``, for this body
         try:
             for chunk in _raw_stream(response):
                 for piece in decoder.feed(chunk):
@@ -814,6 +853,12 @@ class FhirClient:
                         raise _Failure(f"response from {url} is larger than {self.max_response_bytes} bytes")
                     body += piece
                     tokens += structural_tokens(piece)
+                    need = parse_need(size, tokens)
+                    if need > reserved + _UNCOUNTED_BYTES:
+                        # At least doubled each time: a large body takes a few reservations, not one a piece.
+                        reserved += self._reserve(
+                            url, memory, need - reserved, max(need, 2 * reserved) - reserved
+                        )
                     remaining = call.remaining()
                     if remaining <= 0:
                         raise _Failure(call.timeout_reason(url))
@@ -826,7 +871,22 @@ class FhirClient:
             raise _Failure(
                 _unread_body_reason(url, response.status_code, corrupt), response.status_code
             ) from None
+        need = parse_need(size, tokens)
+        if need > reserved:
+            self._reserve(url, memory, need - reserved, need - reserved)
+        elif reserved > need:
+            memory.give_back(reserved - need)
         return body
+
+    def _reserve(self, url: str, memory: Reservation, at_least: int, up_to: int) -> int:
+        granted = memory.take(at_least, up_to)
+        if not granted:
+            budget = memory.budget
+            raise _Failure(
+                f"response from {url} not read: the FHIR answers this worker holds at once would need "
+                f"more than its {_mib(budget.limit)} of memory ({_mib(budget.held)} held now)"
+            )
+        return granted
 
     def _interpret(self, url: str, response: requests.Response, raw: bytes | bytearray) -> _Page:
         status = response.status_code

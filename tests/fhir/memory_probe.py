@@ -56,7 +56,8 @@ _CHILD = textwrap.dedent(
         thread.join()
     elapsed = time.monotonic() - started
     total = sum(results, Counter())
-    held = getattr(client_module, "_in_flight_bytes", lambda: None)()
+    memory = getattr(client_module, "PROCESS_MEMORY", None)  # before the budget: none
+    held = memory.held if memory is not None else None
     print(json.dumps({"before_mib": before / 1024, "peak_mib": hwm_kib() / 1024, "seconds": elapsed,
                       "outcomes": dict(total), "held_after": held}))
     fhir.close()

@@ -17,6 +17,7 @@ import pytest
 
 from cds_service.fhir.client import FetchOutcome, FhirClient
 from cds_service.fhir.decoding import PIECE_BYTES, BodyDecoder, CorruptBody
+from cds_service.fhir.memory import MemoryBudget
 from tests.support.fake_ehr_fhir import FakeEhrFhir
 
 pytestmark = pytest.mark.integration
@@ -54,8 +55,9 @@ def _zeros_bomb() -> bytes:
 
 @pytest.fixture
 def client() -> Iterator[FhirClient]:
-    # One pool thread: a worker still busy with the bomb would hold up the next fetch.
-    fhir = FhirClient(max_workers=1, max_response_bytes=1 << 40)
+    # One pool thread: a worker still busy with the bomb would hold up the next fetch. No limit on size or
+    # memory: these tests are about the time a body takes (test_client_memory has the memory budget's).
+    fhir = FhirClient(max_workers=1, max_response_bytes=1 << 40, memory=MemoryBudget(1 << 40))
     yield fhir
     fhir.close()
 

@@ -8,7 +8,8 @@
 
 Any other path can be given a canned answer (status, body, content type) to imitate odd servers: an
 HTML error page with status 200, a 500 with an OperationOutcome that only has ``details.text``, a
-redirect. Every request is recorded with its Authorization header.
+redirect, a body that stops halfway for a while (``stall_after``). Every request is recorded with its
+Authorization header.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ class Canned:
     body: bytes
     content_type: str
     headers: tuple[tuple[str, str], ...] = ()
+    # Send this many bytes of the body, then wait ``stall_s`` (or until the fake stops) before the rest.
+    stall_after: int | None = None
+    stall_s: float = 0.0
 
 
 class FakeEhrFhir:
@@ -43,6 +47,7 @@ class FakeEhrFhir:
         self._canned: dict[str, Canned] = {}
         self._searches: dict[str, tuple[list[dict], int, str | None]] = {}
         self._pages: dict[str, tuple[str, int]] = {}
+        self._stopping = threading.Event()
         self._httpd = LoopbackHTTPServer(("127.0.0.1", 0), self._handler_class())
         self.port = self._httpd.server_address[1]
         self.origin = f"http://127.0.0.1:{self.port}"
@@ -56,6 +61,7 @@ class FakeEhrFhir:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._stopping.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
@@ -82,10 +88,15 @@ class FakeEhrFhir:
         body: bytes | dict,
         content_type: str = "application/fhir+json",
         headers: tuple[tuple[str, str], ...] = (),
+        *,
+        stall_after: int | None = None,
+        stall_s: float = 0.0,
     ) -> None:
-        """Answer exactly ``/baseR4/{path_and_query}`` with this status and body."""
+        """Answer exactly ``/baseR4/{path_and_query}`` with this status and body; with ``stall_after``, send
+        that many bytes of the body, then nothing for ``stall_s`` seconds, then the rest."""
         raw = json.dumps(body).encode() if isinstance(body, dict) else body
-        self._canned[f"/baseR4/{path_and_query.lstrip('/')}"] = Canned(status, raw, content_type, headers)
+        canned = Canned(status, raw, content_type, headers, stall_after, stall_s)
+        self._canned[f"/baseR4/{path_and_query.lstrip('/')}"] = canned
 
     def _page(self, resource_type: str, offset: int) -> dict:
         resources, page_size, next_origin = self._searches[resource_type]
@@ -162,7 +173,16 @@ class FakeEhrFhir:
                     self.send_header(key, value)
                 self.send_header("Content-Length", str(len(answer.body)))
                 self.end_headers()
-                self.wfile.write(answer.body)
+                try:
+                    if answer.stall_after is None:
+                        self.wfile.write(answer.body)
+                        return
+                    self.wfile.write(answer.body[: answer.stall_after])
+                    if fake._stopping.wait(answer.stall_s):
+                        return
+                    self.wfile.write(answer.body[answer.stall_after :])
+                except OSError:  # the client gave up on the answer (too large, too late): not a fault here
+                    self.close_connection = True
 
         return Handler
 
