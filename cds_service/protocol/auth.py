@@ -126,7 +126,10 @@ class Authenticator:
         # A JSON array or object as alg is unhashable: tested for membership as it is, it raised TypeError
         # (a 500) instead of a refusal.
         if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
-            raise AuthError(f"alg {_shown(alg)} is not allowed; only asymmetric signatures are accepted")
+            raise AuthError(
+                f"alg {_shown(alg)} is not allowed; accepted are ES256/384/512, RS256/384/512 and "
+                "PS256/384/512 (never none or an HMAC)"
+            )
         if not isinstance(kid, str) or not kid:
             raise AuthError("the token header has no kid")
         typ = header.get("typ")

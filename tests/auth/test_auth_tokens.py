@@ -334,3 +334,15 @@ def test_an_issuer_differing_by_a_slash_or_case_is_refused_with_a_hint(
         reason = refused(authenticator, bearer(ec_signer.token(iss=iss)))
         assert f"is not a trusted client (registered is {ec_signer.iss!r}: iss is matched exactly)" in reason
     assert "registered is" not in refused(authenticator, bearer(ec_signer.token(iss="https://x.example")))
+
+
+@pytest.mark.parametrize("alg", ["EdDSA", "ES256K", "es384", "RSA-OAEP"])
+def test_an_asymmetric_alg_not_supported_is_refused_naming_those_that_are(
+    authenticator: Authenticator, ec_signer: Signer, alg: str
+) -> None:
+    """EdDSA is asymmetric: 'only asymmetric signatures are accepted' sent the integrator the wrong way."""
+    token = unsigned_parts({"alg": alg, "kid": ec_signer.kid, "typ": "JWT"}, ec_signer.claims()) + ".c2ln"
+    reason = refused(authenticator, bearer(token))
+    assert (
+        f"alg '{alg}' is not allowed; accepted are ES256/384/512, RS256/384/512 and PS256/384/512" in reason
+    )
