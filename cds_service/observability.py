@@ -46,6 +46,8 @@ _PHASES = ("validation", "prefetch", "fhir", "rules", "render")
 _HOOK_STATUSES = ("200", "400", "412", "413", "415", "500", "501")
 _UNKNOWN_SERVICE = "unknown"
 _FHIR_OUTCOMES = ("ok", "error")
+# What authentication refuses with (app.authenticate): the caller's credentials, or the replay store's outage.
+_AUTH_STATUSES = ("401", "503")
 _LABEL_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # A label set per path segment an attacker chooses would grow without bound; past this many distinct
 # values per label a process reports "other".
@@ -201,7 +203,10 @@ class _Metrics:
         )
         self.auth_rejections = Counter(
             "cds_auth_rejections",
-            "Hook or feedback calls refused for a missing or invalid client JWT.",
+            "Hook or feedback calls refused by client authentication, by status: 401 a missing or invalid"
+            " client JWT (the caller's credentials), 503 a token whose reuse could not be checked (the"
+            " service's replay store is unavailable).",
+            ["status"],
             registry=registry,
         )
         self.feedback = Counter(
@@ -258,6 +263,8 @@ class _Metrics:
             self.child(self.fhir_seconds, outcome)
         for outcome in sorted(_FEEDBACK_OUTCOMES):
             self.child(self.feedback, outcome)
+        for status in _AUTH_STATUSES:
+            self.child(self.auth_rejections, status)
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, remembered: prometheus_client checks the labels and takes a lock on
@@ -348,10 +355,20 @@ def observe_fhir_fetch(elapsed_ms: float, ok: bool) -> None:
             metrics.fhir_errors.inc()
 
 
-def observe_auth_rejection() -> None:
-    """Count a call refused by client authentication."""
+def observe_auth_rejection(status: int | None = None) -> None:
+    """Count a call refused by client authentication, by the status it is answered with.
+
+    Without ``status``, the exception being handled decides: ``ReplayCheckUnavailable`` (the replay store
+    cannot be asked) is answered 503, any other refusal 401. A Redis outage refuses every signed token;
+    counted with the 401s, it read like a client whose keys had rotated."""
     with _metrics_guard():
-        _get_metrics().auth_rejections.inc()
+        if status is None:
+            from cds_service.protocol.auth import ReplayCheckUnavailable
+
+            status = 503 if isinstance(sys.exc_info()[1], ReplayCheckUnavailable) else 401
+        label = str(status) if str(status) in _AUTH_STATUSES else "401"
+        metrics = _get_metrics()
+        metrics.child(metrics.auth_rejections, label).inc()
 
 
 def observe_feedback(outcome: str, count: int = 1, *, duplicate: bool = False) -> None:

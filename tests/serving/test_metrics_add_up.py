@@ -196,7 +196,8 @@ def test_every_counter_equals_the_calls_of_its_kind_and_the_log_agrees(
         }
     )
     assert counted == expected_requests
-    assert total(after, "cds_auth_rejections_total") == len(rejected)
+    assert total(after, "cds_auth_rejections_total", status="401") == len(rejected)
+    assert total(after, "cds_auth_rejections_total", status="503") == 0
     assert total(after, "cds_feedback_total", outcome="accepted") == 2
     assert total(after, "cds_feedback_total", outcome="overridden") == 1
     assert total(after, "cds_feedback_duplicates_total") == 2

@@ -136,7 +136,7 @@ def test_calls_to_services_that_do_not_exist_share_one_label() -> None:
 def test_fhir_auth_and_feedback_counters() -> None:
     errors = sample("cds_fhir_fetch_errors_total")
     ok_count = sample("cds_fhir_fetch_duration_seconds_count", outcome="ok")
-    rejections = sample("cds_auth_rejections_total")
+    rejections = sample("cds_auth_rejections_total", status="401")
     accepted = sample("cds_feedback_total", outcome="accepted")
     other = sample("cds_feedback_total", outcome="other")
     duplicates = sample("cds_feedback_duplicates_total")
@@ -148,7 +148,7 @@ def test_fhir_auth_and_feedback_counters() -> None:
     observability.observe_feedback("accepted", duplicate=True)
     assert sample("cds_fhir_fetch_errors_total") == errors + 1
     assert sample("cds_fhir_fetch_duration_seconds_count", outcome="ok") == ok_count + 1
-    assert sample("cds_auth_rejections_total") == rejections + 1
+    assert sample("cds_auth_rejections_total", status="401") == rejections + 1
     assert sample("cds_feedback_total", outcome="accepted") == accepted + 3
     assert sample("cds_feedback_total", outcome="other") == other + 1
     assert sample("cds_feedback_duplicates_total") == duplicates + 1

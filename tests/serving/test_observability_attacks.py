@@ -32,10 +32,10 @@ _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 # Every value each label may take, whatever callers send.
 BOUNDED = {
     "service": SERVICES | {"unknown"},
-    "status": set(observability._HOOK_STATUSES) | {"404"},
     "topic": set(TOPICS),
     "phase": set(observability._PHASES),
     "outcome": {"ok", "error", "accepted", "overridden", "other"},
+    "status": set(observability._HOOK_STATUSES) | {"404"} | set(observability._AUTH_STATUSES),
 }
 CALL_FIELDS = {"time", "level", "logger", "message", "service", "hookInstance", "status", "latency_ms"}
 CALL_FIELDS |= {"phases_ms", "cards", "topics", "fhir_queries", "fhir_errors", "run_ahead_hit"}
