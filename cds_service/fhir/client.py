@@ -75,7 +75,11 @@ log = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json"
 DEFAULT_CONNECT_TIMEOUT_S = 1.0
 DEFAULT_MAX_WORKERS = 16
-DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+# 20 times the largest page of the SMART sandbox's densest chart (190 KB, 200 Observations). A FHIR page
+# this large needs about 38 MiB to be read and parsed (``memory.parse_need``), which leaves room in the
+# process's budget for ordinary calls beside it; at 32 MiB, anything over about 7 MiB could never be read
+# at all, and was refused only after taking the whole budget from every other call of the worker.
+DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 # A body's memory is counted against the process's budget (``memory``) once it is read, or as it is read
 # once it needs more than this: the one reservation of an ordinary page (1.7 MiB for the SMART sandbox's
 # largest, 200 Observations), and at most this much uncounted per fetch while a larger body arrives.

@@ -40,7 +40,7 @@ def _entry(n: int) -> dict:
 
 
 def _json_bomb() -> bytes:
-    """About 30 MB of a searchset Bundle (under the client's 32 MiB limit) in about 100 KB of gzip: one
+    """About 30 MB of a searchset Bundle (the size limit was 32 MiB) in about 100 KB of gzip: one
     million small objects, seconds of ``orjson.loads`` on any machine."""
     entries = [_entry(0)] * 175_000
     plain = orjson.dumps({"resourceType": "Bundle", "type": "searchset", "entry": entries})

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cds_service.fhir import client as client_module
-from cds_service.fhir.client import FhirClient
+from cds_service.fhir.client import DEFAULT_MAX_RESPONSE_BYTES, FhirClient
 from cds_service.fhir.decoding import structural_tokens
 from cds_service.fhir.medications import follow_medication_references
 from cds_service.fhir.memory import (
@@ -448,3 +448,23 @@ def test_the_medication_follower_leaves_a_product_unidentified_when_the_budget_h
     else:
         assert followed.medications == [medication]
         assert errors == []
+
+
+def test_an_answer_as_large_as_allowed_fits_the_default_budget_with_room_to_spare() -> None:
+    """A FHIR page of ``DEFAULT_MAX_RESPONSE_BYTES`` (tokens as dense as the sandbox's Observation pages,
+    one in ten bytes) can be read, and not only when nothing else is."""
+    need = parse_need(DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_MAX_RESPONSE_BYTES // 10)
+    assert need <= 0.6 * DEFAULT_FETCH_MEMORY_BYTES, need / MIB
+
+
+def test_a_body_larger_than_the_default_limit_is_refused_for_its_size(ehr: FakeEhrFhir) -> None:
+    """Not read to the end, and not for lack of memory: the reason names the size."""
+    body = b'{"resourceType": "Patient", "id": "p1"' + b" " * DEFAULT_MAX_RESPONSE_BYTES + b"}"
+    ehr.add_canned("Patient/p1", 200, body)
+    fhir = FhirClient()
+    try:
+        outcome = fhir.fetch_all(ehr.base_url, {"p": "Patient/p1"}, authorization=None, budget_ms=3000)["p"]
+    finally:
+        fhir.close()
+    assert outcome.error == f"response from {ehr.base_url}/Patient/p1 is larger than 4194304 bytes"
+    assert _settled(PROCESS_MEMORY) == 0
