@@ -103,7 +103,8 @@ class Authenticator:
             shown = without_passwords(settings.public_base_url, settings.public_base_url)
             raise ConfigError(
                 f"CDS_PUBLIC_BASE_URL={shown!r} cannot be compared with a token's aud: "
-                "give an absolute http(s) URL with a host and no user, query or fragment"
+                "set it to the URL clients call, an absolute http(s) URL with a host and no user, query or "
+                "fragment (unset, it is http://{host}:{port} of serve, which an IPv6 host such as :: spoils)"
             )
         return load_clients(settings.clients_file)
 

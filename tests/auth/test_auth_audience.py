@@ -121,3 +121,13 @@ def test_a_base_url_no_aud_could_equal_stops_the_start(
     settings = auth_settings(tmp_path, write_clients(tmp_path, es_client), public_base_url=base)
     with pytest.raises(ConfigError, match=r"CDS_PUBLIC_BASE_URL=.* cannot be compared with a token's aud"):
         Authenticator.trusted_clients(settings)
+
+
+def test_serve_on_an_ipv6_host_without_a_public_base_url_says_to_set_it(
+    tmp_path: Path, es_client: list[dict]
+) -> None:
+    """serve's default base URL is http://{host}:{port}: with --host :: it is no URL at all."""
+    settings = auth_settings(tmp_path, write_clients(tmp_path, es_client), public_base_url=None)
+    settings = settings.with_overrides(public_base_url=settings.base_url_for("::", 8080))
+    with pytest.raises(ConfigError, match="set it to the URL clients call"):
+        Authenticator.trusted_clients(settings)
