@@ -21,13 +21,16 @@ import fcntl
 import logging
 import os
 import re
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -464,3 +467,55 @@ def fold_dead_worker(directory: str, pid: int) -> None:
             finally:
                 archive.close()
             os.remove(dead)
+
+
+# A server's metrics directory is held, for the life of the server, by an exclusive flock on this file.
+_OWNER_LOCK = ".owner.lock"
+_METRICS_DIR_PREFIX = "cds-metrics-"
+_owner_locks: list[int] = []  # descriptors held open by this process (the gunicorn master)
+
+
+def fresh_metrics_dir(parent: str | None) -> str:
+    """A new, empty directory for a server's metric files, under ``parent`` (the system's temporary
+    directory if None), held by this process until it exits; directories left by servers that are gone
+    are removed first.
+
+    The master removes its directory when it exits, but not when it is killed outright: a container's
+    PID 1 killed for memory leaves it, and the restarted container finds it in the same ``/tmp``
+    (Kubernetes keeps an ``emptyDir`` across container restarts; in memory, it counts against the pod's
+    limit). Each start then added another, 128 KiB or more per worker, for the life of the pod.
+
+    The lock is inherited by the workers (a fork shares the open file), so a directory is taken for gone
+    only when the master and every worker have exited. A directory without the lock file (being created
+    right now, or made by an older version) is left alone.
+    """
+    if parent:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+    remove_abandoned_metrics_dirs(parent or tempfile.gettempdir())
+    directory = tempfile.mkdtemp(prefix=_METRICS_DIR_PREFIX, dir=parent)
+    fd = os.open(os.path.join(directory, _OWNER_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    _owner_locks.append(fd)
+    return directory
+
+
+def remove_abandoned_metrics_dirs(parent: str) -> list[str]:
+    """Remove the metrics directories under ``parent`` whose server has gone; return their paths."""
+    removed = []
+    for path in sorted(Path(parent).glob(f"{_METRICS_DIR_PREFIX}*")):
+        try:
+            fd = os.open(path / _OWNER_LOCK, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:  # no lock file, or another user's directory
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its server is running
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(str(path))
+        finally:
+            os.close(fd)
+    if removed:
+        _log.info("removed %d metrics directories of servers that had stopped", len(removed))
+    return removed
