@@ -451,7 +451,11 @@ def mark_worker_dead(pid: int) -> None:
 def fold_dead_worker(directory: str, pid: int) -> None:
     """Add the samples of worker ``pid``'s counter and histogram files to the archive files, then remove
     its files. Counters and histogram buckets are plain sums across processes, so the archive reads as
-    that worker did, and the MultiProcessCollector's totals are unchanged."""
+    that worker did, and the MultiProcessCollector's totals are unchanged.
+
+    Each file's fold is all or nothing: the sums go into a copy of the archive (named so that the
+    collector does not read it), which replaces the archive only when complete; a failure half-way
+    leaves the archive and the dead worker's file as they were, for the next attempt."""
     from prometheus_client.mmap_dict import MmapedDict
 
     with _folding_lock(directory, fcntl.LOCK_EX):
@@ -459,13 +463,22 @@ def fold_dead_worker(directory: str, pid: int) -> None:
             dead = os.path.join(directory, f"{kind}_{pid}.db")
             if not os.path.exists(dead):
                 continue
-            archive = MmapedDict(os.path.join(directory, f"{kind}_{_ARCHIVE_ID}.db"))
+            archive = os.path.join(directory, f"{kind}_{_ARCHIVE_ID}.db")
+            draft = os.path.join(directory, f".{kind}_{_ARCHIVE_ID}.draft")
             try:
-                for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(dead):
-                    if value:
-                        archive.write_value(key, archive.read_value(key)[0] + value, timestamp)
+                if os.path.exists(archive):
+                    shutil.copyfile(archive, draft)
+                summed = MmapedDict(draft)  # created when there is no archive yet
+                try:
+                    for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(dead):
+                        if value:
+                            summed.write_value(key, summed.read_value(key)[0] + value, timestamp)
+                finally:
+                    summed.close()
+                os.replace(draft, archive)
             finally:
-                archive.close()
+                if os.path.exists(draft):
+                    os.remove(draft)
             os.remove(dead)
 
 

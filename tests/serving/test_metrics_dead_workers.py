@@ -205,3 +205,41 @@ def test_a_scrape_waits_while_a_dead_worker_is_being_folded(
         assert not answered.wait(0.5), "the scrape read the directory in the middle of a fold"
     assert answered.wait(5)
     scraper.join()
+
+
+def test_a_fold_that_fails_half_way_changes_no_total(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fold is all or nothing: written to the archive half-way, with the dead worker's file still
+    there, the part written would be counted twice (a full /tmp, a bug)."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    service = {"service": VIEW}
+    for pid in (101, 102):
+        write_samples(
+            tmp_path / f"counter_{pid}.db",
+            "cds_hook_requests",
+            [
+                ("cds_hook_requests_total", service | {"status": status}, 2.0)
+                for status in ("200", "400", "412")
+            ],
+        )
+    observability.fold_dead_worker(str(tmp_path), 101)
+    before = collected(tmp_path)
+    written = []
+    original = MmapedDict.write_value
+
+    def fail_on_the_second(self: MmapedDict, key: str, value: float, timestamp: float) -> None:
+        if written:
+            raise OSError("No space left on device")
+        written.append(key)
+        original(self, key, value, timestamp)
+
+    monkeypatch.setattr(MmapedDict, "write_value", fail_on_the_second)
+    with pytest.raises(OSError, match="No space"):
+        observability.fold_dead_worker(str(tmp_path), 102)
+    monkeypatch.undo()
+    assert written, "the fold had written part of the archive"
+    assert collected(tmp_path) == before
+    assert (tmp_path / "counter_102.db").exists()
+    observability.fold_dead_worker(str(tmp_path), 102)  # the next attempt folds it whole
+    assert collected(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == ["counter_dead-workers.db"]
