@@ -29,6 +29,7 @@ from cds_service.config import Settings
 from cds_service.devtools.bundles import load_patient_bundle
 from cds_service.devtools.offline import OfflineFhirServer
 from cds_service.fhir.client import FhirClient
+from cds_service.fhir.memory import PROCESS_MEMORY, Reservation
 from cds_service.loader import to_transaction
 from cds_service.observability import CallTrace
 from cds_service.protocol.prefetch import render_template
@@ -525,6 +526,29 @@ def test_server_that_is_down_gives_a_quick_412(settings: Settings) -> None:
     assert status == 412
     assert "connection refused" in _diagnostics(answer)
     assert elapsed < settings.fhir_budget_ms / 1000
+
+
+def test_a_worker_whose_fhir_memory_is_taken_refuses_with_a_412_saying_why(
+    client: FlaskClient, fhir_server: SekmetServer, fhir_base: str
+) -> None:
+    """Answers the worker has no memory left for are a 412 naming each key and why, never a 500; and the
+    call gives back all it took, so the next one, with room again, is answered."""
+    body = _example(REPO / "hooks" / "patient-view.json")
+    _put_on_server(fhir_server, _prefetch_resources(body["prefetch"]))
+    other_calls = Reservation(PROCESS_MEMORY)
+    other_calls.take(1, PROCESS_MEMORY.limit)
+    try:
+        status, refusal = _call(client, _without_prefetch(body, fhir_base))
+        assert PROCESS_MEMORY.held == other_calls.amount
+    finally:
+        other_calls.release()
+    assert status == 412
+    reason = _diagnostics(refusal)
+    assert "not read: the FHIR answers this worker holds at once would need more than its 64 MiB" in reason
+    for key in PREFETCH_KEYS:
+        assert key in reason
+    assert _call(client, _without_prefetch(body, fhir_base))[0] == 200
+    assert PROCESS_MEMORY.held == 0
 
 
 def test_server_not_allowed_is_never_contacted(client: FlaskClient, proxy: DelayProxy) -> None:
