@@ -13,7 +13,9 @@ followed, and nothing here logs a header.
 What a server sends is held to the budget and to FHIR's rules, whoever the server is: bodies are
 decompressed and parsed only as far as the time left allows (``decoding``); a search's entries must be of
 the type searched for, or included because it asked; a next link back to a page already read fails the
-key; a 429 or 503 is asked once more only when the wait it names fits the budget.
+key; a 429 or 503 is asked once more only when the wait it names fits the budget. And to the memory
+of the process: every body is counted against one budget for the worker's FHIR answers held at once
+(``memory``), and one with no room left fails its key instead of taking the worker past its limit.
 """
 
 from __future__ import annotations
@@ -136,7 +138,9 @@ class _Busy(Exception):
 class _Progress:
     """Shared between a worker and the waiting caller, so a key cut off by the budget still reports
     how many requests it made, and so the caller can cut off the worker's connection when the budget
-    ends (``abort``)."""
+    ends (``abort``). ``memory`` is what the key's bodies hold of the process's memory budget: the
+    worker gives it back when the key fails, the caller once the answer has left the client
+    (``memory_released``, a done callback of the key's future, whichever ends last)."""
 
     memory: Reservation
     requests: int = 0

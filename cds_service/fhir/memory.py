@@ -63,6 +63,8 @@ class MemoryBudget:
             raise ValueError("a memory budget cannot be negative")
         self.limit = limit_bytes
         self._held = 0
+        # Reservations refused since the process started: for a metric, and an operator wondering why.
+        self.refused = 0
         self._lock = threading.Lock()
 
     @property
@@ -75,6 +77,7 @@ class MemoryBudget:
         with self._lock:
             free = self.limit - self._held
             if at_least > free:
+                self.refused += 1
                 return 0
             granted = min(up_to, free)
             self._held += granted
