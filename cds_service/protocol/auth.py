@@ -29,9 +29,6 @@ from cds_service.redaction import without_passwords
 log = logging.getLogger(__name__)
 
 LEEWAY_S = 60
-# CDS Hooks: a client sets exp "no more than 5 minutes in the future". A longer-lived token would widen
-# the window in which a stolen one works, and make the replay store keep its jti for as long.
-MAX_LIFETIME_S = 300
 MAX_TOKEN_CHARS = 16 * 1024
 MAX_JTI_CHARS = 256
 REQUIRED_CLAIMS = ("iss", "aud", "exp", "iat", "jti")
@@ -83,7 +80,10 @@ class Authenticator:
         self._base_url = settings.public_base_url.rstrip("/")
         session = http if http is not None else requests.Session()
         self._keys = {iss: ClientKeys(client, session) for iss, client in clients.items()}
-        self._replay = open_replay_store(settings)
+        # A token used just before Redis lost its ids can be presented until its exp + LEEWAY_S, which lies
+        # at most the client's lifetime + LEEWAY_S after its use (iat may be LEEWAY_S ahead of our clock).
+        longest = max(client.max_token_lifetime_s for client in clients.values())
+        self._replay = open_replay_store(settings, loss_window_s=longest + 2 * LEEWAY_S)
 
     @staticmethod
     def trusted_clients(settings: Settings) -> dict[str, ClientConfig]:
@@ -162,7 +162,7 @@ class Authenticator:
         audience = (self._base_url + "/" + path.lstrip("/")).rstrip("/")
         claims = _verified_claims(token, verifier, alg, client.iss)
         _check_audience(claims["aud"], audience)
-        _check_lifetime(claims)
+        _check_lifetime(claims, client.max_token_lifetime_s)
         if client.sub is not None and claims.get("sub") != client.sub:
             raise AuthError(
                 f"sub {_shown(claims.get('sub'))} is not the client id registered for {client.iss}"
@@ -289,9 +289,9 @@ def _check_audience(aud: object, audience: str) -> None:
         raise AuthError(f"aud does not name the endpoint called ({audience}): it is {_shown(aud, 160)}")
 
 
-def _check_lifetime(claims: dict[str, Any]) -> None:
-    """exp, iat (and nbf when sent) as JSON numbers; exp after iat, at most MAX_LIFETIME_S after it and
-    from now, each with LEEWAY_S of tolerance.
+def _check_lifetime(claims: dict[str, Any], lifetime_s: int) -> None:
+    """exp, iat (and nbf when sent) as JSON numbers; exp after iat, at most the client's lifetime after it
+    and from now, each with LEEWAY_S of tolerance.
 
     PyJWT has already refused an expired or future-issued token, but it also takes ``"exp": "1764000000"``
     (a string) and any expiry however distant. Bounding exp from now alone let a long-lived token in
@@ -303,17 +303,18 @@ def _check_lifetime(claims: dict[str, Any]) -> None:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise AuthError(f"{claim} is not a number (NumericDate)")
     exp, iat = claims["exp"], claims["iat"]
-    if exp > time.time() + MAX_LIFETIME_S + LEEWAY_S:
+    limit = f"tokens must be short-lived (this client's max_token_lifetime_s is {lifetime_s} s)"
+    if exp > time.time() + lifetime_s + LEEWAY_S:
         raise AuthError(
-            f"exp lies more than {MAX_LIFETIME_S + LEEWAY_S} seconds ahead ({MAX_LIFETIME_S} s and "
-            f"{LEEWAY_S} s of clock skew): tokens must be short-lived"
+            f"exp lies more than {lifetime_s + LEEWAY_S} seconds ahead ({lifetime_s} s and {LEEWAY_S} s of "
+            f"clock skew): {limit}"
         )
     if exp <= iat:
         raise AuthError("exp is not after iat")
-    if exp - iat > MAX_LIFETIME_S + LEEWAY_S:
+    if exp - iat > lifetime_s + LEEWAY_S:
         raise AuthError(
-            f"exp lies {_shown(exp - iat, 24)} seconds after iat, more than {MAX_LIFETIME_S} s (and "
-            f"{LEEWAY_S} s of tolerance): tokens must be short-lived"
+            f"exp lies {_shown(exp - iat, 24)} seconds after iat, more than {lifetime_s} s (and {LEEWAY_S} s "
+            f"of tolerance): {limit}"
         )
 
 

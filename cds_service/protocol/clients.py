@@ -45,7 +45,16 @@ FETCH_DEADLINE_S = 8.0
 MAX_JWKS_BYTES = 256 * 1024
 _READ_CHUNK_BYTES = 16 * 1024
 
-_CLIENT_FIELDS = frozenset({"iss", "sub", "jwks_url", "jwks", "tenants", "fhir_servers"})
+_CLIENT_FIELDS = frozenset(
+    {"iss", "sub", "jwks_url", "jwks", "tenants", "fhir_servers", "max_token_lifetime_s"}
+)
+# How long after its iat a client's token may expire. CDS Hooks 2.0 sets no limit; five minutes is what the
+# CDS Hooks Sandbox signs and SMART Backend Services asks, and a longer-lived token widens the window in
+# which a stolen one works. An EHR that signs longer-lived tokens is registered with its own limit, up to an
+# hour (the replay store keeps each jti, and refuses tokens after a Redis loss, for as long).
+DEFAULT_TOKEN_LIFETIME_S = 300
+MAX_TOKEN_LIFETIME_S = 3600
+MIN_TOKEN_LIFETIME_S = 60
 _PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 _LOOPBACK_NAMES = ("localhost",)
 
@@ -172,6 +181,7 @@ class ClientConfig:
     # The client id its tokens carry as sub, when registered (CDS Hooks 1.0 asked services to allow-list
     # iss, jku and sub; 2.0 leaves sub out of the claims, so it is only checked when given).
     sub: str | None = None
+    max_token_lifetime_s: int = DEFAULT_TOKEN_LIFETIME_S
 
 
 def _parse_client(entry: object, index: int, source: str) -> ClientConfig:
@@ -189,6 +199,16 @@ def _parse_client(entry: object, index: int, source: str) -> ClientConfig:
     sub = entry.get("sub")
     if sub is not None and (not isinstance(sub, str) or not sub.strip()):
         raise ConfigError(f"{where}: 'sub' (the client id its tokens carry) must be a non-empty string")
+    lifetime = entry.get("max_token_lifetime_s", DEFAULT_TOKEN_LIFETIME_S)
+    if (
+        isinstance(lifetime, bool)
+        or not isinstance(lifetime, int)
+        or not MIN_TOKEN_LIFETIME_S <= lifetime <= MAX_TOKEN_LIFETIME_S
+    ):
+        raise ConfigError(
+            f"{where}: 'max_token_lifetime_s' (how long after iat its tokens may expire) must be a whole "
+            f"number of seconds from {MIN_TOKEN_LIFETIME_S} to {MAX_TOKEN_LIFETIME_S}"
+        )
     if "jwks_url" not in entry and "jwks" not in entry:
         raise ConfigError(f"{where}: give 'jwks_url' (its published JWK Set) and/or 'jwks' (its keys inline)")
     jwks_url = None
@@ -211,6 +231,7 @@ def _parse_client(entry: object, index: int, source: str) -> ClientConfig:
         tenants=tuple(tenants),
         fhir_servers=fhir_servers,
         sub=sub,
+        max_token_lifetime_s=lifetime,
     )
 
 

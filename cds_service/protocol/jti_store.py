@@ -42,10 +42,6 @@ REDIS_TIMEOUT_S = 0.5
 # together with Redis. Readiness probes write it too, so after a loss it dates from within a probe interval.
 EPOCH_KEY = "cds:jti-epoch"
 PROBE_KEY = "cds:jti-probe"  # written by readiness checks
-# How long after the epoch a token used before it can still be presented, counted on the expiry a claim
-# carries (exp + 60 s of skew): auth accepts exp at most 360 s after the token's use (300 s and 60 s of
-# skew), so a token used before a loss at L carries an expiry before L + 420.
-LOSS_WINDOW_S = 420
 
 
 class ReplayStoreError(Exception):
@@ -158,7 +154,10 @@ class RedisReplayStore:
 
     PREFIX = "cds:jti:"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, loss_window_s: float) -> None:
+        """``loss_window_s``: how long after its use a token can still be presented, counted on the expiry
+        a claim carries; after the epoch, tokens whose expiry lies within it of the epoch are refused."""
+        self._loss_window_s = loss_window_s
         self._redis = redis_client(url, timeout_s=REDIS_TIMEOUT_S)
         import redis  # present: redis_client has checked
 
@@ -197,10 +196,10 @@ class RedisReplayStore:
             since = self._since if epoch is not None and epoch == self._epoch else self._new_epoch(epoch)
         except self._errors as error:
             raise ReplayStoreError(f"Redis replay store {self._where}: {error}") from None
-        if expires_at < since + LOSS_WINDOW_S:
+        if expires_at < since + self._loss_window_s:
             raise ReplayStoreError(
                 f"Redis replay store {self._where} holds no ids of tokens used before {_utc(since)}; "
-                f"a token that may have been used then is refused until {_utc(since + LOSS_WINDOW_S)}"
+                f"a token that may have been used then is refused until {_utc(since + self._loss_window_s)}"
             )
         return bool(claimed)
 
@@ -219,7 +218,7 @@ class RedisReplayStore:
                 # Not written by this service (or lost again at once): the safe bound is now.
                 since = time.time()
             known, self._epoch, self._since = self._epoch, seen, since
-            until = since + LOSS_WINDOW_S
+            until = since + self._loss_window_s
             if until <= time.time():
                 return since
             if known is None:
@@ -293,8 +292,9 @@ def _utc(epoch_seconds: float) -> str:
     return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def open_replay_store(settings: Settings) -> ReplayStore:
-    """Redis when ``CDS_REDIS_URL`` is set, else the SQLite file at ``CDS_STATE_DB``."""
+def open_replay_store(settings: Settings, *, loss_window_s: float) -> ReplayStore:
+    """Redis when ``CDS_REDIS_URL`` is set, else the SQLite file at ``CDS_STATE_DB`` (a file that cannot
+    lose some ids and keep others, so ``loss_window_s`` is Redis's alone; see RedisReplayStore)."""
     if settings.redis_url:
-        return RedisReplayStore(settings.redis_url)
+        return RedisReplayStore(settings.redis_url, loss_window_s)
     return SQLiteReplayStore(settings.state_db)

@@ -104,6 +104,13 @@ def test_clients_file_that_does_not_exist(tmp_path: Path) -> None:
             {"clients": [{"iss": "a", "jwks_url": "https://e/j", "fhir_servers": ["fhir"]}]},
             "not an absolute http",
         ),
+        *(
+            (
+                {"clients": [{"iss": "a", "jwks_url": "https://e/j", "max_token_lifetime_s": lifetime}]},
+                "'max_token_lifetime_s' .* from 60 to 3600",
+            )
+            for lifetime in (True, "900", 900.5, 59, 3601, -300)
+        ),
     ],
 )
 def test_malformed_clients_file(tmp_path: Path, document: Any, message: str) -> None:

@@ -169,7 +169,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def test_redis_store_claims_once_and_expires(redis_url: str) -> None:
-    store = RedisReplayStore(redis_url)
+    store = RedisReplayStore(redis_url, loss_window_s=420)
     key = f"test-{time.time_ns()}"
     assert store.claim(key, time.time() + 0.3)
     assert not store.claim(key, time.time() + 300)
@@ -246,7 +246,7 @@ def test_credentials_redis_refuses_stop_the_start(tmp_path: Path, redis_url: str
     """Unlike an unreachable server, a refused password will not pass by itself."""
     wrong = redis_url.replace("s3cret-pass", "wrong-pass")
     with pytest.raises(ConfigError, match="Redis refused the credentials") as caught:
-        RedisReplayStore(wrong)
+        RedisReplayStore(wrong, loss_window_s=420)
     assert "wrong-pass" not in str(caught.value)
 
 
@@ -255,7 +255,7 @@ def test_credentials_redis_refuses_stop_the_start(tmp_path: Path, redis_url: str
 )
 def test_a_malformed_redis_url_stops_the_start_without_showing_the_password(tmp_path: Path, url: str) -> None:
     with pytest.raises(ConfigError, match="CDS_REDIS_URL is not a valid Redis URL") as caught:
-        open_replay_store(auth_settings(tmp_path, tmp_path / "unused.json", redis_url=url))
+        open_replay_store(auth_settings(tmp_path, tmp_path / "unused.json", redis_url=url), loss_window_s=420)
     assert "hidden-pass" not in str(caught.value)
 
 
@@ -263,7 +263,7 @@ def test_a_missing_redis_package_stops_the_start(tmp_path: Path, monkeypatch: py
     monkeypatch.setitem(sys.modules, "redis", None)  # what `import redis` meets without the extra
     url = "redis://127.0.0.1:6379/0"
     with pytest.raises(ConfigError, match=re.escape("pip install 'b12-iron-cds[redis]'")):
-        open_replay_store(auth_settings(tmp_path, tmp_path / "unused.json", redis_url=url))
+        open_replay_store(auth_settings(tmp_path, tmp_path / "unused.json", redis_url=url), loss_window_s=420)
 
 
 def test_readiness_asks_redis_at_every_probe_not_only_until_it_was_first_reached(
@@ -353,7 +353,8 @@ def test_every_worker_restarting_with_redis_still_refuses_a_used_token(
         restarted = Authenticator(
             auth_settings(tmp_path, clients_file, redis_url=url, state_db=str(tmp_path / "new.sqlite3"))
         )
-        with pytest.raises(AuthError, match=r"cannot check jti for replay, refusing: .* holds no ids of tokens used"):
+        refusal = r"cannot check jti for replay, refusing: .* holds no ids of tokens used"
+        with pytest.raises(AuthError, match=refusal):
             restarted.authenticate(bearer(used), SIGN_PATH)
         time.sleep(1.1)  # exp is whole seconds
         fresh = ec_signer.token(exp=int(time.time()) + 360)
@@ -419,11 +420,31 @@ def test_a_redis_flushed_while_running_does_not_let_a_used_token_be_replayed(
         assert authenticator.authenticate(bearer(fresh), SIGN_PATH).iss == ec_signer.iss
 
 
-def test_the_loss_window_covers_the_longest_token_auth_accepts() -> None:
-    """A token used at L carries exp + LEEWAY_S at most MAX_LIFETIME_S + 2 * LEEWAY_S after L."""
-    from cds_service.protocol.auth import LEEWAY_S, MAX_LIFETIME_S
+def test_the_loss_window_covers_the_longest_token_any_client_may_use(
+    tmp_path: Path, ec_signer: Signer, rsa_signer: Signer
+) -> None:
+    """A token used at L carries exp + LEEWAY_S at most lifetime + 2 * LEEWAY_S after L, lifetime being its
+    client's max_token_lifetime_s: after a loss, a token used before it by the client whose tokens live 15
+    minutes is still refused when one of 5 minutes would no longer be."""
+    from cds_service.protocol.auth import LEEWAY_S
 
-    assert jti_store.LOSS_WINDOW_S == MAX_LIFETIME_S + 2 * LEEWAY_S
+    clients = write_clients(
+        tmp_path,
+        [
+            {"iss": ec_signer.iss, "jwks": {"keys": [ec_signer.public_jwk()]}},
+            {"iss": rsa_signer.iss, "jwks": {"keys": [rsa_signer.public_jwk()]}, "max_token_lifetime_s": 900},
+        ],
+        name="two-lifetimes.json",
+    )
+    with running_redis(tmp_path, "window-pass", in_service=False) as url:
+        authenticator = Authenticator(auth_settings(tmp_path, clients, redis_url=url))
+        assert authenticator.unready() is None  # the probe writes the epoch: the loss is dated now
+        now = int(time.time())
+        # Used five minutes ago and valid for eight more: past a 420 s window, inside this one.
+        used_before = rsa_signer.token(iat=now - 300, exp=now + 500)
+        assert now + 500 + LEEWAY_S > now + 420, "a window for 5-minute tokens would let it pass"
+        with pytest.raises(ReplayCheckUnavailable, match="holds no ids of tokens used before"):
+            authenticator.authenticate(bearer(used_before), SIGN_PATH)
 
 
 def test_readiness_fails_when_redis_answers_but_cannot_record_a_jti(

@@ -1,4 +1,5 @@
-"""exp, iat and nbf: numbers, coherent, and a lifetime of at most five minutes counted from iat."""
+"""exp, iat and nbf: numbers, coherent, and a lifetime counted from iat of at most five minutes, or of what
+the client is registered with (max_token_lifetime_s)."""
 
 from __future__ import annotations
 
@@ -52,3 +53,24 @@ def test_nbf_given_as_a_string_is_refused(authenticator: Authenticator, ec_signe
 def test_a_past_nbf_passes(authenticator: Authenticator, ec_signer: Signer) -> None:
     token = ec_signer.token(nbf=int(time.time()) - 10)
     assert authenticator.authenticate(bearer(token), SIGN_PATH).iss == ec_signer.iss
+
+
+def test_a_client_registered_with_a_longer_lifetime_may_use_it_and_no_more(
+    make_authenticator, ec_signer: Signer, rsa_signer: Signer
+) -> None:
+    """CDS Hooks 2.0 sets no limit on exp: an EHR that signs 15-minute tokens is registered with
+    max_token_lifetime_s 900. Its tokens pass up to that; the other client keeps five minutes."""
+    authenticator = make_authenticator(
+        [
+            {"iss": ec_signer.iss, "jwks": {"keys": [ec_signer.public_jwk()]}},
+            {"iss": rsa_signer.iss, "jwks": {"keys": [rsa_signer.public_jwk()]}, "max_token_lifetime_s": 900},
+        ]
+    )
+    now = int(time.time())
+    fifteen_minutes = rsa_signer.token(iat=now, exp=now + 900, nbf=now - 300)
+    assert authenticator.authenticate(bearer(fifteen_minutes), SIGN_PATH).iss == rsa_signer.iss
+    too_long = refused(authenticator, rsa_signer.token(iat=now, exp=now + 1000))
+    assert "exp lies more than 960 seconds ahead" in too_long
+    assert "this client's max_token_lifetime_s is 900 s" in too_long
+    other = refused(authenticator, ec_signer.token(iat=now, exp=now + 900))
+    assert "exp lies more than 360 seconds ahead" in other

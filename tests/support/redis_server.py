@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
-from cds_service.protocol.jti_store import EPOCH_KEY, LOSS_WINDOW_S
+from cds_service.protocol.auth import LEEWAY_S
+from cds_service.protocol.clients import MAX_TOKEN_LIFETIME_S
+from cds_service.protocol.jti_store import EPOCH_KEY
 from tests.support.processes import free_port, stop
 
 START_TIMEOUT_S = 10
@@ -77,4 +79,5 @@ def mark_in_service(client: Any) -> None:
     """Date the replay store's epoch before any token still alive, unless Redis already holds one (a file it
     persisted). A Redis without it is new or has lost its ids, and the service then refuses every token that
     could predate it for minutes (``jti_store.EPOCH_KEY``), which only the tests of that case want."""
-    client.set(EPOCH_KEY, f"{time.time() - LOSS_WINDOW_S - 1:.6f} in-service", nx=True)
+    older_than_any_token = MAX_TOKEN_LIFETIME_S + 2 * LEEWAY_S + 1
+    client.set(EPOCH_KEY, f"{time.time() - older_than_any_token:.6f} in-service", nx=True)
