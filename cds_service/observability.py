@@ -446,6 +446,32 @@ def mark_worker_dead(pid: int) -> None:
         return
     with _metrics_guard():
         fold_dead_worker(directory, pid)
+    # A worker whose fold failed before (see fold_dead_worker) is tried again now: any file of a process
+    # that no longer exists. A live worker's files, and those of a pid since reused, are left alone.
+    for leftover in sorted(_pids_with_files(directory) - {pid}):
+        if not _process_exists(leftover):
+            with _metrics_guard():
+                fold_dead_worker(directory, leftover)
+
+
+def _pids_with_files(directory: str) -> set[int]:
+    pids = set()
+    for kind in _FOLDED_TYPES:
+        for path in Path(directory).glob(f"{kind}_*.db"):
+            ident = path.stem.removeprefix(f"{kind}_")
+            if ident.isdigit():
+                pids.add(int(ident))
+    return pids
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def fold_dead_worker(directory: str, pid: int) -> None:

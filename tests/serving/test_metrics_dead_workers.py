@@ -14,6 +14,8 @@ import fcntl
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -243,3 +245,25 @@ def test_a_fold_that_fails_half_way_changes_no_total(tmp_path: Path, monkeypatch
     observability.fold_dead_worker(str(tmp_path), 102)  # the next attempt folds it whole
     assert collected(tmp_path) == before
     assert sorted(p.name for p in tmp_path.glob("*.db")) == ["counter_dead-workers.db"]
+
+
+def test_a_dead_workers_files_left_by_a_failed_fold_are_folded_at_the_next_death(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(observability.MULTIPROC_ENV, str(tmp_path))
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    # The files of a worker whose fold failed, of one just reaped, and of one alive (this process).
+    for pid in (exited.pid, 4_000_001, os.getpid()):
+        write_samples(
+            tmp_path / f"counter_{pid}.db",
+            "cds_hook_requests",
+            [("cds_hook_requests_total", {"service": VIEW, "status": "200"}, 1.0)],
+        )
+    before = collected(tmp_path)
+    observability.mark_worker_dead(4_000_001)
+    assert collected(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == [
+        f"counter_{os.getpid()}.db",
+        "counter_dead-workers.db",
+    ]
