@@ -18,6 +18,7 @@ rather than whichever module happened to import the library first.
 from __future__ import annotations
 
 import fcntl
+import glob
 import logging
 import os
 import re
@@ -395,18 +396,38 @@ def metrics_response() -> tuple[bytes, str]:
     """The Prometheus exposition of every worker's metrics (or this process's), and its content type."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-    metrics = _get_metrics()
     directory = os.environ.get(MULTIPROC_ENV)
     if directory:
-        from prometheus_client import multiprocess
-
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        registry.register(_worker_files_collector(directory))
         # Not while the master folds a dead worker's files into the archive (mark_worker_dead): a scrape
         # in between would count that worker twice, or not at all, and either reads as a counter reset.
         with _folding_lock(directory, fcntl.LOCK_SH):
             return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(metrics.registry), CONTENT_TYPE_LATEST
+    return generate_latest(_get_metrics().registry), CONTENT_TYPE_LATEST
+
+
+def _holds_samples(path: str) -> bool:
+    """Whether a metric file has its header yet. prometheus_client creates a worker's file, then sizes it:
+    read in between, it has no bytes at all, and its reader raised (a scrape's 500 while gunicorn started a
+    worker). Such a file holds no sample yet, so leaving it out changes no total."""
+    try:
+        return os.path.getsize(path) >= 8
+    except OSError:
+        return False
+
+
+def _worker_files_collector(directory: str) -> Any:
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    class WorkerFilesCollector(MultiProcessCollector):
+        """MultiProcessCollector, leaving out the files that a booting worker has only just created."""
+
+        def collect(self) -> Any:
+            files = [path for path in glob.glob(os.path.join(self._path, "*.db")) if _holds_samples(path)]
+            return self.merge(files, accumulate=True)
+
+    return WorkerFilesCollector(None, path=directory)
 
 
 # Where the counts of dead workers go, one file per type; named like a worker's files ("<type>_<id>.db")
@@ -488,6 +509,9 @@ def fold_dead_worker(directory: str, pid: int) -> None:
         for kind in _FOLDED_TYPES:
             dead = os.path.join(directory, f"{kind}_{pid}.db")
             if not os.path.exists(dead):
+                continue
+            if not _holds_samples(dead):  # the worker was killed while it created the file
+                os.remove(dead)
                 continue
             archive = os.path.join(directory, f"{kind}_{_ARCHIVE_ID}.db")
             draft = os.path.join(directory, f".{kind}_{_ARCHIVE_ID}.draft")

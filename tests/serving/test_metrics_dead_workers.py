@@ -9,7 +9,6 @@ every file, and the directory is in memory in the image (``/tmp``, an ``emptyDir
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import re
@@ -77,8 +76,11 @@ def wait_for_workers(served: Served, without: set[int], timeout_s: float = 30) -
 
 def scraped(served: Served) -> tuple[float, float]:
     """(answered 200, latency count) for the patient-view service, on a new connection."""
-    body = requests.get(f"{served.base}/metrics", timeout=10).text
-    return float(REQUESTS_200.search(body)[1]), float(COUNT.search(body)[1])
+    answer = requests.get(f"{served.base}/metrics", timeout=10)
+    body = answer.text
+    found = REQUESTS_200.search(body), COUNT.search(body)
+    assert answer.status_code == 200 and all(found), (answer.status_code, body[:2000])
+    return float(found[0][1]), float(found[1][1])
 
 
 def call(served: Served, body: dict, n: int) -> None:
@@ -97,10 +99,16 @@ def test_killed_and_reloaded_workers_keep_their_counts_once_and_leave_no_files_b
     seen: list[float] = []
     stop = threading.Event()
 
+    failed: list[str] = []
+
     def scrape_all_along() -> None:
         while not stop.is_set():
-            with contextlib.suppress(requests.RequestException):  # a connection a killed worker held
+            try:
                 seen.append(scraped(served)[0])
+            except requests.RequestException:
+                pass  # a connection a killed worker held
+            except AssertionError as error:  # a status other than 200, or a series missing
+                failed.append(str(error)[:300])
 
     scraper = threading.Thread(target=scrape_all_along)
     scraper.start()
@@ -126,6 +134,7 @@ def test_killed_and_reloaded_workers_keep_their_counts_once_and_leave_no_files_b
         stop.set()
         scraper.join(timeout=30)
 
+    assert failed == [], "a scrape failed while workers were replaced"
     assert seen and seen == sorted(seen), "the total went down between two scrapes"
     assert max(seen) <= expected
     time.sleep(0.3)
@@ -267,3 +276,23 @@ def test_a_dead_workers_files_left_by_a_failed_fold_are_folded_at_the_next_death
         f"counter_{os.getpid()}.db",
         "counter_dead-workers.db",
     ]
+
+
+def test_a_file_a_booting_worker_has_only_just_created_is_read_as_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prometheus_client creates a worker's file, then sizes it: a scrape in between read 0 bytes and
+    was a 500 (struct.error), seen while gunicorn replaced killed workers. Such a file holds no sample
+    yet; a worker killed at that moment leaves it so, and its fold just removes it."""
+    monkeypatch.setenv(observability.MULTIPROC_ENV, str(tmp_path))
+    write_samples(
+        tmp_path / "counter_101.db",
+        "cds_hook_requests",
+        [("cds_hook_requests_total", {"service": VIEW, "status": "200"}, 3.0)],
+    )
+    (tmp_path / "counter_102.db").touch()
+    (tmp_path / "histogram_102.db").write_bytes(b"\0\0")
+    body, _ = observability.metrics_response()
+    assert f'cds_hook_requests_total{{service="{VIEW}",status="200"}} 3.0' in body.decode()
+    observability.fold_dead_worker(str(tmp_path), 102)
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == ["counter_101.db"]
