@@ -155,21 +155,26 @@ class _Metrics:
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self.request_seconds = Histogram(
             "cds_hook_request_duration_seconds",
-            "Time to answer a hook call, by service.",
+            "Seconds the service took to answer a hook call, by service: from the route's start to the answer"
+            " built, reading the body included. Calls refused by authentication are not timed (they are"
+            ' counted in cds_auth_rejections_total); calls to an unknown service id are service="unknown".',
             ["service"],
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
         self.phase_seconds = Histogram(
             "cds_hook_phase_duration_seconds",
-            "Time spent in each phase of a hook call (validation, prefetch, fhir, rules, render).",
+            "Seconds a hook call spent in each phase: validation, prefetch, fhir (waiting for the EHR's FHIR"
+            " server), rules, render; a phase a call did not go through is not observed.",
             ["phase"],
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
         self.requests = Counter(
             "cds_hook_requests",
-            "Hook calls answered, by service and HTTP status.",
+            "Hook calls answered, by service and HTTP status; calls to an unknown service id are"
+            ' service="unknown", status 404. Calls refused by authentication (401, 503) are counted in'
+            " cds_auth_rejections_total instead.",
             ["service", "status"],
             registry=registry,
         )
@@ -186,7 +191,7 @@ class _Metrics:
         # its pages, a retried one for both tries. The HTTP requests are cds_fhir_queries_total.
         self.fhir_seconds = Histogram(
             "cds_fhir_fetch_duration_seconds",
-            "Time to fetch one prefetch key from an EHR's FHIR server, all its pages and retries included,"
+            "Seconds to fetch one prefetch key from an EHR's FHIR server, all its pages and retries included,"
             " by outcome (ok, error).",
             ["outcome"],
             buckets=_LATENCY_BUCKETS,
@@ -215,7 +220,8 @@ class _Metrics:
         )
         self.feedback = Counter(
             "cds_feedback",
-            "Feedback items stored, by outcome (an item sent again counts in cds_feedback_duplicates).",
+            "Feedback items stored, by outcome (an item sent again counts in cds_feedback_duplicates_total"
+            " instead).",
             ["outcome"],
             registry=registry,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -247,3 +248,24 @@ def test_a_log_line_is_one_line_whatever_text_it_carries(message: str, field: st
 def test_line_breaks_beyond_ascii_are_written_as_escapes() -> None:
     record = logging.makeLogRecord({"name": "x", "levelname": "INFO", "msg": "a\x85b\u2028c\u2029d"})
     assert '"message":"a\\u0085b\\u2028c\\u2029d"' in JsonFormatter().format(record)
+
+
+def test_help_texts_name_units_and_where_the_calls_they_leave_out_are_counted() -> None:
+    """An operator reads HELP on a dashboard or in the scrape: a metric another one's help refers to is
+    named as exposed (with ``_total``), a duration says seconds, and the request metrics say that calls
+    refused by authentication are not in them."""
+    body, _ = observability.metrics_response()
+    helps = dict(re.findall(r"^# HELP (cds_\w+) (.*)$", body.decode(), re.MULTILINE))
+    types = dict(re.findall(r"^# TYPE (cds_\w+) (\w+)$", body.decode(), re.MULTILINE))
+    # The in-process registry's _created gauges (not written in multiprocess mode, the served one).
+    helps = {name: text for name, text in helps.items() if not name.endswith("_created")}
+    types = {name: kind for name, kind in types.items() if not name.endswith("_created")}
+    assert helps and set(helps) == set(types)
+    for name, kind in types.items():
+        assert name.endswith("_seconds" if kind == "histogram" else "_total"), name
+        if kind == "histogram":
+            assert "seconds" in helps[name].lower(), name
+        for mentioned in re.findall(r"\bcds_\w+", helps[name]):
+            assert mentioned in types, f"{name}'s help names {mentioned}, which is not exposed"
+    for name in ("cds_hook_requests_total", "cds_hook_request_duration_seconds"):
+        assert "cds_auth_rejections_total" in helps[name], name
