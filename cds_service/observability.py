@@ -441,16 +441,31 @@ def _worker_files_collector(directory: str) -> Any:
 _ARCHIVE_ID = "dead-workers"
 _FOLDED_TYPES = ("counter", "histogram")
 _LOCK_FILE = ".dead-workers.lock"
+# The longest the master waits for scrapes to finish before a fold (one takes a few ms): it folds in
+# gunicorn's child_exit, and while it waits it neither starts workers nor watches their timeouts.
+FOLD_WAIT_S = 2.0
 
 
 @contextmanager
-def _folding_lock(directory: str, mode: int) -> Iterator[None]:
-    """An advisory lock on a file of the directory: shared for scrapes, exclusive for a fold.
+def _folding_lock(directory: str, mode: int, wait_s: float | None = None) -> Iterator[None]:
+    """An advisory lock on a file of the directory: shared for scrapes, exclusive for a fold; TimeoutError
+    when ``wait_s`` is given and the lock is not had within it.
 
     Opened afresh each time: a descriptor inherited across gunicorn's fork would share its lock."""
     fd = os.open(os.path.join(directory, _LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, mode)
+        if wait_s is None:
+            fcntl.flock(fd, mode)
+        else:
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError(f"the metrics directory stayed locked for {wait_s:g} s") from None
+                    time.sleep(0.005)
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -467,18 +482,24 @@ def mark_worker_dead(pid: int) -> None:
     removed, under the lock scrapes take, so a total never goes down or counts a worker twice."""
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(pid)
     directory = os.environ.get(MULTIPROC_ENV)
     if not directory:
         return
-    with _metrics_guard():
+    try:
+        multiprocess.mark_process_dead(pid, directory)
         fold_dead_worker(directory, pid)
-    # A worker whose fold failed before (see fold_dead_worker) is tried again now: any file of a process
-    # that no longer exists. A live worker's files, and those of a pid since reused, are left alone.
-    for leftover in sorted(_pids_with_files(directory) - {pid}):
-        if not _process_exists(leftover):
-            with _metrics_guard():
+        # A worker whose fold failed or waited too long before is folded now: any file of a process that
+        # no longer exists. A live worker's files, and those of a pid since reused, are left alone.
+        for leftover in sorted(_pids_with_files(directory) - {pid}):
+            if not _process_exists(leftover):
                 fold_dead_worker(directory, leftover)
+    except TimeoutError as error:
+        # Its files stay and are counted as they are; the next worker's exit folds them.
+        _log.warning(
+            "metrics of worker %d not folded yet (%s); tried again at the next worker's exit", pid, error
+        )
+    except Exception:
+        _log.exception("could not fold the metrics of worker %d", pid)
 
 
 def _pids_with_files(directory: str) -> set[int]:
@@ -511,7 +532,7 @@ def fold_dead_worker(directory: str, pid: int) -> None:
     leaves the archive and the dead worker's file as they were, for the next attempt."""
     from prometheus_client.mmap_dict import MmapedDict
 
-    with _folding_lock(directory, fcntl.LOCK_EX):
+    with _folding_lock(directory, fcntl.LOCK_EX, wait_s=FOLD_WAIT_S):
         for kind in _FOLDED_TYPES:
             dead = os.path.join(directory, f"{kind}_{pid}.db")
             if not os.path.exists(dead):

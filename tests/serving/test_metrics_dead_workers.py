@@ -296,3 +296,28 @@ def test_a_file_a_booting_worker_has_only_just_created_is_read_as_empty(
     assert f'cds_hook_requests_total{{service="{VIEW}",status="200"}} 3.0' in body.decode()
     observability.fold_dead_worker(str(tmp_path), 102)
     assert sorted(p.name for p in tmp_path.glob("*.db")) == ["counter_101.db"]
+
+
+def test_the_master_does_not_wait_forever_for_a_scrape_that_never_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The master folds in gunicorn's child_exit: blocked there, it would start no worker and watch no
+    timeout. A worker stopped (SIGSTOP, a debugger) in the middle of a scrape holds the shared lock; the
+    fold then gives up after a while and is retried at a later death."""
+    monkeypatch.setenv(observability.MULTIPROC_ENV, str(tmp_path))
+    write_samples(
+        tmp_path / "counter_4000002.db",
+        "cds_hook_requests",
+        [("cds_hook_requests_total", {"service": VIEW, "status": "200"}, 1.0)],
+    )
+    before = collected(tmp_path)
+    done = threading.Event()
+    with observability._folding_lock(str(tmp_path), fcntl.LOCK_SH):
+        master = threading.Thread(target=lambda: (observability.mark_worker_dead(4_000_002), done.set()))
+        master.start()
+        assert done.wait(observability.FOLD_WAIT_S + 5), "the master is stuck on the lock"
+    assert collected(tmp_path) == before
+    assert (tmp_path / "counter_4000002.db").exists(), "not folded while the scrape held the lock"
+    observability.mark_worker_dead(4_000_003)  # the next death folds it
+    assert collected(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == ["counter_dead-workers.db"]
