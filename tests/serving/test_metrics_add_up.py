@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -211,8 +212,13 @@ def test_every_counter_equals_the_calls_of_its_kind_and_the_log_agrees(
     assert cards == shown_topics
 
     # The call log: one line per hook call that reached a service, agreeing with every metric.
-    served.wait_for_log('"stored"', timeout_s=0.5)  # past the log writer's interval
-    lines = [entry for entry in served.log_entries() if entry["logger"] == CALL_LOGGER]
+    # Each worker writes its lines every 0.2 s: wait for as many as there were calls (and a little more, for
+    # any extra line to show).
+    deadline = time.monotonic() + 10
+    while len(call_lines(served)) < sum(expected_requests.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    lines = call_lines(served)
     assert len(lines) == sum(expected_requests.values())
     assert (
         Counter(
@@ -255,6 +261,10 @@ def test_every_counter_equals_the_calls_of_its_kind_and_the_log_agrees(
     assert total(after, "cds_fhir_fetch_duration_seconds_count") == 0
     assert total(after, "cds_fhir_fetch_errors_total") == 0
     assert total(after, "cds_run_ahead_hits_total") == sum(line["run_ahead_hit"] for line in lines)
+
+
+def call_lines(served: Served) -> list[dict[str, Any]]:
+    return [entry for entry in served.log_entries() if entry["logger"] == CALL_LOGGER]
 
 
 def label_of(line: dict[str, Any]) -> str:
