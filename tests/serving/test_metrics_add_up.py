@@ -128,6 +128,11 @@ def post(
 def test_every_counter_equals_the_calls_of_its_kind_and_the_log_agrees(
     served: Served, signer: Signer
 ) -> None:
+    # Both workers have booted (each writes its files then), so that either may take the calls.
+    [metrics_dir] = served.metrics_dirs()
+    deadline = time.monotonic() + 30
+    while len(list(metrics_dir.glob("counter_*.db"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     before = samples(requests.get(f"{served.base}/metrics", timeout=10).text)
     assert {value for value in before.values()} == {0.0}, "a fresh server has counted nothing"
     expected_requests: Counter[tuple[str, str]] = Counter()
@@ -185,7 +190,6 @@ def test_every_counter_equals_the_calls_of_its_kind_and_the_log_agrees(
     after = scrapes[0]
 
     # The calls were answered by both workers (each has counted some in its own file).
-    [metrics_dir] = served.metrics_dirs()
     per_worker = calls_per_worker(metrics_dir)
     assert len(per_worker) == 2 and all(per_worker.values()), per_worker
 
