@@ -9,6 +9,9 @@ Metrics run in one of two modes, chosen once, when the first metric is created:
 
 * served by ``cds-service serve``: ``PROMETHEUS_MULTIPROC_DIR`` is set before the workers fork, each
   worker writes its samples to memory-mapped files there, and ``/metrics`` on any worker reads them all;
+  when a worker exits or is killed, the master adds its counts to ``<type>_dead-workers.db`` and removes
+  its files (``mark_worker_dead``), so the directory holds the live workers' files and two more however
+  often workers are replaced, and no total ever goes down;
 * anywhere else (tests, ``replay``): the default in-process registry.
 
 ``prometheus_client`` is imported lazily so that the mode follows the environment ``serve`` prepares
