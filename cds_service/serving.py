@@ -30,14 +30,13 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import click
 
 from cds_service.config import ConfigError, Settings, load_settings
-from cds_service.observability import MULTIPROC_ENV
+from cds_service.observability import MULTIPROC_ENV, fresh_metrics_dir
 
 # gunicorn's config module runs int(WEB_CONCURRENCY) when it is imported, so a value that is not a number
 # would crash every cds-service command, --help included. Hidden for that import only, the variable is
@@ -194,14 +193,6 @@ class CdsServer(BaseApplication):
         return app
 
 
-def _fresh_metrics_dir() -> str:
-    """A new, empty directory for this server's metric files (stale files would be summed in)."""
-    parent = os.environ.get(MULTIPROC_ENV) or None
-    if parent:
-        Path(parent).mkdir(parents=True, exist_ok=True)
-    return tempfile.mkdtemp(prefix="cds-metrics-", dir=parent)
-
-
 def _worker_count(given: str, value: str) -> int:
     try:
         workers = int(value)
@@ -254,7 +245,8 @@ def serve(host: str, port: int, workers: int | None, threads: int) -> None:
     except ConfigError as error:
         click.echo(f"cds-service: configuration error: {error}", err=True)
         sys.exit(2)
-    os.environ[MULTIPROC_ENV] = metrics_dir = _fresh_metrics_dir()
+    # A new, empty directory (stale files would be summed in); those of servers killed outright go first.
+    os.environ[MULTIPROC_ENV] = metrics_dir = fresh_metrics_dir(os.environ.get(MULTIPROC_ENV) or None)
 
     options = gunicorn_options(
         settings,

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from cds_service import observability
-from tests.support.served import clean_env
+from tests.support.served import Served, clean_env
 
 # Makes a directory as `serve` does, prints it, then: exits at once, waits (holding it), or forks a child
 # that keeps holding it and exits itself (a master killed while its workers still run).
@@ -100,3 +100,21 @@ def test_fresh_metrics_dir_makes_a_new_held_directory(tmp_path: Path) -> None:
     finally:
         process.kill()
         process.wait(timeout=10)
+
+
+def test_serve_removes_the_directory_of_a_server_killed_outright(tmp_path: Path) -> None:
+    """`cds-service serve` itself: a server SIGKILLed with its workers leaves its directory; the next one
+    started over the same parent removes it and keeps only its own."""
+    first = Served(tmp_path, workers=1)
+    try:
+        (left,) = first.metrics_dirs()
+    finally:
+        first.kill()
+    assert left.exists(), "a server killed outright cannot remove its own directory"
+    second = Served(tmp_path, workers=1)
+    try:
+        assert not left.exists()
+        assert len(second.metrics_dirs()) == 1
+    finally:
+        second.stop()
+    assert second.metrics_dirs() == [], "a server stopped gracefully removes its own"
