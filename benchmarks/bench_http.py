@@ -55,6 +55,7 @@ class WrkResult:
     non_2xx: int = 0
     socket_errors: str = ""
     cpu_ms_per_call: float = 0.0
+    connections_per_worker: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -111,8 +112,14 @@ def run_wrk(server: Server, body_file: Path, connections: int, seconds: float) -
     ]
     env = dict(os.environ, BENCH_BODY=str(body_file))
     cpu_before = server_cpu_seconds(server.process.pid)
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60, check=True)
-    result = parse_wrk(done.stdout)
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as wrk:
+        time.sleep(min(1.0, seconds / 2))
+        split = connections_per_worker(server)
+        out, err = wrk.communicate(timeout=seconds + 60)
+    if wrk.returncode:
+        raise RuntimeError(f"wrk failed ({wrk.returncode}): {err[-2000:]}")
+    result = parse_wrk(out)
+    result.connections_per_worker = split
     result.cpu_ms_per_call = (
         (server_cpu_seconds(server.process.pid) - cpu_before) * 1000 / max(result.requests, 1)
     )
@@ -220,6 +227,32 @@ def _children(master_pid: int) -> list[Path]:
                 if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == master_pid:
                     found.append(entry)
     return found
+
+
+def connections_per_worker(server: Server) -> list[int]:
+    """How many of the load generator's connections each worker holds, largest first.
+
+    gthread workers share one listening socket and keep a keep-alive connection for its whole life: when
+    wrk opens its connections in one burst, one worker can take all of them and serve them on one CPU
+    while the other idles, which halves requests/s and inflates CPU per call (its threads contend for one
+    GIL). A round whose split is lopsided measures that, not the code; the split is printed beside it."""
+    port = int(server.base_url.rsplit(":", 1)[1])
+    established = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                    established.add(f"socket:[{fields[9]}]")
+    counts = []
+    for worker in _children(server.process.pid):
+        held = 0
+        with contextlib.suppress(OSError):
+            for fd in (worker / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    held += os.readlink(fd) in established
+        counts.append(held)
+    return sorted(counts, reverse=True)
 
 
 def server_cpu_seconds(master_pid: int) -> float:
@@ -399,7 +432,9 @@ def main() -> int:
             for index, result in enumerate(throughput[server.name], 1):
                 print(
                     f"  {server.name:{width}} round {index}: {result.requests_per_second:8.0f} req/s  "
-                    f"server CPU {result.cpu_ms_per_call:5.2f} ms/call  " + _fmt_percentiles(result)
+                    f"server CPU {result.cpu_ms_per_call:5.2f} ms/call  "
+                    + _fmt_percentiles(result)
+                    + f"  connections per worker {'/'.join(map(str, result.connections_per_worker))}"
                 )
         floor_rps = mean_rps("floor")
         print(f"  {'floor':{width}} mean: {floor_rps:8.0f} req/s")
