@@ -150,7 +150,7 @@ def create_app(settings: Settings) -> Flask:
     feedback_store = FeedbackStore.open_for_service(settings.feedback_db)
     recorder = IssuedCardRecorder(settings.feedback_db)
     run_ahead = RunAheadCache(settings)
-    log.info("run-ahead cache: %s", run_ahead.describe())
+    log.info("%s", run_ahead.describe())
     handler = build_handler(settings, fhir_client=FhirClient(), run_ahead=run_ahead, on_cards=recorder.submit)
 
     # No static route, and no redirect for a path with "//": werkzeug answered POST

@@ -192,7 +192,7 @@ def feedback_report(as_json: bool, since: str | None, db: str | None) -> None:
     \b
     Examples:
       cds-service feedback-report --since 2026-03-01
-      cds-service feedback-report --db /var/lib/cds/cds-feedback.sqlite3 --json
+      cds-service feedback-report --db /var/lib/cds-service/feedback.sqlite3 --json
       cds-service feedback-report --db postgresql://reader@db.internal/cds --since 2026-03-01T00:00:00Z
 
     The report only reads the store. What each number means: docs/feedback.md.

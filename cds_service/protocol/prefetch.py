@@ -159,7 +159,7 @@ def classify(key: str, template: str, prefetch: Mapping[str, Any], patient_id: s
             # As the FHIR client holds a server's answer: a Condition among an Observation search's
             # matches, or a Bundle a client forgot to unwrap, would be read as what it claims to be, or
             # skipped while the key counted as answered.
-            reason = f"the {wanted} search holds a {kind} among its results"
+            reason = f"the {wanted} search holds a resource of type {kind} among its results"
             return PrefetchItem(key, PrefetchState.JUNK, reason=reason)
         if not _belongs_to(resource, patient_id, own):
             reason = f"the search holds a resource of another patient ({resource.get('resourceType')})"
