@@ -20,6 +20,7 @@ from pathlib import Path
 import click
 import orjson
 import requests
+from urllib3.exceptions import NewConnectionError
 
 from cds_service.cli_types import HTTP_URL, bearer_token
 from cds_service.devtools.bundles import MAX_FILE_BYTES, FileTooLargeError, read_at_most, size_text
@@ -37,6 +38,18 @@ MAX_RESPONSE_BYTES = 256 * 1024 * 1024  # as for a Bundle file; a wrong URL may 
 
 class LoadError(click.ClickException):
     """A file or the server refused; the message names the file."""
+
+
+class ServerUnreachable(LoadError):
+    """No connection to the FHIR server at all: every Bundle after this one would fail the same way."""
+
+
+def _no_connection(error: requests.RequestException) -> bool:
+    """Whether no connection could be made at all (refused, no such host, no answer to the connect), as
+    against one that broke during a Bundle's exchange, which the next Bundle may not meet."""
+    if isinstance(error, requests.ConnectTimeout):
+        return True
+    return isinstance(getattr(error.args[0] if error.args else None, "reason", None), NewConnectionError)
 
 
 def days_since(reference_day: date, today: date) -> int:
@@ -161,7 +174,8 @@ class FixtureLoader:
         try:
             status, content_type, body = self._post(orjson.dumps(transaction))
         except requests.RequestException as error:
-            raise LoadError(f"{path}: {exception_reason(error, self.base_url)}") from None
+            failed = ServerUnreachable if _no_connection(error) else LoadError
+            raise failed(f"{path}: {exception_reason(error, self.base_url)}") from None
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -268,6 +282,10 @@ def load_fixtures(
                 failures += 1
                 # The message may quote the URL: a user:password@ in --fhir-server stays out.
                 click.echo(f"{progress} FAILED {without_passwords(error.message, fhir_server)}", err=True)
+                if isinstance(error, ServerUnreachable) and number < len(files):
+                    failures += len(files) - number
+                    click.echo(f"stopped: the other {len(files) - number} Bundles were not tried", err=True)
+                    break
                 continue
             except OverflowError:
                 failures += 1

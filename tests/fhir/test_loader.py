@@ -202,6 +202,22 @@ def test_server_down_is_a_clear_failure(tmp_path: Path) -> None:
     assert "connection refused by http://127.0.0.1:9/fhir" in result.stderr
 
 
+def test_a_server_that_cannot_be_reached_stops_the_load_at_the_first_bundle(tmp_path: Path) -> None:
+    """Every Bundle after the first would meet the same refused connection: one line says so, not one
+    per Bundle, and the count still says none was loaded."""
+    folders = [tmp_path / str(n) for n in range(4)]
+    for folder in folders:
+        folder.mkdir()
+    paths = [_dated_collection(folder) for folder in folders]
+    result = CliRunner().invoke(
+        main, ["load-fixtures", "--fhir-server", "http://127.0.0.1:9/fhir", *map(str, paths)]
+    )
+    assert result.exit_code == 1
+    assert result.stderr.count("connection refused") == 1, result.stderr
+    assert "stopped: the other 3 Bundles were not tried" in result.stderr
+    assert "4 of 4 Bundles were not loaded" in result.stderr
+
+
 def test_conflicting_shift_options(tmp_path: Path) -> None:
     path = _dated_collection(tmp_path)
     result = CliRunner().invoke(
