@@ -167,8 +167,9 @@ class RedisReplayStore:
         self._url = url
         self._where = address(url)
         self._away = False  # since the last probe found Redis away (one warning per outage)
-        self._epoch: bytes | None = None  # the epoch this process last saw in Redis, and its moment
-        self._since = 0.0
+        # The epoch this process last saw in Redis and its moment, one tuple so that a thread reading it
+        # never pairs one epoch with another's moment.
+        self._known: tuple[bytes | None, float] = (None, 0.0)
         self._epoch_lock = threading.Lock()
         self._start = DeferredStart(
             f"the JWT replay store (Redis at {self._where})", self._redis.ping, redis.ConnectionError
@@ -193,7 +194,9 @@ class RedisReplayStore:
             pipe.set(self.PREFIX + key, b"1", nx=True, px=ttl_ms)
             pipe.get(EPOCH_KEY)
             claimed, epoch = pipe.execute()
-            since = self._since if epoch is not None and epoch == self._epoch else self._new_epoch(epoch)
+            known, since = self._known
+            if epoch is None or epoch != known:
+                since = self._new_epoch(epoch)
         except self._errors as error:
             raise ReplayStoreError(f"Redis replay store {self._where}: {error}") from None
         if expires_at < since + self._loss_window_s:
@@ -210,14 +213,17 @@ class RedisReplayStore:
             if seen is None:
                 self._redis.set(EPOCH_KEY, _epoch_value(), nx=True)
                 seen = self._redis.get(EPOCH_KEY)
-            if seen == self._epoch:  # another thread has just dealt with it
-                return self._since
+                if seen is None:  # lost again at once: the safe bound is now
+                    return time.time()
+            known, known_since = self._known
+            if seen == known:  # another thread has just dealt with it
+                return known_since
             try:
                 since = float(seen.split()[0])
-            except (AttributeError, IndexError, ValueError):
-                # Not written by this service (or lost again at once): the safe bound is now.
+            except (IndexError, ValueError):
+                # Not written by this service: the safe bound is now.
                 since = time.time()
-            known, self._epoch, self._since = self._epoch, seen, since
+            self._known = (seen, since)
             until = since + self._loss_window_s
             if until <= time.time():
                 return since
