@@ -90,6 +90,13 @@ def json_response(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status=status, mimetype="application/json")
 
 
+def _without_content(status: int, headers: dict[str, str]) -> Response:
+    """An answer with no body, so without Flask's default Content-Type (text/html) for it."""
+    answer = Response(status=status, headers=headers)
+    del answer.headers["Content-Type"]
+    return answer
+
+
 def operation_outcome(status: int, reason: str) -> Response:
     """A FHIR OperationOutcome carrying the reason, the shape EHR integrators look for in errors."""
     code = {
@@ -164,10 +171,11 @@ def create_app(settings: Settings) -> Flask:
     @app.before_request
     def authenticate() -> Response | None:
         g.client = None
+        if "HTTP_HOST" not in request.environ and request.environ.get("SERVER_PROTOCOL") == "HTTP/1.1":
+            # RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host.
+            return operation_outcome(400, "An HTTP/1.1 request must carry a Host header field.")
         if request.method == "OPTIONS":
-            preflight = Response(status=204, headers=CORS_HEADERS)
-            del preflight.headers["Content-Type"]  # Flask's default text/html, for an answer with no content
-            return preflight
+            return _without_content(204, CORS_HEADERS)
         if authenticator is None or request.path in UNAUTHENTICATED_PATHS:
             return None
         try:
@@ -183,7 +191,7 @@ def create_app(settings: Settings) -> Flask:
         except AuthError as error:
             observability.observe_auth_rejection()
             log.warning("authentication refused for %s %s: %s", request.method, logged_path(), error)
-            return Response(status=401, headers={"WWW-Authenticate": "Bearer"})
+            return _without_content(401, {"WWW-Authenticate": "Bearer"})
         return None
 
     @app.after_request

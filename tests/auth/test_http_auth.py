@@ -82,6 +82,7 @@ def test_without_a_token_every_endpoint_is_a_bare_401(app: Flask, path: str) -> 
     assert response.status_code == 401
     assert response.data == b""
     assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert "Content-Type" not in response.headers, "no content, so no type (it said text/html)"
 
 
 @pytest.mark.parametrize("path", ALL_PATHS)

@@ -610,3 +610,15 @@ def test_a_client_still_sending_its_body_after_a_refusal_gets_to_read_it(served:
             received += chunk
     [answer] = answers(received)
     assert answer.status == 404
+
+
+@pytest.mark.parametrize("path", ["/healthz", HOOK_PATH])
+def test_an_http_1_1_request_without_host_is_a_400(served: Served, path: str) -> None:
+    """RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request that lacks Host; it was served (200 on
+    /healthz, a hook call answered). HTTP/1.0, where Host is optional, is still served."""
+    request = post(path, BODY) if path == HOOK_PATH else f"GET {path} HTTP/1.1\r\nHost: cds\r\n\r\n".encode()
+    answer = one_answer(served.port, request.replace(b"Host: cds\r\n", b""))
+    assert answer.status == 400
+    assert "Host header" in answer.reason()
+    old = one_answer(served.port, b"GET /healthz HTTP/1.0\r\n\r\n")
+    assert old.status == 200
