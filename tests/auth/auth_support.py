@@ -107,6 +107,18 @@ def write_clients(directory: Path, clients: list[dict[str, Any]], name: str = "c
     return path
 
 
+def ehr_signer() -> Signer:
+    """An EHR signing ES384, the one client of a served instance's tests."""
+    return Signer(iss="https://ehr.example.test", kid="k1", alg="ES384", private_key=ec_p384_key())
+
+
+def serve_requiring_jwts(directory: Path, signer: Signer) -> dict[str, str]:
+    """The settings of a served instance that requires JWTs, ``signer`` its one registered client (its
+    clients file written to ``directory``)."""
+    clients = write_clients(directory, [{"iss": signer.iss, "jwks": {"keys": [signer.public_jwk()]}}])
+    return {"CDS_AUTH": "required", "CDS_CLIENTS": str(clients), "CDS_PUBLIC_BASE_URL": BASE_URL}
+
+
 def auth_settings(directory: Path, clients_file: Path | None, **overrides: Any) -> Settings:
     return Settings(
         auth="required",

@@ -22,7 +22,7 @@ from gunicorn.http.parser import RequestParser
 
 from cds_service.config import Settings
 from cds_service.serving import CdsServer, gunicorn_options
-from tests.auth.auth_support import BASE_URL, Signer, ec_p384_key, write_clients
+from tests.auth.auth_support import Signer, ehr_signer, serve_requiring_jwts
 from tests.support.raw_http import Answer, Connection, chunked
 from tests.support.served import HOOKS_NOW, Served, hook_example
 
@@ -54,22 +54,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 @pytest.fixture(scope="module")
 def signer(tmp_path_factory: pytest.TempPathFactory) -> Signer:
-    return Signer(iss="https://ehr.example.test", kid="k1", alg="ES384", private_key=ec_p384_key())
+    return ehr_signer()
 
 
 @pytest.fixture(scope="module")
 def served_with_jwts(tmp_path_factory: pytest.TempPathFactory, signer: Signer) -> Iterator[Served]:
     workdir = tmp_path_factory.mktemp("expect-jwt")
-    clients = write_clients(workdir, [{"iss": signer.iss, "jwks": {"keys": [signer.public_jwk()]}}])
-    server = Served(
-        workdir,
-        workers=1,
-        threads=2,
-        CDS_AUTH="required",
-        CDS_CLIENTS=str(clients),
-        CDS_PUBLIC_BASE_URL=BASE_URL,
-        CDS_NOW=HOOKS_NOW,
-    )
+    server = Served(workdir, workers=1, threads=2, **serve_requiring_jwts(workdir, signer), CDS_NOW=HOOKS_NOW)
     yield server
     server.stop()
 

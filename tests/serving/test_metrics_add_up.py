@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from cds_service.observability import CALL_LOGGER
-from tests.auth.auth_support import BASE_URL, Signer, ec_p384_key, write_clients
+from tests.auth.auth_support import Signer, ehr_signer, serve_requiring_jwts
 from tests.support.served import HOOKS_NOW, Served, hook_example
 
 pytestmark = pytest.mark.integration
@@ -48,20 +48,17 @@ def total(found: Samples, name: str, **labels: str) -> float:
 
 @pytest.fixture(scope="module")
 def signer() -> Signer:
-    return Signer(iss="https://ehr.example.test", kid="k1", alg="ES384", private_key=ec_p384_key())
+    return ehr_signer()
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, signer: Signer) -> Iterator[Served]:
     workdir = tmp_path_factory.mktemp("metrics-add-up")
-    clients = write_clients(workdir, [{"iss": signer.iss, "jwks": {"keys": [signer.public_jwk()]}}])
     server = Served(
         workdir,
         workers=2,
         threads=4,
-        CDS_AUTH="required",
-        CDS_CLIENTS=str(clients),
-        CDS_PUBLIC_BASE_URL=BASE_URL,
+        **serve_requiring_jwts(workdir, signer),
         CDS_NOW=HOOKS_NOW,
         CDS_MAX_BODY_BYTES=str(MAX_BODY),
     )

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.auth.auth_support import BASE_URL, Signer, ec_p384_key, write_clients
+from tests.auth.auth_support import ehr_signer, serve_requiring_jwts
 from tests.support.postgres_server import PostgresCluster
 from tests.support.processes import free_port
 from tests.support.redis_server import running_redis
@@ -56,15 +56,12 @@ def test_redis_down_at_start_fails_closed_until_it_is_back_then_recovers_without
     tmp_path: Path,
 ) -> None:
     """Client JWTs required, so every call needs the replay store in Redis."""
-    signer = Signer(iss="https://ehr.example.test", kid="k1", alg="ES384", private_key=ec_p384_key())
-    clients = write_clients(tmp_path, [{"iss": signer.iss, "jwks": {"keys": [signer.public_jwk()]}}])
+    signer = ehr_signer()
     port = free_port()  # nothing listens there yet
     server = Served(
         tmp_path,
         workers=1,
-        CDS_AUTH="required",
-        CDS_CLIENTS=str(clients),
-        CDS_PUBLIC_BASE_URL=BASE_URL,
+        **serve_requiring_jwts(tmp_path, signer),
         CDS_REDIS_URL=f"redis://:{SECRET}@127.0.0.1:{port}/0",
         CDS_NOW=HOOKS_NOW,
     )

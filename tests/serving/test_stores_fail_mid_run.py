@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.auth.auth_support import BASE_URL, Signer, ec_p384_key, write_clients
+from tests.auth.auth_support import ehr_signer, serve_requiring_jwts
 from tests.support.postgres_server import PostgresCluster
 from tests.support.processes import free_port
 from tests.support.redis_server import mark_in_service
@@ -129,11 +129,6 @@ def silent_listener(port: int) -> Iterator[list[socket.socket]]:
             connection.close()
 
 
-def signer_and_clients(directory: Path) -> tuple[Signer, Path]:
-    signer = Signer(iss="https://ehr.example.test", kid="k1", alg="ES384", private_key=ec_p384_key())
-    return signer, write_clients(directory, [{"iss": signer.iss, "jwks": {"keys": [signer.public_jwk()]}}])
-
-
 def select_and_sign_bodies() -> tuple[dict[str, Any], dict[str, Any]]:
     select = hook_example("order-select-cyanocobalamin.json")
     sign = json.loads(json.dumps(select))
@@ -198,16 +193,14 @@ def test_redis_restarted_between_order_select_and_order_sign_with_jwts_required(
     (a 503) at once and /readyz says why; once it is back, calls work without a restart of the service, the
     run-ahead entry lost with Redis is computed afresh, and a token used before the restart is refused
     although the restarted Redis no longer holds its jti."""
-    signer, clients = signer_and_clients(tmp_path)
+    signer = ehr_signer()
     select, sign = select_and_sign_bodies()
     with redis_process(tmp_path) as redis_server:
         where = f"Redis at redis://127.0.0.1:{redis_server.port}/0"
         server = Served(
             tmp_path,
             workers=1,
-            CDS_AUTH="required",
-            CDS_CLIENTS=str(clients),
-            CDS_PUBLIC_BASE_URL=BASE_URL,
+            **serve_requiring_jwts(tmp_path, signer),
             CDS_REDIS_URL=redis_server.url,
             CDS_NOW=HOOKS_NOW,
         )
@@ -294,12 +287,12 @@ def test_redis_stopped_between_order_select_and_order_sign_costs_the_run_ahead_h
 def test_redis_killed_while_calls_are_in_flight(tmp_path: Path, auth: str) -> None:
     """SIGKILL under a stream of concurrent calls: each is answered, quickly, with cards (200) or, where a
     JWT must be checked, with a 503 OperationOutcome; none is a 500."""
-    signer, clients = signer_and_clients(tmp_path)
+    signer = ehr_signer()
     select, sign = select_and_sign_bodies()
     with redis_process(tmp_path) as redis_server:
         settings = {"CDS_REDIS_URL": redis_server.url, "CDS_NOW": HOOKS_NOW, "CDS_AUTH": auth}
         if auth == "required":
-            settings |= {"CDS_CLIENTS": str(clients), "CDS_PUBLIC_BASE_URL": BASE_URL}
+            settings |= serve_requiring_jwts(tmp_path, signer)
         server = Served(tmp_path, workers=2, **settings)
 
         def one(index: int) -> tuple[int, float, bool]:
@@ -330,7 +323,7 @@ def test_a_redis_that_accepts_connections_but_never_answers_costs_a_bounded_time
     """A hung Redis (or one behind a stalled network): calls needing the replay store are refused within
     a second, the run-ahead cache costs a fraction of one, and /readyz answers within the probe's 2 s
     timeout, naming the store, rather than being cut off by the kubelet without a reason."""
-    signer, clients = signer_and_clients(tmp_path)
+    signer = ehr_signer()
     select, sign = select_and_sign_bodies()
     with redis_process(tmp_path) as redis_server:
         where = f"Redis at redis://127.0.0.1:{redis_server.port}/0"
@@ -340,9 +333,7 @@ def test_a_redis_that_accepts_connections_but_never_answers_costs_a_bounded_time
         secured = Served(
             tmp_path / "secured",
             workers=1,
-            CDS_AUTH="required",
-            CDS_CLIENTS=str(clients),
-            CDS_PUBLIC_BASE_URL=BASE_URL,
+            **serve_requiring_jwts(tmp_path / "secured", signer),
             **common,
         )
         open_server = Served(tmp_path / "open", workers=1, **common)
