@@ -236,11 +236,10 @@ class FeedbackStore:
             attempts += 1
             new = [False] * len(rows)
             seen: set[tuple[Any, ...]] = set()
-            for index in order:
-                row = rows[index]
-                cursor.execute(statement, row)
-                key = row[:5]
-                if cursor.rowcount > 0:
+            stored = self._dialect.insert_each(cursor, statement, [rows[index] for index in order])
+            for index, was_stored in zip(order, stored, strict=True):
+                key = rows[index][:5]
+                if was_stored:
                     new[index] = True
                 elif attempts > 1 and key not in seen:
                     # Run again because the connection dropped (see _run_reconnecting), maybe after the
