@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,6 +40,26 @@ class HttpUrl(click.ParamType):
 
 
 HTTP_URL = HttpUrl()
+
+
+class GivenPath(click.Path):
+    """A file or folder named on the command line, refused when empty.
+
+    click turns "" into ``Path("")``, which is ".": `cds-service replay "$BUNDLE"` with the variable unset
+    replayed every JSON file of the current directory, `load-fixtures "$DIR"` posted them all to the FHIR
+    server, and an empty --order or --signing-key was reported as '.: is a directory'.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value:
+            self.fail("an empty path (an unset variable?)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+PATH = GivenPath()
 
 
 # Settings whose value may carry a password; config.py quotes a malformed value as given.

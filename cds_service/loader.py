@@ -22,7 +22,7 @@ import orjson
 import requests
 from urllib3.exceptions import NewConnectionError
 
-from cds_service.cli_types import HTTP_URL, bearer_token
+from cds_service.cli_types import HTTP_URL, PATH, bearer_token
 from cds_service.devtools.bundles import MAX_FILE_BYTES, FileTooLargeError, read_at_most, size_text
 from cds_service.fhir.bundles import resolve_full_urls, stored_as
 from cds_service.fhir.dates import full_date, shift_dates
@@ -250,7 +250,7 @@ def _what_came_back(content_type: str, parsed: object, body: bytes) -> str:
     help="move every date by exactly this many days instead",
 )
 @click.option("--no-shift", is_flag=True, help="load the dates as written")
-@click.argument("bundles", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("bundles", nargs=-1, type=PATH)
 def load_fixtures(
     fhir_server: str,
     token: str | None,

@@ -29,7 +29,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from cds_service.cli_types import HTTP_URL, bearer_token
+from cds_service.cli_types import HTTP_URL, PATH, bearer_token
 from cds_service.devtools.bundles import (
     BundleError,
     FileTooLargeError,
@@ -562,11 +562,11 @@ def _urls_without_passwords(command: Callable[..., None]) -> Callable[..., None]
 @click.option(
     "--order",
     "order_file",
-    type=click.Path(path_type=Path),
+    type=PATH,
     help="Draft orders: a resource, a Bundle, or a hooks/ request file.",
 )
 @click.option(
-    "--signing-key", type=click.Path(path_type=Path), help="PEM private key (EC P-384 or RSA) to sign JWTs."
+    "--signing-key", type=PATH, help="PEM private key (EC P-384 or RSA) to sign JWTs."
 )
 @click.option("--iss", help="JWT issuer the service knows the key by (required with --signing-key).")
 @click.option("--kid", help="JWT key id (default: the key's RFC 7638 thumbprint).")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import orjson
 
-from cds_service.cli_types import ConfigurationError, config_message
+from cds_service.cli_types import PATH, ConfigurationError, config_message
 from cds_service.config import ConfigError, Settings, load_settings, parse_rfc3339
 from cds_service.devtools.bundles import (
     BundleError,
@@ -177,7 +177,7 @@ def _clear_progress(several: bool) -> None:
 
 
 @click.command("replay")
-@click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("bundles", nargs=-1, required=True, type=PATH)
 @click.option(
     "--hook",
     type=click.Choice(HOOKS),
@@ -186,7 +186,7 @@ def _clear_progress(several: bool) -> None:
 @click.option(
     "--order",
     "order_file",
-    type=click.Path(path_type=Path),
+    type=PATH,
     help="Draft orders: a resource, a Bundle, or a hooks/ request file (its context.draftOrders).",
 )
 @click.option(

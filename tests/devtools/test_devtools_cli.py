@@ -6,9 +6,15 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+from click.testing import CliRunner
+
+from cds_service.cli import main
 from tests.builders import FIXED_NOW, SMART_PATIENTS
+from tests.live import serving
 
 NOW = FIXED_NOW.isoformat().replace("+00:00", "Z")
 COMMAND = str(Path(sys.executable).with_name("cds-service"))
@@ -84,3 +90,56 @@ def test_every_command_is_registered_by_name() -> None:
     assert sorted(main.commands) == ["feedback-report", "fire", "load-fixtures", "replay", "serve"]
     assert "serve" in main.commands
     assert all(main.commands[name].name == name for name in main.commands)
+
+
+def _a_fixture_bundle_in(folder: Path) -> None:
+    bundle = sorted(SMART_PATIENTS.glob("*.json"))[0]
+    (folder / bundle.name).write_bytes(bundle.read_bytes())
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["replay", ""],
+        ["replay", "", "--now", NOW],
+        ["replay", "x.json", "--hook", "order-select", "--order", ""],
+        ["fire", "--service", "http://127.0.0.1:9", "--fhir-server", "http://127.0.0.1:9/fhir",
+         "--patient", "p", "--signing-key", "", "--iss", "https://ehr.test"],
+        ["fire", "--service", "http://127.0.0.1:9", "--fhir-server", "http://127.0.0.1:9/fhir",
+         "--patient", "p", "--hook", "order-sign", "--order", ""],
+    ],
+    ids=["replay", "replay-now", "replay-order", "fire-signing-key", "fire-order"],
+)  # fmt: skip
+def test_an_empty_path_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    """click read "" as ".": `cds-service replay "$BUNDLE"` with the variable unset replayed every Bundle
+    of the current directory and exited 0; an empty --order or --signing-key said '.: is a directory'."""
+    _a_fixture_bundle_in(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner(env=_env(tmp_path)).invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert "an empty path (an unset variable?)" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_load_fixtures_of_an_empty_path_posts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`load-fixtures --fhir-server URL "$DIR"` with the variable unset posted every Bundle of the current
+    directory to the FHIR server."""
+    posted: list[str] = []
+
+    def fhir(environ: dict, start_response: Callable) -> list[bytes]:
+        posted.append(environ["PATH_INFO"])
+        start_response("200 OK", [("Content-Type", "application/fhir+json")])
+        return [b'{"resourceType": "Bundle", "type": "transaction-response"}']
+
+    _a_fixture_bundle_in(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with serving(fhir) as base:
+        result = CliRunner(env=_env(tmp_path)).invoke(main, ["load-fixtures", "--fhir-server", base, ""])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '[BUNDLES]...': an empty path (an unset variable?)" in result.stderr
+    assert posted == []
