@@ -78,8 +78,22 @@ LOW_FLAGS = frozenset({"L", "LL", "LU"})
 
 
 def number(value: float) -> str:
-    """A value as a card quotes it: up to two decimals, trailing zeros dropped (``147.5``, ``1250``)."""
-    return f"{round(value, 2):.12g}"
+    """A value as a card quotes it: up to two decimals, trailing zeros dropped (``147.5``, ``1250``).
+
+    A value that is not whole is never shown as whole: 147.56 pmol/L is 199.9984 pg/mL, which two decimals
+    would show as ``200`` beside "deficient (compared with the threshold of 200 pg/mL)". The thresholds are
+    whole numbers but for a few, so such a value gets the decimals that keep it off them (``199.998``).
+    """
+    rounded = round(value, 2)
+    if rounded == int(rounded) and abs(value - rounded) > _FLOAT_NOISE:
+        for digits in range(3, 10):
+            if round(value, digits) != rounded:
+                return f"{round(value, digits):.12g}"
+    return f"{rounded:.12g}"
+
+
+# What a unit conversion's floating point adds to a value (0.45 x 100 can be 45.00000000000001): not a digit.
+_FLOAT_NOISE = 1e-9
 
 
 @dataclass(slots=True)

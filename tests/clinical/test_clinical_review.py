@@ -194,17 +194,17 @@ def test_molar_equivalents_quoted_beside_thresholds_follow_a_sites_thresholds() 
     site had set: with a borderline band up to 400 pg/mL, the card contradicted itself."""
     config = load_clinical_config({"thresholds": {"b12_borderline_upper": 400, "b12_very_high": 1500}})
     borderline = by_topic(run(obs("b12", 350, 20), config=config), "borderline-b12-check-mma")
-    assert "(200–400 pg/mL, 148–295 pmol/L)" in borderline.detail
+    assert "(200–400 pg/mL, 147.56–295.12 pmol/L)" in borderline.detail
     very = by_topic(run(obs("b12", 1600, 10), config=config), "elevated-b12-no-supplement")
-    assert "Above 1500 pg/mL (1107 pmol/L)" in very.detail and "1000 pmol/L" not in very.detail
+    assert "Above 1500 pg/mL (1106.71 pmol/L)" in very.detail and "1000 pmol/L" not in very.detail
     review = by_topic(
         run(obs("b12", 1600, 10), med({"text": "Multivitamin tablet"}, 200), config=config),
         "elevated-b12-supplement-review",
     )
-    assert "Above 1500 pg/mL (1107 pmol/L)" in review.detail
+    assert "Above 1500 pg/mL (1106.71 pmol/L)" in review.detail
     # The defaults still read as the sources give them.
     default = by_topic(run(obs("b12", 250, 20)), "borderline-b12-check-mma")
-    assert "(200–300 pg/mL, 148–221 pmol/L)" in default.detail
+    assert "(200–300 pg/mL, 147.56–221.34 pmol/L)" in default.detail
     assert (
         "Above 1355.37 pg/mL (1000 pmol/L)"
         in by_topic(run(obs("b12", 1600, 10)), "elevated-b12-no-supplement").detail

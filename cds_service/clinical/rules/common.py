@@ -20,7 +20,7 @@ from cds_service.clinical import codes
 from cds_service.clinical.config import ClinicalConfig
 from cds_service.clinical.findings import Proposal, ProposedAction
 from cds_service.clinical.markdown import literal, literal_names
-from cds_service.clinical.record import Course, MedicationEntry, PatientRecord, Result
+from cds_service.clinical.record import Course, MedicationEntry, PatientRecord, Result, number
 from cds_service.clinical.thresholds import DEFAULT_THRESHOLDS
 from cds_service.fhir.units import unit_factor
 
@@ -39,9 +39,12 @@ def fmt(value: float) -> str:
 
 
 def b12_pmol(value: float) -> str:
-    """A B12 threshold in pg/mL as pmol/L, to the whole number, for quoting beside it (200 → 148)."""
+    """A B12 threshold in pg/mL as pmol/L, for quoting beside it (200 → 147.56, 1355.37 → 1000).
+
+    Not to the whole number: a B12 reported as 147.8 pmol/L (200.32 pg/mL) is borderline, and a band quoted
+    as "148–221 pmol/L" beside it would say it was below the band, that is deficient."""
     factor = unit_factor("b12", "pmol/L")
-    return f"{round(value / factor[0]):g}" if factor else "?"
+    return number(value / factor[0]) if factor else "?"
 
 
 def day_after(moment: datetime) -> datetime:
