@@ -15,7 +15,7 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from itertools import chain
 from typing import Any
 
@@ -302,7 +302,7 @@ class PatientRecord:
         if not items:
             return None
         newest = items[0]
-        if newest.when < self.now - timedelta(days=days):
+        if self.days_ago(newest.when) > days:
             return None
         times = self.tested.get(analyte)
         if times and times[0].date() > newest.when.date():
@@ -310,14 +310,30 @@ class PatientRecord:
         return newest
 
     def near(self, analyte: str, when: datetime, *, days: int | None = None) -> Result | None:
-        """The result closest in time to ``when`` within the "same time" window."""
-        window = timedelta(days=self.config.thresholds.same_time_days if days is None else days)
+        """The result closest in time to ``when`` within the "same time" window (`days_apart`)."""
+        window = self.config.thresholds.same_time_days if days is None else days
         best: Result | None = None
         for item in self.results.get(analyte, ()):
             gap = abs(item.when - when)
-            if gap <= window and (best is None or gap < abs(best.when - when)):
+            if days_apart(item.when, when) <= window and (best is None or gap < abs(best.when - when)):
                 best = item
         return best
+
+    # --- windows ------------------------------------------------------------------------------------------
+
+    def days_ago(self, moment: datetime) -> int:
+        """Calendar days from ``moment``'s date, as written, to today (``now``'s date): negative ahead.
+
+        Every window counts days this way. A card quotes dates, not times, so "within 365 days" must mean
+        what a clinician counting from those dates gets: a date alone (read as midnight) and a time later
+        or earlier in the day than ``now`` all fall on the same side of an edge.
+        """
+        return (self.now.date() - moment.date()).days
+
+    def window_start(self, days: int) -> datetime:
+        """The first moment of the day ``days`` days before today: anything from then on is within ``days``
+        days (`days_ago`)."""
+        return datetime.combine(self.now.date() - timedelta(days=days), time.min, self.now.tzinfo)
 
     def since(self, analyte: str, moment: datetime) -> list[Result]:
         """Usable results taken at or after ``moment``, newest first."""
@@ -345,9 +361,11 @@ class PatientRecord:
         A draft on file is held to the same window as an active order: one abandoned on the server years
         ago proves nothing is pending, and counting it would silence a reminder for good.
         """
-        horizon = self.now - timedelta(days=self.config.thresholds.pending_order_days)
+        days = self.config.thresholds.pending_order_days
         for order in self.orders:
-            if analyte in order.analytes and (order.draft or order.when is None or order.when >= horizon):
+            if analyte in order.analytes and (
+                order.draft or order.when is None or self.days_ago(order.when) <= days
+            ):
                 return order
         return None
 
@@ -947,6 +965,17 @@ def _add_in_progress(
 
 def _by_time(result: Result) -> datetime:
     return result.when
+
+
+def days_apart(first: datetime, second: datetime) -> int:
+    """Calendar days between two dates as written (results "at the same time" are at most
+    ``same_time_days`` apart), whatever their times of day."""
+    return abs((first.date() - second.date()).days)
+
+
+def day_start(moment: datetime, days_before: int = 0) -> datetime:
+    """The first moment of the day ``days_before`` days before ``moment``'s date, in its offset."""
+    return datetime.combine(moment.date() - timedelta(days=days_before), time.min, moment.tzinfo)
 
 
 _INFINITY = float("inf")

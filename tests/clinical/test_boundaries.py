@@ -6,6 +6,7 @@ or repeat at one time. Each row states the catalogue's rule it checks, so a fail
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -14,10 +15,13 @@ from cds_service.clinical.findings import Finding
 from cds_service.clinical.record import number
 from tests.clinical.builders import (
     CONFIG,
+    CYANO,
     NOW,
     PID,
     by_topic,
+    draft_b12,
     evaluate,
+    med,
     obs,
     run,
     topics,
@@ -126,3 +130,161 @@ def test_the_molar_band_beside_a_borderline_b12_contains_the_value_reported_in_i
     assert "borderline (200–300 pg/mL, 147.56–221.34 pmol/L)" in finding.detail
     top = by_topic(run(obs("b12", 221.34, 10, unit="pmol/L")), BORDERLINE)
     assert "(reported as 221.34 pmol/L)" in top.detail and "–221.34 pmol/L)" in top.detail
+
+
+# --- time windows: counted in calendar days, from the dates a card quotes ----------------------------------
+# NOW is 2026-01-15T09:00Z. "Within N days" means dated on or after the day N days before today, whatever the
+# time of day and whether the time is given: a clinician counting from the dates on a card must reach the
+# decision the service reached.
+
+
+def at(day: str, analyte: str, value: Any, **extra: Any) -> dict[str, Any]:
+    """A result dated ``day`` as written (a date alone, or a date-time with its offset)."""
+    return obs(analyte, value, 0, effectiveDateTime=day, **extra)
+
+
+@pytest.mark.parametrize(
+    ("stamp", "fires"),
+    [
+        ("2025-01-15", True),  # a date alone, exactly 365 days before 2026-01-15: still the latest
+        ("2025-01-15T08:59:00Z", True),  # the same day, earlier in the day than now
+        ("2025-01-15T23:59:00Z", True),
+        ("2025-01-14", False),  # 366 days
+        ("2025-01-14T23:59:00Z", False),
+        ("2025-01-15T01:00:00+05:00", True),  # dated the 15th where it was taken
+    ],
+)
+def test_latest_means_dated_within_365_days(stamp: str, fires: bool) -> None:
+    assert (BORDERLINE in topics(run(at(stamp, "b12", 250)))) is fires
+
+
+def test_latest_window_counts_from_a_configured_now_with_an_offset() -> None:
+    """CDS_NOW may carry an offset: today is its own date there (2026-01-16 in Sydney at 08:00+11:00)."""
+    sydney = datetime(2026, 1, 16, 8, 0, tzinfo=timezone(timedelta(hours=11)))
+    person = {"resourceType": "Patient", "id": PID, "gender": "female"}
+
+    def fired(stamp: str) -> bool:
+        found = evaluate([person, at(stamp, "b12", 250)], patient_id=PID, now=sydney, config=CONFIG)
+        return BORDERLINE in topics(found)
+
+    assert fired("2025-01-16") and not fired("2025-01-15")
+
+
+@pytest.mark.parametrize(
+    ("authored", "fires", "age"),
+    [
+        ("2025-12-19", False, None),  # 27 days
+        ("2025-12-18", True, 28),  # 28 days: iron studies are due from 4 weeks
+        ("2025-12-18T21:00:00Z", True, 28),  # later in the day than now: still 28 days by the calendar
+        ("2025-07-19", True, 180),
+        ("2025-07-19T23:00:00Z", True, 180),
+        ("2025-07-18T21:00:00Z", False, None),  # 181 days by the calendar (the card said '180 days ago')
+        ("2025-07-18", False, None),
+    ],
+)
+def test_patient_view_course_age_is_28_to_180_calendar_days(
+    authored: str, fires: bool, age: int | None
+) -> None:
+    course = med(CYANO, 0, authoredOn=authored)
+    findings = run(at("2025-07-01", "b12", 150), course)
+    assert (STUDIES in topics(findings)) is fires
+    if age is not None:
+        assert f"started on {authored[:10]}, {age} days ago" in by_topic(findings, STUDIES).detail
+
+
+@pytest.mark.parametrize(
+    ("authored", "due_now"),
+    [
+        ("2025-11-20", True),  # 56 days: due today
+        ("2025-11-20T14:00:00Z", True),  # later in the day than now: due today all the same
+        ("2025-11-21", False),  # 55 days: a follow-up dated tomorrow
+    ],
+)
+def test_iron_studies_fall_due_on_the_day_eight_weeks_after_the_start(authored: str, due_now: bool) -> None:
+    finding = by_topic(run(at("2025-11-14", "b12", 150), med(CYANO, 0, authoredOn=authored)), STUDIES)
+    assert ("so they are due now" in finding.detail) is due_now
+    dated = [a.resource.get("occurrenceDateTime") for p in finding.proposals for a in p.actions]
+    assert (dated == [None, None]) is due_now, dated
+
+
+@pytest.mark.parametrize(
+    ("ferritin_day", "same_time"),
+    [
+        ("2025-12-16", True),  # 30 days after the B12 of 2025-11-16
+        ("2025-12-16T23:00:00Z", True),
+        ("2025-12-17", False),  # 31 days
+        ("2025-10-17T01:00:00Z", True),  # 30 days before it
+        ("2025-10-16T23:00:00Z", False),
+    ],
+)
+def test_same_time_means_dated_within_30_days_of_each_other(ferritin_day: str, same_time: bool) -> None:
+    b12 = at("2025-11-16T08:00:00Z", "b12", 140)
+    findings = run(b12, at(ferritin_day, "ferritin", 12))
+    assert (COMBINED in topics(findings)) is same_time
+
+
+@pytest.mark.parametrize(
+    ("stamp", "fresh"),
+    [
+        ("2026-01-01", True),  # 14 days: iron studies this recent need no new order
+        ("2026-01-01T00:30:00Z", True),
+        ("2025-12-31T23:30:00Z", False),  # 15 days
+    ],
+)
+def test_iron_studies_resulted_within_14_days_cover_a_new_b12_order(stamp: str, fresh: bool) -> None:
+    labs = [at(stamp, "b12", 150), at(stamp, "ferritin", 150), at(stamp, "tsat", 25)]
+    findings = run(*labs, drafts=(draft_b12(),), hook="order-select")
+    assert (STUDIES not in topics(findings)) is fresh
+
+
+@pytest.mark.parametrize(
+    ("authored", "pending"),
+    [
+        ("2025-07-19", True),  # 180 days: still pending
+        ("2025-07-19T01:00:00Z", True),
+        ("2025-07-18T23:00:00Z", False),  # 181 days
+        ("2026-03-01", True),  # scheduled ahead
+    ],
+)
+def test_an_open_order_counts_as_pending_for_180_days(authored: str, pending: bool) -> None:
+    orders = [
+        {
+            "resourceType": "ServiceRequest",
+            "id": f"sr-{analyte}",
+            "status": "active",
+            "intent": "order",
+            "subject": {"reference": f"Patient/{PID}"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "authoredOn": authored,
+        }
+        for analyte, code in (("ferritin", "2276-4"), ("tsat", "2502-3"))
+    ]
+    findings = run(at("2025-11-14", "b12", 150), med(CYANO, 40), *orders)
+    assert (STUDIES not in topics(findings)) is pending
+
+
+@pytest.mark.parametrize(
+    ("authored", "fires"),
+    [
+        ("2025-01-15", True),  # 365 days: iron deficiency after a course started within 365 days
+        ("2025-01-15T20:00:00Z", True),
+        ("2025-01-14T20:00:00Z", False),
+    ],
+)
+def test_iron_deficiency_after_b12_reads_courses_started_within_365_days(authored: str, fires: bool) -> None:
+    findings = run(med(CYANO, 0, authoredOn=authored), at("2026-01-10", "ferritin", 12))
+    assert ("iron-deficiency-after-b12" in topics(findings)) is fires
+
+
+@pytest.mark.parametrize(
+    ("ended", "explains"),
+    [
+        ("2025-10-07", True),  # 90 days before the B12 of 2026-01-05: taken in the 90 days before the test
+        ("2025-10-06T23:00:00Z", False),  # 91 days
+    ],
+)
+def test_a_supplement_taken_in_the_90_days_before_a_high_b12_explains_it(ended: str, explains: bool) -> None:
+    multivitamin = med({"text": "Multivitamin tablet"}, 400, kind="MedicationStatement", status="completed")
+    multivitamin["effectivePeriod"] = {"start": "2024-11-01", "end": ended}
+    findings = run(at("2026-01-05T10:00:00Z", "b12", 1000), multivitamin)
+    assert (NO_SUPPLEMENT not in topics(findings)) is explains

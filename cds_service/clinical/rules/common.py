@@ -20,7 +20,15 @@ from cds_service.clinical import codes
 from cds_service.clinical.config import ClinicalConfig
 from cds_service.clinical.findings import Proposal, ProposedAction
 from cds_service.clinical.markdown import literal, literal_names
-from cds_service.clinical.record import Course, MedicationEntry, PatientRecord, Result, number
+from cds_service.clinical.record import (
+    Course,
+    MedicationEntry,
+    PatientRecord,
+    Result,
+    day_start,
+    days_apart,
+    number,
+)
 from cds_service.clinical.thresholds import DEFAULT_THRESHOLDS
 from cds_service.fhir.units import unit_factor
 
@@ -53,7 +61,7 @@ def day_after(moment: datetime) -> datetime:
     A course start is often a date alone (``authoredOn``), read as midnight: a ferritin drawn later that
     day is the baseline taken before the first dose, not a result of the treatment.
     """
-    return datetime.combine(moment.date() + timedelta(days=1), datetime.min.time(), moment.tzinfo)
+    return day_start(moment, -1)
 
 
 # --- clinical states ----------------------------------------------------------------------------------
@@ -178,7 +186,7 @@ def tsat_check(record: PatientRecord, ferritin: Result) -> tuple[list[str], tupl
         f"{fmt(t.tsat_low)} % would support iron deficiency, and none was taken within "
         f"{t.same_time_days} days of this ferritin (WHO 2020; AGA 2020)."
     )
-    if ferritin.when < record.now - timedelta(days=t.recent_days):
+    if record.days_ago(ferritin.when) > t.recent_days:
         # A saturation drawn now says nothing of the iron of a ferritin taken months ago, nor is an old CRP
         # today's inflammation: the pair has to be measured again together.
         line = line[:-1] + (
@@ -263,8 +271,9 @@ def deficiency_explains_b12(record: PatientRecord) -> str | None:
         before = record.before("b12", day_after(course.start))
         # Current when the course began ("latest" then): a deficiency measured years before it, with no
         # diagnosis recorded since, does not show why this course was started.
-        if before is not None and before.when < course.start - timedelta(
-            days=record.config.thresholds.latest_days
+        if (
+            before is not None
+            and days_apart(course.start, before.when) > record.config.thresholds.latest_days
         ):
             before = None
         if before is not None and b12_deficient(record, before)[0]:
@@ -310,7 +319,7 @@ def starting_b12(
         return ([], record.now)
     course = record.course(codes.B12_THERAPY)
     if course is not None and course.ongoing:
-        if course.start < record.now - timedelta(days=record.config.thresholds.course_recent_days):
+        if record.days_ago(course.start) > record.config.thresholds.course_recent_days:
             return ([], record.now)
         return (drafts, course.start)
     starts = [d.start for d in drafts if d.start is not None and d.start > record.now]
@@ -334,7 +343,7 @@ def iron_studies_cover(record: PatientRecord, results_since: datetime) -> tuple[
 
 def not_recently_done(record: PatientRecord, analytes: Iterable[str], days: int) -> list[str]:
     """The analytes neither resulted within ``days`` nor already ordered."""
-    since = record.now - timedelta(days=days)
+    since = record.window_start(days)
     return [a for a in analytes if record.tested_since(a, since) is None and record.ordered(a) is None]
 
 
@@ -349,7 +358,7 @@ def suggested_tests_line(wanted: Sequence[str], days: int) -> list[str]:
 def done_tests_line(record: PatientRecord, analytes: Iterable[str], days: int) -> list[str]:
     """The card line naming the tests left out because they were resulted within ``days`` (with the date),
     so a card that does not order them says why; none when there are none."""
-    since = record.now - timedelta(days=days)
+    since = record.window_start(days)
     done = [(a, record.tested_since(a, since)) for a in analytes]
     shown = [f"{codes.ANALYTE_NAMES[a]} on {day(when)}" for a, when in done if when is not None]
     if not shown:
@@ -563,7 +572,7 @@ def elevated_before_b12(record: PatientRecord, start: datetime) -> bool:
     because of the treatment, so it must not count here: that patient still needs iron studies.
     """
     b12 = record.before("b12", day_after(start))
-    if b12 is None or b12.when < record.now - timedelta(days=record.config.thresholds.latest_days):
+    if b12 is None or record.days_ago(b12.when) > record.config.thresholds.latest_days:
         return False
     return b12_elevated(record, b12)[0]
 
@@ -582,7 +591,7 @@ def iron_deficiency_near(record: PatientRecord, b12: Result) -> IronStatus | Non
     ferritin = record.latest("ferritin")
     if ferritin is None:
         return None
-    if abs(ferritin.when - b12.when) > timedelta(days=record.config.thresholds.same_time_days):
+    if days_apart(ferritin.when, b12.when) > record.config.thresholds.same_time_days:
         return None
     status = iron_status(record, ferritin)
     return status if status.deficient else None

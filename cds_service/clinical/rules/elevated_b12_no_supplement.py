@@ -7,12 +7,10 @@ disorders (Arendt & Nexo 2012). Liver enzymes and CRP are the first step.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from cds_service.clinical import codes
 from cds_service.clinical.findings import Finding
 from cds_service.clinical.markdown import literal, literal_names
-from cds_service.clinical.record import MedicationEntry, PatientRecord
+from cds_service.clinical.record import MedicationEntry, PatientRecord, day_start, days_apart
 from cds_service.clinical.rules.common import (
     B12_PRODUCTS,
     SOURCE_LABEL,
@@ -49,7 +47,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     if taken:
         return None
     # Nor one taken in the weeks before it: any course (not only the latest) running in that time.
-    exposure_window = b12.when - timedelta(days=t.recent_days)
+    exposure_window = day_start(b12.when, t.recent_days)
     if record.taking(B12_PRODUCTS, exposure_window, day_after(b12.when)) is not None:
         return None
     for cls in (*EXPLAINING, codes.B12_DEFICIENCY):
@@ -119,7 +117,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
     if ferritin is not None:
         is_high, fbasis = ferritin_high(record, ferritin)
         # Read together with the B12 only when taken at about the same time.
-        together = abs(ferritin.when - b12.when) <= timedelta(days=t.same_time_days)
+        together = days_apart(ferritin.when, b12.when) <= t.same_time_days
         if is_high and together:
             comment = (
                 f": also high (compared with {fbasis}) — together they point to liver disease or "

@@ -10,12 +10,10 @@ causes and its tests for autoimmune gastritis and coeliac disease.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from cds_service.clinical import codes
 from cds_service.clinical.findings import Finding
 from cds_service.clinical.markdown import literal_names
-from cds_service.clinical.record import MedicationEntry, PatientRecord
+from cds_service.clinical.record import MedicationEntry, PatientRecord, days_apart
 from cds_service.clinical.rules.common import (
     SOURCE_LABEL,
     b12_elevated,
@@ -38,7 +36,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         return None
     t = record.config.thresholds
     course = record.course(codes.B12_THERAPY)
-    if course is None or course.start < record.now - timedelta(days=t.course_unmasking_days):
+    if course is None or record.days_ago(course.start) > t.course_unmasking_days:
         return None
     treated = day_after(course.start)
     # The latest ferritin (which a later result that cannot be read supersedes), taken after the start.
@@ -51,7 +49,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         return None
     before = record.before("ferritin", treated)
     # A baseline only if it was current when B12 was started ("latest" then), never a years-old value.
-    if before is not None and before.when < course.start - timedelta(days=t.latest_days):
+    if before is not None and days_apart(course.start, before.when) > t.latest_days:
         before = None
     # Deficient before the course too: nothing was hidden, and the cause has been at work all along.
     known_before = before is not None and iron_status(record, before).deficient

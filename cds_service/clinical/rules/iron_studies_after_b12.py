@@ -42,7 +42,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         course = record.course(codes.B12_THERAPY)
         if course is None:
             return None
-        age = (record.now - course.start).days
+        age = record.days_ago(course.start)
         if not t.iron_studies_due_min_days <= age <= t.course_recent_days:
             return None
         start, names, results_since = course.start, course.names, day_after(course.start)
@@ -54,7 +54,7 @@ def check(record: PatientRecord, focus: list[MedicationEntry] | None) -> Finding
         drafts, start = starting_b12(record, focus)
         if not drafts:
             return None
-        results_since = record.now - timedelta(days=t.iron_studies_fresh_days)
+        results_since = record.window_start(t.iron_studies_fresh_days)
         names = tuple(d.name for d in drafts)
         context = (
             f"This order starts B12 therapy ({literal_names(names)}); no ferritin with transferrin "
@@ -118,12 +118,14 @@ def _finding(
     )
     warning = (macrocytic or deficient) and high_ferritin
     followup = start + timedelta(days=t.iron_studies_followup_days)
+    # Due on the day 8 weeks after the start, whatever the start's time of day: the card quotes days.
+    ahead = record.days_ago(followup) < 0
     recent_ferritin = record.latest("ferritin", within_days=t.recent_days)
     proposals = []
     reason = "Iron studies after starting B12 therapy (iron deficiency may be unmasked)"
     # The labels name only what the suggestion orders (a ferritin already drafted is not ordered again).
     tests = " and ".join(codes.ANALYTE_NAMES[a] for a in missing)
-    if followup > record.now:
+    if ahead:
         # The follow-up shows how the stores respond to B12, so a result from before the start (the
         # baseline a fresh ferritin is) does not stand in for it: only one on the course, or an order.
         later = iron_studies_cover(record, day_after(start))[1]
@@ -155,7 +157,7 @@ def _finding(
         ("Ferritin", ferritin, None),
     ):
         missing_text = "no result in the last year"
-        unread = record.tested_since("ferritin", record.now - timedelta(days=t.latest_days))
+        unread = record.tested_since("ferritin", record.window_start(t.latest_days))
         if analyte is None and result is None and unread is not None:
             # A result the service could not use (a unit it cannot convert, no number) is still a result.
             missing_text = (
@@ -188,11 +190,7 @@ def _finding(
         ),
         f"- Iron studies are due 4–8 weeks after the start: {day(followup)} "
         f"({t.iron_studies_followup_days} days after {day(start)})"
-        + (
-            ", so a follow-up is suggested for that day."
-            if followup > record.now
-            else ", so they are due now."
-        ),
+        + (", so a follow-up is suggested for that day." if ahead else ", so they are due now."),
     ]
     lines += tsat_lines
     if warning:
@@ -226,6 +224,6 @@ def _finding(
 def _before_treatment(record: PatientRecord, analyte: str, start: datetime) -> Result | None:
     """The latest result taken before the course (or on its first day), within the "latest" window."""
     result = record.before(analyte, day_after(start))
-    if result is None or result.when < record.now - timedelta(days=record.config.thresholds.latest_days):
+    if result is None or record.days_ago(result.when) > record.config.thresholds.latest_days:
         return None
     return result
