@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 import orjson
@@ -23,7 +24,15 @@ import requests
 from urllib3.exceptions import NewConnectionError
 
 from cds_service.cli_types import HTTP_URL, PATH, bearer_token
-from cds_service.devtools.bundles import MAX_FILE_BYTES, FileTooLargeError, read_at_most, size_text
+from cds_service.devtools.bundles import (
+    MAX_FILE_BYTES,
+    FileTooLargeError,
+    JsonFileError,
+    JsonSyntaxError,
+    parse_json,
+    read_at_most,
+    size_text,
+)
 from cds_service.fhir.bundles import resolve_full_urls, stored_as
 from cds_service.fhir.dates import full_date, shift_dates
 from cds_service.fhir.errors import exception_reason, http_error_reason, text_excerpt
@@ -107,11 +116,24 @@ def _read(path: Path) -> bytes:
         raise LoadError(f"{path}: larger than {size_text(error.limit)}; not read") from None
 
 
+def _read_json(path: Path) -> Any:
+    """The file's JSON, read as replay reads it (a byte order mark skipped, another encoding or JSON
+    nested too deep for the date shift's recursion refused by name); LoadError naming the file."""
+    try:
+        return parse_json(_read(path))
+    except OSError as error:
+        raise LoadError(f"{path}: cannot read it ({error.strerror or error})") from None
+    except JsonSyntaxError as error:
+        raise LoadError(f"{path}: not readable JSON ({error})") from None
+    except JsonFileError as error:
+        raise LoadError(f"{path}: {error}") from None
+
+
 def _is_bundle_file(path: Path) -> bool:
     """True for a JSON file holding a Bundle; a folder may also hold expectations or notes as JSON."""
     try:
-        data = orjson.loads(_read(path))
-    except (OSError, orjson.JSONDecodeError, LoadError):
+        data = _read_json(path)
+    except LoadError:
         return True  # let the load report what is wrong with it
     return isinstance(data, dict) and data.get("resourceType") == "Bundle"
 
@@ -130,7 +152,9 @@ def bundle_files(paths: tuple[Path, ...]) -> tuple[list[Path], list[Path]]:
     skipped: list[Path] = []
     for path in paths:
         if path.is_dir():
-            for candidate in sorted(path.glob("*.json")):
+            # Regular files only, as replay reads a folder: a subfolder named *.json is not a Bundle, and
+            # reading a FIFO would wait for a writer that never comes.
+            for candidate in sorted(c for c in path.glob("*.json") if c.is_file()):
                 (files if _is_bundle_file(candidate) else skipped).append(candidate)
         elif path.exists():  # a file, or a device or pipe named on purpose (/dev/stdin); read bounded
             files.append(path)
@@ -160,10 +184,7 @@ class FixtureLoader:
 
     def load(self, path: Path, *, days: int | None, reference_day: date | None, today: date) -> Loaded:
         """Load one Bundle file; ``days`` wins over ``reference_day``, then the Bundle timestamp."""
-        try:
-            bundle = orjson.loads(_read(path))
-        except (OSError, orjson.JSONDecodeError) as error:
-            raise LoadError(f"{path}: not readable JSON ({error})") from None
+        bundle = _read_json(path)
         if days is None:
             day = reference_day or (_reference_day_of(bundle) if isinstance(bundle, dict) else None)
             days = days_since(day, today) if day else 0

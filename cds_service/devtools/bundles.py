@@ -104,16 +104,59 @@ def read_json(path: Path) -> Any:
         raise BundleError(f"{path}: is a directory, expected a JSON file") from None
     except OSError as exc:
         raise BundleError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise BundleError(f"{path}: UTF-16 text; FHIR JSON is UTF-8 (save the file as UTF-8)")
     try:
-        parsed = orjson.loads(data.removeprefix(b"\xef\xbb\xbf"))  # a byte order mark, as editors leave
+        return parse_json(data)
+    except JsonSyntaxError as error:
+        raise BundleError(f"{path}: not valid JSON ({error})") from None
+    except JsonFileError as error:
+        raise BundleError(f"{path}: {error}") from None
+
+
+class JsonFileError(ValueError):
+    """A file's bytes are not JSON that the tools can read: another encoding, or nested too deep."""
+
+
+class JsonSyntaxError(JsonFileError):
+    """UTF-8 text that is not JSON; the message is the parser's, where it stopped."""
+
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+_SAVE_AS_UTF8 = "FHIR JSON is UTF-8 (save the file as UTF-8)"
+
+
+# Where the NULs of JSON's first two ASCII characters fall in UTF-32BE, UTF-16BE, UTF-32LE and UTF-16LE
+# (RFC 4627, section 3): how a file without a byte order mark is told from UTF-8.
+_WIDE_NULS = ((1, 1, 1, 0), (1, 0, 1, 0), (0, 1, 1, 1), (0, 1, 0, 1))
+
+
+def _unmarked_utf16_or_32(head: bytes) -> bool:
+    return len(head) == 4 and tuple(int(byte == 0) for byte in head) in _WIDE_NULS
+
+
+def parse_json(data: bytes) -> Any:
+    """A file's bytes as JSON, read as replay and load-fixtures both read files.
+
+    A UTF-8 byte order mark, as Windows editors leave, is skipped. orjson reports any byte that is not
+    UTF-8 as "str is not valid UTF-8: surrogates not allowed" at column 1, wherever it is: the error names
+    the encoding or the byte instead. JSON nested deeper than MAX_NESTING is refused by name.
+    """
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise JsonFileError(f"UTF-16 text; {_SAVE_AS_UTF8}")
+    if _unmarked_utf16_or_32(data[:4]):
+        raise JsonFileError(f"UTF-16 or UTF-32 text; {_SAVE_AS_UTF8}")
+    text = data.removeprefix(_UTF8_BOM)
+    try:
+        parsed = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else "invalid JSON"
-        raise BundleError(f"{path}: not valid JSON ({reason})") from None
+        try:
+            text.decode()
+        except UnicodeDecodeError as bad:
+            offset = bad.start + len(data) - len(text)  # counted in the file, its byte order mark included
+            raise JsonFileError(f"not UTF-8 text (byte {offset} is not UTF-8); {_SAVE_AS_UTF8}") from None
+        raise JsonSyntaxError(str(exc).splitlines()[0] if str(exc) else "invalid JSON") from None
     if nested_deeper_than(parsed, MAX_NESTING):
-        raise BundleError(
-            f"{path}: JSON nested more than {MAX_NESTING} levels deep; FHIR resources need fewer than 20"
+        raise JsonFileError(
+            f"JSON nested more than {MAX_NESTING} levels deep; FHIR resources need fewer than 20"
         )
     return parsed
 

@@ -390,6 +390,22 @@ def test_encodings_a_windows_editor_leaves(tmp_path: Path) -> None:
     assert_clean_failure(run(str(utf16), "--now", NOW), mentions=f"{utf16}: UTF-16 text; FHIR JSON is UTF-8")
 
 
+def test_text_in_another_encoding_is_named_where_it_is(tmp_path: Path) -> None:
+    """Without a byte order mark, UTF-16 and Latin-1 were both 'str is not valid UTF-8: surrogates not
+    allowed: line 1 column 1', wherever the odd byte was."""
+    text = sorted(SMART_PATIENTS.glob("*.json"))[0].read_text(encoding="utf-8")
+    utf16 = tmp_path / "utf16le.json"
+    utf16.write_bytes(text.encode("utf-16-le"))
+    assert_clean_failure(run(str(utf16), "--now", NOW), mentions=f"{utf16}: UTF-16 or UTF-32 text; FHIR JSON")
+    latin1 = tmp_path / "latin1.json"
+    at = text.index('"family": "') + len('"family": "')
+    latin1.write_bytes(text[:at].encode() + b"M\xfcller" + text[at:].encode())
+    assert_clean_failure(
+        run(str(latin1), "--now", NOW),
+        mentions=f"{latin1}: not UTF-8 text (byte {at + 1} is not UTF-8); FHIR JSON is UTF-8",
+    )
+
+
 @pytest.mark.parametrize("now", ["9999-12-31", "0001-01-01", "9999-12-31T23:59:59-23:59", "1850-06-01"])
 def test_a_now_no_clinical_clock_can_use_is_a_usage_error(now: str) -> None:
     """A --now near the ends of the calendar made the engine's date windows overflow, reported as an
