@@ -276,6 +276,8 @@ class PatientRecord:
     now: datetime
     config: ClinicalConfig
     female: bool = False
+    # Recorded as male: with neither, a sex-dependent threshold must not be read as one sex's.
+    male: bool = False
     results: dict[str, list[Result]] = field(default_factory=dict)
     tested: dict[str, list[datetime]] = field(default_factory=dict)
     medications: list[MedicationEntry] = field(default_factory=list)
@@ -916,6 +918,7 @@ def build_record(
                     record.orders.append(Order(frozenset(analytes), _service_request_time(resource), False))
         elif kind == "Patient" and resource.get("id") == patient_id:
             record.female = resource.get("gender") == "female"
+            record.male = resource.get("gender") == "male"
     for items in results.values():
         items.sort(key=_by_time, reverse=True)
     for times in tested.values():

@@ -288,3 +288,59 @@ def test_a_supplement_taken_in_the_90_days_before_a_high_b12_explains_it(ended: 
     multivitamin["effectivePeriod"] = {"start": "2024-11-01", "end": ended}
     findings = run(at("2026-01-05T10:00:00Z", "b12", 1000), multivitamin)
     assert (NO_SUPPLEMENT not in topics(findings)) is explains
+
+
+# --- sex-dependent thresholds -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("gender", "value", "high"),
+    [
+        ("female", 200, False),  # high ferritin: > 200 ng/mL in women (EASL 2022)
+        ("female", 200.01, True),
+        ("male", 300, False),  # > 300 in men
+        ("male", 300.01, True),
+        ("male", 200.01, False),
+        ("unknown", 300, False),  # and in anyone whose sex is not recorded as female
+        ("unknown", 300.01, True),
+        ("other", 200.01, False),
+        (None, 300, False),
+        (None, 300.01, True),
+    ],
+)
+def test_high_ferritin_by_sex_with_sex_missing(gender: str | None, value: float, high: bool) -> None:
+    findings = with_sex(gender, obs("b12", 480, 5), obs("ferritin", value, 5), drafts=(draft_b12(),))
+    assert (NOT_FOR_FERRITIN in topics(findings)) is high
+
+
+@pytest.mark.parametrize(
+    ("gender", "value", "unit", "verdict"),
+    [
+        ("female", 12, "g/dL", "(no anaemia by the WHO threshold of 12 g/dL)"),
+        ("female", 11.99, "g/dL", "(anaemia by the WHO threshold of 12 g/dL)"),
+        ("female", 119.9, "g/L", "(anaemia by the WHO threshold of 12 g/dL)"),
+        ("male", 12.99, "g/dL", "(anaemia by the WHO threshold of 13 g/dL)"),
+        ("male", 130, "g/L", "(no anaemia by the WHO threshold of 13 g/dL)"),
+        ("male", 8.07, "mmol/L", "(no anaemia by the WHO threshold of 13 g/dL)"),  # 13.0 g/dL
+        # Sex not recorded: a value between the two thresholds is anaemia in a man and not in a woman.
+        (
+            None,
+            12.5,
+            "g/dL",
+            "(sex not recorded: anaemia by the WHO threshold of 13 g/dL for men, not 12 g/dL",
+        ),
+        (None, 11.9, "g/dL", "(anaemia by the WHO thresholds of 12 g/dL for women and 13 g/dL for men)"),
+        (
+            "unknown",
+            13,
+            "g/dL",
+            "(no anaemia by the WHO thresholds of 12 g/dL for women and 13 g/dL for men)",
+        ),
+    ],
+)
+def test_anaemia_by_sex_and_no_verdict_on_a_guessed_sex(
+    gender: str | None, value: float, unit: str, verdict: str
+) -> None:
+    findings = with_sex(gender, obs("b12", 140, 5), obs("ferritin", 12, 5), obs("hb", value, 5, unit=unit))
+    line = next(line for line in by_topic(findings, COMBINED).detail.splitlines() if "Haemoglobin" in line)
+    assert verdict in line

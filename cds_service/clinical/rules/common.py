@@ -208,18 +208,47 @@ def haemoglobin_line(record: PatientRecord, when: datetime) -> list[str]:
     hb = record.near("hb", when)
     if hb is None:
         return []
+    if not (record.female or record.male):
+        return [f"- Haemoglobin **{hb.quoted()}** ({_anaemia_either_sex(record, hb)})"]
     t = record.config.thresholds
     name = "hb_anaemia_female" if record.female else "hb_anaemia_male"
     limit = getattr(t, name)
     who = "this site's" if site_set(record, name) else "the WHO"
-    # A censored value decides only when its bound does ("<13" is anaemia in a man; "<14" says neither).
-    if hb.below(limit):
-        verdict = "anaemia"
-    elif hb.comparator in (None, ">", ">=") and hb.value >= limit:
-        verdict = "no anaemia"
-    else:
+    verdict = _anaemia(hb, limit)
+    if verdict is None:
         return [f"- Haemoglobin **{hb.quoted()}** ({who} anaemia threshold: {fmt(limit)} g/dL)"]
     return [f"- Haemoglobin **{hb.quoted()}** ({verdict} by {who} threshold of {fmt(limit)} g/dL)"]
+
+
+def _anaemia(hb: Result, limit: float) -> str | None:
+    """ "anaemia", "no anaemia", or None when a censored value's bound does not decide ("<13" is anaemia
+    against 13 g/dL; "<14" says neither)."""
+    if hb.below(limit):
+        return "anaemia"
+    if hb.comparator in (None, ">", ">=") and hb.value >= limit:
+        return "no anaemia"
+    return None
+
+
+def _anaemia_either_sex(record: PatientRecord, hb: Result) -> str:
+    """The anaemia verdict for a patient whose sex is not recorded: only where the women's and the men's
+    thresholds agree. Between them (12.5 g/dL) it is anaemia in a man and not in a woman, and reading it as
+    either would rest the card on a guessed sex."""
+    t = record.config.thresholds
+    women, men = t.hb_anaemia_female, t.hb_anaemia_male
+    changed = site_set(record, "hb_anaemia_female") or site_set(record, "hb_anaemia_male")
+    who = "this site's" if changed else "the WHO"
+    both = f"{fmt(women)} g/dL for women and {fmt(men)} g/dL for men"
+    lower, upper = (_anaemia(hb, limit) for limit in (min(women, men), max(women, men)))
+    if lower == upper == "anaemia" or lower == upper == "no anaemia":
+        return f"{lower} by {who} thresholds of {both}"
+    if lower == "no anaemia" and upper == "anaemia":
+        high_sex, low_sex = ("men", "women") if men >= women else ("women", "men")
+        return (
+            f"sex not recorded: anaemia by {who} threshold of {fmt(max(women, men))} g/dL for {high_sex}, "
+            f"not {fmt(min(women, men))} g/dL for {low_sex}"
+        )
+    return f"sex not recorded; {who} anaemia thresholds: {both}"
 
 
 def site_set(record: PatientRecord, name: str) -> bool:
