@@ -565,9 +565,7 @@ def _urls_without_passwords(command: Callable[..., None]) -> Callable[..., None]
     type=PATH,
     help="Draft orders: a resource, a Bundle, or a hooks/ request file.",
 )
-@click.option(
-    "--signing-key", type=PATH, help="PEM private key (EC P-384 or RSA) to sign JWTs."
-)
+@click.option("--signing-key", type=PATH, help="PEM private key (EC P-384 or RSA) to sign JWTs.")
 @click.option("--iss", help="JWT issuer the service knows the key by (required with --signing-key).")
 @click.option("--kid", help="JWT key id (default: the key's RFC 7638 thumbprint).")
 @click.option(
@@ -636,6 +634,13 @@ def fire(
         )
     if signing_key is not None and not iss:
         raise click.UsageError("--signing-key needs --iss (the issuer registered with the service)")
+    if signing_key is None and (iss or kid):
+        # Ignored, they sent every call unsigned: a 401 from a service that wants a JWT, or, from one that
+        # does not, cards that looked like a check of the client's registration.
+        given = " and ".join(name for name, value in (("--iss", iss), ("--kid", kid)) if value)
+        raise click.UsageError(
+            f"{given} without --signing-key: no JWT would be signed; give --signing-key PEM"
+        )
     key = load_signing_key(signing_key, iss, kid) if signing_key is not None and iss else None
     try:
         drafts = load_draft_orders(order_file, patient_id) if order_file else None

@@ -363,6 +363,11 @@ def test_fire_with_a_fhir_bearer_token_like_the_smart_launcher(
         (["--service", "http://127.0.0.1:9", "--timeout", "inf"], "'--timeout'"),
         (["--service", "http://127.0.0.1:9", "--hook", "order-sign"], "--order"),
         (["--service", "http://127.0.0.1:9", "--signing-key", "k.pem"], "--iss"),
+        (["--service", "http://127.0.0.1:9", "--iss", "https://ehr.test"], "--iss without --signing-key"),
+        (
+            ["--service", "http://127.0.0.1:9", "--iss", "https://ehr.test", "--kid", "k1"],
+            "--iss and --kid without --signing-key: no JWT would be signed",
+        ),
         (["--service", "http://127.0.0.1:9", "--patient", "../../metadata"], "'--patient'"),
         (["--service", "http://127.0.0.1:9", "--patient", ""], "'--patient'"),
         (["--service", "http://127.0.0.1:9", "--patient", "a b?x=1"], "not a FHIR id"),
