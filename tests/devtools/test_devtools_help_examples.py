@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shlex
 from pathlib import Path
 
@@ -118,3 +119,31 @@ def test_every_fire_example_runs_as_written(fhir_server: SekmetServer, tmp_path:
             assert "[WARNING]" in result.stdout or "[INFO]" in result.stdout, (
                 f"{shlex.join(argv)} showed no card:\n{result.stdout}"
             )
+
+
+def doc_examples(document: str, command: str) -> list[list[str]]:
+    """The `cds-service COMMAND ...` lines of a document's ```sh blocks, continuations joined, comments
+    dropped, as argv."""
+    text = (REPO / document).read_text(encoding="utf-8")
+    blocks = re.findall(r"^```sh\n(.*?)^```", text, re.M | re.S)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    return [
+        shlex.split(line, comments=True)[1:]
+        for line in lines
+        if line.strip().startswith(f"cds-service {command} ")
+    ]
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/testing-with-sandboxes.md"])
+def test_every_replay_example_of_the_docs_runs_as_written(document: str) -> None:
+    """The help's examples were run, the documents' own were not: the README's order-select line names
+    a draft-order file of its own."""
+    examples = doc_examples(document, "replay")
+    assert examples, f"{document} shows no replay command line"
+    for argv in examples:
+        if ">" in argv:  # a shell redirection of stdout: the runner captures it instead
+            argv = argv[: argv.index(">")]
+        expanded = [match for arg in argv for match in (sorted(glob.glob(arg)) or [arg])]
+        result = run(expanded)
+        assert result.exit_code == 0, f"{document}: {shlex.join(argv)}\n{result.output}"
+        assert result.stdout.strip(), shlex.join(argv)
