@@ -295,9 +295,9 @@ class PatientRecord:
         """The newest usable result, or None when there is none within the window (default: "latest").
 
         None too when a later day's result of the analyte could not be used (a unit that cannot be
-        converted, a negative placeholder, no patient named): the usable one is no longer the latest, and a
-        card quoting it as such would rest on a superseded value. A failed test (`_reports_something`) does
-        not supersede anything.
+        converted, a negative placeholder, no patient named, two readings of one moment that disagree): the
+        usable one is no longer the latest, and a card quoting it as such would rest on a superseded value.
+        A failed test (`_reports_something`) does not supersede anything.
         """
         days = self.config.thresholds.latest_days if within_days is None else within_days
         items = self.results.get(analyte)
@@ -742,6 +742,10 @@ class _UnitProblems:
     def __init__(self) -> None:
         self.seen: set[tuple[str, str]] = set()
         self.unattributed: dict[str, int] = {}
+        self.conflicts: dict[str, int] = {}
+
+    def disagree(self, analyte: str, moments: int) -> None:
+        self.conflicts[analyte] = self.conflicts.get(analyte, 0) + moments
 
     def no_patient(self, analyte: str) -> None:
         self.unattributed[analyte] = self.unattributed.get(analyte, 0) + 1
@@ -752,6 +756,12 @@ class _UnitProblems:
         self.seen.add((analyte, shown or "(none)"))
 
     def report(self) -> None:
+        for analyte, count in sorted(self.conflicts.items()):
+            log.warning(
+                "%s results of one moment disagree (%d moment(s)): counted as done, not read as values",
+                analyte,
+                count,
+            )
         for analyte, count in sorted(self.unattributed.items()):
             log.warning(
                 "%d %s result(s) name no patient (no subject reference): counted as done, not read as values",
@@ -919,8 +929,12 @@ def build_record(
         elif kind == "Patient" and resource.get("id") == patient_id:
             record.female = resource.get("gender") == "female"
             record.male = resource.get("gender") == "male"
-    for items in results.values():
+    for analyte, items in results.items():
         items.sort(key=_by_time, reverse=True)
+        conflicts = _conflicting_moments(items)
+        if conflicts:
+            items[:] = [item for item in items if item.when not in conflicts]
+            units.disagree(analyte, len(conflicts))
     for times in tested.values():
         times.sort(reverse=True)
     # A draft order may name a Medication that travels beside it in the draftOrders Bundle.
@@ -968,6 +982,29 @@ def _add_in_progress(
 
 def _by_time(result: Result) -> datetime:
     return result.when
+
+
+def _conflicting_moments(items: list[Result]) -> set[datetime]:
+    """The moments at which two results of one analyte give different readings.
+
+    Two results of one specimen (the same moment) under two ids are one result when they agree, whatever
+    the unit; when they disagree (a ferritin of 12 and of 250 ng/mL), nothing says which is right, and which
+    one a card read depended on the order the server returned them. Neither is used: like a result whose
+    unit cannot be converted, they count as done and leave no latest value (`PatientRecord.latest`).
+    """
+    first: dict[datetime, Result] = {}
+    moments: set[datetime] = set()
+    for item in items:
+        seen = first.setdefault(item.when, item)
+        if seen is not item and not _same_reading(seen, item):
+            moments.add(item.when)
+    return moments
+
+
+def _same_reading(one: Result, other: Result) -> bool:
+    return one.comparator == other.comparator and abs(one.value - other.value) <= _FLOAT_NOISE * max(
+        1.0, abs(one.value)
+    )
 
 
 def days_apart(first: datetime, second: datetime) -> int:

@@ -344,3 +344,59 @@ def test_anaemia_by_sex_and_no_verdict_on_a_guessed_sex(
     findings = with_sex(gender, obs("b12", 140, 5), obs("ferritin", 12, 5), obs("hb", value, 5, unit=unit))
     line = next(line for line in by_topic(findings, COMBINED).detail.splitlines() if "Haemoglobin" in line)
     assert verdict in line
+
+
+# --- results that repeat or conflict ------------------------------------------------------------------------
+
+
+def twin(first: dict[str, Any], value: Any, **extra: Any) -> dict[str, Any]:
+    """Another result of ``first``'s analyte, under another id, taken at the same moment."""
+    other = {**first, "id": first["id"] + "-twin", **extra}
+    other["valueQuantity"] = {**first["valueQuantity"], "value": value}
+    return other
+
+
+@pytest.mark.parametrize("order", ["low first", "high first"])
+def test_two_different_values_taken_at_one_moment_are_neither_used(order: str) -> None:
+    """Which of two ferritins (12 and 250 ng/mL) of one moment was read depended on the order the server
+    returned them: a combined-deficiency warning or nothing. Neither can be preferred without a guess."""
+    low = obs("ferritin", 12, 5)
+    pair = [low, twin(low, 250)]
+    if order == "high first":
+        pair.reverse()
+    assert topics(run(obs("b12", 140, 5), *pair)) == []
+
+
+def test_a_conflict_also_leaves_an_older_result_superseded() -> None:
+    low = obs("ferritin", 12, 5)
+    assert topics(run(obs("b12", 140, 8), obs("ferritin", 10, 8), low, twin(low, 250))) == []
+
+
+@pytest.mark.parametrize("order", ["low first", "high first"])
+def test_a_conflicting_tsat_pair_does_not_decide_an_equivocal_ferritin(order: str) -> None:
+    low = obs("tsat", 15, 5)
+    pair = [low, twin(low, 30)]
+    if order == "high first":
+        pair.reverse()
+    assert COMBINED not in topics(run(obs("b12", 140, 5), obs("ferritin", 60, 5), *pair))
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        {"value": 12},  # the same result under two ids
+        {"value": 12, "unit": "ug/L"},  # the same value in an equivalent unit
+    ],
+)
+def test_one_result_under_two_ids_is_one_result(second: dict[str, Any]) -> None:
+    first = obs("ferritin", 12, 5)
+    copy = {**first, "id": first["id"] + "-copy", "valueQuantity": {**first["valueQuantity"], **second}}
+    finding = by_topic(run(obs("b12", 140, 5), first, copy), COMBINED)
+    assert finding.detail.count("- Ferritin **12 ng/mL on ") == 1
+
+
+@pytest.mark.parametrize(("later", "fires"), [(12, True), (250, False)])
+def test_two_results_on_one_day_at_different_times_read_the_later(later: float, fires: bool) -> None:
+    morning = at("2026-01-10T08:00:00Z", "ferritin", 262 - later)
+    evening = at("2026-01-10T17:00:00Z", "ferritin", later)
+    assert (COMBINED in topics(run(obs("b12", 140, 5), morning, evening))) is fires
