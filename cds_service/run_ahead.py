@@ -134,24 +134,24 @@ class RunAheadCache:
 
     @staticmethod
     def key(patient_id: str, encounter_id: str | None, draft_orders: Sequence[dict], data_digest: str) -> str:
-        """A stable digest of what the answer depends on; key order and draft order do not matter.
+        """A stable digest of what the answer depends on; the order of keys in a JSON object does not matter.
 
+        The order of the drafts does: cards name the drafts, and suggest removing them, in the order sent.
         The service version is part of it: during a rolling upgrade, replicas of two versions share Redis,
         and one must never read findings serialised by the other.
         """
-        drafts = sorted(_canonical(order) for order in draft_orders)
         material = _canonical(
             {
                 "patient": patient_id,
                 "encounter": encounter_id,
-                "drafts": [draft.decode() for draft in drafts],
+                "drafts": list(draft_orders),
                 "data": data_digest,
                 "version": __version__,
             }
         )
         return hashlib.sha256(material).hexdigest()
 
-    def get(self, key: str) -> list[dict] | None:
+    def get(self, key: str) -> Any:
         """A fresh copy of the stored value, or None when absent, expired or the cache is off."""
         if self._store is None:
             return None
@@ -166,7 +166,7 @@ class RunAheadCache:
             log.warning("run-ahead entry is not JSON (%d bytes); computing afresh", len(payload))
             return None
 
-    def put(self, key: str, value: list[dict]) -> None:
+    def put(self, key: str, value: Any) -> None:
         """Store a JSON-able value for ``run_ahead_seconds``."""
         if self._store is None:
             return

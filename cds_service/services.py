@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
@@ -30,6 +30,7 @@ from cds_service.fhir.medications import (
     local_medication_id,
     missing_medications,
 )
+from cds_service.fhir.read import next_link
 from cds_service.observability import CallTrace, observe_fhir_fetch
 from cds_service.protocol.auth import AuthenticatedClient
 from cds_service.protocol.cards import (
@@ -54,6 +55,24 @@ log = logging.getLogger(__name__)
 
 # Below this, following medication references would only add a timeout to the call.
 MIN_MEDICATION_BUDGET_MS = 100
+# What a run-ahead entry holds (findings and the span of the clinical clock they hold for); in the key, so
+# that builds storing entries of another layout in a shared Redis never read each other's.
+RUN_AHEAD_ENTRY = "findings-from-until"
+
+
+def wall_clock() -> datetime:
+    """The clinical clock when ``CDS_NOW`` does not pin it."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class PatientData:
+    """The resources a call reasons on, and whether the FHIR server was asked for any (missing prefetch
+    keys, Medications the records only refer to): what it answers may change before the next call with
+    the same request, so no run-ahead entry is made from it."""
+
+    resources: list[dict]
+    asked_server: bool
 
 
 @dataclass(frozen=True)
@@ -167,9 +186,12 @@ class HookHandler:
         run_ahead: RunAheadCache | None = None,
         on_cards: Callable[[str, Sequence[tuple[str, str]]], None] | None = None,
         site_digest: str = "",
+        clock: Callable[[], datetime] = wall_clock,
     ) -> None:
-        """``site_digest`` names the site's codes and thresholds in the run-ahead key (`build_handler`)."""
+        """``site_digest`` names the site's codes and thresholds in the run-ahead key (`build_handler`);
+        ``clock`` is the clinical clock when ``CDS_NOW`` does not pin it (tests move it by hand)."""
         self.settings = settings
+        self.clock = clock
         self.clinical_config = clinical_config
         self.site_digest = site_digest
         self.services = build_services(clinical_config)
@@ -198,23 +220,25 @@ class HookHandler:
             raise unknown_service(service_id)
         with trace.phase("validation"):
             request = validate_hook_request(body, service.hook, self.services_by_hook)
-        findings = self._cached_findings(request, client, trace)
-        if findings is None:
-            resources = self._patient_data(service, request, client, trace)
+        response = self._answer_from_memory(request, client, trace)
+        if response is None:
+            data = self._patient_data(service, request, client, trace)
             with trace.phase("rules"):
-                findings = self._evaluate(request, resources, focus_all=False)
-                if request.hook == "order-select":
-                    self._run_ahead_for_sign(request, client, resources)
-        with trace.phase("render"):
-            response = cards_response(findings, self.card_style)
+                findings = self._evaluate(request, data.resources, focus_all=False)
+                if request.hook == "order-select" and not data.asked_server:
+                    self._run_ahead_for_sign(request, client, data.resources)
+            with trace.phase("render"):
+                response = cards_response(findings, self.card_style)
         if self.on_cards and response["cards"]:
             self.on_cards(service_id, issued_cards(response))
         return response
 
     def _now(self) -> datetime:
-        return self.settings.now or datetime.now(UTC)
+        return self.settings.now or self.clock()
 
-    def _evaluate(self, request: HookRequest, resources: list[dict], *, focus_all: bool) -> list[Finding]:
+    def _evaluate(
+        self, request: HookRequest, resources: list[dict], *, focus_all: bool, at: datetime | None = None
+    ) -> list[Finding]:
         if request.hook == "patient-view":
             focus = None
         elif request.hook == "order-select" and not focus_all:
@@ -224,14 +248,16 @@ class HookHandler:
         return evaluate(
             resources,
             patient_id=request.patient_id,
-            now=self._now(),
+            now=at or self._now(),
             draft_orders=request.draft_orders,
             focus_orders=focus,
             config=self.clinical_config,
         )
 
     # Run-ahead: order-select also computes what order-sign will ask for, so that order-sign (which must
-    # answer fast) is served from memory when the same drafts and the same prefetch come back.
+    # answer fast) is served from memory when the same drafts and the same prefetch come back. An entry is
+    # made only from what the request itself carried (nothing fetched: the server's data may change before
+    # order-sign), and only when its findings hold for its whole lifetime on the clinical clock.
 
     def _run_ahead_key(self, request: HookRequest, client: AuthenticatedClient | None) -> str | None:
         """Who asks (client, tenant, FHIR server) is part of the key with the prefetch: one EHR's data must
@@ -243,7 +269,8 @@ class HookHandler:
         caller = [client.iss, client.tenant] if client else [None, None]
         data = {key: _search_content(value) for key, value in request.prefetch.items()}
         material = orjson.dumps(
-            [*caller, request.fhir_server, JSON_FORMAT, self.site_digest, data], option=orjson.OPT_SORT_KEYS
+            [*caller, request.fhir_server, RUN_AHEAD_ENTRY, JSON_FORMAT, self.site_digest, data],
+            option=orjson.OPT_SORT_KEYS,
         )
         digest = hashlib.sha256(material).hexdigest()
         return self.run_ahead.key(request.patient_id, request.encounter_id, request.draft_orders, digest)
@@ -251,21 +278,46 @@ class HookHandler:
     def _run_ahead_for_sign(
         self, request: HookRequest, client: AuthenticatedClient | None, resources: list[dict]
     ) -> None:
-        key = self._run_ahead_key(request, client)
-        if key is not None:
-            self.run_ahead.put(key, findings_to_json(self._evaluate(request, resources, focus_all=True)))
+        """Store the findings for every draft with the span of the clinical clock they were checked for.
 
-    def _cached_findings(
+        Findings depend on ``now``: a result leaves its window, a day ends and a suggested order is dated
+        the next. So the findings at the end of the lifetime are compared with those at its start, and
+        the entry is not kept when they differ. With ``CDS_NOW`` set the clinical clock stands still and
+        the span is that one moment."""
+        key = self._run_ahead_key(request, client)
+        if key is None:
+            return
+        start = self._now()
+        end = start if self.settings.now else start + timedelta(seconds=self.settings.run_ahead_seconds)
+        findings = findings_to_json(self._evaluate(request, resources, focus_all=True, at=start))
+        if end != start and findings != findings_to_json(
+            self._evaluate(request, resources, focus_all=True, at=end)
+        ):
+            log.info(
+                "run-ahead entry not kept: the findings change within its %d s",
+                self.settings.run_ahead_seconds,
+                extra={"hookInstance": request.hook_instance},
+            )
+            return
+        self.run_ahead.put(key, {"from": start.isoformat(), "until": end.isoformat(), "findings": findings})
+
+    def _answer_from_memory(
         self, request: HookRequest, client: AuthenticatedClient | None, trace: CallTrace
-    ) -> list[Finding] | None:
+    ) -> dict[str, Any] | None:
+        """order-sign's response from order-select's findings, or None to evaluate afresh: no entry, one
+        checked for another span of the clinical clock, or one this build cannot read or render."""
         if request.hook != "order-sign":
             return None
         key = self._run_ahead_key(request, client)
-        cached = self.run_ahead.get(key) if key is not None else None
-        if cached is None:
+        entry = self.run_ahead.get(key) if key is not None else None
+        if entry is None:
             return None
         try:
-            findings = findings_from_json(cached)
+            start, end, findings = _run_ahead_entry(entry)
+            if not start <= self._now() <= end:
+                return None
+            with trace.phase("render"):
+                response = cards_response(findings, self.card_style)
         except (KeyError, TypeError, ValueError) as error:
             log.warning(
                 "run-ahead entry unreadable (%s); evaluating afresh",
@@ -274,7 +326,7 @@ class HookHandler:
             )
             return None
         trace.run_ahead_hit = True
-        return findings
+        return response
 
     # Patient data: prefetch first, the FHIR server for what is missing, 412 when neither has it.
 
@@ -284,7 +336,7 @@ class HookHandler:
         request: HookRequest,
         client: AuthenticatedClient | None,
         trace: CallTrace,
-    ) -> list[dict]:
+    ) -> PatientData:
         with trace.phase("prefetch"):
             items = {
                 key: classify(key, template, request.prefetch, request.patient_id)
@@ -325,9 +377,10 @@ class HookHandler:
                         request, client, medication_records, missing_products, trace, spent_ms
                     )
                 )
-        elif not request.fhir_server and request.draft_orders:
+            return PatientData(resources, asked_server=True)
+        if not request.fhir_server and request.draft_orders:
             _note_drafts_without_a_product(request, resources)
-        return resources
+        return PatientData(resources, asked_server=bool(missing))
 
     def _may_query(self, request: HookRequest, client: AuthenticatedClient | None) -> bool:
         """Whether the request's fhirServer is one this client (or, failing that, the site) allows."""
@@ -561,6 +614,7 @@ def build_handler(
     fhir_client: FhirClient | None = None,
     run_ahead: RunAheadCache | None = None,
     on_cards: Callable[[str, Sequence[tuple[str, str]]], None] | None = None,
+    clock: Callable[[], datetime] = wall_clock,
 ) -> HookHandler:
     """The handler as the service runs it: site config read, clinical config and card style built.
 
@@ -579,18 +633,61 @@ def build_handler(
         fhir_client=fhir_client,
         run_ahead=run_ahead,
         on_cards=on_cards,
+        clock=clock,
         site_digest=hashlib.sha256(orjson.dumps(clinical_sections, option=orjson.OPT_SORT_KEYS)).hexdigest(),
     )
 
 
 def _search_content(value: Any) -> Any:
-    """What a prefetch value says about the patient: a searchset Bundle's resources, in order, without its
-    envelope. An EHR runs the prefetch again for order-sign, and servers give every search result a new
-    Bundle ``id``, ``meta.lastUpdated`` and paging links, so hashing the envelope would make every
-    order-sign miss. An empty search has no ``entry`` at all (the common case for administrations or
+    """What a prefetch value says about the patient: a searchset Bundle's resources, in order, each with
+    its search mode, and whether a next page is announced, without the rest of the envelope. An EHR runs
+    the prefetch again for order-sign, and servers give every search result a new Bundle ``id``,
+    ``meta.lastUpdated`` and paging URLs, so hashing the envelope would make every order-sign miss. The
+    mode and the next link stay: they decide whether the key is read at all (an ``include`` is a
+    Medication beside the matches, a ``match`` of another type makes the search junk; a next link makes it
+    a first page only). An empty search has no ``entry`` at all (the common case for administrations or
     conditions) and reads as no resources. Any change to a resource still changes the key."""
     if isinstance(value, dict) and value.get("resourceType") == "Bundle":
         entries = value.get("entry", [])
         if isinstance(entries, list):
-            return [entry.get("resource") if isinstance(entry, dict) else entry for entry in entries]
+            content = [_entry_content(entry) for entry in entries]
+            return {"entries": content, "paged": next_link(value) is not None}
     return value
+
+
+def _entry_content(entry: Any) -> Any:
+    if not isinstance(entry, dict):
+        return entry
+    search = entry.get("search")
+    return [entry.get("resource"), search.get("mode") if isinstance(search, dict) else None]
+
+
+def _run_ahead_entry(entry: Any) -> tuple[datetime, datetime, list[Finding]]:
+    """The span and findings of a stored entry; KeyError, TypeError or ValueError for anything
+    ``_run_ahead_for_sign`` did not write (another build, another program sharing the Redis)."""
+    if not isinstance(entry, dict):
+        raise TypeError("not an object")
+    start, end = (datetime.fromisoformat(entry[name]) for name in ("from", "until"))
+    if start.tzinfo is None or end.tzinfo is None:
+        raise ValueError("a moment without its offset")
+    return start, end, _well_typed(findings_from_json(entry["findings"]))
+
+
+def _well_typed(findings: list[Finding]) -> list[Finding]:
+    """``findings`` if every field holds what the rules put there, so that rendering cannot fail on a value
+    of another type; TypeError otherwise."""
+    for finding in findings:
+        texts = (finding.topic, finding.summary, finding.detail, finding.source_label)
+        if not all(isinstance(text, str) for text in texts) or not isinstance(finding.source_url, str | None):
+            raise TypeError("a finding's text is not a string")
+        for proposal in finding.proposals:
+            if not isinstance(proposal.label, str) or not isinstance(proposal.is_recommended, bool):
+                raise TypeError("a proposal's label or recommendation is of another type")
+            for action in proposal.actions:
+                if not (
+                    isinstance(action.description, str)
+                    and isinstance(action.resource, dict | None)
+                    and isinstance(action.resource_id, str | None)
+                ):
+                    raise TypeError("an action's description, resource or resource id is of another type")
+    return findings

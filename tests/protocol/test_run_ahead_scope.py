@@ -139,9 +139,14 @@ def test_findings_of_another_shape_are_evaluated_afresh_not_a_500(
     """An entry another build wrote (here: one more field) reads as a miss, with a warning."""
     cache = RunAheadCache(settings)
     stored = cache.get
-    monkeypatch.setattr(
-        cache, "get", lambda key: [{**f, "added_by_another_build": 1} for f in stored(key) or []]
-    )
+
+    def with_a_field_added(key: str) -> dict | None:
+        entry = stored(key)
+        if entry is not None:
+            entry["findings"] = [{**f, "added_by_another_build": 1} for f in entry["findings"]]
+        return entry
+
+    monkeypatch.setattr(cache, "get", with_a_field_added)
 
     with caplog.at_level(logging.WARNING, logger="cds_service.services"):
         answer, trace = _select_then_sign(build_handler(settings, run_ahead=cache))
