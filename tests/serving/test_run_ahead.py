@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cds_service.config import Settings
-from cds_service.run_ahead import RunAheadCache
+from cds_service.run_ahead import MAX_ENTRY_BYTES, RunAheadCache
 from tests.support.processes import free_port
 from tests.support.redis_server import running_redis
 
@@ -64,14 +64,60 @@ def test_a_hit_is_a_copy_the_caller_may_change() -> None:
     assert cache.get("k") == FINDINGS
 
 
-def test_the_least_recently_used_entry_goes_first_past_the_bound() -> None:
-    cache = memory_cache(max_entries=3)
+def test_the_entry_that_expires_soonest_goes_first_past_the_bound() -> None:
+    """A hit does not lengthen an entry's life, so the oldest entry goes first, read or not."""
+    clock = FakeClock()
+    cache = memory_cache(max_entries=3, clock=clock)
     for name in ("a", "b", "c"):
         cache.put(name, [{"n": name}])
-    assert cache.get("a") == [{"n": "a"}]  # "a" is now the most recently used
+        clock.now += 1
+    assert cache.get("a") == [{"n": "a"}]
     cache.put("d", [{"n": "d"}])
-    assert cache.get("b") is None
-    assert [cache.get(name) for name in ("a", "c", "d")] == [[{"n": "a"}], [{"n": "c"}], [{"n": "d"}]]
+    assert cache.get("a") is None
+    assert [cache.get(name) for name in ("b", "c", "d")] == [[{"n": "b"}], [{"n": "c"}], [{"n": "d"}]]
+
+
+def test_an_entry_stored_again_lives_from_then_and_is_counted_once() -> None:
+    clock = FakeClock()
+    cache = memory_cache(seconds=30, max_entries=2, clock=clock)
+    cache.put("a", [{"n": 1}])
+    cache.put("b", [{"n": "b"}])
+    clock.now += 20
+    cache.put("a", [{"n": 2}])
+    clock.now += 15
+    assert (cache.get("a"), cache.get("b")) == ([{"n": 2}], None)
+    assert len(cache._store) == 1
+
+
+def test_expired_entries_leave_memory_at_the_next_call_whatever_its_key() -> None:
+    """A patient's findings are not kept past their lifetime because nobody asked for them again."""
+    clock = FakeClock()
+    cache = memory_cache(seconds=30, clock=clock)
+    for n in range(5):
+        cache.put(f"patient-{n}", FINDINGS)
+    clock.now += 30
+    cache.get("someone-else")
+    assert len(cache._store) == 0
+    assert cache._store.bytes == 0
+
+
+def test_the_bytes_held_stay_within_the_bound() -> None:
+    entry = [{"text": "x" * 10_000}]
+    cache = memory_cache(max_entries=1000)
+    cache._store.max_bytes = 100_000
+    for n in range(50):
+        cache.put(f"k{n}", entry)
+        assert cache._store.bytes <= 100_000
+    held = [n for n in range(50) if cache.get(f"k{n}") is not None]
+    assert held == list(range(50 - len(held), 50)) and 5 <= len(held) < 10, "the newest, as many as fit"
+
+
+def test_an_entry_larger_than_the_limit_is_not_kept() -> None:
+    cache = memory_cache()
+    cache.put("small", FINDINGS)
+    cache.put("large", [{"text": "x" * MAX_ENTRY_BYTES}])
+    assert cache.get("large") is None
+    assert cache.get("small") == FINDINGS
 
 
 def test_zero_seconds_turns_the_cache_off() -> None:
