@@ -14,7 +14,7 @@ from cds_service.redaction import without_passwords
 
 
 class HttpUrl(click.ParamType):
-    """An http(s) URL with a host, checked when the options are read.
+    """An http(s) base URL with a host and no query or fragment, checked when the options are read.
 
     A base URL without a scheme (``localhost:8080``) or with another one would otherwise fail only at the
     first request, as a library error per call; ``fire`` and ``load-fixtures`` share this so that mistake
@@ -36,6 +36,14 @@ class HttpUrl(click.ParamType):
             usable = False
         if not usable:
             self.fail(f"{without_passwords(text, text)!r} is not an http(s) URL", param, ctx)
+        if "?" in text or "#" in text:
+            # Paths are appended to a base URL as text: 'http://h/fhir?x=1' would query Patient/p as
+            # '?x=1/Patient/p' of http://h/fhir, and send a fhirServer no EHR would.
+            self.fail(
+                f"{without_passwords(text, text)!r} has a query or a fragment; give the base URL alone",
+                param,
+                ctx,
+            )
         return text
 
 

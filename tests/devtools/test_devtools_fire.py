@@ -357,6 +357,15 @@ def test_fire_with_a_fhir_bearer_token_like_the_smart_launcher(
     [
         (["--service", "localhost:8080"], "is not an http(s) URL"),
         (["--service", "http://127.0.0.1:9", "--fhir-server", "http://:8080/fhir"], "is not an http(s) URL"),
+        (["--service", "http://127.0.0.1:9/?x=1"], "'http://127.0.0.1:9/?x=1' has a query or a fragment"),
+        (
+            ["--service", "http://127.0.0.1:9", "--fhir-server", "http://127.0.0.1:9/fhir?_format=json"],
+            "has a query",
+        ),
+        (
+            ["--service", "http://127.0.0.1:9", "--fhir-server", "http://127.0.0.1:9/fhir#top"],
+            "or a fragment",
+        ),
         (["--service", "http://127.0.0.1:9", "--timeout", "-1"], "'--timeout'"),
         (["--service", "http://127.0.0.1:9", "--timeout", "0"], "'--timeout'"),
         (["--service", "http://127.0.0.1:9", "--timeout", "nan"], "'--timeout'"),

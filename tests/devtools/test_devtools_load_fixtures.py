@@ -105,3 +105,14 @@ def test_a_folder_is_read_for_its_regular_files_only(tmp_path: Path) -> None:
     )
     assert "drafts.json" not in done.stderr
     assert "pipe.json" not in done.stderr
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/fhir?_format=json", "http://127.0.0.1:9/fhir#top"])
+def test_a_base_url_with_a_query_or_fragment_is_a_usage_error(tmp_path: Path, url: str) -> None:
+    """Loaded as given, the Bundles went to whatever the query or fragment made of the URL."""
+    path = tmp_path / "patient.json"
+    path.write_text(json.dumps(_bundle()))
+    result = _load(str(path), server=url)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '--fhir-server': {url!r} has a query or a fragment" in result.stderr
+    assert "FAILED" not in result.stderr
