@@ -12,6 +12,7 @@ result per component of our codes, by the rules of a result sent on its own (`_c
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -77,16 +78,17 @@ HIGH_FLAGS = frozenset({"H", "HH", "HU"})
 LOW_FLAGS = frozenset({"L", "LL", "LU"})
 
 
-def number(value: float) -> str:
-    """A value as a card quotes it: up to two decimals, trailing zeros dropped (``147.5``, ``1250``).
+def number(value: float, decimals: int = 2) -> str:
+    """A value as a card quotes it: up to two decimals (or ``decimals``), trailing zeros dropped (``147.5``,
+    ``1250``).
 
     A value that is not whole is never shown as whole: 147.56 pmol/L is 199.9984 pg/mL, which two decimals
     would show as ``200`` beside "deficient (compared with the threshold of 200 pg/mL)". The thresholds are
     whole numbers but for a few, so such a value gets the decimals that keep it off them (``199.998``).
     """
-    rounded = round(value, 2)
+    rounded = round(value, decimals)
     if rounded == int(rounded) and abs(value - rounded) > _FLOAT_NOISE:
-        for digits in range(3, 10):
+        for digits in range(decimals + 1, decimals + 8):
             if round(value, digits) != rounded:
                 return f"{round(value, digits):.12g}"
     return f"{rounded:.12g}"
@@ -137,7 +139,13 @@ class Result:
         factor = unit_factor(self.analyte, reading[1])
         if factor is None or factor[0] == 1.0:
             return None
-        return f"{reading[2] or ''}{number(reading[0])} {literal(reading[1])}"
+        # As precise as the canonical value beside it: two decimals of a fraction would show a TSAT of 0.4501
+        # (45.01 %, above 45 %) as 0.45.
+        shown = f"{reading[2] or ''}{number(reading[0], 2 + max(0, math.ceil(math.log10(factor[0]))))}"
+        if factor[1]:
+            # UCUM's unit "1" is a fraction; printed after the number ("0.45 1") it reads as a digit.
+            return f"the fraction {shown}"
+        return f"{shown} {literal(reading[1])}"
 
     def lab_flag(self) -> str | None:
         """The lab's own high/low interpretation: "H", "L" or None."""

@@ -400,3 +400,79 @@ def test_two_results_on_one_day_at_different_times_read_the_later(later: float, 
     morning = at("2026-01-10T08:00:00Z", "ferritin", 262 - later)
     evening = at("2026-01-10T17:00:00Z", "ferritin", later)
     assert (COMBINED in topics(run(obs("b12", 140, 5), morning, evening))) is fires
+
+
+# --- TSAT: < 20 % low, > 45 % high; a fraction (unit 1) x 100 -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "hfe"),
+    [
+        (45, "%", False),
+        (45.01, "%", True),
+        (0.45, "1", False),
+        (0.4501, "1", True),
+        (0.46, "{ratio}", True),
+        (46, "1", None),  # a "fraction" above 1 is a mislabelled percentage: not used
+    ],
+)
+def test_high_tsat_at_45_percent_in_either_unit(value: float, unit: str, hfe: bool | None) -> None:
+    findings = run(
+        obs("b12", 480, 5),
+        obs("ferritin", 650, 5),
+        obs("tsat", value, 5, unit=unit),
+        drafts=(draft_b12(),),
+        hook="order-select",
+    )
+    detail = by_topic(findings, NOT_FOR_FERRITIN).detail
+    assert ("consider HFE genotyping" in detail) is bool(hfe)
+    assert ("Transferrin saturation **" in detail) is (hfe is not None)
+
+
+def test_a_fraction_is_quoted_as_a_fraction_not_with_the_unit_1() -> None:
+    """The card read 'Transferrin saturation **45.01 % (reported as 0.4501 1)**': UCUM's unit '1' means a
+    fraction, and printed after the number it reads as a digit; and to two decimals the fraction read 0.45,
+    the very limit the 45.01 % is above."""
+    findings = run(
+        obs("b12", 480, 5),
+        obs("ferritin", 650, 5),
+        obs("tsat", 0.4501, 5, unit="1"),
+        drafts=(draft_b12(),),
+        hook="order-select",
+    )
+    assert "**45.01 % (reported as the fraction 0.4501) on " in by_topic(findings, NOT_FOR_FERRITIN).detail
+
+
+@pytest.mark.parametrize(
+    ("tsat", "deficient"),
+    [
+        (19.99, True),  # ferritin 30-100 with TSAT < 20 % supports iron deficiency
+        (20, False),
+        (0.1999, True),
+        (0.2, False),
+    ],
+)
+def test_low_tsat_beside_an_equivocal_ferritin(tsat: float, deficient: bool) -> None:
+    unit = "%" if tsat >= 1 else "1"
+    findings = run(obs("b12", 140, 5), obs("ferritin", 100, 5), obs("tsat", tsat, 5, unit=unit))
+    assert (COMBINED in topics(findings)) is deficient
+
+
+@pytest.mark.parametrize(
+    ("analyte", "value", "unit", "quoted"),
+    [
+        ("b12", 147.5, "pmol/L", "199.92 pg/mL (reported as 147.5 pmol/L)"),
+        ("crp", 0.505, "mg/dL", "5.05 mg/L (reported as 0.505 mg/dL)"),  # 0.51 mg/dL would be 5.1
+        ("tsat", 0.1999, "1", "19.99 % (reported as the fraction 0.1999)"),
+        ("iron", 10, "umol/L", "55.84 ug/dL (reported as 10 umol/L)"),  # 55.845, a float just under
+        ("hb", 7.45, "mmol/L", "12.002 g/dL (reported as 7.45 mmol/L)"),  # 12.00195: not shown as 12
+        ("hb", 119.9, "g/L", "11.99 g/dL (reported as 119.9 g/L)"),
+        ("ferritin", 12, "ug/L", "12 ng/mL"),  # the same unit under another name: nothing to add
+    ],
+)
+def test_a_converted_value_is_quoted_with_what_the_lab_reported_as_precisely(
+    analyte: str, value: float, unit: str, quoted: str
+) -> None:
+    from tests.clinical.builders import record
+
+    assert record(obs(analyte, value, 5, unit=unit)).results[analyte][0].quoted() == f"{quoted} on 2026-01-10"
