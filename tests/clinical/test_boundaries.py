@@ -476,3 +476,102 @@ def test_a_converted_value_is_quoted_with_what_the_lab_reported_as_precisely(
     from tests.clinical.builders import record
 
     assert record(obs(analyte, value, 5, unit=unit)).results[analyte][0].quoted() == f"{quoted} on 2026-01-10"
+
+
+# --- ferritin with inflammation: 30-100 ng/mL, CRP > 5 mg/L, read only while recent -------------------------
+
+
+@pytest.mark.parametrize(
+    ("ferritin", "crp", "crp_unit", "fires"),
+    [
+        (30, 20, "mg/L", True),  # the equivocal band is 30-100 inclusive
+        (100, 20, "mg/L", True),
+        (100.01, 20, "mg/L", False),
+        (65, 5, "mg/L", False),  # inflammation is CRP > 5 mg/L
+        (65, 5.01, "mg/L", True),
+        (65, 0.5, "mg/dL", False),  # 5 mg/L
+        (65, 0.501, "mg/dL", True),
+        (65, "<=10 mg/L", None, False),  # a bound that does not prove inflammation
+        (65, ">5 mg/L", None, True),
+    ],
+)
+def test_ferritin_inflammation_band_and_crp_threshold(
+    ferritin: float, crp: Any, crp_unit: Any, fires: bool
+) -> None:
+    findings = run(obs("ferritin", ferritin, 5), obs("crp", crp, 5, unit=crp_unit))
+    assert (TSAT_CARD in topics(findings)) is fires
+
+
+@pytest.mark.parametrize(("days", "fires"), [(90, True), (91, False)])
+def test_ferritin_inflammation_check_reads_a_ferritin_of_the_last_90_days(days: int, fires: bool) -> None:
+    """A saturation drawn now does not pair with a ferritin and CRP of months ago (docs/clinical-rules.md)."""
+    findings = run(obs("ferritin", 65, days), obs("crp", 22, days))
+    assert (TSAT_CARD in topics(findings)) is fires
+
+
+# --- ferritin: < 30 ng/mL deficient; < 100 with inflammation; very high > 1000 ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "deficient"),
+    [
+        (29.99, "ng/mL", True),
+        (30, "ng/mL", False),
+        (29.99, "ug/L", True),
+        (29.99, "µg/L", True),
+        (29.99, "mcg/L", True),
+        (29.99, "ng/ml", True),
+        (12, "pmol/L", False),  # not an accepted ferritin unit: never guessed
+        ("<30 ng/mL", None, True),  # below 30 whatever it is
+        ("<=30 ng/mL", None, False),  # may be 30
+        (">10 ng/mL", None, False),
+    ],
+)
+def test_iron_deficiency_by_ferritin_in_every_accepted_unit(value: Any, unit: Any, deficient: bool) -> None:
+    findings = run(obs("b12", 140, 5), obs("ferritin", value, 5, unit=unit))
+    assert (COMBINED in topics(findings)) is deficient
+
+
+@pytest.mark.parametrize(("crp", "deficient"), [(5, False), (5.01, True)])
+def test_an_inflamed_ferritin_below_100_reads_as_iron_deficiency(crp: float, deficient: bool) -> None:
+    findings = run(obs("b12", 140, 5), obs("ferritin", 99.99, 5), obs("crp", crp, 5))
+    assert (COMBINED in topics(findings)) is deficient
+    assert (COMBINED in topics(run(obs("b12", 140, 5), obs("ferritin", 100, 5), obs("crp", crp, 5)))) is False
+
+
+@pytest.mark.parametrize(("value", "very"), [(1000, False), (1000.01, True)])
+def test_very_high_ferritin_above_1000(value: float, very: bool) -> None:
+    findings = run(obs("b12", 480, 5), obs("ferritin", value, 5), drafts=(draft_b12(),), hook="order-select")
+    assert ("above 1000 ng/mL: very high" in by_topic(findings, NOT_FOR_FERRITIN).detail) is very
+
+
+# --- iron-studies-after-b12: warning when megaloblastic (MCV > 100 or B12 < 200) and ferritin >= 100 --------
+
+
+@pytest.mark.parametrize(
+    ("mcv", "b12", "ferritin", "indicator"),
+    [
+        (100.01, 250, 100, "warning"),
+        (100, 250, 100, "info"),  # macrocytosis is MCV > 100 fL
+        (90, 199.99, 100, "warning"),
+        (90, 200, 100, "info"),
+        (100.01, 250, 99.99, "info"),  # ferritin >= 100: likely to fall and hide iron deficiency
+        (100.01, 250, "<150", "info"),  # a ferritin that may be under 100 does not show it
+    ],
+)
+def test_iron_studies_reminder_indicator_at_its_edges(
+    mcv: float, b12: float, ferritin: Any, indicator: str
+) -> None:
+    value = f"{ferritin} ng/mL" if isinstance(ferritin, str) else ferritin
+    labs = [obs("mcv", mcv, 60), obs("b12", b12, 60), obs("ferritin", value, 60)]
+    assert by_topic(run(*labs, med(CYANO, 40)), STUDIES).indicator == indicator
+
+
+# --- results dated ahead of now -----------------------------------------------------------------------------
+
+
+def test_a_result_up_to_a_day_ahead_of_now_is_read_and_one_further_ahead_is_not() -> None:
+    """A day's slack for clocks and offsets (a sample dated tomorrow in UTC may be today where it was taken);
+    a result dated further ahead cannot have been taken and is not used."""
+    assert topics(run(obs("b12", 250, -0.5))) == [BORDERLINE]
+    assert topics(run(obs("b12", 250, -2))) == []
