@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -441,3 +442,47 @@ def test_every_answer_from_memory_has_its_own_card_and_suggestion_uuids(settings
     assert len(set(uuids)) == len(uuids)
     assert all(str(uuid.UUID(value)) == value for value in uuids)
     assert issued == [(card["uuid"], card["source"]["topic"]["code"]) for card in cards]
+
+
+# --- threads -------------------------------------------------------------------------------------------
+
+
+def test_concurrent_selects_and_signs_for_many_patients_each_get_their_own_answer(settings: Settings) -> None:
+    """gthread workers share one cache between threads: 8 threads each order-select and order-sign 40
+    patients whose data alternate between two answers, with room for only 16 entries, so that entries are
+    pushed out while other threads read. Every order-sign is the fresh answer for its own patient."""
+    handler = build_handler(settings, run_ahead=RunAheadCache(settings, max_entries=16))
+    fresh = build_handler(settings)
+    expected: dict[int, dict] = {}
+
+    def bodies(n: int) -> tuple[dict, dict]:
+        pid = f"pat-{n}"
+        result = obs("b12", 1200 if n % 2 else 150, 10, pid=pid)
+        result["id"] = "b12-result"
+        pair = []
+        for hook in ("order-select", "order-sign"):
+            body = hook_body(hook, patient_id=pid)
+            body["prefetch"]["b12IronLabs"]["entry"] = [{"resource": copy.deepcopy(result)}]
+            pair.append(body)
+        return pair[0], pair[1]
+
+    for n in range(2):
+        expected[n] = _outcome(fresh, SIGN, bodies(n)[1])
+    assert _topics(expected[0]) != _topics(expected[1]), "the two kinds of patient are answered differently"
+
+    def work(thread: int) -> list[tuple[int, dict, bool]]:
+        seen = []
+        for i in range(40):
+            n = thread * 40 + i
+            select, sign = bodies(n)
+            handler.handle(SELECT, select)
+            trace = CallTrace(service=SIGN)
+            answer = _outcome(handler, SIGN, sign, None, trace)
+            seen.append((n, answer == _outcome(fresh, SIGN, sign), _topics(answer), trace.run_ahead_hit))
+        return seen
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = [item for part in pool.map(work, range(8)) for item in part]
+    assert [n for n, same, _, _ in results if not same] == []
+    assert all(topics == _topics(expected[n % 2]) for n, _, topics, _ in results)
+    assert any(hit for *_, hit in results), "some order-signs were answered from memory"
