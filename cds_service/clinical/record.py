@@ -408,7 +408,9 @@ class PatientRecord:
             live = active or (not entry.ended and end >= horizon)
             expired = entry.validity_ended(self.now)
             current = runs[-1] if runs else None
-            if current is not None and start <= current[1] + gap:
+            # Less than ``course_gap_days`` apart by the calendar: a record exactly that long after the
+            # last one begins a new course.
+            if current is not None and (start.date() - current[1].date()).days < gap.days:
                 current[1] = max(current[1], end)
                 current[2] = current[2] or live
                 if name not in current[3]:

@@ -575,3 +575,15 @@ def test_a_result_up_to_a_day_ahead_of_now_is_read_and_one_further_ahead_is_not(
     a result dated further ahead cannot have been taken and is not used."""
     assert topics(run(obs("b12", 250, -0.5))) == [BORDERLINE]
     assert topics(run(obs("b12", 250, -2))) == []
+
+
+# --- courses: records less than 100 days apart are one continuous course --------------------------------------
+
+
+@pytest.mark.parametrize(("gap", "new_course"), [(99, False), (100, True)])
+def test_a_course_resumed_100_days_after_the_last_record_is_a_new_course(gap: int, new_course: bool) -> None:
+    """'Records closer than 100 days form one course' (thresholds.course_gap_days): a record exactly 100 days
+    after the last one starts a new course, so its iron-studies reminder is due."""
+    earlier = med(CYANO, 100 + gap, status="completed")
+    findings = run(obs("b12", 150, 102), earlier, med(CYANO, 100))
+    assert (STUDIES in topics(findings)) is new_course
