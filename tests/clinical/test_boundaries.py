@@ -577,7 +577,7 @@ def test_a_result_up_to_a_day_ahead_of_now_is_read_and_one_further_ahead_is_not(
     assert topics(run(obs("b12", 250, -2))) == []
 
 
-# --- courses: records less than 100 days apart are one continuous course --------------------------------------
+# --- courses: records less than 100 days apart are one continuous course ------------------------------------
 
 
 @pytest.mark.parametrize(("gap", "new_course"), [(99, False), (100, True)])
@@ -587,3 +587,12 @@ def test_a_course_resumed_100_days_after_the_last_record_is_a_new_course(gap: in
     earlier = med(CYANO, 100 + gap, status="completed")
     findings = run(obs("b12", 150, 102), earlier, med(CYANO, 100))
     assert (STUDIES in topics(findings)) is new_course
+
+
+@pytest.mark.parametrize(("started", "starts"), [("2025-07-19", True), ("2025-07-18", False)])
+def test_a_b12_order_starts_therapy_within_180_days_of_the_course_start(started: str, starts: bool) -> None:
+    """A draft for a patient whose course began 180 days ago still starts B12 (the reminder fires); one
+    whose course began 181 days ago renews maintenance and starts nothing."""
+    course = med(CYANO, 0, authoredOn=started)
+    findings = run(at("2025-07-01", "b12", 150), course, drafts=(draft_b12(),), hook="order-select")
+    assert (STUDIES in topics(findings)) is starts
