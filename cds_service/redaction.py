@@ -16,7 +16,7 @@ a JWT.
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 _DELIMITERS = re.compile(r"[/?#]")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
@@ -71,9 +71,19 @@ def without_passwords(text: str, url: str) -> str:
     return text
 
 
+def token_forms(token: str) -> list[str]:
+    """The ways a server may write ``token`` back, longest first: as sent, with JSON's escaped solidus
+    (PHP's json_encode and some Java writers turn every '/' into '\\/'), and percent-encoded (a URL it
+    quotes). Base64 tokens hold '/' and '+', so starring only the token as sent let such a server's
+    ``{"error_description": "Bearer abc\\/def expired"}`` through whole."""
+    return sorted({token, token.replace("/", "\\/"), quote(token, safe="")}, key=len, reverse=True)
+
+
 def without_tokens(text: str, token: str | None = None) -> str:
-    """A server's words without ``token`` (starred) or anything shaped like a JWT ('[a JWT]'): a FHIR
-    server's 401 may quote the bearer token it refused, and the developer tools print what servers say."""
+    """A server's words without ``token`` in any of its ``token_forms`` (starred) or anything shaped like
+    a JWT ('[a JWT]'): a FHIR server's 401 may quote the bearer token it refused, and the developer tools
+    print what servers say."""
     if token:
-        text = text.replace(token, "***")
+        for form in token_forms(token):
+            text = text.replace(form, "***")
     return _JWT.sub("[a JWT]", text)

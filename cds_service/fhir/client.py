@@ -44,7 +44,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from cds_service.redaction import without_tokens
+from cds_service.redaction import address, token_forms, without_tokens
 
 from .decoding import (
     ACCEPT_ENCODING,
@@ -73,6 +73,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+# urllib3 writes every request's URL at DEBUG ('"GET /baseR4/Observation?patient=123&…" 200'), and every
+# FHIR query names the patient: with CDS_LOG_LEVEL=DEBUG each fetch put the patient's id in the service's
+# log. Its lines say nothing the service's own do not (the debug line per key, the warning per failure).
+logging.getLogger("urllib3.connectionpool").setLevel(logging.INFO)
 
 FHIR_JSON = "application/fhir+json"
 DEFAULT_CONNECT_TIMEOUT_S = 1.0
@@ -242,8 +246,9 @@ class _Call:
     headers: Mapping[str, str]
     deadline: float
     budget_ms: int
-    # The credential of the Authorization header, kept out of every reason (see ``_without_credentials``).
-    secret: bytes | None = None
+    # The credential of the Authorization header in each form a server may write it back
+    # (``redaction.token_forms``), kept out of every reason (see ``_without_credentials``).
+    secrets: tuple[bytes, ...] = ()
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -518,15 +523,15 @@ def _read_type(query: str) -> str:
 _MIN_SECRET_CHARS = 8
 
 
-def _credential(authorization: str | None) -> bytes | None:
+def _credential(authorization: str | None) -> str | None:
     """The token of an Authorization header value (``Bearer abc`` → ``abc``), if long enough to look for."""
     if not authorization:
         return None
     token = authorization.strip().partition(" ")[2].strip() or authorization.strip()
-    return token.encode("latin-1", "replace") if len(token) >= _MIN_SECRET_CHARS else None
+    return token if len(token) >= _MIN_SECRET_CHARS else None
 
 
-def _without_credentials(outcome: FetchOutcome, secret: bytes | None) -> FetchOutcome:
+def _without_credentials(outcome: FetchOutcome, token: str | None) -> FetchOutcome:
     """The outcome with the access token replaced by ``***``, and anything shaped like a JWT by
     ``[a JWT]``, in its reason and warnings.
 
@@ -536,7 +541,6 @@ def _without_credentials(outcome: FetchOutcome, secret: bytes | None) -> FetchOu
     before they are quoted (``_attempt``); this catches the rest."""
     if outcome.error is None and not outcome.warnings:
         return outcome
-    token = secret.decode("latin-1") if secret is not None else None
     return replace(
         outcome,
         error=without_tokens(outcome.error, token) if outcome.error is not None else None,
@@ -632,7 +636,8 @@ class FhirClient:
             return {key: FetchOutcome(key, q, None, reason, None, 0, 0.0) for key, q in queries.items()}
         headers = {"Authorization": authorization} if authorization else {}
         secret = _credential(authorization)
-        call = _Call(base, target, headers, started + budget_ms / 1000, budget_ms, secret)
+        secrets = tuple(form.encode("latin-1", "replace") for form in token_forms(secret)) if secret else ()
+        call = _Call(base, target, headers, started + budget_ms / 1000, budget_ms, secrets)
         _session, pool = self._resources()
         running: dict[str, tuple[str, _Progress, Future[FetchOutcome]]] = {}
         outcomes: dict[str, FetchOutcome] = {}
@@ -660,11 +665,13 @@ class FhirClient:
                 future.add_done_callback(progress.memory_released)
         outcomes = {key: _without_credentials(outcome, secret) for key, outcome in outcomes.items()}
         for outcome in outcomes.values():
+            # The server and the key, not the URL: every query names the patient (``patient=123``,
+            # ``Patient/123``), and so may a reason; services.py logs a failure's reason without them.
             log.debug(
-                "FHIR fetch %s %s: %s after %d request(s), %.0f ms",
+                "FHIR fetch %s from %s: %s after %d request(s), %.0f ms",
                 outcome.key,
-                outcome.url,
-                "ok" if outcome.ok else outcome.error,
+                address(base),
+                "ok" if outcome.ok else f"failed (HTTP {outcome.status or 'no answer'})",
                 outcome.requests,
                 outcome.elapsed_ms,
             )
@@ -815,8 +822,9 @@ class FhirClient:
             _fetching.progress = None
             progress.watch(None)
         progress.status = response.status_code
-        if call.secret is not None and not 200 <= response.status_code < 300:
-            raw = raw.replace(call.secret, b"***")  # before the reason quotes it, maybe cut short
+        if not 200 <= response.status_code < 300:
+            for form in call.secrets:  # before the reason quotes it, maybe cut short
+                raw = raw.replace(form, b"***")
         try:
             return self._interpret(url, response, raw)
         except _Failure as failure:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from cds_service.config import ConfigError
-from cds_service.redaction import address, passwords_in, without_passwords
+from cds_service.redaction import address, passwords_in, token_forms, without_passwords, without_tokens
 from cds_service.redis_client import redis_client
 
 SECRET_PARTS = ("Ab3", "xYz9")
@@ -78,3 +78,24 @@ def test_single_characters_are_not_redacted_everywhere() -> None:
     url = "redis://cache:6379/0?password=a@b"
     assert "0" not in passwords_in(url)
     assert without_passwords("Error 111 connecting to cache:6379/0.", url).endswith("/0.")
+
+
+@pytest.mark.parametrize(
+    "quoted",
+    [
+        "Bearer Ab3/xYz9+Qw7_token expired",
+        '{"error_description": "Bearer Ab3\\/xYz9+Qw7_token expired"}',
+        "GET /fhir/Patient?access_token=Ab3%2FxYz9%2BQw7_token",
+    ],
+)
+def test_a_token_is_starred_however_a_server_writes_it_back(quoted: str) -> None:
+    """A base64 token holds '/' and '+'; a server may quote it with JSON's escaped solidus (PHP's
+    json_encode) or percent-encoded in a URL. Only the token as sent was starred."""
+    shown = without_tokens(quoted, "Ab3/xYz9+Qw7_token")
+    assert "xYz9" not in shown and "Qw7_token" not in shown, shown
+    assert "***" in shown
+
+
+def test_token_forms_are_longest_first_and_distinct() -> None:
+    assert token_forms("plain-token-123") == ["plain-token-123"]
+    assert token_forms("a/b+c") == ["a%2Fb%2Bc", "a\\/b+c", "a/b+c"]
