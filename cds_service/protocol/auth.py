@@ -33,6 +33,9 @@ MAX_TOKEN_CHARS = 16 * 1024
 MAX_JTI_CHARS = 256
 REQUIRED_CLAIMS = ("iss", "aud", "exp", "iat", "jti")
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+# What a refused Authorization scheme may be quoted as (see _scheme_shown): letters only, as the schemes in
+# use are named, and short; a credential has digits or is long.
+_SCHEME_NAME = re.compile(r"[A-Za-z]{1,12}")
 
 _REASONS: tuple[tuple[type[Exception], str], ...] = (
     (jwt.ExpiredSignatureError, "the token has expired"),
@@ -205,11 +208,20 @@ def _bearer_token(authorization: str | None) -> str:
         raise AuthError("the Authorization header is too long")
     scheme, _, token = authorization.strip().partition(" ")
     if scheme.lower() != "bearer":
-        raise AuthError(f"Authorization scheme {_shown(scheme, 20)} is not Bearer")
+        raise AuthError(f"Authorization scheme {_scheme_shown(scheme, token)} is not Bearer")
     token = token.strip()
     if not _COMPACT_JWS.fullmatch(token):
         raise AuthError("the bearer token is not a signed JWT (three base64url parts)")
     return token
+
+
+def _scheme_shown(scheme: str, credentials: str) -> str:
+    """The scheme of a refused Authorization header for the log, when it reads as a scheme's name (Basic,
+    Digest, Negotiate). A header holding a credential alone (an API key, a JWT without "Bearer ") has no
+    scheme: its first word is the credential, and its first 17 characters were logged as the scheme."""
+    if credentials.strip() and _SCHEME_NAME.fullmatch(scheme):
+        return repr(scheme)
+    return "(withheld: not a scheme's name followed by credentials)"
 
 
 def _unverified_parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
