@@ -263,11 +263,13 @@ def _what_came_back(content_type: str, parsed: object, body: bytes) -> str:
 @click.option(
     "--reference-day",
     type=click.DateTime(formats=["%Y-%m-%d"]),
+    metavar="YYYY-MM-DD",
     help="the day the fixture dates were written for (default: each Bundle's timestamp)",
 )
 @click.option(
     "--shift-days",
     type=click.IntRange(-MAX_SHIFT_DAYS, MAX_SHIFT_DAYS),
+    metavar="N",
     help="move every date by exactly this many days instead",
 )
 @click.option("--no-shift", is_flag=True, help="load the dates as written")
@@ -280,7 +282,22 @@ def load_fixtures(
     no_shift: bool,
     bundles: tuple[Path, ...],
 ) -> None:
-    """Post fixture Bundles (default: fhir_fixtures/*.json) to a FHIR server as transactions."""
+    """Post fixture Bundles (files or folders; default: fhir_fixtures/) to a FHIR server as transactions.
+
+    Every resource keeps its id (PUT Type/id), so loading again replaces it. Dates move by the days from
+    the Bundle's reference day (its timestamp, or --reference-day) to today, so that a result written as
+    six weeks old is six weeks old once loaded; --shift-days moves them by exactly N days, --no-shift not
+    at all. A folder's JSON files that are not Bundles are skipped.
+
+    \b
+    Examples:
+      cds-service load-fixtures --fhir-server http://127.0.0.1:8090/fhir
+      cds-service load-fixtures --fhir-server http://127.0.0.1:8090/fhir \\
+          tests/data/smart-sandbox-r4/Abdul_Koepp_*.json --no-shift
+
+    One line per Bundle on stderr, then the count loaded. Exit status: 0 when every Bundle loaded, 1 when
+    one could not, 2 for a usage error.
+    """
     if (
         sum(option is not None and option is not False for option in (reference_day, shift_days, no_shift))
         > 1

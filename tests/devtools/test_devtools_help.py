@@ -17,6 +17,8 @@ from cds_service.cli import main
         ("fire", ["Examples:", "--service http://127.0.0.1:8080 --fhir-server http://127.0.0.1:8090/fhir",
                   "--signing-key client.pem --iss", "FHIR_ACCESS_TOKEN", "stderr",
                   "docs/testing-with-sandboxes.md"]),
+        ("load-fixtures", ["Examples:", "cds-service load-fixtures --fhir-server http://127.0.0.1:8090/fhir",
+                           "--no-shift", "Exit status", "stderr", "YYYY-MM-DD"]),
         ("feedback-report", ["Examples:", "cds-service feedback-report --since 2026-03-01",
                              "--db postgresql://", "cds-feedback.sqlite3", "docs/feedback.md"]),
     ],

@@ -147,3 +147,13 @@ def test_every_replay_example_of_the_docs_runs_as_written(document: str) -> None
         result = run(expanded)
         assert result.exit_code == 0, f"{document}: {shlex.join(argv)}\n{result.output}"
         assert result.stdout.strip(), shlex.join(argv)
+
+
+def test_every_load_fixtures_example_runs_as_written(fhir_server: SekmetServer) -> None:
+    examples = help_examples("load-fixtures")
+    for argv in examples:
+        assert HELP_FHIR_SERVER in argv, shlex.join(argv)
+        expanded = [match for arg in argv for match in (sorted(glob.glob(arg)) or [arg])]
+        result = run([fhir_server.base_url if arg == HELP_FHIR_SERVER else arg for arg in expanded])
+        assert result.exit_code == 0, f"{shlex.join(argv)}\n{result.output}"
+        assert "Bundles into" in result.stderr.splitlines()[-1], result.stderr
