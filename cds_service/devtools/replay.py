@@ -195,7 +195,10 @@ def _clear_progress(several: bool) -> None:
     "Default: CDS_NOW, else the Bundle's timestamp, else the clock.",
 )
 @click.option(
-    "--json", "as_json", is_flag=True, help="Print the service response as JSON (JSON Lines for several)."
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the service response as JSON (JSON Lines for a folder or several files).",
 )
 def replay(
     bundles: tuple[Path, ...], hook: str | None, order_file: Path | None, now: str | None, as_json: bool
@@ -215,7 +218,8 @@ def replay(
       cds-service replay tests/data/smart-sandbox-r4/ --json > responses.jsonl
 
     One Bundle prints its cards; several print one line per patient, with progress and a tally on
-    stderr; --json prints the response (JSON Lines of {"file", "patientId", "response"} for several).
+    stderr; --json prints the response of one Bundle file, or JSON Lines of {"file", "patientId",
+    "response"} for a folder or several files.
     Exit status: 0 when every Bundle replayed, 1 when one could not, 2 for a usage or
     configuration error.
     """
@@ -236,6 +240,9 @@ def replay(
         raise click.ClickException(str(error)) from None
     files = _collect(bundles)
     several = len(files) > 1
+    # What --json prints depends on the command line, not on how many files a folder holds today: a
+    # script reading `replay exports/ --json` as JSON Lines got a bare response when one was left.
+    json_lines = several or any(not explicit for _, explicit in files)
     failures = passed_over = 0
     topics: Counter[str] = Counter()
     for index, (path, explicit) in enumerate(files, start=1):
@@ -258,7 +265,7 @@ def replay(
             continue
         topics.update(card_topic(card) for card in result.response["cards"])
         _clear_progress(several)
-        _print(result, several, as_json)
+        _print(result, several, as_json, json_lines)
     _clear_progress(several)
     attempted = len(files) - passed_over
     if several:
@@ -277,9 +284,9 @@ def _failed(message: str, several: bool) -> None:
     click.echo(f"{'error' if several else 'Error'}: {message}", err=True)
 
 
-def _print(result: ReplayResult, several: bool, as_json: bool) -> None:
+def _print(result: ReplayResult, several: bool, as_json: bool, json_lines: bool) -> None:
     name = f"{result.bundle.display_name} (Patient/{result.bundle.patient_id})"
-    if as_json and several:
+    if as_json and json_lines:
         line = {
             # A name that is not UTF-8 holds surrogates, which JSON cannot carry: its odd bytes as \xNN.
             "file": os.fsencode(result.bundle.path).decode("utf-8", "backslashreplace"),

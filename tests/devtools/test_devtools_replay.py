@@ -506,3 +506,31 @@ def test_entry_members_of_the_wrong_type_do_not_break_the_replay(tmp_path: Path,
     result = run(str(path), "--now", NOW, "--json")
     assert result.exit_code == 0, result.output
     assert_spec_response(orjson.loads(result.stdout))
+
+
+@pytest.mark.parametrize("others", [[], ["notes.json"]], ids=["one-file", "one-bundle-and-notes"])
+def test_json_of_a_folder_is_json_lines_however_many_files_it_holds(
+    tmp_path: Path, others: list[str]
+) -> None:
+    """A folder holding one file printed that file's bare response instead of a JSON Lines record, so
+    `replay exports/ --json | jq .response` broke the day one export was left; with a second file that
+    was not a Bundle, it gave JSON Lines again."""
+    bundle = sorted(SMART_PATIENTS.glob("*.json"))[0]
+    (tmp_path / bundle.name).write_bytes(bundle.read_bytes())
+    for name in others:
+        (tmp_path / name).write_text('{"note": "not a Bundle"}')
+    result = run(str(tmp_path), "--now", NOW, "--json")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout
+    record = orjson.loads(lines[0])
+    assert sorted(record) == ["file", "patientId", "response"]
+    assert record["file"] == str(tmp_path / bundle.name)
+    assert_spec_response(record["response"])
+    named = run(str(tmp_path / bundle.name), "--now", NOW, "--json")  # one file named: its response alone
+    assert named.exit_code == 0, named.output
+    response = orjson.loads(named.stdout)
+    assert "file" not in response
+    assert [card["summary"] for card in response["cards"]] == [
+        card["summary"] for card in record["response"]["cards"]
+    ]
