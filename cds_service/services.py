@@ -670,24 +670,4 @@ def _run_ahead_entry(entry: Any) -> tuple[datetime, datetime, list[Finding]]:
     start, end = (datetime.fromisoformat(entry[name]) for name in ("from", "until"))
     if start.tzinfo is None or end.tzinfo is None:
         raise ValueError("a moment without its offset")
-    return start, end, _well_typed(findings_from_json(entry["findings"]))
-
-
-def _well_typed(findings: list[Finding]) -> list[Finding]:
-    """``findings`` if every field holds what the rules put there, so that rendering cannot fail on a value
-    of another type; TypeError otherwise."""
-    for finding in findings:
-        texts = (finding.topic, finding.summary, finding.detail, finding.source_label)
-        if not all(isinstance(text, str) for text in texts) or not isinstance(finding.source_url, str | None):
-            raise TypeError("a finding's text is not a string")
-        for proposal in finding.proposals:
-            if not isinstance(proposal.label, str) or not isinstance(proposal.is_recommended, bool):
-                raise TypeError("a proposal's label or recommendation is of another type")
-            for action in proposal.actions:
-                if not (
-                    isinstance(action.description, str)
-                    and isinstance(action.resource, dict | None)
-                    and isinstance(action.resource_id, str | None)
-                ):
-                    raise TypeError("an action's description, resource or resource id is of another type")
-    return findings
+    return start, end, findings_from_json(entry["findings"])

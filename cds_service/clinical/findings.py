@@ -7,7 +7,7 @@ the FHIR resources it proposes, but no card uuid, no JSON shape and nothing of t
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 Indicator = Literal["info", "warning", "critical"]
 ActionType = Literal["create", "update", "delete"]
@@ -72,4 +72,34 @@ def findings_from_json(items: list[dict[str, Any]]) -> list[Finding]:
             for p in item["proposals"]
         )
         findings.append(Finding(**{**item, "proposals": proposals}))
+    return _well_typed(findings)
+
+
+def _well_typed(findings: list[Finding]) -> list[Finding]:
+    """``findings`` if every field holds what the rules put there; TypeError otherwise.
+
+    A stored entry comes from Redis, which another build or program may have written: a field of another
+    type passed the constructors above and failed only when the cards were rendered, as a 500."""
+    for finding in findings:
+        texts = (finding.topic, finding.summary, finding.detail, finding.source_label)
+        if not all(isinstance(text, str) for text in texts) or not isinstance(finding.source_url, str | None):
+            raise TypeError("a finding's text is not a string")
+        if finding.indicator not in get_args(Indicator) or finding.selection_behavior not in (
+            "at-most-one",
+            "any",
+        ):
+            raise TypeError("a finding's indicator or selection behaviour is not one the rules use")
+        for proposal in finding.proposals:
+            if not isinstance(proposal.label, str) or not isinstance(proposal.is_recommended, bool):
+                raise TypeError("a proposal's label or recommendation is of another type")
+            for action in proposal.actions:
+                if not (
+                    action.type in get_args(ActionType)
+                    and isinstance(action.description, str)
+                    and isinstance(action.resource, dict | None)
+                    and isinstance(action.resource_id, str | None)
+                ):
+                    raise TypeError(
+                        "an action's type, description, resource or resource id is of another type"
+                    )
     return findings
