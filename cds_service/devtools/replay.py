@@ -156,7 +156,7 @@ def _collect(paths: Sequence[Path]) -> list[tuple[Path, bool]]:
 
 
 def _stderr_is_terminal() -> bool:
-    return sys.stderr.isatty()
+    return sys.stderr is not None and sys.stderr.isatty()  # None when started with stderr closed (2>&-)
 
 
 _CLEAR_LINE = "\r\x1b[K"

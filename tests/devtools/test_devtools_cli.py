@@ -143,3 +143,19 @@ def test_load_fixtures_of_an_empty_path_posts_nothing(
     assert result.exit_code == 2, result.output
     assert "Invalid value for '[BUNDLES]...': an empty path (an unset variable?)" in result.stderr
     assert posted == []
+
+
+def test_a_replay_started_with_stderr_closed_still_prints_every_patient(tmp_path: Path) -> None:
+    """With `2>&-`, Python has no sys.stderr: asking it whether it was a terminal raised AttributeError
+    at the first progress line, so the replay printed nothing and exited 1 with no word anywhere."""
+    done = subprocess.run(
+        ["bash", "-c", 'exec "$0" replay "$1" --now "$2" 2>&-', COMMAND, str(SMART_PATIENTS), NOW],
+        stdout=subprocess.PIPE,
+        env=_env(tmp_path),
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0
+    lines = done.stdout.decode().splitlines()
+    assert len(lines) == len(list(SMART_PATIENTS.glob("*.json")))
+    assert all("(Patient/" in line for line in lines)
