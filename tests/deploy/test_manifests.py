@@ -532,6 +532,6 @@ def test_the_store_urls_carry_the_passwords_the_stores_are_given() -> None:
     postgres_env = container_env(find("StatefulSet", "cds-postgres"), "postgres")
     assert unquote(urlsplit(settings.redis_url).password or "") == redis_env["REDIS_PASSWORD"]
     feedback = urlsplit(settings.feedback_db)
-    assert unquote(feedback.password or "") == postgres_env["CDS_SERVICE_DB_PASSWORD"]
+    assert unquote(feedback.password or "") == postgres_env["SERVICE_DB_PASSWORD"]
     assert feedback.path.lstrip("/") == postgres_env["POSTGRES_DB"]
     assert feedback.username != postgres_env["POSTGRES_USER"], "the service must not log in as the superuser"
