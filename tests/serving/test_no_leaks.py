@@ -17,7 +17,13 @@ Where each marker must not appear:
 - a valid hookInstance and card ids: no metric (the log names a call by its hookInstance).
 
 Each case checks its answers and the log as soon as its lines are written; the last test stops the
-server, so every buffered line is out, and reads the whole log and /metrics for every case's markers.
+server, so every buffered line is out, and reads the whole log and /metrics for every case's markers,
+and for anything shaped like a JWT. Besides the calls: the commands that take a token or a URL (fire,
+load-fixtures, feedback-report) must print none of their secrets, and a second instance whose Redis and
+PostgreSQL are named with passwords and down, and whose client's jwks_url has one, must name them without
+it in /readyz, its 503s and its log.
+
+A leak found here in a file its finder did not own stays as a strict xfail (``Leak``) until it is fixed.
 """
 
 from __future__ import annotations
@@ -25,27 +31,36 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import re
+import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
+from cryptography.hazmat.primitives import serialization
 
 from tests.auth.auth_support import (
+    BASE_URL,
+    JwksServer,
     Signer,
     ec_p384_key,
     ehr_signer,
     serve_requiring_jwts,
+    write_clients,
 )
 from tests.support.delay_proxy import LoopbackHTTPServer
+from tests.support.processes import free_port
 from tests.support.raw_http import exchange
-from tests.support.served import HOOKS_NOW, Served, hook_example
+from tests.support.served import COMMAND, HOOKS_NOW, Served, clean_env, hook_example
 
 pytestmark = pytest.mark.integration
 
@@ -54,6 +69,8 @@ FEEDBACK = f"{VIEW}/feedback"
 # The keys the service fetches in the cases that give it a fhirServer (the rest are sent as prefetch).
 FETCHED = ("patient", "b12IronLabs")
 BUDGET_MS = 800
+# Three base64url parts, the first a JSON object's start: a JWT, whoever made it.
+JWT_SHAPED = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 # A JWT a FHIR server quotes besides the token it was sent (a session's, a proxy's).
 ECHOED_JWT = Signer("https://idp.example.test", "s1", "ES384", ec_p384_key()).token(sub="session-user")
 
@@ -281,6 +298,13 @@ class MarkedEhr:
                 except OSError:  # the service gave up on the answer (its budget)
                     self.close_connection = True
 
+            def do_POST(self) -> None:
+                """A transaction (load-fixtures): refused, quoting the token."""
+                seen.append(Seen(self.path, self.headers.get("Authorization")))
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                text = f"Unauthorized: {self.headers.get('Authorization')} is not valid here"
+                _send(self, 401, text.encode(), "text/plain")
+
         return Handler
 
     def _elsewhere(self, handler: BaseHTTPRequestHandler) -> None:
@@ -465,17 +489,21 @@ def ehr() -> Iterator[MarkedEhr]:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, signer: Signer, ehr: MarkedEhr) -> Iterator[Served]:
     workdir = tmp_path_factory.mktemp("no-leaks")
-    server = Served(
-        workdir,
-        workers=2,
-        threads=4,
-        CDS_NOW=HOOKS_NOW,
-        CDS_LOG_LEVEL="DEBUG",
-        CDS_FHIR_BUDGET_MS=str(BUDGET_MS),
-        CDS_MAX_BODY_BYTES=str(200_000),
-        CDS_ALLOWED_FHIR_SERVERS=ehr.base_url,
-        **serve_requiring_jwts(workdir, signer),
-    )
+    # Its own URL is the JWTs' audience (fire signs for the URL it calls): the port is chosen first.
+    port = free_port()
+    settings = serve_requiring_jwts(workdir, signer) | {"CDS_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}"}
+    with patch("tests.support.served.free_port", return_value=port):
+        server = Served(
+            workdir,
+            workers=2,
+            threads=4,
+            CDS_NOW=HOOKS_NOW,
+            CDS_LOG_LEVEL="DEBUG",
+            CDS_FHIR_BUDGET_MS=str(BUDGET_MS),
+            CDS_MAX_BODY_BYTES=str(200_000),
+            CDS_ALLOWED_FHIR_SERVERS=ehr.base_url,
+            **settings,
+        )
     yield server
     server.stop()
 
@@ -532,7 +560,7 @@ class Caller:
     ) -> tuple[Answer, str]:
         """POST ``body`` (or raw ``data``) signed with a fresh JWT for ``path`` unless ``token`` is given;
         returns the answer and the JWT sent."""
-        token = token if token is not None else self.signer.token(path)
+        token = token if token is not None else self.token(path)
         sent = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"} | (headers or {})
         payload = data if data is not None else json.dumps(body).encode()
         response = requests.post(f"{self.served.base}{path}", data=payload, headers=sent, timeout=30)
@@ -557,6 +585,10 @@ class Caller:
         }
         return self.hook(body)
 
+    def token(self, path: str, **claims: Any) -> str:
+        """A fresh JWT of the registered client, addressed to ``path`` of the served instance."""
+        return self.signer.token(path, **({"aud": self.served.base + path} | claims))
+
     def raw(self, request: bytes) -> Answer:
         return Answer.raw(exchange(self.served.port, request))
 
@@ -570,6 +602,27 @@ def fetching(behaviour: str, status: int) -> tuple[Callable[[Caller, Marks], Cas
 
 def good_call(caller: Caller, marks: Marks) -> Case:
     return caller.hook(hook_body(marks))
+
+
+def order_select_then_sign(caller: Caller, marks: Marks) -> Case:
+    """A B12 draft with a note for this patient, selected then signed (the second answered from the
+    first's run-ahead result)."""
+    draft = hook_example("order-select-cyanocobalamin.json")["context"]["draftOrders"]["entry"][0]["resource"]
+    draft = draft | {"subject": {"reference": f"Patient/{marks.patient_id}"}, "note": [{"text": marks.note}]}
+    answers, jwts = [], {}
+    for hook, hook_instance in (("order-select", str(uuid.uuid4())), ("order-sign", marks.hook_instance)):
+        body = hook_body(marks, hook_instance=hook_instance) | {"hook": hook}
+        body["context"]["draftOrders"] = {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": draft}],
+        }
+        if hook == "order-select":
+            body["context"]["selections"] = [f"MedicationRequest/{draft['id']}"]
+        answer, token = caller.post(body, path=f"/cds-services/b12-iron-{hook}")
+        answers.append(answer)
+        jwts |= {f"{hook} {name}": mark for name, mark in jwt_marks(token).items()}
+    return Case(answers, jwts, call_line=True)
 
 
 def access_token_is_a_jwt(caller: Caller, marks: Marks) -> Case:
@@ -658,7 +711,7 @@ def unknown_service_named_by_an_mrn(caller: Caller, marks: Marks) -> Case:
 
 
 def broken_chunked_body(caller: Caller, marks: Marks) -> Case:
-    token = caller.signer.token(VIEW)
+    token = caller.token(VIEW)
     body = json.dumps(hook_body(marks) | {"note": marks.access_token}).encode()
     head = (
         f"POST {VIEW} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
@@ -694,28 +747,28 @@ def credential_without_a_scheme(caller: Caller, marks: Marks) -> Case:
 
 
 def jwt_without_a_scheme(caller: Caller, marks: Marks) -> Case:
-    token = caller.signer.token(VIEW)
+    token = caller.token(VIEW)
     return refused(caller, marks, token, jwt=token)
 
 
 def signed_by_another_key(caller: Caller, marks: Marks) -> Case:
-    token = caller.signer.with_key(ec_p384_key()).token(VIEW)
+    token = caller.signer.with_key(ec_p384_key()).token(VIEW, aud=caller.served.base + VIEW)
     return refused(caller, marks, f"Bearer {token}", jwt=token)
 
 
 def expired(caller: Caller, marks: Marks) -> Case:
     now = int(time.time())
-    token = caller.signer.token(VIEW, iat=now - 900, exp=now - 600)
+    token = caller.token(VIEW, iat=now - 900, exp=now - 600)
     return refused(caller, marks, f"Bearer {token}", jwt=token)
 
 
 def addressed_elsewhere(caller: Caller, marks: Marks) -> Case:
-    token = caller.signer.token(VIEW, aud="https://elsewhere.example.test/cds-services/b12-iron-patient-view")
+    token = caller.token(VIEW, aud="https://elsewhere.example.test/cds-services/b12-iron-patient-view")
     return refused(caller, marks, f"Bearer {token}", jwt=token)
 
 
 def replayed(caller: Caller, marks: Marks) -> Case:
-    token = caller.signer.token(VIEW)
+    token = caller.token(VIEW)
     first, _ = caller.post(hook_body(marks), token=token)
     second, _ = caller.post(hook_body(marks), token=token)
     return Case([first, second], jwt_marks(token), evidence="authentication refused")
@@ -729,20 +782,20 @@ def basic_credentials(caller: Caller, marks: Marks) -> Case:
 
 
 def jwt_in_the_query(caller: Caller, marks: Marks) -> Case:
-    token = caller.signer.token(VIEW)
+    token = caller.token(VIEW)
     url = f"{caller.served.base}{VIEW}?access_token={token}&password={marks.password}"
     response = requests.post(url, json=hook_body(marks), timeout=30)
     return Case([Answer.of(response)], jwt_marks(token), evidence="authentication refused")
 
 
 def malformed_request_line(caller: Caller, marks: Marks) -> Case:
-    token = caller.signer.token(VIEW)
+    token = caller.token(VIEW)
     answer = caller.raw(f"POST {VIEW}?t={token} {marks.access_token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     return Case([answer], jwt_marks(token), evidence="Invalid request from ip")
 
 
 def control_character_in_the_authorization(caller: Caller, marks: Marks) -> Case:
-    token = caller.signer.token(VIEW)
+    token = caller.token(VIEW)
     answer = caller.raw(
         f"POST {VIEW} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\x01\r\n\r\n".encode()
     )
@@ -755,7 +808,7 @@ def token_in_a_header_name(caller: Caller, marks: Marks) -> Case:
 
 
 def header_too_long(caller: Caller, marks: Marks) -> Case:
-    token = caller.signer.token(VIEW)
+    token = caller.token(VIEW)
     padding = "x" * 9000
     answer = caller.raw(
         f"POST {VIEW} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}{padding}\r\n\r\n".encode()
@@ -799,6 +852,79 @@ def feedback_to_an_unknown_service(caller: Caller, marks: Marks) -> Case:
     return Case([answer], jwt_marks(token), evidence="feedback refused (404)")
 
 
+# The commands that take a token or a URL: each returns its arguments and environment.
+
+
+def private_key_file(directory: Path, signer: Signer) -> Path:
+    path = directory / "client.pem"
+    key = signer.private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path.write_bytes(key)
+    return path
+
+
+def fire_refused_by_the_fhir_server(caller: Caller, marks: Marks, directory: Path) -> list[str]:
+    """fire prefetches from a server that refuses the token quoting it and a JWT, then the service
+    fetches from it too and quotes it in its 412."""
+    caller.ehr.plan(marks, "403")
+    key = private_key_file(directory, caller.signer)
+    return [
+        *("fire", "--service", caller.served.base, "--fhir-server", caller.ehr.base_url),
+        *("--patient", marks.patient_id, "--fhir-token", marks.access_token),
+        *("--signing-key", str(key), "--iss", caller.signer.iss, "--kid", caller.signer.kid),
+    ]
+
+
+def fire_to_servers_named_with_passwords(caller: Caller, marks: Marks, directory: Path) -> list[str]:
+    """The FHIR server, named with a password, is down: fire says so, and sends the hook with it as
+    fhirServer, which the service refuses to query (a 412)."""
+    fhir = f"http://cds:{marks.password}@127.0.0.1:{free_port()}/baseR4"
+    key = private_key_file(directory, caller.signer)
+    return [
+        *("fire", "--service", caller.served.base, "--fhir-server", fhir, "--patient", marks.patient_id),
+        *("--fhir-token", marks.access_token),
+        *("--signing-key", str(key), "--iss", caller.signer.iss, "--kid", caller.signer.kid),
+    ]
+
+
+def fire_to_a_service_named_with_a_password(caller: Caller, marks: Marks, directory: Path) -> list[str]:
+    service = caller.served.base.replace("://", f"://cds:{marks.password}@")
+    return ["fire", "--service", service, "--fhir-server", caller.ehr.base_url, "--patient", marks.patient_id]
+
+
+def load_fixtures_refused(caller: Caller, marks: Marks, directory: Path) -> list[str]:
+    bundle = str(Path(__file__).resolve().parents[2] / "fhir_fixtures" / "combined-b12-iron-deficiency.json")
+    return ["load-fixtures", "--fhir-server", caller.ehr.base_url, "--token", marks.access_token, bundle]
+
+
+def load_fixtures_to_a_server_named_with_a_password(
+    caller: Caller, marks: Marks, directory: Path
+) -> list[str]:
+    bundle = str(Path(__file__).resolve().parents[2] / "fhir_fixtures" / "combined-b12-iron-deficiency.json")
+    fhir = f"http://cds:{marks.password}@127.0.0.1:{free_port()}/baseR4"
+    return ["load-fixtures", "--fhir-server", fhir, "--token", marks.access_token, bundle]
+
+
+def feedback_report_from_a_database_named_with_a_password(
+    caller: Caller, marks: Marks, directory: Path
+) -> list[str]:
+    return ["feedback-report", "--db", f"postgresql://cds:{marks.password}@127.0.0.1:{free_port()}/cds"]
+
+
+COMMANDS: dict[str, tuple[Callable[[Caller, Marks, Path], list[str]], int]] = {
+    "fire, the FHIR server refusing the token": (fire_refused_by_the_fhir_server, 1),
+    "fire to a FHIR server named with a password": (fire_to_servers_named_with_passwords, 1),
+    "fire to a service named with a password": (fire_to_a_service_named_with_a_password, 1),
+    "load-fixtures, the FHIR server refusing the token": (load_fixtures_refused, 1),
+    "load-fixtures to a server named with a password": (load_fixtures_to_a_server_named_with_a_password, 1),
+    "feedback-report from a database named with a password": (
+        feedback_report_from_a_database_named_with_a_password,
+        1,
+    ),
+}
+
+
 @dataclass(frozen=True)
 class Leak:
     """A leak found by this matrix in a file its author does not own: the case stays, expected to fail
@@ -809,6 +935,7 @@ class Leak:
 
 CASES: dict[str, tuple[Callable[[Caller, Marks], Case], tuple[int, ...]] | tuple[Any, ...]] = {
     "good call, full prefetch": (good_call, (200,)),
+    "order-select then order-sign": (order_select_then_sign, (200, 200)),
     "fetch: data": fetching("data", 200),
     "fetch: paged search": fetching("paged", 200),
     "fetch: gzip": fetching("gzip", 200),
@@ -830,7 +957,10 @@ CASES: dict[str, tuple[Callable[[Caller, Marks], Case], tuple[int, ...]] | tuple
     "prefetch OperationOutcome quoting the token and the patient": (
         prefetch_outcome_quoting_the_token,
         (412,),
-        Leak("services.py logs a prefetch OperationOutcome's text as it came (see the report)"),
+        Leak(
+            "a prefetch OperationOutcome's text goes as sent into the 412 (the token) and the log"
+            " (the token and the patient's id): protocol/prefetch._outcome_reason, services.py"
+        ),
     ),
     "malformed JSON around the token": (malformed_json, (400,)),
     "access_token not visible ASCII": (access_token_not_visible_ascii, (400,)),
@@ -868,6 +998,7 @@ CASES: dict[str, tuple[Callable[[Caller, Marks], Case], tuple[int, ...]] | tuple
     ),
 }
 MARKS = {name: Marks(f"q{index:02d}", index) for index, name in enumerate(CASES, start=1)}
+MARKS |= {name: Marks(f"k{index:02d}", 80 + index) for index, name in enumerate(COMMANDS, start=1)}
 # What every case has done, for the sweep of the whole log and /metrics at the end.
 DONE: dict[str, Case] = {}
 
@@ -884,7 +1015,7 @@ def found(text: str, marks: dict[str, str]) -> list[str]:
 
 
 def secrets_of(name: str) -> dict[str, str]:
-    return MARKS[name].secrets() | DONE[name].jwts
+    return MARKS[name].secrets() | DONE[name].jwts | {"echoed JWT": ECHOED_JWT}
 
 
 def log_lines_of(served: Served, marks: Marks) -> None:
@@ -938,6 +1069,91 @@ def test_no_marker_leaves_where_it_must_not(
     assert not [seen for seen in ehr.other_seen if seen.authorization], "a token went to another origin"
 
 
+@pytest.mark.parametrize("name", COMMANDS)
+def test_the_commands_print_no_secret(
+    served: Served, ehr: MarkedEhr, signer: Signer, tmp_path: Path, name: str
+) -> None:
+    """What the commands print (stdout, stderr) quotes no token, JWT or password they were given or that
+    a server sent back; what they made the service do is swept with the cases."""
+    marks = MARKS[name]
+    arguments, status = COMMANDS[name]
+    command = [COMMAND, *arguments(Caller(served, ehr, signer), marks, tmp_path)]
+    env = clean_env(CDS_FEEDBACK_DB=str(tmp_path / "feedback.sqlite3"))
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)
+    DONE[name] = Case([])
+    printed = f"{done.stdout}\n{done.stderr}"
+    assert done.returncode == status, printed
+    assert not found(printed, marks.secrets() | {"echoed JWT": ECHOED_JWT}), printed
+    assert not JWT_SHAPED.findall(printed), printed
+
+
+# The key server's password, in the client's jwks_url (CDS_CLIENTS).
+JWKS_PASSWORD = "PWjwksLeakPass"
+
+
+@pytest.fixture(scope="module")
+def stores_down(tmp_path_factory: pytest.TempPathFactory, signer: Signer) -> Iterator[tuple[Served, Marks]]:
+    """A second instance whose Redis (replay store) and PostgreSQL (feedback) are named with passwords
+    and cannot be reached, and whose client's keys are fetched from a jwks_url with a password."""
+    marks = Marks("sd", 99)
+    workdir = tmp_path_factory.mktemp("no-leaks-stores-down")
+    keys = JwksServer().start()
+    jwks_url = keys.publish("/jwks.json", signer).replace("://", f"://keys:{JWKS_PASSWORD}@")
+    clients = write_clients(workdir, [{"iss": signer.iss, "jwks_url": jwks_url}])
+    try:
+        server = Served(
+            workdir,
+            workers=1,
+            threads=2,
+            CDS_AUTH="required",
+            CDS_CLIENTS=str(clients),
+            CDS_PUBLIC_BASE_URL=BASE_URL,
+            CDS_REDIS_URL=f"redis://:{marks.password}@127.0.0.1:{free_port()}/0",
+            CDS_FEEDBACK_DB=f"postgresql://cds:{marks.password}@127.0.0.1:{free_port()}/cds",
+        )
+        yield server, marks
+        server.stop()
+    finally:
+        keys.stop()
+
+
+def signed_call(served: Served, signer: Signer, marks: Marks) -> tuple[Answer, str]:
+    token = signer.token(VIEW)
+    headers = {"Authorization": f"Bearer {token}"}
+    response = requests.post(f"{served.base}{VIEW}", json=hook_body(marks), headers=headers, timeout=30)
+    return Answer.of(response), token
+
+
+@pytest.mark.xfail(strict=True, reason="protocol/clients.py logs the jwks_url it fetched as written")
+def test_a_jwks_url_is_logged_without_its_password(stores_down: tuple[Served, Marks], signer: Signer) -> None:
+    served, marks = stores_down
+    signed_call(served, signer, marks)
+    served.wait_for_log("key(s) for")
+    assert "key(s) for" in served.log()
+    assert JWKS_PASSWORD not in served.log()
+
+
+def test_stores_down_are_named_without_their_passwords(
+    stores_down: tuple[Served, Marks], signer: Signer
+) -> None:
+    """/readyz, a signed call the replay store cannot check (503), and everything the instance logs from
+    start to stop."""
+    served, marks = stores_down
+    answers = [Answer.of(requests.get(f"{served.base}/readyz", timeout=30))]
+    answer, token = signed_call(served, signer, marks)
+    answers.append(answer)
+    assert [answer.status for answer in answers] == [503, 503], [answer.text for answer in answers]
+    for answer in answers:
+        assert not found(answer.text, marks.secrets() | jwt_marks(token) | {"jwks": JWKS_PASSWORD}), (
+            answer.text
+        )
+    served.stop()
+    log = served.log()
+    assert "cannot be reached" in log
+    assert not found(log, marks.secrets() | jwt_marks(token) | marks.patient_data()), log[-3000:]
+    assert not JWT_SHAPED.findall(log)
+
+
 def test_the_whole_log_and_metrics_hold_no_marker(served: Served) -> None:
     """After every case: /metrics, then the whole log once the server has stopped and written it all."""
     assert DONE, "run with the cases: this sweeps what they left"
@@ -950,6 +1166,7 @@ def test_the_whole_log_and_metrics_hold_no_marker(served: Served) -> None:
         everything = secrets_of(name) | marks.patient_data() | marks.call_ids()
         if in_metrics := found(metrics, everything):
             leaks[f"{name}: /metrics"] = in_metrics
-        if len(CASES[name]) == 2 and (in_log := found(log, secrets_of(name) | marks.patient_data())):
+        if len(CASES.get(name, ())) != 3 and (in_log := found(log, secrets_of(name) | marks.patient_data())):
             leaks[f"{name}: log"] = in_log
     assert not leaks, leaks
+    assert not JWT_SHAPED.findall(log), "a JWT in the log"
