@@ -16,7 +16,7 @@ a JWT.
 from __future__ import annotations
 
 import re
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 _DELIMITERS = re.compile(r"[/?#]")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
@@ -71,19 +71,37 @@ def without_passwords(text: str, url: str) -> str:
     return text
 
 
-def token_forms(token: str) -> list[str]:
-    """The ways a server may write ``token`` back, longest first: as sent, with JSON's escaped solidus
-    (PHP's json_encode and some Java writers turn every '/' into '\\/'), and percent-encoded (a URL it
-    quotes). Base64 tokens hold '/' and '+', so starring only the token as sent let such a server's
-    ``{"error_description": "Bearer abc\\/def expired"}`` through whole."""
-    return sorted({token, token.replace("/", "\\/"), quote(token, safe="")}, key=len, reverse=True)
+def token_pattern(token: str) -> re.Pattern[str]:
+    """``token`` however a server may write it back: each character that is not a letter, a digit or one
+    of ``-._~`` as sent, JSON-escaped (``\\u002B``, and ``\\/`` for '/') or percent-encoded (``%2B``),
+    in either case of hex. Base64 tokens hold '/' and '+': PHP's json_encode writes '/' as ``\\/``, .NET's
+    System.Text.Json writes '+' as ``\\u002B``, and a URL quoting the token percent-encodes both, so
+    starring only the token as sent let each of those through whole. ``.pattern`` works on bytes too."""
+    pieces = []
+    for char in token:
+        if char.isascii() and (char.isalnum() or char in "-._~"):
+            pieces.append(re.escape(char))
+            continue
+        code = f"{ord(char):04X}"
+        forms = [re.escape(char), _any_case(rf"\\u{code}")]
+        if ord(char) < 0x80:
+            forms.append(_any_case(f"%{code[2:]}"))
+        if char == "/":
+            forms.append(r"\\/")
+        pieces.append("(?:" + "|".join(forms) + ")")
+    return re.compile("".join(pieces))
+
+
+def _any_case(text: str) -> str:
+    """A regular expression for ``text`` (ASCII, regex-safe but for its letters) with its letters in
+    either case."""
+    return "".join(f"[{ch.upper()}{ch.lower()}]" if ch.isalpha() and ch != "u" else ch for ch in text)
 
 
 def without_tokens(text: str, token: str | None = None) -> str:
-    """A server's words without ``token`` in any of its ``token_forms`` (starred) or anything shaped like
+    """A server's words without ``token`` in any form of ``token_pattern`` (starred) or anything shaped like
     a JWT ('[a JWT]'): a FHIR server's 401 may quote the bearer token it refused, and the developer tools
     print what servers say."""
     if token:
-        for form in token_forms(token):
-            text = text.replace(form, "***")
+        text = token_pattern(token).sub("***", text)
     return _JWT.sub("[a JWT]", text)

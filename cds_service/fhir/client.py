@@ -44,7 +44,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from cds_service.redaction import address, token_forms, without_tokens
+from cds_service.redaction import address, token_pattern, without_tokens
 
 from .decoding import (
     ACCEPT_ENCODING,
@@ -246,9 +246,9 @@ class _Call:
     headers: Mapping[str, str]
     deadline: float
     budget_ms: int
-    # The credential of the Authorization header in each form a server may write it back
-    # (``redaction.token_forms``), kept out of every reason (see ``_without_credentials``).
-    secrets: tuple[bytes, ...] = ()
+    # The credential of the Authorization header in any form a server may write it back
+    # (``redaction.token_pattern``), kept out of every reason (see ``_without_credentials``).
+    secret: re.Pattern[bytes] | None = None
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -636,8 +636,8 @@ class FhirClient:
             return {key: FetchOutcome(key, q, None, reason, None, 0, 0.0) for key, q in queries.items()}
         headers = {"Authorization": authorization} if authorization else {}
         secret = _credential(authorization)
-        secrets = tuple(form.encode("latin-1", "replace") for form in token_forms(secret)) if secret else ()
-        call = _Call(base, target, headers, started + budget_ms / 1000, budget_ms, secrets)
+        pattern = re.compile(token_pattern(secret).pattern.encode()) if secret else None
+        call = _Call(base, target, headers, started + budget_ms / 1000, budget_ms, pattern)
         _session, pool = self._resources()
         running: dict[str, tuple[str, _Progress, Future[FetchOutcome]]] = {}
         outcomes: dict[str, FetchOutcome] = {}
@@ -822,9 +822,8 @@ class FhirClient:
             _fetching.progress = None
             progress.watch(None)
         progress.status = response.status_code
-        if not 200 <= response.status_code < 300:
-            for form in call.secrets:  # before the reason quotes it, maybe cut short
-                raw = raw.replace(form, b"***")
+        if call.secret is not None and not 200 <= response.status_code < 300:
+            raw = call.secret.sub(b"***", raw)  # before the reason quotes it, maybe cut short
         try:
             return self._interpret(url, response, raw)
         except _Failure as failure:

@@ -363,6 +363,11 @@ class MarkedEhr:
         body = json.dumps({"error": "invalid_token", "error_description": f"{auth} expired"})
         _send(handler, 401, body.replace("/", "\\/").encode())
 
+    def escaped_plus_401(self, handler: Any, marks: Marks, auth: str, _kind: str, _offset: int) -> None:
+        """JSON that escapes '+' (.NET's System.Text.Json does by default)."""
+        body = json.dumps({"error": "invalid_token", "error_description": f"{auth} expired"})
+        _send(handler, 401, body.replace("+", "\\u002B").encode())
+
     def outcome(self, status: int) -> Callable[..., None]:
         def answer(handler: Any, marks: Marks, auth: str, _kind: str, _offset: int) -> None:
             text = f"refused {auth} for Patient/{marks.patient_id} (session {ECHOED_JWT})"
@@ -456,6 +461,7 @@ BEHAVIOURS: dict[str, Callable[..., None]] = {
     "gzip": MarkedEhr.gzipped,
     "401 text": MarkedEhr.text_401,
     "401 escaped": MarkedEhr.escaped_401,
+    "401 escaped plus": MarkedEhr.escaped_plus_401,
     "403": lambda ehr, *args: ehr.outcome(403)(*args),
     "404": lambda ehr, *args: ehr.outcome(404)(*args),
     "429": lambda ehr, *args: ehr.outcome(429)(*args),
@@ -941,6 +947,7 @@ CASES: dict[str, tuple[Callable[[Caller, Marks], Case], tuple[int, ...]] | tuple
     "fetch: gzip": fetching("gzip", 200),
     "fetch: 401 text quoting the token": fetching("401 text", 412),
     "fetch: 401 JSON quoting the token with escaped slashes": fetching("401 escaped", 412),
+    "fetch: 401 JSON quoting the token with '+' as \\u002B": fetching("401 escaped plus", 412),
     "fetch: 403 OperationOutcome quoting the token and a JWT": fetching("403", 412),
     "fetch: 404 OperationOutcome quoting the token and a JWT": fetching("404", 412),
     "fetch: 429 OperationOutcome quoting the token, Retry-After 0": fetching("429", 412),
