@@ -24,11 +24,13 @@ Why these choices (docs/operations.md has the sizing advice):
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import math
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -214,8 +216,40 @@ def _workers(ctx: click.Context, param: click.Parameter, value: str | None) -> i
     return _worker_count("WEB_CONCURRENCY", from_environment) if from_environment else None
 
 
+def _host(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """--host, refused when empty: gunicorn reads ":8080" as every interface, so an unset ``$HOST`` in a
+    start script opened the service to the network (unauthenticated, with CDS_AUTH=off)."""
+    if not value.strip():
+        raise click.BadParameter("empty; give an address such as 127.0.0.1, or 0.0.0.0 for every interface")
+    return value.strip()
+
+
+def _listen_problem(host: str, port: int) -> str | None:
+    """Why ``host``:``port`` cannot be listened on, in one line; None when it can. A host that does not
+    resolve is a usage error (BadParameter).
+
+    gunicorn tries to bind five times, a second apart, and then stops with five log lines and no error of
+    its own; a host that does not resolve ended the same way. Tried here once, with gunicorn's own
+    SO_REUSEADDR, so a port held only by connections closing (TIME_WAIT) is not called busy."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as error:
+        reason = error.strerror if isinstance(error, socket.gaierror) else "not a host name"
+        problem = f"{host!r} does not resolve to an address ({reason})"
+        raise click.BadParameter(problem, param_hint="'--host'") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            busy = " (the port is in use)" if error.errno == errno.EADDRINUSE else ""
+            return f"cds-service: cannot listen on {shown}: {error.strerror}{busy}"
+    return None
+
+
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True, callback=_host, help="Address to listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
 @click.option(
     "--workers",
@@ -237,6 +271,10 @@ def serve(host: str, port: int, workers: int | None, threads: int) -> None:
         click.echo(f"cds-service: configuration error: {error}", err=True)
         sys.exit(2)
     settings = settings.with_overrides(public_base_url=settings.base_url_for(host, port))
+    problem = _listen_problem(host, port)
+    if problem is not None:
+        click.echo(problem, err=True)
+        sys.exit(1)
 
     from cds_service.app import check_configuration, create_app
 
