@@ -26,6 +26,7 @@ from jwt import PyJWK
 from jwt.exceptions import PyJWTError
 
 from cds_service.config import ConfigError
+from cds_service.redaction import address, without_passwords
 
 log = logging.getLogger(__name__)
 
@@ -156,14 +157,19 @@ def _is_loopback(host: str) -> bool:
 
 
 def _check_url(value: object, *, where: str, what: str, allow_http: bool) -> str:
+    """The URL, stripped; a ConfigError that quotes it with any password starred otherwise."""
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{where}: '{what}' must be a non-empty URL string")
-    parts = urlsplit(value.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{where}: '{what}'={value!r} is not an absolute http(s) URL")
+    shown = without_passwords(repr(value), value)
+    try:
+        parts = urlsplit(value.strip())
+    except ValueError:  # an unclosed '[' of an IPv6 address
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}: '{what}'={shown} is not an absolute http(s) URL")
     if parts.scheme == "http" and not allow_http and not _is_loopback(parts.hostname):
         raise ConfigError(
-            f"{where}: '{what}'={value!r} uses plain http; keys must be fetched over https "
+            f"{where}: '{what}'={shown} uses plain http; keys must be fetched over https "
             "(http is accepted for loopback addresses only)"
         )
     return value.strip()
@@ -312,6 +318,7 @@ class ClientKeys:
         url = self.client.jwks_url
         if url is None:
             return "its keys are given inline only: add the new key to the clients file"
+        url = address(url)
         state, now = self._fetched, self._clock()
         if state.fetched_at is None:
             return f"its JWK Set could not be fetched from {url} (see the warning logged then)"
@@ -335,8 +342,8 @@ class ClientKeys:
             log.warning(
                 "could not fetch the JWK Set of %s from %s (%s); keeping %d cached key(s)",
                 self.client.iss,
-                url,
-                error,
+                address(url),
+                without_passwords(str(error), url),
                 len(self._fetched.keys),
             )
             return
@@ -355,7 +362,7 @@ class ClientKeys:
                 key = VerificationKey(kid=key.kid, by_algorithm={**key.by_algorithm, **earlier.by_algorithm})
             keys[key.kid] = key
         self._fetched = _Fetched(keys=keys, fetched_at=now, attempted_at=now)
-        log.info("fetched %d key(s) for %s from %s", len(keys), self.client.iss, url)
+        log.info("fetched %d key(s) for %s from %s", len(keys), self.client.iss, address(url))
 
     def _download_within_deadline(self, url: str) -> dict[str, Any]:
         """``_download`` on a helper thread, given up after FETCH_DEADLINE_S so that the lock (and every

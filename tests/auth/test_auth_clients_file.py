@@ -119,6 +119,21 @@ def test_malformed_clients_file(tmp_path: Path, document: Any, message: str) -> 
     assert "CDS_CLIENTS=" in text
 
 
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("ftp://keys:pa55-word@ehr.example.org/j", "not an absolute http"),
+        ("http://keys:pa55-word@ehr.example.org/j", "uses plain http"),
+        ("https://keys:pa55-word@[::1/j", "not an absolute http"),
+    ],
+)
+def test_a_refused_jwks_url_is_quoted_without_its_password(tmp_path: Path, url: str, message: str) -> None:
+    """The message goes to the start-up log; an unclosed IPv6 bracket was a ValueError out of the loader."""
+    text = config_error(tmp_path, {"clients": [{"iss": "a", "jwks_url": url}]})
+    assert message in text and "keys:***@" in text
+    assert "pa55-word" not in text
+
+
 def test_private_key_pasted_by_mistake(tmp_path: Path) -> None:
     private = ECAlgorithm.to_jwk(ec_p384_key(), as_dict=True) | {"kid": "oops"}
     text = config_error(tmp_path, {"clients": [{"iss": "a", "jwks": {"keys": [private]}}]})

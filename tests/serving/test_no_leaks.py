@@ -1130,7 +1130,6 @@ def signed_call(served: Served, signer: Signer, marks: Marks) -> tuple[Answer, s
     return Answer.of(response), token
 
 
-@pytest.mark.xfail(strict=True, reason="protocol/clients.py logs the jwks_url it fetched as written")
 def test_a_jwks_url_is_logged_without_its_password(stores_down: tuple[Served, Marks], signer: Signer) -> None:
     served, marks = stores_down
     signed_call(served, signer, marks)
