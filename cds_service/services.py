@@ -41,6 +41,7 @@ from cds_service.protocol.cards import (
     parse_override_reasons,
 )
 from cds_service.protocol.prefetch import (
+    PrefetchItem,
     TemplateError,
     classify,
     prefetched_resources,
@@ -48,7 +49,7 @@ from cds_service.protocol.prefetch import (
     resources_of,
 )
 from cds_service.protocol.request import HookRequest, RequestError, validate_hook_request, without_identifiers
-from cds_service.redaction import address
+from cds_service.redaction import address, without_tokens
 from cds_service.run_ahead import RunAheadCache
 
 log = logging.getLogger(__name__)
@@ -339,7 +340,7 @@ class HookHandler:
     ) -> PatientData:
         with trace.phase("prefetch"):
             items = {
-                key: classify(key, template, request.prefetch, request.patient_id)
+                key: _without_token(classify(key, template, request.prefetch, request.patient_id), request)
                 for key, template in service.prefetch.items()
             }
             missing = {key: item for key, item in items.items() if item.state.is_missing}
@@ -349,7 +350,7 @@ class HookHandler:
                 log.warning(
                     "prefetch key %s read as sent, but %s",
                     item.key,
-                    item.reason,
+                    without_identifiers(item.reason, *_identifiers(request)),
                     extra={"hookInstance": request.hook_instance},
                 )
         started = time.monotonic()
@@ -359,7 +360,7 @@ class HookHandler:
                     "prefetch key %s missing (%s): %s",
                     item.key,
                     item.state.value,
-                    item.reason,
+                    without_identifiers(item.reason or "", *_identifiers(request)),
                     extra={"hookInstance": request.hook_instance},
                 )
             with trace.phase("fhir"):
@@ -550,6 +551,14 @@ def _note_drafts_without_a_product(request: HookRequest, resources: list[dict]) 
             ", ".join(f"Medication/{ident}" for ident in unread[:5]),
             extra={"hookInstance": request.hook_instance},
         )
+
+
+def _without_token(item: PrefetchItem, request: HookRequest) -> PrefetchItem:
+    """``item`` with the call's access token out of its reason. A reason may quote what the EHR sent: an
+    OperationOutcome in place of a search, whose diagnostics echoed the token into the 412 and the log."""
+    if item.reason is None:
+        return item
+    return replace(item, reason=without_tokens(item.reason, request.access_token))
 
 
 def _identifiers(request: HookRequest) -> tuple[str | None, ...]:

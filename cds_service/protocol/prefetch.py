@@ -96,18 +96,21 @@ def _template_shape(template: str) -> tuple[str, bool, bool]:
     return resource_type, is_search, any(n.split(":", 1)[0] in ("_include", "_revinclude") for n in names)
 
 
+# FHIR's IssueType codes are lower-case words joined by hyphens ('not-found', 'too-costly').
+_ISSUE_CODE = re.compile(r"[a-z]+(?:-[a-z]+)*")
+
+
 def _outcome_reason(outcome: Mapping[str, Any]) -> str:
+    """Names the outcome's issue codes only. Its free text is the EHR's FHIR server's: diagnostics that
+    quoted the EHR's own access token and the patient went into the service's log and back in the 412,
+    and the service cannot recognise a token it was never given."""
     issues = outcome.get("issue")
-    texts = []
+    codes = []
     if isinstance(issues, list):
         for issue in issues[:3]:
-            if isinstance(issue, dict):
-                details = issue.get("details")
-                text = issue.get("diagnostics") or (
-                    details.get("text") if isinstance(details, dict) else None
-                )
-                texts.append(str(text or issue.get("code") or "unspecified issue")[:200])
-    return "the client sent an OperationOutcome: " + ("; ".join(texts) or "no details")
+            code = issue.get("code") if isinstance(issue, dict) else None
+            codes.append(code if isinstance(code, str) and _ISSUE_CODE.fullmatch(code) else "unspecified")
+    return f"the client sent an OperationOutcome (issue codes: {', '.join(codes) or 'none'})"
 
 
 def classify(key: str, template: str, prefetch: Mapping[str, Any], patient_id: str) -> PrefetchItem:

@@ -102,7 +102,12 @@ class HookRequest:
             return None
         # The one token type there is, spelled as RFC 6750 writes it: a client may send "bearer" (OAuth 2.0
         # token types are case-insensitive), but some FHIR servers only take the scheme spelled "Bearer".
-        return f"Bearer {self.fhir_authorization['access_token']}"
+        return f"Bearer {self.access_token}"
+
+    @property
+    def access_token(self) -> str | None:
+        """The FHIR access token the call carries (to keep it out of reasons and the log), or None."""
+        return self.fhir_authorization["access_token"] if self.fhir_authorization else None
 
 
 def _reference_of(resource: Mapping[str, Any]) -> str | None:

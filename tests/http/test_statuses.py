@@ -205,12 +205,12 @@ def test_missing_prefetch_without_fhir_server_is_412(base: str) -> None:
     del body["prefetch"]["b12IronLabs"]
     body["prefetch"]["conditions"] = {
         "resourceType": "OperationOutcome",
-        "issue": [{"diagnostics": "timed out"}],
+        "issue": [{"severity": "error", "code": "timeout", "diagnostics": "timed out"}],
     }
     response = post(base, "/cds-services/b12-iron-patient-view", body)
     assert response.status_code == 412
     reason = outcome_text(response)
-    assert "b12IronLabs" in reason and "conditions" in reason and "timed out" in reason
+    assert "b12IronLabs" in reason and "conditions" in reason and "issue codes: timeout" in reason
 
 
 def test_fhir_server_not_allowed_is_412(base: str) -> None:

@@ -126,18 +126,26 @@ def test_paged_reason_says_what_arrived() -> None:
     assert item.reason == "only the first page of a paged search was sent: 2 entries and a next link"
 
 
-def test_outcome_reason_quotes_the_diagnostics() -> None:
+def test_outcome_reason_names_the_issue_codes_and_none_of_the_free_text() -> None:
+    """The text is the EHR's FHIR server's: it may quote a token the service was never given, or the
+    patient, and the reason goes into the log and the 412."""
     outcome = {
         "resourceType": "OperationOutcome",
-        "issue": [{"severity": "error", "details": {"text": "denied"}}],
+        "issue": [
+            {"severity": "error", "code": "security", "details": {"text": "token abc denied for Smith"}},
+            {"severity": "error", "code": "not-found", "diagnostics": "Patient/p1 not found"},
+            {"severity": "error", "code": "Smith John"},
+            {"severity": "error"},
+        ],
     }
-    assert "denied" in classify("k", READ, {"k": outcome}, "p1").reason
+    reason = classify("k", READ, {"k": outcome}, "p1").reason
+    assert reason == "the client sent an OperationOutcome (issue codes: security, not-found, unspecified)"
 
 
 def _outcome_entry(severity: str) -> dict:
     outcome = {
         "resourceType": "OperationOutcome",
-        "issue": [{"severity": severity, "diagnostics": "too costly"}],
+        "issue": [{"severity": severity, "code": "too-costly", "diagnostics": "too costly"}],
     }
     return {"search": {"mode": "outcome"}, "resource": outcome}
 
@@ -149,7 +157,7 @@ def test_a_search_that_reports_an_error_is_a_failed_key_not_an_empty_one(severit
         bundle["entry"].append(_outcome_entry(severity))
         item = classify("k", SEARCH, {"k": bundle}, "p1")
         assert item.state is PrefetchState.OUTCOME
-        assert "too costly" in item.reason
+        assert "too-costly" in item.reason
 
 
 def test_a_warning_outcome_in_a_search_is_not_a_failure() -> None:

@@ -963,10 +963,6 @@ CASES: dict[str, tuple[Callable[[Caller, Marks], Case], tuple[int, ...]] | tuple
     "prefetch OperationOutcome quoting the token and the patient": (
         prefetch_outcome_quoting_the_token,
         (412,),
-        Leak(
-            "a prefetch OperationOutcome's text goes as sent into the 412 (the token) and the log"
-            " (the token and the patient's id): protocol/prefetch._outcome_reason, services.py"
-        ),
     ),
     "malformed JSON around the token": (malformed_json, (400,)),
     "access_token not visible ASCII": (access_token_not_visible_ascii, (400,)),
