@@ -570,7 +570,11 @@ def _identifiers(request: HookRequest) -> tuple[str | None, ...]:
 def unknown_service(service_id: str) -> RequestError:
     """The 404 for a service id that is not ours, quoting at most 100 characters of what was asked for."""
     shown = service_id if len(service_id) <= 100 else service_id[:100] + "…"
-    return RequestError(404, f"There is no CDS service with id '{shown}'.")
+    # The caller sees what it asked for; the log does not, as a client that builds the URL from the
+    # wrong field puts a patient's identifier there.
+    return RequestError(
+        404, f"There is no CDS service with id '{shown}'.", "There is no CDS service with the id in the URL."
+    )
 
 
 def _newest_first(query: str) -> bool:

@@ -118,6 +118,12 @@ def _log_config(level: str) -> dict[str, Any]:
     }
 
 
+def _pre_request(_worker: object, _request: object) -> None:
+    """Nothing. gunicorn's default logs each request's method and path at DEBUG, and a path can carry a
+    patient's identifier (a client that builds the service's URL from an MRN); the service's own call
+    line says what an operator needs without it."""
+
+
 def gunicorn_options(
     settings: Settings, bind: str, workers: int, threads: int, *, metrics_dir: str | None = None
 ) -> dict[str, Any]:
@@ -154,6 +160,7 @@ def gunicorn_options(
         # gunicorn ≥ 25 opens a control socket under $HOME by default: not wanted on a read-only
         # file system, and two servers on one host would contend for the same path.
         "control_socket_disable": True,
+        "pre_request": _pre_request,
     }
     if _SHM.is_dir() and os.access(_SHM, os.W_OK):
         options["worker_tmp_dir"] = str(_SHM)

@@ -172,7 +172,7 @@ class Authenticator:
             )
         tenant = _checked_tenant(claims.get("tenant"), client.tenants, client.iss)
         self._use_once(client.iss, claims)
-        log.debug("authenticated %s for %s", client.iss, path)
+        log.debug("authenticated %s", client.iss)  # not the path: a wrong one can hold a patient id
         return AuthenticatedClient(iss=client.iss, tenant=tenant, fhir_servers=client.fhir_servers)
 
     def _near_issuer(self, iss: object) -> str:

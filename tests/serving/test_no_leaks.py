@@ -974,7 +974,6 @@ CASES: dict[str, tuple[Callable[[Caller, Marks], Case], tuple[int, ...]] | tuple
     "unknown service named by an MRN": (
         unknown_service_named_by_an_mrn,
         (404,),
-        Leak("app.refused_call logs a 404's reason, which quotes the service id from the URL"),
     ),
     "malformed chunked body": (broken_chunked_body, (400,)),
     "no Authorization": (no_authorization, (401,)),
@@ -996,7 +995,6 @@ CASES: dict[str, tuple[Callable[[Caller, Marks], Case], tuple[int, ...]] | tuple
     "feedback to an unknown service named by an MRN": (
         feedback_to_an_unknown_service,
         (404,),
-        Leak("app.refused_feedback logs a 404's reason, which quotes the service id from the URL"),
     ),
 }
 MARKS = {name: Marks(f"q{index:02d}", index) for index, name in enumerate(CASES, start=1)}
