@@ -116,7 +116,10 @@ def exception_reason(exc: BaseException, url: str) -> str:
         return f"TLS handshake with {url} failed"
     if is_connection_reset(exc):
         return f"connection reset by {url}"
-    if isinstance(exc, requests.exceptions.TooManyRedirects | requests.exceptions.InvalidURL):
+    if isinstance(exc, requests.exceptions.TooManyRedirects):
+        limit = requests.models.DEFAULT_REDIRECT_LIMIT
+        return f"{url} redirects in a loop (more than {limit} redirects)"
+    if isinstance(exc, requests.exceptions.InvalidURL):
         return f"invalid request to {url}: {type(exc).__name__}"
     # What went wrong is the server's answer, not the network: say so, instead of "ConnectionError".
     # A malformed chunk is an IncompleteRead to urllib3, so it is asked about first.

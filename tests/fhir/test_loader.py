@@ -428,3 +428,18 @@ def test_a_large_file_in_a_folder_is_reported_not_read_whole(
     )
     assert result.exit_code == 1, result.output
     assert "large.json: larger than 1000 bytes; not read" in result.stderr
+
+
+def test_a_server_that_redirects_in_a_loop_is_named_as_such(tmp_path: Path) -> None:
+    """requests gives up after 30 redirects; the line said 'invalid request to URL: TooManyRedirects'."""
+    path = _dated_collection(tmp_path)
+
+    def app(environ: dict, start_response: Callable) -> list[bytes]:
+        environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        start_response("307 Temporary Redirect", [("Location", environ["PATH_INFO"])])
+        return [b""]
+
+    with serving(app) as base:
+        result = CliRunner().invoke(main, ["load-fixtures", "--fhir-server", f"{base}/fhir", str(path)])
+    assert result.exit_code == 1, result.output
+    assert f"[1/1] FAILED {path}: {base}/fhir redirects in a loop (more than 30 redirects)" in result.stderr
