@@ -93,17 +93,6 @@ class JsonFormatter(logging.Formatter):
         return _UNSAFE_IN_LOG_LINE.sub(_escaped, line) if _UNSAFE_IN_LOG_LINE.search(line) else line
 
 
-def configure_logging(level: str) -> None:
-    """Send every log record of the process to stderr as JSON, replacing earlier handlers."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    for existing in list(root.handlers):
-        root.removeHandler(existing)
-    root.addHandler(handler)
-    root.setLevel(level.upper())
-
-
 @dataclass
 class CallTrace:
     """What one hook call did, filled in as it goes; ``finish_call`` reports it."""

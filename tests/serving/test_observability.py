@@ -202,21 +202,6 @@ def test_the_formatter_keeps_extra_fields_and_exceptions() -> None:
     assert "RuntimeError: boom" in entry["exception"]
 
 
-def test_configure_logging_sends_json_lines_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
-    root = logging.getLogger()
-    saved_handlers, saved_level = list(root.handlers), root.level
-    try:
-        observability.configure_logging("warning")
-        logging.getLogger("cds_service.test-configure").info("not shown")
-        logging.getLogger("cds_service.test-configure").warning("shown", extra={"fhir_queries": 2})
-    finally:
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
-    lines = capsys.readouterr().err.splitlines()
-    assert [json.loads(line)["message"] for line in lines] == ["shown"]
-    assert json.loads(lines[0])["fhir_queries"] == 2
-
-
 def test_a_metrics_failure_never_fails_the_call(
     call_log: io.StringIO, monkeypatch: pytest.MonkeyPatch
 ) -> None:
