@@ -62,14 +62,22 @@ def readings(
 
 
 def summary(name: str, taken: list[tuple[int, list[float]]], settled_after: int) -> str:
-    """The largest rise of any worker from its first reading after ``settled_after`` calls to the last."""
+    """Each worker's highest reading in the first and in the second half of the readings taken after
+    ``settled_after`` calls: memory that grows shows a higher top in the second half. Single readings
+    move by a MiB either way as the allocator takes and returns memory, so tops are compared, not ends."""
     later = [sizes for calls, sizes in taken if calls >= settled_after]
-    if len(later) < 2:
-        return f"{name}: too few readings after {settled_after} calls"
-    rises = [last - first for first, last in zip(later[0], later[-1], strict=False)]
+    if len(later) < 4:
+        return f"{name}: too few readings after {settled_after:,} calls to compare halves"
+    half = len(later) // 2
+    first, second = later[:half], later[half:]
+    tops = [
+        (max(sizes[w] for sizes in first), max(sizes[w] for sizes in second)) for w in range(len(later[0]))
+    ]
+    growth = max(b - a for a, b in tops)
     return (
-        f"{name}: from {taken[0][0]:,} to {taken[-1][0]:,} calls, first reading {mib(taken[0][1])}, last "
-        f"{mib(taken[-1][1])}; from {settled_after:,} calls on the largest rise is {max(rises):+.1f} MiB"
+        f"{name}: {len(later)} readings from {settled_after:,} to {taken[-1][0]:,} calls; highest per worker "
+        f"in the first half {mib([a for a, _ in tops])}, in the second {mib([b for _, b in tops])}: "
+        f"largest growth {growth:+.1f} MiB"
     )
 
 
@@ -109,7 +117,7 @@ def main() -> int:
             results["floor"] = readings("floor", command, clean_env(), port, args, workdir, body_file)
     print()
     for name, taken in results.items():
-        print(summary(name, taken, settled_after=min(20_000, args.calls // 2)))
+        print(summary(name, taken, settled_after=min(40_000, args.calls // 4)))
     return 0
 
 
