@@ -171,6 +171,8 @@ def test_a_full_redis_refuses_new_ids_and_keeps_the_old_ones(deployed_redis: Red
     assert deployed_redis.client.exists(RedisReplayStore.PREFIX + "https://ehr.example.org|before")
 
 
+# The server is killed whatever happens: a probe that times out raised past the kill, and the orphaned
+# redis-server kept the captured stderr open, so the test waited out its own 60 s and left the server running.
 _PROBE_IN_NAMESPACE = """
 import json, os, subprocess, sys, time
 redis_args, probe, password = json.loads(sys.argv[1])
@@ -179,13 +181,16 @@ server = subprocess.Popen(["redis-server", *redis_args], stdout=subprocess.DEVNU
 def probe_with(secret):
     env = dict(os.environ, REDIS_PASSWORD=secret)
     return subprocess.run(probe, env=env, capture_output=True, timeout=10).returncode
-deadline = time.monotonic() + 10
-ready = probe_with(password)
-while ready != 0 and time.monotonic() < deadline:
-    time.sleep(0.05)
+try:
+    deadline = time.monotonic() + 10
     ready = probe_with(password)
-wrong = probe_with(password + "-wrong")
-server.kill()
+    while ready != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        ready = probe_with(password)
+    wrong = probe_with(password + "-wrong")
+finally:
+    server.kill()
+    server.wait()
 print(json.dumps({"ready": ready, "wrong": wrong}))
 """
 
