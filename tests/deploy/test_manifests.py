@@ -29,125 +29,29 @@ from cds_service.config import Settings, load_settings
 from cds_service.feedback.store import READINESS_WAIT_S
 from cds_service.fhir.memory import DEFAULT_FETCH_MEMORY_BYTES
 from cds_service.protocol.jti_store import REDIS_TIMEOUT_S
-from tests.serving.test_image_runtime import _exec_form, _image_env, _stages
+from tests.deploy.manifests import (
+    DEPLOY,
+    MIB,
+    config_env,
+    container_env,
+    find,
+    kustomization,
+    pod_labels,
+    quantity,
+    resources,
+    selects,
+    service_container,
+    url_port,
+)
+from tests.support.dockerfile import exec_form, runtime_stage
 from tests.support.served import HOOKS_NOW, Served, hook_example
 
-ROOT = Path(__file__).resolve().parents[2]
-DEPLOY = ROOT / "deploy"
-MIB = 1024 * 1024
 # Resident memory, measured (docs/performance.md): a worker's largest reading over long runs was 73.1 MiB;
 # the master, which imports everything before forking, reads about 74 MiB. Checked again below, live.
 WORKER_RSS_MIB = 76
 MASTER_RSS_MIB = 80
 # The service's pods, as the network policies select them.
 SERVICE_LABELS = {"app.kubernetes.io/name": "cds-service"}
-
-
-# --- reading the example --------------------------------------------------------------------------
-
-
-def load(name: str) -> list[dict[str, Any]]:
-    return [doc for doc in yaml.safe_load_all((DEPLOY / name).read_text()) if doc]
-
-
-def kustomization() -> dict[str, Any]:
-    (doc,) = load("kustomization.yaml")
-    return doc
-
-
-def resources() -> list[dict[str, Any]]:
-    return [doc for name in kustomization()["resources"] for doc in load(name)]
-
-
-def find(kind: str, name: str) -> dict[str, Any]:
-    (doc,) = [d for d in resources() if d["kind"] == kind and d["metadata"]["name"] == name]
-    return doc
-
-
-def container(workload: dict[str, Any], name: str) -> dict[str, Any]:
-    (found,) = [c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == name]
-    return found
-
-
-def service_container() -> dict[str, Any]:
-    return container(find("Deployment", "cds-service"), "cds-service")
-
-
-def config_env() -> dict[str, str]:
-    """deploy/config.env as kustomize's configMapGenerator reads it."""
-    (generator,) = [g for g in kustomization()["configMapGenerator"] if g["name"] == "cds-config"]
-    values: dict[str, str] = {}
-    for name in generator["envs"]:
-        for line in (DEPLOY / name).read_text().splitlines():
-            if line.strip() and not line.lstrip().startswith("#"):
-                key, _, value = line.partition("=")
-                values[key.strip()] = value
-    return values
-
-
-def secret() -> dict[str, str]:
-    return find("Secret", "cds-secrets")["stringData"]
-
-
-def runtime_stage() -> list[tuple[str, str]]:
-    return _stages((ROOT / "Dockerfile").read_text())[-1]
-
-
-def container_env(workload: dict[str, Any], name: str) -> dict[str, str]:
-    """The environment Kubernetes gives the container: the image's ENV (for the service), then envFrom, then
-    env, each winning over the one before, with secretKeyRef read from the example Secret."""
-    spec = container(workload, name)
-    env = _image_env(runtime_stage()) if name == "cds-service" else {}
-    for source in spec.get("envFrom", []):
-        assert source["configMapRef"]["name"] == "cds-config", "only the generated cds-config is known"
-        env |= config_env()
-    for item in spec.get("env", []):
-        if "value" in item:
-            env[item["name"]] = item["value"]
-        else:
-            ref = item["valueFrom"]["secretKeyRef"]
-            assert ref["name"] == "cds-secrets"
-            env[item["name"]] = secret()[ref["key"]]
-    return env
-
-
-def quantity(text: str | int) -> float:
-    """A Kubernetes quantity (500m, 1, 384Mi) as a plain number: cores, or bytes."""
-    text = str(text)
-    units = {"m": 1e-3, "Ki": 1024, "Mi": MIB, "Gi": 1024 * MIB}
-    for suffix, factor in units.items():
-        if text.endswith(suffix):
-            return float(text[: -len(suffix)]) * factor
-    return float(text)
-
-
-def redis_bytes(text: str) -> int:
-    """A redis.conf memory size: 1mb is 1024 × 1024 bytes, 1m 1,000,000."""
-    units = {"gb": 1024**3, "mb": MIB, "kb": 1024, "g": 10**9, "m": 10**6, "k": 1000}
-    for suffix, factor in units.items():
-        if text.lower().endswith(suffix):
-            return int(text[: -len(suffix)]) * factor
-    return int(text)
-
-
-def pod_labels(workload: dict[str, Any]) -> dict[str, str]:
-    return workload["spec"]["template"]["metadata"]["labels"]
-
-
-def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
-    """A label selector (matchLabels and matchExpressions with In) against a pod's labels."""
-    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
-        return False
-    for expression in selector.get("matchExpressions", []):
-        assert expression["operator"] == "In", "only In is understood here"
-        if labels.get(expression["key"]) not in expression["values"]:
-            return False
-    return True
-
-
-def url_port(url: str) -> int:
-    parts = urlsplit(url)
-    return parts.port or {"http": 80, "https": 443, "redis": 6379, "postgresql": 5432}[parts.scheme]
 
 
 # --- the files ------------------------------------------------------------------------------------
@@ -236,7 +140,7 @@ def test_no_quote_ends_up_inside_a_configured_value() -> None:
 def test_the_container_args_are_accepted_by_serve() -> None:
     """The image's ENTRYPOINT (`cds-service serve --host 0.0.0.0`) followed by the Deployment's args, parsed
     by serve's own options; the port is the one the container, the image and the probes use."""
-    entrypoint = _exec_form(runtime_stage(), "ENTRYPOINT")
+    entrypoint = exec_form(runtime_stage(), "ENTRYPOINT")
     assert entrypoint[:2] == ["cds-service", "serve"]
     context = serving.serve.make_context("serve", [*entrypoint[2:], *service_container()["args"]])
     (port,) = service_container()["ports"]

@@ -13,7 +13,7 @@ import pytest
 
 from cds_service import cli, observability, serving
 from cds_service.config import KNOWN_VARIABLES
-from tests.deploy.test_manifests import DEPLOY, find, quantity, service_container
+from tests.deploy.manifests import DEPLOY, find, quantity, service_container
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "operations.md").read_text()

@@ -24,7 +24,7 @@ import pytest
 
 from cds_service.feedback import FeedbackStore, parse_feedback
 from cds_service.protocol.jti_store import RedisReplayStore, ReplayStoreError
-from tests.deploy.test_manifests import (
+from tests.deploy.manifests import (
     DEPLOY,
     container,
     container_env,

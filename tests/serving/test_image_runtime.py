@@ -12,9 +12,7 @@ comparing the install and working directories before and after, not by relying o
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import shlex
 import shutil
 import stat
@@ -28,30 +26,15 @@ import pytest
 import requests
 
 from tests.auth.auth_support import BASE_URL, Signer, ec_p384_key, write_clients
+from tests.support.dockerfile import DOCKERFILE, exec_form, healthcheck, image_env, stages
 from tests.support.processes import free_port, stop, wait_until_answers
 from tests.support.served import HOOKS_NOW, clean_env, hook_example
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCKERFILE = ROOT / "Dockerfile"
 IMAGE_VOLUME = "/var/lib/cds-service"
 IMAGE_PORT = "8080"
-
-
-def _stages(text: str) -> list[list[tuple[str, str]]]:
-    """(INSTRUCTION, arguments) per build stage, continuation lines joined, comments dropped."""
-    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
-    joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
-    stages: list[list[tuple[str, str]]] = [[]]
-    for line in joined.splitlines():
-        if not line.strip():
-            continue
-        word, _, rest = line.strip().partition(" ")
-        if word.upper() == "FROM":
-            stages.append([])
-        stages[-1].append((word.upper(), rest.strip()))
-    return stages[1:]
 
 
 def _copy_build_context(builder: list[tuple[str, str]], destination: Path) -> None:
@@ -68,25 +51,6 @@ def _copy_build_context(builder: list[tuple[str, str]], destination: Path) -> No
             else:
                 inside.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(origin, inside)
-
-
-def _image_env(instructions: list[tuple[str, str]]) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for word, rest in instructions:
-        if word == "ENV":
-            env.update(pair.split("=", 1) for pair in shlex.split(rest))
-    return env
-
-
-def _exec_form(instructions: list[tuple[str, str]], word: str) -> list[str]:
-    """The JSON (exec) form of ENTRYPOINT / CMD; a shell form would not get SIGTERM as PID 1."""
-    rest = next(rest for found, rest in instructions if found == word)
-    return json.loads(rest)
-
-
-def _healthcheck(instructions: list[tuple[str, str]]) -> list[str]:
-    rest = next(rest for found, rest in instructions if found == "HEALTHCHECK")
-    return json.loads(rest[rest.index("CMD") + len("CMD") :].strip())
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
@@ -112,7 +76,7 @@ class Image:
     volume, a /tmp, and an empty working directory standing for the rest of the (read-only) image."""
 
     def __init__(self, base: Path) -> None:
-        builder, *_, runtime = _stages(DOCKERFILE.read_text())
+        builder, *_, runtime = stages(DOCKERFILE.read_text())
         self.instructions = runtime
         self.site = base / "site-packages"
         self.volume = base / "volume"
@@ -155,7 +119,7 @@ class Image:
         The dependencies come from this interpreter's site-packages, as the image has them from its
         wheels; only the service itself must come from the wheel, which
         `test_the_service_imports_from_the_wheel_not_the_checkout` checks."""
-        image = {key: self.in_image(value) for key, value in _image_env(self.instructions).items()}
+        image = {key: self.in_image(value) for key, value in image_env(self.instructions).items()}
         return clean_env(
             **image,
             HOME=str(self.volume),
@@ -167,7 +131,7 @@ class Image:
 
     def command(self, port: int) -> list[str]:
         """ENTRYPOINT + CMD, listening on loopback and a free port instead of 0.0.0.0:8080."""
-        argv = _exec_form(self.instructions, "ENTRYPOINT") + _exec_form(self.instructions, "CMD")
+        argv = exec_form(self.instructions, "ENTRYPOINT") + exec_form(self.instructions, "CMD")
         argv = ["127.0.0.1" if arg == "0.0.0.0" else arg for arg in argv]  # noqa: S104 (replaced)
         argv = [str(port) if arg == IMAGE_PORT else arg for arg in argv]
         return [str(self.site / "bin" / argv[0]), *argv[1:]]
@@ -231,7 +195,7 @@ def test_the_image_serves_and_writes_only_to_its_volume_and_tmp(image: Image, tm
         wait_until_answers(
             f"{base}/healthz", process, name="the image's entrypoint", timeout_s=60, log=log_path
         )
-        program, *args = _healthcheck(image.instructions)
+        program, *args = healthcheck(image.instructions)
         assert program == "python", "the health check is expected to ask the image's Python"
         # Docker puts the client's proxy settings into every container's environment; the check must
         # still go straight to the service (here the "proxy" is a loopback port nothing listens on).
