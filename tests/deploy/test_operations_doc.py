@@ -5,26 +5,32 @@ fail silently there (an alert on a series that does not exist never fires)."""
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from cds_service import cli, observability, serving
 from cds_service.config import KNOWN_VARIABLES
 from tests.deploy.manifests import DEPLOY, find, quantity, service_container
 
 ROOT = Path(__file__).resolve().parents[2]
-DOC = (ROOT / "docs" / "operations.md").read_text()
+OPERATIONS_MD = ROOT / "docs" / "operations.md"
 # Series from kube-state-metrics, which the alerts use for pod readiness and restarts.
 EXTERNAL_PREFIXES = ("kube_",)
 
 
+@functools.cache
+def doc() -> str:
+    """docs/operations.md, read when a test first asks (not when pytest imports the module)."""
+    return OPERATIONS_MD.read_text()
+
+
 def section(title: str) -> str:
-    start = DOC.index(f"\n## {title}\n")
-    end = DOC.find("\n## ", start + 1)
-    return DOC[start : end if end != -1 else None]
+    text = doc()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else None]
 
 
 def table_rows(text: str) -> list[list[str]]:
@@ -55,14 +61,14 @@ def exported() -> dict[str, tuple[str, set[str]]]:
 def test_the_settings_table_lists_every_setting_and_no_other() -> None:
     listed = [re.fullmatch(r"`(CDS_[A-Z_]+)`", row[0]) for row in table_rows(section("Configuration"))]
     assert sorted(m[1] for m in listed if m) == sorted(KNOWN_VARIABLES)
-    assert set(re.findall(r"\bCDS_[A-Z_]+\b", DOC)) <= set(KNOWN_VARIABLES)
+    assert set(re.findall(r"\bCDS_[A-Z_]+\b", doc())) <= set(KNOWN_VARIABLES)
 
 
 def test_every_command_and_serve_option_named_exists() -> None:
-    for command in re.findall(r"`cds-service ([a-z][a-z-]*)", DOC):
+    for command in re.findall(r"`cds-service ([a-z][a-z-]*)", doc()):
         assert command in cli._COMMANDS, f"cds-service {command}"
     options = {opt for param in serving.serve.params for opt in param.opts}
-    for span in re.findall(r"`cds-service serve([^`]*)`", DOC):
+    for span in re.findall(r"`cds-service serve([^`]*)`", doc()):
         for option in re.findall(r"--[a-z-]+", span):
             assert option in options, f"cds-service serve {option}"
 
@@ -80,24 +86,27 @@ def test_the_metrics_table_matches_what_the_service_exports() -> None:
     assert documented == families
 
 
-@pytest.mark.parametrize("row", table_rows(section("What to alert on")), ids=lambda row: row[0])
-def test_every_alert_names_series_and_labels_that_exist(row: list[str]) -> None:
+def test_every_alert_names_series_and_labels_that_exist() -> None:
     """A label in a matcher or a `by (...)` must be one the series has: PromQL accepts any name and the
     alert would silently never fire."""
     series = exported()
-    expression = row[1]
-    used = re.findall(r"\b([a-z_]+)(\{[^}]*\})?\[", expression) + re.findall(
-        r"\b([a-z_]+)(\{[^}]*\})", expression
-    )
-    for name, matchers in used:
-        if name.startswith(EXTERNAL_PREFIXES):
-            continue
-        assert name in series, f"{name} is not exported"
-        for label in re.findall(r"(\w+)\s*=~?", matchers):
-            assert label in series[name][1], f"{name} has no label {label}"
-        for grouping in re.findall(r"by \(([^)]*)\)", expression):
-            for label in (part.strip() for part in grouping.split(",")):
-                assert label in series[name][1], f"{name} has no label {label} to group by"
+    wrong = []
+    for alert, expression, *_ in table_rows(section("What to alert on")):
+        used = re.findall(r"\b([a-z_]+)(\{[^}]*\})?\[", expression) + re.findall(
+            r"\b([a-z_]+)(\{[^}]*\})", expression
+        )
+        for name, matchers in used:
+            if name.startswith(EXTERNAL_PREFIXES):
+                continue
+            if name not in series:
+                wrong.append(f"{alert}: {name} is not exported")
+                continue
+            labels = re.findall(r"(\w+)\s*=~?", matchers)
+            for grouping in re.findall(r"by \(([^)]*)\)", expression):
+                labels += [part.strip() for part in grouping.split(",")]
+            missing = [label for label in labels if label not in series[name][1]]
+            wrong += [f"{alert}: {name} has no label {label}" for label in missing]
+    assert not wrong, sorted(set(wrong))
 
 
 def test_every_alert_names_at_least_one_series() -> None:
@@ -106,9 +115,9 @@ def test_every_alert_names_at_least_one_series() -> None:
 
 
 def test_every_deploy_file_named_exists() -> None:
-    for name in re.findall(r"deploy/([\w.-]+)", DOC):
+    for name in re.findall(r"deploy/([\w.-]+)", doc()):
         assert (DEPLOY / name).is_file(), f"deploy/{name}"
-    for name in re.findall(r"`([\w-]+\.(?:yaml|env|json|sql))`", DOC):
+    for name in re.findall(r"`([\w-]+\.(?:yaml|env|json|sql))`", doc()):
         if name not in ("image-constraints.txt",) and not name.startswith("clients."):
             assert (DEPLOY / name).is_file(), name
 
@@ -136,4 +145,4 @@ def test_the_figures_quoted_for_the_example_are_the_examples() -> None:
         f"container's {quantity(redis['resources']['limits']['memory']) / 2**20:.0f} MiB limit",
     ]
     for text in expected:
-        assert " ".join(text.split()) in " ".join(DOC.split()), text
+        assert " ".join(text.split()) in " ".join(doc().split()), text
