@@ -118,7 +118,7 @@ def test_refused_feedback_is_logged_with_its_reason(
     refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("feedback refused")]
     assert len(refusals) == 2
     assert refusals[0].startswith("feedback refused (400): feedback: must not be empty")
-    assert refusals[1] == "feedback refused (404): There is no CDS service with id 'no-such-service'."
+    assert refusals[1] == "feedback refused (404): There is no CDS service with the id in the URL."
 
 
 def test_an_absurdly_long_service_id_is_not_echoed_whole(client: FlaskClient) -> None:
