@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,33 @@ def hook_body(hook: str = "patient-view", *, patient_id: str = "pat-1", **overri
         else:
             body[key] = value
     return body
+
+
+def select_and_sign(
+    labs: Sequence[dict[str, Any]],
+    *,
+    patient_id: str = "pat-1",
+    drafts: Sequence[dict[str, Any]] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An order-select and the order-sign that follows it, ``labs`` the matches of their B12/iron search and
+    ``drafts`` (default: one cyanocobalamin draft) their draft orders, the first selected: the pair whose
+    second call a run-ahead entry of the first may answer."""
+    bodies = []
+    for hook in ("order-select", "order-sign"):
+        body = hook_body(hook, patient_id=patient_id)
+        body["prefetch"]["b12IronLabs"] = searchset(*copy.deepcopy(list(labs)))
+        if drafts is not None:
+            body["context"]["draftOrders"]["entry"] = [{"resource": copy.deepcopy(d)} for d in drafts]
+            if hook == "order-select":
+                body["context"]["selections"] = [f"MedicationRequest/{drafts[0]['id']}"]
+        bodies.append(body)
+    return bodies[0], bodies[1]
+
+
+def card_summaries(response: dict[str, Any]) -> list[tuple[str, str]]:
+    """Each card of a response by its topic and summary: what two answers to one request must share (their
+    uuids never do)."""
+    return [(card["source"]["topic"]["code"], card["summary"]) for card in response["cards"]]
 
 
 SERVICE_FOR_HOOK = {

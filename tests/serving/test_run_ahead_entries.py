@@ -14,7 +14,7 @@ from cds_service.config import Settings
 from cds_service.observability import CallTrace
 from cds_service.run_ahead import RunAheadCache
 from cds_service.services import HookHandler, build_handler
-from tests.builders import hook_body
+from tests.builders import card_summaries, select_and_sign
 from tests.clinical.builders import obs
 
 SELECT = "b12-iron-order-select"
@@ -22,17 +22,7 @@ SIGN = "b12-iron-order-sign"
 
 
 def _bodies() -> tuple[dict, dict]:
-    bodies = []
-    result = obs("b12", 1200, 10, pid="pat-1")
-    for hook in ("order-select", "order-sign"):
-        body = hook_body(hook)
-        body["prefetch"]["b12IronLabs"]["entry"] = [{"resource": copy.deepcopy(result)}]
-        bodies.append(body)
-    return bodies[0], bodies[1]
-
-
-def _cards(response: dict) -> list[tuple[str, str]]:
-    return [(card["source"]["topic"]["code"], card["summary"]) for card in response["cards"]]
+    return select_and_sign([obs("b12", 1200, 10, pid="pat-1")])
 
 
 def _finding(**changes: Any) -> dict:
@@ -119,7 +109,7 @@ def test_an_entry_this_build_did_not_write_is_a_miss_with_the_fresh_answer(
         answer = handler.handle(SIGN, copy.deepcopy(sign), None, trace)
 
     assert trace.run_ahead_hit is False
-    assert _cards(answer) == _cards(build_handler(settings).handle(SIGN, copy.deepcopy(sign)))
+    assert card_summaries(answer) == card_summaries(build_handler(settings).handle(SIGN, copy.deepcopy(sign)))
     assert "From another program" not in str(answer)
     assert any("run-ahead entry unreadable" in record.getMessage() for record in caplog.records)
 
@@ -133,4 +123,4 @@ def test_an_entry_this_build_wrote_is_a_hit(settings: Settings) -> None:
     trace = CallTrace(service=SIGN)
     answer = handler.handle(SIGN, copy.deepcopy(sign), None, trace)
     assert trace.run_ahead_hit is True
-    assert _cards(answer) == _cards(build_handler(settings).handle(SIGN, copy.deepcopy(sign)))
+    assert card_summaries(answer) == card_summaries(build_handler(settings).handle(SIGN, copy.deepcopy(sign)))

@@ -26,7 +26,7 @@ from cds_service.protocol.auth import AuthenticatedClient
 from cds_service.protocol.request import RequestError
 from cds_service.run_ahead import RunAheadCache
 from cds_service.services import HookHandler, build_handler
-from tests.builders import FIXED_NOW, cyanocobalamin_draft, hook_body
+from tests.builders import FIXED_NOW, cyanocobalamin_draft, hook_body, select_and_sign
 from tests.clinical.builders import obs
 from tests.support.fake_ehr_fhir import FakeEhrFhir
 
@@ -101,19 +101,7 @@ def select_then_sign(
 
 
 def _bodies(labs: list[dict], drafts: list[dict] | None = None) -> tuple[dict, dict]:
-    """An order-select and the order-sign that follows it, with ``labs`` in the B12/iron search."""
-    bodies = []
-    for hook in ("order-select", "order-sign"):
-        body = hook_body(hook)
-        body["prefetch"]["b12IronLabs"]["entry"] = [
-            {"resource": copy.deepcopy(r), "search": {"mode": "match"}} for r in labs
-        ]
-        if drafts is not None:
-            body["context"]["draftOrders"]["entry"] = [{"resource": copy.deepcopy(d)} for d in drafts]
-            if hook == "order-select":
-                body["context"]["selections"] = [f"MedicationRequest/{drafts[0]['id']}"]
-        bodies.append(body)
-    return bodies[0], bodies[1]
+    return select_and_sign(labs, patient_id=PID, drafts=drafts)
 
 
 def _high_b12(days: float = 10, *, plus: timedelta = timedelta()) -> dict:
@@ -456,21 +444,15 @@ def test_concurrent_selects_and_signs_for_many_patients_each_get_their_own_answe
     expected: dict[int, dict] = {}
 
     def bodies(n: int) -> tuple[dict, dict]:
-        pid = f"pat-{n}"
-        result = obs("b12", 1200 if n % 2 else 150, 10, pid=pid)
+        result = obs("b12", 1200 if n % 2 else 150, 10, pid=f"pat-{n}")
         result["id"] = "b12-result"
-        pair = []
-        for hook in ("order-select", "order-sign"):
-            body = hook_body(hook, patient_id=pid)
-            body["prefetch"]["b12IronLabs"]["entry"] = [{"resource": copy.deepcopy(result)}]
-            pair.append(body)
-        return pair[0], pair[1]
+        return select_and_sign([result], patient_id=f"pat-{n}")
 
     for n in range(2):
         expected[n] = _outcome(fresh, SIGN, bodies(n)[1])
     assert _topics(expected[0]) != _topics(expected[1]), "the two kinds of patient are answered differently"
 
-    def work(thread: int) -> list[tuple[int, dict, bool]]:
+    def work(thread: int) -> list[tuple[int, bool, list[str], bool]]:
         seen = []
         for i in range(40):
             n = thread * 40 + i

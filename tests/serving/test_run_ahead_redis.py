@@ -14,7 +14,7 @@ from cds_service.config import Settings
 from cds_service.observability import CallTrace
 from cds_service.run_ahead import KEY_PREFIX, RunAheadCache
 from cds_service.services import build_handler
-from tests.builders import hook_body
+from tests.builders import card_summaries, select_and_sign
 from tests.clinical.builders import obs
 from tests.support.redis_server import running_redis
 
@@ -31,17 +31,7 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
 
 
 def _bodies() -> tuple[dict, dict]:
-    result = obs("b12", 1200, 10, pid="pat-1")
-    bodies = []
-    for hook in ("order-select", "order-sign"):
-        body = hook_body(hook)
-        body["prefetch"]["b12IronLabs"]["entry"] = [{"resource": copy.deepcopy(result)}]
-        bodies.append(body)
-    return bodies[0], bodies[1]
-
-
-def _cards(response: dict) -> list[tuple[str, str]]:
-    return [(card["source"]["topic"]["code"], card["summary"]) for card in response["cards"]]
+    return select_and_sign([obs("b12", 1200, 10, pid="pat-1")])
 
 
 def _sign_on_another_replica(settings: Settings) -> tuple[dict, CallTrace, dict]:
@@ -57,7 +47,7 @@ def _sign_on_another_replica(settings: Settings) -> tuple[dict, CallTrace, dict]
 def test_a_replica_answers_order_sign_from_the_entry_another_made(settings: Settings, redis_url: str) -> None:
     answer, trace, fresh = _sign_on_another_replica(settings.with_overrides(redis_url=redis_url))
     assert trace.run_ahead_hit is True
-    assert _cards(answer) == _cards(fresh) and answer["cards"]
+    assert card_summaries(answer) == card_summaries(fresh) and answer["cards"]
 
 
 def test_a_full_redis_costs_the_hit_only(
@@ -76,7 +66,7 @@ def test_a_full_redis_costs_the_hit_only(
         admin.config_set("maxmemory", 0)
         admin.close()
     assert trace.run_ahead_hit is False
-    assert _cards(answer) == _cards(fresh) and answer["cards"]
+    assert card_summaries(answer) == card_summaries(fresh) and answer["cards"]
     failures = [r.getMessage() for r in caplog.records if "run-ahead cache write failed" in r.getMessage()]
     assert failures, "the refused write is logged"
     assert "OutOfMemoryError" in failures[0], failures
@@ -109,4 +99,4 @@ def test_a_value_another_program_left_under_the_key_is_a_miss(
         SIGN, copy.deepcopy(sign), None, trace
     )
     assert trace.run_ahead_hit is False
-    assert _cards(answer) == _cards(build_handler(settings).handle(SIGN, copy.deepcopy(sign)))
+    assert card_summaries(answer) == card_summaries(build_handler(settings).handle(SIGN, copy.deepcopy(sign)))
