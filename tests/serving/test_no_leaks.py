@@ -22,8 +22,6 @@ and for anything shaped like a JWT. Besides the calls: the commands that take a 
 load-fixtures, feedback-report) must print none of their secrets, and a second instance whose Redis and
 PostgreSQL are named with passwords and down, and whose client's jwks_url has one, must name them without
 it in /readyz, its 503s and its log.
-
-A leak found here in a file its finder did not own stays as a strict xfail (``Leak``) until it is fixed.
 """
 
 from __future__ import annotations
@@ -41,7 +39,6 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
-from unittest.mock import patch
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -498,18 +495,18 @@ def served(tmp_path_factory: pytest.TempPathFactory, signer: Signer, ehr: Marked
     # Its own URL is the JWTs' audience (fire signs for the URL it calls): the port is chosen first.
     port = free_port()
     settings = serve_requiring_jwts(workdir, signer) | {"CDS_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}"}
-    with patch("tests.support.served.free_port", return_value=port):
-        server = Served(
-            workdir,
-            workers=2,
-            threads=4,
-            CDS_NOW=HOOKS_NOW,
-            CDS_LOG_LEVEL="DEBUG",
-            CDS_FHIR_BUDGET_MS=str(BUDGET_MS),
-            CDS_MAX_BODY_BYTES=str(200_000),
-            CDS_ALLOWED_FHIR_SERVERS=ehr.base_url,
-            **settings,
-        )
+    server = Served(
+        workdir,
+        workers=2,
+        threads=4,
+        port=port,
+        CDS_NOW=HOOKS_NOW,
+        CDS_LOG_LEVEL="DEBUG",
+        CDS_FHIR_BUDGET_MS=str(BUDGET_MS),
+        CDS_MAX_BODY_BYTES=str(200_000),
+        CDS_ALLOWED_FHIR_SERVERS=ehr.base_url,
+        **settings,
+    )
     yield server
     server.stop()
 
@@ -930,15 +927,7 @@ COMMANDS: dict[str, tuple[Callable[[Caller, Marks, Path], list[str]], int]] = {
 }
 
 
-@dataclass(frozen=True)
-class Leak:
-    """A leak found by this matrix in a file its author does not own: the case stays, expected to fail
-    (strictly), until the fix lands."""
-
-    where: str
-
-
-CASES: dict[str, tuple[Callable[[Caller, Marks], Case], tuple[int, ...]] | tuple[Any, ...]] = {
+CASES: dict[str, tuple[Callable[[Caller, Marks], Case], tuple[int, ...]]] = {
     "good call, full prefetch": (good_call, (200,)),
     "order-select then order-sign": (order_select_then_sign, (200, 200)),
     "fetch: data": fetching("data", 200),
@@ -1018,7 +1007,7 @@ def secrets_of(name: str) -> dict[str, str]:
     return MARKS[name].secrets() | DONE[name].secrets | {"echoed JWT": ECHOED_JWT}
 
 
-def log_lines_of(served: Served, marks: Marks) -> None:
+def wait_for_call_line(served: Served, marks: Marks) -> None:
     """Wait until the call's own line is written: it is its worker's last line for the call, and a worker
     writes its lines in order."""
     deadline = time.monotonic() + 10
@@ -1038,15 +1027,9 @@ def wait_for_more(served: Served, evidence: str, before: int) -> None:
         time.sleep(0.05)
 
 
-def params() -> list[Any]:
-    cases = []
-    for name, (run, statuses, *leak) in CASES.items():
-        marks = [pytest.mark.xfail(strict=True, reason=leak[0].where)] if leak else []
-        cases.append(pytest.param(name, run, statuses, id=name, marks=marks))
-    return cases
-
-
-@pytest.mark.parametrize(("name", "run", "statuses"), params())
+@pytest.mark.parametrize(
+    ("name", "run", "statuses"), [pytest.param(name, *case, id=name) for name, case in CASES.items()]
+)
 def test_no_marker_leaves_where_it_must_not(
     served: Served, ehr: MarkedEhr, signer: Signer, name: str, run: Any, statuses: tuple[int, ...]
 ) -> None:
@@ -1058,7 +1041,7 @@ def test_no_marker_leaves_where_it_must_not(
     for answer in case.answers:
         assert not found(answer.text, secrets_of(name)), answer.text[:2000]
     if case.call_line:
-        log_lines_of(served, marks)
+        wait_for_call_line(served, marks)
     elif case.evidence is not None:
         wait_for_more(served, case.evidence, before.count(case.evidence))
     log = served.log()
@@ -1166,7 +1149,7 @@ def test_the_whole_log_and_metrics_hold_no_marker(served: Served) -> None:
         everything = secrets_of(name) | marks.patient_data() | marks.call_ids()
         if in_metrics := found(metrics, everything):
             leaks[f"{name}: /metrics"] = in_metrics
-        if len(CASES.get(name, ())) != 3 and (in_log := found(log, secrets_of(name) | marks.patient_data())):
+        if in_log := found(log, secrets_of(name) | marks.patient_data()):
             leaks[f"{name}: log"] = in_log
     assert not leaks, leaks
     assert not JWT_SHAPED.findall(log), "a JWT in the log"

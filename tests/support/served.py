@@ -40,8 +40,17 @@ class Served:
     Authentication is off unless ``settings`` says otherwise (``CDS_AUTH="required"``).
     """
 
-    def __init__(self, workdir: Path, workers: int = 2, threads: int | None = None, **settings: str) -> None:
-        self.port = free_port()
+    def __init__(
+        self,
+        workdir: Path,
+        workers: int = 2,
+        threads: int | None = None,
+        *,
+        port: int | None = None,
+        **settings: str,
+    ) -> None:
+        """``port``: for a test that must name the URL in the settings (``CDS_PUBLIC_BASE_URL``)."""
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.metrics_parent = workdir / "metrics"
         defaults = {
