@@ -1,9 +1,10 @@
-"""The command lines `cds-service replay --help` and `fire --help` show, run as written.
+"""The command lines the help of `replay`, `fire` and `load-fixtures` shows, and the `replay` lines of
+README.md and docs/testing-with-sandboxes.md, run as written.
 
 A developer copies them first: an example with a placeholder (`--patient ID`) or a file that does not
-exist fails before it has shown anything. Each example is taken from the help text itself, run from the
-repository root as the help assumes; for `fire`, the loopback addresses it names are swapped for the
-test's own servers and the key file for one registered with the served instance.
+exist fails before it has shown anything. Each example is taken from the text itself, run from the
+repository root as the text assumes; the loopback addresses the help names are swapped for the test's
+own servers, and fire's key file for one registered with the served instance.
 """
 
 from __future__ import annotations
@@ -58,13 +59,16 @@ def run(argv: list[str]) -> Result:
     return CliRunner().invoke(main, argv)
 
 
-def test_every_replay_example_runs_as_written(tmp_path: Path) -> None:
-    examples = help_examples("replay")
-    for argv in examples:
-        if ">" in argv:  # a shell redirection of stdout: the runner captures it instead
-            argv = argv[: argv.index(">")]
-        expanded = [match for arg in argv for match in (sorted(glob.glob(arg)) or [arg])]
-        result = run(expanded)
+def as_the_shell_runs_it(argv: list[str]) -> list[str]:
+    """``argv`` with its globs expanded, and without a redirection of stdout (the runner captures it)."""
+    if ">" in argv:
+        argv = argv[: argv.index(">")]
+    return [match for arg in argv for match in (sorted(glob.glob(arg)) or [arg])]
+
+
+def test_every_replay_example_runs_as_written() -> None:
+    for argv in help_examples("replay"):
+        result = run(as_the_shell_runs_it(argv))
         assert result.exit_code == 0, f"{shlex.join(argv)}\n{result.output}"
         assert result.stdout.strip(), shlex.join(argv)
 
@@ -141,19 +145,15 @@ def test_every_replay_example_of_the_docs_runs_as_written(document: str) -> None
     examples = doc_examples(document, "replay")
     assert examples, f"{document} shows no replay command line"
     for argv in examples:
-        if ">" in argv:  # a shell redirection of stdout: the runner captures it instead
-            argv = argv[: argv.index(">")]
-        expanded = [match for arg in argv for match in (sorted(glob.glob(arg)) or [arg])]
-        result = run(expanded)
+        result = run(as_the_shell_runs_it(argv))
         assert result.exit_code == 0, f"{document}: {shlex.join(argv)}\n{result.output}"
         assert result.stdout.strip(), shlex.join(argv)
 
 
 def test_every_load_fixtures_example_runs_as_written(fhir_server: SekmetServer) -> None:
-    examples = help_examples("load-fixtures")
-    for argv in examples:
+    for argv in help_examples("load-fixtures"):
         assert HELP_FHIR_SERVER in argv, shlex.join(argv)
-        expanded = [match for arg in argv for match in (sorted(glob.glob(arg)) or [arg])]
+        expanded = as_the_shell_runs_it(argv)
         result = run([fhir_server.base_url if arg == HELP_FHIR_SERVER else arg for arg in expanded])
         assert result.exit_code == 0, f"{shlex.join(argv)}\n{result.output}"
         assert "Bundles into" in result.stderr.splitlines()[-1], result.stderr
