@@ -14,23 +14,11 @@ from pathlib import Path
 import pytest
 
 from tests.support.processes import free_port
-from tests.support.served import COMMAND, clean_env
+from tests.support.served import serve_to_its_end
 
 
 def serve(tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [COMMAND, "serve", *arguments],
-        env=clean_env(
-            CDS_AUTH="off",
-            CDS_FEEDBACK_DB=str(tmp_path / "feedback.sqlite3"),
-            CDS_STATE_DB=str(tmp_path / "state.sqlite3"),
-            PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
-        ),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return serve_to_its_end(tmp_path, *arguments, CDS_AUTH="off")
 
 
 def one_line(done: subprocess.CompletedProcess[str]) -> str:

@@ -17,7 +17,7 @@ import requests
 from tests.support.delay_proxy import DelayProxy
 from tests.support.fhir_server import running_sekmet
 from tests.support.processes import free_port
-from tests.support.served import COMMAND, HOOKS_NOW, Served, clean_env, hook_example
+from tests.support.served import COMMAND, HOOKS_NOW, Served, clean_env, hook_example, serve_to_its_end
 
 pytestmark = pytest.mark.integration
 
@@ -204,19 +204,11 @@ def test_a_bad_configuration_file_stops_serve_with_one_line_before_any_worker_st
     """Checked once in the master, not once per worker among gunicorn's shutdown lines."""
     path = tmp_path / "config.json"
     path.write_text(content)
-    done = subprocess.run(
-        [COMMAND, "serve", "--port", str(free_port()), "--workers", "2"],
-        env=clean_env(
-            **{variable: str(path)},
-            **({} if variable == "CDS_CLIENTS" else {"CDS_AUTH": "off"}),
-            CDS_FEEDBACK_DB=str(tmp_path / "feedback.sqlite3"),
-            CDS_STATE_DB=str(tmp_path / "state.sqlite3"),
-            PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
-        ),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    done = serve_to_its_end(
+        tmp_path,
+        *("--port", str(free_port()), "--workers", "2"),
+        **{variable: str(path)},
+        **({} if variable == "CDS_CLIENTS" else {"CDS_AUTH": "off"}),
     )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()

@@ -34,6 +34,25 @@ def hook_example(name: str) -> dict[str, Any]:
     return json.loads((HOOKS / name).read_text())
 
 
+def serve_to_its_end(workdir: Path, *arguments: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    """`cds-service serve ARGUMENTS` run until it exits, for a start the service must refuse before any
+    worker starts; its stores and metric files are under ``workdir``, where a test can see that nothing
+    was opened."""
+    stores = {
+        "CDS_FEEDBACK_DB": str(workdir / "feedback.sqlite3"),
+        "CDS_STATE_DB": str(workdir / "state.sqlite3"),
+        "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
+    }
+    return subprocess.run(
+        [COMMAND, "serve", *arguments],
+        env=clean_env(**(stores | settings)),
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT_S,
+    )
+
+
 class Served:
     """One server started with ``start_new_session``, its stores and metrics under ``workdir``.
 
