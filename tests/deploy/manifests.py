@@ -7,6 +7,7 @@ quantities and Redis sizes as numbers, and which pods a label selector picks.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -117,3 +118,11 @@ def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
 def url_port(url: str) -> int:
     parts = urlsplit(url)
     return parts.port or {"http": 80, "https": 443, "redis": 6379, "postgresql": 5432}[parts.scheme]
+
+
+def redis_args(password: str | None = None) -> list[str]:
+    """deploy/redis.yaml's Redis arguments as the kubelet passes them, ``$(VAR)`` replaced by the container's
+    variable (the Secret's password, or ``password``)."""
+    workload = find("Deployment", "cds-redis")
+    env = container_env(workload, "redis") | ({"REDIS_PASSWORD": password} if password else {})
+    return [re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], arg) for arg in container(workload, "redis")["args"]]

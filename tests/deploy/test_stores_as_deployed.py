@@ -1,8 +1,8 @@
 """deploy/'s Redis and PostgreSQL, run for real with what the manifests give them.
 
 Redis: redis-server started with deploy/redis.yaml's own arguments (the password expanded as the kubelet
-expands ``$(VAR)``), holding the service's replay store through a crash, refusing writes when full rather
-than forgetting token ids, and its readiness probe run as written. PostgreSQL: the init script the
+expands ``$(VAR)``; tests/auth/test_auth_replay.py runs the same through a crash), refusing writes when
+full rather than forgetting token ids, and its readiness probe run as written. PostgreSQL: the init script the
 StatefulSet mounts, run by psql as the image's entrypoint runs it, then the feedback store working under
 the role and URL the Secret gives the service.
 """
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -31,14 +31,13 @@ from tests.deploy.manifests import (
     find,
     kustomization,
     quantity,
+    redis_args,
     redis_bytes,
     secret,
 )
 from tests.support.postgres_server import PG_PORT, PostgresCluster
-from tests.support.processes import free_port
-from tests.support.redis_server import mark_in_service
+from tests.support.redis_server import running_redis
 
-START_TIMEOUT_S = 10
 LOSS_WINDOW_S = 420.0
 
 
@@ -49,126 +48,60 @@ def redis_workload() -> dict:
     return find("Deployment", "cds-redis")
 
 
-def redis_args() -> list[str]:
-    """The container's args as the kubelet passes them: ``$(VAR)`` replaced by the container's variable."""
-    env = container_env(redis_workload(), "redis")
-    return [
-        re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], arg)
-        for arg in container(redis_workload(), "redis")["args"]
-    ]
-
-
 def redis_password() -> str:
     return container_env(redis_workload(), "redis")["REDIS_PASSWORD"]
 
 
-def service_redis_url(port: int) -> str:
-    """The service's CDS_REDIS_URL, pointed at this test's server instead of the cds-redis Service."""
-    parts = urlsplit(secret()["CDS_REDIS_URL"])
-    return parts._replace(netloc=f"{parts.netloc.rsplit('@', 1)[0]}@127.0.0.1:{port}").geturl()
-
-
-class RedisAsDeployed:
-    """redis-server with the manifest's arguments in ``directory`` (the image's working directory, /data),
-    on a loopback port; ``restart`` kills it outright first, as a crash or an OOM kill would."""
-
-    def __init__(self, directory: Path) -> None:
-        self.binary = shutil.which("redis-server")
-        if self.binary is None:
-            pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
-        self.redis = pytest.importorskip("redis", reason="the optional 'redis' extra is not installed")
-        self.directory, self.port = directory, free_port()
-        self.process: subprocess.Popen | None = None
-        self.start()
-
-    def start(self) -> None:
-        command = [self.binary, *redis_args(), "--port", str(self.port), "--bind", "127.0.0.1"]
-        self.process = subprocess.Popen(
-            command, cwd=self.directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        self.client = self.redis.Redis.from_url(service_redis_url(self.port))
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                self.client.ping()
-                return
-            except self.redis.BusyLoadingError:
-                pass
-            except self.redis.ConnectionError:
-                assert self.process.poll() is None, "redis-server refused the manifest's arguments"
-            assert time.monotonic() < deadline, f"redis-server did not answer within {START_TIMEOUT_S} s"
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        self.client.close()
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-            self.process = None
-
-    def restart(self) -> None:
-        self.kill()
-        self.start()
-
-
 @pytest.fixture
-def deployed_redis(tmp_path: Path) -> Iterator[RedisAsDeployed]:
-    server = RedisAsDeployed(tmp_path)
-    try:
-        yield server
-    finally:
-        server.kill()
+def deployed_redis(tmp_path: Path) -> Iterator[tuple[Any, str]]:
+    """A client of redis-server run with deploy/redis.yaml's own arguments, and its URL; the replay store's
+    epoch is in place, as in a running deployment."""
+    redis = pytest.importorskip("redis", reason="the optional 'redis' extra is not installed")
+    with running_redis(tmp_path, redis_password(), as_deployed=True) as url:
+        client = redis.Redis.from_url(url)
+        try:
+            yield client, url
+        finally:
+            client.close()
 
 
 def test_redis_runs_with_the_persistence_and_eviction_the_replay_store_needs(
-    deployed_redis: RedisAsDeployed,
+    deployed_redis: tuple[Any, str],
 ) -> None:
-    config = {
-        key: deployed_redis.client.config_get(key)[key] for key in ("appendonly", "appendfsync", "save")
-    }
+    """What survives a crash is what the append-only file holds (tests/auth/test_auth_replay.py restarts
+    this Redis after a SIGKILL); a full Redis refuses writes rather than forgetting token ids."""
+    client, _ = deployed_redis
+    config = {key: client.config_get(key)[key] for key in ("appendonly", "appendfsync", "save")}
     assert config == {"appendonly": "yes", "appendfsync": "always", "save": ""}
-    assert deployed_redis.client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+    assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
 
 
 def test_the_redis_data_set_has_room_below_the_containers_memory_limit(
-    deployed_redis: RedisAsDeployed,
+    deployed_redis: tuple[Any, str],
 ) -> None:
     """Past the container's limit the kernel kills Redis before noeviction refuses a write, and the
     restarted Redis loads the same full data set: maxmemory leaves half the limit for fragmentation,
     buffers and the fork that rewrites the append-only file."""
-    maxmemory = int(deployed_redis.client.config_get("maxmemory")["maxmemory"])
+    client, _ = deployed_redis
+    maxmemory = int(client.config_get("maxmemory")["maxmemory"])
     args = redis_args()
     assert maxmemory == redis_bytes(args[args.index("--maxmemory") + 1]) > 0
     limit = quantity(container(redis_workload(), "redis")["resources"]["limits"]["memory"])
     assert maxmemory <= limit / 2
 
 
-def test_a_used_token_stays_used_through_a_redis_crash(deployed_redis: RedisAsDeployed) -> None:
-    """The service's own replay store on the deployed Redis: an id claimed before a SIGKILL is still
-    claimed after the restart, and a new id is accepted at once (the epoch survived too: no refusals)."""
-    mark_in_service(deployed_redis.client)
-    url = service_redis_url(deployed_redis.port)
-    expires = time.time() + 300
-    assert RedisReplayStore(url, LOSS_WINDOW_S).claim("https://ehr.example.org|used", expires)
-    deployed_redis.restart()
-    after = RedisReplayStore(url, LOSS_WINDOW_S)
-    assert not after.claim("https://ehr.example.org|used", expires)
-    assert after.claim("https://ehr.example.org|new", expires)
-
-
-def test_a_full_redis_refuses_new_ids_and_keeps_the_old_ones(deployed_redis: RedisAsDeployed) -> None:
+def test_a_full_redis_refuses_new_ids_and_keeps_the_old_ones(deployed_redis: tuple[Any, str]) -> None:
     """noeviction, exercised: with the memory cap lowered to what Redis already uses, a claim fails (the
     service refuses the token and readiness says why) and no id already recorded is dropped."""
-    mark_in_service(deployed_redis.client)
-    store = RedisReplayStore(service_redis_url(deployed_redis.port), LOSS_WINDOW_S)
+    client, url = deployed_redis
+    store = RedisReplayStore(url, LOSS_WINDOW_S)
     expires = time.time() + 300
     assert store.claim("https://ehr.example.org|before", expires)
-    used = int(deployed_redis.client.info("memory")["used_memory"])
-    deployed_redis.client.config_set("maxmemory", used)
+    client.config_set("maxmemory", int(client.info("memory")["used_memory"]))
     with pytest.raises(ReplayStoreError, match="maxmemory"):
         store.claim("https://ehr.example.org|after", expires)
     assert "refuses to record token ids" in (store.unready() or "")
-    assert deployed_redis.client.exists(RedisReplayStore.PREFIX + "https://ehr.example.org|before")
+    assert client.exists(RedisReplayStore.PREFIX + "https://ehr.example.org|before")
 
 
 # The server is killed whatever happens: a probe that times out raised past the kill, and the orphaned

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -38,21 +39,24 @@ def running_redis(
     ``in_service``: it has held the replay store's ids for longer than any token lives, as in a running
     deployment (see :func:`mark_in_service`); otherwise it is brand new, or restarted without its data.
 
-    It keeps nothing on disk, unless ``as_deployed``: then it persists as deploy/redis.yaml runs it (an
-    append-only file in ``directory``, fsynced before each reply) and is killed with SIGKILL at the end,
-    as a crash would stop it, so that what survives is only what the file holds."""
+    It keeps nothing on disk, unless ``as_deployed``: then it runs with deploy/redis.yaml's own arguments
+    (an append-only file in ``directory``, fsynced before each reply; its memory cap and noeviction) and
+    is killed with SIGKILL at the end, as a crash would stop it, so that what survives is only what the
+    file holds."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed (apt-get install -y redis-server); Redis untested")
     redis = pytest.importorskip("redis", reason="the optional 'redis' extra is not installed")
     port = port or free_port()
-    persistence = (
-        ["--appendonly", "yes", "--appendfsync", "always"] if as_deployed else ["--appendonly", "no"]
-    )
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *persistence]
-    command += ["--dir", str(directory), "--requirepass", password]
+    if as_deployed:
+        from tests.deploy.manifests import redis_args  # reads deploy/ (PyYAML) only for these tests
+
+        options = redis_args(password)
+    else:
+        options = ["--save", "", "--appendonly", "no", "--requirepass", password]
+    command = [binary, *options, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://:{password}@127.0.0.1:{port}/0"
+    url = f"redis://:{quote(password, safe='')}@127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
     deadline = time.monotonic() + START_TIMEOUT_S
     try:
@@ -60,7 +64,9 @@ def running_redis(
             try:
                 client.ping()
                 break
-            except redis.ConnectionError:
+            except redis.ConnectionError:  # BusyLoadingError too, while it reads its append-only file
+                if process.poll() is not None:
+                    pytest.fail(f"redis-server exited at start with status {process.returncode}")
                 if time.monotonic() > deadline:
                     pytest.fail(f"redis-server did not start within {START_TIMEOUT_S} s")
                 time.sleep(0.05)
