@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -63,12 +64,14 @@ def test_json_nested_too_deep_is_refused_by_name(tmp_path: Path) -> None:
     ],
     ids=["utf-16", "utf-16-le-unmarked", "latin-1"],
 )
-def test_text_in_another_encoding_is_named(tmp_path: Path, encode: object, named: str) -> None:
+def test_text_in_another_encoding_is_named(
+    tmp_path: Path, encode: Callable[[str], bytes], named: str
+) -> None:
     """orjson's message for all three was 'str is not valid UTF-8: surrogates not allowed', at column 1."""
     text = json.dumps(_bundle(family="M\u00fcller"), ensure_ascii=False)
     assert text.index("\u00fc") == 137  # a Latin-1 byte stands where the \u00fc is
     path = tmp_path / "other.json"
-    path.write_bytes(encode(text))  # type: ignore[operator]
+    path.write_bytes(encode(text))
     failed = _one_failure(_load(str(path)))
     assert failed.startswith(f"[1/1] FAILED {path}: {named}"), failed
     assert "surrogates" not in failed
