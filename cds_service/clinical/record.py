@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from itertools import chain
+from operator import attrgetter
 from typing import Any
 
 from cds_service.clinical.config import ClinicalConfig
@@ -990,23 +991,27 @@ def _add_in_progress(
         record.orders.append(Order(frozenset({analyte}), when, False))
 
 
-def _by_time(result: Result) -> datetime:
-    return result.when
+# A C-level sort key: a Python one cost a call per result.
+_by_time = attrgetter("when")
 
 
 def _conflicting_moments(items: list[Result]) -> set[datetime]:
-    """The moments at which two results of one analyte give different readings.
+    """The moments at which two results of one analyte give different readings; ``items`` sorted by time.
 
     Two results of one specimen (the same moment) under two ids are one result when they agree, whatever
     the unit; when they disagree (a ferritin of 12 and of 250 ng/mL), nothing says which is right, and which
     one a card read depended on the order the server returned them. Neither is used: like a result whose
     unit cannot be converted, they count as done and leave no latest value (`PatientRecord.latest`).
+
+    Sorted, one moment's results are side by side, so each is compared with the first of its run: no
+    datetime is hashed (an aware one asks its tzinfo for the offset through a method call each time).
     """
-    first: dict[datetime, Result] = {}
     moments: set[datetime] = set()
+    first: Result | None = None
     for item in items:
-        seen = first.setdefault(item.when, item)
-        if seen is not item and not _same_reading(seen, item):
+        if first is None or item.when != first.when:
+            first = item
+        elif not _same_reading(first, item):
             moments.add(item.when)
     return moments
 
