@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
@@ -818,8 +819,9 @@ def build_record(
     units = _UnitProblems()
     medications = MedicationIndex()
     medication_records: list[dict[str, Any]] = []
-    results = record.results
-    tested = record.tested
+    # Filled per analyte while the loop runs, then handed to the record as plain dicts.
+    results: defaultdict[str, list[Result]] = defaultdict(list)
+    tested: defaultdict[str, list[datetime]] = defaultdict(list)
     latest_allowed = now + timedelta(days=1)
     seen_ids: set[tuple[str, str]] = set()
     draft_ids = {
@@ -852,10 +854,13 @@ def build_record(
                 if analyte is not None and type(status) is str and status in IN_PROGRESS_OBSERVATION:
                     _add_in_progress(record, resource, analyte, patient_id, own)
                 continue
-            subject = resource.get("subject")
-            reference = subject.get("reference") if type(subject) is dict else None
-            attributed: bool | None = True
-            if type(reference) is not str or reference not in own:
+            # Fast path: ``subject.reference`` is a usual spelling of the patient; anything else (another
+            # spelling, another patient, no subject, a value of the wrong type) is read by `_names_patient`.
+            try:
+                attributed: bool | None = resource["subject"]["reference"] in own
+            except (KeyError, TypeError):
+                attributed = False
+            if not attributed:
                 attributed = _names_patient(resource, patient_id, own)
                 if attributed is False:
                     continue
@@ -865,9 +870,10 @@ def build_record(
                 try:
                     when = fromisoformat(stamp)
                 except ValueError:
-                    when = None
-                if when is not None and when.tzinfo is None:
-                    when = when.replace(tzinfo=UTC)
+                    pass
+                else:
+                    if when.tzinfo is None:
+                        when = when.replace(tzinfo=UTC)
             if when is None:
                 when = _observation_time(resource)
             if when is None or when > latest_allowed or when.year < MIN_YEAR:
@@ -881,7 +887,7 @@ def build_record(
                 # nothing in it: it neither counts as done, which would silence the order that repeats
                 # it, nor replaces an earlier result.
                 continue
-            tested.setdefault(analyte, []).append(when)
+            tested[analyte].append(when)
             if attributed is None:
                 # Nothing shows this result is the patient's: it makes no card (one read from someone
                 # else's result would be about the wrong person), but the test counts as done, and the log
@@ -891,8 +897,8 @@ def build_record(
             if analyte not in _NUMERIC_ANALYTES:
                 continue
             value_quantity = resource.get("valueQuantity")
-            if type(value_quantity) is dict and type(value_quantity.get("value")) in (int, float):
-                number = value_quantity["value"]
+            number = value_quantity.get("value") if type(value_quantity) is dict else None
+            if type(number) is float or type(number) is int:
                 unit = value_quantity.get("code") or value_quantity.get("unit")
                 comparator = value_quantity.get("comparator")
                 if comparator is not None and (type(comparator) is not str or comparator not in COMPARATORS):
@@ -913,7 +919,7 @@ def build_record(
             value = number * found[0]
             if value == _INFINITY:  # a finite number past what its unit conversion can hold: no level
                 continue
-            results.setdefault(analyte, []).append(Result(analyte, value, comparator, when, resource))
+            results[analyte].append(Result(analyte, value, comparator, when, resource))
         elif kind in MEDICATION_TYPES:
             ident = resource.get("id") if isinstance(resource.get("id"), str) else None
             if (kind, ident) in draft_ids or (ident and (kind, ident) in seen_ids):
@@ -948,6 +954,8 @@ def build_record(
             units.disagree(analyte, len(conflicts))
     for times in tested.values():
         times.sort(reverse=True)
+    record.results = dict(results)
+    record.tested = dict(tested)
     # A draft order may name a Medication that travels beside it in the draftOrders Bundle.
     for resource in draft_orders:
         if (
