@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import orjson
+from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
-from cds_service.protocol.schemas import validator
+from cds_service.protocol.schemas import _registry, validator
 
 HOOKS = ("patient-view", "order-select", "order-sign")
 # The request's optional fields, of the envelope and of every hook's context: null is read as absent.
@@ -28,9 +30,35 @@ MAX_NESTING = 200
 def prepare_validators() -> None:
     """Compile the request and context validators at start: left to first use, they cost a worker's
     first hook call about 10 ms."""
-    validator("hook-request")
+    _request_validator("hook-request")
     for hook in HOOKS:
-        validator(f"context-{hook}")
+        _request_validator(f"context-{hook}")
+
+
+@cache
+def _request_validator(name: str) -> Draft202012Validator:
+    """`validator` for ``name`` with every ``$ref`` replaced by the schema it names, once at start.
+
+    jsonschema looks a reference up in its registry at every use, which was two thirds of the context
+    check's cost. An error found through an inlined reference is the same error (the same keyword at the
+    same instance path, in the same order, its subschema holding the same ``x-reason``), so every 400
+    reads as before; the request schemas hold no recursive reference."""
+    compiled = validator(name)
+    resolver = _registry().resolver(base_uri=compiled.schema.get("$id", ""))
+    return compiled.evolve(schema=_inlined(compiled.schema, resolver))
+
+
+def _inlined(schema: Any, resolver: Any) -> Any:
+    """``schema`` with each object that is only a ``$ref`` replaced by what it names, resolved in turn
+    (``resolver``: a ``referencing`` resolver based at the document ``schema`` comes from)."""
+    if isinstance(schema, dict):
+        if schema.keys() == {"$ref"}:
+            resolved = resolver.lookup(schema["$ref"])
+            return _inlined(resolved.contents, resolved.resolver)
+        return {key: _inlined(value, resolver) for key, value in schema.items()}
+    if isinstance(schema, list):
+        return [_inlined(value, resolver) for value in schema]
+    return schema
 
 
 class RequestError(Exception):
@@ -244,7 +272,7 @@ def validate_hook_request(
     body = _without_nulls(body, OPTIONAL_FIELDS)
     if "prefetch" in body and not isinstance(body["prefetch"], dict):
         raise RequestError(400, "'prefetch' must be an object mapping prefetch keys to FHIR resources.")
-    errors = list(validator("hook-request").iter_errors(body))
+    errors = list(_request_validator("hook-request").iter_errors(body))
     if errors:
         raise RequestError(400, _schema_reason("request", errors))
     if body["hook"] != expected_hook:
@@ -253,7 +281,7 @@ def validate_hook_request(
             reason += f" That hook is answered at /cds-services/{services_by_hook[body['hook']]}."
         raise RequestError(400, reason)
     context = _without_nulls(body["context"], OPTIONAL_CONTEXT_FIELDS)
-    errors = list(validator(f"context-{expected_hook}").iter_errors(context))
+    errors = list(_request_validator(f"context-{expected_hook}").iter_errors(context))
     if errors:
         raise RequestError(400, _schema_reason("context", errors))
     if expected_hook == "order-select":
