@@ -81,6 +81,16 @@ def find_empty_values(value: Any, path: str = "") -> list[str]:
     return found
 
 
+def _holds_empty(value: Any) -> bool:
+    """Whether `find_empty_values` would find anything, without building a path for every value (a card
+    holds a hundred or so, and a path is needed only for the rare card that fails)."""
+    if isinstance(value, dict):
+        return not value or any(map(_holds_empty, value.values()))
+    if isinstance(value, list):
+        return not value or any(map(_holds_empty, value))
+    return value is None or value == ""
+
+
 def _new_uuid() -> str:
     """A random (version 4) UUID from the process's generator, not os.urandom.
 
@@ -166,8 +176,8 @@ def card_from_finding(finding: Finding, style: CardStyle) -> dict[str, Any]:
                 "type": "absolute",
             }
         ]
-    empty = find_empty_values(card)
-    if empty:
+    if _holds_empty(card):
+        empty = find_empty_values(card)
         raise CardError(f"topic {finding.topic}: empty values at {', '.join(empty[:5])}")
     return card
 
