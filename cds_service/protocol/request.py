@@ -15,7 +15,7 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
-from cds_service.protocol.schemas import _registry, validator
+from cds_service.protocol.schemas import registry, validator
 
 HOOKS = ("patient-view", "order-select", "order-sign")
 # The request's optional fields, of the envelope and of every hook's context: null is read as absent.
@@ -44,7 +44,7 @@ def _request_validator(name: str) -> Draft202012Validator:
     same instance path, in the same order, its subschema holding the same ``x-reason``), so every 400
     reads as before; the request schemas hold no recursive reference."""
     compiled = validator(name)
-    resolver = _registry().resolver(base_uri=compiled.schema.get("$id", ""))
+    resolver = registry().resolver(base_uri=compiled.schema.get("$id", ""))
     return compiled.evolve(schema=_inlined(compiled.schema, resolver))
 
 

@@ -27,7 +27,9 @@ def load_schema(name: str) -> dict[str, Any]:
 
 
 @cache
-def _registry() -> Registry:
+def registry() -> Registry:
+    """Every schema of the package by its ``$id``: the validators and the request module's inlining of
+    ``$ref`` resolve references through it."""
     schemas = [load_schema(name) for name in _SCHEMA_FILES]
     return Registry().with_resources((schema["$id"], Resource.from_contents(schema)) for schema in schemas)
 
@@ -37,4 +39,4 @@ def validator(name: str) -> Draft202012Validator:
     """A compiled validator for one schema, with cross-file ``$ref`` resolved through the registry."""
     schema = load_schema(name)
     Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema, registry=_registry())
+    return Draft202012Validator(schema, registry=registry())
