@@ -899,7 +899,9 @@ def build_record(
             value_quantity = resource.get("valueQuantity")
             number = value_quantity.get("value") if type(value_quantity) is dict else None
             if type(number) is float or type(number) is int:
-                unit = value_quantity.get("code") or value_quantity.get("unit")
+                unit = value_quantity.get("code")
+                if type(unit) is not str or not unit:  # as fhir.read.quantity: the text when no code
+                    unit = value_quantity.get("unit")
                 comparator = value_quantity.get("comparator")
                 if comparator is not None and (type(comparator) is not str or comparator not in COMPARATORS):
                     continue

@@ -82,6 +82,11 @@ def test_a_result_is_attributed_by_its_subject_whatever_its_shape(
     [
         ({"value": 300, "unit": "pg/mL"}, 300),
         ({"value": 300.5, "code": "pg/mL"}, 300.5),
+        # A code that is not a text gives way to the unit text, as fhir.read.quantity has it.
+        ({"value": 300, "code": ["pg/mL"], "unit": "pg/mL"}, 300),
+        ({"value": 300, "code": 5, "unit": "pg/mL"}, 300),
+        ({"value": 300, "code": "", "unit": "pg/mL"}, 300),
+        ({"value": 300, "code": ["pg/mL"]}, None),
         ({"value": 221.4, "unit": "pmol/L"}, 221.4 * 1.35537),
         ({"value": True, "unit": "pg/mL"}, None),
         ({"value": "300", "unit": "pg/mL"}, None),
