@@ -195,14 +195,16 @@ _ICD10_PREFIXES: tuple[tuple[str, str], ...] = (
     ("K294", AUTOIMMUNE_GASTRITIS),
     ("K900", COELIAC),
 )
+_AN = r"an(?:a)?emia"
+_B12 = r"(?:vit(?:amin|\.)? ?)?b ?-?12"
 _CONDITION_TEXT: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"pernicious an(a)?emia"), PERNICIOUS_ANAEMIA),
+    (re.compile(rf"pernicious {_AN}|{_AN},? pernicious"), PERNICIOUS_ANAEMIA),
+    (re.compile(rf"\b{_B12}[ -]deficiency|cobalamin deficiency|deficiency of {_B12}\b"), B12_DEFICIENCY),
+    (re.compile(rf"megaloblastic {_AN}"), MEGALOBLASTIC),
     (
-        re.compile(r"pernicious an(a)?emia|\b(vitamin )?b-? ?12 deficiency|cobalamin deficiency"),
-        B12_DEFICIENCY,
+        re.compile(rf"iron[ -]deficiency {_AN}|{_AN},? (?:due to |secondary to )?iron[ -]deficiency"),
+        IRON_DEFICIENCY_ANAEMIA,
     ),
-    (re.compile(r"megaloblastic an(a)?emia"), MEGALOBLASTIC),
-    (re.compile(r"iron deficiency an(a)?emia"), IRON_DEFICIENCY_ANAEMIA),
     (re.compile(r"ha?emochromatosis"), HAEMOCHROMATOSIS),
     (re.compile(r"cirrhosis|chronic (viral )?hepatitis"), LIVER_DISEASE),
     (re.compile(r"hepatocellular carcinoma|liver cell carcinoma"), LIVER_CANCER),
@@ -211,8 +213,29 @@ _CONDITION_TEXT: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"autoimmune gastritis|atrophic gastritis"), AUTOIMMUNE_GASTRITIS),
     (re.compile(r"co?eliac|celiac"), COELIAC),
 )
-# Text that records something other than the patient having the condition now.
-_NOT_THE_CONDITION = re.compile(r"history of|family history|suspected|screening|ruled out|\bno\b|negative")
+# Text that records something other than the patient having the condition now, wherever it stands: a past or
+# a relative's condition, a doubt or a question to answer, a screen, a risk, a carrier of a gene. Such text
+# silencing a card is the unsafe way (a queried pernicious anaemia must not stop the antibody tests that
+# would confirm it), so any of these words sets the whole text aside.
+_NOT_THE_CONDITION = re.compile(
+    r"history|\bh/o\b|\bhx\b|\bfh\b|\bprevious\b|\bpast\b|\bresolved\b|suspect|suspicion|\?|\bquery\b|"
+    r"\bpossibl|\bprobabl|\bunlikely\b|\brule[sd]?[ -]out\b|\br/o\b|exclud|not confirmed|unconfirmed|"
+    r"screen|risk of|carrier|negative"
+)
+# A negation denies the condition named after it ("no evidence of pernicious anaemia"); one that follows a
+# name is about something else ("iron deficiency anaemia, no active bleeding"). "non-" denies only the word
+# it is joined to: "non-coeliac" gluten sensitivity, but "non-alcoholic" cirrhosis.
+_DENIED_BEFORE = re.compile(r"\b(?:no|not|without|denies)\b")
+_JOINED_NON = re.compile(r"\bnon[ -]?$")
+
+
+def _named_in_text(pattern: re.Pattern[str], text: str) -> bool:
+    """Whether ``text`` names the condition at least once without a negation before that name."""
+    return any(
+        not _DENIED_BEFORE.search(text, 0, match.start()) and not _JOINED_NON.search(text[: match.start()])
+        for match in pattern.finditer(text)
+    )
+
 
 CONDITION_CLASSES = frozenset(CONDITION_NAMES)
 MEDICATION_CLASSES = frozenset({B12_THERAPY, B12_SUPPLEMENT, IRON_THERAPY})
@@ -301,7 +324,7 @@ class ValueSets:
         if not found:
             text = concept_text(concept)
             if text and not _NOT_THE_CONDITION.search(text):
-                found.update(cls for pattern, cls in _CONDITION_TEXT if pattern.search(text))
+                found.update(cls for pattern, cls in _CONDITION_TEXT if _named_in_text(pattern, text))
         # Pernicious anaemia is a B12 deficiency (as SNOMED 84027009, ICD-10 D51.0 and the text say): a site's
         # own pernicious anaemia code must explain B12 injections as the verified codes do.
         if PERNICIOUS_ANAEMIA in found:
