@@ -127,11 +127,35 @@ _ATC_PREFIXES: tuple[tuple[str, str], ...] = (
     ("A11E", B12_SUPPLEMENT),
     ("B03A", IRON_THERAPY),
 )
-_B12_TEXT = re.compile(r"cobalamin|cobamamide|\bvit(?:amin|\.)? ?b ?-?12\b|\bb-?12\b")
-_SUPPLEMENT_TEXT = re.compile(r"multi-? ?vitamin|\bb[ -]?complex\b|prenatal")
+# B12 named as a product: its forms, "vitamin B12" and "B-12", and brands that name no form (Nascobal,
+# CaloMist, Cytamen/Neo-Cytamen, Cobalin-H). A name followed by "deficiency", "level" or "screening" is a
+# diagnosis or a test written in the wrong field, not a product.
+_B12_TEXT = re.compile(
+    r"(?:cobalamin|cobamamide|\bvit(?:amin|\.)? ?b ?-?12\b|\bb-?12\b)"
+    r"(?! ?(?:deficiency|level|screen|test|assay))|\b(?:nascobal|calomist|cytamen|cobalin)"
+)
+# Products with B12 among other vitamins: multivitamins ("multiple vitamins", "MVI", and common brands),
+# B-complex and renal vitamins (a B-complex with C), prenatal vitamins.
+_SUPPLEMENT_TEXT = re.compile(
+    r"multi-? ?vit(?:amin|\b)|multiple vitamin|\bm\.?v\.?i\b|\bb[ -]?complex\b|prenatal|"
+    r"renal (?:multi-? ?)?vitamin|"
+    r"\b(?:centrum|one-a-day|theragran|nephro-?vite|rena-?vite|nephrocaps|dialyvite|infuvite)"
+)
+# Iron salts and complexes, and IV and oral iron brands that name no salt. Not the chelators (deferasirox,
+# deferoxamine, deferiprone: they remove iron) nor sucroferric oxyhydroxide (a phosphate binder whose iron
+# is not absorbed).
 _IRON_TEXT = re.compile(
-    r"\bferr(?:ous|ic)\b|\biron (?:sucrose|dextran|polymaltose|isomaltoside|polysaccharide)|"
-    r"ferumoxytol|carboxymaltose|derisomaltose"
+    r"\bferr(?:ous|ic)\b|\bfeso4\b|ferumoxytol|carboxymaltose|derisomaltose|"
+    r"\biron (?:sucrose|dextran|polymaltose|isomaltoside|polysaccharide|protein succinylate|bisglycinate)|"
+    r"\b(?:polysaccharide|carbonyl|heme|haem)[ -]iron\b|"
+    r"\b(?:venofer|injectafer|ferinject|feraheme|rienso|infed|cosmofer|ferrlecit|monoferric|monofer|"
+    r"feraccru|accrufer|slow[ -]?fe|feosol|fergon|niferex)\b"
+)
+# "Iron" as the product itself ("Iron 65 mg", "Iron supplement", "IV iron infusion"). Not read in a
+# multivitamin or prenatal vitamin, whose few milligrams of iron are not iron therapy.
+_PLAIN_IRON_TEXT = re.compile(
+    r"(?:^|\| )iron(?:$| \|)|\b(?:iv|intravenous|oral) iron\b|"
+    r"\biron (?:\d|tab|cap|supplement|liquid|elixir|drops|syrup|infusion|injection)"
 )
 
 # --- conditions ---------------------------------------------------------------------------------------
@@ -299,11 +323,12 @@ class ValueSets:
                 texts.append(text)
         joined = " | ".join(texts)
         if joined:
-            if _SUPPLEMENT_TEXT.search(joined):
+            supplement = _SUPPLEMENT_TEXT.search(joined) is not None
+            if supplement:
                 found.add(B12_SUPPLEMENT)
             elif _B12_TEXT.search(joined):
                 found.add(B12_THERAPY)
-            if _IRON_TEXT.search(joined):
+            if _IRON_TEXT.search(joined) or (not supplement and _PLAIN_IRON_TEXT.search(joined)):
                 found.add(IRON_THERAPY)
         if B12_SUPPLEMENT in found:
             found.discard(B12_THERAPY)

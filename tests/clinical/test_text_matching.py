@@ -13,16 +13,168 @@ import pytest
 
 from cds_service.clinical import codes
 from tests.clinical.builders import (
+    CYANO,
     by_topic,
     condition,
+    med,
     obs,
     run,
+    topics,
 )
 
 THERAPY = {codes.B12_THERAPY}
 SUPPLEMENT = {codes.B12_SUPPLEMENT}
 IRON = {codes.IRON_THERAPY}
 NONE: set[str] = set()
+
+MEDICINES: list[tuple[str, set[str]]] = [
+    # B12 alone, every salt and form, as RxNorm, dm+d and local catalogues write it.
+    ("cyanocobalamin 1000 MCG/ML Injectable Solution", THERAPY),
+    ("Cyanocobalamin 1,000 mcg sublingual tablet", THERAPY),
+    ("cyanocobalamin 0.5 MG/ACTUAT Metered Dose Nasal Spray [Nascobal]", THERAPY),
+    ("Nascobal", THERAPY),
+    ("CaloMist nasal spray", THERAPY),
+    ("hydroxocobalamin 1 MG/ML Injectable Solution", THERAPY),
+    ("Neo-Cytamen 1000micrograms/1ml solution for injection", THERAPY),
+    ("Cobalin-H 1000micrograms/1ml", THERAPY),
+    ("Cytamen", THERAPY),
+    ("methylcobalamin 5000 mcg lozenge", THERAPY),
+    ("Mecobalamin 500 mcg", THERAPY),
+    ("adenosylcobalamin 1 mg", THERAPY),
+    ("Cobamamide", THERAPY),
+    ("Vitamin B-12", THERAPY),
+    ("Vitamin B 12 5 MG/ML Injectable Solution", THERAPY),
+    ("Vit B12", THERAPY),
+    ("Vit. B-12 1000mcg", THERAPY),
+    ("B12 1000mcg", THERAPY),
+    ("VITAMIN B-12 1000 MCG PO TABS", THERAPY),
+    ("Vitamin B12 (cyanocobalamin) 1,000 mcg tablet", THERAPY),
+    ("Cyanocobalamin (for B12 deficiency)", THERAPY),
+    # Combinations that are mostly B12 by dose: read as therapy, the safer way (a missed start would miss the
+    # iron-studies reminder; a B12 therapy "on file" also softens the supplement review). ATC codes say
+    # supplement (A11DB) for a B1/B6/B12 product and the code then wins.
+    ("Folic acid 1 mg / cyanocobalamin 1 mg tablet", THERAPY),
+    ("folic acid 2.5 MG / pyridoxine hydrochloride 25 MG / cyanocobalamin 2 MG Oral Tablet", THERAPY),
+    ("Vitamin B1-B6-B12", THERAPY),
+    # Supplements that contain B12 among other vitamins.
+    ("B-complex", SUPPLEMENT),
+    ("Vitamin B Complex with C and Folic Acid", SUPPLEMENT),
+    ("Super B Complex", SUPPLEMENT),
+    ("B-Complex with B-12", SUPPLEMENT),
+    ("Prenatal Vitamins", SUPPLEMENT),
+    ("Prenatal Vitamin Plus Low Iron", SUPPLEMENT),  # its iron is a multivitamin's, not iron therapy
+    ("Multivitamin", SUPPLEMENT),
+    ("Multi-Vitamin with minerals", SUPPLEMENT),
+    ("Multivitamins with B12", SUPPLEMENT),
+    ("Multivit tablets", SUPPLEMENT),
+    ("multiple vitamins-minerals (THERAGRAN-M) tablet", SUPPLEMENT),
+    ("Multiple Vitamin", SUPPLEMENT),
+    ("MVI", SUPPLEMENT),
+    ("M.V.I.-12 injection", SUPPLEMENT),
+    ("Infuvite Adult", SUPPLEMENT),
+    ("Centrum Silver", SUPPLEMENT),
+    ("One-A-Day Women's", SUPPLEMENT),
+    ("Renal vitamin", SUPPLEMENT),
+    ("Nephro-Vite Rx", SUPPLEMENT),
+    ("Rena-Vite", SUPPLEMENT),
+    ("Nephrocaps", SUPPLEMENT),
+    ("Dialyvite 800", SUPPLEMENT),
+    ("Multivitamin with iron 18 mg", SUPPLEMENT),  # a multivitamin's iron is not iron therapy
+    # Not B12: other B vitamins, folic acid, and B12 named as a test or a diagnosis rather than a product.
+    ("Vitamin B1 100 mg", NONE),
+    ("Thiamine 100 mg", NONE),
+    ("Vitamin B6 50 mg", NONE),
+    ("Pyridoxine 25 mg", NONE),
+    ("Vitamin B Compound Strong tablets", NONE),  # UK: B1, B2 and nicotinamide, no B12
+    ("Folic acid 5 mg", NONE),
+    ("B-12 deficiency screening", NONE),
+    ("Vitamin B12 level", NONE),
+    ("Vitamin D3 1000 IU", NONE),
+    ("Atorvastatin 20 mg one a day", NONE),  # a dose, not the One-A-Day brand
+    # Iron: salts, IV products by generic and brand name, and plain "iron" products.
+    ("ferrous sulfate 325 MG Oral Tablet", IRON),
+    ("Ferrous sulphate 200 mg", IRON),
+    ("Ferrous fumarate 210 mg", IRON),
+    ("Ferrous gluconate 324 mg", IRON),
+    ("Ferrous bisglycinate 25 mg", IRON),
+    ("Ferric citrate 1 GM Oral Tablet", IRON),
+    ("Ferric maltol 30 mg", IRON),
+    ("Feraccru", IRON),
+    ("Accrufer 30 mg capsule", IRON),
+    ("iron sucrose 20 MG/ML Injectable Solution", IRON),
+    ("Venofer", IRON),
+    ("ferric carboxymaltose 50 MG/ML Injectable Solution", IRON),
+    ("Injectafer", IRON),
+    ("Ferinject 500 mg/10 ml", IRON),
+    ("ferumoxytol 510 MG in 17 ML Injection", IRON),
+    ("Feraheme", IRON),
+    ("Rienso", IRON),
+    ("iron dextran 50 MG/ML Injectable Solution", IRON),
+    ("INFeD", IRON),
+    ("CosmoFer", IRON),
+    ("sodium ferric gluconate complex 12.5 MG/ML", IRON),
+    ("Ferrlecit", IRON),
+    ("ferric derisomaltose 100 mg/mL", IRON),
+    ("Monoferric", IRON),
+    ("Monofer", IRON),
+    ("Polysaccharide-Iron Complex 150 mg", IRON),
+    ("polysaccharide iron complex", IRON),
+    ("Niferex 150", IRON),
+    ("carbonyl iron 45 mg", IRON),
+    ("heme iron polypeptide 12 mg", IRON),
+    ("iron protein succinylate 800 mg", IRON),
+    ("iron bisglycinate chelate", IRON),
+    ("Iron 65 mg", IRON),
+    ("Iron 325 mg tablet", IRON),
+    ("Iron supplement", IRON),
+    ("Iron", IRON),
+    ("IV iron infusion", IRON),
+    ("FeSO4 325 mg", IRON),
+    ("Slow Fe 45 mg", IRON),
+    ("Slow-Fe", IRON),
+    ("Feosol", IRON),
+    ("Fergon", IRON),
+    ("Ferrous sulfate 325 mg and Vitamin B12 1000 mcg", IRON | THERAPY),
+    # Not iron: chelators (the opposite), phosphate binders whose iron is not absorbed, tests and words.
+    ("deferasirox 360 mg tablet", NONE),
+    ("Exjade", NONE),
+    ("Jadenu", NONE),
+    ("deferoxamine 500 mg injection", NONE),
+    ("Desferal", NONE),
+    ("Desferrioxamine", NONE),
+    ("deferiprone 500 mg", NONE),
+    ("Ferriprox", NONE),
+    ("Iron chelator (deferasirox)", NONE),
+    ("Sucroferric oxyhydroxide 500 mg", NONE),
+    ("Velphoro", NONE),
+    ("Iron studies", NONE),
+    ("Ferritin", NONE),
+    ("Ironing board", NONE),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), MEDICINES)
+def test_medicine_text(text: str, expected: set[str]) -> None:
+    assert set(codes.build_value_sets(None).medication_classes([{"text": text}])) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), MEDICINES)
+def test_medicine_display_and_reference_display_read_as_text(text: str, expected: set[str]) -> None:
+    """The same names as a coding's display (a local code) and as a medicationReference's display."""
+    value_sets = codes.build_value_sets(None)
+    local = {"coding": [{"system": "http://pharmacy.example.org/formulary", "code": "X1", "display": text}]}
+    assert set(value_sets.medication_classes([local])) == expected
+    assert set(value_sets.medication_classes([text.lower()])) == expected
+
+
+def test_a_medication_is_read_with_its_ingredients() -> None:
+    """A branded Medication names no vitamin; its ingredients do."""
+    brand = {"text": "Foltabs 800"}
+    ingredients = [{"text": "Folic acid 0.8 mg"}, {"text": "Cyanocobalamin 0.115 mg"}, {"text": "Vitamin B6"}]
+    assert set(codes.build_value_sets(None).medication_classes([brand, *ingredients])) == THERAPY
+    prenatal = [{"text": "Prenatal Plus"}, {"text": "Cyanocobalamin 12 mcg"}, {"text": "Iron 27 mg"}]
+    assert set(codes.build_value_sets(None).medication_classes(prenatal)) == SUPPLEMENT
+
 
 CONDITIONS: list[tuple[str, set[str]]] = [
     # B12 deficiency and pernicious anaemia in their usual spellings.
@@ -159,3 +311,31 @@ def test_non_coeliac_gluten_sensitivity_still_gets_a_ttg() -> None:
     sensitivity = _local_condition("Non-coeliac gluten sensitivity")
     finding = by_topic(run(*labs, sensitivity), "combined-b12-iron-deficiency")
     assert "31017-7" in _codes_suggested(finding)
+
+
+def test_a_branded_multivitamin_explains_a_high_b12() -> None:
+    statement = med({"text": "Centrum Silver"}, 200, kind="MedicationStatement")
+    assert topics(run(obs("b12", 1150, 10), statement)) == ["elevated-b12-supplement-review"]
+
+
+def test_a_brand_name_iv_iron_is_iron_therapy_on_the_card() -> None:
+    finding = by_topic(
+        run(obs("b12", 140, 5), obs("ferritin", 12, 5), med({"text": "Venofer 200 mg IV"}, 30)),
+        "combined-b12-iron-deficiency",
+    )
+    assert "Iron therapy on file: Venofer 200 mg IV" in finding.detail
+
+
+def test_a_chelator_is_not_iron_therapy_on_the_card() -> None:
+    finding = by_topic(
+        run(obs("b12", 140, 5), obs("ferritin", 12, 5), med({"text": "Deferasirox 360 mg"}, 30)),
+        "combined-b12-iron-deficiency",
+    )
+    assert "Iron therapy on file" not in finding.detail
+
+
+def test_the_verified_b12_code_still_reads_with_a_text_the_patterns_do_not_know() -> None:
+    coded = {**CYANO, "text": "Local B-vitamin injection"}
+    assert set(codes.build_value_sets(None).medication_classes([coded])) == THERAPY
+    unknown = {"coding": [{"system": "http://pharmacy.example.org/formulary", "code": "X9"}]}
+    assert set(codes.build_value_sets(None).medication_classes([unknown])) == NONE
