@@ -97,15 +97,24 @@ PREFETCH_GROUPS: dict[str, tuple[str, ...]] = {
     "context": ("mcv", "hb", "crp", "alt", "ast"),
 }
 
-# Order text an EHR may use for a lab without a LOINC code (a local order catalogue).
+# Order text an EHR may use for a lab without a LOINC code (a local order catalogue). Serum iron is read only
+# where the name says serum or pairs it with TIBC: "iron" alone may be a liver MRI, a marrow stain or an
+# infusion, and an order read as one it is not would stop a card from suggesting the test.
 _ORDER_TEXT: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = (
     (re.compile(r"\bferritin\b"), ("ferritin",)),
     (re.compile(r"transferrin saturation|iron saturation|\btsat\b"), ("tsat",)),
     (re.compile(r"iron (studies|panel|profile)"), ("iron", "tibc", "tsat")),
-    (re.compile(r"methylmalon"), ("mma",)),
+    (re.compile(r"\btibc\b|iron[ -]binding capacity"), ("tibc",)),
+    (
+        re.compile(r"serum iron|\biron,? \(?(?:serum|total)\b|\biron ?(?:and|,|\+|/|&) ?(?:tibc|total iron)"),
+        ("iron",),
+    ),
+    (re.compile(r"methylmalon|\bmma\b"), ("mma",)),
     (re.compile(r"\bvit(amin)?\.? ?b-? ?12\b|\bb-?12\b|cobalamin"), ("b12",)),
-    (re.compile(r"\bc-?reactive protein\b|\bcrp\b"), ("crp",)),
+    (re.compile(r"\bc[ -]?reactive protein\b|\b(?:hs-?)?crp\b"), ("crp",)),
 )
+# A B12 injection or tablet ordered as a ServiceRequest (a nurse's task) is a treatment, not a B12 test.
+_ORDER_TREATMENT = re.compile(r"inject|\binj\b|infusion|tablet|administ|\bim\b|\bshot\b")
 
 # --- medicines ----------------------------------------------------------------------------------------
 
@@ -296,6 +305,8 @@ class ValueSets:
         for pattern, analytes in _ORDER_TEXT:
             if pattern.search(text):
                 found.update(analytes)
+        if "b12" in found and _ORDER_TREATMENT.search(text):
+            found.discard("b12")
         return found
 
     def medication_classes(self, concepts: Iterable[Any]) -> frozenset[str]:

@@ -16,6 +16,7 @@ from tests.clinical.builders import (
     CYANO,
     by_topic,
     condition,
+    draft_b12,
     med,
     obs,
     run,
@@ -285,6 +286,64 @@ def test_a_verified_code_is_read_whatever_its_text_says() -> None:
     }
 
 
+ORDERS: list[tuple[str, set[str]]] = [
+    ("Vitamin B12 level", {"b12"}),
+    ("B12 and folate", {"b12"}),
+    ("Vitamin B12 and Folate, serum", {"b12"}),
+    ("Cobalamin (vitamin B12) [Mass/volume] in Serum or Plasma", {"b12"}),
+    ("Ferritin", {"ferritin"}),
+    ("Serum ferritin", {"ferritin"}),
+    ("Iron panel", {"iron", "tibc", "tsat"}),
+    ("Iron studies", {"iron", "tibc", "tsat"}),
+    ("Iron profile", {"iron", "tibc", "tsat"}),
+    ("Iron studies (ferritin, iron, TIBC, transferrin saturation)", {"ferritin", "iron", "tibc", "tsat"}),
+    ("Iron, TIBC and transferrin saturation", {"iron", "tibc", "tsat"}),
+    ("Iron and TIBC", {"iron", "tibc"}),
+    ("Iron/TIBC", {"iron", "tibc"}),
+    ("Iron + TIBC", {"iron", "tibc"}),
+    ("Iron and Total Iron Binding Capacity", {"iron", "tibc"}),
+    ("Iron, Total and Total Iron Binding Capacity", {"iron", "tibc"}),
+    ("Ferritin, iron, TIBC", {"ferritin", "iron", "tibc"}),
+    ("TIBC", {"tibc"}),
+    ("Total iron binding capacity", {"tibc"}),
+    ("Serum iron", {"iron"}),
+    ("Iron, serum", {"iron"}),
+    ("Transferrin saturation", {"tsat"}),
+    ("Iron saturation", {"tsat"}),
+    ("TSAT", {"tsat"}),
+    ("Methylmalonic acid", {"mma"}),
+    ("MMA, serum", {"mma"}),
+    ("CRP", {"crp"}),
+    ("C-reactive protein", {"crp"}),
+    ("C reactive protein", {"crp"}),
+    ("hs-CRP", {"crp"}),
+    ("hsCRP", {"crp"}),
+    ("High sensitivity CRP", {"crp"}),
+    ("Ferritin and CRP", {"ferritin", "crp"}),
+    # Not a lab test of ours: treatments ordered as a ServiceRequest, other specimens, other tests.
+    ("B12 injection", NONE),
+    ("Vitamin B12 injection IM monthly", NONE),
+    ("Administer cyanocobalamin", NONE),
+    ("Iron infusion", NONE),
+    ("Ferritin 4 weeks after iron infusion", {"ferritin"}),
+    ("Liver iron concentration MRI", NONE),
+    ("Bone marrow iron stain", NONE),
+    ("Urine iron", NONE),
+    ("Homocysteine", NONE),
+    ("ESR", NONE),
+    ("Liver function tests", NONE),
+    ("Iron deficiency screen", NONE),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), ORDERS)
+def test_order_text(text: str, expected: set[str]) -> None:
+    assert codes.build_value_sets(None).order_analytes({"text": text}) == expected
+
+
+# --- what the readings change on the cards ----------------------------------------------------------------
+
+
 def _codes_suggested(finding: Any) -> set[str]:
     return {
         a.resource["code"]["coding"][0]["code"]
@@ -332,6 +391,23 @@ def test_a_chelator_is_not_iron_therapy_on_the_card() -> None:
         "combined-b12-iron-deficiency",
     )
     assert "Iron therapy on file" not in finding.detail
+
+
+def test_iron_and_tibc_ordered_by_text_with_a_ferritin_are_iron_studies() -> None:
+    """Iron studies: a ferritin with a TSAT, or with a serum iron and TIBC (a local "Iron and TIBC" order)."""
+    pending = [
+        {
+            "resourceType": "ServiceRequest",
+            "id": f"sr-{name}",
+            "status": "active",
+            "intent": "order",
+            "subject": {"reference": "Patient/p1"},
+            "code": {"text": name},
+        }
+        for name in ("Ferritin", "Iron and TIBC")
+    ]
+    assert topics(run(*pending, drafts=(draft_b12(),), hook="order-select")) == []
+    assert topics(run(pending[0], drafts=(draft_b12(),), hook="order-select")) == ["iron-studies-after-b12"]
 
 
 def test_the_verified_b12_code_still_reads_with_a_text_the_patterns_do_not_know() -> None:
