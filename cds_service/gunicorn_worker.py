@@ -272,6 +272,8 @@ class JsonErrorWorker(ThreadWorker):
     gunicorn's access-log line for such a request is left out: the service's logger has no access log
     (``serving.ServiceLogger``), and the line would quote the request line."""
 
+    _quitting = False  # set by the first quick-stop signal (handle_quit)
+
     def handle(self, conn: Any) -> Any:
         """gthread's handle, except that a connection whose next request head has not fully arrived goes
         back to the poller instead of holding a thread.
@@ -416,6 +418,22 @@ class JsonErrorWorker(ThreadWorker):
             util.write_nonblock(conn.sock, error_response(408, reason))
         except Exception:  # as gunicorn: the client may be gone
             self.log.debug("Failed to send error message.")
+
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        """gthread's quick stop (SIGINT, SIGQUIT), taken once: a later one does nothing.
+
+        Ctrl-C in a terminal sends SIGINT to every process of the group, and the master then sends each
+        worker SIGQUIT, up to a second later (it reads signals from a queue). The second signal ran gthread's
+        handler again inside the first: within the thread pool's shutdown it waited for good on the lock the
+        first call held (the master SIGKILLed the worker after the graceful timeout, losing its buffered
+        call lines and issued-card records); once the first had raised SystemExit, it raised another in the
+        middle of the worker's exit, which cut off the calls the exit waits for and logged a traceback.
+        (The handler stays installed rather than SIG_IGN: a signal already pending when the disposition
+        changed would be reported by Python as "ignored due to race condition", with a traceback.)"""
+        if self._quitting:
+            return
+        self._quitting = True
+        super().handle_quit(sig, frame)
 
     def murder_keepalived(self, force: bool = False) -> None:
         super().murder_keepalived(force)

@@ -1,0 +1,142 @@
+"""A real `cds-service serve` across the signals an operator or a terminal sends it.
+
+SIGTERM and the metrics of killed workers have their own files (test_observability_shutdown.py,
+test_metrics_dead_workers.py, test_served.py); here: Ctrl-C and SIGQUIT, SIGHUP under load, a worker killed
+or stalled, and starts that race an earlier server.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from cds_service.observability import CALL_LOGGER
+from tests.serving.test_metrics_dead_workers import worker_pids
+from tests.support.delay_proxy import DelayProxy
+from tests.support.fake_ehr_fhir import FakeEhrFhir
+from tests.support.served import HOOKS_NOW, Served, hook_example
+
+pytestmark = pytest.mark.integration
+
+VIEW = "/cds-services/b12-iron-patient-view"
+# How long the slow FHIR server holds each query: long enough for a signal to arrive while calls wait.
+FHIR_DELAY_S = 3.0
+# Well inside gunicorn's 25 s graceful timeout, after which the master SIGKILLs what is left.
+QUICK_EXIT_S = 15
+
+
+class SlowEhr:
+    """A served instance whose FHIR server answers its Observation search only after FHIR_DELAY_S."""
+
+    def __init__(self, served: Served, fhir_server: str, proxy: DelayProxy) -> None:
+        self.served = served
+        self.fhir_server = fhir_server
+        self.proxy = proxy
+        self.answers: dict[str, Any] = {}
+
+    def call(self, slow: bool) -> None:
+        """One patient-view call; a slow one has its labs fetched from the FHIR server."""
+        body = hook_example("patient-view.json")
+        body["hookInstance"] = str(uuid.uuid4())
+        if slow:
+            del body["prefetch"]["b12IronLabs"]
+            body["fhirServer"] = self.fhir_server
+        try:
+            answer = requests.post(f"{self.served.base}{VIEW}", json=body, timeout=60)
+            self.answers[body["hookInstance"]] = answer.status_code, len(answer.json()["cards"])
+        except (requests.RequestException, ValueError) as error:
+            self.answers[body["hookInstance"]] = type(error).__name__, 0
+
+    def start_slow_calls(self, count: int) -> list[threading.Thread]:
+        """``count`` slow calls, returned once each is waiting on the FHIR server."""
+        callers = [threading.Thread(target=self.call, args=(True,)) for _ in range(count)]
+        for caller in callers:
+            caller.start()
+        deadline = time.monotonic() + 30
+        while len(self.proxy.seen) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(self.proxy.seen) == count, "the slow calls did not reach the FHIR server"
+        return callers
+
+
+@contextmanager
+def served_with_slow_ehr(workdir: Path, **settings: str) -> Iterator[SlowEhr]:
+    with FakeEhrFhir() as fhir, DelayProxy(fhir.origin, delay_s=FHIR_DELAY_S) as proxy:
+        labs = hook_example("patient-view.json")["prefetch"]["b12IronLabs"]["entry"]
+        fhir.add_search("Observation", [entry["resource"] for entry in labs], page_size=10)
+        fhir_server = proxy.url("/baseR4")
+        served = Served(
+            workdir,
+            workers=2,
+            threads=4,
+            CDS_NOW=HOOKS_NOW,
+            CDS_ALLOWED_FHIR_SERVERS=fhir_server,
+            CDS_FHIR_BUDGET_MS="6000",
+            **settings,
+        )
+        try:
+            yield SlowEhr(served, fhir_server, proxy)
+        finally:
+            served.stop()
+
+
+def issued_rows(workdir: Path) -> int:
+    with sqlite3.connect(workdir / "feedback.sqlite3") as db:
+        return db.execute("SELECT COUNT(*) FROM cds_issued_card").fetchone()[0]
+
+
+def assert_every_call_finished_and_recorded(served: Served, ehr: SlowEhr, workdir: Path) -> None:
+    """Every call answered 200, one call line each, its cards recorded, and a log of JSON lines only."""
+    assert {status for status, _ in ehr.answers.values()} == {200}, ehr.answers
+    text = served.log()
+    assert [line for line in text.splitlines() if not line.startswith("{")] == [], "a traceback in the log"
+    lines = Counter(e["hookInstance"] for e in served.log_entries() if e["logger"] == CALL_LOGGER)
+    assert set(lines) == set(ehr.answers) and set(lines.values()) == {1}
+    assert issued_rows(workdir) == sum(cards for _, cards in ehr.answers.values())
+
+
+def test_ctrl_c_lets_calls_being_handled_finish_and_exits_0(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal sends SIGINT to every process of the group, and the master then sends each
+    worker SIGQUIT, up to a second later (it reads its signals from a queue): two quick-stop signals per
+    worker. Before the worker took only the first, the second ran gunicorn's handler again inside the
+    first: in the thread pool's shutdown it waited for good on the lock the first held (the master
+    SIGKILLed the worker 25 s later, with its call lines and issued-card records), and later it raised
+    SystemExit again in the middle of the worker's exit, which cut off the call still being handled."""
+    with served_with_slow_ehr(tmp_path) as ehr:
+        served = ehr.served
+        workers = worker_pids(served.process.pid)
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(ehr.call, [False] * 12))
+        callers = ehr.start_slow_calls(2)
+        stopped_at = time.monotonic()
+        os.killpg(served.process.pid, signal.SIGINT)
+        time.sleep(0.3)  # the master's SIGQUIT, as late as it may come, while the workers are exiting
+        for pid in workers:
+            with_exited_ignored(pid, signal.SIGQUIT)
+        assert served.process.wait(timeout=QUICK_EXIT_S + 10) == 0
+        assert time.monotonic() - stopped_at < QUICK_EXIT_S, "a worker was left to the graceful timeout"
+        for caller in callers:
+            caller.join(timeout=30)
+    assert_every_call_finished_and_recorded(served, ehr, tmp_path)
+    exits = [e for e in served.log_entries() if str(e["message"]).startswith("Worker exiting")]
+    assert len(exits) == len(workers)
+    assert served.metrics_dirs() == []
+
+
+def with_exited_ignored(pid: int, sig: int) -> None:
+    """Send ``sig`` to ``pid`` unless it has already exited."""
+    with suppress(ProcessLookupError):
+        os.kill(pid, sig)
