@@ -419,6 +419,20 @@ class JsonErrorWorker(ThreadWorker):
         except Exception:  # as gunicorn: the client may be gone
             self.log.debug("Failed to send error message.")
 
+    def set_accept_enabled(self, enabled: bool) -> None:
+        """gthread's, except that a worker that is stopping closes its copy of the listening sockets.
+
+        gthread stops accepting when it stops, but closed its listening sockets only once its last call had
+        ended. The master closes its own on SIGTERM, so the socket stayed open through the workers alone:
+        the kernel kept completing connections no one would accept, and a client waited until the last
+        call ended (up to the graceful timeout) to be reset, while a server restarted on the same port was
+        refused it. Closed now, a connection is refused at once. (A reload, SIGHUP, leaves the socket to
+        the master and the new workers, which share it.)"""
+        super().set_accept_enabled(enabled)
+        if not enabled and not self.alive:
+            for listener in self.sockets:
+                listener.close()
+
     def handle_quit(self, sig: int, frame: Any) -> None:
         """gthread's quick stop (SIGINT, SIGQUIT), taken once: a later one does nothing.
 

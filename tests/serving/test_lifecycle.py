@@ -73,8 +73,8 @@ class SlowEhr:
 
 
 @contextmanager
-def served_with_slow_ehr(workdir: Path, **settings: str) -> Iterator[SlowEhr]:
-    with FakeEhrFhir() as fhir, DelayProxy(fhir.origin, delay_s=FHIR_DELAY_S) as proxy:
+def served_with_slow_ehr(workdir: Path, delay_s: float = FHIR_DELAY_S, **settings: str) -> Iterator[SlowEhr]:
+    with FakeEhrFhir() as fhir, DelayProxy(fhir.origin, delay_s=delay_s) as proxy:
         labs = hook_example("patient-view.json")["prefetch"]["b12IronLabs"]["entry"]
         fhir.add_search("Observation", [entry["resource"] for entry in labs], page_size=10)
         fhir_server = proxy.url("/baseR4")
@@ -84,7 +84,7 @@ def served_with_slow_ehr(workdir: Path, **settings: str) -> Iterator[SlowEhr]:
             threads=4,
             CDS_NOW=HOOKS_NOW,
             CDS_ALLOWED_FHIR_SERVERS=fhir_server,
-            CDS_FHIR_BUDGET_MS="6000",
+            CDS_FHIR_BUDGET_MS=str(int(delay_s * 1000) + 3000),
             **settings,
         )
         try:
@@ -140,3 +140,49 @@ def with_exited_ignored(pid: int, sig: int) -> None:
     """Send ``sig`` to ``pid`` unless it has already exited."""
     with suppress(ProcessLookupError):
         os.kill(pid, sig)
+
+
+def test_after_sigterm_new_connections_are_refused_at_once_and_a_new_server_may_take_the_port(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM "stops accepting connections": the master closed its listening socket, but each worker
+    kept its copy open until its last call had finished, so the kernel still completed new connections
+    and queued them where no one would accept them. A client (or a load balancer still sending there)
+    waited until the last call ended, up to the graceful timeout, and was then reset; a server started
+    on the same port meanwhile (a restart by hand) was refused it. Now the connection is refused at once,
+    and the new server starts, over the same stores and metrics directory, while the old call finishes."""
+    with served_with_slow_ehr(tmp_path, delay_s=10) as ehr:
+        old = ehr.served
+        callers = ehr.start_slow_calls(1)
+        old.terminate()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and refused_or_none(old.base) is None:
+            time.sleep(0.05)
+        assert refused_or_none(old.base) == "refused", "a new connection is left waiting"
+        new = Served(tmp_path, workers=1, port=old.port, CDS_NOW=HOOKS_NOW)
+        try:
+            assert old.process.poll() is None, "the old server's call was still being handled"
+            assert requests.get(f"{new.base}/readyz", timeout=10).status_code == 200
+            for caller in callers:
+                caller.join(timeout=30)
+            assert old.process.wait(timeout=30) == 0
+            assert [status for status, _ in ehr.answers.values()] == [200]
+            assert len(new.metrics_dirs()) == 1
+            body = hook_example("patient-view.json")
+            assert requests.post(f"{new.base}{VIEW}", json=body, timeout=30).status_code == 200
+        finally:
+            new.stop()
+    assert new.process.returncode == 0
+    assert issued_rows(tmp_path) == 2
+
+
+def refused_or_none(base: str) -> str | None:
+    """ "refused" when a connection to ``base`` is refused at once; None when it is accepted or waits."""
+    try:
+        requests.get(f"{base}/healthz", timeout=(1, 1))
+    except requests.ConnectionError as error:
+        if isinstance(error.__context__, ConnectionRefusedError) or "refused" in str(error):
+            return "refused"
+    except requests.Timeout:
+        pass
+    return None
