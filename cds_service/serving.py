@@ -24,6 +24,8 @@ Why these choices (docs/operations.md has the sizing advice):
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import errno
 import gc
 import logging
@@ -31,7 +33,9 @@ import math
 import os
 import shutil
 import socket
+import sqlite3
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +206,42 @@ class CdsServer(BaseApplication):
         return app
 
 
+def _close_feedback_store(app: Any, url: str) -> None:
+    """Write the worker's pending issued-card records, close its feedback store and, for SQLite, move what
+    the -wal file holds into the database file, as the worker exits: atexit runs once the calls still
+    running have ended (the interpreter joins the request threads first).
+
+    Connections left open at exit are never checkpointed: a server stopped gracefully left its issued-card
+    records and feedback (on a first run, the tables themselves) in the -wal file only, so a copy of the
+    file alone, taken once the service had stopped (a backup, a move), was missing them. Closing is not
+    enough when workers exit together: SQLite checkpoints on the last connection's close only, and two
+    closing at once each saw the other."""
+    from cds_service.feedback.dialects import SQLiteDialect, dialect_for
+
+    cds = getattr(app, "extensions", {}).get("cds", {})
+    for part in (cds.get("recorder"), cds.get("feedback")):
+        if part is not None:
+            part.close()
+    dialect = dialect_for(url)
+    if isinstance(dialect, SQLiteDialect):
+        _checkpoint(dialect.path)
+
+
+def _checkpoint(path: Path) -> None:
+    """Copy a SQLite WAL database's committed pages into its file and empty the -wal (never creating a
+    database at ``path``: one moved away while the service ran stays moved)."""
+    try:
+        uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=rw"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=1.0)) as db:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.Error as error:
+        logging.getLogger("cds_service.serving").warning(
+            "feedback store %s: not checkpointed at exit (%s); its -wal file holds the latest writes",
+            path,
+            error,
+        )
+
+
 def _worker_count(given: str, value: str) -> int:
     try:
         workers = int(value)
@@ -300,9 +340,15 @@ def serve(host: str, port: int, workers: int | None, threads: int) -> None:
         threads,
         metrics_dir=metrics_dir,
     )
+
+    def worker_app() -> Any:
+        app = create_app(settings)
+        atexit.register(_close_feedback_store, app, settings.feedback_db)
+        return app
+
     master_pid = os.getpid()
     try:
-        CdsServer(lambda: create_app(settings), options).run()
+        CdsServer(worker_app, options).run()
     except HaltServer as halt:
         # When several workers fail to boot at once, gunicorn raises HaltServer again while halting,
         # past its own handler; stop with its reason and status instead of a traceback.

@@ -186,3 +186,35 @@ def refused_or_none(base: str) -> str | None:
     except requests.Timeout:
         pass
     return None
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM to the master", "Ctrl-C"])
+def test_a_stopped_server_leaves_its_feedback_store_whole_in_its_file(tmp_path: Path, stop: str) -> None:
+    """After a stop the SQLite feedback file holds everything, its -wal empty or gone: a file copied once
+    the service has stopped (a backup, a move to another host) is the whole store. Each worker left its
+    connection open at exit, so SQLite never checkpointed, and the issued-card records and feedback (the
+    tables themselves, on a first run) were only in the -wal file."""
+    served = Served(tmp_path, workers=2, threads=4, CDS_NOW=HOOKS_NOW)
+    try:
+        cards = []
+        for _ in range(6):
+            answer = requests.post(f"{served.base}{VIEW}", json=hook_example("patient-view.json"), timeout=30)
+            cards += [card["uuid"] for card in answer.json()["cards"]]
+        feedback = {"card": cards[0], "outcome": "overridden", "outcomeTimestamp": "2026-01-15T09:05:00Z"}
+        posted = requests.post(f"{served.base}{VIEW}/feedback", json={"feedback": [feedback]}, timeout=30)
+        assert posted.status_code == 200, posted.text
+        if stop == "Ctrl-C":
+            os.killpg(served.process.pid, signal.SIGINT)
+        else:
+            served.terminate()
+        assert served.process.wait(timeout=30) == 0
+    finally:
+        served.stop()
+    wal = tmp_path / "feedback.sqlite3-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
+    copy = tmp_path / "copy" / "feedback.sqlite3"
+    copy.parent.mkdir()
+    copy.write_bytes((tmp_path / "feedback.sqlite3").read_bytes())
+    with sqlite3.connect(copy) as db:
+        assert db.execute("SELECT COUNT(*) FROM cds_issued_card").fetchone()[0] == len(cards)
+        assert db.execute("SELECT COUNT(*) FROM cds_feedback").fetchone()[0] == 1
