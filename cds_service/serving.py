@@ -50,6 +50,7 @@ from cds_service.observability import MULTIPROC_ENV, fresh_metrics_dir
 _web_concurrency = os.environ.pop("WEB_CONCURRENCY", None)
 try:
     from gunicorn.app.base import BaseApplication
+    from gunicorn.arbiter import Arbiter
     from gunicorn.errors import HaltServer
     from gunicorn.glogging import Logger as GunicornLogger
 finally:
@@ -173,13 +174,43 @@ def gunicorn_options(
     return options
 
 
-class CdsServer(BaseApplication):
-    """gunicorn serving a WSGI app built by a factory in each worker, with options given in code."""
+class _Arbiter(Arbiter):
+    """gunicorn's master, except that SIGHUP first checks what the new workers will read.
 
-    def __init__(self, app_factory: Any, options: dict[str, Any]) -> None:
+    A reload starts new workers, which read the CDS_CLIENTS and CDS_SITE_CONFIG files again, and stops the
+    old ones at once, before the new ones have booted. A file with an error (a typo in a client added for
+    the reload) made every new worker fail to boot, and gunicorn then stopped the whole server."""
+
+    def handle_hup(self) -> None:
+        try:
+            self.app.check()
+        except ConfigError as error:
+            # As text: gunicorn's log filter names an exception argument by its class only.
+            self.log.error("reload refused, the workers keep running: configuration error: %s", str(error))
+            return
+        super().handle_hup()
+
+
+class CdsServer(BaseApplication):
+    """gunicorn serving a WSGI app built by a factory in each worker, with options given in code.
+
+    ``check`` raises ConfigError for a configuration the factory would refuse; a reload (SIGHUP) runs it
+    first."""
+
+    def __init__(self, app_factory: Any, options: dict[str, Any], check: Any = None) -> None:
         self._factory = app_factory
         self._options = options
+        self.check = check or (lambda: None)
         super().__init__()
+
+    def run(self) -> None:
+        """BaseApplication.run, with the project's master."""
+        try:
+            _Arbiter(self).run()
+        except RuntimeError as error:
+            print(f"\nError: {error}\n", file=sys.stderr)
+            sys.stderr.flush()
+            sys.exit(1)
 
     def load_config(self) -> None:
         known = self.cfg.settings
@@ -348,7 +379,7 @@ def serve(host: str, port: int, workers: int | None, threads: int) -> None:
 
     master_pid = os.getpid()
     try:
-        CdsServer(worker_app, options).run()
+        CdsServer(worker_app, options, check=lambda: check_configuration(settings)).run()
     except HaltServer as halt:
         # When several workers fail to boot at once, gunicorn raises HaltServer again while halting,
         # past its own handler; stop with its reason and status instead of a traceback.

@@ -24,7 +24,8 @@ import pytest
 import requests
 
 from cds_service.observability import CALL_LOGGER
-from tests.serving.test_metrics_dead_workers import worker_pids
+from tests.auth.auth_support import Signer, ec_p384_key, ehr_signer, serve_requiring_jwts, write_clients
+from tests.serving.test_metrics_dead_workers import scraped, wait_for_workers, worker_pids
 from tests.support.delay_proxy import DelayProxy
 from tests.support.fake_ehr_fhir import FakeEhrFhir
 from tests.support.served import HOOKS_NOW, Served, hook_example
@@ -117,7 +118,7 @@ def test_ctrl_c_lets_calls_being_handled_finish_and_exits_0(tmp_path: Path) -> N
     SystemExit again in the middle of the worker's exit, which cut off the call still being handled."""
     with served_with_slow_ehr(tmp_path) as ehr:
         served = ehr.served
-        workers = worker_pids(served.process.pid)
+        workers = wait_for_workers(served, set())  # both booted: a worker still booting just exits
         with ThreadPoolExecutor(max_workers=4) as pool:
             list(pool.map(ehr.call, [False] * 12))
         callers = ehr.start_slow_calls(2)
@@ -218,3 +219,79 @@ def test_a_stopped_server_leaves_its_feedback_store_whole_in_its_file(tmp_path: 
     with sqlite3.connect(copy) as db:
         assert db.execute("SELECT COUNT(*) FROM cds_issued_card").fetchone()[0] == len(cards)
         assert db.execute("SELECT COUNT(*) FROM cds_feedback").fetchone()[0] == 1
+
+
+def test_workers_killed_outright_are_replaced_and_a_token_used_before_stays_refused(tmp_path: Path) -> None:
+    """Both workers SIGKILLed (the out-of-memory killer) just after answering a signed call: the master
+    starts new ones, which serve /readyz and /metrics with the dead workers' counts, refuse the token used
+    before the kill (the SQLite replay store committed its id before the answer went out) and accept a
+    fresh one."""
+    signer = ehr_signer()
+    served = Served(
+        tmp_path, workers=2, threads=2, CDS_NOW=HOOKS_NOW, **serve_requiring_jwts(tmp_path, signer)
+    )
+    try:
+        path = "/cds-services/b12-iron-patient-view"
+        body = hook_example("patient-view.json")
+        token = signer.token(path)
+        before = wait_for_workers(served, set())
+
+        def call(bearer: str) -> int:
+            headers = {"Authorization": f"Bearer {bearer}"}
+            return requests.post(f"{served.base}{path}", json=body, headers=headers, timeout=30).status_code
+
+        assert call(token) == 200
+        for pid in before:
+            os.kill(pid, signal.SIGKILL)
+        wait_for_workers(served, before)
+        assert requests.get(f"{served.base}/readyz", timeout=10).status_code == 200
+        assert call(token) == 401, "a token used before the kill was accepted again"
+        assert call(signer.token(path)) == 200
+        assert scraped(served) == (2.0, 2.0)
+    finally:
+        served.stop()
+    assert served.process.returncode == 0
+
+
+def test_sighup_reads_the_clients_file_again_and_refuses_one_with_an_error(tmp_path: Path) -> None:
+    """SIGHUP starts new workers, which read CDS_CLIENTS again: a client added to the file is trusted
+    after it. A file with an error (an operator's typo before the reload) made every new worker fail to
+    boot, and gunicorn then stopped the whole server, the workers that were serving included (exit 3). It
+    is now checked before the reload; a bad one is refused with one ERROR line and the workers keep
+    serving with what they read before."""
+    signer, newcomer = ehr_signer(), Signer("https://other-ehr.example.test", "k2", "ES384", ec_p384_key())
+    settings = serve_requiring_jwts(tmp_path, signer)
+    served = Served(tmp_path, workers=2, threads=2, CDS_NOW=HOOKS_NOW, **settings)
+    try:
+
+        def call(by: Signer) -> int:
+            headers = {"Authorization": f"Bearer {by.token(VIEW)}"}
+            answer = requests.post(
+                f"{served.base}{VIEW}", json=hook_example("patient-view.json"), headers=headers, timeout=30
+            )
+            return answer.status_code
+
+        first = wait_for_workers(served, set())
+        Path(settings["CDS_CLIENTS"]).write_text('{"clients": [{"jwks": {"keys": []}}]}')
+        served.process.send_signal(signal.SIGHUP)
+        served.wait_for_log("reload refused", timeout_s=30)
+        assert served.process.poll() is None, "a bad clients file stopped the server"
+        assert [call(signer) for _ in range(4)] == [200] * 4
+        assert worker_pids(served.process.pid) == first
+        [refusal] = [e for e in served.log_entries() if "reload refused" in str(e["message"])]
+        assert (
+            refusal["level"] == "ERROR"
+            and "CDS_CLIENTS" in refusal["message"]
+            and "'iss'" in refusal["message"]
+        )
+
+        write_clients(
+            tmp_path, [{"iss": s.iss, "jwks": {"keys": [s.public_jwk()]}} for s in (signer, newcomer)]
+        )
+        assert call(newcomer) == 401
+        served.process.send_signal(signal.SIGHUP)
+        wait_for_workers(served, first)
+        assert [call(newcomer) for _ in range(4)] == [200] * 4
+    finally:
+        served.stop()
+    assert served.process.returncode == 0
