@@ -47,6 +47,7 @@ from cds_service.protocol.prefetch import (
     prefetched_resources,
     render_template,
     resources_of,
+    search_mode,
 )
 from cds_service.protocol.request import HookRequest, RequestError, validate_hook_request, without_identifiers
 from cds_service.redaction import address, without_tokens
@@ -671,8 +672,7 @@ def _search_content(value: Any) -> Any:
 def _entry_content(entry: Any) -> Any:
     if not isinstance(entry, dict):
         return entry
-    search = entry.get("search")
-    return [entry.get("resource"), search.get("mode") if isinstance(search, dict) else None]
+    return [entry.get("resource"), search_mode(entry)]
 
 
 def _run_ahead_entry(entry: Any) -> tuple[datetime, datetime, list[Finding]]:

@@ -302,6 +302,11 @@ def _host(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value.strip()
 
 
+def _bind(host: str, port: int) -> str:
+    """gunicorn's spelling of the address: an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _listen_problem(host: str, port: int) -> str | None:
     """Why ``host``:``port`` cannot be listened on, in one line; None when it can. A host that does not
     resolve is a usage error (BadParameter).
@@ -320,9 +325,8 @@ def _listen_problem(host: str, port: int) -> str | None:
         try:
             probe.bind(address)
         except OSError as error:
-            shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             busy = " (the port is in use)" if error.errno == errno.EADDRINUSE else ""
-            return f"cds-service: cannot listen on {shown}: {error.strerror}{busy}"
+            return f"cds-service: cannot listen on {_bind(host, port)}: {error.strerror}{busy}"
     return None
 
 
@@ -366,7 +370,7 @@ def serve(host: str, port: int, workers: int | None, threads: int) -> None:
 
     options = gunicorn_options(
         settings,
-        f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        _bind(host, port),
         workers or default_workers(),
         threads,
         metrics_dir=metrics_dir,

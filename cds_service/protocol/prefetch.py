@@ -158,7 +158,7 @@ def classify(key: str, template: str, prefetch: Mapping[str, Any], patient_id: s
             continue
         if kind == wanted:
             matches += 1
-        elif not others_asked or _search_mode(entry) == "match":
+        elif not others_asked or search_mode(entry) == "match":
             # As the FHIR client holds a server's answer: a Condition among an Observation search's
             # matches, or a Bundle a client forgot to unwrap, would be read as what it claims to be, or
             # skipped while the key counted as answered.
@@ -186,7 +186,8 @@ def classify(key: str, template: str, prefetch: Mapping[str, Any], patient_id: s
     return PrefetchItem(key, state, resource=value)
 
 
-def _search_mode(entry: Mapping[str, Any]) -> Any:
+def search_mode(entry: Mapping[str, Any]) -> Any:
+    """A search entry's ``search.mode`` (match, include, outcome), or None."""
     search = entry.get("search")
     return search.get("mode") if isinstance(search, dict) else None
 
